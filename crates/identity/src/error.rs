@@ -1,0 +1,113 @@
+use std::time::Duration;
+
+/// Everything that can go wrong in the identity domain, with a stable code for clients.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Ident(#[from] mica_core::IdentError),
+    #[error("{0}")]
+    WeakPassword(String),
+    #[error("the code is wrong; {remaining} attempt(s) left")]
+    InvalidCode { remaining: i64 },
+    #[error("this code has expired or was already used; ask for a new one")]
+    CodeExpired,
+    #[error("too many wrong codes; ask for a new one")]
+    CodeLocked,
+    #[error("wait before asking for another code")]
+    ResendTooSoon { retry_after: Duration },
+    #[error("too many requests; try again later")]
+    RateLimited { retry_after: Duration },
+    #[error("too many wrong passwords for this account; try again later or reset your password")]
+    SignInBackoff { retry_after: Duration },
+    #[error("the account, email, phone number or password is wrong")]
+    InvalidCredentials,
+    #[error("an account with this email address or phone number already exists; sign in or reset the password")]
+    IdentifierTaken,
+    #[error("sign in first")]
+    Unauthenticated,
+    #[error("the session has expired; sign in again")]
+    TokenExpired,
+    #[error("this refresh token is not valid; sign in again")]
+    InvalidRefreshToken,
+    #[error("this refresh token was already used; the session has been revoked for safety, sign in again")]
+    RefreshTokenReused,
+    #[error("not found")]
+    NotFound,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IdentityError {
+    /// Stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IdentityError::Invalid { .. } => "invalid_input",
+            IdentityError::Ident(e) => e.code(),
+            IdentityError::WeakPassword(_) => "weak_password",
+            IdentityError::InvalidCode { .. } => "invalid_code",
+            IdentityError::CodeExpired => "code_expired",
+            IdentityError::CodeLocked => "code_locked",
+            IdentityError::ResendTooSoon { .. } => "resend_too_soon",
+            IdentityError::RateLimited { .. } => "rate_limited",
+            IdentityError::SignInBackoff { .. } => "signin_backoff",
+            IdentityError::InvalidCredentials => "invalid_credentials",
+            IdentityError::IdentifierTaken => "identifier_taken",
+            IdentityError::Unauthenticated => "unauthenticated",
+            IdentityError::TokenExpired => "token_expired",
+            IdentityError::InvalidRefreshToken => "invalid_refresh_token",
+            IdentityError::RefreshTokenReused => "refresh_token_reused",
+            IdentityError::NotFound => "not_found",
+            IdentityError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            IdentityError::Invalid { .. }
+            | IdentityError::Ident(_)
+            | IdentityError::WeakPassword(_) => 422,
+            IdentityError::InvalidCode { .. }
+            | IdentityError::CodeExpired
+            | IdentityError::CodeLocked => 400,
+            IdentityError::ResendTooSoon { .. }
+            | IdentityError::RateLimited { .. }
+            | IdentityError::SignInBackoff { .. } => 429,
+            IdentityError::InvalidCredentials
+            | IdentityError::Unauthenticated
+            | IdentityError::TokenExpired
+            | IdentityError::InvalidRefreshToken
+            | IdentityError::RefreshTokenReused => 401,
+            IdentityError::IdentifierTaken => 409,
+            IdentityError::NotFound => 404,
+            IdentityError::Internal(_) => 500,
+        }
+    }
+
+    /// For 429s: when to retry.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IdentityError::ResendTooSoon { retry_after }
+            | IdentityError::RateLimited { retry_after }
+            | IdentityError::SignInBackoff { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl From<mica_store::StoreError> for IdentityError {
+    fn from(e: mica_store::StoreError) -> Self {
+        IdentityError::Internal(e.to_string())
+    }
+}
+
+impl From<mica_core::crypto::OpenError> for IdentityError {
+    fn from(e: mica_core::crypto::OpenError) -> Self {
+        IdentityError::Internal(e.to_string())
+    }
+}

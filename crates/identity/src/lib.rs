@@ -1,0 +1,287 @@
+//! Identity: accounts, verification codes, passwords, sessions and abuse limits (PRODUCT.md ID-1 … ID-5,
+//! ID-11, ID-12, ID-17).
+//!
+//! Architecture invariants:
+//! - no HTTP here: callers pass a [`ClientInfo`] and get domain values or an [`IdentityError`]
+//!   that knows its stable code and HTTP status;
+//! - every answer about an identifier that might not exist (sign-in, forgot password, sign-up of a
+//!   taken address) is the same, in body and in cost, whether or not the account exists;
+//! - secrets exist in plaintext only in memory: codes and tokens are stored as hashes, passwords as
+//!   argon2id, email and phone sealed with a blind index.
+
+mod error;
+pub mod limits;
+pub mod password;
+mod recovery;
+mod sessions;
+mod signup;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mica_core::crypto::Keys;
+use mica_core::{AccountId, Clock, Email, Login, PhoneE164, Timestamp};
+use mica_notify::Notifier;
+use mica_store::{AccountRow, LookupBy, Store};
+
+pub use error::IdentityError;
+pub use limits::Rate;
+pub use password::HashCost;
+pub use recovery::ResetStarted;
+pub use sessions::{LoginRecord, Principal, SessionInfo, SignedIn};
+pub use signup::{SignupStarted, SignupTarget};
+
+/// A stable text key for what was typed in a login box (never logged: it is personal data).
+pub(crate) fn login_key(login: &Login) -> String {
+    match login {
+        Login::Id(id) => format!("id:{id}"),
+        Login::Email(e) => format!("email:{}", e.as_str()),
+        Login::Phone(p) => format!("phone:{}", p.as_str()),
+    }
+}
+
+/// Tunables. Defaults are what production should run with.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Lifetime of a one-time code, in seconds.
+    pub code_ttl_secs: u64,
+    /// Wrong guesses after which a code is dead.
+    pub code_max_attempts: i64,
+    /// Minimum time between two codes to the same destination, in seconds.
+    pub code_resend_cooldown_secs: u64,
+    /// At most this many codes to one destination per hour.
+    pub codes_per_destination_per_hour: i64,
+    /// Access-token lifetime, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Session (refresh-token family) lifetime, in days.
+    pub session_ttl_days: u64,
+    /// Consecutive wrong passwords before the account's sign-in backs off.
+    pub signin_failures_before_backoff: i64,
+    pub hash_cost: HashCost,
+    /// Sign-in attempts per client IP.
+    pub signin_per_ip: Rate,
+    /// Codes sent (sign-up, reset, resend) per client IP.
+    pub codes_per_ip: Rate,
+    /// Sign-ups started per client IP.
+    pub signups_per_ip: Rate,
+    /// Refreshes per client IP.
+    pub refresh_per_ip: Rate,
+    /// Name shown in messages.
+    pub service_name: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            code_ttl_secs: 600,
+            code_max_attempts: 5,
+            code_resend_cooldown_secs: 60,
+            codes_per_destination_per_hour: 5,
+            access_token_ttl_secs: 900,
+            session_ttl_days: 90,
+            signin_failures_before_backoff: 5,
+            hash_cost: HashCost::default(),
+            signin_per_ip: Rate::new(30, Duration::from_secs(300)),
+            codes_per_ip: Rate::new(20, Duration::from_secs(3600)),
+            signups_per_ip: Rate::new(10, Duration::from_secs(3600)),
+            refresh_per_ip: Rate::new(120, Duration::from_secs(60)),
+            service_name: "Mica".into(),
+        }
+    }
+}
+
+/// Who is calling, as the transport saw them.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: String,
+    pub user_agent: String,
+    pub device: DeviceInfo,
+}
+
+/// What a client declares about the device it runs on.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    /// e.g. "Pixel 8", "ThinkPad X1".
+    pub model: Option<String>,
+    /// e.g. "Android 15", "Debian 13".
+    pub os_version: Option<String>,
+    /// e.g. "mica-cli 0.1", "DAVx5 4.4".
+    pub client: Option<String>,
+}
+
+impl DeviceInfo {
+    fn check(&self) -> Result<(), IdentityError> {
+        for (field, v) in [
+            ("device.model", &self.model),
+            ("device.os_version", &self.os_version),
+            ("device.client", &self.client),
+        ] {
+            if let Some(v) = v {
+                if v.chars().count() > 100 || v.chars().any(char::is_control) {
+                    return Err(IdentityError::Invalid {
+                        field,
+                        message: "at most 100 printable characters".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The account as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub email: Option<Email>,
+    pub phone: Option<PhoneE164>,
+    pub created_at: Timestamp,
+    pub password_changed_at: Timestamp,
+}
+
+/// The identity service. Cheap to clone.
+#[derive(Clone)]
+pub struct Identity {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    keys: Arc<Keys>,
+    notifier: Notifier,
+    clock: Arc<dyn Clock>,
+    hasher: password::PasswordHasher,
+    cfg: IdentityConfig,
+    limits: Limits,
+    revoked: sessions::Revocations,
+}
+
+struct Limits {
+    signin_ip: limits::Limiter,
+    codes_ip: limits::Limiter,
+    signups_ip: limits::Limiter,
+    refresh_ip: limits::Limiter,
+    unknown_logins: limits::FailureBackoff,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// `hash_slots`: concurrent argon2id computations (the number of cores).
+    pub async fn new(
+        store: Store,
+        keys: Arc<Keys>,
+        notifier: Notifier,
+        clock: Arc<dyn Clock>,
+        cfg: IdentityConfig,
+        hash_slots: usize,
+    ) -> Result<Identity, IdentityError> {
+        let hasher = password::PasswordHasher::new(cfg.hash_cost, hash_slots)?;
+        let limits = Limits {
+            signin_ip: limits::Limiter::new(cfg.signin_per_ip, clock.clone()),
+            codes_ip: limits::Limiter::new(cfg.codes_per_ip, clock.clone()),
+            signups_ip: limits::Limiter::new(cfg.signups_per_ip, clock.clone()),
+            refresh_ip: limits::Limiter::new(cfg.refresh_per_ip, clock.clone()),
+            unknown_logins: limits::FailureBackoff::default(),
+        };
+        let revoked = sessions::Revocations::default();
+        let this = Identity {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                notifier,
+                clock,
+                hasher,
+                cfg,
+                limits,
+                revoked,
+            }),
+        };
+        this.load_revocations().await?;
+        Ok(this)
+    }
+
+    pub fn config(&self) -> &IdentityConfig {
+        &self.inner.cfg
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The account behind a sign-in identifier.
+    async fn find_account(&self, login: &Login) -> Result<Option<AccountRow>, IdentityError> {
+        let row = match login {
+            Login::Id(id) => self.store().account(LookupBy::Id(*id)).await?,
+            Login::Email(e) => {
+                let b = self.keys().blind_index("email", e.as_str());
+                self.store().account(LookupBy::EmailIndex(&b)).await?
+            }
+            Login::Phone(p) => {
+                let b = self.keys().blind_index("phone", p.as_str());
+                self.store().account(LookupBy::PhoneIndex(&b)).await?
+            }
+        };
+        Ok(row)
+    }
+
+    /// Decrypts an account's personal data for its owner.
+    fn view(&self, row: &AccountRow) -> Result<AccountView, IdentityError> {
+        let email = row
+            .email_enc
+            .as_deref()
+            .map(|b| self.keys().open("email", b))
+            .transpose()?
+            .map(|s| Email::parse(&s))
+            .transpose()
+            .map_err(|e| IdentityError::Internal(format!("stored email: {e}")))?;
+        let phone = row
+            .phone_enc
+            .as_deref()
+            .map(|b| self.keys().open("phone", b))
+            .transpose()?
+            .map(|s| PhoneE164::parse(&s))
+            .transpose()
+            .map_err(|e| IdentityError::Internal(format!("stored phone: {e}")))?;
+        Ok(AccountView {
+            id: row.id,
+            email,
+            phone,
+            created_at: row.created_at,
+            password_changed_at: row.password_changed_at,
+        })
+    }
+
+    /// The signed-in person's account.
+    pub async fn me(&self, p: &Principal) -> Result<AccountView, IdentityError> {
+        let row = self
+            .store()
+            .account(LookupBy::Id(p.account))
+            .await?
+            .ok_or(IdentityError::Unauthenticated)?;
+        self.view(&row)
+    }
+
+    /// Deletes expired codes; run periodically.
+    pub async fn purge_expired(&self) -> Result<u64, IdentityError> {
+        // Keep expired codes a day: they still count towards per-destination limits.
+        let cutoff = self.now().minus(Duration::from_secs(86_400));
+        Ok(self.store().purge_codes(cutoff).await?)
+    }
+}

@@ -1,0 +1,156 @@
+//! Rate limits: generic cell-rate limiters keyed by a string, on the injected clock.
+//!
+//! These run in the memory of one node; the per-account sign-in back-off, which must survive a
+//! restart and hold across nodes, lives in the database (`accounts.failed_logins`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mica_core::{Clock, Timestamp};
+
+/// `burst` events at once, refilled at one every `period / burst`.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub burst: u32,
+    #[serde(with = "secs")]
+    pub period: Duration,
+}
+
+mod secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let n: u64 = serde::Deserialize::deserialize(d)?;
+        Ok(Duration::from_secs(n))
+    }
+}
+
+impl Rate {
+    pub const fn new(burst: u32, period: Duration) -> Self {
+        Rate { burst, period }
+    }
+}
+
+/// A GCRA limiter: each key keeps one timestamp (its theoretical arrival time).
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    rate: Rate,
+    tat: Arc<Mutex<HashMap<String, i64>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Limiter {
+    pub fn new(rate: Rate, clock: Arc<dyn Clock>) -> Self {
+        Limiter {
+            rate,
+            tat: Arc::new(Mutex::new(HashMap::new())),
+            clock,
+        }
+    }
+
+    fn interval_ms(&self) -> i64 {
+        let ms = i64::try_from(self.rate.period.as_millis()).unwrap_or(i64::MAX);
+        (ms / i64::from(self.rate.burst.max(1))).max(1)
+    }
+
+    /// Takes one token for `key`; `Err(wait)` when none is left.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let now = self.clock.now().millis();
+        let t = self.interval_ms();
+        let tolerance = t.saturating_mul(i64::from(self.rate.burst.max(1)) - 1);
+        let mut map = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, tat| *tat > now);
+        }
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let allow_at = tat - tolerance;
+        if allow_at > now {
+            return Err(Duration::from_millis(
+                u64::try_from(allow_at - now).unwrap_or(0),
+            ));
+        }
+        map.insert(key.to_owned(), tat + t);
+        Ok(())
+    }
+
+    /// Whether `key` would be allowed now, without taking a token.
+    pub fn peek(&self, key: &str) -> Result<(), Duration> {
+        let now = self.clock.now().millis();
+        let t = self.interval_ms();
+        let tolerance = t.saturating_mul(i64::from(self.rate.burst.max(1)) - 1);
+        let map = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let allow_at = tat - tolerance;
+        if allow_at > now {
+            return Err(Duration::from_millis(
+                u64::try_from(allow_at - now).unwrap_or(0),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Failure counters with exponential back-off for keys that have no database row (sign-in
+/// attempts on identifiers that match no account), so they behave exactly like real accounts.
+#[derive(Debug, Clone)]
+pub struct FailureBackoff {
+    state: Arc<Mutex<HashMap<String, (i64, Timestamp)>>>,
+}
+
+impl Default for FailureBackoff {
+    fn default() -> Self {
+        FailureBackoff {
+            state: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl FailureBackoff {
+    pub fn locked_until(&self, key: &str) -> Timestamp {
+        let map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).map(|(_, t)| *t).unwrap_or(Timestamp(0))
+    }
+    pub fn record_failure(&self, key: &str) -> i64 {
+        let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        let e = map.entry(key.to_owned()).or_insert((0, Timestamp(0)));
+        e.0 += 1;
+        e.0
+    }
+    pub fn lock(&self, key: &str, until: Timestamp) {
+        let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(key) {
+            e.1 = e.1.max(until);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mica_core::ManualClock;
+
+    #[test]
+    fn burst_then_refill() {
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let l = Limiter::new(
+            Rate::new(3, Duration::from_secs(30)),
+            Arc::new(clock.clone()),
+        );
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_ok());
+        let wait = l.check("a").unwrap_err();
+        assert_eq!(wait, Duration::from_secs(10));
+        assert!(l.check("b").is_ok(), "keys are independent");
+        clock.advance(Duration::from_secs(10));
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! Sign-in, sessions and tokens (ID-2, ID-5, ID-11, ID-17).
+//!
+//! An access token is short-lived and self-contained (HMAC-signed), so checking it costs no
+//! database round trip; revoking its session takes effect at once because every node keeps the
+//! ids of sessions revoked within the last access-token lifetime, loaded at start and updated on
+//! every revocation. A refresh token is opaque, stored as a hash, and single use: using one twice
+//! revokes its whole family (the session).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use mica_core::crypto::{random_token_string, token_hash, AccessClaims};
+use mica_core::{AccountId, Login, SessionId, Timestamp};
+use mica_store::{LoginEventRow, NewSession, RefreshOutcome};
+use secrecy::SecretString;
+
+use crate::{ClientInfo, Identity, IdentityError};
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub account: AccountId,
+    pub session: SessionId,
+}
+
+/// Tokens handed out by a successful sign-in or refresh.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub account: AccountId,
+    pub session: SessionId,
+    pub access_token: String,
+    pub access_expires_at: Timestamp,
+    pub refresh_token: String,
+    pub session_expires_at: Timestamp,
+}
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub current: bool,
+    pub created_at: Timestamp,
+    pub last_used_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub ip: String,
+    pub user_agent: String,
+    pub device_model: Option<String>,
+    pub os_version: Option<String>,
+    pub client: Option<String>,
+}
+
+/// One sign-in attempt as its owner sees it.
+pub type LoginRecord = LoginEventRow;
+
+/// Sessions revoked recently enough that their access tokens could still be unexpired.
+#[derive(Debug, Default)]
+pub(crate) struct Revocations {
+    sessions: RwLock<HashMap<SessionId, Timestamp>>,
+}
+
+impl Revocations {
+    fn add(&self, ids: impl IntoIterator<Item = SessionId>, at: Timestamp, keep: Duration) {
+        let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            map.insert(id, at);
+        }
+        if map.len() > 10_000 {
+            let cutoff = at.minus(keep);
+            map.retain(|_, t| *t >= cutoff);
+        }
+    }
+    fn contains(&self, id: &SessionId) -> bool {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+}
+
+const LOCK_BASE: Duration = Duration::from_secs(30);
+const LOCK_MAX: Duration = Duration::from_secs(3600);
+
+fn backoff(failures: i64, threshold: i64) -> Option<Duration> {
+    if failures < threshold {
+        return None;
+    }
+    let exp = u32::try_from((failures - threshold).min(16)).unwrap_or(16);
+    Some(LOCK_BASE.saturating_mul(1u32 << exp).min(LOCK_MAX))
+}
+
+impl Identity {
+    pub(crate) async fn load_revocations(&self) -> Result<(), IdentityError> {
+        let keep = self.access_ttl();
+        let since = self.now().minus(keep);
+        let (sessions, _) = self.store().recent_revocations(since).await?;
+        let map = &self.inner.revoked;
+        for (id, at) in sessions {
+            map.add([id], at, keep);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn access_ttl(&self) -> Duration {
+        Duration::from_secs(self.inner.cfg.access_token_ttl_secs)
+    }
+
+    pub(crate) fn note_revoked(&self, ids: Vec<SessionId>) {
+        self.inner.revoked.add(ids, self.now(), self.access_ttl());
+    }
+
+    /// Signs in with an account number, email or phone number and the password.
+    pub async fn sign_in(
+        &self,
+        login: &str,
+        password: SecretString,
+        client: &ClientInfo,
+    ) -> Result<SignedIn, IdentityError> {
+        client.device.check()?;
+        self.limit(&self.inner.limits.signin_ip, &client.ip)?;
+        let login = Login::parse(login)?;
+        let account = self.find_account(&login).await?;
+        let now = self.now();
+        let unknown_key = crate::login_key(&login);
+        let locked_until = match &account {
+            Some(a) => a.locked_until,
+            None => self.inner.limits.unknown_logins.locked_until(&unknown_key),
+        };
+        if locked_until > now {
+            return Err(IdentityError::SignInBackoff {
+                retry_after: now.until(locked_until),
+            });
+        }
+        let ok = self
+            .inner
+            .hasher
+            .verify(
+                &password,
+                account.as_ref().map(|a| a.password_hash.as_str()),
+            )
+            .await?;
+        let threshold = self.inner.cfg.signin_failures_before_backoff;
+        match account {
+            Some(a) if ok && a.status == "active" => {
+                if a.failed_logins != 0 {
+                    self.store().clear_login_failures(a.id).await?;
+                }
+                self.open_session(a.id, client).await
+            }
+            Some(a) => {
+                let n = self.store().record_login_failure(a.id).await?;
+                self.store()
+                    .record_login_event(
+                        a.id,
+                        &LoginEventRow {
+                            at: now,
+                            outcome: if ok {
+                                "account_inactive"
+                            } else {
+                                "wrong_password"
+                            }
+                            .into(),
+                            ip: client.ip.clone(),
+                            user_agent: client.user_agent.clone(),
+                            device_model: client.device.model.clone(),
+                            os_version: client.device.os_version.clone(),
+                            client: client.device.client.clone(),
+                            session_id: None,
+                        },
+                    )
+                    .await?;
+                if let Some(d) = backoff(n, threshold) {
+                    self.store().lock_account_until(a.id, now.plus(d)).await?;
+                    tracing::warn!(account = %a.id, failures = n, "sign-in backing off after repeated wrong passwords");
+                }
+                Err(IdentityError::InvalidCredentials)
+            }
+            None => {
+                let n = self
+                    .inner
+                    .limits
+                    .unknown_logins
+                    .record_failure(&unknown_key);
+                if let Some(d) = backoff(n, threshold) {
+                    self.inner
+                        .limits
+                        .unknown_logins
+                        .lock(&unknown_key, now.plus(d));
+                }
+                Err(IdentityError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Opens a new session for an account that just proved who it is.
+    pub(crate) async fn open_session(
+        &self,
+        account: AccountId,
+        client: &ClientInfo,
+    ) -> Result<SignedIn, IdentityError> {
+        let now = self.now();
+        let session = SessionId::random();
+        let refresh = format!("mrt_{}", random_token_string(32));
+        let expires_at = now.plus(Duration::from_secs(
+            self.inner.cfg.session_ttl_days * 86_400,
+        ));
+        self.store()
+            .create_session(
+                &NewSession {
+                    id: session.clone(),
+                    account_id: account,
+                    created_at: now,
+                    expires_at,
+                    ip: client.ip.clone(),
+                    user_agent: truncate(&client.user_agent, 512),
+                    device_model: client.device.model.clone(),
+                    os_version: client.device.os_version.clone(),
+                    client: client.device.client.clone(),
+                },
+                &token_hash(&refresh),
+            )
+            .await?;
+        Ok(self.tokens(account, session, refresh, expires_at))
+    }
+
+    fn tokens(
+        &self,
+        account: AccountId,
+        session: SessionId,
+        refresh: String,
+        session_expires_at: Timestamp,
+    ) -> SignedIn {
+        let now = self.now();
+        let access_expires_at = now.plus(self.access_ttl()).min(session_expires_at);
+        let access_token = self.keys().sign_access_token(&AccessClaims {
+            account,
+            session: session.clone(),
+            issued_at: now,
+            expires_at: access_expires_at,
+        });
+        SignedIn {
+            account,
+            session,
+            access_token,
+            access_expires_at,
+            refresh_token: refresh,
+            session_expires_at,
+        }
+    }
+
+    /// Exchanges a refresh token for a new pair.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<SignedIn, IdentityError> {
+        self.limit(&self.inner.limits.refresh_ip, &client.ip)?;
+        if !refresh_token.starts_with("mrt_") || refresh_token.len() > 100 {
+            return Err(IdentityError::InvalidRefreshToken);
+        }
+        let next = format!("mrt_{}", random_token_string(32));
+        let now = self.now();
+        match self
+            .store()
+            .rotate_refresh(
+                &token_hash(refresh_token),
+                &token_hash(&next),
+                now,
+                &client.ip,
+            )
+            .await?
+        {
+            RefreshOutcome::Rotated(s) => Ok(self.tokens(s.account_id, s.id, next, s.expires_at)),
+            RefreshOutcome::Reused { session, account } => {
+                tracing::warn!(%account, "refresh token reused; session revoked");
+                self.note_revoked(vec![session]);
+                Err(IdentityError::RefreshTokenReused)
+            }
+            RefreshOutcome::Invalid => Err(IdentityError::InvalidRefreshToken),
+        }
+    }
+
+    /// Checks an access token. No database access.
+    pub fn authenticate(&self, access_token: &str) -> Result<Principal, IdentityError> {
+        let claims = self
+            .keys()
+            .verify_access_token(access_token)
+            .ok_or(IdentityError::Unauthenticated)?;
+        if claims.expires_at <= self.now() {
+            return Err(IdentityError::TokenExpired);
+        }
+        if self.inner.revoked.contains(&claims.session) {
+            return Err(IdentityError::Unauthenticated);
+        }
+        Ok(Principal {
+            account: claims.account,
+            session: claims.session,
+        })
+    }
+
+    pub async fn sessions(&self, p: &Principal) -> Result<Vec<SessionInfo>, IdentityError> {
+        let rows = self.store().active_sessions(p.account, self.now()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|s| SessionInfo {
+                current: s.id == p.session,
+                id: s.id,
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+                expires_at: s.expires_at,
+                ip: s.ip,
+                user_agent: s.user_agent,
+                device_model: s.device_model,
+                os_version: s.os_version,
+                client: s.client,
+            })
+            .collect())
+    }
+
+    /// Revokes one of the caller's sessions (possibly the current one: signing out).
+    pub async fn revoke_session(&self, p: &Principal, id: &SessionId) -> Result<(), IdentityError> {
+        if !self
+            .store()
+            .revoke_session(p.account, id, self.now())
+            .await?
+        {
+            return Err(IdentityError::NotFound);
+        }
+        self.note_revoked(vec![id.clone()]);
+        Ok(())
+    }
+
+    /// Signs the account out of every session, this one included.
+    pub async fn sign_out_everywhere(&self, p: &Principal) -> Result<u64, IdentityError> {
+        let ids = self
+            .store()
+            .revoke_all_sessions(p.account, self.now())
+            .await?;
+        let n = ids.len() as u64;
+        self.note_revoked(ids);
+        Ok(n)
+    }
+
+    pub async fn login_history(
+        &self,
+        p: &Principal,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, IdentityError> {
+        Ok(self
+            .store()
+            .login_events(p.account, limit.clamp(1, 500))
+            .await?)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(4, 5), None);
+        assert_eq!(backoff(5, 5), Some(Duration::from_secs(30)));
+        assert_eq!(backoff(6, 5), Some(Duration::from_secs(60)));
+        assert_eq!(backoff(40, 5), Some(Duration::from_secs(3600)));
+    }
+}

@@ -1,0 +1,178 @@
+//! Configuration: defaults → TOML file (`--config`) → `MICA_*` environment variables.
+//! Nested keys use a double underscore: `MICA_IDENTITY__CODE_TTL_SECS=300`.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use mica_core::crypto::MasterKey;
+use mica_identity::IdentityConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder for everything the embedded defaults keep: database, blobs, key, outbox.
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH` or `postgres://user@host/db`. Default: `sqlite:<data_dir>/mica.db`.
+    pub database_url: Option<SecretString>,
+    /// Where file contents go: `file:PATH`. Default: `file:<data_dir>/blobs`.
+    pub blob_url: Option<String>,
+    /// The URL people reach this server at (links in messages). Default: `http://<listen>`.
+    pub public_url: Option<String>,
+    /// `smtp://host:port`, `smtp://host:port?tls=required` (STARTTLS) or `smtps://host:port`,
+    /// with `user:pass@` when the server needs it. Unset: messages go to the development outbox.
+    pub smtp_url: Option<SecretString>,
+    /// The From header of every email.
+    pub email_from: String,
+    /// HTTP endpoint receiving `POST {"to","text"}` for each SMS. Unset: the development outbox.
+    pub sms_webhook_url: Option<SecretString>,
+    /// The master key (64 hex characters or base64 of 32 bytes). Default: read from, or generated
+    /// into, `<data_dir>/secret.key`.
+    pub secret_key: Option<SecretString>,
+    /// Read the master key from this file instead.
+    pub secret_key_file: Option<PathBuf>,
+    /// Take client addresses from `X-Forwarded-For` (only behind a reverse proxy).
+    pub trust_forwarded: bool,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub identity: IdentityConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("mica-data"),
+            database_url: None,
+            blob_url: None,
+            public_url: None,
+            smtp_url: None,
+            email_from: "Mica <no-reply@localhost>".into(),
+            sms_webhook_url: None,
+            secret_key: None,
+            secret_key_file: None,
+            trust_forwarded: false,
+            log_format: "text".into(),
+            identity: IdentityConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        // Missing keys take `Config::default()` through `#[serde(default)]`.
+        let mut fig = Figment::new();
+        if let Some(f) = file {
+            if !f.exists() {
+                bail!("configuration file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("MICA_")
+                .split("__")
+                // Variables read by the test suite, not by the server.
+                .filter(|k| !k.as_str().starts_with("test_")),
+        );
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            );
+        }
+        if self.identity.hash_cost.memory_kib < 19 * 1024 || self.identity.hash_cost.iterations < 2
+        {
+            bail!(
+                "identity.hash_cost is below OWASP's minimum for argon2id (19 MiB, 2 iterations)"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.expose_secret().to_owned(),
+            None => format!("sqlite:{}", self.data_dir.join("mica.db").display()),
+        }
+    }
+
+    /// The blob folder. Only `file:` is supported so far.
+    pub fn blob_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.blob_url {
+            None => Ok(self.data_dir.join("blobs")),
+            Some(u) => match u.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(PathBuf::from(p.trim_start_matches("//"))),
+                _ => bail!("blob_url {u:?} is not supported: use file:PATH (S3-compatible stores come with scale-out)"),
+            },
+        }
+    }
+
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+    }
+
+    /// The master key: given, from its file, or from (or generated into) the data folder.
+    /// A malformed key is an error: the server must not start and write data it cannot read back.
+    pub fn master_key(&self) -> anyhow::Result<MasterKey> {
+        if let Some(k) = &self.secret_key {
+            return MasterKey::parse(k.expose_secret())
+                .context("secret_key (MICA_SECRET_KEY) is malformed");
+        }
+        if let Some(f) = &self.secret_key_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading secret_key_file {}", f.display()))?;
+            return MasterKey::parse(&text)
+                .with_context(|| format!("the key in {} is malformed", f.display()));
+        }
+        let path = self.data_dir.join("secret.key");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return MasterKey::parse(&text)
+                .with_context(|| format!("the key in {} is malformed", path.display()));
+        }
+        let key = MasterKey::generate();
+        write_private(&path, key.to_hex().as_bytes())?;
+        tracing::warn!(path = %path.display(), "generated a new master key; back it up: without it personal data cannot be read");
+        Ok(key)
+    }
+}
+
+/// Writes a file only its owner can read, atomically (temp + fsync + rename).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The `mica` binary's library half: configuration and server start-up, shared by `main` and
+//! the integration tests (which start the real server on a random port).
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mica_core::crypto::Keys;
+use mica_core::Clock;
+use mica_http::AppState;
+use mica_identity::Identity;
+use mica_notify::{Notifier, NotifyConfig};
+use mica_store::{Store, StoreOptions};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Starts serving: creates the data folder, loads the key, migrates the database, binds.
+    pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data folder {}", cfg.data_dir.display()))?;
+        let blobs = cfg.blob_dir()?;
+        std::fs::create_dir_all(&blobs)
+            .with_context(|| format!("creating blob folder {}", blobs.display()))?;
+        let keys = Arc::new(Keys::from_master(&cfg.master_key()?));
+
+        let url = cfg.database_url();
+        let store = Store::connect(&url, &StoreOptions::default())
+            .await
+            .with_context(|| format!("opening database {}", mica_store::redact_url(&url)))?;
+        let applied = store.migrate().await.context("migrating the database")?;
+        tracing::info!(backend = store.backend().name(), migrations = ?applied, "database ready");
+
+        let notifier = Notifier::new(
+            &NotifyConfig {
+                smtp_url: cfg.smtp_url.as_ref().map(|s| s.expose_secret().to_owned()),
+                email_from: cfg.email_from.clone(),
+                sms_webhook_url: cfg
+                    .sms_webhook_url
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned()),
+                outbox_file: cfg.data_dir.join("outbox.jsonl"),
+            },
+            clock.clone(),
+        )?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let identity = Identity::new(
+            store.clone(),
+            keys,
+            notifier.clone(),
+            clock.clone(),
+            cfg.identity.clone(),
+            cores,
+        )
+        .await?;
+
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let public_url = cfg.public_url(addr);
+        let (email, sms) = notifier.routes();
+        if email == "outbox" || sms == "outbox" {
+            tracing::info!(
+                file = %cfg.data_dir.join("outbox.jsonl").display(),
+                email, sms, "no SMTP server or SMS gateway configured: messages go to the development outbox"
+            );
+        }
+
+        let state = AppState {
+            identity: identity.clone(),
+            store: store.clone(),
+            clock,
+            trust_forwarded: cfg.trust_forwarded,
+        };
+        let app = mica_http::app(state);
+        let (tx, mut rx) = watch::channel(false);
+        let mut rx2 = tx.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = identity.purge_expired().await {
+                            tracing::warn!(error = %e, "purging expired codes failed");
+                        }
+                    }
+                    _ = rx2.changed() => break,
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+        });
+        Ok(Server {
+            addr,
+            public_url,
+            store,
+            shutdown: tx,
+            task,
+        })
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, closes the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task")??;
+        self.store.close().await;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself (it only does on a fatal listener error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task")??;
+        Ok(())
+    }
+}

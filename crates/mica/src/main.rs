@@ -1,0 +1,134 @@
+//! `mica`: the server and, later, the admin, agent and client commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use mica::{Config, Server};
+use mica_core::SystemClock;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "mica",
+    version,
+    about = "One account and a personal cloud for all of a person's devices"
+)]
+struct Cli {
+    /// TOML configuration file (settings can also come from MICA_* environment variables).
+    #[arg(long, global = true, env = "MICA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. With no configuration: 127.0.0.1:8080, everything under ./mica-data.
+    Serve,
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mica: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logs(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mica: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve => serve(cfg).await,
+            Command::Openapi => {
+                println!("{}", mica_http::openapi().to_pretty_json()?);
+                Ok(())
+            }
+            Command::Config => {
+                println!("{}", toml_like(&cfg));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mica: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn toml_like(cfg: &Config) -> String {
+    // Debug output of the config redacts every SecretString.
+    format!("{cfg:#?}")
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = EnvFilter::try_from_env("MICA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let mut server = Server::start(&cfg, Arc::new(SystemClock)).await?;
+    println!(
+        "Mica is running at {}  (API reference: {}/api/docs/)",
+        server.public_url, server.public_url
+    );
+    println!(
+        "Data folder: {}",
+        std::fs::canonicalize(&cfg.data_dir)
+            .unwrap_or(cfg.data_dir.clone())
+            .display()
+    );
+    tokio::select! {
+        r = server.wait() => return r,
+        () = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.stop().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,214 @@
+//! Accounts.
+
+use mica_core::{AccountId, Timestamp};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+/// An account as stored: personal data still sealed.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: AccountId,
+    pub email_enc: Option<Vec<u8>>,
+    pub phone_enc: Option<Vec<u8>>,
+    pub password_hash: String,
+    pub password_changed_at: Timestamp,
+    pub sessions_valid_after: Timestamp,
+    pub failed_logins: i64,
+    pub locked_until: Timestamp,
+    pub status: String,
+    pub created_at: Timestamp,
+}
+
+/// A new account, personal data already sealed and indexed by the caller.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub id: AccountId,
+    pub email_enc: Option<Vec<u8>>,
+    pub email_bidx: Option<Vec<u8>>,
+    pub phone_enc: Option<Vec<u8>>,
+    pub phone_bidx: Option<Vec<u8>>,
+    pub password_hash: String,
+    pub created_at: Timestamp,
+}
+
+macro_rules! select_account_where {
+    ($key:literal) => {
+        concat!(
+            "SELECT id, email_enc, phone_enc, password_hash, password_changed_at, ",
+            "sessions_valid_after, failed_logins, locked_until, status, created_at ",
+            "FROM accounts WHERE ",
+            $key,
+            " = $1"
+        )
+    };
+}
+
+fn account_from_row(r: &AnyRow) -> Result<AccountRow> {
+    let id: i64 = r.try_get("id")?;
+    Ok(AccountRow {
+        id: AccountId::from_i64(id)
+            .ok_or_else(|| StoreError::Corrupt(format!("account id {id}")))?,
+        email_enc: r.try_get("email_enc")?,
+        phone_enc: r.try_get("phone_enc")?,
+        password_hash: r.try_get("password_hash")?,
+        password_changed_at: Timestamp(r.try_get("password_changed_at")?),
+        sessions_valid_after: Timestamp(r.try_get("sessions_valid_after")?),
+        failed_logins: r.try_get("failed_logins")?,
+        locked_until: Timestamp(r.try_get("locked_until")?),
+        status: r.try_get("status")?,
+        created_at: Timestamp(r.try_get("created_at")?),
+    })
+}
+
+/// Which identifier an account is looked up by.
+#[derive(Debug, Clone, Copy)]
+pub enum LookupBy<'a> {
+    Id(AccountId),
+    EmailIndex(&'a [u8]),
+    PhoneIndex(&'a [u8]),
+}
+
+impl Store {
+    pub async fn account(&self, by: LookupBy<'_>) -> Result<Option<AccountRow>> {
+        let q = match by {
+            LookupBy::Id(id) => sqlx::query(select_account_where!("id")).bind(id.as_i64()),
+            LookupBy::EmailIndex(b) => {
+                sqlx::query(select_account_where!("email_bidx")).bind(b.to_vec())
+            }
+            LookupBy::PhoneIndex(b) => {
+                sqlx::query(select_account_where!("phone_bidx")).bind(b.to_vec())
+            }
+        };
+        q.fetch_optional(&self.reader)
+            .await?
+            .as_ref()
+            .map(account_from_row)
+            .transpose()
+    }
+
+    /// Whether an email or phone index is already held by an account.
+    pub async fn identifier_taken(
+        &self,
+        email_bidx: Option<&[u8]>,
+        phone_bidx: Option<&[u8]>,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS x FROM accounts WHERE email_bidx = $1 OR phone_bidx = $2 LIMIT 1",
+        )
+        .bind(email_bidx.map(<[u8]>::to_vec))
+        .bind(phone_bidx.map(<[u8]>::to_vec))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Counts a failed password and returns the new count of consecutive failures.
+    pub async fn record_login_failure(&self, id: AccountId) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE accounts SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+        )
+        .bind(id.as_i64())
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            Some(r) => Ok(r.try_get("failed_logins")?),
+            None => Ok(0),
+        }
+    }
+
+    pub async fn lock_account_until(&self, id: AccountId, until: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE accounts SET locked_until = $2 WHERE id = $1 AND locked_until < $2")
+            .bind(id.as_i64())
+            .bind(until.millis())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn clear_login_failures(&self, id: AccountId) -> Result<()> {
+        sqlx::query(
+            "UPDATE accounts SET failed_logins = 0, locked_until = 0 WHERE id = $1 AND (failed_logins <> 0 OR locked_until <> 0)",
+        )
+        .bind(id.as_i64())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates the account of a verified sign-up, consuming the sign-up code in the same
+    /// transaction. `Ok(false)` when the code was consumed meanwhile (a concurrent verify won);
+    /// `Err(Conflict)` when the identifier or the random id is already taken.
+    pub async fn create_account_consuming_code(
+        &self,
+        code_id: &str,
+        account: &NewAccount,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let consumed = sqlx::query(
+            "UPDATE verification_codes SET consumed_at = $2 WHERE id = $1 AND consumed_at IS NULL",
+        )
+        .bind(code_id)
+        .bind(account.created_at.millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if consumed != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO accounts (id, email_enc, email_bidx, phone_enc, phone_bidx, password_hash, \
+             password_changed_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(account.id.as_i64())
+        .bind(account.email_enc.clone())
+        .bind(account.email_bidx.clone())
+        .bind(account.phone_enc.clone())
+        .bind(account.phone_bidx.clone())
+        .bind(account.password_hash.clone())
+        .bind(account.created_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Sets a new password from a verified reset code, and signs out everywhere: in one transaction
+    /// the code is consumed, the hash replaced, every session revoked (their ids are returned) and
+    /// `sessions_valid_after` moved to `now`. `Ok(None)` when the code was already used.
+    pub async fn reset_password_consuming_code(
+        &self,
+        code_id: &str,
+        id: AccountId,
+        password_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<Vec<mica_core::SessionId>>> {
+        let mut tx = self.writer.begin().await?;
+        let consumed = sqlx::query(
+            "UPDATE verification_codes SET consumed_at = $2 WHERE id = $1 AND consumed_at IS NULL",
+        )
+        .bind(code_id)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if consumed != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE accounts SET password_hash = $2, password_changed_at = $3, sessions_valid_after = $3, \
+             failed_logins = 0, locked_until = 0 WHERE id = $1",
+        )
+        .bind(id.as_i64())
+        .bind(password_hash)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        let revoked = crate::sessions::revoke_all_in(&mut tx, id, now).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+}

@@ -1,0 +1,239 @@
+//! Mica's storage.
+//!
+//! One implementation of every query, run through sqlx's `Any` driver against either SQLite (the
+//! embedded default) or PostgreSQL (scale-out). Queries use `$N` placeholders, which both engines
+//! accept; the two differ only in their migration files (`migrations/{sqlite,postgres}`), where
+//! column types are spelled per engine.
+//!
+//! Architecture invariants:
+//! - only this crate contains SQL or knows which engine it talks to;
+//! - every multi-row change is one transaction; conditional updates (`… WHERE used_at IS NULL`)
+//!   make races between two requests resolve to exactly one winner;
+//! - personal data arrives here already sealed: the store never sees a plaintext email or phone.
+//!
+//! On SQLite all writes go through a single-connection pool, so writers queue in-process instead of
+//! failing with `SQLITE_BUSY`; reads use a separate pool and WAL snapshots.
+
+mod accounts;
+mod codes;
+mod migrate;
+mod sessions;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use accounts::{AccountRow, LookupBy, NewAccount};
+pub use codes::{CodeRow, NewCode};
+pub use sessions::{LoginEventRow, NewSession, RefreshOutcome, SessionRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a record with the same unique key already exists")]
+    Conflict,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: use sqlite:PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The database handle every domain crate uses.
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: AnyPool,
+    reader: AnyPool,
+    backend: Backend,
+}
+
+/// Pool sizing; defaults suit a small machine.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:PATH` — created when missing — or `postgres://…`).
+    /// Does not run migrations: call [`Store::migrate`].
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') {
+                    url.to_owned()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let conn = AnyConnectOptions::from_str(&url)?;
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(opts.acquire_timeout.max(Duration::from_secs(30)))
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(conn.clone())
+                    .await?;
+                // WAL lets readers proceed while the single writer commits; it is persistent.
+                writer.execute("PRAGMA journal_mode = WAL").await?;
+                let reader = AnyPoolOptions::new()
+                    .max_connections(opts.max_connections.clamp(1, 8))
+                    .acquire_timeout(opts.acquire_timeout)
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(conn)
+                    .await?;
+                Ok(Store {
+                    writer,
+                    reader,
+                    backend,
+                })
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(opts.max_connections)
+                    .acquire_timeout(opts.acquire_timeout)
+                    .connect(url)
+                    .await?;
+                Ok(Store {
+                    writer: pool.clone(),
+                    reader: pool,
+                    backend,
+                })
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Brings the schema up to date. Safe to run on every start and from several nodes at once
+    /// (PostgreSQL serialises them with an advisory lock).
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        migrate::run(&self.writer, self.backend).await
+    }
+
+    /// A cheap round trip, for readiness probes.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// Every table of the schema (except the migration ledger), for integrity and deletion checks.
+    pub async fn table_names(&self) -> Result<Vec<String>> {
+        use sqlx::Row;
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+                 AND name <> 'schema_migrations' ORDER BY name"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
+                 AND table_name <> 'schema_migrations' ORDER BY table_name"
+            }
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("name").map_err(StoreError::from))
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+type ConnectFuture<'c> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
+
+/// Per-connection SQLite settings: wait for locks instead of failing, enforce foreign keys, and
+/// sync at WAL checkpoints (a crash or power cut leaves the old state or the new one, never a torn one).
+fn sqlite_pragmas(
+    conn: &mut sqlx::AnyConnection,
+    _meta: sqlx::pool::PoolConnectionMetadata,
+) -> ConnectFuture<'_> {
+    Box::pin(async move {
+        conn.execute(
+            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// A URL without its password, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact_url("sqlite:/x/y.db"), "sqlite:/x/y.db");
+    }
+}

@@ -1,0 +1,93 @@
+//! A small migration runner: numbered SQL files per engine, embedded in the binary, each applied
+//! once inside its own transaction and recorded in `schema_migrations`.
+
+use sqlx::{AnyPool, Row};
+
+use crate::{Backend, Result, StoreError};
+
+struct Migration {
+    version: i64,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: include_str!("../migrations/sqlite/0001_identity.sql"),
+    postgres: include_str!("../migrations/postgres/0001_identity.sql"),
+}];
+
+/// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
+const PG_LOCK_KEY: i64 = 0x6d69_6361_6d69_67;
+
+pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<i64>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PG_LOCK_KEY)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = apply(&mut conn, backend).await;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PG_LOCK_KEY)
+            .execute(&mut *conn)
+            .await?;
+    }
+    result
+}
+
+async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<Vec<i64>> {
+    use sqlx::Connection;
+    let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("version"))
+        .collect::<Result<_, _>>()?;
+    let mut applied = Vec::new();
+    for m in MIGRATIONS {
+        if done.contains(&m.version) {
+            continue;
+        }
+        let sql = match backend {
+            Backend::Sqlite => m.sqlite,
+            Backend::Postgres => m.postgres,
+        };
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| StoreError::Migration {
+                version: m.version,
+                source,
+            })?;
+        let now = mica_core::SystemClock.now_millis();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(m.version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version = m.version, "applied schema migration");
+        applied.push(m.version);
+    }
+    Ok(applied)
+}
+
+trait NowMillis {
+    fn now_millis(&self) -> i64;
+}
+
+impl NowMillis for mica_core::SystemClock {
+    fn now_millis(&self) -> i64 {
+        use mica_core::Clock;
+        self.now().millis()
+    }
+}

@@ -1,0 +1,375 @@
+//! Sessions (refresh-token families), refresh tokens and login records.
+
+use mica_core::{AccountId, SessionId, Timestamp};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub created_at: Timestamp,
+    pub last_used_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub ip: String,
+    pub user_agent: String,
+    pub device_model: Option<String>,
+    pub os_version: Option<String>,
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub ip: String,
+    pub user_agent: String,
+    pub device_model: Option<String>,
+    pub os_version: Option<String>,
+    pub client: Option<String>,
+}
+
+/// One sign-in attempt or success, as the account's owner sees it.
+#[derive(Debug, Clone)]
+pub struct LoginEventRow {
+    pub at: Timestamp,
+    pub outcome: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub device_model: Option<String>,
+    pub os_version: Option<String>,
+    pub client: Option<String>,
+    pub session_id: Option<SessionId>,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    /// The token was current: it is now used, and `new_hash` is the session's current token.
+    Rotated(SessionRow),
+    /// The token had already been used: the whole session (token family) is now revoked.
+    Reused {
+        session: SessionId,
+        account: AccountId,
+    },
+    /// Unknown token, or its session is revoked or expired.
+    Invalid,
+}
+
+fn session_from_row(r: &AnyRow) -> Result<SessionRow> {
+    let aid: i64 = r.try_get("account_id")?;
+    Ok(SessionRow {
+        id: SessionId(r.try_get("id")?),
+        account_id: AccountId::from_i64(aid)
+            .ok_or_else(|| StoreError::Corrupt(format!("account id {aid}")))?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        last_used_at: Timestamp(r.try_get("last_used_at")?),
+        expires_at: Timestamp(r.try_get("expires_at")?),
+        revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+        ip: r.try_get("ip")?,
+        user_agent: r.try_get("user_agent")?,
+        device_model: r.try_get("device_model")?,
+        os_version: r.try_get("os_version")?,
+        client: r.try_get("client")?,
+    })
+}
+
+const SESSION_COLUMNS: &str =
+    "s.id, s.account_id, s.created_at, s.last_used_at, s.expires_at, s.revoked_at, \
+     s.ip, s.user_agent, s.device_model, s.os_version, s.client";
+
+impl Store {
+    /// Opens a session with its first refresh token and records the successful sign-in, atomically.
+    pub async fn create_session(&self, s: &NewSession, refresh_hash: &[u8]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, account_id, created_at, last_used_at, expires_at, ip, user_agent, \
+             device_model, os_version, client) VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(s.id.0.clone())
+        .bind(s.account_id.as_i64())
+        .bind(s.created_at.millis())
+        .bind(s.expires_at.millis())
+        .bind(s.ip.clone())
+        .bind(s.user_agent.clone())
+        .bind(s.device_model.clone())
+        .bind(s.os_version.clone())
+        .bind(s.client.clone())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(refresh_hash.to_vec())
+        .bind(s.id.0.clone())
+        .bind(s.created_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        insert_login_event(
+            &mut tx,
+            s.account_id,
+            &LoginEventRow {
+                at: s.created_at,
+                outcome: "success".into(),
+                ip: s.ip.clone(),
+                user_agent: s.user_agent.clone(),
+                device_model: s.device_model.clone(),
+                os_version: s.os_version.clone(),
+                client: s.client.clone(),
+                session_id: Some(s.id.clone()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rotates a refresh token. Reuse of a spent token revokes the whole family, and two
+    /// concurrent presentations of the same token cannot both succeed.
+    pub async fn rotate_refresh(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        now: Timestamp,
+        ip: &str,
+    ) -> Result<RefreshOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, t.used_at AS token_used_at, a.sessions_valid_after \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN accounts a ON a.id = s.account_id \
+             WHERE t.token_hash = $1"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(old_hash.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let session = session_from_row(&row)?;
+        let used_at: Option<i64> = row.try_get("token_used_at")?;
+        let valid_after: i64 = row.try_get("sessions_valid_after")?;
+        if session.revoked_at.is_some()
+            || session.expires_at <= now
+            || session.created_at.millis() < valid_after
+        {
+            tx.rollback().await?;
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let won = used_at.is_none()
+            && sqlx::query(
+                "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
+            )
+            .bind(old_hash.to_vec())
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        if !won {
+            sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(session.id.0.clone())
+                .bind(now.millis())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused {
+                session: session.id,
+                account: session.account_id,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(new_hash.to_vec())
+        .bind(session.id.0.clone())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        // Spent tokens stay until the session ends, so reuse of any earlier token of the family is
+        // recognised, not only of the latest one.
+        sqlx::query("UPDATE sessions SET last_used_at = $2, ip = $3 WHERE id = $1")
+            .bind(session.id.0.clone())
+            .bind(now.millis())
+            .bind(ip)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(SessionRow {
+            last_used_at: now,
+            ip: ip.to_owned(),
+            ..session
+        }))
+    }
+
+    /// Live sessions of an account, newest first.
+    pub async fn active_sessions(
+        &self,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<Vec<SessionRow>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s JOIN accounts a ON a.id = s.account_id \
+             WHERE s.account_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+             AND s.created_at >= a.sessions_valid_after ORDER BY s.last_used_at DESC"
+        );
+        sqlx::query(&sql)
+            .bind(account.as_i64())
+            .bind(now.millis())
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    /// Revokes one session of an account. `false` when it is not this account's or already revoked.
+    pub async fn revoke_session(
+        &self,
+        account: AccountId,
+        id: &SessionId,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE sessions SET revoked_at = $3 WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(id.0.clone())
+        .bind(account.as_i64())
+        .bind(now.millis())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Signs an account out everywhere; returns the ids of the sessions it ended.
+    pub async fn revoke_all_sessions(
+        &self,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<Vec<SessionId>> {
+        let mut tx = self.writer.begin().await?;
+        let ids = revoke_all_in(&mut tx, account, now).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Sessions revoked and accounts signed out everywhere since `since`: what a node needs to
+    /// reject still-unexpired access tokens after a restart.
+    pub async fn recent_revocations(
+        &self,
+        since: Timestamp,
+    ) -> Result<(Vec<(SessionId, Timestamp)>, Vec<(AccountId, Timestamp)>)> {
+        let sessions = sqlx::query("SELECT id, revoked_at FROM sessions WHERE revoked_at >= $1")
+            .bind(since.millis())
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    SessionId(r.try_get("id")?),
+                    Timestamp(r.try_get("revoked_at")?),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let accounts = sqlx::query(
+            "SELECT id, sessions_valid_after FROM accounts WHERE sessions_valid_after >= $1",
+        )
+        .bind(since.millis())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let id: i64 = r.try_get("id").ok()?;
+            let t: i64 = r.try_get("sessions_valid_after").ok()?;
+            Some((AccountId::from_i64(id)?, Timestamp(t)))
+        })
+        .collect();
+        Ok((sessions, accounts))
+    }
+
+    /// Records a sign-in attempt that did not open a session (wrong password, locked, …).
+    pub async fn record_login_event(&self, account: AccountId, e: &LoginEventRow) -> Result<()> {
+        let mut conn = self.writer.acquire().await?;
+        insert_login_event(&mut conn, account, e).await
+    }
+
+    /// An account's login records, newest first.
+    pub async fn login_events(&self, account: AccountId, limit: i64) -> Result<Vec<LoginEventRow>> {
+        sqlx::query(
+            "SELECT at, outcome, ip, user_agent, device_model, os_version, client, session_id FROM login_events \
+             WHERE account_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(account.as_i64())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(LoginEventRow {
+                at: Timestamp(r.try_get("at")?),
+                outcome: r.try_get("outcome")?,
+                ip: r.try_get("ip")?,
+                user_agent: r.try_get("user_agent")?,
+                device_model: r.try_get("device_model")?,
+                os_version: r.try_get("os_version")?,
+                client: r.try_get("client")?,
+                session_id: r.try_get::<Option<String>, _>("session_id")?.map(SessionId),
+            })
+        })
+        .collect()
+    }
+}
+
+async fn insert_login_event(
+    conn: &mut sqlx::AnyConnection,
+    account: AccountId,
+    e: &LoginEventRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO login_events (account_id, at, outcome, ip, user_agent, device_model, os_version, client, session_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(account.as_i64())
+    .bind(e.at.millis())
+    .bind(e.outcome.clone())
+    .bind(e.ip.clone())
+    .bind(e.user_agent.clone())
+    .bind(e.device_model.clone())
+    .bind(e.os_version.clone())
+    .bind(e.client.clone())
+    .bind(e.session_id.as_ref().map(|s| s.0.clone()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Revokes every live session of an account inside a transaction; returns their ids.
+pub(crate) async fn revoke_all_in(
+    conn: &mut sqlx::AnyConnection,
+    account: AccountId,
+    now: Timestamp,
+) -> Result<Vec<SessionId>> {
+    let ids = sqlx::query(
+        "UPDATE sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(account.as_i64())
+    .bind(now.millis())
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| r.try_get::<String, _>("id").map(SessionId))
+    .collect::<Result<Vec<_>, _>>()?;
+    sqlx::query("UPDATE accounts SET sessions_valid_after = $2 WHERE id = $1")
+        .bind(account.as_i64())
+        .bind(now.millis())
+        .execute(&mut *conn)
+        .await?;
+    Ok(ids)
+}
