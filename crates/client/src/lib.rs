@@ -1,1 +1,343 @@
+//! A typed client of Mica's HTTP API, shared by the command-line tools, the device agent and the
+//! integration tests.
 
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// An error answer of the API (`{"error": {"code", "message"}}`), or a transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("transport: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("unexpected answer {status}: {body}")]
+    Unexpected { status: StatusCode, body: String },
+}
+
+impl ClientError {
+    /// The API's stable error code, if this is an API error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
+                Some(*status)
+            }
+            ClientError::Transport(e) => e.status(),
+        }
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SignupStarted {
+    pub signup_id: String,
+    pub channel: String,
+    pub sent_to: String,
+    pub expires_at: String,
+    pub resend_after: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tokens {
+    pub account_id: String,
+    pub session_id: String,
+    pub token_type: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub access_token_expires_at: String,
+    pub refresh_token: String,
+    pub refresh_token_expires_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Me {
+    pub account_id: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub created_at: String,
+    pub password_changed_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub current: bool,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub expires_at: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub device_model: Option<String>,
+    pub os_version: Option<String>,
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoginRecord {
+    pub at: String,
+    pub outcome: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub device_model: Option<String>,
+    pub os_version: Option<String>,
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResetStarted {
+    pub reset_id: String,
+    pub expires_at: String,
+    pub resend_after: String,
+    pub message: String,
+}
+
+/// What a client declares about its device when signing in.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Device {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// A client bound to one server and, once signed in, one access token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `base`: the server's URL, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("mica-client/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Client {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            token: None,
+        }
+    }
+
+    /// The same client, sending `access_token` from now on.
+    #[must_use]
+    pub fn with_token(&self, access_token: impl Into<String>) -> Self {
+        Client {
+            token: Some(access_token.into()),
+            ..self.clone()
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
+        let resp = self.raw(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_value(Value::Null).map_err(|_| ClientError::Unexpected {
+                status,
+                body: String::new(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    /// Sends a request and turns error answers into [`ClientError::Api`].
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) if v["error"]["code"].is_string() => Err(ClientError::Api {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                retry_after,
+            }),
+            _ => Err(ClientError::Unexpected { status, body: text }),
+        }
+    }
+
+    pub async fn signup_email(&self, email: &str, password: &str) -> Result<SignupStarted> {
+        self.call(
+            Method::POST,
+            "/api/v1/signup",
+            Some(json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    pub async fn signup_phone(&self, phone: &str, password: &str) -> Result<SignupStarted> {
+        self.call(
+            Method::POST,
+            "/api/v1/signup",
+            Some(json!({ "phone": phone, "password": password })),
+        )
+        .await
+    }
+
+    pub async fn signup_resend(&self, signup_id: &str) -> Result<SignupStarted> {
+        self.call(
+            Method::POST,
+            "/api/v1/signup/resend",
+            Some(json!({ "signup_id": signup_id })),
+        )
+        .await
+    }
+
+    pub async fn signup_verify(
+        &self,
+        signup_id: &str,
+        code: &str,
+        device: Option<Device>,
+    ) -> Result<Tokens> {
+        self.call(
+            Method::POST,
+            "/api/v1/signup/verify",
+            Some(json!({ "signup_id": signup_id, "code": code, "device": device })),
+        )
+        .await
+    }
+
+    pub async fn sign_in(
+        &self,
+        login: &str,
+        password: &str,
+        device: Option<Device>,
+    ) -> Result<Tokens> {
+        self.call(
+            Method::POST,
+            "/api/v1/sessions",
+            Some(json!({ "login": login, "password": password, "device": device })),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {
+        self.call(
+            Method::POST,
+            "/api/v1/sessions/refresh",
+            Some(json!({ "refresh_token": refresh_token })),
+        )
+        .await
+    }
+
+    pub async fn me(&self) -> Result<Me> {
+        self.call(Method::GET, "/api/v1/me", None).await
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<Session>> {
+        self.call(Method::GET, "/api/v1/sessions", None).await
+    }
+
+    pub async fn revoke_session(&self, id: &str) -> Result<()> {
+        self.call::<Option<()>>(Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn sign_out(&self) -> Result<()> {
+        self.call::<Option<()>>(Method::DELETE, "/api/v1/sessions/current", None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Signs out every session; returns how many.
+    pub async fn sign_out_everywhere(&self) -> Result<u64> {
+        let v: Value = self.call(Method::DELETE, "/api/v1/sessions", None).await?;
+        Ok(v["revoked"].as_u64().unwrap_or(0))
+    }
+
+    pub async fn login_records(&self, limit: Option<u32>) -> Result<Vec<LoginRecord>> {
+        let q = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
+        self.call(Method::GET, &format!("/api/v1/me/logins{q}"), None)
+            .await
+    }
+
+    pub async fn forgot_password(&self, login: &str) -> Result<ResetStarted> {
+        self.call(
+            Method::POST,
+            "/api/v1/password/forgot",
+            Some(json!({ "login": login })),
+        )
+        .await
+    }
+
+    pub async fn reset_password(
+        &self,
+        reset_id: &str,
+        code: &str,
+        new_password: &str,
+    ) -> Result<()> {
+        self.call::<Option<()>>(
+            Method::POST,
+            "/api/v1/password/reset",
+            Some(json!({ "reset_id": reset_id, "code": code, "new_password": new_password })),
+        )
+        .await
+        .map(|_| ())
+    }
+}

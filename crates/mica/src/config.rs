@@ -79,8 +79,11 @@ impl Config {
         fig = fig.merge(
             Env::prefixed("MICA_")
                 .split("__")
-                // Variables read by the test suite, not by the server.
-                .filter(|k| !k.as_str().starts_with("test_")),
+                // Read elsewhere: MICA_CONFIG (the file's path), MICA_LOG (the log filter) and
+                // MICA_TEST_* (the test suite).
+                .filter(|k| {
+                    !matches!(k.as_str(), "config" | "log") && !k.as_str().starts_with("test_")
+                }),
         );
         let cfg: Config = fig
             .extract()

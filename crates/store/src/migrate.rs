@@ -18,7 +18,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
-const PG_LOCK_KEY: i64 = 0x6d69_6361_6d69_67;
+const PG_LOCK_KEY: i64 = 0x006d_6963_616d_6967;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<i64>> {
     let mut conn = pool.acquire().await?;

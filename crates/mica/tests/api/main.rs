@@ -1,1 +1,20 @@
+//! Mica's integration tests: one binary (each file under tests/ would be another binary to link).
+//! Every test starts the real server on a random port with its own database and drives it over
+//! HTTP. Tests listed in `on_both_backends!` run on SQLite and on PostgreSQL.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default,
+    clippy::result_large_err
+)]
+
+mod support;
+
+mod bad_input;
+mod limits;
+mod recovery;
+mod sessions;
+mod signup;
+mod startup;

@@ -1,0 +1,149 @@
+//! Start-up on the embedded defaults, configuration errors, and the API reference.
+
+use std::sync::Arc;
+
+use mica::{Config, Server};
+use mica_core::SystemClock;
+use secrecy::SecretString;
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mica-startup-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[tokio::test]
+async fn embedded_defaults_create_the_data_folder_and_keep_the_key() {
+    let dir = temp_dir("defaults");
+    let mut cfg = Config::default();
+    cfg.data_dir = dir.clone();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start(&cfg, Arc::new(SystemClock)).await.unwrap();
+    for f in ["mica.db", "secret.key", "blobs"] {
+        assert!(dir.join(f).exists(), "{f} created");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by its owner only");
+    }
+    let key = std::fs::read_to_string(dir.join("secret.key")).unwrap();
+    // Without SMTP, messages land in the outbox file.
+    let c = mica_client::Client::new(format!("http://{}", server.addr));
+    c.signup_email("zoe@example.com", crate::support::PASSWORD)
+        .await
+        .unwrap();
+    let outbox = dir.join("outbox.jsonl");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["channel"], "email");
+    assert_eq!(line["to"], "zoe@example.com");
+    assert!(crate::support::six_digits(line["subject"].as_str().unwrap()).is_some());
+    server.stop().await.unwrap();
+
+    // A restart keeps the same key and data.
+    let server = Server::start(&cfg, Arc::new(SystemClock)).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("secret.key")).unwrap(),
+        key
+    );
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_malformed_key_refuses_to_start() {
+    let dir = temp_dir("badkey");
+    let mut cfg = Config::default();
+    cfg.data_dir = dir.clone();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.secret_key = Some(SecretString::from("not-a-key"));
+    let err = Server::start(&cfg, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("malformed"), "{err:#}");
+
+    cfg.secret_key = None;
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret.key"), "0123").unwrap();
+    let err = Server::start(&cfg, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("malformed"), "{err:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn configuration_comes_from_file_and_environment_and_rejects_typos() {
+    let dir = temp_dir("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mica.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9999\"\n[identity]\ncode_ttl_secs = 300\n",
+    )
+    .unwrap();
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("MICA_DATA_DIR", "/srv/mica");
+        jail.set_env("MICA_IDENTITY__CODE_MAX_ATTEMPTS", "3");
+        let cfg = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.data_dir, std::path::PathBuf::from("/srv/mica"));
+        assert_eq!(cfg.identity.code_ttl_secs, 300);
+        assert_eq!(cfg.identity.code_max_attempts, 3);
+        assert_eq!(cfg.database_url(), "sqlite:/srv/mica/mica.db");
+        jail.set_env("MICA_DATABSE_URL", "postgres://typo");
+        let err = Config::load(None).expect_err("typo refused");
+        assert!(err.to_string().contains("databse_url"), "{err}");
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_api_reference_and_openapi_document_are_served() {
+    let app = crate::support::TestApp::start(crate::support::Backend::Sqlite)
+        .await
+        .unwrap();
+    let doc: serde_json::Value = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for p in [
+        "/api/v1/signup",
+        "/api/v1/signup/verify",
+        "/api/v1/sessions",
+        "/api/v1/sessions/refresh",
+        "/api/v1/password/forgot",
+        "/api/v1/me",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} documented");
+    }
+    assert!(doc["components"]["schemas"]["TokenResponse"].is_object());
+    let page = app.http.get(app.url("/api/docs/")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.text().await.unwrap().contains("swagger"),
+        "interactive reference page"
+    );
+    app.stop().await;
+}
