@@ -36,8 +36,8 @@ async fn me(State(app): State<AppState>, Auth(p): Auth) -> Result<Json<MeRespons
     let v = app.identity.me(&p).await?;
     Ok(Json(MeResponse {
         account_id: v.id,
-        email: v.email.map(|e| e.to_string()),
-        phone: v.phone.map(|p| p.to_string()),
+        email: v.email.as_ref().map(ToString::to_string),
+        phone: v.phone.as_ref().map(ToString::to_string),
         created_at: v.created_at.to_rfc3339(),
         password_changed_at: v.password_changed_at.to_rfc3339(),
     }))

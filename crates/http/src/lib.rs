@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +21,13 @@ use axum::{Json, Router};
 use mica_core::Clock;
 use mica_identity::Identity;
 use mica_store::Store;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -32,9 +36,24 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub struct AppInner {
     pub identity: Identity,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
@@ -95,33 +114,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api().1
 }
 
-/// The whole application, middleware included.
-pub fn app(state: AppState) -> Router {
+/// The whole application as one service, middleware included.
+pub type App = BoxCloneSyncService<axum::extract::Request, Response, Infallible>;
+
+/// The whole application: the routes, wrapped once in the middleware (around the router, not
+/// around each route, so a request does not clone the middleware stack).
+pub fn app(state: AppState) -> App {
     let (api, doc) = api();
-    let x_request_id = HeaderName::from_static("x-request-id");
-    api.merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
+    let router = api
+        .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
         .route("/", get(index))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| -> Response {
-            tracing::error!("a request handler panicked");
-            ApiError::internal().into_response()
-        }))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .with_state(state);
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let svc = ServiceBuilder::new()
+        .map_response(|r: Response<_>| r.map(axum::body::Body::new))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+        .layer(SetRequestIdLayer::new(x_request_id.clone(), RequestIds::new()))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
@@ -135,8 +145,58 @@ pub fn app(state: AppState) -> Router {
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| -> Response {
+            tracing::error!("a request handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .map_response(security_headers)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .service(router);
+    BoxCloneSyncService::new(svc)
+}
+
+/// Headers every response carries.
+fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// Request ids: a random per-process prefix and a counter (unique, and far cheaper than a
+/// random UUID per request, which costs an OS entropy call).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let prefix = mica_core::crypto::random_token_string(6);
+        RequestIds {
+            prefix: prefix.into(),
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// Liveness: the process answers.

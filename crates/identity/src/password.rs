@@ -1,16 +1,17 @@
 //! Password policy and hashing.
 //!
-//! Hashing is argon2id and runs on the blocking pool behind a semaphore sized to the machine's
-//! cores: a burst of sign-ins queues for a hashing slot instead of starving the async runtime and
-//! every other request.
+//! Hashing is argon2id and runs on a dedicated pool of threads, one per core, fed by a queue: a
+//! burst of sign-ins waits in the queue instead of starving the async runtime and every other
+//! request, and a hashing thread takes its next job the moment it finishes one (no round trip
+//! through the async scheduler between two hashes).
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::IdentityError;
 
@@ -41,11 +42,62 @@ impl HashCost {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that run hashing jobs from one queue.
+#[derive(Debug)]
+struct Pool {
+    queue: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Result<Self, IdentityError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("mica-hash-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        guard.recv()
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return, // every sender is gone: shut down
+                    }
+                })
+                .map_err(|e| IdentityError::Internal(format!("starting hashing threads: {e}")))?;
+        }
+        Ok(Pool {
+            queue: Mutex::new(tx),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, IdentityError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| IdentityError::Internal("hashing pool stopped".into()))?;
+        rx.await
+            .map_err(|_| IdentityError::Internal("hashing job lost".into()))
+    }
+}
+
 /// The bounded argon2id pool.
 #[derive(Clone, Debug)]
 pub struct PasswordHasher {
     cost: HashCost,
-    slots: Arc<Semaphore>,
+    pool: Arc<Pool>,
     dummy: Arc<String>,
 }
 
@@ -62,7 +114,7 @@ impl PasswordHasher {
             .to_string();
         Ok(PasswordHasher {
             cost,
-            slots: Arc::new(Semaphore::new(slots.max(1))),
+            pool: Arc::new(Pool::new(slots)?),
             dummy: Arc::new(dummy),
         })
     }
@@ -72,22 +124,17 @@ impl PasswordHasher {
     }
 
     pub async fn hash(&self, password: &SecretString) -> Result<String, IdentityError> {
-        let _permit = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| IdentityError::Internal("hasher closed".into()))?;
         let cost = self.cost;
         let pw = password.clone();
-        tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            cost.argon2()?
-                .hash_password(pw.expose_secret().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| IdentityError::Internal(format!("argon2: {e}")))
-        })
-        .await
-        .map_err(|e| IdentityError::Internal(format!("hashing task: {e}")))?
+        self.pool
+            .run(move || {
+                let salt = SaltString::generate(&mut OsRng);
+                cost.argon2()?
+                    .hash_password(pw.expose_secret().as_bytes(), &salt)
+                    .map(|h| h.to_string())
+                    .map_err(|e| IdentityError::Internal(format!("argon2: {e}")))
+            })
+            .await?
     }
 
     /// Verifies `password` against a stored PHC string; `None` verifies against the dummy hash
@@ -97,28 +144,24 @@ impl PasswordHasher {
         password: &SecretString,
         phc: Option<&str>,
     ) -> Result<bool, IdentityError> {
-        let _permit = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| IdentityError::Internal("hasher closed".into()))?;
         let (phc, real) = match phc {
             Some(p) => (p.to_owned(), true),
             None => (self.dummy.as_str().to_owned(), false),
         };
         let pw = password.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&phc)
-                .map_err(|e| IdentityError::Internal(format!("stored hash: {e}")))?;
-            // Parameters come from the stored hash, so raising the cost later keeps old hashes valid.
-            Ok::<_, IdentityError>(
-                Argon2::default()
-                    .verify_password(pw.expose_secret().as_bytes(), &parsed)
-                    .is_ok(),
-            )
-        })
-        .await
-        .map_err(|e| IdentityError::Internal(format!("hashing task: {e}")))??;
+        let ok = self
+            .pool
+            .run(move || {
+                let parsed = PasswordHash::new(&phc)
+                    .map_err(|e| IdentityError::Internal(format!("stored hash: {e}")))?;
+                // Parameters come from the stored hash, so raising the cost later keeps old hashes valid.
+                Ok::<_, IdentityError>(
+                    Argon2::default()
+                        .verify_password(pw.expose_secret().as_bytes(), &parsed)
+                        .is_ok(),
+                )
+            })
+            .await??;
         Ok(ok && real)
     }
 }

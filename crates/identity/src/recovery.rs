@@ -129,6 +129,7 @@ impl Identity {
             return Err(IdentityError::CodeExpired);
         };
         self.note_revoked(revoked);
+        self.account_changed(account_id);
         tracing::info!(account = %account_id, "password reset; every session signed out");
         let name = &self.inner.cfg.service_name;
         let text = format!(

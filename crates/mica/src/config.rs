@@ -82,7 +82,8 @@ impl Config {
                 // Read elsewhere: MICA_CONFIG (the file's path), MICA_LOG (the log filter) and
                 // MICA_TEST_* (the test suite).
                 .filter(|k| {
-                    !matches!(k.as_str(), "config" | "log") && !k.as_str().starts_with("test_")
+                    let k = k.as_str().to_ascii_lowercase();
+                    !matches!(k.as_str(), "config" | "log") && !k.starts_with("test_")
                 }),
         );
         let cfg: Config = fig

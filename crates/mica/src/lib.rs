@@ -85,12 +85,12 @@ impl Server {
             );
         }
 
-        let state = AppState {
+        let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             store: store.clone(),
             clock,
             trust_forwarded: cfg.trust_forwarded,
-        };
+        });
         let app = mica_http::app(state);
         let (tx, mut rx) = watch::channel(false);
         let mut rx2 = tx.subscribe();
@@ -110,7 +110,9 @@ impl Server {
         let task = tokio::spawn(async move {
             axum::serve(
                 listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
+                axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                    SocketAddr,
+                >(app),
             )
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|stop| *stop).await;

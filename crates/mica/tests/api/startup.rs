@@ -99,6 +99,9 @@ fn configuration_comes_from_file_and_environment_and_rejects_typos() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("MICA_DATA_DIR", "/srv/mica");
         jail.set_env("MICA_IDENTITY__CODE_MAX_ATTEMPTS", "3");
+        // Variables of the test suite and the log filter are not configuration keys.
+        jail.set_env("MICA_TEST_SOMETHING", "x");
+        jail.set_env("MICA_LOG", "debug");
         let cfg = Config::load(Some(&file)).map_err(|e| e.to_string())?;
         assert_eq!(cfg.listen.port(), 9999);
         assert_eq!(cfg.data_dir, std::path::PathBuf::from("/srv/mica"));
