@@ -150,3 +150,62 @@ async fn the_api_reference_and_openapi_document_are_served() {
     );
     app.stop().await;
 }
+
+/// README's first command, as a new user runs it: the real binary, no configuration (only the
+/// port, since 8080 may be taken here), in an empty folder; then SIGTERM stops it cleanly.
+#[test]
+fn the_binary_serves_on_embedded_defaults_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let dir = temp_dir("binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mica"))
+        .arg("serve")
+        .current_dir(&dir)
+        .env("MICA_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the server prints its URL");
+        if let Some(rest) = line.strip_prefix("Mica is running at ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let health: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("{url}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(health["status"], "ok");
+    for f in ["mica.db", "secret.key", "blobs"] {
+        assert!(dir.join("mica-data").join(f).exists(), "./mica-data/{f}");
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
