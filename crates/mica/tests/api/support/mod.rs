@@ -135,8 +135,6 @@ impl TestApp {
 
     /// Every value stored in the database, as text (for "a dump never shows …" checks).
     pub async fn dump(&self) -> String {
-        let store = &self.server.as_ref().expect("running").store;
-        let _ = store;
         match self.backend {
             Backend::Sqlite => {
                 let mut all = Vec::new();
