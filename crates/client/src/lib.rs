@@ -20,6 +20,11 @@ pub enum ClientError {
     },
     #[error("transport: {0}")]
     Transport(#[from] reqwest::Error),
+    #[error("the password was right; finish with a second factor (challenge {challenge_id})")]
+    TwoStepRequired {
+        challenge_id: String,
+        methods: Vec<String>,
+    },
     #[error("unexpected answer {status}: {body}")]
     Unexpected { status: StatusCode, body: String },
 }
@@ -38,6 +43,7 @@ impl ClientError {
                 Some(*status)
             }
             ClientError::Transport(e) => e.status(),
+            ClientError::TwoStepRequired { .. } => Some(StatusCode::ACCEPTED),
         }
     }
     pub fn retry_after(&self) -> Option<Duration> {
@@ -111,6 +117,24 @@ pub struct ResetStarted {
     pub expires_at: String,
     pub resend_after: String,
     pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeSent {
+    pub challenge_id: String,
+    pub channel: String,
+    pub sent_to: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecurityEvent {
+    pub at: String,
+    pub kind: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub session_id: Option<String>,
+    pub detail: Option<String>,
 }
 
 /// What a client declares about its device when signing in.
@@ -262,18 +286,138 @@ impl Client {
         .await
     }
 
+    /// Signs in. With two-step verification on, fails with [`ClientError::TwoStepRequired`].
     pub async fn sign_in(
         &self,
         login: &str,
         password: &str,
         device: Option<Device>,
     ) -> Result<Tokens> {
+        let v: Value = self
+            .call(
+                Method::POST,
+                "/api/v1/sessions",
+                Some(json!({ "login": login, "password": password, "device": device })),
+            )
+            .await?;
+        if v["two_step_required"] == json!(true) {
+            return Err(ClientError::TwoStepRequired {
+                challenge_id: v["challenge_id"].as_str().unwrap_or_default().to_owned(),
+                methods: v["methods"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|m| m.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        serde_json::from_value(v.clone()).map_err(|_| ClientError::Unexpected {
+            status: StatusCode::CREATED,
+            body: v.to_string(),
+        })
+    }
+
+    /// Finishes a two-step sign-in; `factor` is `"totp"`, `"recovery_code"` or `"code"`.
+    pub async fn sign_in_second_factor(
+        &self,
+        challenge_id: &str,
+        factor: &str,
+        value: &str,
+    ) -> Result<Tokens> {
+        let mut body = json!({ "challenge_id": challenge_id });
+        body[factor] = json!(value);
+        self.call(Method::POST, "/api/v1/sessions/two-step", Some(body))
+            .await
+    }
+
+    /// Sends a second-factor code (`channel`: `"email"` or `"sms"`) for a pending sign-in.
+    pub async fn sign_in_send_code(&self, challenge_id: &str, channel: &str) -> Result<CodeSent> {
         self.call(
             Method::POST,
-            "/api/v1/sessions",
-            Some(json!({ "login": login, "password": password, "device": device })),
+            "/api/v1/sessions/two-step/send",
+            Some(json!({ "challenge_id": challenge_id, "channel": channel })),
         )
         .await
+    }
+
+    /// Asks for a step-up code (`channel`: `"email"` or `"sms"`).
+    pub async fn step_up_send(&self, channel: &str) -> Result<CodeSent> {
+        self.call(
+            Method::POST,
+            "/api/v1/step-up",
+            Some(json!({ "channel": channel })),
+        )
+        .await
+    }
+
+    pub async fn step_up_with_code(&self, challenge_id: &str, code: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/step-up/verify",
+            Some(json!({ "challenge_id": challenge_id, "code": code })),
+        )
+        .await
+    }
+
+    pub async fn step_up_with_totp(&self, code: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/step-up/verify",
+            Some(json!({ "totp": code })),
+        )
+        .await
+    }
+
+    pub async fn change_password(&self, new_password: &str) -> Result<()> {
+        self.call::<Option<()>>(
+            Method::POST,
+            "/api/v1/me/password",
+            Some(json!({ "new_password": new_password })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn two_step_status(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/me/two-step", None).await
+    }
+
+    /// Starts TOTP enrolment: `{secret, otpauth_uri, qr_svg}`.
+    pub async fn totp_begin(&self) -> Result<Value> {
+        self.call(Method::POST, "/api/v1/me/two-step/totp", None)
+            .await
+    }
+
+    /// Confirms TOTP; returns the recovery codes.
+    pub async fn totp_confirm(&self, code: &str) -> Result<Vec<String>> {
+        let v: Value = self
+            .call(
+                Method::POST,
+                "/api/v1/me/two-step/totp/confirm",
+                Some(json!({ "code": code })),
+            )
+            .await?;
+        Ok(serde_json::from_value(v["recovery_codes"].clone()).unwrap_or_default())
+    }
+
+    pub async fn totp_disable(&self) -> Result<()> {
+        self.call::<Option<()>>(Method::DELETE, "/api/v1/me/two-step/totp", None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn recovery_codes_regenerate(&self) -> Result<Vec<String>> {
+        let v: Value = self
+            .call(Method::POST, "/api/v1/me/two-step/recovery-codes", None)
+            .await?;
+        Ok(serde_json::from_value(v["recovery_codes"].clone()).unwrap_or_default())
+    }
+
+    pub async fn security_events(&self) -> Result<Vec<SecurityEvent>> {
+        self.call(Method::GET, "/api/v1/me/security-events", None)
+            .await
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {

@@ -2,9 +2,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mica_core::{AccountId, SessionId, Timestamp};
-use mica_identity::{DeviceInfo, ResetStarted, SignedIn, SignupStarted, SignupTarget};
+use mica_identity::{
+    DeviceInfo, ResetStarted, SignInOutcome, SignedIn, SignupStarted, SignupTarget,
+};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -145,7 +148,7 @@ pub struct TokenResponse {
     pub refresh_token_expires_at: String,
 }
 
-fn tokens(s: SignedIn, now: Timestamp) -> TokenResponse {
+pub(crate) fn tokens(s: SignedIn, now: Timestamp) -> TokenResponse {
     TokenResponse {
         account_id: s.account,
         session_id: s.session,
@@ -189,11 +192,26 @@ pub struct SignInRequest {
     pub device: Option<DeviceInfo>,
 }
 
-/// Signs in with the account number, email or phone, and the password.
+/// A sign-in that needs a second factor.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TwoStepChallengeResponse {
+    /// Always true.
+    pub two_step_required: bool,
+    /// Finish at `POST /api/v1/sessions/two-step` with this id and a second factor.
+    pub challenge_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: String,
+    /// Which second factors this account can use: `totp`, `recovery_code`, `email`, `sms`.
+    pub methods: Vec<String>,
+}
+
+/// Signs in with the account number, email or phone, and the password. With two-step
+/// verification on, the answer is `202` with a challenge to finish with a second factor.
 #[utoipa::path(post, path = "/sessions", tag = "sessions",
     request_body = SignInRequest,
     responses(
         (status = 201, description = "Signed in", body = TokenResponse),
+        (status = 202, description = "Password right; a second factor is needed", body = TwoStepChallengeResponse),
         (status = 401, description = "Wrong identifier or password", body = ErrorBody),
         (status = 429, description = "Too many attempts; see Retry-After", body = ErrorBody),
     ))]
@@ -201,12 +219,30 @@ async fn sign_in(
     State(app): State<AppState>,
     client: Client,
     ApiJson(req): ApiJson<SignInRequest>,
-) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    let s = app
+) -> Result<Response, ApiError> {
+    match app
         .identity
         .sign_in(&req.login, req.password, &client.info(req.device))
-        .await?;
-    Ok((StatusCode::CREATED, Json(tokens(s, app.clock.now()))))
+        .await?
+    {
+        SignInOutcome::SignedIn(s) => {
+            Ok((StatusCode::CREATED, Json(tokens(s, app.clock.now()))).into_response())
+        }
+        SignInOutcome::TwoStep {
+            challenge_id,
+            expires_at,
+            methods,
+        } => Ok((
+            StatusCode::ACCEPTED,
+            Json(TwoStepChallengeResponse {
+                two_step_required: true,
+                challenge_id,
+                expires_at: expires_at.to_rfc3339(),
+                methods: methods.into_iter().map(String::from).collect(),
+            }),
+        )
+            .into_response()),
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -291,17 +327,27 @@ pub struct RevokedResponse {
 async fn sign_out_everywhere(
     State(app): State<AppState>,
     Auth(p): Auth,
+    client: Client,
 ) -> Result<Json<RevokedResponse>, ApiError> {
-    let revoked = app.identity.sign_out_everywhere(&p).await?;
+    let revoked = app
+        .identity
+        .sign_out_everywhere(&p, &client.info(None))
+        .await?;
     Ok(Json(RevokedResponse { revoked }))
 }
 
 /// Signs out the current session.
 #[utoipa::path(delete, path = "/sessions/current", tag = "sessions", security(("bearer" = [])),
     responses((status = 204, description = "Signed out"), (status = 401, body = ErrorBody)))]
-async fn sign_out(State(app): State<AppState>, Auth(p): Auth) -> Result<StatusCode, ApiError> {
+async fn sign_out(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+) -> Result<StatusCode, ApiError> {
     let id = p.session.clone();
-    app.identity.revoke_session(&p, &id).await?;
+    app.identity
+        .revoke_session(&p, &id, &client.info(None))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -312,12 +358,15 @@ async fn sign_out(State(app): State<AppState>, Auth(p): Auth) -> Result<StatusCo
 async fn revoke_session(
     State(app): State<AppState>,
     Auth(p): Auth,
+    client: Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if id.len() > 64 {
         return Err(ApiError::not_found());
     }
-    app.identity.revoke_session(&p, &SessionId(id)).await?;
+    app.identity
+        .revoke_session(&p, &SessionId(id), &client.info(None))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,6 +8,7 @@ pub mod account;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod security;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
     tags(
         (name = "account", description = "Creating an account, recovering it, and the signed-in account"),
         (name = "sessions", description = "Signing in and out, tokens, sessions"),
+        (name = "security", description = "Step-up verification, password, two-step verification, security log"),
         (name = "health", description = "Probes")
     )
 )]
@@ -101,7 +103,8 @@ impl Modify for BearerAuth {
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(auth::router())
-        .merge(account::router());
+        .merge(account::router())
+        .merge(security::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(utoipa_axum::routes!(healthz))

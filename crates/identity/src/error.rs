@@ -36,6 +36,16 @@ pub enum IdentityError {
     InvalidRefreshToken,
     #[error("this refresh token was already used; the session has been revoked for safety, sign in again")]
     RefreshTokenReused,
+    #[error("confirm it's you first: verify a code sent to your phone or email, or from your authenticator app (POST /api/v1/step-up)")]
+    StepUpRequired,
+    #[error(
+        "two-step verification is already on; turn it off first to set up a new authenticator"
+    )]
+    TwoStepEnabled,
+    #[error("two-step verification is not set up")]
+    TwoStepNotEnabled,
+    #[error("{0}")]
+    FactorMissing(&'static str),
     #[error("not found")]
     NotFound,
     #[error("internal error: {0}")]
@@ -61,6 +71,10 @@ impl IdentityError {
             IdentityError::TokenExpired => "token_expired",
             IdentityError::InvalidRefreshToken => "invalid_refresh_token",
             IdentityError::RefreshTokenReused => "refresh_token_reused",
+            IdentityError::StepUpRequired => "step_up_required",
+            IdentityError::TwoStepEnabled => "two_step_enabled",
+            IdentityError::TwoStepNotEnabled => "two_step_not_enabled",
+            IdentityError::FactorMissing(_) => "factor_missing",
             IdentityError::NotFound => "not_found",
             IdentityError::Internal(_) => "internal",
         }
@@ -83,7 +97,11 @@ impl IdentityError {
             | IdentityError::TokenExpired
             | IdentityError::InvalidRefreshToken
             | IdentityError::RefreshTokenReused => 401,
-            IdentityError::IdentifierTaken => 409,
+            IdentityError::IdentifierTaken
+            | IdentityError::TwoStepEnabled
+            | IdentityError::TwoStepNotEnabled => 409,
+            IdentityError::StepUpRequired => 403,
+            IdentityError::FactorMissing(_) => 422,
             IdentityError::NotFound => 404,
             IdentityError::Internal(_) => 500,
         }

@@ -14,6 +14,7 @@ mod error;
 pub mod limits;
 pub mod password;
 mod recovery;
+mod security;
 mod sessions;
 mod signup;
 
@@ -29,6 +30,10 @@ pub use error::IdentityError;
 pub use limits::Rate;
 pub use password::HashCost;
 pub use recovery::ResetStarted;
+pub use security::{
+    CodeChannel, CodeSent, SecondFactor, SecurityEvent, SignInOutcome, StepUpProof, TotpEnrollment,
+    TwoStepStatus,
+};
 pub use sessions::{LoginRecord, Principal, SessionInfo, SignedIn};
 pub use signup::{SignupStarted, SignupTarget};
 

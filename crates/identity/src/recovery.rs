@@ -98,7 +98,7 @@ impl Identity {
         reset_id: &str,
         code: &str,
         new_password: SecretString,
-        _client: &ClientInfo,
+        client: &ClientInfo,
     ) -> Result<(), IdentityError> {
         let row = self.pending_code(reset_id, PURPOSE_RESET).await?;
         self.check_code(&row, code).await?;
@@ -130,6 +130,14 @@ impl Identity {
         };
         self.note_revoked(revoked);
         self.account_changed(account_id);
+        self.event(
+            account_id,
+            "password_reset",
+            client,
+            None,
+            Some("every session signed out".into()),
+        )
+        .await?;
         tracing::info!(account = %account_id, "password reset; every session signed out");
         let name = &self.inner.cfg.service_name;
         let text = format!(

@@ -115,7 +115,7 @@ impl Identity {
         login: &str,
         password: SecretString,
         client: &ClientInfo,
-    ) -> Result<SignedIn, IdentityError> {
+    ) -> Result<crate::SignInOutcome, IdentityError> {
         client.device.check()?;
         self.limit(&self.inner.limits.signin_ip, &client.ip)?;
         let login = Login::parse(login)?;
@@ -145,7 +145,17 @@ impl Identity {
                 if a.failed_logins != 0 {
                     self.store().clear_login_failures(a.id).await?;
                 }
-                self.open_session(a.id, client).await
+                let two_step = self
+                    .store()
+                    .totp_factor(a.id)
+                    .await?
+                    .is_some_and(|f| f.confirmed_at.is_some());
+                if two_step {
+                    return self.two_step_challenge(a.id).await;
+                }
+                self.open_session_alerting(a.id, client)
+                    .await
+                    .map(crate::SignInOutcome::SignedIn)
             }
             Some(a) => {
                 let n = self.store().record_login_failure(a.id).await?;
@@ -190,6 +200,65 @@ impl Identity {
                 Err(IdentityError::InvalidCredentials)
             }
         }
+    }
+
+    /// Opens a session after a sign-in, and alerts the owner when the client is one the account
+    /// never signed in from (ID-11).
+    pub(crate) async fn open_session_alerting(
+        &self,
+        account: AccountId,
+        client: &ClientInfo,
+    ) -> Result<SignedIn, IdentityError> {
+        let ua = truncate(&client.user_agent, 512);
+        let seen = self
+            .store()
+            .seen_device(account, &ua, client.device.model.as_deref())
+            .await?;
+        let signed = self.open_session(account, client).await?;
+        if !seen {
+            self.new_device_alert(account, client).await?;
+        }
+        Ok(signed)
+    }
+
+    async fn new_device_alert(
+        &self,
+        account: AccountId,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        let Some(row) = self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await?
+        else {
+            return Ok(());
+        };
+        let view = self.view(&row)?;
+        let name = &self.inner.cfg.service_name;
+        let device = match (&client.device.model, &client.device.os_version) {
+            (Some(m), Some(o)) => format!("{m} ({o})"),
+            (Some(m), None) => m.clone(),
+            _ if !client.user_agent.is_empty() => client.user_agent.chars().take(80).collect(),
+            _ => "an unknown device".into(),
+        };
+        let text = format!(
+            "Your {name} account {account} was just signed in to from a new device: {device}, IP address {}, at {}. \
+             If this was you, there is nothing to do. If not, change your password now and sign out everywhere.",
+            client.ip,
+            self.now()
+        );
+        if let Some(e) = view.email {
+            self.inner.notifier.dispatch(mica_notify::Message::Email {
+                to: e,
+                subject: format!("New sign-in to your {name} account"),
+                body: text,
+            });
+        } else if let Some(p) = view.phone {
+            self.inner
+                .notifier
+                .dispatch(mica_notify::Message::Sms { to: p, text });
+        }
+        Ok(())
     }
 
     /// Opens a new session for an account that just proved who it is.
@@ -273,7 +342,15 @@ impl Identity {
             RefreshOutcome::Rotated(s) => Ok(self.tokens(s.account_id, s.id, next, s.expires_at)),
             RefreshOutcome::Reused { session, account } => {
                 tracing::warn!(%account, "refresh token reused; session revoked");
-                self.note_revoked(vec![session]);
+                self.note_revoked(vec![session.clone()]);
+                self.event(
+                    account,
+                    "refresh_token_reused",
+                    client,
+                    Some(&session),
+                    Some("session revoked".into()),
+                )
+                .await?;
                 Err(IdentityError::RefreshTokenReused)
             }
             RefreshOutcome::Invalid => Err(IdentityError::InvalidRefreshToken),
@@ -318,7 +395,12 @@ impl Identity {
     }
 
     /// Revokes one of the caller's sessions (possibly the current one: signing out).
-    pub async fn revoke_session(&self, p: &Principal, id: &SessionId) -> Result<(), IdentityError> {
+    pub async fn revoke_session(
+        &self,
+        p: &Principal,
+        id: &SessionId,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
         if !self
             .store()
             .revoke_session(p.account, id, self.now())
@@ -327,17 +409,42 @@ impl Identity {
             return Err(IdentityError::NotFound);
         }
         self.note_revoked(vec![id.clone()]);
-        Ok(())
+        let kind = if *id == p.session {
+            "signed_out"
+        } else {
+            "session_revoked"
+        };
+        self.event(
+            p.account,
+            kind,
+            client,
+            Some(&p.session),
+            Some(id.0.clone()),
+        )
+        .await
     }
 
     /// Signs the account out of every session, this one included.
-    pub async fn sign_out_everywhere(&self, p: &Principal) -> Result<u64, IdentityError> {
+    pub async fn sign_out_everywhere(
+        &self,
+        p: &Principal,
+        client: &ClientInfo,
+    ) -> Result<u64, IdentityError> {
         let ids = self
             .store()
             .revoke_all_sessions(p.account, self.now())
             .await?;
         let n = ids.len() as u64;
         self.note_revoked(ids);
+        let detail = Some(format!("{n} session(s)"));
+        self.event(
+            p.account,
+            "signed_out_everywhere",
+            client,
+            Some(&p.session),
+            detail,
+        )
+        .await?;
         Ok(n)
     }
 

@@ -17,6 +17,7 @@
 mod accounts;
 mod codes;
 mod migrate;
+mod security;
 mod sessions;
 
 use std::str::FromStr;
@@ -27,6 +28,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use codes::{CodeRow, NewCode};
+pub use security::{SecurityEventRow, TotpRow};
 pub use sessions::{LoginEventRow, NewSession, RefreshOutcome, SessionRow};
 
 #[derive(Debug, thiserror::Error)]

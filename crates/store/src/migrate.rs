@@ -11,11 +11,18 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: include_str!("../migrations/sqlite/0001_identity.sql"),
-    postgres: include_str!("../migrations/postgres/0001_identity.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: include_str!("../migrations/sqlite/0001_identity.sql"),
+        postgres: include_str!("../migrations/postgres/0001_identity.sql"),
+    },
+    Migration {
+        version: 2,
+        sqlite: include_str!("../migrations/sqlite/0002_security.sql"),
+        postgres: include_str!("../migrations/postgres/0002_security.sql"),
+    },
+];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
 const PG_LOCK_KEY: i64 = 0x006d_6963_616d_6967;

@@ -294,6 +294,26 @@ impl Store {
         Ok((sessions, accounts))
     }
 
+    /// Whether the account has signed in before from this client (same user agent and declared
+    /// device model).
+    pub async fn seen_device(
+        &self,
+        account: AccountId,
+        user_agent: &str,
+        device_model: Option<&str>,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS x FROM login_events WHERE account_id = $1 AND outcome = 'success' AND user_agent = $2 \
+             AND COALESCE(device_model, '') = $3 LIMIT 1",
+        )
+        .bind(account.as_i64())
+        .bind(user_agent)
+        .bind(device_model.unwrap_or(""))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Records a sign-in attempt that did not open a session (wrong password, locked, …).
     pub async fn record_login_event(&self, account: AccountId, e: &LoginEventRow) -> Result<()> {
         let mut conn = self.writer.acquire().await?;

@@ -15,6 +15,7 @@ mod support;
 mod bad_input;
 mod limits;
 mod recovery;
+mod security;
 mod sessions;
 mod signup;
 mod startup;

@@ -16,6 +16,7 @@ on_both_backends!(
     sessions_are_listed_and_revoked,
     sign_out_everywhere_ends_every_session,
     login_records_show_successes_and_failures,
+    a_sign_in_from_a_new_device_alerts_the_owner,
 );
 
 async fn wrong_password_and_unknown_account_look_the_same(app: &TestApp) {
@@ -265,4 +266,48 @@ async fn login_records_show_successes_and_failures(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(theirs.len(), 1);
+}
+
+async fn a_sign_in_from_a_new_device_alerts_the_owner(app: &TestApp) {
+    app.signup_email("val@example.com").await;
+    // Same client as the sign-up: a known device, no alert.
+    app.client
+        .sign_in("val@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let tablet = Device {
+        model: Some("Galaxy Tab S9".into()),
+        os_version: Some("Android 14".into()),
+        client: None,
+    };
+    app.client
+        .sign_in("val@example.com", PASSWORD, Some(tablet.clone()))
+        .await
+        .unwrap();
+    let alert = app.smtp.nth_to("val@example.com", 2).await;
+    assert_eq!(alert.subject(), "New sign-in to your Mica account");
+    let body = alert.body();
+    assert!(
+        body.contains("Galaxy Tab S9 (Android 14)") && body.contains("127.0.0.1"),
+        "{body}"
+    );
+    // The same tablet again: known now, no second alert.
+    app.client
+        .sign_in("val@example.com", PASSWORD, Some(tablet))
+        .await
+        .unwrap();
+    // A message sent after it proves the queue is drained: it must be the third.
+    app.client.forgot_password("val@example.com").await.unwrap();
+    let next = app.smtp.nth_to("val@example.com", 3).await;
+    assert!(
+        next.subject().contains("password reset code"),
+        "{}",
+        next.subject()
+    );
+    assert_eq!(
+        app.smtp.count_to("val@example.com"),
+        3,
+        "{:?}",
+        app.smtp.all()
+    );
 }

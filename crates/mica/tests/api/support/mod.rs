@@ -113,6 +113,12 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// The server's current time in Unix seconds.
+    pub fn clock_secs(&self) -> i64 {
+        use mica_core::Clock;
+        self.clock.now().millis() / 1000
+    }
+
     pub fn advance(&self, d: Duration) {
         self.clock.advance(d);
     }
