@@ -415,6 +415,26 @@ impl Client {
         Ok(serde_json::from_value(v["recovery_codes"].clone()).unwrap_or_default())
     }
 
+    /// Asks for the account-deletion code (step-up first).
+    pub async fn deletion_request(&self, channel: &str) -> Result<CodeSent> {
+        self.call(
+            Method::POST,
+            "/api/v1/me/deletion",
+            Some(json!({ "channel": channel })),
+        )
+        .await
+    }
+
+    /// Confirms the deletion of the account.
+    pub async fn deletion_confirm(&self, challenge_id: &str, code: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/me/deletion/confirm",
+            Some(json!({ "challenge_id": challenge_id, "code": code })),
+        )
+        .await
+    }
+
     pub async fn security_events(&self) -> Result<Vec<SecurityEvent>> {
         self.call(Method::GET, "/api/v1/me/security-events", None)
             .await

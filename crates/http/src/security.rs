@@ -27,6 +27,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(security_events))
         .routes(routes!(two_step_sign_in))
         .routes(routes!(two_step_send))
+        .routes(routes!(request_deletion))
+        .routes(routes!(confirm_deletion))
 }
 
 #[derive(Deserialize, Serialize, ToSchema, Clone, Copy)]
@@ -386,4 +388,57 @@ async fn two_step_send(
         .send_two_step_code(&req.challenge_id, req.channel.into(), &client.info(None))
         .await?;
     Ok((StatusCode::ACCEPTED, Json(sent.into())))
+}
+
+/// Asks to delete the account (step-up required): a confirmation code is sent.
+#[utoipa::path(post, path = "/me/deletion", tag = "security", security(("bearer" = [])),
+    request_body = StepUpRequest,
+    responses((status = 202, body = CodeSentResponse), (status = 403, description = "Step-up required", body = ErrorBody)))]
+async fn request_deletion(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<StepUpRequest>,
+) -> Result<(StatusCode, Json<CodeSentResponse>), ApiError> {
+    let sent = app
+        .identity
+        .request_deletion(&p, req.channel.into(), &client.info(None))
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(sent.into())))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmDeletionRequest {
+    pub challenge_id: String,
+    pub code: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DeletionResponse {
+    /// `deleting`: every session is signed out; the data is being removed for good.
+    pub status: String,
+}
+
+/// Confirms the deletion with the code: every session is signed out at once and all the account's
+/// data is removed for good in the background; its email and phone become free.
+#[utoipa::path(post, path = "/me/deletion/confirm", tag = "security", security(("bearer" = [])),
+    request_body = ConfirmDeletionRequest,
+    responses((status = 202, body = DeletionResponse), (status = 400, body = ErrorBody),
+              (status = 403, description = "Step-up required", body = ErrorBody)))]
+async fn confirm_deletion(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<ConfirmDeletionRequest>,
+) -> Result<(StatusCode, Json<DeletionResponse>), ApiError> {
+    app.identity
+        .confirm_deletion(&p, &req.challenge_id, &req.code, &client.info(None))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeletionResponse {
+            status: "deleting".into(),
+        }),
+    ))
 }

@@ -10,6 +10,7 @@
 //!   argon2id, email and phone sealed with a blind index.
 
 mod cache;
+mod deletion;
 mod error;
 pub mod limits;
 pub mod password;
@@ -163,6 +164,7 @@ struct Inner {
     limits: Limits,
     revoked: sessions::Revocations,
     views: cache::ViewCache,
+    jobs: Arc<tokio::sync::Notify>,
 }
 
 struct Limits {
@@ -211,6 +213,7 @@ impl Identity {
                 limits,
                 revoked,
                 views: cache::ViewCache::new(Duration::from_secs(30), 100_000),
+                jobs: Arc::new(tokio::sync::Notify::new()),
             }),
         };
         this.load_revocations().await?;

@@ -205,15 +205,7 @@ impl Identity {
                 id.to_owned()
             }
             None => {
-                let id = format!(
-                    "{}_{}",
-                    if purpose == PURPOSE_STEP_UP {
-                        "su2"
-                    } else {
-                        "ts"
-                    },
-                    random_token_string(18)
-                );
+                let id = format!("vc_{}", random_token_string(18));
                 self.store()
                     .insert_code(&NewCode {
                         id: id.clone(),
@@ -257,6 +249,48 @@ impl Identity {
         })
     }
 
+    /// Sends a code for `purpose` to the account's email or phone, redeemable only by the session
+    /// that asked for it.
+    pub(crate) async fn send_session_code(
+        &self,
+        p: &Principal,
+        channel: CodeChannel,
+        purpose: &'static str,
+        client: &ClientInfo,
+        what: &str,
+    ) -> Result<CodeSent, IdentityError> {
+        self.send_account_code(
+            p.account,
+            channel,
+            purpose,
+            None,
+            Some(&p.session),
+            client,
+            what,
+        )
+        .await
+    }
+
+    /// Checks and consumes a code sent by [`Identity::send_session_code`] to this very session.
+    pub(crate) async fn redeem_session_code(
+        &self,
+        p: &Principal,
+        challenge_id: &str,
+        code: &str,
+        purpose: &str,
+    ) -> Result<(), IdentityError> {
+        let row = self.pending_code(challenge_id, purpose).await?;
+        if row.account_id != Some(p.account) || row.payload.as_deref() != Some(p.session.0.as_str())
+        {
+            return Err(IdentityError::CodeExpired);
+        }
+        self.check_code(&row, code).await?;
+        if !self.store().consume_code(&row.id, self.now()).await? {
+            return Err(IdentityError::CodeExpired);
+        }
+        Ok(())
+    }
+
     /// Sends a step-up code to the account's email or phone.
     pub async fn start_step_up(
         &self,
@@ -285,17 +319,8 @@ impl Identity {
     ) -> Result<Timestamp, IdentityError> {
         let method = match proof {
             StepUpProof::Code { challenge_id, code } => {
-                let row = self.pending_code(&challenge_id, PURPOSE_STEP_UP).await?;
-                // A step-up code proves a fresh factor for the session that asked for it only.
-                if row.account_id != Some(p.account)
-                    || row.payload.as_deref() != Some(p.session.0.as_str())
-                {
-                    return Err(IdentityError::CodeExpired);
-                }
-                self.check_code(&row, &code).await?;
-                if !self.store().consume_code(&row.id, self.now()).await? {
-                    return Err(IdentityError::CodeExpired);
-                }
+                self.redeem_session_code(p, &challenge_id, &code, PURPOSE_STEP_UP)
+                    .await?;
                 "code"
             }
             StepUpProof::Totp(code) => {

@@ -42,6 +42,8 @@ pub struct Config {
     pub trust_forwarded: bool,
     /// `text` or `json`.
     pub log_format: String,
+    /// Run background jobs (account deletion, …) on this node.
+    pub run_jobs: bool,
     pub identity: IdentityConfig,
 }
 
@@ -60,6 +62,7 @@ impl Default for Config {
             secret_key_file: None,
             trust_forwarded: false,
             log_format: "text".into(),
+            run_jobs: true,
             identity: IdentityConfig::default(),
         }
     }

@@ -94,6 +94,25 @@ impl Server {
         let app = mica_http::app(state);
         let (tx, mut rx) = watch::channel(false);
         let mut rx2 = tx.subscribe();
+        if cfg.run_jobs {
+            // Durable jobs (account deletion, …): woken when one is queued, and every few seconds
+            // for jobs whose lease ran out on a node that died.
+            let identity = identity.clone();
+            let waker = identity.jobs_waker();
+            let mut stop = tx.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = identity.run_due_jobs().await {
+                        tracing::warn!(error = %e, "running jobs failed");
+                    }
+                    tokio::select! {
+                        () = waker.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {

@@ -13,6 +13,7 @@
 mod support;
 
 mod bad_input;
+mod deletion;
 mod limits;
 mod recovery;
 mod security;

@@ -20,7 +20,7 @@ on_both_backends!(
 
 /// A TOTP code for `secret` (base32) at the server's current time, computed by `totp-lite`,
 /// an implementation independent of the server's.
-fn totp_at(app: &TestApp, secret: &str, offset_steps: i64) -> String {
+pub(crate) fn totp_at(app: &TestApp, secret: &str, offset_steps: i64) -> String {
     let key = data_encoding::BASE32_NOPAD
         .decode(secret.as_bytes())
         .expect("base32 secret");
@@ -29,11 +29,12 @@ fn totp_at(app: &TestApp, secret: &str, offset_steps: i64) -> String {
 }
 
 /// Steps up with a code mailed to `email` (the `n`-th mail to that address).
-async fn step_up_by_email(app: &TestApp, c: &Client, email: &str) {
-    let before = app.smtp.count_to(email);
+pub(crate) async fn step_up_by_email(app: &TestApp, c: &Client, email: &str) {
+    const STEP_UP: &str = "confirm a change to your account";
+    let before = app.smtp.count_with(email, STEP_UP);
     let sent = c.step_up_send("email").await.unwrap();
     assert_eq!(sent.channel, "email");
-    let mail = app.smtp.nth_to(email, before + 1).await;
+    let mail = app.smtp.nth_with(email, STEP_UP, before + 1).await;
     let code = six_digits(&mail.subject()).unwrap();
     c.step_up_with_code(&sent.challenge_id, &code)
         .await
@@ -41,7 +42,7 @@ async fn step_up_by_email(app: &TestApp, c: &Client, email: &str) {
 }
 
 /// Turns TOTP on for a signed-in client; returns the secret and the recovery codes.
-async fn enable_totp(app: &TestApp, c: &Client, email: &str) -> (String, Vec<String>) {
+pub(crate) async fn enable_totp(app: &TestApp, c: &Client, email: &str) -> (String, Vec<String>) {
     step_up_by_email(app, c, email).await;
     let e = c.totp_begin().await.unwrap();
     let secret = e["secret"].as_str().unwrap().to_owned();
@@ -391,7 +392,10 @@ async fn second_factor_by_email_code(app: &TestApp) {
     );
     let sent = app.client.sign_in_send_code(&id, "email").await.unwrap();
     assert_eq!(sent.challenge_id, id);
-    let mail = app.smtp.nth_to("eli@example.com", 3).await;
+    let mail = app
+        .smtp
+        .nth_with("eli@example.com", "finish signing in", 1)
+        .await;
     let code = six_digits(&mail.subject()).unwrap();
     let signed = app
         .client

@@ -177,6 +177,25 @@ impl TestApp {
         }
     }
 
+    pub fn store(&self) -> &mica_store::Store {
+        &self.server.as_ref().expect("running").store
+    }
+
+    /// Stops the server (as a crash would: nothing is tidied up in the database) and starts a new
+    /// one on the same database, folder and clock, with `tweak` applied to the configuration.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Config)) {
+        if let Some(s) = self.server.take() {
+            s.stop().await.expect("stop");
+        }
+        tweak(&mut self.cfg);
+        let server = Server::start(&self.cfg, Arc::new(self.clock.clone()))
+            .await
+            .expect("restart");
+        self.base = format!("http://{}", server.addr);
+        self.client = Client::new(self.base.clone());
+        self.server = Some(server);
+    }
+
     /// Stops the server and drops its database and folder.
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {

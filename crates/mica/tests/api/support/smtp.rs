@@ -157,6 +157,36 @@ impl SmtpSink {
         }
     }
 
+    /// Waits (at most 10 s of real time) for the `n`-th message (1-based) to `to` whose body
+    /// contains `needle` — robust against other messages to the same address still in flight.
+    pub async fn nth_with(&self, to: &str, needle: &str, n: usize) -> Mail {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.notify.notified();
+            let found: Vec<Mail> = self
+                .all()
+                .into_iter()
+                .filter(|m| m.to.iter().any(|t| t == to) && m.body().contains(needle))
+                .collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "no mail #{n} to {to} containing {needle:?} within 10 s; got {:?}",
+                    self.all()
+                );
+            }
+        }
+    }
+
+    pub fn count_with(&self, to: &str, needle: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|m| m.to.iter().any(|t| t == to) && m.body().contains(needle))
+            .count()
+    }
+
     /// Count of messages to `to` so far.
     pub fn count_to(&self, to: &str) -> usize {
         self.all()

@@ -1,0 +1,106 @@
+//! Account deletion (ID-13): step-up, then a confirmation code, then a durable job that removes
+//! every row of the account table by table (see `mica_store::ACCOUNT_DATA`) and survives crashes.
+
+use std::time::Duration;
+
+use mica_store::JOB_DELETE_ACCOUNT;
+
+use crate::security::{CodeChannel, CodeSent};
+use crate::{ClientInfo, Identity, IdentityError, Principal};
+
+pub(crate) const PURPOSE_DELETE: &str = "delete_account";
+const LEASE: Duration = Duration::from_secs(120);
+
+impl Identity {
+    /// Sends the confirmation code for deleting the account (step-up required first).
+    pub async fn request_deletion(
+        &self,
+        p: &Principal,
+        channel: CodeChannel,
+        client: &ClientInfo,
+    ) -> Result<CodeSent, IdentityError> {
+        self.require_step_up(p).await?;
+        self.send_session_code(
+            p,
+            channel,
+            PURPOSE_DELETE,
+            client,
+            "delete your account and all its data for good",
+        )
+        .await
+    }
+
+    /// Confirms the deletion: the account is signed out everywhere at once and its data removed
+    /// in the background.
+    pub async fn confirm_deletion(
+        &self,
+        p: &Principal,
+        challenge_id: &str,
+        code: &str,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        self.require_step_up(p).await?;
+        self.redeem_session_code(p, challenge_id, code, PURPOSE_DELETE)
+            .await?;
+        self.event(
+            p.account,
+            "account_deletion",
+            client,
+            Some(&p.session),
+            None,
+        )
+        .await?;
+        let revoked = self
+            .store()
+            .schedule_account_deletion(p.account, self.now())
+            .await?;
+        self.note_revoked(revoked);
+        self.account_changed(p.account);
+        tracing::info!(account = %p.account, "account deletion scheduled");
+        self.inner.jobs.notify_one();
+        Ok(())
+    }
+
+    /// A handle that wakes the job runner.
+    pub fn jobs_waker(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.inner.jobs.clone()
+    }
+
+    /// Runs due jobs until none is left; returns how many finished.
+    pub async fn run_due_jobs(&self) -> Result<usize, IdentityError> {
+        let mut done = 0;
+        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        while let Some(mut job) = self.store().claim_job(self.now(), lease).await? {
+            let result = match job.kind.as_str() {
+                JOB_DELETE_ACCOUNT => loop {
+                    match self.store().account_deletion_step(&job).await {
+                        Ok(true) => break Ok(()),
+                        Ok(false) => job.step += 1,
+                        Err(e) => break Err(e),
+                    }
+                },
+                other => {
+                    tracing::error!(kind = other, "unknown job kind");
+                    Ok(())
+                }
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(a) = job.account_id {
+                        tracing::info!(account = %a, "account deleted");
+                    }
+                    done += 1;
+                }
+                Err(e) => {
+                    let backoff =
+                        Duration::from_secs(30u64.saturating_mul(1 << job.attempts.clamp(0, 10)));
+                    tracing::warn!(job = job.id, error = %e, "job failed; will retry");
+                    self.store()
+                        .release_job(job.id, &e.to_string(), self.now().plus(backoff))
+                        .await?;
+                }
+            }
+        }
+        Ok(done)
+    }
+}
