@@ -435,6 +435,20 @@ impl Client {
         .await
     }
 
+    pub async fn profile(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/me/profile", None).await
+    }
+
+    pub async fn set_profile(&self, profile: Value) -> Result<Value> {
+        self.call(Method::PUT, "/api/v1/me/profile", Some(profile))
+            .await
+    }
+
+    pub async fn security_checkup(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/me/security-checkup", None)
+            .await
+    }
+
     pub async fn security_events(&self) -> Result<Vec<SecurityEvent>> {
         self.call(Method::GET, "/api/v1/me/security-events", None)
             .await

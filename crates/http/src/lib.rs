@@ -8,6 +8,7 @@ pub mod account;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod profile;
 pub mod security;
 
 use std::convert::Infallible;
@@ -104,7 +105,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(auth::router())
         .merge(account::router())
-        .merge(security::router());
+        .merge(security::router())
+        .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(utoipa_axum::routes!(healthz))

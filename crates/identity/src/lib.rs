@@ -14,6 +14,7 @@ mod deletion;
 mod error;
 pub mod limits;
 pub mod password;
+pub mod profile;
 mod recovery;
 mod security;
 mod sessions;
@@ -30,6 +31,7 @@ use mica_store::{AccountRow, LookupBy, Store};
 pub use error::IdentityError;
 pub use limits::Rate;
 pub use password::HashCost;
+pub use profile::{CheckupStep, Profile};
 pub use recovery::ResetStarted;
 pub use security::{
     CodeChannel, CodeSent, SecondFactor, SecurityEvent, SignInOutcome, StepUpProof, TotpEnrollment,

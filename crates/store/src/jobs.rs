@@ -52,6 +52,10 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "totp_factors",
         condition: "account_id = $1",
     },
+    AccountTable {
+        table: "profiles",
+        condition: "account_id = $1",
+    },
     // Last, in the same transaction as the end of the job.
     AccountTable {
         table: "accounts",

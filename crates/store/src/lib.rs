@@ -18,6 +18,7 @@ mod accounts;
 mod codes;
 mod jobs;
 mod migrate;
+mod profile;
 mod security;
 mod sessions;
 
@@ -30,6 +31,7 @@ use sqlx::{AnyPool, Executor};
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use codes::{CodeRow, NewCode};
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT};
+pub use profile::ProfileRow;
 pub use security::{SecurityEventRow, TotpRow};
 pub use sessions::{LoginEventRow, NewSession, RefreshOutcome, SessionRow};
 

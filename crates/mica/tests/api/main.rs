@@ -15,6 +15,7 @@ mod support;
 mod bad_input;
 mod deletion;
 mod limits;
+mod profile;
 mod recovery;
 mod security;
 mod sessions;
