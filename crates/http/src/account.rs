@@ -1,6 +1,8 @@
 //! The signed-in person's own account.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mica_core::AccountId;
 use serde::{Deserialize, Serialize};
@@ -9,13 +11,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiQuery, Auth};
+use crate::extract::{ApiQuery, Auth, Client};
 use crate::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(me))
         .routes(routes!(logins))
+        .routes(routes!(request_export, list_exports))
+        .routes(routes!(download_export))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -89,4 +93,91 @@ async fn logins(
             })
             .collect(),
     ))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ExportView {
+    pub id: String,
+    /// `pending` while it is being built, then `ready`.
+    pub status: String,
+    /// Bytes, once ready.
+    pub size: Option<i64>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: String,
+    /// After this the archive is deleted.
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: String,
+    /// Where to download it (with the same bearer token), once ready.
+    pub download: Option<String>,
+}
+
+fn export_view(e: mica_store::ExportRow) -> ExportView {
+    let ready = e.status == "ready";
+    ExportView {
+        download: ready.then(|| format!("/api/v1/me/exports/{}/download", e.id)),
+        id: e.id,
+        status: e.status,
+        size: e.size,
+        created_at: e.created_at.to_rfc3339(),
+        expires_at: e.expires_at.to_rfc3339(),
+    }
+}
+
+/// Asks for an archive (zip) of everything the account holds; it is built in the background.
+#[utoipa::path(post, path = "/me/exports", tag = "account", security(("bearer" = [])),
+    responses((status = 202, body = ExportView), (status = 401, body = ErrorBody)))]
+async fn request_export(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+) -> Result<(StatusCode, Json<ExportView>), ApiError> {
+    let e = app.identity.request_export(&p, &client.info(None)).await?;
+    Ok((StatusCode::ACCEPTED, Json(export_view(e))))
+}
+
+/// The account's archives that have not expired.
+#[utoipa::path(get, path = "/me/exports", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ExportView>), (status = 401, body = ErrorBody)))]
+async fn list_exports(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<Vec<ExportView>>, ApiError> {
+    Ok(Json(
+        app.identity
+            .exports(&p)
+            .await?
+            .into_iter()
+            .map(export_view)
+            .collect(),
+    ))
+}
+
+/// Downloads a ready archive (until it expires).
+#[utoipa::path(get, path = "/me/exports/{id}/download", tag = "account", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Export id")),
+    responses((status = 200, content_type = "application/zip", description = "The archive"), (status = 404, body = ErrorBody)))]
+async fn download_export(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (path, e) = app.identity.export_file(&p, &id).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|err| {
+        tracing::error!(export = %e.id, error = %err, "export file missing");
+        ApiError::not_found()
+    })?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let disposition = format!(
+        "attachment; filename=\"mica-{}-{}.zip\"",
+        e.account_id, e.id
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CONTENT_LENGTH, e.size.unwrap_or(0).to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -70,31 +70,21 @@ impl Identity {
     pub async fn run_due_jobs(&self) -> Result<usize, IdentityError> {
         let mut done = 0;
         let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
-        while let Some(mut job) = self.store().claim_job(self.now(), lease).await? {
+        while let Some(job) = self.store().claim_job(self.now(), lease).await? {
             let result = match job.kind.as_str() {
-                JOB_DELETE_ACCOUNT => loop {
-                    match self.store().account_deletion_step(&job).await {
-                        Ok(true) => break Ok(()),
-                        Ok(false) => job.step += 1,
-                        Err(e) => break Err(e),
-                    }
-                },
+                JOB_DELETE_ACCOUNT => self.run_deletion_job(job.clone()).await,
+                mica_store::JOB_EXPORT => self.run_export_job(&job).await,
                 other => {
                     tracing::error!(kind = other, "unknown job kind");
                     Ok(())
                 }
             };
             match result {
-                Ok(()) => {
-                    if let Some(a) = job.account_id {
-                        tracing::info!(account = %a, "account deleted");
-                    }
-                    done += 1;
-                }
+                Ok(()) => done += 1,
                 Err(e) => {
                     let backoff =
                         Duration::from_secs(30u64.saturating_mul(1 << job.attempts.clamp(0, 10)));
-                    tracing::warn!(job = job.id, error = %e, "job failed; will retry");
+                    tracing::warn!(job = job.id, kind = %job.kind, error = %e, "job failed; will retry");
                     self.store()
                         .release_job(job.id, &e.to_string(), self.now().plus(backoff))
                         .await?;
@@ -102,5 +92,18 @@ impl Identity {
             }
         }
         Ok(done)
+    }
+
+    async fn run_deletion_job(&self, mut job: mica_store::JobRow) -> Result<(), IdentityError> {
+        let Some(account) = job.account_id else {
+            return Ok(());
+        };
+        // Files first: their rows say where they are.
+        self.delete_export_files(account).await?;
+        while !self.store().account_deletion_step(&job).await? {
+            job.step += 1;
+        }
+        tracing::info!(%account, "account deleted");
+        Ok(())
     }
 }

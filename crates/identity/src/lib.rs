@@ -12,6 +12,7 @@
 mod cache;
 mod deletion;
 mod error;
+pub mod export;
 pub mod limits;
 pub mod password;
 pub mod profile;
@@ -167,6 +168,7 @@ struct Inner {
     revoked: sessions::Revocations,
     views: cache::ViewCache,
     jobs: Arc<tokio::sync::Notify>,
+    exports_dir: std::path::PathBuf,
 }
 
 struct Limits {
@@ -194,6 +196,7 @@ impl Identity {
         clock: Arc<dyn Clock>,
         cfg: IdentityConfig,
         hash_slots: usize,
+        exports_dir: std::path::PathBuf,
     ) -> Result<Identity, IdentityError> {
         let hasher = password::PasswordHasher::new(cfg.hash_cost, hash_slots)?;
         let limits = Limits {
@@ -216,6 +219,7 @@ impl Identity {
                 revoked,
                 views: cache::ViewCache::new(Duration::from_secs(30), 100_000),
                 jobs: Arc::new(tokio::sync::Notify::new()),
+                exports_dir,
             }),
         };
         this.load_revocations().await?;
@@ -308,6 +312,7 @@ impl Identity {
     pub async fn purge_expired(&self) -> Result<u64, IdentityError> {
         // Keep expired codes a day: they still count towards per-destination limits.
         let cutoff = self.now().minus(Duration::from_secs(86_400));
-        Ok(self.store().purge_codes(cutoff).await?)
+        let codes = self.store().purge_codes(cutoff).await?;
+        Ok(codes + self.purge_exports().await?)
     }
 }

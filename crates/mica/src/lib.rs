@@ -69,6 +69,7 @@ impl Server {
             clock.clone(),
             cfg.identity.clone(),
             cores,
+            blobs.join("exports"),
         )
         .await?;
 

@@ -56,6 +56,11 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "profiles",
         condition: "account_id = $1",
     },
+    // The archives' files are removed (by the deletion job) before this step.
+    AccountTable {
+        table: "exports",
+        condition: "account_id = $1",
+    },
     // Last, in the same transaction as the end of the job.
     AccountTable {
         table: "accounts",
@@ -68,6 +73,7 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
 ];
 
 pub const JOB_DELETE_ACCOUNT: &str = "delete_account";
+pub const JOB_EXPORT: &str = "export";
 
 /// A claimed job.
 #[derive(Debug, Clone)]
@@ -104,6 +110,35 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(revoked)
+    }
+
+    /// Queues a job of `kind` for an account; `false` when one is already queued.
+    pub async fn enqueue_job(
+        &self,
+        kind: &str,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO jobs (kind, account_id, run_after, created_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (account_id, kind) DO NOTHING",
+        )
+        .bind(kind)
+        .bind(account.as_i64())
+        .bind(now.millis())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Removes a finished job.
+    pub async fn finish_job(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     /// Claims the oldest due job for `lease_ms`; a job whose lease ran out (its node died) is due

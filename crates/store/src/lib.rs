@@ -16,6 +16,7 @@
 
 mod accounts;
 mod codes;
+mod exports;
 mod jobs;
 mod migrate;
 mod profile;
@@ -30,7 +31,8 @@ use sqlx::{AnyPool, Executor};
 
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use codes::{CodeRow, NewCode};
-pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT};
+pub use exports::ExportRow;
+pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
 pub use profile::ProfileRow;
 pub use security::{SecurityEventRow, TotpRow};
 pub use sessions::{LoginEventRow, NewSession, RefreshOutcome, SessionRow};

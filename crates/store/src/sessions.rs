@@ -61,7 +61,7 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
-fn session_from_row(r: &AnyRow) -> Result<SessionRow> {
+pub(crate) fn session_from_row(r: &AnyRow) -> Result<SessionRow> {
     let aid: i64 = r.try_get("account_id")?;
     Ok(SessionRow {
         id: SessionId(r.try_get("id")?),

@@ -75,7 +75,7 @@ async fn raw_count(store: &Store, table: &str, key: &str, id: AccountId) -> i64 
     store.count_where(table, key, id.as_i64()).await.unwrap()
 }
 
-async fn wait_until_deleted(store: &Store, id: AccountId) {
+pub(crate) async fn wait_until_deleted(store: &Store, id: AccountId) {
     for _ in 0..200 {
         if counts(store, id).await.iter().all(|(_, n)| *n == 0) {
             return;
@@ -88,7 +88,7 @@ async fn wait_until_deleted(store: &Store, id: AccountId) {
     );
 }
 
-async fn confirm_deletion(app: &TestApp, c: &mica_client::Client, email: &str) {
+pub(crate) async fn confirm_deletion(app: &TestApp, c: &mica_client::Client, email: &str) {
     // Not without a fresh step-up…
     app.advance(Duration::from_secs(11 * 60));
     assert_eq!(

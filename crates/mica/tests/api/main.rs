@@ -14,6 +14,7 @@ mod support;
 
 mod bad_input;
 mod deletion;
+mod export;
 mod limits;
 mod profile;
 mod recovery;

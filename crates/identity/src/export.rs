@@ -1,0 +1,264 @@
+//! Data export (ID-14): one zip archive with everything the account holds, built in the
+//! background and downloadable by its owner until it expires.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mica_core::crypto::random_token_string;
+use mica_store::{ExportRow, JobRow, JOB_EXPORT};
+use serde_json::json;
+
+use crate::{ClientInfo, Identity, IdentityError, Principal};
+
+/// How long a finished archive can be downloaded.
+pub const EXPORT_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+const README: &str = "This archive holds everything your Mica account stores about you.\n\n\
+account.json          your account number, email, phone and dates\n\
+profile.json          nickname, gender, region, language\n\
+avatar.png            your avatar, if you set one\n\
+login-records.json    every sign-in and failed attempt, with address and device\n\
+sessions.json         every session (signed-in device), current and ended\n\
+security-events.json  changes to your account's security, with when and from where\n\
+two-step.json         which second factors are set up (never the secrets themselves)\n\n\
+As more of your data lives in Mica (contacts, calendars, files), it is added here as vCard,\n\
+iCalendar and the original files.\n";
+
+impl Identity {
+    fn export_path(&self, id: &str) -> PathBuf {
+        self.inner.exports_dir.join(format!("{id}.zip"))
+    }
+
+    /// Asks for an archive of the account's data; it is built in the background. While one is
+    /// being built, asking again returns it.
+    pub async fn request_export(
+        &self,
+        p: &Principal,
+        client: &ClientInfo,
+    ) -> Result<ExportRow, IdentityError> {
+        if let Some(pending) = self
+            .store()
+            .pending_exports(p.account)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Ok(pending);
+        }
+        let now = self.now();
+        let id = format!("ex_{}", random_token_string(18));
+        self.store()
+            .insert_export(&id, p.account, now, now.plus(EXPORT_TTL))
+            .await?;
+        self.store().enqueue_job(JOB_EXPORT, p.account, now).await?;
+        self.event(
+            p.account,
+            "export_requested",
+            client,
+            Some(&p.session),
+            Some(id.clone()),
+        )
+        .await?;
+        self.inner.jobs.notify_one();
+        self.store()
+            .exports(p.account)
+            .await?
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or(IdentityError::NotFound)
+    }
+
+    pub async fn exports(&self, p: &Principal) -> Result<Vec<ExportRow>, IdentityError> {
+        let now = self.now();
+        Ok(self
+            .store()
+            .exports(p.account)
+            .await?
+            .into_iter()
+            .filter(|e| e.expires_at > now)
+            .collect())
+    }
+
+    /// The file of a ready, unexpired archive of this account.
+    pub async fn export_file(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<(PathBuf, ExportRow), IdentityError> {
+        let now = self.now();
+        let e = self
+            .store()
+            .exports(p.account)
+            .await?
+            .into_iter()
+            .find(|e| e.id == id && e.status == "ready" && e.expires_at > now)
+            .ok_or(IdentityError::NotFound)?;
+        Ok((self.export_path(&e.id), e))
+    }
+
+    /// Builds every pending archive of the job's account.
+    pub(crate) async fn run_export_job(&self, job: &JobRow) -> Result<(), IdentityError> {
+        let Some(account) = job.account_id else {
+            return Ok(());
+        };
+        for e in self.store().pending_exports(account).await? {
+            let files = self.export_contents(account).await?;
+            let path = self.export_path(&e.id);
+            let dir = self.inner.exports_dir.clone();
+            let size = tokio::task::spawn_blocking(move || write_zip(&dir, &path, &files))
+                .await
+                .map_err(|err| IdentityError::Internal(format!("export task: {err}")))??;
+            let now = self.now();
+            self.store()
+                .export_ready(&e.id, size, now, now.plus(EXPORT_TTL))
+                .await?;
+            tracing::info!(%account, export = %e.id, size, "export ready");
+        }
+        self.store().finish_job(job.id).await?;
+        Ok(())
+    }
+
+    async fn export_contents(
+        &self,
+        account: mica_core::AccountId,
+    ) -> Result<Vec<(String, Vec<u8>)>, IdentityError> {
+        let row = self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await?
+            .ok_or(IdentityError::NotFound)?;
+        let v = self.view(&row)?;
+        let profile = self.store().profile(account).await?;
+        let logins = self.store().login_events(account, 100_000).await?;
+        let sessions = self.store().all_sessions(account).await?;
+        let events = self.store().security_events(account, 100_000).await?;
+        let totp = self
+            .store()
+            .totp_factor(account)
+            .await?
+            .is_some_and(|f| f.confirmed_at.is_some());
+        let codes_left = self.store().recovery_codes_left(account).await?;
+        let ts = |t: mica_core::Timestamp| t.to_rfc3339();
+        let pretty = |v: serde_json::Value| serde_json::to_vec_pretty(&v).unwrap_or_default();
+        let mut files = vec![
+            ("README.txt".to_owned(), README.as_bytes().to_vec()),
+            (
+                "account.json".into(),
+                pretty(json!({
+                    "account_id": v.id.to_string(),
+                    "email": v.email.as_ref().map(|e| e.as_str()),
+                    "phone": v.phone.as_ref().map(|p| p.as_str()),
+                    "created_at": ts(v.created_at),
+                    "password_changed_at": ts(v.password_changed_at),
+                })),
+            ),
+            (
+                "profile.json".into(),
+                pretty(json!({
+                    "nickname": profile.nickname,
+                    "gender": profile.gender,
+                    "country": profile.country,
+                    "locale": profile.locale,
+                })),
+            ),
+            (
+                "login-records.json".into(),
+                pretty(json!(logins
+                    .iter()
+                    .map(|l| json!({
+                        "at": ts(l.at), "outcome": l.outcome, "ip": l.ip, "user_agent": l.user_agent,
+                        "device_model": l.device_model, "os_version": l.os_version, "client": l.client,
+                    }))
+                    .collect::<Vec<_>>())),
+            ),
+            (
+                "sessions.json".into(),
+                pretty(json!(sessions
+                    .iter()
+                    .map(|s| json!({
+                        "id": s.id.0, "created_at": ts(s.created_at), "last_used_at": ts(s.last_used_at),
+                        "revoked_at": s.revoked_at.map(ts), "ip": s.ip, "user_agent": s.user_agent,
+                        "device_model": s.device_model, "os_version": s.os_version, "client": s.client,
+                    }))
+                    .collect::<Vec<_>>())),
+            ),
+            (
+                "security-events.json".into(),
+                pretty(json!(events
+                    .iter()
+                    .map(|e| json!({
+                        "at": ts(e.at), "kind": e.kind, "ip": e.ip, "user_agent": e.user_agent, "detail": e.detail,
+                    }))
+                    .collect::<Vec<_>>())),
+            ),
+            ("two-step.json".into(), pretty(json!({ "totp_enabled": totp, "recovery_codes_left": codes_left }))),
+        ];
+        if let Some(png) = self.store().avatar(account).await? {
+            files.push(("avatar.png".into(), png));
+        }
+        Ok(files)
+    }
+
+    /// Removes the archive files of an account (before its rows are deleted). Idempotent.
+    pub(crate) async fn delete_export_files(
+        &self,
+        account: mica_core::AccountId,
+    ) -> Result<(), IdentityError> {
+        for e in self.store().exports(account).await? {
+            remove_if_present(&self.export_path(&e.id))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes archives whose download window closed.
+    pub(crate) async fn purge_exports(&self) -> Result<u64, IdentityError> {
+        let mut n = 0;
+        for e in self.store().expired_exports(self.now()).await? {
+            remove_if_present(&self.export_path(&e.id))?;
+            self.store().delete_export(&e.id).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn remove_if_present(path: &std::path::Path) -> Result<(), IdentityError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(IdentityError::Internal(format!(
+            "removing {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes the archive next to its final name, syncs it, then renames it into place: a crash
+/// never leaves a half-written archive under the name a download would serve.
+fn write_zip(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    files: &[(String, Vec<u8>)],
+) -> Result<i64, IdentityError> {
+    let io = |e: std::io::Error| IdentityError::Internal(format!("writing export: {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = path.with_extension("zip.tmp");
+    let file = std::fs::File::create(&tmp).map_err(io)?;
+    let mut zip = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files {
+        zip.start_file(name.as_str(), opts)
+            .map_err(|e| IdentityError::Internal(format!("zip: {e}")))?;
+        zip.write_all(bytes).map_err(io)?;
+    }
+    let file = zip
+        .finish()
+        .map_err(|e| IdentityError::Internal(format!("zip: {e}")))?;
+    file.sync_all().map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(i64::try_from(size).unwrap_or(i64::MAX))
+}

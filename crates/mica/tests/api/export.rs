@@ -1,0 +1,177 @@
+//! Data export: a zip archive built in the background, opened here with a standard tool
+//! (Python's zipfile), downloadable by its owner only, until it expires; deleted with the account.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::deletion::{confirm_deletion, wait_until_deleted};
+use crate::on_both_backends;
+use crate::support::{TestApp, PASSWORD};
+
+on_both_backends!(export_holds_the_account_data_and_expires);
+
+fn python(args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python3 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn member(zip: &std::path::Path, name: &str) -> String {
+    python(&[
+        "-c",
+        "import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]).decode())",
+        zip.to_str().unwrap(),
+        name,
+    ])
+}
+
+async fn export_holds_the_account_data_and_expires(app: &TestApp) {
+    let t = app.signup_email("kai@example.com").await;
+    let c = app.client.with_token(&t.access_token);
+    c.set_profile(serde_json::json!({"nickname": "Kai", "country": "DE"}))
+        .await
+        .unwrap();
+    let _ = app
+        .client
+        .sign_in("kai@example.com", "Wrong-password-1", None)
+        .await;
+    let url = |p: &str| app.url(p);
+
+    let resp = app
+        .http
+        .post(url("/api/v1/me/exports"))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let e: Value = resp.json().await.unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+
+    // Built in the background.
+    let mut ready = Value::Null;
+    for _ in 0..200 {
+        let list: Value = app
+            .http
+            .get(url("/api/v1/me/exports"))
+            .bearer_auth(&t.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list[0]["status"] == "ready" {
+            ready = list[0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["id"], id.as_str(), "export ready within 10 s");
+    let download = ready["download"].as_str().unwrap().to_owned();
+
+    let resp = app
+        .http
+        .get(url(&download))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/zip");
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains(".zip"));
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, ready["size"].as_u64().unwrap());
+    let file = std::env::temp_dir().join(format!("{id}.zip"));
+    std::fs::write(&file, &bytes).unwrap();
+
+    // A standard tool opens it and finds the data.
+    python(&["-m", "zipfile", "-t", file.to_str().unwrap()]);
+    let listing = python(&["-m", "zipfile", "-l", file.to_str().unwrap()]);
+    for name in [
+        "README.txt",
+        "account.json",
+        "profile.json",
+        "login-records.json",
+        "sessions.json",
+        "security-events.json",
+    ] {
+        assert!(listing.contains(name), "{name} in {listing}");
+    }
+    let account: Value = serde_json::from_str(&member(&file, "account.json")).unwrap();
+    assert_eq!(account["email"], "kai@example.com");
+    assert_eq!(account["account_id"], t.account_id.as_str());
+    let profile: Value = serde_json::from_str(&member(&file, "profile.json")).unwrap();
+    assert_eq!(profile["nickname"], "Kai");
+    let logins: Value = serde_json::from_str(&member(&file, "login-records.json")).unwrap();
+    assert!(logins
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["outcome"] == "wrong_password"));
+    let _ = std::fs::remove_file(&file);
+
+    // Nobody else can fetch it.
+    let other = app.signup_email("lou@example.com").await;
+    let resp = app
+        .http
+        .get(url(&download))
+        .bearer_auth(&other.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        app.http
+            .get(url(&download))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+
+    // It expires after seven days.
+    let archive = app
+        .cfg
+        .blob_dir()
+        .unwrap()
+        .join("exports")
+        .join(format!("{id}.zip"));
+    assert!(archive.exists());
+    app.advance(Duration::from_secs(7 * 86_400 + 1));
+    let fresh = app
+        .client
+        .sign_in("kai@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let resp = app
+        .http
+        .get(url(&download))
+        .bearer_auth(&fresh.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // Deleting the account deletes its archives' files too.
+    let c = app.client.with_token(&fresh.access_token);
+    confirm_deletion(app, &c, "kai@example.com").await;
+    wait_until_deleted(app.store(), t.account_id.parse().unwrap()).await;
+    assert!(
+        !archive.exists(),
+        "the archive file is gone with the account"
+    );
+}

@@ -1,0 +1,128 @@
+//! Data-export records (the archives themselves are files in the data folder).
+
+use mica_core::{AccountId, Timestamp};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+#[derive(Debug, Clone)]
+pub struct ExportRow {
+    pub id: String,
+    pub account_id: AccountId,
+    pub status: String,
+    pub size: Option<i64>,
+    pub created_at: Timestamp,
+    pub ready_at: Option<Timestamp>,
+    pub expires_at: Timestamp,
+}
+
+fn export_from_row(r: &AnyRow) -> Result<ExportRow> {
+    let aid: i64 = r.try_get("account_id")?;
+    Ok(ExportRow {
+        id: r.try_get("id")?,
+        account_id: AccountId::from_i64(aid)
+            .ok_or_else(|| crate::StoreError::Corrupt(format!("account id {aid}")))?,
+        status: r.try_get("status")?,
+        size: r.try_get("size")?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        ready_at: r.try_get::<Option<i64>, _>("ready_at")?.map(Timestamp),
+        expires_at: Timestamp(r.try_get("expires_at")?),
+    })
+}
+
+const COLS: &str = "id, account_id, status, size, created_at, ready_at, expires_at";
+
+impl Store {
+    pub async fn insert_export(
+        &self,
+        id: &str,
+        account: AccountId,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO exports (id, account_id, status, created_at, expires_at) VALUES ($1, $2, 'pending', $3, $4)",
+        )
+        .bind(id)
+        .bind(account.as_i64())
+        .bind(now.millis())
+        .bind(expires_at.millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn exports(&self, account: AccountId) -> Result<Vec<ExportRow>> {
+        sqlx::query(&format!(
+            "SELECT {COLS} FROM exports WHERE account_id = $1 ORDER BY created_at DESC, id"
+        ))
+        .bind(account.as_i64())
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(export_from_row)
+        .collect()
+    }
+
+    /// Exports of the account still waiting to be built.
+    pub async fn pending_exports(&self, account: AccountId) -> Result<Vec<ExportRow>> {
+        Ok(self
+            .exports(account)
+            .await?
+            .into_iter()
+            .filter(|e| e.status == "pending")
+            .collect())
+    }
+
+    pub async fn export_ready(
+        &self,
+        id: &str,
+        size: i64,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        sqlx::query("UPDATE exports SET status = 'ready', size = $2, ready_at = $3, expires_at = $4 WHERE id = $1")
+            .bind(id)
+            .bind(size)
+            .bind(now.millis())
+            .bind(expires_at.millis())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Exports whose download window closed, of every account.
+    pub async fn expired_exports(&self, now: Timestamp) -> Result<Vec<ExportRow>> {
+        sqlx::query(&format!(
+            "SELECT {COLS} FROM exports WHERE expires_at <= $1"
+        ))
+        .bind(now.millis())
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(export_from_row)
+        .collect()
+    }
+
+    pub async fn delete_export(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM exports WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Sessions of an account, every one (for the export).
+    pub async fn all_sessions(&self, account: AccountId) -> Result<Vec<crate::SessionRow>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.account_id, s.created_at, s.last_used_at, s.expires_at, s.revoked_at, s.ip, \
+             s.user_agent, s.device_model, s.os_version, s.client FROM sessions s WHERE s.account_id = $1 \
+             ORDER BY s.created_at",
+        )
+        .bind(account.as_i64())
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(crate::sessions::session_from_row).collect()
+    }
+}
