@@ -444,6 +444,41 @@ impl Client {
             .await
     }
 
+    pub async fn recovery(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/me/recovery", None).await
+    }
+
+    /// Adds a recovery address: `{"email": …}` or `{"phone": …}`.
+    pub async fn recovery_add(&self, body: Value) -> Result<CodeSent> {
+        self.call(Method::POST, "/api/v1/me/recovery", Some(body))
+            .await
+    }
+
+    pub async fn recovery_confirm(&self, challenge_id: &str, code: &str) -> Result<()> {
+        self.call::<Option<()>>(
+            Method::POST,
+            "/api/v1/me/recovery/confirm",
+            Some(json!({ "challenge_id": challenge_id, "code": code })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets the security questions: `[(question, answer)]`.
+    pub async fn set_security_questions(&self, qa: &[(&str, &str)]) -> Result<()> {
+        let questions: Vec<Value> = qa
+            .iter()
+            .map(|(q, a)| json!({ "question": q, "answer": a }))
+            .collect();
+        self.call::<Option<()>>(
+            Method::PUT,
+            "/api/v1/me/security-questions",
+            Some(json!({ "questions": questions })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn security_checkup(&self) -> Result<Value> {
         self.call(Method::GET, "/api/v1/me/security-checkup", None)
             .await

@@ -27,6 +27,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(security_events))
         .routes(routes!(two_step_sign_in))
         .routes(routes!(two_step_send))
+        .routes(routes!(recovery_overview, add_recovery_factor))
+        .routes(routes!(confirm_recovery_factor))
+        .routes(routes!(remove_recovery_factor))
+        .routes(routes!(set_security_questions))
         .routes(routes!(request_deletion))
         .routes(routes!(confirm_deletion))
 }
@@ -441,4 +445,132 @@ async fn confirm_deletion(
             status: "deleting".into(),
         }),
     ))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RecoveryOverviewResponse {
+    /// Masked.
+    pub recovery_email: Option<String>,
+    /// Masked.
+    pub recovery_phone: Option<String>,
+    /// The questions (never the answers).
+    pub security_questions: Vec<String>,
+}
+
+/// The account's recovery setup.
+#[utoipa::path(get, path = "/me/recovery", tag = "security", security(("bearer" = [])),
+    responses((status = 200, body = RecoveryOverviewResponse), (status = 401, body = ErrorBody)))]
+async fn recovery_overview(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<RecoveryOverviewResponse>, ApiError> {
+    let o = app.identity.recovery_overview(&p).await?;
+    Ok(Json(RecoveryOverviewResponse {
+        recovery_email: o.recovery_email,
+        recovery_phone: o.recovery_phone,
+        security_questions: o.security_questions,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryFactorRequest {
+    /// Give either a recovery `email` or a recovery `phone` (with country code).
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+/// Adds (or replaces) the recovery email or phone (step-up required): a code goes to the new
+/// address, and it is added once the code is confirmed.
+#[utoipa::path(post, path = "/me/recovery", tag = "security", security(("bearer" = [])),
+    request_body = RecoveryFactorRequest,
+    responses((status = 202, body = CodeSentResponse), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn add_recovery_factor(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<RecoveryFactorRequest>,
+) -> Result<(StatusCode, Json<CodeSentResponse>), ApiError> {
+    let target = mica_identity::SignupTarget::parse(req.email.as_deref(), req.phone.as_deref())?;
+    let sent = app
+        .identity
+        .add_recovery_factor(&p, target, &client.info(None))
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(sent.into())))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeConfirmRequest {
+    pub challenge_id: String,
+    pub code: String,
+}
+
+/// Confirms a new recovery address with the code sent to it.
+#[utoipa::path(post, path = "/me/recovery/confirm", tag = "security", security(("bearer" = [])),
+    request_body = CodeConfirmRequest,
+    responses((status = 204, description = "Added"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn confirm_recovery_factor(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<CodeConfirmRequest>,
+) -> Result<StatusCode, ApiError> {
+    app.identity
+        .confirm_recovery_factor(&p, &req.challenge_id, &req.code, &client.info(None))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the recovery `email` or `phone` (step-up required).
+#[utoipa::path(delete, path = "/me/recovery/{kind}", tag = "security", security(("bearer" = [])),
+    params(("kind" = String, Path, description = "`email` or `phone`")),
+    responses((status = 204, description = "Removed"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn remove_recovery_factor(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.identity
+        .remove_recovery_factor(&p, &kind, &client.info(None))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionAnswer {
+    pub question: String,
+    #[schema(value_type = String, format = Password)]
+    pub answer: SecretString,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityQuestionsRequest {
+    /// Exactly three.
+    pub questions: Vec<QuestionAnswer>,
+}
+
+/// Replaces the security questions (step-up required). Answers are stored hashed; they are a weak
+/// factor and never enough alone to get into the account.
+#[utoipa::path(put, path = "/me/security-questions", tag = "security", security(("bearer" = [])),
+    request_body = SecurityQuestionsRequest,
+    responses((status = 204, description = "Set"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn set_security_questions(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<SecurityQuestionsRequest>,
+) -> Result<StatusCode, ApiError> {
+    let qa = req
+        .questions
+        .into_iter()
+        .map(|q| (q.question, q.answer))
+        .collect();
+    app.identity
+        .set_security_questions(&p, qa, &client.info(None))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -13,6 +13,7 @@ mod cache;
 mod deletion;
 mod error;
 pub mod export;
+pub mod factors;
 pub mod limits;
 pub mod password;
 pub mod profile;
@@ -30,6 +31,7 @@ use mica_notify::Notifier;
 use mica_store::{AccountRow, LookupBy, Store};
 
 pub use error::IdentityError;
+pub use factors::RecoveryOverview;
 pub use limits::Rate;
 pub use password::HashCost;
 pub use profile::{CheckupStep, Profile};

@@ -208,6 +208,7 @@ impl Identity {
             .await?
             .ok_or(IdentityError::Unauthenticated)?;
         let two_step = self.two_step_status(p).await?;
+        let has_recovery = !self.store().recovery_factors(p.account).await?.is_empty();
         let now = self.now();
         let day = Duration::from_secs(86_400);
         let (stale, failed) = self
@@ -215,8 +216,14 @@ impl Identity {
             .checkup_facts(p.account, now, now.minus(day * 90), now.minus(day * 30))
             .await?;
         let steps = vec![
-            CheckupStep { id: "email", done: row.email_enc.is_some(), points: 15, advice: "Add an email address, so you can recover the account by email." },
-            CheckupStep { id: "phone", done: row.phone_enc.is_some(), points: 15, advice: "Add a phone number, so you can recover the account by SMS." },
+            CheckupStep { id: "email", done: row.email_enc.is_some(), points: 10, advice: "Add an email address, so you can recover the account by email." },
+            CheckupStep { id: "phone", done: row.phone_enc.is_some(), points: 10, advice: "Add a phone number, so you can recover the account by SMS." },
+            CheckupStep {
+                id: "recovery_factor",
+                done: has_recovery,
+                points: 10,
+                advice: "Add a recovery email or phone, so you can get back in if you lose your own.",
+            },
             CheckupStep { id: "two_step", done: two_step.totp, points: 30, advice: "Turn on two-step verification with an authenticator app." },
             CheckupStep {
                 id: "recovery_codes",

@@ -34,7 +34,20 @@ impl Identity {
         self.check_destination_limits(&bidx, PURPOSE_RESET).await?;
         self.limit(&self.inner.limits.codes_ip, &client.ip)?;
 
-        let account = self.find_account(&login).await?;
+        let mut account = self.find_account(&login).await?;
+        // Not an account's own address: maybe one's verified recovery address.
+        if account.is_none() {
+            let by_recovery = match &login {
+                Login::Email(e) => Some(self.keys().blind_index("email", e.as_str())),
+                Login::Phone(p) => Some(self.keys().blind_index("phone", p.as_str())),
+                Login::Id(_) => None,
+            };
+            if let Some(b) = by_recovery {
+                if let Some((id, _)) = self.store().account_by_recovery(&b).await? {
+                    account = self.store().account(mica_store::LookupBy::Id(id)).await?;
+                }
+            }
+        }
         let destination = match (&account, &login) {
             (None, _) => None,
             (Some(_), Login::Email(e)) => Some(SignupTarget::Email(e.clone())),

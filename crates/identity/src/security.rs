@@ -278,7 +278,7 @@ impl Identity {
         challenge_id: &str,
         code: &str,
         purpose: &str,
-    ) -> Result<(), IdentityError> {
+    ) -> Result<mica_store::CodeRow, IdentityError> {
         let row = self.pending_code(challenge_id, purpose).await?;
         if row.account_id != Some(p.account) || row.payload.as_deref() != Some(p.session.0.as_str())
         {
@@ -288,7 +288,7 @@ impl Identity {
         if !self.store().consume_code(&row.id, self.now()).await? {
             return Err(IdentityError::CodeExpired);
         }
-        Ok(())
+        Ok(row)
     }
 
     /// Sends a step-up code to the account's email or phone.

@@ -26,7 +26,8 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         // carry no account id.
         condition:
             "account_id = $1 OR target_bidx IN (SELECT email_bidx FROM accounts WHERE id = $1) \
-                    OR target_bidx IN (SELECT phone_bidx FROM accounts WHERE id = $1)",
+                    OR target_bidx IN (SELECT phone_bidx FROM accounts WHERE id = $1) \
+                    OR target_bidx IN (SELECT value_bidx FROM recovery_factors WHERE account_id = $1)",
     },
     AccountTable {
         table: "refresh_tokens",
@@ -54,6 +55,14 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
     },
     AccountTable {
         table: "profiles",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "recovery_factors",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "security_questions",
         condition: "account_id = $1",
     },
     // The archives' files are removed (by the deletion job) before this step.

@@ -20,6 +20,7 @@ mod exports;
 mod jobs;
 mod migrate;
 mod profile;
+mod recovery;
 mod security;
 mod sessions;
 
@@ -34,6 +35,7 @@ pub use codes::{CodeRow, NewCode};
 pub use exports::ExportRow;
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
 pub use profile::ProfileRow;
+pub use recovery::RecoveryFactorRow;
 pub use security::{SecurityEventRow, TotpRow};
 pub use sessions::{LoginEventRow, NewSession, RefreshOutcome, SessionRow};
 

@@ -15,6 +15,7 @@ mod support;
 mod bad_input;
 mod deletion;
 mod export;
+mod factors;
 mod limits;
 mod profile;
 mod recovery;

@@ -1,0 +1,253 @@
+//! Recovery factors (ID-8): a recovery email and a recovery phone, each verified by its own code,
+//! through which "forgot password" can reach the person when the main factor is gone; and
+//! security questions, stored as argon2id hashes of the normalised answers, which are a weak
+//! factor: they never suffice alone (they only add evidence to an operator-reviewed recovery).
+
+use mica_core::crypto::{random_digits, random_token_string};
+use mica_notify::Message;
+use mica_store::NewCode;
+use secrecy::SecretString;
+
+use crate::security::CodeSent;
+use crate::signup::SignupTarget;
+use crate::{ClientInfo, Identity, IdentityError, Principal};
+
+const PURPOSE_RECOVERY: &str = "recovery_factor";
+pub const QUESTIONS: usize = 3;
+
+/// The recovery setup, as its owner sees it (addresses masked).
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryOverview {
+    pub recovery_email: Option<String>,
+    pub recovery_phone: Option<String>,
+    pub security_questions: Vec<String>,
+}
+
+fn normalise_answer(a: &str) -> String {
+    a.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+impl Identity {
+    /// Sends a code to a new recovery address (step-up required); it is added once confirmed.
+    pub async fn add_recovery_factor(
+        &self,
+        p: &Principal,
+        target: SignupTarget,
+        client: &ClientInfo,
+    ) -> Result<CodeSent, IdentityError> {
+        self.require_step_up(p).await?;
+        let row = self
+            .store()
+            .account(mica_store::LookupBy::Id(p.account))
+            .await?
+            .ok_or(IdentityError::Unauthenticated)?;
+        let view = self.view(&row)?;
+        let same_as_primary = match &target {
+            SignupTarget::Email(e) => view.email.as_ref() == Some(e),
+            SignupTarget::Phone(ph) => view.phone.as_ref() == Some(ph),
+        };
+        if same_as_primary {
+            return Err(IdentityError::Invalid {
+                field: "recovery",
+                message: "a recovery address must differ from the account's own".into(),
+            });
+        }
+        let bidx = self.keys().blind_index(target.kind(), target.value());
+        self.check_destination_limits(&bidx, PURPOSE_RECOVERY)
+            .await?;
+        self.limit(&self.inner.limits.codes_ip, &client.ip)?;
+        let now = self.now();
+        let id = format!("vc_{}", random_token_string(18));
+        let code = random_digits(6);
+        let expires_at = now.plus(self.code_ttl());
+        self.store()
+            .insert_code(&NewCode {
+                id: id.clone(),
+                purpose: PURPOSE_RECOVERY,
+                account_id: Some(p.account),
+                target_kind: target.kind(),
+                target_enc: Some(self.keys().seal("destination", target.value())),
+                target_bidx: bidx,
+                code_hash: self.keys().code_hash(&id, &code),
+                payload: Some(p.session.0.clone()),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        let name = &self.inner.cfg.service_name;
+        let text = format!(
+            "{code} is your code to make this your recovery address for the {name} account {}. \
+             If you did not ask for it, ignore this message.",
+            p.account
+        );
+        let (channel, sent_to) = match &target {
+            SignupTarget::Email(e) => ("email", e.masked()),
+            SignupTarget::Phone(ph) => ("sms", ph.masked()),
+        };
+        self.inner.notifier.dispatch(match target {
+            SignupTarget::Email(e) => Message::Email {
+                to: e,
+                subject: format!("{code} is your {name} recovery code"),
+                body: text,
+            },
+            SignupTarget::Phone(ph) => Message::Sms { to: ph, text },
+        });
+        Ok(CodeSent {
+            challenge_id: id,
+            channel,
+            sent_to,
+            expires_at,
+        })
+    }
+
+    /// Confirms a new recovery address with its code.
+    pub async fn confirm_recovery_factor(
+        &self,
+        p: &Principal,
+        challenge_id: &str,
+        code: &str,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        self.require_step_up(p).await?;
+        let row = self
+            .redeem_session_code(p, challenge_id, code, PURPOSE_RECOVERY)
+            .await?;
+        let target = self.stored_target(&row)?;
+        let (kind, field) = match &target {
+            SignupTarget::Email(_) => ("email", "recovery_email"),
+            SignupTarget::Phone(_) => ("phone", "recovery_phone"),
+        };
+        let sealed = self.keys().seal(field, target.value());
+        self.store()
+            .put_recovery_factor(p.account, kind, &sealed, &row.target_bidx, self.now())
+            .await?;
+        self.event(
+            p.account,
+            "recovery_factor_added",
+            client,
+            Some(&p.session),
+            Some(format!("{kind} {}", target.masked())),
+        )
+        .await
+    }
+
+    /// Removes the recovery email (`email`) or phone (`phone`) (step-up required).
+    pub async fn remove_recovery_factor(
+        &self,
+        p: &Principal,
+        kind: &str,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        self.require_step_up(p).await?;
+        if !matches!(kind, "email" | "phone")
+            || !self.store().delete_recovery_factor(p.account, kind).await?
+        {
+            return Err(IdentityError::NotFound);
+        }
+        self.event(
+            p.account,
+            "recovery_factor_removed",
+            client,
+            Some(&p.session),
+            Some(kind.into()),
+        )
+        .await
+    }
+
+    /// Replaces the security questions (step-up required): exactly three, answers hashed.
+    pub async fn set_security_questions(
+        &self,
+        p: &Principal,
+        qa: Vec<(String, SecretString)>,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        use secrecy::ExposeSecret;
+        self.require_step_up(p).await?;
+        let bad = |m: &str| IdentityError::Invalid {
+            field: "security_questions",
+            message: m.into(),
+        };
+        if qa.len() != QUESTIONS {
+            return Err(bad("give exactly three questions with their answers"));
+        }
+        let mut stored = Vec::with_capacity(QUESTIONS);
+        let mut seen = Vec::new();
+        for (q, a) in qa {
+            let q = q.trim().to_owned();
+            if !(5..=200).contains(&q.chars().count()) || q.chars().any(char::is_control) {
+                return Err(bad("each question has 5 to 200 printable characters"));
+            }
+            if seen.contains(&q.to_lowercase()) {
+                return Err(bad("the three questions must differ"));
+            }
+            seen.push(q.to_lowercase());
+            let answer = normalise_answer(a.expose_secret());
+            if answer.chars().count() < 2 || answer.chars().count() > 200 {
+                return Err(bad("each answer has 2 to 200 characters"));
+            }
+            let hash = self.inner.hasher.hash(&SecretString::from(answer)).await?;
+            stored.push((q, hash));
+        }
+        self.store()
+            .put_security_questions(p.account, &stored, self.now())
+            .await?;
+        self.event(
+            p.account,
+            "security_questions_set",
+            client,
+            Some(&p.session),
+            None,
+        )
+        .await
+    }
+
+    /// Checks answers to the security questions: a weak signal for a reviewed recovery, never a
+    /// way into the account by itself.
+    pub async fn check_security_answers(
+        &self,
+        account: mica_core::AccountId,
+        answers: &[SecretString],
+    ) -> Result<usize, IdentityError> {
+        use secrecy::ExposeSecret;
+        let stored = self.store().security_questions(account).await?;
+        let mut right = 0;
+        for ((_, hash), a) in stored.iter().zip(answers) {
+            let n = SecretString::from(normalise_answer(a.expose_secret()));
+            if self.inner.hasher.verify(&n, Some(hash)).await? {
+                right += 1;
+            }
+        }
+        Ok(right)
+    }
+
+    pub async fn recovery_overview(
+        &self,
+        p: &Principal,
+    ) -> Result<RecoveryOverview, IdentityError> {
+        let mut o = RecoveryOverview::default();
+        for f in self.store().recovery_factors(p.account).await? {
+            let field = if f.kind == "email" {
+                "recovery_email"
+            } else {
+                "recovery_phone"
+            };
+            let value = self.keys().open(field, &f.value_enc)?;
+            let target = SignupTarget::from_stored(&f.kind, &value)?;
+            match f.kind.as_str() {
+                "email" => o.recovery_email = Some(target.masked()),
+                _ => o.recovery_phone = Some(target.masked()),
+            }
+        }
+        o.security_questions = self
+            .store()
+            .security_questions(p.account)
+            .await?
+            .into_iter()
+            .map(|(q, _)| q)
+            .collect();
+        Ok(o)
+    }
+}

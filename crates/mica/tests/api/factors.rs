@@ -1,0 +1,138 @@
+//! Recovery factors: a recovery email verified by its own code, through which "forgot password"
+//! reaches a person whose phone is gone; security questions stored only as hashes.
+
+use serde_json::json;
+
+use crate::on_both_backends;
+use crate::support::{six_digits, TestApp, PASSWORD};
+
+on_both_backends!(
+    recovery_email_rescues_a_phone_account,
+    security_questions_are_hashed_and_weak
+);
+
+/// Signs up by phone and steps up by SMS; returns the signed-in client.
+async fn phone_account(app: &TestApp, phone: &str, e164: &str) -> mica_client::Client {
+    let started = app.client.signup_phone(phone, PASSWORD).await.unwrap();
+    let code = six_digits(&app.sms.nth_to(e164, 1).await.text).unwrap();
+    let t = app
+        .client
+        .signup_verify(&started.signup_id, &code, None)
+        .await
+        .unwrap();
+    let c = app.client.with_token(&t.access_token);
+    let sent = c.step_up_send("sms").await.unwrap();
+    let code = six_digits(&app.sms.nth_to(e164, 2).await.text).unwrap();
+    c.step_up_with_code(&sent.challenge_id, &code)
+        .await
+        .unwrap();
+    c
+}
+
+async fn recovery_email_rescues_a_phone_account(app: &TestApp) {
+    let c = phone_account(app, "+351 912 345 678", "+351912345678").await;
+    let before = c.security_checkup().await.unwrap()["score"]
+        .as_u64()
+        .unwrap();
+
+    let sent = c
+        .recovery_add(json!({"email": "Backup.Me@Example.com"}))
+        .await
+        .unwrap();
+    assert_eq!(sent.sent_to, "b***@example.com");
+    let mail = app.smtp.nth_to("backup.me@example.com", 1).await;
+    let code = six_digits(&mail.subject()).unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(
+        c.recovery_confirm(&sent.challenge_id, wrong)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_code")
+    );
+    assert_eq!(
+        c.recovery().await.unwrap()["recovery_email"],
+        serde_json::Value::Null,
+        "not before the code"
+    );
+    c.recovery_confirm(&sent.challenge_id, &code).await.unwrap();
+    assert_eq!(
+        c.recovery().await.unwrap()["recovery_email"],
+        "b***@example.com"
+    );
+    assert_eq!(
+        c.security_checkup().await.unwrap()["score"]
+            .as_u64()
+            .unwrap(),
+        before + 10
+    );
+
+    // The phone is lost: "forgot password" with the recovery email reaches the person there.
+    let r = app
+        .client
+        .forgot_password("backup.me@example.com")
+        .await
+        .unwrap();
+    let mail = app.smtp.nth_to("backup.me@example.com", 2).await;
+    let code = six_digits(&mail.subject()).unwrap();
+    app.client
+        .reset_password(&r.reset_id, &code, "Another-long-Secret-42")
+        .await
+        .unwrap();
+    app.client
+        .sign_in("+351912345678", "Another-long-Secret-42", None)
+        .await
+        .unwrap();
+
+    // The account's own number cannot be its recovery address.
+    let c2 = phone_account_again(app).await;
+    let err = c2
+        .recovery_add(json!({"phone": "+351 912 345 678"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("invalid_input"));
+}
+
+async fn phone_account_again(app: &TestApp) -> mica_client::Client {
+    let t = app
+        .client
+        .sign_in("+351912345678", "Another-long-Secret-42", None)
+        .await
+        .unwrap();
+    let c = app.client.with_token(&t.access_token);
+    app.advance(std::time::Duration::from_secs(61));
+    let sent = c.step_up_send("sms").await.unwrap();
+    let code = six_digits(&app.sms.nth_to("+351912345678", 4).await.text).unwrap();
+    c.step_up_with_code(&sent.challenge_id, &code)
+        .await
+        .unwrap();
+    c
+}
+
+async fn security_questions_are_hashed_and_weak(app: &TestApp) {
+    let t = app.signup_email("sue@example.com").await;
+    let c = app.client.with_token(&t.access_token);
+    let qa = [
+        ("Name of your first pet?", "Rex the Dog"),
+        ("City where you were born?", "Lisboa"),
+        ("Your childhood best friend?", "Maria Santos"),
+    ];
+    assert_eq!(
+        c.set_security_questions(&qa).await.unwrap_err().code(),
+        Some("step_up_required")
+    );
+    crate::security::step_up_by_email(app, &c, "sue@example.com").await;
+    let err = c.set_security_questions(&qa[..2]).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_input"));
+    c.set_security_questions(&qa).await.unwrap();
+    let o = c.recovery().await.unwrap();
+    assert_eq!(o["security_questions"][0], "Name of your first pet?");
+    assert!(!o.to_string().contains("Rex"), "answers are never shown");
+    let dump = app.dump().await;
+    for (_, a) in qa {
+        assert!(
+            !dump.to_lowercase().contains(&a.to_lowercase()),
+            "{a} stored in clear"
+        );
+    }
+}
