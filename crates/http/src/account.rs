@@ -58,6 +58,8 @@ pub struct LoginsQuery {
 pub struct LoginRecordView {
     #[schema(value_type = String, format = DateTime)]
     pub at: String,
+    /// What the user agent says: client, operating system, kind of device.
+    pub agent: AgentView,
     /// `success`, `wrong_password`, …
     pub outcome: String,
     pub ip: String,
@@ -83,6 +85,7 @@ async fn logins(
     Ok(Json(
         rows.into_iter()
             .map(|r| LoginRecordView {
+                agent: AgentView::of(&r.user_agent),
                 at: r.at.to_rfc3339(),
                 outcome: r.outcome,
                 ip: r.ip,
@@ -180,4 +183,26 @@ async fn download_export(
         body,
     )
         .into_response())
+}
+
+/// A user agent, parsed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// e.g. `Chrome 120.0.0.0`, `mica-client 0.1.0`.
+    pub client: Option<String>,
+    /// e.g. `Windows 10`, `Android 14`.
+    pub os: Option<String>,
+    /// `pc`, `smartphone`, `mobilephone`, `appliance`, `crawler` or `misc`.
+    pub category: Option<String>,
+}
+
+impl AgentView {
+    pub fn of(user_agent: &str) -> Self {
+        let a = mica_identity::agent::describe(user_agent);
+        AgentView {
+            client: a.client,
+            os: a.os,
+            category: a.category,
+        }
+    }
 }

@@ -274,6 +274,8 @@ async fn refresh(
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
     pub id: SessionId,
+    /// What the user agent says: client, operating system, kind of device.
+    pub agent: crate::account::AgentView,
     /// The session making this request.
     pub current: bool,
     #[schema(value_type = String, format = DateTime)]
@@ -300,6 +302,7 @@ async fn list_sessions(
     Ok(Json(
         list.into_iter()
             .map(|s| SessionView {
+                agent: crate::account::AgentView::of(&s.user_agent),
                 id: s.id,
                 current: s.current,
                 created_at: s.created_at.to_rfc3339(),

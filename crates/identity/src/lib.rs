@@ -9,6 +9,7 @@
 //! - secrets exist in plaintext only in memory: codes and tokens are stored as hashes, passwords as
 //!   argon2id, email and phone sealed with a blind index.
 
+pub mod agent;
 mod cache;
 mod deletion;
 mod error;

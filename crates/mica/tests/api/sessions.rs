@@ -257,6 +257,36 @@ async fn login_records_show_successes_and_failures(app: &TestApp) {
         .iter()
         .any(|r| r.device_model.as_deref() == Some("ThinkPad X1")
             && r.os_version.as_deref() == Some("Debian 13")));
+    // Records read the user agent for the person: client, system, kind of device.
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    let resp = app
+        .http
+        .post(app.url("/api/v1/sessions"))
+        .header("user-agent", chrome)
+        .json(&serde_json::json!({"login": "rui@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let raw: serde_json::Value = app
+        .http
+        .get(app.url("/api/v1/me/logins"))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let browser = raw
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["user_agent"] == chrome)
+        .expect("the browser sign-in");
+    assert_eq!(browser["agent"]["client"], "Chrome 120.0.0.0");
+    assert_eq!(browser["agent"]["os"], "Windows 10");
+    assert_eq!(browser["agent"]["category"], "pc");
     // Another account sees only its own.
     let other = app.signup_email("sam@example.com").await;
     let theirs = app
