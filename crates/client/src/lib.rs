@@ -444,6 +444,22 @@ impl Client {
             .await
     }
 
+    /// Starts changing the account's email or phone: `{"email": …}` or `{"phone": …}`.
+    pub async fn identifier_change(&self, body: Value) -> Result<CodeSent> {
+        self.call(Method::POST, "/api/v1/me/identifiers", Some(body))
+            .await
+    }
+
+    pub async fn identifier_confirm(&self, challenge_id: &str, code: &str) -> Result<()> {
+        self.call::<Option<()>>(
+            Method::POST,
+            "/api/v1/me/identifiers/confirm",
+            Some(json!({ "challenge_id": challenge_id, "code": code })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn recovery(&self) -> Result<Value> {
         self.call(Method::GET, "/api/v1/me/recovery", None).await
     }

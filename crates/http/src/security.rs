@@ -31,6 +31,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(confirm_recovery_factor))
         .routes(routes!(remove_recovery_factor))
         .routes(routes!(set_security_questions))
+        .routes(routes!(change_identifier))
+        .routes(routes!(confirm_identifier))
         .routes(routes!(request_deletion))
         .routes(routes!(confirm_deletion))
 }
@@ -571,6 +573,43 @@ async fn set_security_questions(
         .collect();
     app.identity
         .set_security_questions(&p, qa, &client.info(None))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds or changes the account's own email or phone (step-up required): a code goes to the new
+/// address; the change happens when it is confirmed, and the old address is told.
+#[utoipa::path(post, path = "/me/identifiers", tag = "security", security(("bearer" = [])),
+    request_body = RecoveryFactorRequest,
+    responses((status = 202, body = CodeSentResponse), (status = 403, body = ErrorBody),
+              (status = 409, description = "Another account uses it", body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn change_identifier(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<RecoveryFactorRequest>,
+) -> Result<(StatusCode, Json<CodeSentResponse>), ApiError> {
+    let target = mica_identity::SignupTarget::parse(req.email.as_deref(), req.phone.as_deref())?;
+    let sent = app
+        .identity
+        .start_identifier_change(&p, target, &client.info(None))
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(sent.into())))
+}
+
+/// Confirms the new email or phone with the code sent to it.
+#[utoipa::path(post, path = "/me/identifiers/confirm", tag = "security", security(("bearer" = [])),
+    request_body = CodeConfirmRequest,
+    responses((status = 204, description = "Changed"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn confirm_identifier(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<CodeConfirmRequest>,
+) -> Result<StatusCode, ApiError> {
+    app.identity
+        .confirm_identifier_change(&p, &req.challenge_id, &req.code, &client.info(None))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

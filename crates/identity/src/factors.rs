@@ -55,9 +55,28 @@ impl Identity {
                 message: "a recovery address must differ from the account's own".into(),
             });
         }
+        self.send_code_to_new_address(
+            p,
+            target,
+            PURPOSE_RECOVERY,
+            "make this your recovery address for",
+            client,
+        )
+        .await
+    }
+
+    /// Sends a code to an address the account does not own yet (a recovery address, a new
+    /// email or phone), redeemable only by the session that asked for it.
+    pub(crate) async fn send_code_to_new_address(
+        &self,
+        p: &Principal,
+        target: SignupTarget,
+        purpose: &'static str,
+        what: &str,
+        client: &ClientInfo,
+    ) -> Result<CodeSent, IdentityError> {
         let bidx = self.keys().blind_index(target.kind(), target.value());
-        self.check_destination_limits(&bidx, PURPOSE_RECOVERY)
-            .await?;
+        self.check_destination_limits(&bidx, purpose).await?;
         self.limit(&self.inner.limits.codes_ip, &client.ip)?;
         let now = self.now();
         let id = format!("vc_{}", random_token_string(18));
@@ -66,7 +85,7 @@ impl Identity {
         self.store()
             .insert_code(&NewCode {
                 id: id.clone(),
-                purpose: PURPOSE_RECOVERY,
+                purpose,
                 account_id: Some(p.account),
                 target_kind: target.kind(),
                 target_enc: Some(self.keys().seal("destination", target.value())),
@@ -79,8 +98,7 @@ impl Identity {
             .await?;
         let name = &self.inner.cfg.service_name;
         let text = format!(
-            "{code} is your code to make this your recovery address for the {name} account {}. \
-             If you did not ask for it, ignore this message.",
+            "{code} is your code to {what} the {name} account {}. If you did not ask for it, ignore this message.",
             p.account
         );
         let (channel, sent_to) = match &target {
@@ -90,7 +108,7 @@ impl Identity {
         self.inner.notifier.dispatch(match target {
             SignupTarget::Email(e) => Message::Email {
                 to: e,
-                subject: format!("{code} is your {name} recovery code"),
+                subject: format!("{code} is your {name} verification code"),
                 body: text,
             },
             SignupTarget::Phone(ph) => Message::Sms { to: ph, text },

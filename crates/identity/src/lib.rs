@@ -15,6 +15,7 @@ mod deletion;
 mod error;
 pub mod export;
 pub mod factors;
+mod identifiers;
 pub mod limits;
 pub mod password;
 pub mod profile;

@@ -104,6 +104,28 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Sets the account's email (`kind` = `email`) or phone (`phone`); `Err(Conflict)` when
+    /// another account holds it.
+    pub async fn set_identifier(
+        &self,
+        id: AccountId,
+        kind: &str,
+        enc: &[u8],
+        bidx: &[u8],
+    ) -> Result<()> {
+        let sql = match kind {
+            "email" => "UPDATE accounts SET email_enc = $2, email_bidx = $3 WHERE id = $1",
+            _ => "UPDATE accounts SET phone_enc = $2, phone_bidx = $3 WHERE id = $1",
+        };
+        sqlx::query(sql)
+            .bind(id.as_i64())
+            .bind(enc.to_vec())
+            .bind(bidx.to_vec())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     /// Counts a failed password and returns the new count of consecutive failures.
     pub async fn record_login_failure(&self, id: AccountId) -> Result<i64> {
         let row = sqlx::query(

@@ -8,7 +8,8 @@ use crate::support::{six_digits, TestApp, PASSWORD};
 
 on_both_backends!(
     recovery_email_rescues_a_phone_account,
-    security_questions_are_hashed_and_weak
+    security_questions_are_hashed_and_weak,
+    email_and_phone_change_with_step_up_and_codes,
 );
 
 /// Signs up by phone and steps up by SMS; returns the signed-in client.
@@ -135,4 +136,81 @@ async fn security_questions_are_hashed_and_weak(app: &TestApp) {
             "{a} stored in clear"
         );
     }
+}
+
+async fn email_and_phone_change_with_step_up_and_codes(app: &TestApp) {
+    let t = app.signup_email("old@example.com").await;
+    app.signup_email("taken@example.com").await;
+    let c = app.client.with_token(&t.access_token);
+    assert_eq!(
+        c.identifier_change(json!({"phone": "+49 151 23456789"}))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("step_up_required")
+    );
+    crate::security::step_up_by_email(app, &c, "old@example.com").await;
+
+    // Add a phone: the code goes to it.
+    let sent = c
+        .identifier_change(json!({"phone": "+49 151 23456789"}))
+        .await
+        .unwrap();
+    assert_eq!(sent.channel, "sms");
+    let code = six_digits(&app.sms.nth_to("+4915123456789", 1).await.text).unwrap();
+    c.identifier_confirm(&sent.challenge_id, &code)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.me().await.unwrap().phone.as_deref(),
+        Some("+4915123456789")
+    );
+    app.client
+        .sign_in("+4915123456789", PASSWORD, None)
+        .await
+        .unwrap();
+
+    // An address another account uses is refused before any code is sent.
+    let err = c
+        .identifier_change(json!({"email": "taken@example.com"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("identifier_taken"));
+    assert_eq!(app.smtp.count_to("taken@example.com"), 1);
+
+    // Change the email: the new address confirms, the old one is told.
+    app.advance(std::time::Duration::from_secs(61));
+    let sent = c
+        .identifier_change(json!({"email": "new@example.com"}))
+        .await
+        .unwrap();
+    let code = six_digits(&app.smtp.nth_to("new@example.com", 1).await.subject()).unwrap();
+    c.identifier_confirm(&sent.challenge_id, &code)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.me().await.unwrap().email.as_deref(),
+        Some("new@example.com")
+    );
+    let notice = app
+        .smtp
+        .nth_with("old@example.com", "was changed to", 1)
+        .await;
+    assert!(
+        notice.body().contains("n***@example.com"),
+        "{}",
+        notice.body()
+    );
+    assert!(app
+        .client
+        .sign_in("old@example.com", PASSWORD, None)
+        .await
+        .is_err());
+    app.client
+        .sign_in("new@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    // The old address is free for someone else now.
+    app.advance(std::time::Duration::from_secs(61));
+    app.signup_email("old@example.com").await;
 }
