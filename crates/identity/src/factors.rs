@@ -3,9 +3,6 @@
 //! security questions, stored as argon2id hashes of the normalised answers, which are a weak
 //! factor: they never suffice alone (they only add evidence to an operator-reviewed recovery).
 
-use mica_core::crypto::{random_digits, random_token_string};
-use mica_notify::Message;
-use mica_store::NewCode;
 use secrecy::SecretString;
 
 use crate::security::CodeSent;
@@ -75,50 +72,16 @@ impl Identity {
         what: &str,
         client: &ClientInfo,
     ) -> Result<CodeSent, IdentityError> {
-        let bidx = self.keys().blind_index(target.kind(), target.value());
-        self.check_destination_limits(&bidx, purpose).await?;
-        self.limit(&self.inner.limits.codes_ip, &client.ip)?;
-        let now = self.now();
-        let id = format!("vc_{}", random_token_string(18));
-        let code = random_digits(6);
-        let expires_at = now.plus(self.code_ttl());
-        self.store()
-            .insert_code(&NewCode {
-                id: id.clone(),
-                purpose,
-                account_id: Some(p.account),
-                target_kind: target.kind(),
-                target_enc: Some(self.keys().seal("destination", target.value())),
-                target_bidx: bidx,
-                code_hash: self.keys().code_hash(&id, &code),
-                payload: Some(p.session.0.clone()),
-                created_at: now,
-                expires_at,
-            })
+        let (id, code, expires_at) = self
+            .issue_code(p.account, &target, purpose, None, Some(&p.session), client)
             .await?;
         let name = &self.inner.cfg.service_name;
         let text = format!(
             "{code} is your code to {what} the {name} account {}. If you did not ask for it, ignore this message.",
             p.account
         );
-        let (channel, sent_to) = match &target {
-            SignupTarget::Email(e) => ("email", e.masked()),
-            SignupTarget::Phone(ph) => ("sms", ph.masked()),
-        };
-        self.inner.notifier.dispatch(match target {
-            SignupTarget::Email(e) => Message::Email {
-                to: e,
-                subject: format!("{code} is your {name} verification code"),
-                body: text,
-            },
-            SignupTarget::Phone(ph) => Message::Sms { to: ph, text },
-        });
-        Ok(CodeSent {
-            challenge_id: id,
-            channel,
-            sent_to,
-            expires_at,
-        })
+        let subject = format!("{code} is your {name} verification code");
+        Ok(self.deliver_code(target, id, expires_at, subject, text))
     }
 
     /// Confirms a new recovery address with its code.

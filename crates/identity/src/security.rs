@@ -171,19 +171,19 @@ impl Identity {
         }
     }
 
-    /// Sends a code to the account's own email or phone and records it for `purpose`.
+    /// Records a fresh code for `purpose` to `target` (a new record, or — for `existing` — a new
+    /// code on a pending one), after the per-destination and per-IP limits. Returns the record id,
+    /// the code and its expiry; the caller words and sends the message with [`Self::deliver_code`].
     #[allow(clippy::too_many_arguments)]
-    async fn send_account_code(
+    pub(crate) async fn issue_code(
         &self,
         account: AccountId,
-        channel: CodeChannel,
+        target: &SignupTarget,
         purpose: &'static str,
         existing: Option<&str>,
         bound_to: Option<&SessionId>,
         client: &ClientInfo,
-        what: &str,
-    ) -> Result<CodeSent, IdentityError> {
-        let target = self.destination(account, channel).await?;
+    ) -> Result<(String, String, Timestamp), IdentityError> {
         let bidx = self.keys().blind_index(target.kind(), target.value());
         if existing.is_none() {
             // A resend on an existing challenge is limited by its caller.
@@ -223,30 +223,62 @@ impl Identity {
                 id
             }
         };
-        let name = &self.inner.cfg.service_name;
-        let mins = self.code_ttl().as_secs() / 60;
-        let text = format!(
-            "{code} is your {name} code to {what}. It expires in {mins} minutes. \
-             If you did not ask for it, someone may know your password: change it."
-        );
-        let (channel_name, sent_to) = match &target {
+        Ok((id, code, expires_at))
+    }
+
+    /// Sends a code's message (email with `subject`, or SMS) and says where it went, masked.
+    pub(crate) fn deliver_code(
+        &self,
+        target: SignupTarget,
+        challenge_id: String,
+        expires_at: Timestamp,
+        subject: String,
+        text: String,
+    ) -> CodeSent {
+        let (channel, sent_to) = match &target {
             SignupTarget::Email(e) => ("email", e.masked()),
             SignupTarget::Phone(p) => ("sms", p.masked()),
         };
         self.inner.notifier.dispatch(match target {
             SignupTarget::Email(e) => Message::Email {
                 to: e,
-                subject: format!("{code} is your {name} security code"),
+                subject,
                 body: text,
             },
             SignupTarget::Phone(p) => Message::Sms { to: p, text },
         });
-        Ok(CodeSent {
-            challenge_id: id,
-            channel: channel_name,
+        CodeSent {
+            challenge_id,
+            channel,
             sent_to,
             expires_at,
-        })
+        }
+    }
+
+    /// Sends a code to the account's own email or phone and records it for `purpose`.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_account_code(
+        &self,
+        account: AccountId,
+        channel: CodeChannel,
+        purpose: &'static str,
+        existing: Option<&str>,
+        bound_to: Option<&SessionId>,
+        client: &ClientInfo,
+        what: &str,
+    ) -> Result<CodeSent, IdentityError> {
+        let target = self.destination(account, channel).await?;
+        let (id, code, expires_at) = self
+            .issue_code(account, &target, purpose, existing, bound_to, client)
+            .await?;
+        let name = &self.inner.cfg.service_name;
+        let mins = self.code_ttl().as_secs() / 60;
+        let text = format!(
+            "{code} is your {name} code to {what}. It expires in {mins} minutes. \
+             If you did not ask for it, someone may know your password: change it."
+        );
+        let subject = format!("{code} is your {name} security code");
+        Ok(self.deliver_code(target, id, expires_at, subject, text))
     }
 
     /// Sends a code for `purpose` to the account's email or phone, redeemable only by the session
