@@ -370,6 +370,83 @@ impl Client {
         .await
     }
 
+    /// Starts a step-up with a passkey: `{challenge_id, options}` for `navigator.credentials.get()`.
+    pub async fn step_up_passkey_begin(&self) -> Result<Value> {
+        self.call(Method::POST, "/api/v1/step-up/passkey", None)
+            .await
+    }
+
+    /// Finishes a passkey step-up with the authenticator's answer.
+    pub async fn step_up_with_passkey(
+        &self,
+        challenge_id: &str,
+        credential: Value,
+    ) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/step-up/verify",
+            Some(json!({ "challenge_id": challenge_id, "passkey": credential })),
+        )
+        .await
+    }
+
+    /// Starts adding a passkey: `{challenge_id, options}` for `navigator.credentials.create()`.
+    pub async fn passkey_registration_begin(&self) -> Result<Value> {
+        self.call(Method::POST, "/api/v1/me/passkeys/registration", None)
+            .await
+    }
+
+    /// Finishes adding a passkey; returns it as listed.
+    pub async fn passkey_register(
+        &self,
+        challenge_id: &str,
+        name: &str,
+        credential: Value,
+    ) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/me/passkeys",
+            Some(json!({ "challenge_id": challenge_id, "name": name, "credential": credential })),
+        )
+        .await
+    }
+
+    pub async fn passkeys(&self) -> Result<Vec<Value>> {
+        self.call(Method::GET, "/api/v1/me/passkeys", None).await
+    }
+
+    pub async fn passkey_remove(&self, id: &str) -> Result<()> {
+        self.call(Method::DELETE, &format!("/api/v1/me/passkeys/{id}"), None)
+            .await
+    }
+
+    /// Starts a passkey sign-in for an account number, email or phone.
+    pub async fn passkey_sign_in_begin(&self, login: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/sessions/passkey/challenge",
+            Some(json!({ "login": login })),
+        )
+        .await
+    }
+
+    /// Signs in with the authenticator's answer.
+    pub async fn passkey_sign_in(
+        &self,
+        challenge_id: &str,
+        credential: Value,
+        device: Option<Device>,
+    ) -> Result<Tokens> {
+        self.call(
+            Method::POST,
+            "/api/v1/sessions/passkey",
+            Some(
+                json!({ "challenge_id": challenge_id, "credential": credential, "device": device }),
+            ),
+        )
+        .await
+    }
+
     pub async fn change_password(&self, new_password: &str) -> Result<()> {
         self.call::<Option<()>>(
             Method::POST,

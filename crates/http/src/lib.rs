@@ -8,7 +8,8 @@ pub mod account;
 pub mod auth;
 pub mod error;
 pub mod extract;
-pub mod profile;
+pub mod passkeys;
+mod profile;
 pub mod security;
 
 use std::convert::Infallible;
@@ -78,6 +79,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "account", description = "Creating an account, recovering it, and the signed-in account"),
         (name = "sessions", description = "Signing in and out, tokens, sessions"),
         (name = "security", description = "Step-up verification, password, two-step verification, security log"),
+        (name = "passkeys", description = "Passkeys (WebAuthn): adding, listing and removing them, and signing in with one"),
         (name = "health", description = "Probes")
     )
 )]
@@ -106,6 +108,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(auth::router())
         .merge(account::router())
         .merge(security::router())
+        .merge(passkeys::router())
         .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

@@ -110,6 +110,10 @@ pub struct StepUpVerifyRequest {
     pub code: Option<String>,
     /// Or a code from the authenticator app.
     pub totp: Option<String>,
+    /// Or, with `challenge_id` from `POST /api/v1/step-up/passkey`, what
+    /// `navigator.credentials.get()` returned.
+    #[schema(value_type = Option<Object>)]
+    pub passkey: Option<Box<mica_identity::webauthn::PublicKeyCredential>>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -130,14 +134,18 @@ async fn verify_step_up(
     client: Client,
     ApiJson(req): ApiJson<StepUpVerifyRequest>,
 ) -> Result<Json<StepUpResponse>, ApiError> {
-    let proof = match (req.challenge_id, req.code, req.totp) {
-        (Some(challenge_id), Some(code), None) => StepUpProof::Code { challenge_id, code },
-        (None, None, Some(t)) => StepUpProof::Totp(t),
+    let proof = match (req.challenge_id, req.code, req.totp, req.passkey) {
+        (Some(challenge_id), Some(code), None, None) => StepUpProof::Code { challenge_id, code },
+        (None, None, Some(t), None) => StepUpProof::Totp(t),
+        (Some(challenge_id), None, None, Some(credential)) => StepUpProof::Passkey {
+            challenge_id,
+            credential,
+        },
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_input",
-                "give either `challenge_id` and `code`, or `totp`",
+                "give either `challenge_id` and `code`, or `totp`, or `challenge_id` and `passkey`",
             ))
         }
     };

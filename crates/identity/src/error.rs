@@ -46,6 +46,14 @@ pub enum IdentityError {
     TwoStepNotEnabled,
     #[error("{0}")]
     FactorMissing(&'static str),
+    #[error("this passkey challenge has expired or was already answered; start again")]
+    ChallengeExpired,
+    #[error("the passkey was not accepted: {0}")]
+    PasskeyRejected(String),
+    #[error("there is no passkey for this account; sign in with the password")]
+    NoPasskey,
+    #[error("passkeys are not available on this server: it must be reached by a domain name (public_url)")]
+    PasskeysUnavailable,
     #[error("not found")]
     NotFound,
     #[error("internal error: {0}")]
@@ -75,6 +83,10 @@ impl IdentityError {
             IdentityError::TwoStepEnabled => "two_step_enabled",
             IdentityError::TwoStepNotEnabled => "two_step_not_enabled",
             IdentityError::FactorMissing(_) => "factor_missing",
+            IdentityError::ChallengeExpired => "challenge_expired",
+            IdentityError::PasskeyRejected(_) => "passkey_rejected",
+            IdentityError::NoPasskey => "no_passkey",
+            IdentityError::PasskeysUnavailable => "passkeys_unavailable",
             IdentityError::NotFound => "not_found",
             IdentityError::Internal(_) => "internal",
         }
@@ -88,7 +100,11 @@ impl IdentityError {
             | IdentityError::WeakPassword(_) => 422,
             IdentityError::InvalidCode { .. }
             | IdentityError::CodeExpired
-            | IdentityError::CodeLocked => 400,
+            | IdentityError::CodeLocked
+            | IdentityError::ChallengeExpired
+            | IdentityError::PasskeyRejected(_)
+            | IdentityError::NoPasskey => 400,
+            IdentityError::PasskeysUnavailable => 503,
             IdentityError::ResendTooSoon { .. }
             | IdentityError::RateLimited { .. }
             | IdentityError::SignInBackoff { .. } => 429,

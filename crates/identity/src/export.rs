@@ -21,7 +21,7 @@ avatar.png            your avatar, if you set one\n\
 login-records.json    every sign-in and failed attempt, with address and device\n\
 sessions.json         every session (signed-in device), current and ended\n\
 security-events.json  changes to your account's security, with when and from where\n\
-two-step.json         which second factors are set up (never the secrets themselves)\n\n\
+two-step.json         which second factors and passkeys are set up (never the secrets themselves)\n\n\
 As more of your data lives in Mica (contacts, calendars, files), it is added here as vCard,\n\
 iCalendar and the original files.\n";
 
@@ -139,6 +139,14 @@ impl Identity {
             .await?
             .is_some_and(|f| f.confirmed_at.is_some());
         let codes_left = self.store().recovery_codes_left(account).await?;
+        let mut passkeys = Vec::new();
+        for pk in self.store().passkeys(account).await? {
+            passkeys.push(json!({
+                "name": self.keys().open("passkey_name", &pk.name_enc)?,
+                "created_at": pk.created_at.to_rfc3339(),
+                "last_used_at": pk.last_used_at.map(|t| t.to_rfc3339()),
+            }));
+        }
         let ts = |t: mica_core::Timestamp| t.to_rfc3339();
         let pretty = |v: serde_json::Value| serde_json::to_vec_pretty(&v).unwrap_or_default();
         let mut files = vec![
@@ -192,7 +200,7 @@ impl Identity {
                     }))
                     .collect::<Vec<_>>())),
             ),
-            ("two-step.json".into(), pretty(json!({ "totp_enabled": totp, "recovery_codes_left": codes_left }))),
+            ("two-step.json".into(), pretty(json!({ "totp_enabled": totp, "recovery_codes_left": codes_left, "passkeys": passkeys }))),
         ];
         if let Some(png) = self.store().avatar(account).await? {
             files.push(("avatar.png".into(), png));

@@ -17,6 +17,7 @@ pub mod export;
 pub mod factors;
 mod identifiers;
 pub mod limits;
+pub mod passkeys;
 pub mod password;
 pub mod profile;
 mod recovery;
@@ -35,6 +36,7 @@ use mica_store::{AccountRow, LookupBy, Store};
 pub use error::IdentityError;
 pub use factors::RecoveryOverview;
 pub use limits::Rate;
+pub use passkeys::{PasskeyCeremony, PasskeyInfo, RelyingParty};
 pub use password::HashCost;
 pub use profile::{CheckupStep, Profile};
 pub use recovery::ResetStarted;
@@ -44,6 +46,8 @@ pub use security::{
 };
 pub use sessions::{LoginRecord, Principal, SessionInfo, SignedIn};
 pub use signup::{SignupStarted, SignupTarget};
+/// WebAuthn types that cross the API.
+pub use webauthn_rs::prelude as webauthn;
 
 /// A stable text key for what was typed in a login box (never logged: it is personal data).
 pub(crate) fn login_key(login: &Login) -> String {
@@ -173,6 +177,7 @@ struct Inner {
     views: cache::ViewCache,
     jobs: Arc<tokio::sync::Notify>,
     exports_dir: std::path::PathBuf,
+    relying_party: Option<passkeys::RelyingParty>,
 }
 
 struct Limits {
@@ -191,17 +196,33 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// What the identity service is built from.
+pub struct IdentitySetup {
+    pub store: Store,
+    pub keys: Arc<Keys>,
+    pub notifier: Notifier,
+    pub clock: Arc<dyn Clock>,
+    pub cfg: IdentityConfig,
+    /// Concurrent argon2id computations (the number of cores).
+    pub hash_slots: usize,
+    /// Where export archives are written.
+    pub exports_dir: std::path::PathBuf,
+    /// Who passkeys are created for; `None` turns passkeys off.
+    pub relying_party: Option<passkeys::RelyingParty>,
+}
+
 impl Identity {
-    /// `hash_slots`: concurrent argon2id computations (the number of cores).
-    pub async fn new(
-        store: Store,
-        keys: Arc<Keys>,
-        notifier: Notifier,
-        clock: Arc<dyn Clock>,
-        cfg: IdentityConfig,
-        hash_slots: usize,
-        exports_dir: std::path::PathBuf,
-    ) -> Result<Identity, IdentityError> {
+    pub async fn new(setup: IdentitySetup) -> Result<Identity, IdentityError> {
+        let IdentitySetup {
+            store,
+            keys,
+            notifier,
+            clock,
+            cfg,
+            hash_slots,
+            exports_dir,
+            relying_party,
+        } = setup;
         let hasher = password::PasswordHasher::new(cfg.hash_cost, hash_slots)?;
         let limits = Limits {
             signin_ip: limits::Limiter::new(cfg.signin_per_ip, clock.clone()),
@@ -224,6 +245,7 @@ impl Identity {
                 views: cache::ViewCache::new(Duration::from_secs(30), 100_000),
                 jobs: Arc::new(tokio::sync::Notify::new()),
                 exports_dir,
+                relying_party,
             }),
         };
         this.load_revocations().await?;
@@ -317,6 +339,7 @@ impl Identity {
         // Keep expired codes a day: they still count towards per-destination limits.
         let cutoff = self.now().minus(Duration::from_secs(86_400));
         let codes = self.store().purge_codes(cutoff).await?;
+        let codes = codes + self.store().purge_webauthn_challenges(self.now()).await?;
         Ok(codes + self.purge_exports().await?)
     }
 }

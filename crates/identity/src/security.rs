@@ -50,6 +50,11 @@ pub enum StepUpProof {
     Code { challenge_id: String, code: String },
     /// A code from the authenticator app.
     Totp(String),
+    /// An answer to [`Identity::begin_passkey_step_up`]'s challenge.
+    Passkey {
+        challenge_id: String,
+        credential: Box<webauthn_rs::prelude::PublicKeyCredential>,
+    },
 }
 
 /// A second factor offered to finish a sign-in.
@@ -359,6 +364,14 @@ impl Identity {
                 self.limit(&self.inner.limits.signin_ip, &client.ip)?;
                 self.check_totp(p.account, &code).await?;
                 "totp"
+            }
+            StepUpProof::Passkey {
+                challenge_id,
+                credential,
+            } => {
+                self.check_passkey_step_up(p, &challenge_id, &credential)
+                    .await?;
+                "passkey"
             }
         };
         let until = self.now().plus(STEP_UP_TTL);

@@ -24,7 +24,8 @@ pub struct Config {
     pub database_url: Option<SecretString>,
     /// Where file contents go: `file:PATH`. Default: `file:<data_dir>/blobs`.
     pub blob_url: Option<String>,
-    /// The URL people reach this server at (links in messages). Default: `http://<listen>`.
+    /// The URL people reach this server at (links in messages; its host is the passkeys' relying
+    /// party). Default: `http://<listen>`, with `localhost` for a loopback address.
     pub public_url: Option<String>,
     /// `smtp://host:port`, `smtp://host:port?tls=required` (STARTTLS) or `smtps://host:port`,
     /// with `user:pass@` when the server needs it. Unset: messages go to the development outbox.
@@ -130,10 +131,16 @@ impl Config {
         }
     }
 
+    /// The configured public URL or, by default, the bound address — as `localhost` when it is
+    /// a loopback one, since passkeys (WebAuthn) need a domain name.
     pub fn public_url(&self, bound: SocketAddr) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
+        self.public_url.clone().unwrap_or_else(|| {
+            if bound.ip().is_loopback() {
+                format!("http://localhost:{}", bound.port())
+            } else {
+                format!("http://{bound}")
+            }
+        })
     }
 
     /// The master key: given, from its file, or from (or generated into) the data folder.

@@ -11,7 +11,7 @@ use anyhow::Context;
 use mica_core::crypto::Keys;
 use mica_core::Clock;
 use mica_http::AppState;
-use mica_identity::Identity;
+use mica_identity::{Identity, IdentitySetup, RelyingParty};
 use mica_notify::{Notifier, NotifyConfig};
 use mica_store::{Store, StoreOptions};
 use secrecy::ExposeSecret;
@@ -62,22 +62,30 @@ impl Server {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let identity = Identity::new(
-            store.clone(),
-            keys,
-            notifier.clone(),
-            clock.clone(),
-            cfg.identity.clone(),
-            cores,
-            blobs.join("exports"),
-        )
-        .await?;
-
         let listener = TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
         let public_url = cfg.public_url(addr);
+        let relying_party =
+            match RelyingParty::for_public_url(&public_url, &cfg.identity.service_name) {
+                Ok(rp) => Some(rp),
+                Err(why) => {
+                    tracing::warn!(%why, "passkeys are off");
+                    None
+                }
+            };
+        let identity = Identity::new(IdentitySetup {
+            store: store.clone(),
+            keys,
+            notifier: notifier.clone(),
+            clock: clock.clone(),
+            cfg: cfg.identity.clone(),
+            hash_slots: cores,
+            exports_dir: blobs.join("exports"),
+            relying_party,
+        })
+        .await?;
         let (email, sms) = notifier.routes();
         if email == "outbox" || sms == "outbox" {
             tracing::info!(

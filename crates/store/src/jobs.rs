@@ -65,6 +65,14 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "security_questions",
         condition: "account_id = $1",
     },
+    AccountTable {
+        table: "webauthn_challenges",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "passkeys",
+        condition: "account_id = $1",
+    },
     // The archives' files are removed (by the deletion job) before this step.
     AccountTable {
         table: "exports",

@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_recovery.sql"),
         postgres: include_str!("../migrations/postgres/0006_recovery.sql"),
     },
+    Migration {
+        version: 7,
+        sqlite: include_str!("../migrations/sqlite/0007_passkeys.sql"),
+        postgres: include_str!("../migrations/postgres/0007_passkeys.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

@@ -17,6 +17,7 @@ mod deletion;
 mod export;
 mod factors;
 mod limits;
+mod passkeys;
 mod profile;
 mod recovery;
 mod security;

@@ -109,6 +109,14 @@ impl TestApp {
         })
     }
 
+    /// The URL the server says it is reached at: the origin its passkeys belong to.
+    pub fn public_url(&self) -> String {
+        self.server
+            .as_ref()
+            .map(|s| s.public_url.clone())
+            .expect("server running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
