@@ -191,6 +191,16 @@ impl Client {
         body: Option<Value>,
     ) -> Result<T> {
         let resp = self.raw(method, path, body).await?;
+        Self::decode_ok(resp).await
+    }
+
+    /// Turns an answer into `T`, or its error into [`ClientError::Api`].
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+        let resp = Self::check(resp).await?;
+        Self::decode_ok(resp).await
+    }
+
+    async fn decode_ok<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if status == StatusCode::NO_CONTENT {
@@ -220,6 +230,10 @@ impl Client {
             req = req.json(&b);
         }
         let resp = req.send().await?;
+        Self::check(resp).await
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -443,6 +457,107 @@ impl Client {
             Some(
                 json!({ "challenge_id": challenge_id, "credential": credential, "device": device }),
             ),
+        )
+        .await
+    }
+
+    /// The account's collections.
+    pub async fn collections(&self) -> Result<Vec<Value>> {
+        self.call(Method::GET, "/api/v1/collections", None).await
+    }
+
+    /// Changes of a collection since `token` (everything when `None`).
+    pub async fn pull(
+        &self,
+        collection: &str,
+        token: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Value> {
+        let mut query = Vec::new();
+        if let Some(t) = token {
+            query.push(format!("token={t}"));
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        self.call(
+            Method::GET,
+            &format!("/api/v1/collections/{collection}/changes{q}"),
+            None,
+        )
+        .await
+    }
+
+    /// Pushes a batch of writes (`[{"id", "op", "base_version", "body"}]`), optionally with an
+    /// idempotency key.
+    pub async fn push(&self, collection: &str, writes: Value, key: Option<&str>) -> Result<Value> {
+        let mut req = self
+            .http
+            .post(format!(
+                "{}/api/v1/collections/{collection}/batch",
+                self.base
+            ))
+            .json(&json!({ "writes": writes }));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await?;
+        Self::decode(resp).await
+    }
+
+    pub async fn item(&self, collection: &str, id: &str) -> Result<Value> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/collections/{collection}/items/{id}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn recycle_bin(&self, category: Option<&str>) -> Result<Vec<Value>> {
+        let q = category
+            .map(|c| format!("?category={c}"))
+            .unwrap_or_default();
+        self.call(Method::GET, &format!("/api/v1/recycle-bin{q}"), None)
+            .await
+    }
+
+    pub async fn restore(&self, bin_id: &str) -> Result<Value> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/recycle-bin/{bin_id}/restore"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn purge(&self, bin_id: &str) -> Result<()> {
+        self.call(
+            Method::DELETE,
+            &format!("/api/v1/recycle-bin/{bin_id}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn usage(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/usage", None).await
+    }
+
+    /// Chooses the categories this device syncs.
+    pub async fn set_device_sync(&self, categories: &[&str]) -> Result<Value> {
+        self.call(
+            Method::PUT,
+            "/api/v1/sync/device",
+            Some(json!({ "categories": categories })),
         )
         .await
     }

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod passkeys;
 mod profile;
 pub mod security;
+pub mod sync;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ impl std::ops::Deref for AppState {
 
 pub struct AppInner {
     pub identity: Identity,
+    pub cloud: mica_cloud::Cloud,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
@@ -80,6 +82,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "sessions", description = "Signing in and out, tokens, sessions"),
         (name = "security", description = "Step-up verification, password, two-step verification, security log"),
         (name = "passkeys", description = "Passkeys (WebAuthn): adding, listing and removing them, and signing in with one"),
+        (name = "sync", description = "The personal cloud: collections, pull and push, the recycle bin, usage, the device channel (see docs/design/sync.md)"),
         (name = "health", description = "Probes")
     )
 )]
@@ -109,6 +112,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(account::router())
         .merge(security::router())
         .merge(passkeys::router())
+        .merge(sync::router())
         .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

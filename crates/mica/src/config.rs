@@ -46,6 +46,7 @@ pub struct Config {
     /// Run background jobs (account deletion, …) on this node.
     pub run_jobs: bool,
     pub identity: IdentityConfig,
+    pub cloud: mica_cloud::CloudConfig,
 }
 
 impl Default for Config {
@@ -65,6 +66,7 @@ impl Default for Config {
             log_format: "text".into(),
             run_jobs: true,
             identity: IdentityConfig::default(),
+            cloud: mica_cloud::CloudConfig::default(),
         }
     }
 }

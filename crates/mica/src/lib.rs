@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use mica_cloud::Cloud;
 use mica_core::crypto::Keys;
 use mica_core::Clock;
 use mica_http::AppState;
@@ -26,8 +27,23 @@ pub struct Server {
     pub addr: SocketAddr,
     pub public_url: String,
     pub store: Store,
+    /// The sync engine, for operator tasks and tests.
+    pub cloud: Cloud,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens (creating when needed) and migrates the configured database.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data folder {}", cfg.data_dir.display()))?;
+    let url = cfg.database_url();
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .with_context(|| format!("opening database {}", mica_store::redact_url(&url)))?;
+    let applied = store.migrate().await.context("migrating the database")?;
+    tracing::info!(backend = store.backend().name(), migrations = ?applied, "database ready");
+    Ok(store)
 }
 
 impl Server {
@@ -39,13 +55,9 @@ impl Server {
         std::fs::create_dir_all(&blobs)
             .with_context(|| format!("creating blob folder {}", blobs.display()))?;
         let keys = Arc::new(Keys::from_master(&cfg.master_key()?));
+        let cloud_keys = keys.clone();
 
-        let url = cfg.database_url();
-        let store = Store::connect(&url, &StoreOptions::default())
-            .await
-            .with_context(|| format!("opening database {}", mica_store::redact_url(&url)))?;
-        let applied = store.migrate().await.context("migrating the database")?;
-        tracing::info!(backend = store.backend().name(), migrations = ?applied, "database ready");
+        let store = open_store(cfg).await?;
 
         let notifier = Notifier::new(
             &NotifyConfig {
@@ -94,8 +106,10 @@ impl Server {
             );
         }
 
+        let cloud = Cloud::new(store.clone(), cloud_keys, clock.clone(), cfg.cloud.clone());
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
+            cloud: cloud.clone(),
             store: store.clone(),
             clock,
             trust_forwarded: cfg.trust_forwarded,
@@ -122,6 +136,7 @@ impl Server {
                 }
             });
         }
+        let maintenance = cloud.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
@@ -129,6 +144,9 @@ impl Server {
                     _ = tick.tick() => {
                         if let Err(e) = identity.purge_expired().await {
                             tracing::warn!(error = %e, "purging expired codes failed");
+                        }
+                        if let Err(e) = maintenance.maintenance().await {
+                            tracing::warn!(error = %e, "cloud maintenance failed");
                         }
                     }
                     _ = rx2.changed() => break,
@@ -151,6 +169,7 @@ impl Server {
             addr,
             public_url,
             store,
+            cloud,
             shutdown: tx,
             task,
         })

@@ -30,6 +30,16 @@ enum Command {
     Openapi,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Operator tasks on the configured database.
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Prove that every account's recorded storage usage equals the bytes it stores (per
+    /// category, recycle bin and total). Exits non-zero on any difference.
+    CheckUsage,
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +73,7 @@ fn main() -> std::process::ExitCode {
                 println!("{}", toml_like(&cfg));
                 Ok(())
             }
+            Command::Admin(Admin::CheckUsage) => check_usage(&cfg).await,
         }
     });
     match result {
@@ -72,6 +83,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn check_usage(cfg: &Config) -> anyhow::Result<()> {
+    let store = mica::open_store(cfg).await?;
+    let problems = store.check_usage().await?;
+    if problems.is_empty() {
+        println!("usage is consistent: every account's recorded usage equals what it stores");
+        return Ok(());
+    }
+    for p in &problems {
+        println!(
+            "account {} {}: recorded {} bytes, stored {} bytes",
+            p.account, p.category, p.recorded, p.actual
+        );
+    }
+    anyhow::bail!(
+        "{} usage record(s) disagree with what is stored",
+        problems.len()
+    )
 }
 
 fn toml_like(cfg: &Config) -> String {

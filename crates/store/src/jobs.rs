@@ -66,6 +66,34 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "sync_batches",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "sync_devices",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "recycle_bin",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "items",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "collections",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "cloud_usage",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "cloud_accounts",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "webauthn_challenges",
         condition: "account_id = $1",
     },

@@ -15,6 +15,7 @@
 //! failing with `SQLITE_BUSY`; reads use a separate pool and WAL snapshots.
 
 mod accounts;
+mod cloud;
 mod codes;
 mod exports;
 mod jobs;
@@ -32,6 +33,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use accounts::{AccountRow, LookupBy, NewAccount};
+pub use cloud::{
+    BatchOutcome, BinRow, CategoryRules, CloudAccount, CollectionRow, ItemRow, ItemWrite, OpResult,
+    OpStatus, RestoreOutcome, UsageMismatch, WriteOp, BIN_CATEGORY,
+};
 pub use codes::{CodeRow, NewCode};
 pub use exports::ExportRow;
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};

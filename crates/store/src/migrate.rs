@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_passkeys.sql"),
         postgres: include_str!("../migrations/postgres/0007_passkeys.sql"),
     },
+    Migration {
+        version: 8,
+        sqlite: include_str!("../migrations/sqlite/0008_cloud.sql"),
+        postgres: include_str!("../migrations/postgres/0008_cloud.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

@@ -24,3 +24,4 @@ mod security;
 mod sessions;
 mod signup;
 mod startup;
+mod sync;

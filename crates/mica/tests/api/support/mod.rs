@@ -109,6 +109,14 @@ impl TestApp {
         })
     }
 
+    /// The running server's sync engine (to run its maintenance now rather than on its timer).
+    pub fn server_cloud(&self) -> mica_cloud::Cloud {
+        self.server
+            .as_ref()
+            .map(|s| s.cloud.clone())
+            .expect("server running")
+    }
+
     /// The URL the server says it is reached at: the origin its passkeys belong to.
     pub fn public_url(&self) -> String {
         self.server

@@ -1,0 +1,826 @@
+//! The personal cloud's sync engine (PRODUCT.md CL-1, CL-2, CL-3, CL-6).
+//!
+//! Per account, collections of items; each collection has a category ([`Category`]) that fixes
+//! the items' format and rules. Every change takes the next number of the account's sequence in
+//! the transaction that makes it; a sync token is a position in that sequence, so "what changed
+//! since T" is exact, and paging by sequence is stable under concurrent writes (see
+//! `mica_store::cloud`). Writes are conditional on the version the client last saw; a stale
+//! write comes back as a conflict with the server's item. Retried batches are answered from
+//! their first run. Deleted items go to the recycle bin; one quota counts every stored byte.
+//! After each commit, devices connected to this node are told through the [`hub::Hub`].
+
+pub mod category;
+mod error;
+pub mod hub;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mica_core::crypto::Keys;
+use mica_core::{AccountId, Clock, SessionId, Timestamp};
+use mica_store::{
+    BatchOutcome, CollectionRow, ItemRow, ItemWrite, OpStatus, RestoreOutcome, Store, WriteOp,
+    BIN_CATEGORY,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use category::Category;
+pub use error::CloudError;
+pub use hub::{Change, Hub};
+
+/// Tunables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Storage per account unless its plan says otherwise, in bytes (5 GB).
+    pub quota_bytes: i64,
+    /// The largest item body, in bytes.
+    pub max_item_bytes: usize,
+    /// The most writes in one batch.
+    pub max_batch: usize,
+    /// Recycle-bin retention on the free plan, in days.
+    pub free_retention_days: u64,
+    /// Recycle-bin retention on the premium plan, in days.
+    pub premium_retention_days: u64,
+    /// How long deletions stay in the change feed, in days; older sync tokens must resync.
+    pub tombstone_days: u64,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            quota_bytes: 5_000_000_000,
+            max_item_bytes: 1 << 20,
+            max_batch: 1000,
+            free_retention_days: 30,
+            premium_retention_days: 60,
+            tombstone_days: 90,
+        }
+    }
+}
+
+/// Changes returned per pull unless the client asks for fewer.
+pub const DEFAULT_PAGE: i64 = 500;
+/// The most changes one pull returns.
+pub const MAX_PAGE: i64 = 1000;
+/// How long a batch's idempotency key is remembered.
+const BATCH_MEMORY: Duration = Duration::from_secs(7 * 86_400);
+
+/// One write of a push.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Write {
+    pub id: String,
+    /// `put` or `delete`.
+    pub op: String,
+    /// The version (etag) the client last saw; absent for a create.
+    pub base_version: Option<String>,
+    /// For `put`: a vCard or iCalendar string, or the category's JSON object.
+    pub body: Option<serde_json::Value>,
+}
+
+/// An item as a device receives it.
+#[derive(Debug, Clone)]
+pub struct ItemView {
+    pub id: String,
+    pub version: String,
+    pub deleted: bool,
+    pub modified_at: Timestamp,
+    /// `None` when deleted.
+    pub body: Option<serde_json::Value>,
+}
+
+/// The outcome of one write.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    pub id: String,
+    pub status: OpStatus,
+    /// The item's version now (`None`: it does not exist).
+    pub version: Option<String>,
+    pub deleted: bool,
+    /// For a conflict: the server's item, to merge with.
+    pub current: Option<ItemView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PushOutcome {
+    pub results: Vec<WriteResult>,
+    /// This is the answer of an earlier run of the same batch.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pull {
+    pub changes: Vec<ItemView>,
+    /// Ask with this next time.
+    pub token: String,
+    /// More changes wait: pull again right away.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectionInfo {
+    pub id: String,
+    pub category: Category,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct BinEntry {
+    pub id: String,
+    pub category: Category,
+    pub collection_id: String,
+    pub item_id: String,
+    pub summary: String,
+    pub size: i64,
+    pub deleted_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub plan: String,
+    pub quota_bytes: i64,
+    pub used_bytes: i64,
+    /// `(category, bytes, items)`, `recycle_bin` included.
+    pub categories: Vec<(String, i64, i64)>,
+}
+
+/// The sync engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Cloud {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    keys: Arc<Keys>,
+    clock: Arc<dyn Clock>,
+    cfg: CloudConfig,
+    hub: Hub,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ids of collections and items: what a URL path segment and a file name can hold safely.
+fn check_id(field: &'static str, id: &str, max: usize) -> Result<(), CloudError> {
+    let ok = !id.is_empty()
+        && id.len() <= max
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'@' | b'+' | b'=')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(CloudError::Invalid {
+            field,
+            message: format!(
+                "ids are 1 to {max} characters among letters, digits and - _ . ~ @ + = (no slashes)"
+            ),
+        })
+    }
+}
+
+fn version_text(seq: i64) -> String {
+    seq.to_string()
+}
+
+impl Cloud {
+    pub fn new(store: Store, keys: Arc<Keys>, clock: Arc<dyn Clock>, cfg: CloudConfig) -> Cloud {
+        Cloud {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                clock,
+                cfg,
+                hub: Hub::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.inner.cfg
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn aad(what: &str, account: AccountId, collection: &str, id: &str) -> String {
+        format!("{what}\0{account}\0{collection}\0{id}")
+    }
+
+    fn retention(&self, plan: &str) -> Duration {
+        let days = if plan == "premium" {
+            self.inner.cfg.premium_retention_days
+        } else {
+            self.inner.cfg.free_retention_days
+        };
+        Duration::from_secs(days * 86_400)
+    }
+
+    fn info(c: &CollectionRow) -> Result<CollectionInfo, CloudError> {
+        Ok(CollectionInfo {
+            id: c.id.clone(),
+            category: Category::parse(&c.kind)
+                .ok_or_else(|| CloudError::Internal(format!("collection kind {}", c.kind)))?,
+            name: c.name.clone(),
+            created_at: c.created_at,
+        })
+    }
+
+    /// The account's collections: its own, and one default per category (named after it).
+    pub async fn collections(&self, account: AccountId) -> Result<Vec<CollectionInfo>, CloudError> {
+        let now = self.now();
+        let existing = self.store().collections(account).await?;
+        let mut out = Vec::with_capacity(existing.len() + Category::ALL.len());
+        for c in Category::ALL {
+            if !existing.iter().any(|e| e.id == c.as_str()) {
+                out.push(CollectionInfo {
+                    id: c.as_str().into(),
+                    category: c,
+                    name: default_name(c).into(),
+                    created_at: now,
+                });
+            }
+        }
+        for e in &existing {
+            out.push(Self::info(e)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Creates a collection (a second address book or calendar, say).
+    pub async fn create_collection(
+        &self,
+        account: AccountId,
+        id: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<CollectionInfo, CloudError> {
+        check_id("id", id, 64)?;
+        let category = Category::parse(category).ok_or(CloudError::UnknownCategory)?;
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(CloudError::Invalid {
+                field: "name",
+                message: "give the collection a name of 1 to 100 characters".into(),
+            });
+        }
+        if Category::parse(id).is_some_and(|c| c != category) {
+            return Err(CloudError::Invalid {
+                field: "id",
+                message: format!("{id} is the default collection of another category"),
+            });
+        }
+        let row = self
+            .store()
+            .ensure_collection(account, id, category.as_str(), name, self.now())
+            .await?;
+        if row.kind != category.as_str() {
+            return Err(CloudError::CollectionExists);
+        }
+        Self::info(&row)
+    }
+
+    /// The collection, materialising a category's default one on first use.
+    async fn resolve(&self, account: AccountId, id: &str) -> Result<CollectionRow, CloudError> {
+        check_id("collection", id, 64)?;
+        if let Some(c) = self.store().collection(account, id).await? {
+            return Ok(c);
+        }
+        match Category::parse(id) {
+            Some(c) => Ok(self
+                .store()
+                .ensure_collection(account, id, c.as_str(), default_name(c), self.now())
+                .await?),
+            None => Err(CloudError::NotFound),
+        }
+    }
+
+    fn category_of(c: &CollectionRow) -> Result<Category, CloudError> {
+        Category::parse(&c.kind)
+            .ok_or_else(|| CloudError::Internal(format!("collection kind {}", c.kind)))
+    }
+
+    fn view(
+        &self,
+        account: AccountId,
+        collection: &CollectionRow,
+        category: Category,
+        row: &ItemRow,
+    ) -> Result<ItemView, CloudError> {
+        let body = match (&row.body, row.deleted_at) {
+            (Some(sealed), None) => {
+                let text = self
+                    .inner
+                    .keys
+                    .open(&Self::aad("item", account, &collection.id, &row.id), sealed)
+                    .map_err(|e| CloudError::Internal(format!("item {}: {e}", row.id)))?;
+                Some(match category.format() {
+                    category::Format::Json => serde_json::from_str(&text)
+                        .map_err(|e| CloudError::Internal(format!("item {}: {e}", row.id)))?,
+                    _ => serde_json::Value::String(text),
+                })
+            }
+            _ => None,
+        };
+        Ok(ItemView {
+            id: row.id.clone(),
+            version: version_text(row.seq),
+            deleted: row.deleted_at.is_some(),
+            modified_at: row.modified_at,
+            body,
+        })
+    }
+
+    fn token(account: AccountId, collection: &CollectionRow, seq: i64) -> String {
+        format!("s1.{seq}.{}", Self::token_tag(account, collection))
+    }
+
+    /// Binds a token to its account and collection (as created: a re-created collection does
+    /// not accept the old one's tokens).
+    fn token_tag(account: AccountId, collection: &CollectionRow) -> String {
+        let mut h = Sha256::new();
+        h.update(account.as_i64().to_be_bytes());
+        h.update(collection.id.as_bytes());
+        h.update([0]);
+        h.update(collection.created_at.millis().to_be_bytes());
+        h.finalize()
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// What changed in a collection since `token` (everything when `None`), oldest first.
+    pub async fn pull(
+        &self,
+        account: AccountId,
+        collection: &str,
+        token: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Pull, CloudError> {
+        let c = self.resolve(account, collection).await?;
+        let category = Self::category_of(&c)?;
+        // Read the committed sequence first: every change at or below it is visible now.
+        let upto = self.store().cloud_seq(account).await?;
+        let since = match token {
+            None => 0,
+            Some(t) => {
+                let mut parts = t.split('.');
+                let (Some("s1"), Some(seq), Some(tag), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(CloudError::InvalidToken);
+                };
+                let seq: i64 = seq.parse().map_err(|_| CloudError::InvalidToken)?;
+                if tag != Self::token_tag(account, &c) || seq < 0 || seq > upto {
+                    return Err(CloudError::UnknownToken);
+                }
+                if seq < c.purged_seq {
+                    return Err(CloudError::TokenExpired);
+                }
+                seq
+            }
+        };
+        let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let mut rows = self
+            .store()
+            .changes(account, &c.id, since, upto, limit + 1)
+            .await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next = if more {
+            rows.last().map_or(upto, |r| r.seq)
+        } else {
+            upto.max(since)
+        };
+        let changes = rows
+            .iter()
+            .map(|r| self.view(account, &c, category, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pull {
+            changes,
+            token: Self::token(account, &c, next),
+            more,
+        })
+    }
+
+    /// One item.
+    pub async fn item(
+        &self,
+        account: AccountId,
+        collection: &str,
+        id: &str,
+    ) -> Result<ItemView, CloudError> {
+        check_id("id", id, 200)?;
+        let c = self.resolve(account, collection).await?;
+        let category = Self::category_of(&c)?;
+        let row = self
+            .store()
+            .item(account, &c.id, id)
+            .await?
+            .filter(|r| r.deleted_at.is_none())
+            .ok_or(CloudError::NotFound)?;
+        self.view(account, &c, category, &row)
+    }
+
+    /// Applies a batch of writes to one collection: validated as a whole (one bad write refuses
+    /// the batch, nothing stored), then applied in one transaction with a result per write —
+    /// `applied`, `conflict` (with the server's item) or `unchanged`. With an idempotency key, a
+    /// retry of the same batch gets the first run's results and changes nothing.
+    pub async fn push(
+        &self,
+        account: AccountId,
+        collection: &str,
+        writes: &[Write],
+        idempotency_key: Option<&str>,
+    ) -> Result<PushOutcome, CloudError> {
+        let c = self.resolve(account, collection).await?;
+        let category = Self::category_of(&c)?;
+        let cfg = &self.inner.cfg;
+        if writes.is_empty() {
+            return Err(CloudError::Invalid {
+                field: "writes",
+                message: "the batch is empty".into(),
+            });
+        }
+        if writes.len() > cfg.max_batch {
+            return Err(CloudError::BatchTooLarge(cfg.max_batch));
+        }
+        if let Some(k) = idempotency_key {
+            if k.is_empty() || k.len() > 200 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(CloudError::Invalid {
+                    field: "idempotency_key",
+                    message: "an idempotency key is 1 to 200 visible ASCII characters".into(),
+                });
+            }
+        }
+        let mut seen = std::collections::HashSet::with_capacity(writes.len());
+        let mut ops = Vec::with_capacity(writes.len());
+        let mut hasher = Sha256::new();
+        hasher.update(c.id.as_bytes());
+        for (i, w) in writes.iter().enumerate() {
+            let at = |e: CloudError| e.at(i, &w.id);
+            check_id("id", &w.id, 200).map_err(at)?;
+            if !seen.insert(w.id.as_str()) {
+                return Err(at(CloudError::Invalid {
+                    field: "id",
+                    message: "the same id appears twice in the batch".into(),
+                }));
+            }
+            let base = match &w.base_version {
+                None => None,
+                Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                    at(CloudError::Invalid {
+                        field: "base_version",
+                        message: "not a version this server gave out".into(),
+                    })
+                })?),
+            };
+            hasher.update([0]);
+            hasher.update(w.id.as_bytes());
+            hasher.update([0]);
+            hasher.update(w.op.as_bytes());
+            hasher.update([0]);
+            hasher.update(w.base_version.as_deref().unwrap_or("-").as_bytes());
+            match w.op.as_str() {
+                "put" => {
+                    let body = w.body.as_ref().ok_or_else(|| {
+                        at(CloudError::Invalid {
+                            field: "body",
+                            message: "a put needs a body".into(),
+                        })
+                    })?;
+                    let p = category::prepare(category, body).map_err(at)?;
+                    if p.text.len() > cfg.max_item_bytes {
+                        return Err(at(CloudError::ItemTooLarge(cfg.max_item_bytes)));
+                    }
+                    hasher.update([0]);
+                    hasher.update(p.text.as_bytes());
+                    let keys = &self.inner.keys;
+                    ops.push(ItemWrite {
+                        id: w.id.clone(),
+                        op: WriteOp::Put,
+                        base,
+                        body: Some(keys.seal(&Self::aad("item", account, &c.id, &w.id), &p.text)),
+                        summary: Some(
+                            keys.seal(&Self::aad("summary", account, &c.id, &w.id), &p.summary),
+                        ),
+                        size: i64::try_from(p.text.len()).unwrap_or(i64::MAX),
+                        uid: p.uid,
+                        starts_at: p.starts_at,
+                        ends_at: p.ends_at,
+                    });
+                }
+                "delete" => {
+                    if w.body.is_some() {
+                        return Err(at(CloudError::Invalid {
+                            field: "body",
+                            message: "a delete has no body".into(),
+                        }));
+                    }
+                    if base.is_none() && !category.append_only() {
+                        return Err(at(CloudError::Invalid {
+                            field: "base_version",
+                            message: "say which version you are deleting, so a newer edit from another device is not lost".into(),
+                        }));
+                    }
+                    ops.push(ItemWrite {
+                        id: w.id.clone(),
+                        op: WriteOp::Delete,
+                        base,
+                        body: None,
+                        summary: None,
+                        size: 0,
+                        uid: None,
+                        starts_at: None,
+                        ends_at: None,
+                    });
+                }
+                _ => {
+                    return Err(at(CloudError::Invalid {
+                        field: "op",
+                        message: "op is put or delete".into(),
+                    }))
+                }
+            }
+        }
+        let hash = hasher.finalize().to_vec();
+        let now = self.now();
+        let outcome = self
+            .store()
+            .apply_batch(
+                account,
+                &c,
+                category.rules(),
+                &ops,
+                idempotency_key.map(|k| (k, hash.as_slice())),
+                cfg.quota_bytes,
+                now,
+            )
+            .await?;
+        let (results, replayed) = match outcome {
+            BatchOutcome::Applied { results, changed } => {
+                if changed {
+                    let version = results
+                        .iter()
+                        .filter(|r| r.status == OpStatus::Applied)
+                        .filter_map(|r| r.version)
+                        .max()
+                        .unwrap_or(0);
+                    self.inner.hub.publish(
+                        account,
+                        Change {
+                            collection: c.id.clone(),
+                            category,
+                            version,
+                        },
+                    );
+                }
+                (results, false)
+            }
+            BatchOutcome::Replayed(results) => (results, true),
+            BatchOutcome::KeyReused => return Err(CloudError::IdempotencyKeyReused),
+            BatchOutcome::QuotaExceeded {
+                used,
+                quota,
+                needed,
+            } => {
+                return Err(CloudError::QuotaExceeded {
+                    used,
+                    quota,
+                    needed,
+                })
+            }
+        };
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            let current = if r.status == OpStatus::Conflict {
+                // On a replay the stored results carry no item: read what is there now.
+                let row = match r.current {
+                    Some(row) => Some(row),
+                    None => self.store().item(account, &c.id, &r.id).await?,
+                };
+                row.map(|row| self.view(account, &c, category, &row))
+                    .transpose()?
+            } else {
+                None
+            };
+            out.push(WriteResult {
+                id: r.id,
+                status: r.status,
+                version: r.version.map(version_text),
+                deleted: r.deleted,
+                current,
+            });
+        }
+        Ok(PushOutcome {
+            results: out,
+            replayed,
+        })
+    }
+
+    /// The recycle bin, newest first (only what is still within the plan's retention).
+    pub async fn recycle_bin(
+        &self,
+        account: AccountId,
+        category: Option<&str>,
+    ) -> Result<Vec<BinEntry>, CloudError> {
+        let category = match category {
+            None => None,
+            Some(c) => Some(Category::parse(c).ok_or(CloudError::UnknownCategory)?),
+        };
+        let plan = self.store().cloud_account(account).await?.plan;
+        let keep = self.retention(&plan);
+        let since = self.now().minus(keep);
+        let rows = self
+            .store()
+            .recycle_bin(account, category.map(Category::as_str), since)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let summary = match &r.summary {
+                    Some(s) => self
+                        .inner
+                        .keys
+                        .open(
+                            &Self::aad("summary", account, &r.collection_id, &r.item_id),
+                            s,
+                        )
+                        .map_err(|e| CloudError::Internal(format!("bin {}: {e}", r.id)))?,
+                    None => String::new(),
+                };
+                Ok(BinEntry {
+                    category: Category::parse(&r.kind)
+                        .ok_or_else(|| CloudError::Internal(format!("bin kind {}", r.kind)))?,
+                    summary,
+                    expires_at: r.deleted_at.plus(keep),
+                    id: r.id,
+                    collection_id: r.collection_id,
+                    item_id: r.item_id,
+                    size: r.size,
+                    deleted_at: r.deleted_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts a deleted item back; every device gets it on its next pull.
+    pub async fn restore(&self, account: AccountId, bin_id: &str) -> Result<ItemView, CloudError> {
+        check_id("id", bin_id, 64)?;
+        let plan = self.store().cloud_account(account).await?.plan;
+        let since = self.now().minus(self.retention(&plan));
+        match self
+            .store()
+            .restore_from_bin(account, bin_id, since, self.now())
+            .await?
+        {
+            RestoreOutcome::NotFound => Err(CloudError::NotFound),
+            RestoreOutcome::Occupied => Err(CloudError::RestoreConflict),
+            RestoreOutcome::Restored {
+                collection_id,
+                item_id,
+                version,
+            } => {
+                let c = self.resolve(account, &collection_id).await?;
+                let category = Self::category_of(&c)?;
+                self.inner.hub.publish(
+                    account,
+                    Change {
+                        collection: c.id.clone(),
+                        category,
+                        version,
+                    },
+                );
+                self.item(account, &collection_id, &item_id).await
+            }
+        }
+    }
+
+    /// Deletes a recycle-bin entry for good, freeing its space.
+    pub async fn purge(&self, account: AccountId, bin_id: &str) -> Result<(), CloudError> {
+        check_id("id", bin_id, 64)?;
+        if self.store().purge_bin(account, Some(bin_id)).await? == 0 {
+            return Err(CloudError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Empties the recycle bin; returns how many entries went.
+    pub async fn empty_bin(&self, account: AccountId) -> Result<u64, CloudError> {
+        Ok(self.store().purge_bin(account, None).await?)
+    }
+
+    pub async fn usage(&self, account: AccountId) -> Result<Usage, CloudError> {
+        let a = self.store().cloud_account(account).await?;
+        let categories = self.store().cloud_usage(account).await?;
+        Ok(Usage {
+            quota_bytes: a.quota_bytes.unwrap_or(self.inner.cfg.quota_bytes),
+            used_bytes: a.used_bytes,
+            plan: a.plan,
+            categories,
+        })
+    }
+
+    /// The categories a device (session) syncs: all of them until it chooses.
+    pub async fn device_categories(
+        &self,
+        account: AccountId,
+        session: &SessionId,
+    ) -> Result<Vec<Category>, CloudError> {
+        Ok(
+            match self.store().device_categories(account, &session.0).await? {
+                None => Category::ALL.to_vec(),
+                Some(list) => list.split(',').filter_map(Category::parse).collect(),
+            },
+        )
+    }
+
+    pub async fn set_device_categories(
+        &self,
+        account: AccountId,
+        session: &SessionId,
+        categories: &[String],
+    ) -> Result<Vec<Category>, CloudError> {
+        let mut out = Vec::new();
+        for c in categories {
+            let c = Category::parse(c).ok_or(CloudError::UnknownCategory)?;
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        let list: Vec<&str> = out.iter().map(|c| c.as_str()).collect();
+        self.store()
+            .set_device_categories(account, &session.0, &list.join(","), self.now())
+            .await?;
+        Ok(out)
+    }
+
+    /// Purges what expired: recycle-bin entries past their plan's retention (freeing their
+    /// space), tombstones past `tombstone_days`, and remembered batches. Returns the counts.
+    pub async fn maintenance(&self) -> Result<(u64, u64, u64), CloudError> {
+        let now = self.now();
+        let mut bin = 0;
+        for plan in ["free", "premium"] {
+            let cutoff = now.minus(self.retention(plan));
+            for account in self.store().accounts_with_expired_bin(plan, cutoff).await? {
+                bin += self.store().purge_expired_bin(account, cutoff).await?;
+            }
+        }
+        let tombstones = self
+            .store()
+            .purge_tombstones(
+                now.minus(Duration::from_secs(self.inner.cfg.tombstone_days * 86_400)),
+            )
+            .await?;
+        let batches = self.store().purge_batches(now.minus(BATCH_MEMORY)).await?;
+        if bin + tombstones + batches > 0 {
+            tracing::info!(bin, tombstones, batches, "cloud maintenance purged");
+        }
+        Ok((bin, tombstones, batches))
+    }
+
+    /// Proves that recorded usage equals the bytes stored; returns the disagreements.
+    pub async fn check_usage(&self) -> Result<Vec<mica_store::UsageMismatch>, CloudError> {
+        Ok(self.store().check_usage().await?)
+    }
+}
+
+fn default_name(c: Category) -> &'static str {
+    match c {
+        Category::Contacts => "Contacts",
+        Category::Calendar => "Calendar",
+        Category::Notes => "Notes",
+        Category::Messages => "Messages",
+        Category::Calls => "Call history",
+        Category::Bookmarks => "Bookmarks",
+        Category::BrowserHistory => "Browser history",
+        Category::Wifi => "Wi-Fi networks",
+        Category::Settings => "App settings",
+        Category::Gallery => "Gallery",
+        Category::Recordings => "Recordings",
+    }
+}
+
+/// Usage category of the recycle bin, for clients.
+pub const RECYCLE_BIN: &str = BIN_CATEGORY;

@@ -1,0 +1,922 @@
+//! The sync engine's storage: collections, items and their change feed, the recycle bin, usage
+//! against the quota, and applied batches.
+//!
+//! Every write begins by locking the account's `cloud_accounts` row while taking sequence numbers
+//! from it. That one lock serialises an account's writers on both engines (SQLite has one writer
+//! anyway), so changes commit in sequence order — a reader that pages by sequence, bounded by the
+//! committed sequence it read first, can neither skip nor repeat a change — and the quota check
+//! and the usage update cannot race another writer.
+
+use mica_core::{AccountId, Timestamp};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use crate::{Result, Store, StoreError};
+
+/// Usage category of what sits in the recycle bin.
+pub const BIN_CATEGORY: &str = "recycle_bin";
+
+#[derive(Debug, Clone)]
+pub struct CollectionRow {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub purged_seq: i64,
+}
+
+/// An item (or its tombstone) as stored.
+#[derive(Debug, Clone)]
+pub struct ItemRow {
+    pub id: String,
+    pub seq: i64,
+    pub modified_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+    pub size: i64,
+    pub body: Option<Vec<u8>>,
+    pub summary: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    Put,
+    Delete,
+}
+
+/// One write of a batch, validated and sealed by the domain.
+#[derive(Debug, Clone)]
+pub struct ItemWrite {
+    pub id: String,
+    pub op: WriteOp,
+    /// The version the client last saw; `None` for a create.
+    pub base: Option<i64>,
+    pub body: Option<Vec<u8>>,
+    pub summary: Option<Vec<u8>>,
+    /// Plaintext bytes, what the quota counts.
+    pub size: i64,
+    pub uid: Option<String>,
+    pub starts_at: Option<i64>,
+    pub ends_at: Option<i64>,
+}
+
+/// How the collection's category behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct CategoryRules {
+    /// Records merge by id and never conflict (messages, call history, browser history).
+    pub append_only: bool,
+    /// Deleted items go to the recycle bin.
+    pub recyclable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    Applied,
+    Conflict,
+    /// Nothing to do: deleting what is already deleted.
+    Unchanged,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OpResult {
+    pub id: String,
+    pub status: OpStatus,
+    /// The item's version after the batch (`None`: it does not exist).
+    pub version: Option<i64>,
+    pub deleted: bool,
+    /// For a conflict: the server's current item.
+    #[serde(skip)]
+    pub current: Option<ItemRow>,
+}
+
+#[derive(Debug)]
+pub enum BatchOutcome {
+    Applied {
+        results: Vec<OpResult>,
+        /// Whether anything changed (and devices should be told).
+        changed: bool,
+    },
+    /// The idempotency key was seen: the first run's results.
+    Replayed(Vec<OpResult>),
+    /// The idempotency key was used for a different batch.
+    KeyReused,
+    QuotaExceeded {
+        used: i64,
+        quota: i64,
+        needed: i64,
+    },
+}
+
+/// The account's cloud settings and totals.
+#[derive(Debug, Clone)]
+pub struct CloudAccount {
+    pub seq: i64,
+    pub used_bytes: i64,
+    pub plan: String,
+    pub quota_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BinRow {
+    pub id: String,
+    pub collection_id: String,
+    pub item_id: String,
+    pub kind: String,
+    pub summary: Option<Vec<u8>>,
+    pub size: i64,
+    pub deleted_at: Timestamp,
+}
+
+#[derive(Debug)]
+pub enum RestoreOutcome {
+    Restored {
+        collection_id: String,
+        item_id: String,
+        version: i64,
+    },
+    NotFound,
+    /// A live item has the same id again.
+    Occupied,
+}
+
+/// A disagreement found by [`Store::check_usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageMismatch {
+    pub account: i64,
+    pub category: String,
+    pub recorded: i64,
+    pub actual: i64,
+}
+
+fn item_row(r: &AnyRow) -> Result<ItemRow> {
+    Ok(ItemRow {
+        id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
+        modified_at: Timestamp(r.try_get("modified_at")?),
+        deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
+        size: r.try_get("size")?,
+        body: r.try_get("body")?,
+        summary: r.try_get("summary")?,
+    })
+}
+
+fn collection_row(r: &AnyRow) -> Result<CollectionRow> {
+    Ok(CollectionRow {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        name: r.try_get("name")?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        purged_seq: r.try_get("purged_seq")?,
+    })
+}
+
+const ITEM_COLUMNS: &str = "id, seq, modified_at, deleted_at, size, body, summary";
+
+/// Locks the account's cloud row (creating it) and takes `n` sequence numbers: returns the row
+/// with `seq` the last number taken.
+async fn lock_account(
+    tx: &mut Transaction<'static, Any>,
+    account: AccountId,
+    n: i64,
+) -> Result<CloudAccount> {
+    sqlx::query(
+        "INSERT INTO cloud_accounts (account_id, seq, used_bytes, plan, quota_bytes) \
+         VALUES ($1, 0, 0, 'free', NULL) ON CONFLICT (account_id) DO NOTHING",
+    )
+    .bind(account.as_i64())
+    .execute(&mut **tx)
+    .await?;
+    let r = sqlx::query(
+        "UPDATE cloud_accounts SET seq = seq + $2 WHERE account_id = $1 \
+         RETURNING seq, used_bytes, plan, quota_bytes",
+    )
+    .bind(account.as_i64())
+    .bind(n)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(CloudAccount {
+        seq: r.try_get("seq")?,
+        used_bytes: r.try_get("used_bytes")?,
+        plan: r.try_get("plan")?,
+        quota_bytes: r.try_get("quota_bytes")?,
+    })
+}
+
+/// Adds to a usage category and to the account's total.
+async fn add_usage(
+    tx: &mut Transaction<'static, Any>,
+    account: AccountId,
+    category: &str,
+    bytes: i64,
+    items: i64,
+) -> Result<()> {
+    if bytes == 0 && items == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO cloud_usage (account_id, category, bytes, items) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (account_id, category) DO UPDATE SET bytes = cloud_usage.bytes + excluded.bytes, \
+         items = cloud_usage.items + excluded.items",
+    )
+    .bind(account.as_i64())
+    .bind(category)
+    .bind(bytes)
+    .bind(items)
+    .execute(&mut **tx)
+    .await?;
+    if bytes != 0 {
+        sqlx::query("UPDATE cloud_accounts SET used_bytes = used_bytes + $2 WHERE account_id = $1")
+            .bind(account.as_i64())
+            .bind(bytes)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The collection, created with `kind` and `name` when it does not exist yet.
+    pub async fn ensure_collection(
+        &self,
+        account: AccountId,
+        id: &str,
+        kind: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<CollectionRow> {
+        if let Some(c) = self.collection(account, id).await? {
+            return Ok(c);
+        }
+        sqlx::query(
+            "INSERT INTO collections (account_id, id, kind, name, created_at, purged_seq) \
+             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (account_id, id) DO NOTHING",
+        )
+        .bind(account.as_i64())
+        .bind(id)
+        .bind(kind)
+        .bind(name)
+        .bind(now.millis())
+        .execute(&self.writer)
+        .await?;
+        self.collection(account, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("collection {id} vanished")))
+    }
+
+    pub async fn collection(&self, account: AccountId, id: &str) -> Result<Option<CollectionRow>> {
+        sqlx::query(
+            "SELECT id, kind, name, created_at, purged_seq FROM collections WHERE account_id = $1 AND id = $2",
+        )
+        .bind(account.as_i64())
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await?
+        .as_ref()
+        .map(collection_row)
+        .transpose()
+    }
+
+    pub async fn collections(&self, account: AccountId) -> Result<Vec<CollectionRow>> {
+        sqlx::query(
+            "SELECT id, kind, name, created_at, purged_seq FROM collections WHERE account_id = $1 ORDER BY id",
+        )
+        .bind(account.as_i64())
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(collection_row)
+        .collect()
+    }
+
+    /// The account's cloud row (defaults before its first write).
+    pub async fn cloud_account(&self, account: AccountId) -> Result<CloudAccount> {
+        let r = sqlx::query(
+            "SELECT seq, used_bytes, plan, quota_bytes FROM cloud_accounts WHERE account_id = $1",
+        )
+        .bind(account.as_i64())
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(match r {
+            Some(r) => CloudAccount {
+                seq: r.try_get("seq")?,
+                used_bytes: r.try_get("used_bytes")?,
+                plan: r.try_get("plan")?,
+                quota_bytes: r.try_get("quota_bytes")?,
+            },
+            None => CloudAccount {
+                seq: 0,
+                used_bytes: 0,
+                plan: "free".into(),
+                quota_bytes: None,
+            },
+        })
+    }
+
+    /// Sets the account's plan (what the commerce issue will drive) and, optionally, its own quota.
+    pub async fn set_cloud_plan(
+        &self,
+        account: AccountId,
+        plan: &str,
+        quota_bytes: Option<i64>,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        lock_account(&mut tx, account, 0).await?;
+        sqlx::query("UPDATE cloud_accounts SET plan = $2, quota_bytes = $3 WHERE account_id = $1")
+            .bind(account.as_i64())
+            .bind(plan)
+            .bind(quota_bytes)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Usage per category: `(category, bytes, items)`.
+    pub async fn cloud_usage(&self, account: AccountId) -> Result<Vec<(String, i64, i64)>> {
+        sqlx::query(
+            "SELECT category, bytes, items FROM cloud_usage WHERE account_id = $1 ORDER BY category",
+        )
+        .bind(account.as_i64())
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("category")?, r.try_get("bytes")?, r.try_get("items")?)))
+        .collect()
+    }
+
+    /// Applies a batch to one collection in one transaction. `quota` is the server default,
+    /// used unless the account has its own.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_batch(
+        &self,
+        account: AccountId,
+        collection: &CollectionRow,
+        rules: CategoryRules,
+        ops: &[ItemWrite],
+        idempotency: Option<(&str, &[u8])>,
+        default_quota: i64,
+        now: Timestamp,
+    ) -> Result<BatchOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let n = i64::try_from(ops.len()).unwrap_or(i64::MAX);
+        let acct = lock_account(&mut tx, account, n).await?;
+        if let Some((key, hash)) = idempotency {
+            let seen = sqlx::query(
+                "SELECT request_hash, results FROM sync_batches WHERE account_id = $1 AND key = $2",
+            )
+            .bind(account.as_i64())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = seen {
+                let stored: Vec<u8> = r.try_get("request_hash")?;
+                if stored != hash {
+                    return Ok(BatchOutcome::KeyReused);
+                }
+                let results: String = r.try_get("results")?;
+                let results = serde_json::from_str(&results)
+                    .map_err(|e| StoreError::Corrupt(format!("batch results: {e}")))?;
+                return Ok(BatchOutcome::Replayed(results));
+            }
+        }
+
+        // The current state of every item the batch touches.
+        let mut current = std::collections::HashMap::with_capacity(ops.len());
+        for chunk in ops.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 AND id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(account.as_i64())
+                .bind(&collection.id);
+            for op in chunk {
+                q = q.bind(&op.id);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                let row = item_row(&r)?;
+                current.insert(row.id.clone(), row);
+            }
+        }
+
+        // Decide every op, then check the quota before writing anything.
+        let first_seq = acct.seq - n + 1;
+        let mut results = Vec::with_capacity(ops.len());
+        let mut plan: Vec<(&ItemWrite, i64, Option<ItemRow>)> = Vec::with_capacity(ops.len());
+        let (mut live_bytes, mut live_items, mut bin_bytes, mut bin_items) =
+            (0i64, 0i64, 0i64, 0i64);
+        for (i, op) in ops.iter().enumerate() {
+            let seq = first_seq + i64::try_from(i).unwrap_or(0);
+            let cur = current.get(&op.id);
+            let live = cur.filter(|c| c.deleted_at.is_none());
+            let conflict = || OpResult {
+                id: op.id.clone(),
+                status: OpStatus::Conflict,
+                version: cur.map(|c| c.seq),
+                deleted: cur.is_none_or(|c| c.deleted_at.is_some()),
+                current: cur.cloned(),
+            };
+            match op.op {
+                WriteOp::Put => {
+                    let ok = rules.append_only
+                        || match (op.base, cur) {
+                            (None, None) => true,
+                            (None, Some(c)) => c.deleted_at.is_some(),
+                            (Some(b), Some(c)) => c.deleted_at.is_none() && c.seq == b,
+                            (Some(_), None) => false,
+                        };
+                    if !ok {
+                        results.push(conflict());
+                        continue;
+                    }
+                    live_bytes += op.size - live.map_or(0, |c| c.size);
+                    live_items += i64::from(live.is_none());
+                    plan.push((op, seq, None));
+                    results.push(OpResult {
+                        id: op.id.clone(),
+                        status: OpStatus::Applied,
+                        version: Some(seq),
+                        deleted: false,
+                        current: None,
+                    });
+                }
+                WriteOp::Delete => {
+                    let Some(c) = live else {
+                        results.push(OpResult {
+                            id: op.id.clone(),
+                            status: OpStatus::Unchanged,
+                            version: cur.map(|c| c.seq),
+                            deleted: true,
+                            current: None,
+                        });
+                        continue;
+                    };
+                    if !rules.append_only && op.base != Some(c.seq) {
+                        results.push(conflict());
+                        continue;
+                    }
+                    live_bytes -= c.size;
+                    live_items -= 1;
+                    if rules.recyclable {
+                        bin_bytes += c.size;
+                        bin_items += 1;
+                    }
+                    plan.push((op, seq, Some(c.clone())));
+                    results.push(OpResult {
+                        id: op.id.clone(),
+                        status: OpStatus::Applied,
+                        version: Some(seq),
+                        deleted: true,
+                        current: None,
+                    });
+                }
+            }
+        }
+        let needed = live_bytes + bin_bytes;
+        let quota = acct.quota_bytes.unwrap_or(default_quota);
+        if needed > 0 && acct.used_bytes + needed > quota {
+            return Ok(BatchOutcome::QuotaExceeded {
+                used: acct.used_bytes,
+                quota,
+                needed,
+            });
+        }
+
+        for (op, seq, old) in &plan {
+            match op.op {
+                WriteOp::Put => {
+                    sqlx::query(
+                        "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at) \
+                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
+                         modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
+                         body = excluded.body, summary = excluded.summary, uid = excluded.uid, \
+                         starts_at = excluded.starts_at, ends_at = excluded.ends_at",
+                    )
+                    .bind(account.as_i64())
+                    .bind(&collection.id)
+                    .bind(&op.id)
+                    .bind(*seq)
+                    .bind(now.millis())
+                    .bind(op.size)
+                    .bind(op.body.clone())
+                    .bind(op.summary.clone())
+                    .bind(op.uid.clone())
+                    .bind(op.starts_at)
+                    .bind(op.ends_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                WriteOp::Delete => {
+                    sqlx::query(
+                        "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
+                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL \
+                         WHERE account_id = $1 AND collection_id = $2 AND id = $3",
+                    )
+                    .bind(account.as_i64())
+                    .bind(&collection.id)
+                    .bind(&op.id)
+                    .bind(*seq)
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await?;
+                    if let (true, Some(old)) = (rules.recyclable, old) {
+                        sqlx::query(
+                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        )
+                        .bind(account.as_i64())
+                        .bind(format!("rb_{seq}"))
+                        .bind(&collection.id)
+                        .bind(&op.id)
+                        .bind(&collection.kind)
+                        .bind(old.body.clone().unwrap_or_default())
+                        .bind(old.summary.clone())
+                        .bind(old.size)
+                        .bind(now.millis())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+        add_usage(&mut tx, account, &collection.kind, live_bytes, live_items).await?;
+        add_usage(&mut tx, account, BIN_CATEGORY, bin_bytes, bin_items).await?;
+        if let Some((key, hash)) = idempotency {
+            let stored = serde_json::to_string(&results)
+                .map_err(|e| StoreError::Corrupt(format!("batch results: {e}")))?;
+            sqlx::query(
+                "INSERT INTO sync_batches (account_id, key, request_hash, results, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(account.as_i64())
+            .bind(key)
+            .bind(hash.to_vec())
+            .bind(stored)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(BatchOutcome::Applied {
+            changed: !plan.is_empty(),
+            results,
+        })
+    }
+
+    /// The account's committed sequence number: an upper bound every later read can trust.
+    pub async fn cloud_seq(&self, account: AccountId) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT seq FROM cloud_accounts WHERE account_id = $1")
+                .bind(account.as_i64())
+                .fetch_optional(&self.reader)
+                .await?
+                .unwrap_or(0),
+        )
+    }
+
+    /// Changes of a collection with `since < seq <= upto`, oldest first, at most `limit`.
+    pub async fn changes(
+        &self,
+        account: AccountId,
+        collection: &str,
+        since: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<ItemRow>> {
+        sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 \
+             AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5"
+        ))
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(since)
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(item_row)
+        .collect()
+    }
+
+    /// One item (or its tombstone).
+    pub async fn item(
+        &self,
+        account: AccountId,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<ItemRow>> {
+        sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 AND id = $3"
+        ))
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await?
+        .as_ref()
+        .map(item_row)
+        .transpose()
+    }
+
+    /// The recycle bin, newest first, without what was deleted before `since`.
+    pub async fn recycle_bin(
+        &self,
+        account: AccountId,
+        kind: Option<&str>,
+        since: Timestamp,
+    ) -> Result<Vec<BinRow>> {
+        sqlx::query(
+            "SELECT id, collection_id, item_id, kind, summary, size, deleted_at FROM recycle_bin \
+             WHERE account_id = $1 AND deleted_at >= $2 AND ($3 IS NULL OR kind = $3) \
+             ORDER BY deleted_at DESC, id DESC",
+        )
+        .bind(account.as_i64())
+        .bind(since.millis())
+        .bind(kind)
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(BinRow {
+                id: r.try_get("id")?,
+                collection_id: r.try_get("collection_id")?,
+                item_id: r.try_get("item_id")?,
+                kind: r.try_get("kind")?,
+                summary: r.try_get("summary")?,
+                size: r.try_get("size")?,
+                deleted_at: Timestamp(r.try_get("deleted_at")?),
+            })
+        })
+        .collect()
+    }
+
+    /// Puts a recycle-bin entry back as a live item (a new change every device pulls).
+    pub async fn restore_from_bin(
+        &self,
+        account: AccountId,
+        bin_id: &str,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<RestoreOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let acct = lock_account(&mut tx, account, 1).await?;
+        let Some(r) = sqlx::query(
+            "SELECT collection_id, item_id, kind, body, summary, size FROM recycle_bin \
+             WHERE account_id = $1 AND id = $2 AND deleted_at >= $3",
+        )
+        .bind(account.as_i64())
+        .bind(bin_id)
+        .bind(since.millis())
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(RestoreOutcome::NotFound);
+        };
+        let collection_id: String = r.try_get("collection_id")?;
+        let item_id: String = r.try_get("item_id")?;
+        let kind: String = r.try_get("kind")?;
+        let size: i64 = r.try_get("size")?;
+        let live: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT deleted_at FROM items WHERE account_id = $1 AND collection_id = $2 AND id = $3",
+        )
+        .bind(account.as_i64())
+        .bind(&collection_id)
+        .bind(&item_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if matches!(live, Some(None)) {
+            return Ok(RestoreOutcome::Occupied);
+        }
+        sqlx::query(
+            "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, NULL, NULL, NULL) \
+             ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
+             modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
+             body = excluded.body, summary = excluded.summary",
+        )
+        .bind(account.as_i64())
+        .bind(&collection_id)
+        .bind(&item_id)
+        .bind(acct.seq)
+        .bind(now.millis())
+        .bind(size)
+        .bind(r.try_get::<Vec<u8>, _>("body")?)
+        .bind(r.try_get::<Option<Vec<u8>>, _>("summary")?)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND id = $2")
+            .bind(account.as_i64())
+            .bind(bin_id)
+            .execute(&mut *tx)
+            .await?;
+        // The bytes move from the bin back to their category: the total does not change.
+        add_usage(&mut tx, account, BIN_CATEGORY, -size, -1).await?;
+        add_usage(&mut tx, account, &kind, size, 1).await?;
+        tx.commit().await?;
+        Ok(RestoreOutcome::Restored {
+            collection_id,
+            item_id,
+            version: acct.seq,
+        })
+    }
+
+    /// Deletes recycle-bin entries for good (all of the account's when `bin_id` is `None`);
+    /// returns how many.
+    pub async fn purge_bin(&self, account: AccountId, bin_id: Option<&str>) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        lock_account(&mut tx, account, 0).await?;
+        let r = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+             FROM recycle_bin WHERE account_id = $1 AND ($2 IS NULL OR id = $2)",
+        )
+        .bind(account.as_i64())
+        .bind(bin_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (n, bytes): (i64, i64) = (r.try_get("n")?, r.try_get("bytes")?);
+        sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND ($2 IS NULL OR id = $2)")
+            .bind(account.as_i64())
+            .bind(bin_id)
+            .execute(&mut *tx)
+            .await?;
+        add_usage(&mut tx, account, BIN_CATEGORY, -bytes, -n).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Accounts on `plan` with recycle-bin entries deleted before `cutoff`.
+    pub async fn accounts_with_expired_bin(
+        &self,
+        plan: &str,
+        cutoff: Timestamp,
+    ) -> Result<Vec<AccountId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT b.account_id FROM recycle_bin b JOIN cloud_accounts c ON c.account_id = b.account_id \
+             WHERE c.plan = $1 AND b.deleted_at < $2",
+        )
+        .bind(plan)
+        .bind(cutoff.millis())
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids.into_iter().filter_map(AccountId::from_i64).collect())
+    }
+
+    /// Purges an account's recycle-bin entries deleted before `cutoff`, freeing their space.
+    pub async fn purge_expired_bin(&self, account: AccountId, cutoff: Timestamp) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        lock_account(&mut tx, account, 0).await?;
+        let r = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+             FROM recycle_bin WHERE account_id = $1 AND deleted_at < $2",
+        )
+        .bind(account.as_i64())
+        .bind(cutoff.millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        let (n, bytes): (i64, i64) = (r.try_get("n")?, r.try_get("bytes")?);
+        sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND deleted_at < $2")
+            .bind(account.as_i64())
+            .bind(cutoff.millis())
+            .execute(&mut *tx)
+            .await?;
+        add_usage(&mut tx, account, BIN_CATEGORY, -bytes, -n).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Forgets tombstones deleted before `cutoff`; tokens older than them must then resync.
+    pub async fn purge_tombstones(&self, cutoff: Timestamp) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE collections SET purged_seq = (SELECT MAX(i.seq) FROM items i \
+               WHERE i.account_id = collections.account_id AND i.collection_id = collections.id \
+               AND i.deleted_at IS NOT NULL AND i.deleted_at < $1) \
+             WHERE EXISTS (SELECT 1 FROM items i WHERE i.account_id = collections.account_id \
+               AND i.collection_id = collections.id AND i.deleted_at IS NOT NULL AND i.deleted_at < $1)",
+        )
+        .bind(cutoff.millis())
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM items WHERE deleted_at IS NOT NULL AND deleted_at < $1")
+            .bind(cutoff.millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Forgets applied batches older than `cutoff`.
+    pub async fn purge_batches(&self, cutoff: Timestamp) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM sync_batches WHERE created_at < $1")
+                .bind(cutoff.millis())
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// The categories a device syncs (`None`: never chosen, so all of them).
+    pub async fn device_categories(
+        &self,
+        account: AccountId,
+        session: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT categories FROM sync_devices WHERE account_id = $1 AND session_id = $2",
+        )
+        .bind(account.as_i64())
+        .bind(session)
+        .fetch_optional(&self.writer)
+        .await?)
+    }
+
+    pub async fn set_device_categories(
+        &self,
+        account: AccountId,
+        session: &str,
+        categories: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sync_devices (account_id, session_id, categories, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, session_id) DO UPDATE SET categories = excluded.categories, updated_at = excluded.updated_at",
+        )
+        .bind(account.as_i64())
+        .bind(session)
+        .bind(categories)
+        .bind(now.millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Proves that recorded usage equals what is stored, for every account: per category against
+    /// the live items and the recycle bin, and the total against the categories.
+    pub async fn check_usage(&self) -> Result<Vec<UsageMismatch>> {
+        let actual_rows = sqlx::query(
+            "SELECT i.account_id AS account_id, c.kind AS category, \
+               CAST(COALESCE(SUM(i.size), 0) AS BIGINT) AS bytes \
+             FROM items i JOIN collections c ON c.account_id = i.account_id AND c.id = i.collection_id \
+             WHERE i.deleted_at IS NULL GROUP BY i.account_id, c.kind \
+             UNION ALL \
+             SELECT account_id, 'recycle_bin' AS category, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+             FROM recycle_bin GROUP BY account_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut actual = std::collections::BTreeMap::<(i64, String), i64>::new();
+        for r in &actual_rows {
+            *actual
+                .entry((r.try_get("account_id")?, r.try_get("category")?))
+                .or_default() += r.try_get::<i64, _>("bytes")?;
+        }
+        let mut recorded = std::collections::BTreeMap::<(i64, String), i64>::new();
+        for r in sqlx::query("SELECT account_id, category, bytes FROM cloud_usage")
+            .fetch_all(&self.reader)
+            .await?
+        {
+            recorded.insert(
+                (r.try_get("account_id")?, r.try_get("category")?),
+                r.try_get("bytes")?,
+            );
+        }
+        let mut out = Vec::new();
+        let keys: std::collections::BTreeSet<_> =
+            actual.keys().chain(recorded.keys()).cloned().collect();
+        let mut per_account = std::collections::BTreeMap::<i64, i64>::new();
+        for k in keys {
+            let a = actual.get(&k).copied().unwrap_or(0);
+            let r = recorded.get(&k).copied().unwrap_or(0);
+            *per_account.entry(k.0).or_default() += a;
+            if a != r {
+                out.push(UsageMismatch {
+                    account: k.0,
+                    category: k.1,
+                    recorded: r,
+                    actual: a,
+                });
+            }
+        }
+        for r in sqlx::query("SELECT account_id, used_bytes FROM cloud_accounts")
+            .fetch_all(&self.reader)
+            .await?
+        {
+            let id: i64 = r.try_get("account_id")?;
+            let used: i64 = r.try_get("used_bytes")?;
+            let sum = per_account.get(&id).copied().unwrap_or(0);
+            if used != sum {
+                out.push(UsageMismatch {
+                    account: id,
+                    category: "total".into(),
+                    recorded: used,
+                    actual: sum,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
