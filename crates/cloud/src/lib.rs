@@ -800,6 +800,72 @@ impl Cloud {
         Ok((bin, tombstones, batches))
     }
 
+    /// The account's items as files for the data export: each address book as one vCard file,
+    /// each calendar as a folder of iCalendar files, every other collection as a JSON array.
+    pub async fn export_files(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<(String, Vec<u8>)>, CloudError> {
+        let upto = self.store().cloud_seq(account).await?;
+        let mut files = Vec::new();
+        for c in self.store().collections(account).await? {
+            let category = Self::category_of(&c)?;
+            let mut since = 0;
+            let mut items = Vec::new();
+            loop {
+                let rows = self
+                    .store()
+                    .changes(account, &c.id, since, upto, MAX_PAGE)
+                    .await?;
+                let Some(last) = rows.last() else { break };
+                since = last.seq;
+                for r in rows.iter().filter(|r| r.deleted_at.is_none()) {
+                    items.push(self.view(account, &c, category, r)?);
+                }
+            }
+            if items.is_empty() {
+                continue;
+            }
+            match category.format() {
+                category::Format::VCard => {
+                    let mut all = String::new();
+                    for i in &items {
+                        all.push_str(i.body.as_ref().and_then(|b| b.as_str()).unwrap_or_default());
+                        if !all.ends_with('\n') {
+                            all.push_str("\r\n");
+                        }
+                    }
+                    files.push((format!("contacts/{}.vcf", c.id), all.into_bytes()));
+                }
+                category::Format::ICalendar => {
+                    for i in &items {
+                        let text = i.body.as_ref().and_then(|b| b.as_str()).unwrap_or_default();
+                        files.push((
+                            format!("calendar/{}/{}.ics", c.id, i.id),
+                            text.as_bytes().to_vec(),
+                        ));
+                    }
+                }
+                category::Format::Json => {
+                    let list: Vec<serde_json::Value> = items
+                        .into_iter()
+                        .map(|i| {
+                            serde_json::json!({
+                                "id": i.id,
+                                "modified_at": i.modified_at.to_rfc3339(),
+                                "item": i.body,
+                            })
+                        })
+                        .collect();
+                    let json = serde_json::to_vec_pretty(&list)
+                        .map_err(|e| CloudError::Internal(format!("export: {e}")))?;
+                    files.push((format!("{}/{}.json", category.as_str(), c.id), json));
+                }
+            }
+        }
+        Ok(files)
+    }
+
     /// Proves that recorded usage equals the bytes stored; returns the disagreements.
     pub async fn check_usage(&self) -> Result<Vec<mica_store::UsageMismatch>, CloudError> {
         Ok(self.store().check_usage().await?)

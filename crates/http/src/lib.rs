@@ -77,6 +77,19 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         license(name = "AGPL-3.0-or-later")
     ),
     modifiers(&BearerAuth),
+    components(schemas(
+        mica_cloud::category::Note,
+        mica_cloud::category::Message,
+        mica_cloud::category::Attachment,
+        mica_cloud::category::Call,
+        mica_cloud::category::Bookmark,
+        mica_cloud::category::HistoryEntry,
+        mica_cloud::category::WifiNetwork,
+        mica_cloud::category::AppSettings,
+        mica_cloud::category::GalleryItem,
+        mica_cloud::category::Place,
+        mica_cloud::category::Recording,
+    )),
     tags(
         (name = "account", description = "Creating an account, recovering it, and the signed-in account"),
         (name = "sessions", description = "Signing in and out, tokens, sessions"),

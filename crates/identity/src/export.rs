@@ -21,11 +21,33 @@ avatar.png            your avatar, if you set one\n\
 login-records.json    every sign-in and failed attempt, with address and device\n\
 sessions.json         every session (signed-in device), current and ended\n\
 security-events.json  changes to your account's security, with when and from where\n\
-two-step.json         which second factors and passkeys are set up (never the secrets themselves)\n\n\
-As more of your data lives in Mica (contacts, calendars, files), it is added here as vCard,\n\
-iCalendar and the original files.\n";
+two-step.json         which second factors and passkeys are set up (never the secrets themselves)\n\
+contacts/             your address books, one vCard file each (open with any contacts app)\n\
+calendar/             your calendars, one folder each with an iCalendar (.ics) file per event\n\
+<category>/           notes, messages, call history, bookmarks, browser history, Wi-Fi networks,\n\
+                      app settings, gallery and recording records, as JSON\n\n\
+As your files live in Mica, the original files are added here too.\n";
+
+/// The files one area of the account adds to the archive: `(path in the zip, contents)`.
+pub type ExportFiles = Vec<(String, Vec<u8>)>;
+
+/// Another part of Mica that holds account data (the cloud, later the files) contributes its
+/// files to the export through this, without the identity crate knowing it.
+pub trait ExportSource: Send + Sync {
+    fn export_files(
+        &self,
+        account: mica_core::AccountId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExportFiles, String>> + Send + '_>>;
+}
 
 impl Identity {
+    /// Adds an area's data to every export from now on.
+    pub fn add_export_source(&self, source: std::sync::Arc<dyn ExportSource>) {
+        if let Ok(mut v) = self.inner.export_sources.write() {
+            v.push(source);
+        }
+    }
+
     fn export_path(&self, id: &str) -> PathBuf {
         self.inner.exports_dir.join(format!("{id}.zip"))
     }
@@ -204,6 +226,20 @@ impl Identity {
         ];
         if let Some(png) = self.store().avatar(account).await? {
             files.push(("avatar.png".into(), png));
+        }
+        let sources: Vec<_> = self
+            .inner
+            .export_sources
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        for source in sources {
+            files.extend(
+                source
+                    .export_files(account)
+                    .await
+                    .map_err(IdentityError::Internal)?,
+            );
         }
         Ok(files)
     }

@@ -107,6 +107,7 @@ impl Server {
         }
 
         let cloud = Cloud::new(store.clone(), cloud_keys, clock.clone(), cfg.cloud.clone());
+        identity.add_export_source(Arc::new(CloudExport(cloud.clone())));
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),
@@ -187,5 +188,28 @@ impl Server {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await.context("server task")??;
         Ok(())
+    }
+}
+
+/// The cloud's part of a data export.
+struct CloudExport(Cloud);
+
+impl mica_identity::export::ExportSource for CloudExport {
+    fn export_files(
+        &self,
+        account: mica_core::AccountId,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<mica_identity::export::ExportFiles, String>>
+                + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            self.0
+                .export_files(account)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

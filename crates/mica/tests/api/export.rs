@@ -8,6 +8,9 @@ use serde_json::Value;
 use crate::deletion::{confirm_deletion, wait_until_deleted};
 use crate::on_both_backends;
 use crate::support::{TestApp, PASSWORD};
+use crate::sync::{note, vcard};
+
+const EVENT: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Mica//Test//EN\r\nBEGIN:VEVENT\r\nUID:dentist\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20261201T090000Z\r\nSUMMARY:Dentist\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
 
 on_both_backends!(export_holds_the_account_data_and_expires);
 
@@ -43,6 +46,40 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         .client
         .sign_in("kai@example.com", "Wrong-password-1", None)
         .await;
+    // Cloud data: two contacts (one deleted, so not exported), an event, a note.
+    let r = c
+        .push(
+            "contacts",
+            serde_json::json!([
+                {"id": "ana", "op": "put", "body": vcard("ana", "Ana Lima")},
+                {"id": "bo", "op": "put", "body": vcard("bo", "Bo Berg")},
+                {"id": "gone", "op": "put", "body": vcard("gone", "Gone Person")}
+            ]),
+            None,
+        )
+        .await
+        .unwrap();
+    c.push(
+        "contacts",
+        serde_json::json!([{"id": "gone", "op": "delete", "base_version": r["results"][2]["version"]}]),
+        None,
+    )
+    .await
+    .unwrap();
+    c.push(
+        "calendar",
+        serde_json::json!([{"id": "dentist", "op": "put", "body": EVENT}]),
+        None,
+    )
+    .await
+    .unwrap();
+    c.push(
+        "notes",
+        serde_json::json!([{"id": "n1", "op": "put", "body": note("Shopping")}]),
+        None,
+    )
+    .await
+    .unwrap();
     let url = |p: &str| app.url(p);
 
     let resp = app
@@ -114,6 +151,16 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     assert_eq!(account["account_id"], t.account_id.as_str());
     let profile: Value = serde_json::from_str(&member(&file, "profile.json")).unwrap();
     assert_eq!(profile["nickname"], "Kai");
+    // Contacts as one vCard file, byte for byte; events as iCalendar; notes as JSON.
+    let cards = member(&file, "contacts/contacts.vcf");
+    assert_eq!(
+        cards,
+        format!("{}{}", vcard("ana", "Ana Lima"), vcard("bo", "Bo Berg"))
+    );
+    assert!(!cards.contains("Gone Person"));
+    assert_eq!(member(&file, "calendar/calendar/dentist.ics"), EVENT);
+    let notes: Value = serde_json::from_str(&member(&file, "notes/notes.json")).unwrap();
+    assert_eq!(notes[0]["item"], note("Shopping"));
     let logins: Value = serde_json::from_str(&member(&file, "login-records.json")).unwrap();
     assert!(logins
         .as_array()

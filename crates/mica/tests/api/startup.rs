@@ -138,10 +138,29 @@ async fn the_api_reference_and_openapi_document_are_served() {
         "/api/v1/sessions/refresh",
         "/api/v1/password/forgot",
         "/api/v1/me",
+        "/api/v1/me/passkeys",
+        "/api/v1/collections/{collection}/changes",
+        "/api/v1/collections/{collection}/batch",
+        "/api/v1/recycle-bin",
+        "/api/v1/device/channel",
     ] {
         assert!(doc["paths"][p].is_object(), "{p} documented");
     }
     assert!(doc["components"]["schemas"]["TokenResponse"].is_object());
+    // Every JSON category's schema is published.
+    for s in [
+        "Note",
+        "Message",
+        "Call",
+        "Bookmark",
+        "HistoryEntry",
+        "WifiNetwork",
+        "AppSettings",
+        "GalleryItem",
+        "Recording",
+    ] {
+        assert!(doc["components"]["schemas"][s].is_object(), "schema {s}");
+    }
     let page = app.http.get(app.url("/api/docs/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(
