@@ -170,6 +170,10 @@ fn collection_row(r: &AnyRow) -> Result<CollectionRow> {
     })
 }
 
+/// Rows per multi-row insert. Not more: SQLite finds a `$N` parameter's name by a linear scan,
+/// so binding costs grow with the square of the parameters in one statement.
+const PUT_ROWS: usize = 10;
+
 const ITEM_COLUMNS: &str = "id, seq, modified_at, deleted_at, size, body, summary";
 
 /// Locks the account's cloud row (creating it) and takes `n` sequence numbers: returns the row
@@ -382,7 +386,7 @@ impl Store {
 
         // The current state of every item the batch touches.
         let mut current = std::collections::HashMap::with_capacity(ops.len());
-        for chunk in ops.chunks(500) {
+        for chunk in ops.chunks(100) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
                 "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 AND id IN ({})",
@@ -483,17 +487,45 @@ impl Store {
             });
         }
 
-        for (op, seq, old) in &plan {
-            match op.op {
-                WriteOp::Put => {
-                    sqlx::query(
-                        "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at) \
-                         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $10, $11) \
-                         ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
-                         modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
-                         body = excluded.body, summary = excluded.summary, uid = excluded.uid, \
-                         starts_at = excluded.starts_at, ends_at = excluded.ends_at",
-                    )
+        // Puts go in multi-row statements: one round trip per PUT_ROWS rows, not per row.
+        let puts: Vec<(&ItemWrite, i64)> = plan
+            .iter()
+            .filter(|(op, _, _)| op.op == WriteOp::Put)
+            .map(|(op, seq, _)| (*op, *seq))
+            .collect();
+        for chunk in puts.chunks(PUT_ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 11;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, NULL, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10,
+                    b + 11
+                ));
+            }
+            sql.push_str(
+                " ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
+                 modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
+                 body = excluded.body, summary = excluded.summary, uid = excluded.uid, \
+                 starts_at = excluded.starts_at, ends_at = excluded.ends_at",
+            );
+            let mut q = sqlx::query(&sql);
+            for (op, seq) in chunk {
+                q = q
                     .bind(account.as_i64())
                     .bind(&collection.id)
                     .bind(&op.id)
@@ -504,10 +536,13 @@ impl Store {
                     .bind(op.summary.clone())
                     .bind(op.uid.clone())
                     .bind(op.starts_at)
-                    .bind(op.ends_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                    .bind(op.ends_at);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for (op, seq, old) in &plan {
+            match op.op {
+                WriteOp::Put => {}
                 WriteOp::Delete => {
                     sqlx::query(
                         "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
