@@ -760,20 +760,35 @@ impl Store {
     /// Deletes recycle-bin entries for good (all of the account's when `bin_id` is `None`);
     /// returns how many.
     pub async fn purge_bin(&self, account: AccountId, bin_id: Option<&str>) -> Result<u64> {
+        self.delete_from_bin(account, bin_id, None).await
+    }
+
+    /// Deletes the account's bin entries matching `bin_id` (any when `None`) and deleted before
+    /// `cutoff` (any when `None`), freeing their space, in one transaction under the account lock.
+    async fn delete_from_bin(
+        &self,
+        account: AccountId,
+        bin_id: Option<&str>,
+        cutoff: Option<Timestamp>,
+    ) -> Result<u64> {
+        const WHERE: &str =
+            "account_id = $1 AND ($2 IS NULL OR id = $2) AND ($3 IS NULL OR deleted_at < $3)";
         let mut tx = self.writer.begin().await?;
         lock_account(&mut tx, account, 0).await?;
-        let r = sqlx::query(
+        let r = sqlx::query(&format!(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
-             FROM recycle_bin WHERE account_id = $1 AND ($2 IS NULL OR id = $2)",
-        )
+             FROM recycle_bin WHERE {WHERE}"
+        ))
         .bind(account.as_i64())
         .bind(bin_id)
+        .bind(cutoff.map(|c| c.millis()))
         .fetch_one(&mut *tx)
         .await?;
         let (n, bytes): (i64, i64) = (r.try_get("n")?, r.try_get("bytes")?);
-        sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND ($2 IS NULL OR id = $2)")
+        sqlx::query(&format!("DELETE FROM recycle_bin WHERE {WHERE}"))
             .bind(account.as_i64())
             .bind(bin_id)
+            .bind(cutoff.map(|c| c.millis()))
             .execute(&mut *tx)
             .await?;
         add_usage(&mut tx, account, BIN_CATEGORY, -bytes, -n).await?;
@@ -800,25 +815,7 @@ impl Store {
 
     /// Purges an account's recycle-bin entries deleted before `cutoff`, freeing their space.
     pub async fn purge_expired_bin(&self, account: AccountId, cutoff: Timestamp) -> Result<u64> {
-        let mut tx = self.writer.begin().await?;
-        lock_account(&mut tx, account, 0).await?;
-        let r = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
-             FROM recycle_bin WHERE account_id = $1 AND deleted_at < $2",
-        )
-        .bind(account.as_i64())
-        .bind(cutoff.millis())
-        .fetch_one(&mut *tx)
-        .await?;
-        let (n, bytes): (i64, i64) = (r.try_get("n")?, r.try_get("bytes")?);
-        sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND deleted_at < $2")
-            .bind(account.as_i64())
-            .bind(cutoff.millis())
-            .execute(&mut *tx)
-            .await?;
-        add_usage(&mut tx, account, BIN_CATEGORY, -bytes, -n).await?;
-        tx.commit().await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.delete_from_bin(account, None, Some(cutoff)).await
     }
 
     /// Forgets tombstones deleted before `cutoff`; tokens older than them must then resync.
