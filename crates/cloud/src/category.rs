@@ -120,6 +120,8 @@ pub struct Prepared {
     pub uid: Option<String>,
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
+    /// The file whose bytes the item stands for.
+    pub file_id: Option<String>,
 }
 
 fn invalid(category: Category, why: impl std::fmt::Display) -> CloudError {
@@ -205,6 +207,7 @@ fn prepare_vcard(text: &str) -> Result<Prepared, CloudError> {
         text: text.to_owned(),
         starts_at: None,
         ends_at: None,
+        file_id: None,
     })
 }
 
@@ -301,6 +304,7 @@ fn prepare_icalendar(text: &str) -> Result<Prepared, CloudError> {
         starts_at: starts_at.map(|s| s * 1000),
         ends_at: ends_at.map(|s| s * 1000),
         text: text.to_owned(),
+        file_id: None,
     })
 }
 
@@ -526,6 +530,7 @@ fn check_url(category: Category, field: &str, v: &str) -> Result<(), CloudError>
 
 fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared, CloudError> {
     let c = category;
+    let mut file_id: Option<String> = None;
     let summary = match category {
         Category::Notes => {
             let n: Note = parse(c, body)?;
@@ -617,6 +622,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
                     return Err(invalid(c, "place is not on Earth"));
                 }
             }
+            file_id = g.file_id.clone();
             g.name
         }
         Category::Recordings => {
@@ -624,6 +630,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
             check_nonempty(c, "name", &r.name)?;
             one_of(c, "kind", &r.kind, &["call", "voice"])?;
             check_time(c, "recorded_at", &r.recorded_at)?;
+            file_id = r.file_id.clone();
             r.name
         }
         Category::Contacts | Category::Calendar => {
@@ -636,6 +643,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
         uid: None,
         starts_at: None,
         ends_at: None,
+        file_id,
     })
 }
 

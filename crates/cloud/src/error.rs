@@ -38,6 +38,24 @@ pub enum CloudError {
     RestoreConflict,
     #[error("not found")]
     NotFound,
+    #[error("no such file in this account: {0}")]
+    UnknownFile(String),
+    #[error("the upload is at offset {0}: resume from there (HEAD tells the offset)")]
+    OffsetMismatch(i64),
+    #[error("the bytes do not match Upload-Checksum; nothing of this request was kept")]
+    ChecksumMismatch,
+    #[error("unsupported checksum algorithm; use sha1, sha256 or blake3")]
+    UnsupportedChecksum,
+    #[error("a file is at most {0} bytes")]
+    UploadTooLarge(i64),
+    #[error("the request carries more bytes than Upload-Length leaves")]
+    PastUploadLength,
+    #[error("the request ended before all of Content-Length arrived; nothing was kept")]
+    IncompleteBody,
+    #[error("the range is outside the file ({0} bytes)")]
+    RangeNotSatisfiable(u64),
+    #[error("file storage is unavailable: {0}")]
+    Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -69,6 +87,15 @@ impl CloudError {
             CloudError::QuotaExceeded { .. } => "quota_exceeded",
             CloudError::RestoreConflict => "restore_conflict",
             CloudError::NotFound => "not_found",
+            CloudError::UnknownFile(_) => "unknown_file",
+            CloudError::OffsetMismatch(_) => "upload_offset_mismatch",
+            CloudError::ChecksumMismatch => "checksum_mismatch",
+            CloudError::UnsupportedChecksum => "unsupported_checksum",
+            CloudError::UploadTooLarge(_) => "upload_too_large",
+            CloudError::PastUploadLength => "past_upload_length",
+            CloudError::IncompleteBody => "incomplete_body",
+            CloudError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            CloudError::Storage(_) => "storage_unavailable",
             CloudError::Internal(_) => "internal",
         }
     }
@@ -86,8 +113,22 @@ impl CloudError {
             CloudError::UnknownToken | CloudError::TokenExpired => 410,
             CloudError::QuotaExceeded { .. } => 507,
             CloudError::NotFound => 404,
+            CloudError::UnknownFile(_) => 422,
+            CloudError::OffsetMismatch(_) => 409,
+            // The tus checksum extension's status for a mismatch.
+            CloudError::ChecksumMismatch => 460,
+            CloudError::UnsupportedChecksum | CloudError::IncompleteBody => 400,
+            CloudError::UploadTooLarge(_) | CloudError::PastUploadLength => 413,
+            CloudError::RangeNotSatisfiable(_) => 416,
+            CloudError::Storage(_) => 503,
             CloudError::Internal(_) => 500,
         }
+    }
+}
+
+impl From<mica_blobs::BlobError> for CloudError {
+    fn from(e: mica_blobs::BlobError) -> Self {
+        CloudError::Storage(e.to_string())
     }
 }
 

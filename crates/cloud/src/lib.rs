@@ -11,6 +11,7 @@
 
 pub mod category;
 mod error;
+pub mod files;
 pub mod hub;
 
 use std::sync::Arc;
@@ -27,7 +28,9 @@ use sha2::{Digest, Sha256};
 
 pub use category::Category;
 pub use error::CloudError;
+pub use files::{Checksum, FileInfo, UploadInfo, CHECKSUM_ALGORITHMS};
 pub use hub::{Change, Hub};
+pub use mica_blobs::BlobStore;
 
 /// Tunables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +48,12 @@ pub struct CloudConfig {
     pub premium_retention_days: u64,
     /// How long deletions stay in the change feed, in days; older sync tokens must resync.
     pub tombstone_days: u64,
+    /// The largest file, in bytes (`Tus-Max-Size`).
+    pub max_file_bytes: i64,
+    /// How long an unfinished upload may stay idle before it is dropped, in hours.
+    pub upload_ttl_hours: u64,
+    /// How long a finished upload waits for an item to reference it, in hours.
+    pub pending_file_hours: u64,
 }
 
 impl Default for CloudConfig {
@@ -56,6 +65,9 @@ impl Default for CloudConfig {
             free_retention_days: 30,
             premium_retention_days: 60,
             tombstone_days: 90,
+            max_file_bytes: 50 * (1 << 30),
+            upload_ttl_hours: 24,
+            pending_file_hours: 24,
         }
     }
 }
@@ -159,6 +171,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     cfg: CloudConfig,
     hub: Hub,
+    blobs: BlobStore,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -195,7 +208,13 @@ fn version_text(seq: i64) -> String {
 }
 
 impl Cloud {
-    pub fn new(store: Store, keys: Arc<Keys>, clock: Arc<dyn Clock>, cfg: CloudConfig) -> Cloud {
+    pub fn new(
+        store: Store,
+        blobs: BlobStore,
+        keys: Arc<Keys>,
+        clock: Arc<dyn Clock>,
+        cfg: CloudConfig,
+    ) -> Cloud {
         Cloud {
             inner: Arc::new(Inner {
                 store,
@@ -203,6 +222,7 @@ impl Cloud {
                 clock,
                 cfg,
                 hub: Hub::default(),
+                blobs,
             }),
         }
     }
@@ -517,6 +537,16 @@ impl Cloud {
                     }
                     hasher.update([0]);
                     hasher.update(p.text.as_bytes());
+                    // An item that stands for a file counts the file's bytes too.
+                    let mut size = i64::try_from(p.text.len()).unwrap_or(i64::MAX);
+                    if let Some(f) = &p.file_id {
+                        let file = self
+                            .store()
+                            .file(account, f)
+                            .await?
+                            .ok_or_else(|| at(CloudError::UnknownFile(f.clone())))?;
+                        size += file.size;
+                    }
                     let keys = &self.inner.keys;
                     ops.push(ItemWrite {
                         id: w.id.clone(),
@@ -526,10 +556,11 @@ impl Cloud {
                         summary: Some(
                             keys.seal(&Self::aad("summary", account, &c.id, &w.id), &p.summary),
                         ),
-                        size: i64::try_from(p.text.len()).unwrap_or(i64::MAX),
+                        size,
                         uid: p.uid,
                         starts_at: p.starts_at,
                         ends_at: p.ends_at,
+                        file_id: p.file_id,
                     });
                 }
                 "delete" => {
@@ -555,6 +586,7 @@ impl Cloud {
                         uid: None,
                         starts_at: None,
                         ends_at: None,
+                        file_id: None,
                     });
                 }
                 _ => {
@@ -601,6 +633,7 @@ impl Cloud {
             }
             BatchOutcome::Replayed(results) => (results, true),
             BatchOutcome::KeyReused => return Err(CloudError::IdempotencyKeyReused),
+            BatchOutcome::MissingFile(id) => return Err(CloudError::UnknownFile(id)),
             BatchOutcome::QuotaExceeded {
                 used,
                 quota,
@@ -723,12 +756,16 @@ impl Cloud {
         if self.store().purge_bin(account, Some(bin_id)).await? == 0 {
             return Err(CloudError::NotFound);
         }
+        // Files only the purged entry referenced go now.
+        self.collect_account(account).await?;
         Ok(())
     }
 
     /// Empties the recycle bin; returns how many entries went.
     pub async fn empty_bin(&self, account: AccountId) -> Result<u64, CloudError> {
-        Ok(self.store().purge_bin(account, None).await?)
+        let n = self.store().purge_bin(account, None).await?;
+        self.collect_account(account).await?;
+        Ok(n)
     }
 
     pub async fn usage(&self, account: AccountId) -> Result<Usage, CloudError> {
@@ -794,8 +831,11 @@ impl Cloud {
             )
             .await?;
         let batches = self.store().purge_batches(now.minus(BATCH_MEMORY)).await?;
-        if bin + tombstones + batches > 0 {
-            tracing::info!(bin, tombstones, batches, "cloud maintenance purged");
+        let gc = self.collect_garbage().await?;
+        if bin + tombstones + batches + gc.files_removed + gc.chunks_removed + gc.uploads_expired
+            > 0
+        {
+            tracing::info!(bin, tombstones, batches, ?gc, "cloud maintenance purged");
         }
         Ok((bin, tombstones, batches))
     }

@@ -8,6 +8,7 @@ pub mod account;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod passkeys;
 mod profile;
 pub mod security;
@@ -96,6 +97,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "security", description = "Step-up verification, password, two-step verification, security log"),
         (name = "passkeys", description = "Passkeys (WebAuthn): adding, listing and removing them, and signing in with one"),
         (name = "sync", description = "The personal cloud: collections, pull and push, the recycle bin, usage, the device channel (see docs/design/sync.md)"),
+        (name = "files", description = "Files: resumable uploads (tus 1.0), single-request uploads, downloads with Range (see docs/design/files.md)"),
         (name = "health", description = "Probes")
     )
 )]
@@ -126,6 +128,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(security::router())
         .merge(passkeys::router())
         .merge(sync::router())
+        .merge(files::router())
         .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

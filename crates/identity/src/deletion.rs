@@ -100,6 +100,17 @@ impl Identity {
         };
         // Files first: their rows say where they are.
         self.delete_export_files(account).await?;
+        let areas: Vec<_> = self
+            .inner
+            .areas
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        for area in areas {
+            area.forget_account(account)
+                .await
+                .map_err(IdentityError::Internal)?;
+        }
         while !self.store().account_deletion_step(&job).await? {
             job.step += 1;
         }

@@ -31,19 +31,25 @@ As your files live in Mica, the original files are added here too.\n";
 /// The files one area of the account adds to the archive: `(path in the zip, contents)`.
 pub type ExportFiles = Vec<(String, Vec<u8>)>;
 
-/// Another part of Mica that holds account data (the cloud, later the files) contributes its
-/// files to the export through this, without the identity crate knowing it.
-pub trait ExportSource: Send + Sync {
-    fn export_files(
-        &self,
-        account: mica_core::AccountId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExportFiles, String>> + Send + '_>>;
+/// A future an [`AccountArea`] returns.
+pub type AreaFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Another part of Mica that holds account data (the cloud and its files) takes part in the
+/// export and in account deletion through this, without the identity crate knowing it.
+pub trait AccountArea: Send + Sync {
+    /// Its files in the account's export archive.
+    fn export_files(&self, account: mica_core::AccountId) -> AreaFuture<'_, ExportFiles>;
+
+    /// Deletes what it keeps outside the database (blob-store objects) for a deleted account;
+    /// runs before the account's rows go, and again if the deletion job is retried.
+    fn forget_account(&self, account: mica_core::AccountId) -> AreaFuture<'_, ()>;
 }
 
 impl Identity {
-    /// Adds an area's data to every export from now on.
-    pub fn add_export_source(&self, source: std::sync::Arc<dyn ExportSource>) {
-        if let Ok(mut v) = self.inner.export_sources.write() {
+    /// Adds an area's data to every export and account deletion from now on.
+    pub fn add_area(&self, source: std::sync::Arc<dyn AccountArea>) {
+        if let Ok(mut v) = self.inner.areas.write() {
             v.push(source);
         }
     }
@@ -229,7 +235,7 @@ impl Identity {
         }
         let sources: Vec<_> = self
             .inner
-            .export_sources
+            .areas
             .read()
             .map(|v| v.clone())
             .unwrap_or_default();

@@ -178,7 +178,7 @@ struct Inner {
     jobs: Arc<tokio::sync::Notify>,
     exports_dir: std::path::PathBuf,
     relying_party: Option<passkeys::RelyingParty>,
-    export_sources: std::sync::RwLock<Vec<Arc<dyn export::ExportSource>>>,
+    areas: std::sync::RwLock<Vec<Arc<dyn export::AccountArea>>>,
 }
 
 struct Limits {
@@ -247,7 +247,7 @@ impl Identity {
                 jobs: Arc::new(tokio::sync::Notify::new()),
                 exports_dir,
                 relying_party,
-                export_sources: std::sync::RwLock::default(),
+                areas: std::sync::RwLock::default(),
             }),
         };
         this.load_revocations().await?;

@@ -22,7 +22,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite:PATH` or `postgres://user@host/db`. Default: `sqlite:<data_dir>/mica.db`.
     pub database_url: Option<SecretString>,
-    /// Where file contents go: `file:PATH`. Default: `file:<data_dir>/blobs`.
+    /// Where file contents go: `file:PATH` or `s3://bucket/prefix` (`MICA_BLOB_URL`).
+    /// Default: `file:<data_dir>/blobs`.
     pub blob_url: Option<String>,
     /// The URL people reach this server at (links in messages; its host is the passkeys' relying
     /// party). Default: `http://<listen>`, with `localhost` for a loopback address.
@@ -122,15 +123,28 @@ impl Config {
         }
     }
 
-    /// The blob folder. Only `file:` is supported so far.
-    pub fn blob_dir(&self) -> anyhow::Result<PathBuf> {
+    /// Where file contents go, as the blob store opens it: a local folder, or an
+    /// `s3://bucket/prefix` URL (endpoint and credentials from the standard `AWS_*` variables).
+    pub fn blob_location(&self) -> anyhow::Result<String> {
         match &self.blob_url {
-            None => Ok(self.data_dir.join("blobs")),
+            None => Ok(self.data_dir.join("blobs").display().to_string()),
+            Some(u) if u.starts_with("s3://") && u.len() > 5 => Ok(u.clone()),
             Some(u) => match u.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Ok(PathBuf::from(p.trim_start_matches("//"))),
-                _ => bail!("blob_url {u:?} is not supported: use file:PATH (S3-compatible stores come with scale-out)"),
+                Some(p) if !p.is_empty() => Ok(p.trim_start_matches("//").to_owned()),
+                _ => bail!("blob_url {u:?} is not supported: use file:PATH or s3://bucket/prefix"),
             },
         }
+    }
+
+    /// The local folder for files the server builds itself (export archives): inside the
+    /// blob folder when it is local, else `<data_dir>/blobs`.
+    pub fn blob_dir(&self) -> anyhow::Result<PathBuf> {
+        let loc = self.blob_location()?;
+        Ok(if loc.starts_with("s3://") {
+            self.data_dir.join("blobs")
+        } else {
+            PathBuf::from(loc)
+        })
     }
 
     /// The configured public URL or, by default, the bound address — as `localhost` when it is

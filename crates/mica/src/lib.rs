@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mica_cloud::Cloud;
+use mica_cloud::{BlobStore, Cloud};
 use mica_core::crypto::Keys;
 use mica_core::Clock;
 use mica_http::AppState;
@@ -106,8 +106,16 @@ impl Server {
             );
         }
 
-        let cloud = Cloud::new(store.clone(), cloud_keys, clock.clone(), cfg.cloud.clone());
-        identity.add_export_source(Arc::new(CloudExport(cloud.clone())));
+        let blob_store =
+            BlobStore::open(&cfg.blob_location()?).context("opening the blob store")?;
+        let cloud = Cloud::new(
+            store.clone(),
+            blob_store,
+            cloud_keys,
+            clock.clone(),
+            cfg.cloud.clone(),
+        );
+        identity.add_area(Arc::new(CloudExport(cloud.clone())));
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),
@@ -194,20 +202,26 @@ impl Server {
 /// The cloud's part of a data export.
 struct CloudExport(Cloud);
 
-impl mica_identity::export::ExportSource for CloudExport {
+impl mica_identity::export::AccountArea for CloudExport {
     fn export_files(
         &self,
         account: mica_core::AccountId,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<mica_identity::export::ExportFiles, String>>
-                + Send
-                + '_,
-        >,
-    > {
+    ) -> mica_identity::export::AreaFuture<'_, mica_identity::export::ExportFiles> {
         Box::pin(async move {
             self.0
                 .export_files(account)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn forget_account(
+        &self,
+        account: mica_core::AccountId,
+    ) -> mica_identity::export::AreaFuture<'_, ()> {
+        Box::pin(async move {
+            self.0
+                .forget_blobs(account)
                 .await
                 .map_err(|e| e.to_string())
         })

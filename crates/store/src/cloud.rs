@@ -35,6 +35,8 @@ pub struct ItemRow {
     pub size: i64,
     pub body: Option<Vec<u8>>,
     pub summary: Option<Vec<u8>>,
+    /// The file whose bytes the item stands for (gallery, recordings, drive).
+    pub file_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct ItemWrite {
     pub uid: Option<String>,
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
+    /// The file the item references; `size` includes the file's bytes.
+    pub file_id: Option<String>,
 }
 
 /// How the collection's category behaves.
@@ -105,6 +109,8 @@ pub enum BatchOutcome {
         quota: i64,
         needed: i64,
     },
+    /// An item references a file the account does not have (any more).
+    MissingFile(String),
 }
 
 /// The account's cloud settings and totals.
@@ -157,6 +163,7 @@ fn item_row(r: &AnyRow) -> Result<ItemRow> {
         size: r.try_get("size")?,
         body: r.try_get("body")?,
         summary: r.try_get("summary")?,
+        file_id: r.try_get("file_id")?,
     })
 }
 
@@ -174,11 +181,11 @@ fn collection_row(r: &AnyRow) -> Result<CollectionRow> {
 /// so binding costs grow with the square of the parameters in one statement.
 const PUT_ROWS: usize = 10;
 
-const ITEM_COLUMNS: &str = "id, seq, modified_at, deleted_at, size, body, summary";
+const ITEM_COLUMNS: &str = "id, seq, modified_at, deleted_at, size, body, summary, file_id";
 
 /// Locks the account's cloud row (creating it) and takes `n` sequence numbers: returns the row
 /// with `seq` the last number taken.
-async fn lock_account(
+pub(crate) async fn lock_account(
     tx: &mut Transaction<'static, Any>,
     account: AccountId,
     n: i64,
@@ -207,7 +214,7 @@ async fn lock_account(
 }
 
 /// Adds to a usage category and to the account's total.
-async fn add_usage(
+pub(crate) async fn add_usage(
     tx: &mut Transaction<'static, Any>,
     account: AccountId,
     category: &str,
@@ -477,7 +484,42 @@ impl Store {
                 }
             }
         }
-        let needed = live_bytes + bin_bytes;
+        // Files the batch references: they must exist; a pending one (not referenced by any
+        // item yet) stops being counted under 'uploads' now that an item counts its bytes.
+        let mut file_ids: Vec<&str> = plan
+            .iter()
+            .filter_map(|(op, _, _)| (op.op == WriteOp::Put).then_some(op.file_id.as_deref()))
+            .flatten()
+            .collect();
+        file_ids.sort_unstable();
+        file_ids.dedup();
+        let (mut released_bytes, mut released) = (0i64, Vec::new());
+        for chunk in file_ids.chunks(100) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT id, size, pending_since FROM files WHERE account_id = $1 AND id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(account.as_i64());
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            let rows = q.fetch_all(&mut *tx).await?;
+            for id in chunk {
+                let row = rows
+                    .iter()
+                    .find(|r| r.try_get::<String, _>("id").ok().as_deref() == Some(*id));
+                let Some(row) = row else {
+                    return Ok(BatchOutcome::MissingFile((*id).to_owned()));
+                };
+                if row.try_get::<Option<i64>, _>("pending_since")?.is_some() {
+                    released_bytes += row.try_get::<i64, _>("size")?;
+                    released.push(*id);
+                }
+            }
+        }
+
+        let needed = live_bytes + bin_bytes - released_bytes;
         let quota = acct.quota_bytes.unwrap_or(default_quota);
         if needed > 0 && acct.used_bytes + needed > quota {
             return Ok(BatchOutcome::QuotaExceeded {
@@ -495,15 +537,15 @@ impl Store {
             .collect();
         for chunk in puts.chunks(PUT_ROWS) {
             let mut sql = String::from(
-                "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at) VALUES ",
+                "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 11;
+                let b = i * 12;
                 if i > 0 {
                     sql.push_str(", ");
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, NULL, ${}, ${}, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}, ${}, ${}, NULL, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                     b + 1,
                     b + 2,
                     b + 3,
@@ -514,14 +556,15 @@ impl Store {
                     b + 8,
                     b + 9,
                     b + 10,
-                    b + 11
+                    b + 11,
+                    b + 12
                 ));
             }
             sql.push_str(
                 " ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
                  modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
                  body = excluded.body, summary = excluded.summary, uid = excluded.uid, \
-                 starts_at = excluded.starts_at, ends_at = excluded.ends_at",
+                 starts_at = excluded.starts_at, ends_at = excluded.ends_at, file_id = excluded.file_id",
             );
             let mut q = sqlx::query(&sql);
             for (op, seq) in chunk {
@@ -536,7 +579,8 @@ impl Store {
                     .bind(op.summary.clone())
                     .bind(op.uid.clone())
                     .bind(op.starts_at)
-                    .bind(op.ends_at);
+                    .bind(op.ends_at)
+                    .bind(op.file_id.clone());
             }
             q.execute(&mut *tx).await?;
         }
@@ -546,7 +590,7 @@ impl Store {
                 WriteOp::Delete => {
                     sqlx::query(
                         "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
-                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL \
+                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL \
                          WHERE account_id = $1 AND collection_id = $2 AND id = $3",
                     )
                     .bind(account.as_i64())
@@ -558,8 +602,8 @@ impl Store {
                     .await?;
                     if let (true, Some(old)) = (rules.recyclable, old) {
                         sqlx::query(
-                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at, file_id) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                         )
                         .bind(account.as_i64())
                         .bind(format!("rb_{seq}"))
@@ -570,6 +614,7 @@ impl Store {
                         .bind(old.summary.clone())
                         .bind(old.size)
                         .bind(now.millis())
+                        .bind(old.file_id.clone())
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -578,6 +623,22 @@ impl Store {
         }
         add_usage(&mut tx, account, &collection.kind, live_bytes, live_items).await?;
         add_usage(&mut tx, account, BIN_CATEGORY, bin_bytes, bin_items).await?;
+        for id in &released {
+            sqlx::query("UPDATE files SET pending_since = NULL WHERE account_id = $1 AND id = $2")
+                .bind(account.as_i64())
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let n_released = i64::try_from(released.len()).unwrap_or(0);
+        add_usage(
+            &mut tx,
+            account,
+            crate::UPLOADS_CATEGORY,
+            -released_bytes,
+            -n_released,
+        )
+        .await?;
         if let Some((key, hash)) = idempotency {
             let stored = serde_json::to_string(&results)
                 .map_err(|e| StoreError::Corrupt(format!("batch results: {e}")))?;
@@ -698,7 +759,7 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let acct = lock_account(&mut tx, account, 1).await?;
         let Some(r) = sqlx::query(
-            "SELECT collection_id, item_id, kind, body, summary, size FROM recycle_bin \
+            "SELECT collection_id, item_id, kind, body, summary, size, file_id FROM recycle_bin \
              WHERE account_id = $1 AND id = $2 AND deleted_at >= $3",
         )
         .bind(account.as_i64())
@@ -725,11 +786,11 @@ impl Store {
             return Ok(RestoreOutcome::Occupied);
         }
         sqlx::query(
-            "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, NULL, NULL, NULL) \
+            "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id) \
+             VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, NULL, NULL, NULL, $9) \
              ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
              modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
-             body = excluded.body, summary = excluded.summary",
+             body = excluded.body, summary = excluded.summary, file_id = excluded.file_id",
         )
         .bind(account.as_i64())
         .bind(&collection_id)
@@ -739,6 +800,7 @@ impl Store {
         .bind(size)
         .bind(r.try_get::<Vec<u8>, _>("body")?)
         .bind(r.try_get::<Option<Vec<u8>>, _>("summary")?)
+        .bind(r.try_get::<Option<String>, _>("file_id")?)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND id = $2")
@@ -896,7 +958,13 @@ impl Store {
              WHERE i.deleted_at IS NULL GROUP BY i.account_id, c.kind \
              UNION ALL \
              SELECT account_id, 'recycle_bin' AS category, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
-             FROM recycle_bin GROUP BY account_id",
+             FROM recycle_bin GROUP BY account_id \
+             UNION ALL \
+             SELECT account_id, 'uploads' AS category, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+             FROM files WHERE pending_since IS NOT NULL GROUP BY account_id \
+             UNION ALL \
+             SELECT account_id, 'uploads' AS category, CAST(COALESCE(SUM(committed + tail_len), 0) AS BIGINT) AS bytes \
+             FROM uploads WHERE file_id IS NULL GROUP BY account_id",
         )
         .fetch_all(&self.reader)
         .await?;

@@ -74,6 +74,30 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "upload_parts",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "uploads",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "file_chunks",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "files",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "blob_chunks",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "blob_trash",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "recycle_bin",
         condition: "account_id = $1",
     },

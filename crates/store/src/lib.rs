@@ -18,6 +18,7 @@ mod accounts;
 mod cloud;
 mod codes;
 mod exports;
+mod files;
 mod jobs;
 mod migrate;
 mod passkeys;
@@ -39,6 +40,10 @@ pub use cloud::{
 };
 pub use codes::{CodeRow, NewCode};
 pub use exports::ExportRow;
+pub use files::{
+    FileChunk, FileRow, GcReport, NewPart, NewUpload, ProgressOutcome, UploadPosition, UploadRow,
+    CHUNK_BYTES, UPLOADS_CATEGORY,
+};
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;

@@ -67,6 +67,28 @@ async fn populated_account(app: &TestApp, email: &str) -> (AccountId, mica_clien
     .await
     .unwrap();
     c.set_device_sync(&["contacts"]).await.unwrap();
+    // Files: a photo in the gallery, a file nothing references yet, an unfinished upload.
+    let upload = |body: Vec<u8>, len: usize| {
+        app.http
+            .post(app.url("/api/v1/uploads"))
+            .bearer_auth(&t.access_token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", len.to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+    };
+    let photo = upload(vec![1u8; 5 << 20], 5 << 20).await.unwrap();
+    let file = photo.headers()["mica-file-id"].to_str().unwrap().to_owned();
+    c.push(
+        "gallery",
+        serde_json::json!([{"id": "p", "op": "put", "body": {"file_id": file, "name": "p.jpg", "mime_type": "image/jpeg", "size": 5 << 20}}]),
+        None,
+    )
+    .await
+    .unwrap();
+    upload(vec![2u8; 1000], 1000).await.unwrap();
+    upload(vec![3u8; 1000], 2000).await.unwrap();
     app.client.forgot_password(email).await.unwrap();
     (t.account_id.parse().unwrap(), c)
 }
@@ -160,6 +182,12 @@ async fn deletion_removes_every_row_and_frees_the_identifiers(app: &TestApp) {
         counts(store, hal).await
     );
     let ivy_before = counts(store, ivy).await;
+    let cloud = app.server_cloud();
+    assert_eq!(
+        cloud.stored_bytes(hal).await.unwrap(),
+        (4, (5 << 20) + 2000)
+    );
+    let ivy_stored = cloud.stored_bytes(ivy).await.unwrap();
 
     confirm_deletion(app, &c, "hal@example.com").await;
     // Signed out everywhere at once.
@@ -173,10 +201,16 @@ async fn deletion_removes_every_row_and_frees_the_identifiers(app: &TestApp) {
     wait_until_deleted(store, hal).await;
     assert_nothing_left(store, hal).await;
     assert_eq!(
+        cloud.stored_bytes(hal).await.unwrap(),
+        (0, 0),
+        "the blob store keeps nothing of the account"
+    );
+    assert_eq!(
         counts(store, ivy).await,
         ivy_before,
         "another account is untouched"
     );
+    assert_eq!(cloud.stored_bytes(ivy).await.unwrap(), ivy_stored);
 
     // The address is free again.
     app.advance(Duration::from_secs(61));
@@ -217,5 +251,6 @@ async fn deletion_killed_half_way_resumes(backend: Backend) {
     let store = app.store().clone();
     wait_until_deleted(&store, jo).await;
     assert_nothing_left(&store, jo).await;
+    assert_eq!(app.server_cloud().stored_bytes(jo).await.unwrap(), (0, 0));
     app.stop().await;
 }

@@ -16,6 +16,7 @@ mod bad_input;
 mod deletion;
 mod export;
 mod factors;
+mod files;
 mod limits;
 mod passkeys;
 mod profile;

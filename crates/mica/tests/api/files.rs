@@ -1,0 +1,854 @@
+//! Files over HTTP: tus uploads interrupted and resumed (across a restart too), dedup, quota
+//! refusal mid-upload and under concurrency, Range and conditional downloads, purge and garbage
+//! collection, other accounts, and bad requests.
+
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha1::Digest;
+use tokio::io::AsyncWriteExt;
+
+use crate::on_both_backends;
+use crate::support::{Backend, TestApp};
+
+on_both_backends!(
+    the_same_content_twice_is_stored_once_and_counted_twice,
+    the_quota_stops_an_upload_and_releases_its_bytes,
+    twenty_uploads_racing_at_the_quota_never_pass_it,
+    downloads_honour_ranges_and_conditions,
+    purge_and_collection_free_the_storage,
+    other_accounts_files_are_out_of_reach,
+    bad_upload_requests_get_clear_errors,
+);
+
+const MB: usize = 1_000_000;
+
+/// Deterministic bytes that do not compress or repeat.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+struct Tus<'a> {
+    app: &'a TestApp,
+    token: String,
+    account_id: String,
+}
+
+impl Tus<'_> {
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.app
+            .http
+            .request(method, self.app.url(path))
+            .bearer_auth(&self.token)
+            .header("Tus-Resumable", "1.0.0")
+    }
+
+    /// Creates an upload; returns its path.
+    async fn create(&self, len: usize, name: &str) -> String {
+        let r = self
+            .req(reqwest::Method::POST, "/api/v1/uploads")
+            .header("Upload-Length", len.to_string())
+            .header(
+                "Upload-Metadata",
+                format!("filename {},filetype {}", b64(name), b64("image/jpeg")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        assert_eq!(r.headers()["tus-resumable"], "1.0.0");
+        assert!(r.headers().contains_key("upload-expires"));
+        r.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    async fn patch(&self, path: &str, offset: usize, body: Vec<u8>) -> reqwest::Response {
+        self.req(reqwest::Method::PATCH, path)
+            .header("Upload-Offset", offset.to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The upload's offset, and its file once complete.
+    async fn head(&self, path: &str) -> (StatusCode, Option<usize>, Option<String>) {
+        let r = self.req(reqwest::Method::HEAD, path).send().await.unwrap();
+        let h = r.headers();
+        (
+            r.status(),
+            h.get("upload-offset")
+                .map(|v| v.to_str().unwrap().parse().unwrap()),
+            h.get("mica-file-id")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        )
+    }
+
+    /// Uploads a whole file through tus; returns the file id.
+    async fn upload(&self, data: &[u8], name: &str) -> Result<String, reqwest::Response> {
+        let path = self.create(data.len(), name).await;
+        let r = self.patch(&path, 0, data.to_vec()).await;
+        if r.status() != StatusCode::NO_CONTENT {
+            return Err(r);
+        }
+        assert_eq!(
+            r.headers()["upload-offset"],
+            data.len().to_string().as_str()
+        );
+        Ok(r.headers()["mica-file-id"].to_str().unwrap().to_owned())
+    }
+
+    async fn download(&self, file: &str, range: Option<&str>) -> reqwest::Response {
+        let mut r = self
+            .app
+            .http
+            .get(self.app.url(&format!("/api/v1/files/{file}/content")))
+            .bearer_auth(&self.token);
+        if let Some(range) = range {
+            r = r.header("Range", range);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// What the blob store really holds for the account: (objects, bytes).
+    async fn stored(&self) -> (u64, u64) {
+        self.app
+            .server_cloud()
+            .stored_bytes(self.account_id.parse().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+/// A gallery item that stands for `file`.
+fn photo(file: &str, name: &str, size: usize) -> Value {
+    json!({"file_id": file, "name": name, "mime_type": "image/jpeg", "size": size,
+           "taken_at": "2026-08-01T10:00:00Z", "albums": ["Summer"]})
+}
+
+async fn signed_in<'a>(app: &'a TestApp, email: &str) -> (Tus<'a>, mica_client::Client, String) {
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    (
+        Tus {
+            app,
+            token: t.access_token.clone(),
+            account_id: t.account_id.clone(),
+        },
+        c,
+        t.account_id,
+    )
+}
+
+fn used(usage: &Value) -> i64 {
+    usage["used_bytes"].as_i64().unwrap()
+}
+
+/// Sends the start of a PATCH body over a raw connection and hangs up: a dropped connection.
+async fn interrupted_patch(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    offset: usize,
+    total: usize,
+    sent: &[u8],
+) {
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {total}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    s.flush().await.unwrap();
+    s.shutdown().await.unwrap();
+    drop(s);
+}
+
+/// Sends a raw request and returns the response's status code.
+async fn raw_status(app: &TestApp, request: &str) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits (on the server's progress, not on a timer) until the upload reaches `offset`.
+async fn wait_for_offset(tus: &Tus<'_>, path: &str, offset: usize) {
+    for _ in 0..600 {
+        if tus.head(path).await.1 == Some(offset) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the upload never reached offset {offset}: {:?}",
+        tus.head(path).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_upload_resumes_after_a_dropped_connection_and_a_restart_sqlite() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    resumes(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_upload_resumes_after_a_dropped_connection_and_a_restart_postgres() {
+    let Some(app) = TestApp::start(Backend::Postgres).await else {
+        eprintln!("MICA_TEST_POSTGRES_URL is not set: PostgreSQL variant skipped");
+        return;
+    };
+    resumes(app).await;
+}
+
+async fn resumes(mut app: TestApp) {
+    let t = app.signup_email("ana@example.com").await;
+    let token = t.access_token.clone();
+    let data = bytes(200 * MB, 1);
+    let source = blake3::hash(&data);
+    let path = {
+        let tus = Tus {
+            app: &app,
+            token: token.clone(),
+            account_id: t.account_id.clone(),
+        };
+        tus.create(data.len(), "holiday.mp4").await
+    };
+
+    // 1. The connection drops 50 MB (and a few bytes) in: what arrived is kept.
+    let first = 50 * MB + 1234;
+    interrupted_patch(&app, &token, &path, 0, data.len(), &data[..first]).await;
+    {
+        let tus = Tus {
+            app: &app,
+            token: token.clone(),
+            account_id: t.account_id.clone(),
+        };
+        wait_for_offset(&tus, &path, first).await;
+        // A client resuming from a stale offset is told where the upload is.
+        let r = tus.patch(&path, 0, data[..10].to_vec()).await;
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        // 2. The next 60 MB arrive whole.
+        let r = tus
+            .patch(&path, first, data[first..first + 60 * MB].to_vec())
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            r.headers()["upload-offset"],
+            (first + 60 * MB).to_string().as_str()
+        );
+    }
+
+    // 3. The server restarts (as after a crash): the upload is where it was.
+    app.restart_with(|_| {}).await;
+    let tus = Tus {
+        app: &app,
+        token: token.clone(),
+        account_id: t.account_id.clone(),
+    };
+    let at = first + 60 * MB;
+    let (status, offset, file) = tus.head(&path).await;
+    assert_eq!((status, offset, file), (StatusCode::OK, Some(at), None));
+
+    // 4. The rest, with a checksum of the request's bytes (tus checksum extension).
+    let rest = data[at..].to_vec();
+    let digest = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&rest));
+    let r = tus
+        .req(reqwest::Method::PATCH, &path)
+        .header("Upload-Offset", at.to_string())
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Checksum", format!("sha1 {digest}"))
+        .body(rest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let file = r.headers()["mica-file-id"].to_str().unwrap().to_owned();
+
+    // The file is the source, byte for byte.
+    let r = tus.download(&file, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(
+        r.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    let mut hasher = blake3::Hasher::new();
+    let mut n = 0;
+    let mut r = r;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        hasher.update(&chunk);
+        n += chunk.len();
+    }
+    assert_eq!(n, data.len());
+    assert_eq!(
+        hasher.finalize(),
+        source,
+        "the stored file's BLAKE3 differs from the source"
+    );
+    // Its bytes are counted (pending: no item references it yet), and the count is exact.
+    let usage = app.client.with_token(&token).usage().await.unwrap();
+    assert_eq!(used(&usage), i64::try_from(data.len()).unwrap());
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    // No leftovers: storage holds the file's chunks and nothing else (tails are gone).
+    let (objects, stored) = tus.stored().await;
+    assert_eq!(stored, data.len() as u64);
+    assert_eq!(objects, data.len().div_ceil(4 << 20) as u64);
+    app.stop().await;
+}
+
+async fn the_same_content_twice_is_stored_once_and_counted_twice(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "bo@example.com").await;
+    let data = bytes(9 * MB, 2);
+    let f1 = tus.upload(&data, "a.jpg").await.unwrap();
+    let f2 = tus.upload(&data, "copy of a.jpg").await.unwrap();
+    assert_ne!(f1, f2);
+    // Storage holds the bytes once: three chunks of 4 MiB, 4 MiB and the rest.
+    assert_eq!(tus.stored().await, (3, data.len() as u64));
+    // Each file is the person's, twice in their usage, whether pending or in the gallery.
+    let usage = c.usage().await.unwrap();
+    assert_eq!(used(&usage), 2 * i64::try_from(data.len()).unwrap());
+    let r = c
+        .push(
+            "gallery",
+            json!([{"id": "p1", "op": "put", "body": photo(&f1, "a.jpg", data.len())},
+                   {"id": "p2", "op": "put", "body": photo(&f2, "copy of a.jpg", data.len())}]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["results"][0]["status"], "applied");
+    let usage = c.usage().await.unwrap();
+    let bodies: i64 = ["p1", "p2"]
+        .iter()
+        .zip([&f1, &f2])
+        .map(|(_, f)| {
+            let name = if *f == f1 { "a.jpg" } else { "copy of a.jpg" };
+            i64::try_from(photo(f, name, data.len()).to_string().len()).unwrap()
+        })
+        .sum();
+    assert_eq!(
+        used(&usage),
+        2 * i64::try_from(data.len()).unwrap() + bodies
+    );
+    let gallery = usage["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category"] == "gallery")
+        .cloned()
+        .unwrap();
+    assert_eq!(gallery["items"], 2);
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    // A second device finds the photos and fetches the bytes.
+    let pulled = c.pull("gallery", None, None).await.unwrap();
+    let body = &pulled["changes"][0]["body"];
+    let file = body["file_id"].as_str().unwrap();
+    let got = tus.download(file, None).await.bytes().await.unwrap();
+    assert_eq!(blake3::hash(&got), blake3::hash(&data));
+    // The same through a single-request upload: no new storage either.
+    let r = app
+        .http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&tus.token)
+        .header("Content-Type", "image/jpeg")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let f3: Value = r.json().await.unwrap();
+    assert_eq!(f3["size"], data.len());
+    assert_eq!(f3["pending"], true);
+    assert_eq!(tus.stored().await, (3, data.len() as u64));
+}
+
+async fn the_quota_stops_an_upload_and_releases_its_bytes(app: &TestApp) {
+    let (tus, c, account) = signed_in(app, "cy@example.com").await;
+    app.store()
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(10 * MB as i64))
+        .await
+        .unwrap();
+    // A file that could never fit is refused when the upload is created.
+    let r = tus
+        .req(reqwest::Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", (11 * MB).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 507);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "quota_exceeded"
+    );
+    // Two uploads that each fit, but not together.
+    let a = bytes(6 * MB, 3);
+    let b = bytes(6 * MB, 4);
+    let pa = tus.create(a.len(), "a").await;
+    let pb = tus.create(b.len(), "b").await;
+    let r = tus.patch(&pa, 0, a.clone()).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // B stops at its first chunk: 6 MB + 4 MiB is past the quota.
+    let r = tus.patch(&pb, 0, b.clone()).await;
+    assert_eq!(r.status().as_u16(), 507);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "quota_exceeded"
+    );
+    // Its partial bytes are released: the upload is gone, usage and storage hold A alone.
+    assert_eq!(tus.head(&pb).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(used(&c.usage().await.unwrap()), a.len() as i64);
+    assert_eq!(tus.stored().await.1, a.len() as u64);
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    // Reads still work at the limit.
+    let file = tus.head(&pa).await.2.unwrap();
+    assert_eq!(
+        tus.download(&file, Some("bytes=0-9"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        &a[..10]
+    );
+}
+
+async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
+    let (tus, c, account) = signed_in(app, "di@example.com").await;
+    let quota = 20 * MB as i64;
+    app.store()
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(quota))
+        .await
+        .unwrap();
+    // Twenty uploads of 3 MB each: each fits alone, seven at most fit together.
+    let mut paths = Vec::new();
+    for i in 0..20 {
+        paths.push(tus.create(3 * MB, &format!("f{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, path) in paths.into_iter().enumerate() {
+        let http = app.http.clone();
+        let url = app.url(&path);
+        let token = tus.token.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .patch(url)
+                .bearer_auth(token)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Offset", "0")
+                .header("Content-Type", "application/offset+octet-stream")
+                .body(bytes(3 * MB, 100 + i as u64))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            204 => done += 1,
+            507 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(done, 6, "6 × 3 MB fit in 20 MB, a seventh does not");
+    let usage = c.usage().await.unwrap();
+    assert!(used(&usage) <= quota);
+    assert_eq!(used(&usage), done * 3 * MB as i64);
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    assert_eq!(tus.stored().await.1, (done as u64) * 3 * MB as u64);
+}
+
+async fn downloads_honour_ranges_and_conditions(app: &TestApp) {
+    let (tus, _, _) = signed_in(app, "ed@example.com").await;
+    let data = bytes(10 * MB, 5);
+    let file = tus.upload(&data, "talk.m4a").await.unwrap();
+    let full = tus.download(&file, None).await;
+    assert_eq!(full.headers()["accept-ranges"], "bytes");
+    let etag = full.headers()["etag"].to_str().unwrap().to_owned();
+    // Across the boundary between the first two chunks.
+    let edge = 4 << 20;
+    let r = tus
+        .download(&file, Some(&format!("bytes={}-{}", edge - 500, edge + 499)))
+        .await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {}-{}/{}", edge - 500, edge + 499, data.len()).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), &data[edge - 500..edge + 500]);
+    // The last 100 bytes, and from an offset to the end.
+    let r = tus.download(&file, Some("bytes=-100")).await;
+    assert_eq!(r.bytes().await.unwrap(), &data[data.len() - 100..]);
+    let r = tus.download(&file, Some("bytes=9999000-")).await;
+    assert_eq!(r.bytes().await.unwrap(), &data[9_999_000..]);
+    // Outside the file.
+    let r = tus
+        .download(&file, Some(&format!("bytes={}-", data.len())))
+        .await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", data.len()).as_str()
+    );
+    // Conditional requests.
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{file}/content")))
+        .bearer_auth(&tus.token)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{file}/content")))
+        .bearer_auth(&tus.token)
+        .header("If-Range", "\"another-version\"")
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "a stale If-Range gets the whole file"
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{file}/content")))
+        .bearer_auth(&tus.token)
+        .header("If-Match", "\"another-version\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    // The description.
+    let info: Value = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{file}")))
+        .bearer_auth(&tus.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["size"], data.len());
+    assert_eq!(
+        format!("\"{}\"", info["content_hash"].as_str().unwrap()),
+        etag
+    );
+}
+
+async fn purge_and_collection_free_the_storage(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "fa@example.com").await;
+    let data = bytes(5 * MB, 6);
+    let file = tus.upload(&data, "x.jpg").await.unwrap();
+    c.push(
+        "gallery",
+        json!([{"id": "x", "op": "put", "body": photo(&file, "x.jpg", data.len())}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let v = c.item("gallery", "x").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "x", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    // In the recycle bin the photo still counts and its bytes stay.
+    assert!(used(&c.usage().await.unwrap()) > data.len() as i64);
+    assert_eq!(tus.stored().await.1, data.len() as u64);
+    let bin = c.recycle_bin(None).await.unwrap();
+    // Restored, it is whole again; deleted and purged, its bytes go.
+    c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        tus.download(&file, None).await.bytes().await.unwrap().len(),
+        data.len()
+    );
+    let v = c.item("gallery", "x").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "x", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let bin = c.recycle_bin(None).await.unwrap();
+    c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(used(&c.usage().await.unwrap()), 0);
+    assert_eq!(tus.stored().await, (0, 0));
+    assert_eq!(
+        tus.download(&file, None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // A file no item ever references, and an upload abandoned half-way, expire.
+    let orphan = tus.upload(&bytes(MB, 7), "orphan").await.unwrap();
+    let half = tus.create(6 * MB, "half").await;
+    let r = tus.patch(&half, 0, bytes(5 * MB, 8)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(used(&c.usage().await.unwrap()), 6 * MB as i64);
+    assert_eq!(tus.stored().await.1, 6 * MB as u64);
+    app.advance(Duration::from_secs(25 * 3600));
+    app.server_cloud().maintenance().await.unwrap();
+    // (A day later the access token has expired: sign in again.)
+    let t = app
+        .client
+        .sign_in("fa@example.com", crate::support::PASSWORD, None)
+        .await
+        .unwrap();
+    let c = app.client.with_token(&t.access_token);
+    let tus = Tus {
+        app,
+        token: t.access_token,
+        account_id: t.account_id,
+    };
+    assert_eq!(used(&c.usage().await.unwrap()), 0);
+    assert_eq!(tus.stored().await, (0, 0));
+    assert_eq!(tus.head(&half).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        tus.download(&orphan, None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+}
+
+async fn other_accounts_files_are_out_of_reach(app: &TestApp) {
+    let (owner, _, _) = signed_in(app, "gil@example.com").await;
+    let (other, oc, _) = signed_in(app, "hal@example.com").await;
+    let data = bytes(MB, 9);
+    let file = owner.upload(&data, "mine").await.unwrap();
+    let path = owner.create(MB, "unfinished").await;
+    // Another account cannot see, continue, end or download them: 404, as for nothing there.
+    assert_eq!(other.head(&path).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        other.patch(&path, 0, vec![1; 10]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        other
+            .req(reqwest::Method::DELETE, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        other.download(&file, None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{file}")))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Nor make the file theirs by naming it in an item.
+    let err = oc
+        .push(
+            "gallery",
+            json!([{"id": "p", "op": "put", "body": photo(&file, "stolen", MB)}]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("unknown_file"));
+    assert_eq!(
+        oc.pull("gallery", None, None).await.unwrap()["changes"],
+        json!([])
+    );
+    // The owner's upload is untouched.
+    assert_eq!(owner.head(&path).await.1, Some(0));
+}
+
+async fn bad_upload_requests_get_clear_errors(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "ida@example.com").await;
+    // Discovery.
+    let r = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/uploads"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
+    let ext = r.headers()["tus-extension"].to_str().unwrap().to_owned();
+    for e in [
+        "creation",
+        "creation-with-upload",
+        "termination",
+        "checksum",
+        "expiration",
+    ] {
+        assert!(ext.split(',').any(|x| x == e), "{e} missing from {ext}");
+    }
+    let code = |v: Value| v["error"]["code"].as_str().unwrap().to_owned();
+    // No protocol version.
+    let r = app
+        .http
+        .post(app.url("/api/v1/uploads"))
+        .bearer_auth(&tus.token)
+        .header("Upload-Length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
+    // Bad lengths and metadata.
+    for (len, meta) in [
+        ("-1", ""),
+        ("ten", ""),
+        ("", ""),
+        ("10", "filename !!notbase64"),
+        ("10", "a YQ==,a YQ=="),
+    ] {
+        let mut req = tus
+            .req(reqwest::Method::POST, "/api/v1/uploads")
+            .header("Upload-Metadata", meta);
+        if !len.is_empty() {
+            req = req.header("Upload-Length", len);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16() / 100, 4, "{len:?} {meta:?}");
+        assert!(!code(r.json().await.unwrap()).is_empty());
+    }
+    let r = tus
+        .req(reqwest::Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", (1i64 << 40).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code(r.json().await.unwrap()), "upload_too_large");
+
+    let path = tus.create(100, "x").await;
+    // Wrong content type, wrong offset, too many bytes.
+    let r = tus
+        .req(reqwest::Method::PATCH, &path)
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        tus.patch(&path, 5, vec![0u8; 10]).await.status(),
+        StatusCode::CONFLICT
+    );
+    let r = tus.patch(&path, 0, vec![0u8; 101]).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code(r.json().await.unwrap()), "past_upload_length");
+    // A checksum that does not match keeps nothing; an unknown algorithm is refused.
+    let r = tus
+        .req(reqwest::Method::PATCH, &path)
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header(
+            "Upload-Checksum",
+            format!(
+                "sha1 {}",
+                base64::engine::general_purpose::STANDARD.encode([0u8; 20])
+            ),
+        )
+        .body(vec![7u8; 40])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 460);
+    assert_eq!(code(r.json().await.unwrap()), "checksum_mismatch");
+    assert_eq!(tus.head(&path).await.1, Some(0));
+    let r = tus
+        .req(reqwest::Method::PATCH, &path)
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Checksum", "md4 AAAA")
+        .body(vec![7u8; 40])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(tus.head(&path).await.1, Some(0));
+    // A matching checksum is accepted.
+    let body = vec![7u8; 40];
+    let digest = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&body));
+    let r = tus
+        .req(reqwest::Method::PATCH, &path)
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Checksum", format!("sha1 {digest}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(tus.head(&path).await.1, Some(40));
+    // Termination releases it.
+    let r = tus
+        .req(reqwest::Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(tus.head(&path).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(used(&c.usage().await.unwrap()), 0);
+    // Items naming files that do not exist, and unknown files.
+    let err = c
+        .push("recordings", json!([{"id": "r", "op": "put", "body": {"file_id": "f_nothing", "name": "call", "kind": "call", "mime_type": "audio/mp4", "size": 1, "duration_secs": 1.0, "recorded_at": "2026-11-01T10:00:00Z", "number": "+351912345678"}}]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("unknown_file"));
+    assert_eq!(
+        tus.download("f_nothing", None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        tus.download("../../etc/passwd", None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    // A single-request upload without a length, and one cut short.
+    let status = raw_status(
+        app,
+        &format!("POST /api/v1/files HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\na\r\n0123456789\r\n0\r\n\r\n", tus.token),
+    )
+    .await;
+    assert_eq!(status, 411);
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    assert_eq!(tus.stored().await, (0, 0));
+}
