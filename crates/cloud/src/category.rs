@@ -28,6 +28,7 @@ pub enum Category {
     Settings,
     Gallery,
     Recordings,
+    Drive,
 }
 
 /// How an item's text is written.
@@ -39,7 +40,7 @@ pub enum Format {
 }
 
 impl Category {
-    pub const ALL: [Category; 11] = [
+    pub const ALL: [Category; 12] = [
         Category::Contacts,
         Category::Calendar,
         Category::Notes,
@@ -51,6 +52,7 @@ impl Category {
         Category::Settings,
         Category::Gallery,
         Category::Recordings,
+        Category::Drive,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +68,7 @@ impl Category {
             Category::Settings => "settings",
             Category::Gallery => "gallery",
             Category::Recordings => "recordings",
+            Category::Drive => "drive",
         }
     }
 
@@ -99,6 +102,7 @@ impl Category {
                 | Category::Messages
                 | Category::Gallery
                 | Category::Recordings
+                | Category::Drive
         )
     }
 
@@ -122,6 +126,8 @@ pub struct Prepared {
     pub ends_at: Option<i64>,
     /// The file whose bytes the item stands for.
     pub file_id: Option<String>,
+    /// A drive entry's place: `<parent id>/<name>`.
+    pub path_key: Option<String>,
 }
 
 fn invalid(category: Category, why: impl std::fmt::Display) -> CloudError {
@@ -208,6 +214,7 @@ fn prepare_vcard(text: &str) -> Result<Prepared, CloudError> {
         starts_at: None,
         ends_at: None,
         file_id: None,
+        path_key: None,
     })
 }
 
@@ -305,6 +312,7 @@ fn prepare_icalendar(text: &str) -> Result<Prepared, CloudError> {
         ends_at: ends_at.map(|s| s * 1000),
         text: text.to_owned(),
         file_id: None,
+        path_key: None,
     })
 }
 
@@ -531,6 +539,9 @@ fn check_url(category: Category, field: &str, v: &str) -> Result<(), CloudError>
 fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared, CloudError> {
     let c = category;
     let mut file_id: Option<String> = None;
+    if category == Category::Drive {
+        return prepare_drive(body);
+    }
     let summary = match category {
         Category::Notes => {
             let n: Note = parse(c, body)?;
@@ -633,7 +644,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
             file_id = r.file_id.clone();
             r.name
         }
-        Category::Contacts | Category::Calendar => {
+        Category::Contacts | Category::Calendar | Category::Drive => {
             return Err(invalid(c, "not a JSON category"));
         }
     };
@@ -644,6 +655,101 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
         starts_at: None,
         ends_at: None,
         file_id,
+        path_key: None,
+    })
+}
+
+/// A file or folder of the drive. The name is kept in Unicode NFC.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriveEntry {
+    pub name: String,
+    /// The id of the folder holding the entry; absent at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// `folder` or `file`.
+    pub kind: String,
+    /// For a file: the file holding its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// RFC 3339, as the client's file system had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+}
+
+/// The longest name, in bytes of UTF-8 (what common file systems allow).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Checks a drive name and returns it in NFC: not empty, not `.` or `..`, no `/`, `\`, NUL or
+/// other control characters, at most 255 bytes, no leading or trailing spaces.
+pub fn drive_name(name: &str) -> Result<String, CloudError> {
+    use unicode_normalization::UnicodeNormalization;
+    let c = Category::Drive;
+    let name: String = name.nfc().collect();
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(invalid(c, "a name cannot be empty, \".\" or \"..\""));
+    }
+    if name
+        .chars()
+        .any(|ch| ch == '/' || ch == '\\' || ch.is_control())
+    {
+        return Err(invalid(
+            c,
+            "a name cannot hold / or \\ or control characters",
+        ));
+    }
+    if name.trim() != name {
+        return Err(invalid(c, "a name cannot begin or end with spaces"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(
+            c,
+            format!("a name is at most {MAX_NAME_BYTES} bytes of UTF-8"),
+        ));
+    }
+    Ok(name)
+}
+
+fn prepare_drive(body: &serde_json::Value) -> Result<Prepared, CloudError> {
+    let c = Category::Drive;
+    let mut e: DriveEntry = parse(c, body)?;
+    e.name = drive_name(&e.name)?;
+    one_of(c, "kind", &e.kind, &["folder", "file"])?;
+    match (e.kind.as_str(), &e.file_id) {
+        ("file", None) => return Err(invalid(c, "a file needs file_id")),
+        ("folder", Some(_)) => return Err(invalid(c, "a folder has no file_id")),
+        _ => {}
+    }
+    if let Some(p) = &e.parent {
+        let ok = !p.is_empty()
+            && p.len() <= 200
+            && p.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'_' | b'.' | b'~' | b'@' | b'+' | b'=')
+            });
+        if !ok {
+            return Err(invalid(c, "parent is not an entry id"));
+        }
+    }
+    if let Some(m) = &e.mime_type {
+        if !crate::files::valid_mime(m) {
+            return Err(invalid(c, "mime_type is not a media type"));
+        }
+    }
+    if let Some(t) = &e.modified_at {
+        check_time(c, "modified_at", t)?;
+    }
+    let text = serde_json::to_string(&e).map_err(|e| CloudError::Internal(e.to_string()))?;
+    Ok(Prepared {
+        text,
+        summary: e.name.clone(),
+        uid: None,
+        starts_at: None,
+        ends_at: None,
+        path_key: Some(format!("{}/{}", e.parent.as_deref().unwrap_or(""), e.name)),
+        file_id: e.file_id,
     })
 }
 

@@ -16,7 +16,7 @@ pub enum CloudError {
         #[source]
         source: Box<CloudError>,
     },
-    #[error("unknown category; the categories are contacts, calendar, notes, messages, calls, bookmarks, browser_history, wifi, settings, gallery and recordings")]
+    #[error("unknown category; the categories are contacts, calendar, notes, messages, calls, bookmarks, browser_history, wifi, settings, gallery, recordings and drive")]
     UnknownCategory,
     #[error("a collection with this id already exists for another category")]
     CollectionExists,
@@ -38,6 +38,10 @@ pub enum CloudError {
     RestoreConflict,
     #[error("not found")]
     NotFound,
+    #[error("the folder already holds an entry of that name")]
+    NameTaken,
+    #[error("the entry changed meanwhile; reload it and try again")]
+    DriveConflict,
     #[error("no such file in this account: {0}")]
     UnknownFile(String),
     #[error("the upload is at offset {0}: resume from there (HEAD tells the offset)")]
@@ -88,6 +92,8 @@ impl CloudError {
             CloudError::RestoreConflict => "restore_conflict",
             CloudError::NotFound => "not_found",
             CloudError::UnknownFile(_) => "unknown_file",
+            CloudError::NameTaken => "name_taken",
+            CloudError::DriveConflict => "conflict",
             CloudError::OffsetMismatch(_) => "upload_offset_mismatch",
             CloudError::ChecksumMismatch => "checksum_mismatch",
             CloudError::UnsupportedChecksum => "unsupported_checksum",
@@ -114,6 +120,7 @@ impl CloudError {
             CloudError::QuotaExceeded { .. } => 507,
             CloudError::NotFound => 404,
             CloudError::UnknownFile(_) => 422,
+            CloudError::NameTaken | CloudError::DriveConflict => 409,
             CloudError::OffsetMismatch(_) => 409,
             // The tus checksum extension's status for a mismatch.
             CloudError::ChecksumMismatch => 460,

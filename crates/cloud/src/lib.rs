@@ -10,6 +10,7 @@
 //! After each commit, devices connected to this node are told through the [`hub::Hub`].
 
 pub mod category;
+pub mod drive;
 mod error;
 pub mod files;
 pub mod hub;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use category::Category;
+pub use drive::DriveItem;
 pub use error::CloudError;
 pub use files::{Checksum, FileInfo, UploadInfo, CHECKSUM_ALGORITHMS};
 pub use hub::{Change, Hub};
@@ -561,6 +563,7 @@ impl Cloud {
                         starts_at: p.starts_at,
                         ends_at: p.ends_at,
                         file_id: p.file_id,
+                        path_key: p.path_key,
                     });
                 }
                 "delete" => {
@@ -587,6 +590,7 @@ impl Cloud {
                         starts_at: None,
                         ends_at: None,
                         file_id: None,
+                        path_key: None,
                     });
                 }
                 _ => {
@@ -596,6 +600,22 @@ impl Cloud {
                     }))
                 }
             }
+        }
+        if category == Category::Drive {
+            let mut entries = Vec::new();
+            for (w, op) in writes.iter().zip(&ops) {
+                if op.op == WriteOp::Put {
+                    let body = w.body.as_ref();
+                    let parent = body
+                        .and_then(|b| b.get("parent"))
+                        .and_then(|p| p.as_str())
+                        .map(str::to_owned);
+                    let folder =
+                        body.and_then(|b| b.get("kind")).and_then(|k| k.as_str()) == Some("folder");
+                    entries.push((w.id.clone(), parent, folder));
+                }
+            }
+            self.check_drive_parents(account, &c, &entries).await?;
         }
         let hash = hasher.finalize().to_vec();
         let now = self.now();
@@ -610,7 +630,12 @@ impl Cloud {
                 cfg.quota_bytes,
                 now,
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The one unique key a write can break: a drive entry's name in its folder.
+                mica_store::StoreError::Conflict => CloudError::NameTaken,
+                e => e.into(),
+            })?;
         let (results, replayed) = match outcome {
             BatchOutcome::Applied { results, changed } => {
                 if changed {
@@ -925,6 +950,7 @@ fn default_name(c: Category) -> &'static str {
         Category::Settings => "App settings",
         Category::Gallery => "Gallery",
         Category::Recordings => "Recordings",
+        Category::Drive => "Drive",
     }
 }
 

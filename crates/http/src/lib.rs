@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod drive;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -90,6 +91,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         mica_cloud::category::GalleryItem,
         mica_cloud::category::Place,
         mica_cloud::category::Recording,
+        mica_cloud::category::DriveEntry,
     )),
     tags(
         (name = "account", description = "Creating an account, recovering it, and the signed-in account"),
@@ -129,6 +131,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(passkeys::router())
         .merge(sync::router())
         .merge(files::router())
+        .merge(drive::router())
         .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

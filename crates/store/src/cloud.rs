@@ -37,6 +37,8 @@ pub struct ItemRow {
     pub summary: Option<Vec<u8>>,
     /// The file whose bytes the item stands for (gallery, recordings, drive).
     pub file_id: Option<String>,
+    /// A drive entry's place: `<parent>/<name>`.
+    pub path_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct ItemWrite {
     pub ends_at: Option<i64>,
     /// The file the item references; `size` includes the file's bytes.
     pub file_id: Option<String>,
+    /// A drive entry's place, `<parent>/<name>`: unique among the collection's live items.
+    pub path_key: Option<String>,
 }
 
 /// How the collection's category behaves.
@@ -154,6 +158,14 @@ pub struct UsageMismatch {
     pub actual: i64,
 }
 
+/// The folder part of a drive entry's `<parent>/<name>` key.
+fn path_parent(path_key: &str) -> String {
+    path_key
+        .split_once('/')
+        .map(|(p, _)| p.to_owned())
+        .unwrap_or_default()
+}
+
 fn item_row(r: &AnyRow) -> Result<ItemRow> {
     Ok(ItemRow {
         id: r.try_get("id")?,
@@ -164,6 +176,7 @@ fn item_row(r: &AnyRow) -> Result<ItemRow> {
         body: r.try_get("body")?,
         summary: r.try_get("summary")?,
         file_id: r.try_get("file_id")?,
+        path_key: r.try_get("path_key")?,
     })
 }
 
@@ -181,7 +194,8 @@ fn collection_row(r: &AnyRow) -> Result<CollectionRow> {
 /// so binding costs grow with the square of the parameters in one statement.
 const PUT_ROWS: usize = 10;
 
-const ITEM_COLUMNS: &str = "id, seq, modified_at, deleted_at, size, body, summary, file_id";
+const ITEM_COLUMNS: &str =
+    "id, seq, modified_at, deleted_at, size, body, summary, file_id, path_key";
 
 /// Locks the account's cloud row (creating it) and takes `n` sequence numbers: returns the row
 /// with `seq` the last number taken.
@@ -537,15 +551,15 @@ impl Store {
             .collect();
         for chunk in puts.chunks(PUT_ROWS) {
             let mut sql = String::from(
-                "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id) VALUES ",
+                "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id, path_key, path_parent) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 12;
+                let b = i * 14;
                 if i > 0 {
                     sql.push_str(", ");
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, NULL, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}, ${}, ${}, NULL, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                     b + 1,
                     b + 2,
                     b + 3,
@@ -557,14 +571,17 @@ impl Store {
                     b + 9,
                     b + 10,
                     b + 11,
-                    b + 12
+                    b + 12,
+                    b + 13,
+                    b + 14
                 ));
             }
             sql.push_str(
                 " ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
                  modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
                  body = excluded.body, summary = excluded.summary, uid = excluded.uid, \
-                 starts_at = excluded.starts_at, ends_at = excluded.ends_at, file_id = excluded.file_id",
+                 starts_at = excluded.starts_at, ends_at = excluded.ends_at, file_id = excluded.file_id, \
+                 path_key = excluded.path_key, path_parent = excluded.path_parent",
             );
             let mut q = sqlx::query(&sql);
             for (op, seq) in chunk {
@@ -580,7 +597,9 @@ impl Store {
                     .bind(op.uid.clone())
                     .bind(op.starts_at)
                     .bind(op.ends_at)
-                    .bind(op.file_id.clone());
+                    .bind(op.file_id.clone())
+                    .bind(op.path_key.clone())
+                    .bind(op.path_key.as_deref().map(path_parent));
             }
             q.execute(&mut *tx).await?;
         }
@@ -590,7 +609,7 @@ impl Store {
                 WriteOp::Delete => {
                     sqlx::query(
                         "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
-                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL \
+                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL, path_key = NULL, path_parent = NULL \
                          WHERE account_id = $1 AND collection_id = $2 AND id = $3",
                     )
                     .bind(account.as_i64())
@@ -602,8 +621,8 @@ impl Store {
                     .await?;
                     if let (true, Some(old)) = (rules.recyclable, old) {
                         sqlx::query(
-                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at, file_id) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at, file_id, path_key) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                         )
                         .bind(account.as_i64())
                         .bind(format!("rb_{seq}"))
@@ -615,6 +634,7 @@ impl Store {
                         .bind(old.size)
                         .bind(now.millis())
                         .bind(old.file_id.clone())
+                        .bind(old.path_key.clone())
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -716,6 +736,47 @@ impl Store {
         .transpose()
     }
 
+    /// The live drive entries in the folder `parent` ("" for the top level).
+    pub async fn children(
+        &self,
+        account: AccountId,
+        collection: &str,
+        parent: &str,
+    ) -> Result<Vec<ItemRow>> {
+        sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 \
+             AND path_parent = $3"
+        ))
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(parent)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(item_row)
+        .collect()
+    }
+
+    /// The live drive entry at `path_key`.
+    pub async fn item_at(
+        &self,
+        account: AccountId,
+        collection: &str,
+        path_key: &str,
+    ) -> Result<Option<ItemRow>> {
+        sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 AND path_key = $3"
+        ))
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(path_key)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(item_row)
+        .transpose()
+    }
+
     /// The recycle bin, newest first, without what was deleted before `since`.
     pub async fn recycle_bin(
         &self,
@@ -759,7 +820,7 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let acct = lock_account(&mut tx, account, 1).await?;
         let Some(r) = sqlx::query(
-            "SELECT collection_id, item_id, kind, body, summary, size, file_id FROM recycle_bin \
+            "SELECT collection_id, item_id, kind, body, summary, size, file_id, path_key FROM recycle_bin \
              WHERE account_id = $1 AND id = $2 AND deleted_at >= $3",
         )
         .bind(account.as_i64())
@@ -785,12 +846,28 @@ impl Store {
         if matches!(live, Some(None)) {
             return Ok(RestoreOutcome::Occupied);
         }
+        // A drive entry comes back to its folder only if the name is free there.
+        let path_key: Option<String> = r.try_get("path_key")?;
+        if let Some(pk) = &path_key {
+            let taken: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM items WHERE account_id = $1 AND collection_id = $2 AND path_key = $3",
+            )
+            .bind(account.as_i64())
+            .bind(&collection_id)
+            .bind(pk)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if taken.is_some() {
+                return Ok(RestoreOutcome::Occupied);
+            }
+        }
         sqlx::query(
-            "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id) \
-             VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, NULL, NULL, NULL, $9) \
+            "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id, path_key, path_parent) \
+             VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, NULL, NULL, NULL, $9, $10, $11) \
              ON CONFLICT (account_id, collection_id, id) DO UPDATE SET seq = excluded.seq, \
              modified_at = excluded.modified_at, deleted_at = NULL, size = excluded.size, \
-             body = excluded.body, summary = excluded.summary, file_id = excluded.file_id",
+             body = excluded.body, summary = excluded.summary, file_id = excluded.file_id, \
+             path_key = excluded.path_key, path_parent = excluded.path_parent",
         )
         .bind(account.as_i64())
         .bind(&collection_id)
@@ -801,6 +878,8 @@ impl Store {
         .bind(r.try_get::<Vec<u8>, _>("body")?)
         .bind(r.try_get::<Option<Vec<u8>>, _>("summary")?)
         .bind(r.try_get::<Option<String>, _>("file_id")?)
+        .bind(path_key.clone())
+        .bind(path_key.as_deref().map(path_parent))
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM recycle_bin WHERE account_id = $1 AND id = $2")

@@ -21,6 +21,7 @@ on_both_backends!(
     purge_and_collection_free_the_storage,
     other_accounts_files_are_out_of_reach,
     bad_upload_requests_get_clear_errors,
+    the_drive_holds_folders_and_files,
 );
 
 const MB: usize = 1_000_000;
@@ -851,4 +852,253 @@ async fn bad_upload_requests_get_clear_errors(app: &TestApp) {
     assert_eq!(status, 411);
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
     assert_eq!(tus.stored().await, (0, 0));
+}
+
+async fn drive(
+    tus: &Tus<'_>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = tus
+        .app
+        .http
+        .request(method, tus.app.url(&format!("/api/v1/drive{path}")))
+        .bearer_auth(&tus.token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn the_drive_holds_folders_and_files(app: &TestApp) {
+    use reqwest::Method;
+    let (tus, c, _) = signed_in(app, "jan@example.com").await;
+    let data = bytes(6 * MB, 10);
+    let file = tus.upload(&data, "report.pdf").await.unwrap();
+    let (s, docs) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "Documents"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{docs}");
+    let docs_id = docs["id"].as_str().unwrap().to_owned();
+    let (s, report) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "file", "name": "report.pdf", "parent": docs_id, "file_id": file})),
+    )
+    .await;
+    assert_eq!(s, 201, "{report}");
+    assert_eq!(report["size"], data.len());
+    let report_id = report["id"].as_str().unwrap().to_owned();
+    // Listings: the top level holds the folder, the folder the file.
+    let (_, top) = drive(&tus, Method::GET, "", None).await;
+    assert_eq!(top.as_array().unwrap().len(), 1);
+    assert_eq!(top[0]["name"], "Documents");
+    assert_eq!(top[0]["kind"], "folder");
+    let (_, inside) = drive(&tus, Method::GET, &format!("?parent={docs_id}"), None).await;
+    assert_eq!(inside[0]["name"], "report.pdf");
+    assert_eq!(inside[0]["file_id"], file.as_str());
+    // Names: one per folder; kept in NFC; separators, dot names, control characters and
+    // overlong names refused, and nothing stored.
+    let (s, e) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "file", "name": "report.pdf", "parent": docs_id, "file_id": file})),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("name_taken")));
+    let (s, cafe) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "Cafe\u{301}"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(cafe["name"], "Caf\u{e9}");
+    let (s, _) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "Caf\u{e9}"})),
+    )
+    .await;
+    assert_eq!(
+        s, 409,
+        "the composed and decomposed forms are the same name"
+    );
+    for bad in [
+        "..",
+        ".",
+        "",
+        "a/b",
+        "..\\..\\etc",
+        "x\u{0}y",
+        "tab\there",
+        " lead",
+        &"n".repeat(256),
+    ] {
+        let (s, e) = drive(
+            &tus,
+            Method::POST,
+            "",
+            Some(json!({"kind": "folder", "name": bad})),
+        )
+        .await;
+        assert_eq!(s, 422, "{bad:?}: {e}");
+        assert_eq!(e["error"]["code"], "invalid_item", "{bad:?}");
+    }
+    let (s, _) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "x", "parent": "../../etc"})),
+    )
+    .await;
+    assert_eq!(s, 422);
+    let (s, _) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "x", "parent": "d_nothere"})),
+    )
+    .await;
+    assert_eq!(s, 422);
+    let (s, _) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "x", "parent": report_id})),
+    )
+    .await;
+    assert_eq!(s, 422, "a file is not a folder");
+    let (_, top) = drive(&tus, Method::GET, "", None).await;
+    assert_eq!(top.as_array().unwrap().len(), 2);
+    // Rename and move; a folder cannot go inside itself.
+    let (s, moved) = drive(
+        &tus,
+        Method::PATCH,
+        &format!("/{report_id}"),
+        Some(json!({"name": "final.pdf", "parent": null})),
+    )
+    .await;
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["name"], "final.pdf");
+    assert_eq!(moved["parent"], Value::Null);
+    let (s, sub) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "2026", "parent": docs_id})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = drive(
+        &tus,
+        Method::PATCH,
+        &format!("/{docs_id}"),
+        Some(json!({"parent": sub["id"]})),
+    )
+    .await;
+    assert_eq!(s, 422, "a folder cannot go inside itself");
+    let (s, _) = drive(
+        &tus,
+        Method::PATCH,
+        &format!("/{report_id}"),
+        Some(json!({"name": "x.pdf", "base_version": "1"})),
+    )
+    .await;
+    assert_eq!(s, 409, "a stale version is refused");
+    let (_, back) = drive(
+        &tus,
+        Method::PATCH,
+        &format!("/{report_id}"),
+        Some(json!({"parent": docs_id})),
+    )
+    .await;
+    assert_eq!(back["parent"], docs_id.as_str());
+    // Copy a folder: its file counts twice in usage, once in storage.
+    let before = used(&c.usage().await.unwrap());
+    let (s, copy) = drive(
+        &tus,
+        Method::POST,
+        &format!("/{docs_id}/copy"),
+        Some(json!({"name": "Documents (copy)"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{copy}");
+    let (_, copied) = drive(
+        &tus,
+        Method::GET,
+        &format!("?parent={}", copy["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let names: Vec<&str> = copied
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["2026", "final.pdf"]);
+    assert!(used(&c.usage().await.unwrap()) > before + data.len() as i64);
+    assert_eq!(tus.stored().await.1, data.len() as u64);
+    // Another device syncs the drive like any collection.
+    let pulled = c.pull("drive", None, None).await.unwrap();
+    assert_eq!(pulled["changes"].as_array().unwrap().len(), 7);
+    // Delete a folder: it and everything in it go to the recycle bin, and come back.
+    let (s, d) = drive(&tus, Method::DELETE, &format!("/{docs_id}"), None).await;
+    assert_eq!((s, d["deleted"].as_u64()), (200, Some(3)));
+    assert_eq!(
+        drive(&tus, Method::GET, &format!("/{report_id}"), None)
+            .await
+            .0,
+        404
+    );
+    let bin = c.recycle_bin(None).await.unwrap();
+    assert_eq!(bin.len(), 3);
+    for e in &bin {
+        c.restore(e["id"].as_str().unwrap()).await.unwrap();
+    }
+    let (_, inside) = drive(&tus, Method::GET, &format!("?parent={docs_id}"), None).await;
+    assert_eq!(inside.as_array().unwrap().len(), 2);
+    assert_eq!(
+        tus.download(&file, Some("bytes=0-3"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        &data[..4]
+    );
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    // Another account sees none of it.
+    let (other, _, _) = signed_in(app, "kit@example.com").await;
+    assert_eq!(
+        drive(&other, Method::GET, &format!("/{docs_id}"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        drive(&other, Method::GET, &format!("?parent={docs_id}"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        drive(&other, Method::DELETE, &format!("/{docs_id}"), None)
+            .await
+            .0,
+        404
+    );
+    let (_, theirs) = drive(&other, Method::GET, "", None).await;
+    assert_eq!(theirs, json!([]));
 }

@@ -82,3 +82,12 @@ ALTER TABLE items ADD COLUMN file_id TEXT;
 ALTER TABLE recycle_bin ADD COLUMN file_id TEXT;
 CREATE INDEX items_file ON items (account_id, file_id);
 CREATE INDEX recycle_bin_file ON recycle_bin (account_id, file_id);
+
+-- The drive: an entry's place, `<parent id>/<name>` (an empty parent for the top level), unique
+-- among live entries so that a folder never holds two entries of the same name; and its folder
+-- (`path_parent`), by which a folder's entries are listed.
+ALTER TABLE items ADD COLUMN path_key TEXT;
+ALTER TABLE items ADD COLUMN path_parent TEXT;
+ALTER TABLE recycle_bin ADD COLUMN path_key TEXT;
+CREATE UNIQUE INDEX items_path ON items (account_id, collection_id, path_key) WHERE path_key IS NOT NULL;
+CREATE INDEX items_parent ON items (account_id, collection_id, path_parent) WHERE path_parent IS NOT NULL;

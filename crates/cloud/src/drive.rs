@@ -1,0 +1,377 @@
+//! The drive (PRODUCT.md CL-5): folders and files, as items of the account's `drive`
+//! collection, so devices sync them like any category and the recycle bin works the same way.
+//!
+//! An entry is a [`DriveEntry`]: a name (NFC, no separators, at most 255 bytes), the folder it
+//! is in, and for a file the stored file holding its bytes. The store keeps each live entry's
+//! `<parent>/<name>` unique, so a folder never holds two entries of the same name, and lists a
+//! folder by an index. Operations here are conveniences over the sync engine's conditional
+//! writes: each is one batch, atomic.
+
+use mica_core::AccountId;
+use mica_store::{CollectionRow, ItemRow};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::category::{drive_name, DriveEntry};
+use crate::{Category, Cloud, CloudError, Write};
+
+/// The collection that holds the drive.
+pub const DRIVE: &str = "drive";
+/// How deep folders may nest.
+const MAX_DEPTH: usize = 64;
+
+/// A drive entry as listings show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DriveItem {
+    pub id: String,
+    pub name: String,
+    pub parent: Option<String>,
+    /// `folder` or `file`.
+    pub kind: String,
+    pub file_id: Option<String>,
+    pub mime_type: Option<String>,
+    /// Bytes of the file (0 for a folder).
+    pub size: i64,
+    /// The entry's version: send it back to change the entry.
+    pub version: String,
+    /// RFC 3339: when the server last changed the entry.
+    pub changed_at: String,
+    /// RFC 3339, as the client's file system had it.
+    pub modified_at: Option<String>,
+}
+
+fn new_id() -> String {
+    format!("d_{}", mica_core::crypto::random_token_string(12))
+}
+
+impl Cloud {
+    async fn drive(&self, account: AccountId) -> Result<CollectionRow, CloudError> {
+        self.resolve(account, DRIVE).await
+    }
+
+    fn open_entry(
+        &self,
+        account: AccountId,
+        c: &CollectionRow,
+        row: &ItemRow,
+    ) -> Result<DriveEntry, CloudError> {
+        let view = self.view(account, c, Category::Drive, row)?;
+        let body = view.body.ok_or(CloudError::NotFound)?;
+        serde_json::from_value(body)
+            .map_err(|e| CloudError::Internal(format!("drive entry {}: {e}", row.id)))
+    }
+
+    fn drive_item(
+        &self,
+        account: AccountId,
+        c: &CollectionRow,
+        row: &ItemRow,
+    ) -> Result<DriveItem, CloudError> {
+        let e = self.open_entry(account, c, row)?;
+        // The item counts its text and its file's bytes; the text is the entry's compact JSON.
+        let text_len = serde_json::to_string(&e).map(|s| s.len()).unwrap_or(0);
+        let size = match e.kind.as_str() {
+            "file" => row.size - i64::try_from(text_len).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(DriveItem {
+            id: row.id.clone(),
+            name: e.name,
+            parent: e.parent,
+            kind: e.kind,
+            file_id: e.file_id,
+            mime_type: e.mime_type,
+            size: size.max(0),
+            version: row.seq.to_string(),
+            changed_at: row.modified_at.to_rfc3339(),
+            modified_at: e.modified_at,
+        })
+    }
+
+    async fn live_entry(
+        &self,
+        account: AccountId,
+        c: &CollectionRow,
+        id: &str,
+    ) -> Result<(ItemRow, DriveEntry), CloudError> {
+        let row = self
+            .store()
+            .item(account, &c.id, id)
+            .await?
+            .filter(|r| r.deleted_at.is_none())
+            .ok_or(CloudError::NotFound)?;
+        let e = self.open_entry(account, c, &row)?;
+        Ok((row, e))
+    }
+
+    /// Checks where each drive entry of a batch goes: its parent is a live folder (or a folder
+    /// created earlier in the same batch), and no entry ends up inside itself.
+    pub(crate) async fn check_drive_parents(
+        &self,
+        account: AccountId,
+        c: &CollectionRow,
+        batch: &[(String, Option<String>, bool)],
+    ) -> Result<(), CloudError> {
+        let in_batch: std::collections::HashMap<&str, (Option<&str>, bool)> = batch
+            .iter()
+            .map(|(id, parent, folder)| (id.as_str(), (parent.as_deref(), *folder)))
+            .collect();
+        let bad = |message: String| CloudError::Invalid {
+            field: "parent",
+            message,
+        };
+        for (id, parent, _) in batch {
+            let mut at = parent.clone();
+            let mut depth = 0;
+            while let Some(p) = at {
+                if p == *id {
+                    return Err(bad("a folder cannot go inside itself".into()));
+                }
+                let (next, folder) = match in_batch.get(p.as_str()) {
+                    Some((next, folder)) => (next.map(str::to_owned), *folder),
+                    None => {
+                        let (_, e) = self
+                            .live_entry(account, c, &p)
+                            .await
+                            .map_err(|_| bad(format!("there is no folder {p}")))?;
+                        (e.parent, e.kind == "folder")
+                    }
+                };
+                if depth == 0 && !folder {
+                    return Err(bad(format!("{p} is a file, not a folder")));
+                }
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(bad(format!("folders nest at most {MAX_DEPTH} deep")));
+                }
+                at = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// A folder's entries (the top level when `parent` is `None`): folders first, then by name.
+    pub async fn drive_list(
+        &self,
+        account: AccountId,
+        parent: Option<&str>,
+    ) -> Result<Vec<DriveItem>, CloudError> {
+        let c = self.drive(account).await?;
+        if let Some(p) = parent {
+            let (_, e) = self.live_entry(account, &c, p).await?;
+            if e.kind != "folder" {
+                return Err(CloudError::NotFound);
+            }
+        }
+        let rows = self
+            .store()
+            .children(account, &c.id, parent.unwrap_or(""))
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| self.drive_item(account, &c, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| {
+            (a.kind != "folder", a.name.to_lowercase(), &a.name).cmp(&(
+                b.kind != "folder",
+                b.name.to_lowercase(),
+                &b.name,
+            ))
+        });
+        Ok(out)
+    }
+
+    pub async fn drive_entry(&self, account: AccountId, id: &str) -> Result<DriveItem, CloudError> {
+        let c = self.drive(account).await?;
+        let (row, _) = self.live_entry(account, &c, id).await?;
+        self.drive_item(account, &c, &row)
+    }
+
+    async fn put_entry(
+        &self,
+        account: AccountId,
+        id: &str,
+        base: Option<String>,
+        e: &DriveEntry,
+    ) -> Result<DriveItem, CloudError> {
+        let body = serde_json::to_value(e).map_err(|e| CloudError::Internal(e.to_string()))?;
+        let out = self
+            .push(
+                account,
+                DRIVE,
+                &[Write {
+                    id: id.to_owned(),
+                    op: "put".into(),
+                    base_version: base,
+                    body: Some(body),
+                }],
+                None,
+            )
+            .await?;
+        let r = out
+            .results
+            .first()
+            .ok_or_else(|| CloudError::Internal("empty push result".into()))?;
+        if r.status != mica_store::OpStatus::Applied {
+            return Err(CloudError::DriveConflict);
+        }
+        self.drive_entry(account, id).await
+    }
+
+    /// Creates a folder.
+    pub async fn drive_create_folder(
+        &self,
+        account: AccountId,
+        parent: Option<&str>,
+        name: &str,
+    ) -> Result<DriveItem, CloudError> {
+        let e = DriveEntry {
+            name: drive_name(name)?,
+            parent: parent.map(str::to_owned),
+            kind: "folder".into(),
+            file_id: None,
+            mime_type: None,
+            modified_at: None,
+        };
+        self.put_entry(account, &new_id(), None, &e).await
+    }
+
+    /// Puts an uploaded file into the drive.
+    pub async fn drive_add_file(
+        &self,
+        account: AccountId,
+        parent: Option<&str>,
+        name: &str,
+        file_id: &str,
+        modified_at: Option<&str>,
+    ) -> Result<DriveItem, CloudError> {
+        let file = self
+            .file(account, file_id)
+            .await
+            .map_err(|_| CloudError::UnknownFile(file_id.to_owned()))?;
+        let e = DriveEntry {
+            name: drive_name(name)?,
+            parent: parent.map(str::to_owned),
+            kind: "file".into(),
+            file_id: Some(file.id),
+            mime_type: Some(file.mime_type),
+            modified_at: modified_at.map(str::to_owned),
+        };
+        self.put_entry(account, &new_id(), None, &e).await
+    }
+
+    /// Renames and/or moves an entry. `base_version`, when given, must be the entry's version.
+    pub async fn drive_update(
+        &self,
+        account: AccountId,
+        id: &str,
+        name: Option<&str>,
+        parent: Option<Option<&str>>,
+        base_version: Option<&str>,
+    ) -> Result<DriveItem, CloudError> {
+        let c = self.drive(account).await?;
+        let (row, mut e) = self.live_entry(account, &c, id).await?;
+        if let Some(v) = base_version {
+            if v != row.seq.to_string() {
+                return Err(CloudError::DriveConflict);
+            }
+        }
+        if let Some(n) = name {
+            e.name = drive_name(n)?;
+        }
+        if let Some(p) = parent {
+            e.parent = p.map(str::to_owned);
+        }
+        self.put_entry(account, id, Some(row.seq.to_string()), &e)
+            .await
+    }
+
+    /// Copies an entry (a folder with everything in it) into `parent` under `name` (its own
+    /// name by default). A copied file shares the stored bytes: it costs usage, not storage.
+    pub async fn drive_copy(
+        &self,
+        account: AccountId,
+        id: &str,
+        parent: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<DriveItem, CloudError> {
+        let c = self.drive(account).await?;
+        let (_, e) = self.live_entry(account, &c, id).await?;
+        let mut writes = Vec::new();
+        let top = new_id();
+        let mut root = e.clone();
+        root.parent = parent.map(str::to_owned);
+        if let Some(n) = name {
+            root.name = drive_name(n)?;
+        }
+        // Breadth-first over the folder, each copy pointing at its parent's copy.
+        let mut queue = vec![(id.to_owned(), top.clone(), root)];
+        while let Some((from, to, entry)) = queue.pop() {
+            if entry.kind == "folder" {
+                for child in self.store().children(account, &c.id, &from).await? {
+                    let mut ce = self.open_entry(account, &c, &child)?;
+                    ce.parent = Some(to.clone());
+                    queue.push((child.id.clone(), new_id(), ce));
+                }
+            }
+            writes.push(Write {
+                id: to,
+                op: "put".into(),
+                base_version: None,
+                body: Some(
+                    serde_json::to_value(&entry)
+                        .map_err(|e| CloudError::Internal(e.to_string()))?,
+                ),
+            });
+            if writes.len() > self.inner.cfg.max_batch {
+                return Err(CloudError::BatchTooLarge(self.inner.cfg.max_batch));
+            }
+        }
+        // Parents before children, so each parent exists when its child is checked.
+        let out = self.push(account, DRIVE, &writes, None).await?;
+        if out
+            .results
+            .iter()
+            .any(|r| r.status != mica_store::OpStatus::Applied)
+        {
+            return Err(CloudError::DriveConflict);
+        }
+        self.drive_entry(account, &top).await
+    }
+
+    /// Moves an entry (a folder with everything in it) to the recycle bin.
+    pub async fn drive_delete(&self, account: AccountId, id: &str) -> Result<u64, CloudError> {
+        let c = self.drive(account).await?;
+        let (row, _) = self.live_entry(account, &c, id).await?;
+        let mut writes = vec![Write {
+            id: id.to_owned(),
+            op: "delete".into(),
+            base_version: Some(row.seq.to_string()),
+            body: None,
+        }];
+        let mut queue = vec![id.to_owned()];
+        while let Some(folder) = queue.pop() {
+            for child in self.store().children(account, &c.id, &folder).await? {
+                queue.push(child.id.clone());
+                writes.push(Write {
+                    id: child.id.clone(),
+                    op: "delete".into(),
+                    base_version: Some(child.seq.to_string()),
+                    body: None,
+                });
+            }
+            if writes.len() > self.inner.cfg.max_batch {
+                return Err(CloudError::BatchTooLarge(self.inner.cfg.max_batch));
+            }
+        }
+        let out = self.push(account, DRIVE, &writes, None).await?;
+        if out
+            .results
+            .iter()
+            .any(|r| r.status == mica_store::OpStatus::Conflict)
+        {
+            return Err(CloudError::DriveConflict);
+        }
+        Ok(writes.len() as u64)
+    }
+}
