@@ -677,6 +677,22 @@ pub struct DriveEntry {
     /// RFC 3339, as the client's file system had it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified_at: Option<String>,
+    /// WebDAV dead properties set on the entry (PROPPATCH).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub props: Vec<DeadProp>,
+}
+
+/// A WebDAV property a client stored on a drive entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadProp {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The property element as XML text.
+    pub xml: String,
 }
 
 /// The longest name, in bytes of UTF-8 (what common file systems allow).
@@ -740,6 +756,15 @@ fn prepare_drive(body: &serde_json::Value) -> Result<Prepared, CloudError> {
     }
     if let Some(t) = &e.modified_at {
         check_time(c, "modified_at", t)?;
+    }
+    if e.props.len() > 100
+        || e.props
+            .iter()
+            .map(|p| p.xml.len() + p.name.len())
+            .sum::<usize>()
+            > 64 * 1024
+    {
+        return Err(invalid(c, "at most 100 properties and 64 KiB of them"));
     }
     let text = serde_json::to_string(&e).map_err(|e| CloudError::Internal(e.to_string()))?;
     Ok(Prepared {

@@ -12,7 +12,7 @@ use mica_store::{CollectionRow, ItemRow};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::category::{drive_name, DriveEntry};
+use crate::category::{drive_name, DeadProp, DriveEntry};
 use crate::{Category, Cloud, CloudError, Write};
 
 /// The collection that holds the drive.
@@ -232,6 +232,7 @@ impl Cloud {
             file_id: None,
             mime_type: None,
             modified_at: None,
+            props: Vec::new(),
         };
         self.put_entry(account, &new_id(), None, &e).await
     }
@@ -256,6 +257,7 @@ impl Cloud {
             file_id: Some(file.id),
             mime_type: Some(file.mime_type),
             modified_at: modified_at.map(str::to_owned),
+            props: Vec::new(),
         };
         self.put_entry(account, &new_id(), None, &e).await
     }
@@ -284,6 +286,91 @@ impl Cloud {
         }
         self.put_entry(account, id, Some(row.seq.to_string()), &e)
             .await
+    }
+
+    /// The entry at a path of names from the top level (`None` when there is none; the top
+    /// level itself is not an entry). Names are compared in NFC, as they are stored.
+    pub async fn drive_lookup(
+        &self,
+        account: AccountId,
+        names: &[&str],
+    ) -> Result<Option<DriveItem>, CloudError> {
+        use unicode_normalization::UnicodeNormalization;
+        let c = self.drive(account).await?;
+        let mut parent = String::new();
+        let mut found = None;
+        for name in names {
+            let name: String = name.nfc().collect();
+            let Some(row) = self
+                .store()
+                .item_at(account, &c.id, &format!("{parent}/{name}"))
+                .await?
+            else {
+                return Ok(None);
+            };
+            parent = row.id.clone();
+            found = Some(row);
+        }
+        found
+            .map(|row| self.drive_item(account, &c, &row))
+            .transpose()
+    }
+
+    /// Gives a drive file new contents: an uploaded file.
+    pub async fn drive_set_file(
+        &self,
+        account: AccountId,
+        id: &str,
+        file_id: &str,
+    ) -> Result<DriveItem, CloudError> {
+        let c = self.drive(account).await?;
+        let (row, mut e) = self.live_entry(account, &c, id).await?;
+        if e.kind != "file" {
+            return Err(CloudError::Invalid {
+                field: "id",
+                message: "a folder has no contents to replace".into(),
+            });
+        }
+        let file = self
+            .file(account, file_id)
+            .await
+            .map_err(|_| CloudError::UnknownFile(file_id.to_owned()))?;
+        e.file_id = Some(file.id);
+        e.mime_type = Some(file.mime_type);
+        e.modified_at = Some(self.now().to_rfc3339());
+        self.put_entry(account, id, Some(row.seq.to_string()), &e)
+            .await
+    }
+
+    /// An entry's WebDAV dead properties.
+    pub async fn drive_props(
+        &self,
+        account: AccountId,
+        id: &str,
+    ) -> Result<Vec<DeadProp>, CloudError> {
+        let c = self.drive(account).await?;
+        Ok(self.live_entry(account, &c, id).await?.1.props)
+    }
+
+    /// Sets (`true`) or removes (`false`) WebDAV dead properties, all at once.
+    pub async fn drive_patch_props(
+        &self,
+        account: AccountId,
+        id: &str,
+        patch: Vec<(bool, DeadProp)>,
+    ) -> Result<(), CloudError> {
+        let c = self.drive(account).await?;
+        let (row, mut e) = self.live_entry(account, &c, id).await?;
+        for (set, prop) in patch {
+            e.props
+                .retain(|p| !(p.name == prop.name && p.namespace == prop.namespace));
+            if set {
+                e.props.push(prop);
+            }
+        }
+        self.put_entry(account, id, Some(row.seq.to_string()), &e)
+            .await?;
+        Ok(())
     }
 
     /// Copies an entry (a folder with everything in it) into `parent` under `name` (its own

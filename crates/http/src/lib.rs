@@ -14,6 +14,7 @@ pub mod passkeys;
 mod profile;
 pub mod security;
 pub mod sync;
+mod webdav;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ impl std::ops::Deref for AppState {
 pub struct AppInner {
     pub identity: Identity,
     pub cloud: mica_cloud::Cloud,
+    /// WebDAV over the drive.
+    pub dav: mica_dav::Dav,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
@@ -155,6 +158,7 @@ pub fn app(state: AppState) -> App {
     let router = api
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
         .route("/", get(index))
+        .merge(webdav::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

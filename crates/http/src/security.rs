@@ -35,6 +35,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(confirm_identifier))
         .routes(routes!(request_deletion))
         .routes(routes!(confirm_deletion))
+        .routes(routes!(list_app_passwords, create_app_password))
+        .routes(routes!(revoke_app_password))
 }
 
 #[derive(Deserialize, Serialize, ToSchema, Clone, Copy)]
@@ -618,6 +620,95 @@ async fn confirm_identifier(
 ) -> Result<StatusCode, ApiError> {
     app.identity
         .confirm_identifier_change(&p, &req.challenge_id, &req.code, &client.info(None))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AppPasswordView {
+    pub id: String,
+    /// The device it is for.
+    pub name: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<String>,
+}
+
+impl From<mica_identity::app_passwords::AppPassword> for AppPasswordView {
+    fn from(a: mica_identity::app_passwords::AppPassword) -> Self {
+        AppPasswordView {
+            id: a.id,
+            name: a.name,
+            created_at: a.created_at.to_rfc3339(),
+            last_used_at: a.last_used_at.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAppPasswordRequest {
+    /// The device it is for, e.g. "Laptop (rclone)".
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NewAppPasswordResponse {
+    #[serde(flatten)]
+    pub app_password: AppPasswordView,
+    /// The password, shown this once: type it into the device's WebDAV (HTTP Basic) settings
+    /// with the account's email as the user name.
+    pub password: String,
+}
+
+/// The account's app passwords (for WebDAV and other HTTP Basic clients).
+#[utoipa::path(get, path = "/me/app-passwords", tag = "security", security(("bearer" = [])),
+    responses((status = 200, body = Vec<AppPasswordView>), (status = 401, body = ErrorBody)))]
+async fn list_app_passwords(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<Vec<AppPasswordView>>, ApiError> {
+    let list = app.identity.app_passwords(&p).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+/// Creates an app password for one device (step-up required). The password is returned once.
+#[utoipa::path(post, path = "/me/app-passwords", tag = "security", security(("bearer" = [])),
+    request_body = NewAppPasswordRequest,
+    responses((status = 201, body = NewAppPasswordResponse), (status = 403, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn create_app_password(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<NewAppPasswordRequest>,
+) -> Result<(StatusCode, Json<NewAppPasswordResponse>), ApiError> {
+    let created = app
+        .identity
+        .create_app_password(&p, &req.name, &client.info(None))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewAppPasswordResponse {
+            app_password: created.app_password.into(),
+            password: created.password,
+        }),
+    ))
+}
+
+/// Revokes an app password: the device using it is refused from its next request.
+#[utoipa::path(delete, path = "/me/app-passwords/{id}", tag = "security", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_app_password(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.identity
+        .revoke_app_password(&p, &id, &client.info(None))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

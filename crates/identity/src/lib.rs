@@ -10,6 +10,7 @@
 //!   argon2id, email and phone sealed with a blind index.
 
 pub mod agent;
+pub mod app_passwords;
 mod cache;
 mod deletion;
 mod error;

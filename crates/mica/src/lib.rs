@@ -119,6 +119,7 @@ impl Server {
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),
+            dav: mica_dav::Dav::new(cloud.clone()),
             store: store.clone(),
             clock,
             trust_forwarded: cfg.trust_forwarded,

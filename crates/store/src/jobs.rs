@@ -74,6 +74,10 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "app_passwords",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "upload_parts",
         condition: "account_id = $1",
     },

@@ -15,6 +15,7 @@
 //! failing with `SQLITE_BUSY`; reads use a separate pool and WAL snapshots.
 
 mod accounts;
+mod app_passwords;
 mod cloud;
 mod codes;
 mod exports;
@@ -34,6 +35,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use accounts::{AccountRow, LookupBy, NewAccount};
+pub use app_passwords::AppPasswordRow;
 pub use cloud::{
     BatchOutcome, BinRow, CategoryRules, CloudAccount, CollectionRow, ItemRow, ItemWrite, OpResult,
     OpStatus, RestoreOutcome, UsageMismatch, WriteOp, BIN_CATEGORY,

@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0009_files.sql"),
         postgres: include_str!("../migrations/postgres/0009_files.sql"),
     },
+    Migration {
+        version: 10,
+        sqlite: include_str!("../migrations/sqlite/0010_app_passwords.sql"),
+        postgres: include_str!("../migrations/postgres/0010_app_passwords.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

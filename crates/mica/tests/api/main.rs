@@ -26,3 +26,4 @@ mod sessions;
 mod signup;
 mod startup;
 mod sync;
+mod webdav;

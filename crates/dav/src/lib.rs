@@ -1,0 +1,784 @@
+//! WebDAV for the drive (class 1 and 2), so that rclone, davfs2, Finder, Explorer and phone
+//! file managers can mount it. The protocol (PROPFIND, PROPPATCH, MKCOL, COPY, MOVE, LOCK, …)
+//! is dav-server's; this crate gives it a file system that *is* the drive: every path is
+//! resolved to drive entries of the signed-in account, reads stream the stored chunks, writes
+//! go through the same uploads as the API (dedup, quota, fsync), deletions go to the recycle
+//! bin. No second copy of anything.
+//!
+//! Locks live in the memory of the node (dav-server's `MemLs`): a lock is advisory and short
+//! lived, and a client that loses one re-locks; several nodes need a shared lock table (noted
+//! for the scale-out work).
+
+use std::io::SeekFrom;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::{Buf, Bytes};
+use dav_server::davpath::DavPath;
+use dav_server::fs::{
+    DavDirEntry, DavFile, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream,
+    GuardedFileSystem, OpenOptions, ReadDirMeta,
+};
+use dav_server::memls::MemLs;
+use dav_server::DavHandler;
+use futures_util::{FutureExt, StreamExt};
+use mica_cloud::category::DeadProp;
+use mica_cloud::{Cloud, CloudError, DriveItem};
+use mica_core::AccountId;
+
+/// The WebDAV service of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Dav {
+    cloud: Cloud,
+    locks: Box<MemLs>,
+}
+
+impl Dav {
+    pub fn new(cloud: Cloud) -> Dav {
+        Dav {
+            cloud,
+            locks: MemLs::new(),
+        }
+    }
+
+    /// Serves one request for `account`, whose drive is mounted at `prefix`
+    /// (`/dav/files/<account id>`).
+    pub async fn handle<B, D, E>(
+        &self,
+        req: http::Request<B>,
+        prefix: String,
+        principal: String,
+        account: AccountId,
+    ) -> http::Response<dav_server::body::Body>
+    where
+        D: Buf + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+        B: http_body::Body<Data = D, Error = E>,
+    {
+        let fs = DriveFs {
+            cloud: self.cloud.clone(),
+        };
+        let handler: DavHandler<AccountId> = DavHandler::builder()
+            .filesystem(Box::new(fs))
+            .locksystem(self.locks.clone())
+            .strip_prefix(prefix)
+            .build_handler();
+        handler.handle_guarded(req, principal, account).await
+    }
+}
+
+#[derive(Clone)]
+struct DriveFs {
+    cloud: Cloud,
+}
+
+fn fs_error(e: CloudError) -> FsError {
+    match e {
+        CloudError::NotFound | CloudError::UnknownFile(_) => FsError::NotFound,
+        CloudError::NameTaken => FsError::Exists,
+        CloudError::QuotaExceeded { .. } => FsError::InsufficientStorage,
+        CloudError::UploadTooLarge(_) => FsError::TooLarge,
+        CloudError::Invalid { .. } | CloudError::InvalidItem(_) | CloudError::DriveConflict => {
+            FsError::Forbidden
+        }
+        CloudError::InBatch { source, .. } => fs_error(*source),
+        other => {
+            tracing::warn!(error = %other, "webdav: drive operation failed");
+            FsError::GeneralFailure
+        }
+    }
+}
+
+/// A path's names (percent-decoded, UTF-8); the top level is the empty list.
+fn names(path: &DavPath) -> FsResult<Vec<String>> {
+    let raw = path.as_bytes();
+    let text = std::str::from_utf8(raw).map_err(|_| FsError::NotFound)?;
+    Ok(text
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    len: u64,
+    modified: SystemTime,
+    dir: bool,
+    etag: Option<String>,
+}
+
+fn time_of(rfc3339: &str) -> SystemTime {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl Meta {
+    fn root() -> Meta {
+        Meta {
+            len: 0,
+            modified: SystemTime::UNIX_EPOCH,
+            dir: true,
+            etag: None,
+        }
+    }
+
+    fn of(item: &DriveItem) -> Meta {
+        Meta {
+            len: u64::try_from(item.size).unwrap_or(0),
+            modified: time_of(item.modified_at.as_deref().unwrap_or(&item.changed_at)),
+            dir: item.kind == "folder",
+            etag: Some(format!("{}-{}", item.id, item.version)),
+        }
+    }
+}
+
+impl DavMetaData for Meta {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn modified(&self) -> FsResult<SystemTime> {
+        Ok(self.modified)
+    }
+    fn is_dir(&self) -> bool {
+        self.dir
+    }
+    fn etag(&self) -> Option<String> {
+        self.etag.clone()
+    }
+}
+
+struct Entry {
+    name: String,
+    meta: Meta,
+}
+
+impl DavDirEntry for Entry {
+    fn name(&self) -> Vec<u8> {
+        self.name.as_bytes().to_vec()
+    }
+    fn metadata(&'_ self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let m: Box<dyn DavMetaData> = Box::new(self.meta.clone());
+        async move { Ok(m) }.boxed()
+    }
+}
+
+impl DriveFs {
+    async fn lookup(&self, account: AccountId, path: &DavPath) -> FsResult<Option<DriveItem>> {
+        let names = names(path)?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.cloud
+            .drive_lookup(account, &refs)
+            .await
+            .map_err(fs_error)?
+            .map(Some)
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The folder a new entry at `path` goes into (`None`: the top level) and its name.
+    async fn place(
+        &self,
+        account: AccountId,
+        path: &DavPath,
+    ) -> FsResult<(Option<String>, String)> {
+        let mut names = names(path)?;
+        let name = names.pop().ok_or(FsError::Forbidden)?;
+        if names.is_empty() {
+            return Ok((None, name));
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let parent = self
+            .cloud
+            .drive_lookup(account, &refs)
+            .await
+            .map_err(fs_error)?
+            .ok_or(FsError::NotFound)?;
+        if parent.kind != "folder" {
+            return Err(FsError::Forbidden);
+        }
+        Ok((Some(parent.id), name))
+    }
+
+    async fn existing(&self, account: AccountId, path: &DavPath) -> FsResult<DriveItem> {
+        self.lookup(account, path).await?.ok_or(FsError::Forbidden)
+    }
+}
+
+impl GuardedFileSystem<AccountId> for DriveFs {
+    fn open<'a>(
+        &'a self,
+        path: &'a DavPath,
+        options: OpenOptions,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, Box<dyn DavFile>> {
+        let account = *account;
+        async move {
+            let found = match self.lookup(account, path).await {
+                Ok(f) => f,
+                Err(FsError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            if !options.write {
+                let item = found.ok_or(FsError::NotFound)?;
+                let file_id = item.file_id.clone().ok_or(FsError::Forbidden)?;
+                let f: Box<dyn DavFile> = Box::new(Reader {
+                    cloud: self.cloud.clone(),
+                    account,
+                    file_id,
+                    meta: Meta::of(&item),
+                    pos: 0,
+                });
+                return Ok(f);
+            }
+            match &found {
+                Some(_) if options.create_new => return Err(FsError::Exists),
+                Some(i) if i.kind == "folder" => return Err(FsError::Forbidden),
+                None if !options.create && !options.create_new => return Err(FsError::NotFound),
+                _ => {}
+            }
+            let (parent, name) = match &found {
+                Some(i) => (i.parent.clone(), i.name.clone()),
+                None => self.place(account, path).await?,
+            };
+            let f: Box<dyn DavFile> = Box::new(Writer::new(
+                self.cloud.clone(),
+                account,
+                found.map(|i| i.id),
+                parent,
+                name,
+                options.size,
+            )?);
+            Ok(f)
+        }
+        .boxed()
+    }
+
+    fn read_dir<'a>(
+        &'a self,
+        path: &'a DavPath,
+        _meta: ReadDirMeta,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+        let account = *account;
+        async move {
+            let parent = match self.lookup(account, path).await? {
+                None => None,
+                Some(i) if i.kind == "folder" => Some(i.id),
+                Some(_) => return Err(FsError::Forbidden),
+            };
+            let list = self
+                .cloud
+                .drive_list(account, parent.as_deref())
+                .await
+                .map_err(fs_error)?;
+            let entries: Vec<FsResult<Box<dyn DavDirEntry>>> = list
+                .iter()
+                .map(|i| {
+                    let e: Box<dyn DavDirEntry> = Box::new(Entry {
+                        name: i.name.clone(),
+                        meta: Meta::of(i),
+                    });
+                    Ok(e)
+                })
+                .collect();
+            let s: FsStream<Box<dyn DavDirEntry>> = Box::pin(futures_util::stream::iter(entries));
+            Ok(s)
+        }
+        .boxed()
+    }
+
+    fn metadata<'a>(
+        &'a self,
+        path: &'a DavPath,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        let account = *account;
+        async move {
+            let m: Box<dyn DavMetaData> = match self.lookup(account, path).await? {
+                None => Box::new(Meta::root()),
+                Some(i) => Box::new(Meta::of(&i)),
+            };
+            Ok(m)
+        }
+        .boxed()
+    }
+
+    fn create_dir<'a>(&'a self, path: &'a DavPath, account: &'a AccountId) -> FsFuture<'a, ()> {
+        let account = *account;
+        async move {
+            if self.lookup(account, path).await.is_ok() {
+                return Err(FsError::Exists);
+            }
+            let (parent, name) = self.place(account, path).await?;
+            self.cloud
+                .drive_create_folder(account, parent.as_deref(), &name)
+                .await
+                .map_err(fs_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove_dir<'a>(&'a self, path: &'a DavPath, account: &'a AccountId) -> FsFuture<'a, ()> {
+        self.remove_file(path, account)
+    }
+
+    fn remove_file<'a>(&'a self, path: &'a DavPath, account: &'a AccountId) -> FsFuture<'a, ()> {
+        let account = *account;
+        async move {
+            let item = self
+                .lookup(account, path)
+                .await?
+                .ok_or(FsError::Forbidden)?;
+            self.cloud
+                .drive_delete(account, &item.id)
+                .await
+                .map_err(fs_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn rename<'a>(
+        &'a self,
+        from: &'a DavPath,
+        to: &'a DavPath,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, ()> {
+        let account = *account;
+        async move {
+            let item = self.existing(account, from).await?;
+            let (parent, name) = self.place(account, to).await?;
+            // dav-server removed an overwritten destination already; a file still in the way
+            // of a file is replaced, as rename(2) does.
+            if let Ok(Some(there)) = self.lookup(account, to).await {
+                if there.id == item.id {
+                    return Ok(());
+                }
+                if there.kind == "folder" || item.kind == "folder" {
+                    return Err(FsError::Exists);
+                }
+                self.cloud
+                    .drive_delete(account, &there.id)
+                    .await
+                    .map_err(fs_error)?;
+            }
+            self.cloud
+                .drive_update(
+                    account,
+                    &item.id,
+                    Some(&name),
+                    Some(parent.as_deref()),
+                    None,
+                )
+                .await
+                .map_err(fs_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn copy<'a>(
+        &'a self,
+        from: &'a DavPath,
+        to: &'a DavPath,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, ()> {
+        let account = *account;
+        async move {
+            let item = self.existing(account, from).await?;
+            let (parent, name) = self.place(account, to).await?;
+            if let Ok(Some(there)) = self.lookup(account, to).await {
+                if there.kind == "folder" {
+                    return Err(FsError::Exists);
+                }
+                self.cloud
+                    .drive_delete(account, &there.id)
+                    .await
+                    .map_err(fs_error)?;
+            }
+            self.cloud
+                .drive_copy(account, &item.id, parent.as_deref(), Some(&name))
+                .await
+                .map_err(fs_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn have_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        _account: &'a AccountId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        // Dead properties live on entries; the top level is not one.
+        let top = names(path).map(|n| n.is_empty()).unwrap_or(true);
+        async move { !top }.boxed()
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, Vec<(http::StatusCode, DavProp)>> {
+        let account = *account;
+        async move {
+            let item = self.existing(account, path).await?;
+            let mut out = Vec::with_capacity(patch.len());
+            let mut changes = Vec::with_capacity(patch.len());
+            for (set, p) in patch {
+                changes.push((
+                    set,
+                    DeadProp {
+                        name: p.name.clone(),
+                        namespace: p.namespace.clone(),
+                        prefix: p.prefix.clone(),
+                        xml: B64.encode(p.xml.as_deref().unwrap_or_default()),
+                    },
+                ));
+                out.push((http::StatusCode::OK, DavProp { xml: None, ..p }));
+            }
+            self.cloud
+                .drive_patch_props(account, &item.id, changes)
+                .await
+                .map_err(fs_error)?;
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn get_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        do_content: bool,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, Vec<DavProp>> {
+        let account = *account;
+        async move {
+            let item = self.existing(account, path).await?;
+            let props = self
+                .cloud
+                .drive_props(account, &item.id)
+                .await
+                .map_err(fs_error)?;
+            Ok(props
+                .into_iter()
+                .map(|p| DavProp {
+                    name: p.name,
+                    prefix: p.prefix,
+                    namespace: p.namespace,
+                    xml: if do_content {
+                        B64.decode(p.xml).ok()
+                    } else {
+                        None
+                    },
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get_prop<'a>(
+        &'a self,
+        path: &'a DavPath,
+        prop: DavProp,
+        account: &'a AccountId,
+    ) -> FsFuture<'a, Vec<u8>> {
+        let account = *account;
+        async move {
+            let item = self.existing(account, path).await?;
+            let props = self
+                .cloud
+                .drive_props(account, &item.id)
+                .await
+                .map_err(fs_error)?;
+            props
+                .into_iter()
+                .find(|p| p.name == prop.name && p.namespace == prop.namespace)
+                .and_then(|p| B64.decode(p.xml).ok())
+                .ok_or(FsError::NotFound)
+        }
+        .boxed()
+    }
+
+    fn get_quota<'a>(&'a self, account: &'a AccountId) -> FsFuture<'a, (u64, Option<u64>)> {
+        let account = *account;
+        async move {
+            let u = self.cloud.usage(account).await.map_err(fs_error)?;
+            Ok((
+                u64::try_from(u.used_bytes).unwrap_or(0),
+                Some(u64::try_from(u.quota_bytes).unwrap_or(0)),
+            ))
+        }
+        .boxed()
+    }
+}
+
+/// Reads a stored file by ranges.
+#[derive(Debug)]
+struct Reader {
+    cloud: Cloud,
+    account: AccountId,
+    file_id: String,
+    meta: Meta,
+    pos: u64,
+}
+
+impl DavFile for Reader {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let m: Box<dyn DavMetaData> = Box::new(self.meta.clone());
+        async move { Ok(m) }.boxed()
+    }
+    fn write_buf(&'_ mut self, _buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        async { Err(FsError::Forbidden) }.boxed()
+    }
+    fn write_bytes(&'_ mut self, _buf: Bytes) -> FsFuture<'_, ()> {
+        async { Err(FsError::Forbidden) }.boxed()
+    }
+    fn read_bytes(&'_ mut self, count: usize) -> FsFuture<'_, Bytes> {
+        async move {
+            let end = (self.pos + count as u64).min(self.meta.len);
+            if end <= self.pos {
+                return Ok(Bytes::new());
+            }
+            let (_, stream) = self
+                .cloud
+                .read_file(self.account, &self.file_id, Some(self.pos..end))
+                .await
+                .map_err(fs_error)?;
+            let mut out =
+                bytes::BytesMut::with_capacity(usize::try_from(end - self.pos).unwrap_or(0));
+            let mut stream = std::pin::pin!(stream);
+            while let Some(piece) = stream.next().await {
+                out.extend_from_slice(&piece.map_err(fs_error)?);
+            }
+            self.pos = end;
+            Ok(out.freeze())
+        }
+        .boxed()
+    }
+    fn seek(&'_ mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
+        async move {
+            let len = i128::from(self.meta.len);
+            let at = match pos {
+                SeekFrom::Start(p) => i128::from(p),
+                SeekFrom::End(d) => len + i128::from(d),
+                SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
+            };
+            if at < 0 {
+                return Err(FsError::GeneralFailure);
+            }
+            self.pos = u64::try_from(at).unwrap_or(u64::MAX);
+            Ok(self.pos)
+        }
+        .boxed()
+    }
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+/// Receives a PUT: bytes go to a temporary file, then through the upload path (chunks,
+/// dedup, quota) when the body is complete, and the drive entry is created or given the new
+/// contents. A PUT that breaks off leaves the entry as it was.
+#[derive(Debug)]
+struct Writer {
+    cloud: Cloud,
+    account: AccountId,
+    existing: Option<String>,
+    parent: Option<String>,
+    name: String,
+    spool: Option<std::fs::File>,
+    spool_path: std::path::PathBuf,
+    written: u64,
+    declared: Option<u64>,
+    done: bool,
+}
+
+impl Writer {
+    fn new(
+        cloud: Cloud,
+        account: AccountId,
+        existing: Option<String>,
+        parent: Option<String>,
+        name: String,
+        declared: Option<u64>,
+    ) -> FsResult<Writer> {
+        let spool_path = std::env::temp_dir().join(format!(
+            "mica-dav-{}.part",
+            mica_core::crypto::random_token_string(12)
+        ));
+        let spool = std::fs::File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&spool_path)
+            .map_err(|_| FsError::GeneralFailure)?;
+        Ok(Writer {
+            cloud,
+            account,
+            existing,
+            parent,
+            name,
+            spool: Some(spool),
+            spool_path,
+            written: 0,
+            declared,
+            done: false,
+        })
+    }
+
+    async fn append(&mut self, bytes: Bytes) -> FsResult<()> {
+        let Some(file) = self.spool.take() else {
+            return Err(FsError::GeneralFailure);
+        };
+        let n = bytes.len() as u64;
+        let file = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = file;
+            f.write_all(&bytes).map(|_| f)
+        })
+        .await
+        .map_err(|_| FsError::GeneralFailure)?
+        .map_err(|_| FsError::GeneralFailure)?;
+        self.spool = Some(file);
+        self.written += n;
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.spool_path);
+    }
+}
+
+impl DavFile for Writer {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let m: Box<dyn DavMetaData> = Box::new(Meta {
+            len: self.written,
+            modified: SystemTime::now(),
+            dir: false,
+            etag: None,
+        });
+        async move { Ok(m) }.boxed()
+    }
+    fn write_buf(&'_ mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        self.write_bytes(bytes)
+    }
+    fn write_bytes(&'_ mut self, buf: Bytes) -> FsFuture<'_, ()> {
+        async move { self.append(buf).await }.boxed()
+    }
+    fn read_bytes(&'_ mut self, _count: usize) -> FsFuture<'_, Bytes> {
+        async { Err(FsError::Forbidden) }.boxed()
+    }
+    fn seek(&'_ mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
+        // Writes are sequential: only "where am I" is answered.
+        let at = self.written;
+        async move {
+            match pos {
+                SeekFrom::Current(0) | SeekFrom::End(0) => Ok(at),
+                SeekFrom::Start(p) if p == at => Ok(at),
+                _ => Err(FsError::NotImplemented),
+            }
+        }
+        .boxed()
+    }
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async move {
+            if self.done {
+                return Ok(());
+            }
+            if let Some(d) = self.declared {
+                if d != self.written {
+                    return Err(FsError::GeneralFailure);
+                }
+            }
+            let Some(file) = self.spool.take() else {
+                return Err(FsError::GeneralFailure);
+            };
+            let length = i64::try_from(self.written).map_err(|_| FsError::TooLarge)?;
+            let file = tokio::fs::File::from_std(file);
+            let mut file = file;
+            tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(0))
+                .await
+                .map_err(|_| FsError::GeneralFailure)?;
+            let body = tokio_util_stream(file);
+            let mime = guess_mime(&self.name);
+            let stored = self
+                .cloud
+                .put_file(self.account, length, Some(mime), body)
+                .await
+                .map_err(fs_error)?;
+            match &self.existing {
+                Some(id) => {
+                    self.cloud
+                        .drive_set_file(self.account, id, &stored.id)
+                        .await
+                }
+                None => {
+                    self.cloud
+                        .drive_add_file(
+                            self.account,
+                            self.parent.as_deref(),
+                            &self.name,
+                            &stored.id,
+                            None,
+                        )
+                        .await
+                }
+            }
+            .map_err(fs_error)?;
+            self.done = true;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Reads a file as a stream of buffers.
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// A media type from a file name's extension, for what WebDAV clients do not say.
+fn guess_mime(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("heic") => "image/heic",
+        Some("mp4") => "video/mp4",
+        Some("mov") => "video/quicktime",
+        Some("mp3") => "audio/mpeg",
+        Some("m4a") => "audio/mp4",
+        Some("pdf") => "application/pdf",
+        Some("txt") => "text/plain",
+        Some("html" | "htm") => "text/html",
+        Some("json") => "application/json",
+        Some("zip") => "application/zip",
+        _ => "application/octet-stream",
+    }
+}

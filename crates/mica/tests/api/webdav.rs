@@ -1,0 +1,275 @@
+//! WebDAV over the drive: app passwords (never the main password), the same entries as the API,
+//! other accounts out of reach, and Debian's `litmus` compliance suite (basic, copymove, props,
+//! locks) against the real server.
+
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::on_both_backends;
+use crate::security::step_up_by_email;
+use crate::support::{TestApp, PASSWORD};
+
+on_both_backends!(webdav_serves_the_drive_with_app_passwords, litmus_passes);
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Signs up, steps up and creates an app password; returns (account id, access token, password).
+async fn with_app_password(app: &TestApp, email: &str) -> (String, String, String) {
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    step_up_by_email(app, &c, email).await;
+    let r: Value = app
+        .http
+        .post(app.url("/api/v1/me/app-passwords"))
+        .bearer_auth(&t.access_token)
+        .json(&json!({"name": "Laptop (rclone)"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let password = r["password"].as_str().unwrap().to_owned();
+    assert_eq!(
+        password.len(),
+        19,
+        "four groups of four letters: {password}"
+    );
+    (t.account_id, t.access_token, password)
+}
+
+async fn webdav_serves_the_drive_with_app_passwords(app: &TestApp) {
+    let email = "lea@example.com";
+    let t = app.signup_email(email).await;
+    let root = app.url(&format!("/dav/files/{}/", t.account_id));
+    let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+    // Without credentials, or with the main password: a Basic challenge.
+    let r = app
+        .http
+        .request(propfind.clone(), &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    let r = app
+        .http
+        .request(propfind.clone(), &root)
+        .header("Authorization", basic(email, PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the main password never works over Basic"
+    );
+    // Creating an app password needs a fresh step-up.
+    let r = app
+        .http
+        .post(app.url("/api/v1/me/app-passwords"))
+        .bearer_auth(&t.access_token)
+        .json(&json!({"name": "Phone"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let c = app.client.with_token(&t.access_token);
+    step_up_by_email(app, &c, email).await;
+    let created: Value = app
+        .http
+        .post(app.url("/api/v1/me/app-passwords"))
+        .bearer_auth(&t.access_token)
+        .json(&json!({"name": "Phone"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let password = created["password"].as_str().unwrap().to_owned();
+    let auth = basic(email, &password);
+
+    // A folder and a file through WebDAV...
+    let r = app
+        .http
+        .request(
+            Method::from_bytes(b"MKCOL").unwrap(),
+            format!("{root}Photos"),
+        )
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body = b"hello from davfs".to_vec();
+    let r = app
+        .http
+        .put(format!("{root}Photos/hello.txt"))
+        .header("Authorization", &auth)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // ... are the drive's entries for the API, and back.
+    let top: Value = app
+        .http
+        .get(app.url("/api/v1/drive"))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(top[0]["name"], "Photos");
+    let inside: Value = app
+        .http
+        .get(app.url(&format!(
+            "/api/v1/drive?parent={}",
+            top[0]["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inside[0]["name"], "hello.txt");
+    assert_eq!(inside[0]["size"], body.len());
+    let r = app
+        .http
+        .get(format!("{root}Photos/hello.txt"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), &body[..]);
+    let r = app
+        .http
+        .request(propfind.clone(), format!("{root}Photos/"))
+        .header("Authorization", &auth)
+        .header("Depth", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 207);
+    let xml = r.text().await.unwrap();
+    assert!(xml.contains("hello.txt"), "{xml}");
+    // A name given in NFD (as macOS sends it) is the NFC entry.
+    let r = app
+        .http
+        .put(format!("{root}Cafe%CC%81.txt"))
+        .header("Authorization", &auth)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .http
+        .get(format!("{root}Caf%C3%A9.txt"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Another account's drive is not there for these credentials.
+    let other = app.signup_email("max@example.com").await;
+    let r = app
+        .http
+        .request(
+            propfind.clone(),
+            app.url(&format!("/dav/files/{}/", other.account_id)),
+        )
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Revoked, the password stops working at once.
+    let list: Value = app
+        .http
+        .get(app.url("/api/v1/me/app-passwords"))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["name"], "Phone");
+    assert!(list[0]["last_used_at"].is_string());
+    assert!(list[0].get("password").is_none());
+    let r = app
+        .http
+        .delete(app.url(&format!(
+            "/api/v1/me/app-passwords/{}",
+            list[0]["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .http
+        .request(propfind, &root)
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Debian's litmus WebDAV suite: basic, copymove, props and locks, with no failure.
+async fn litmus_passes(app: &TestApp) {
+    if std::process::Command::new("litmus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("MICA_TEST_REQUIRE_LITMUS").is_none(),
+            "litmus is required here (apt-get install litmus)"
+        );
+        eprintln!("litmus is not installed: WebDAV compliance skipped");
+        return;
+    }
+    let (account, _, password) = with_app_password(app, "ned@example.com").await;
+    let url = app.url(&format!("/dav/files/{account}/"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("litmus")
+            .env("TESTS", "basic copymove props locks")
+            .arg(&url)
+            .arg("ned@example.com")
+            .arg(&password)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+    let summaries: Vec<&str> = text.lines().filter(|l| l.contains("summary for")).collect();
+    for suite in ["basic", "copymove", "props", "locks"] {
+        let line = summaries
+            .iter()
+            .find(|l| l.contains(&format!("`{suite}'")))
+            .unwrap_or_else(|| panic!("litmus did not run {suite}:\n{text}"));
+        assert!(line.contains(" 0 failed"), "litmus {suite}: {line}\n{text}");
+    }
+}

@@ -1,0 +1,103 @@
+//! App passwords: per-device passwords for HTTP Basic clients (WebDAV), stored as hashes.
+
+use mica_core::{AccountId, Timestamp};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+#[derive(Debug, Clone)]
+pub struct AppPasswordRow {
+    pub id: String,
+    pub account_id: AccountId,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}
+
+fn row(r: &AnyRow) -> Result<AppPasswordRow> {
+    let account: i64 = r.try_get("account_id")?;
+    Ok(AppPasswordRow {
+        id: r.try_get("id")?,
+        account_id: AccountId::from_i64(account)
+            .ok_or_else(|| crate::StoreError::Corrupt(format!("account id {account}")))?,
+        name: r.try_get("name")?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        last_used_at: r.try_get::<Option<i64>, _>("last_used_at")?.map(Timestamp),
+    })
+}
+
+const COLUMNS: &str = "id, account_id, name, created_at, last_used_at";
+
+impl Store {
+    pub async fn create_app_password(
+        &self,
+        account: AccountId,
+        id: &str,
+        name: &str,
+        secret_hash: &[u8],
+        now: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO app_passwords (id, account_id, name, secret_hash, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(id)
+        .bind(account.as_i64())
+        .bind(name)
+        .bind(secret_hash.to_vec())
+        .bind(now.millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn app_passwords(&self, account: AccountId) -> Result<Vec<AppPasswordRow>> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM app_passwords WHERE account_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(account.as_i64())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(row)
+        .collect()
+    }
+
+    /// Deletes one of the account's app passwords; returns whether it existed.
+    pub async fn delete_app_password(&self, account: AccountId, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM app_passwords WHERE account_id = $1 AND id = $2")
+            .bind(account.as_i64())
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The app password with this hash, if any.
+    pub async fn app_password_by_hash(&self, secret_hash: &[u8]) -> Result<Option<AppPasswordRow>> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM app_passwords WHERE secret_hash = $1"
+        ))
+        .bind(secret_hash.to_vec())
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose()
+    }
+
+    /// Records a use (at most about once a minute per password, to spare the writer).
+    pub async fn touch_app_password(&self, id: &str, now: Timestamp) -> Result<()> {
+        sqlx::query(
+            "UPDATE app_passwords SET last_used_at = $2 WHERE id = $1 \
+             AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(id)
+        .bind(now.millis())
+        .bind(now.millis() - 60_000)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
