@@ -454,7 +454,7 @@ pub struct AppSettings {
 }
 
 /// Where a photo was taken.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Place {
     pub latitude: f64,

@@ -38,6 +38,10 @@ pub enum CloudError {
     RestoreConflict,
     #[error("not found")]
     NotFound,
+    #[error("no preview: {0}")]
+    NoPreview(String),
+    #[error("the preview is being made; try again in a moment")]
+    PreviewPending,
     #[error("the folder already holds an entry of that name")]
     NameTaken,
     #[error("the entry changed meanwhile; reload it and try again")]
@@ -93,6 +97,8 @@ impl CloudError {
             CloudError::NotFound => "not_found",
             CloudError::UnknownFile(_) => "unknown_file",
             CloudError::NameTaken => "name_taken",
+            CloudError::NoPreview(_) => "no_preview",
+            CloudError::PreviewPending => "preview_pending",
             CloudError::DriveConflict => "conflict",
             CloudError::OffsetMismatch(_) => "upload_offset_mismatch",
             CloudError::ChecksumMismatch => "checksum_mismatch",
@@ -120,7 +126,8 @@ impl CloudError {
             CloudError::QuotaExceeded { .. } => 507,
             CloudError::NotFound => 404,
             CloudError::UnknownFile(_) => 422,
-            CloudError::NameTaken | CloudError::DriveConflict => 409,
+            CloudError::NameTaken | CloudError::DriveConflict | CloudError::PreviewPending => 409,
+            CloudError::NoPreview(_) => 404,
             CloudError::OffsetMismatch(_) => 409,
             // The tus checksum extension's status for a mismatch.
             CloudError::ChecksumMismatch => 460,

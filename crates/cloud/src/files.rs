@@ -231,7 +231,7 @@ fn random_suffix() -> String {
 }
 
 impl Cloud {
-    fn blobs(&self) -> &BlobStore {
+    pub(crate) fn blobs(&self) -> &BlobStore {
         &self.inner.blobs
     }
 
@@ -620,6 +620,7 @@ impl Cloud {
         for prefix in [
             mica_blobs::account_prefix(account.as_i64()),
             upload_prefix(account),
+            format!("thumbs/{}/", account.as_i64()),
         ] {
             self.blobs().delete_prefix(&prefix).await?;
         }
@@ -633,7 +634,11 @@ impl Cloud {
             .stored(&mica_blobs::account_prefix(account.as_i64()))
             .await?;
         let (n2, b2) = self.blobs().stored(&upload_prefix(account)).await?;
-        Ok((n1 + n2, b1 + b2))
+        let (n3, b3) = self
+            .blobs()
+            .stored(&format!("thumbs/{}/", account.as_i64()))
+            .await?;
+        Ok((n1 + n2 + n3, b1 + b2 + b3))
     }
 }
 

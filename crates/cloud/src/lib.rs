@@ -14,6 +14,7 @@ pub mod drive;
 mod error;
 pub mod files;
 pub mod hub;
+pub mod media;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,10 @@ pub struct CloudConfig {
     pub upload_ttl_hours: u64,
     /// How long a finished upload waits for an item to reference it, in hours.
     pub pending_file_hours: u64,
+    /// Photos above this many megapixels get no preview (decompression bombs stop here).
+    pub max_preview_megapixels: u64,
+    /// Files above this size get no preview, in bytes.
+    pub max_preview_bytes: i64,
 }
 
 impl Default for CloudConfig {
@@ -70,6 +75,8 @@ impl Default for CloudConfig {
             max_file_bytes: 50 * (1 << 30),
             upload_ttl_hours: 24,
             pending_file_hours: 24,
+            max_preview_megapixels: 40,
+            max_preview_bytes: 64 << 20,
         }
     }
 }
@@ -174,6 +181,7 @@ struct Inner {
     cfg: CloudConfig,
     hub: Hub,
     blobs: BlobStore,
+    media: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -225,6 +233,7 @@ impl Cloud {
                 cfg,
                 hub: Hub::default(),
                 blobs,
+                media: Arc::default(),
             }),
         }
     }
@@ -638,6 +647,15 @@ impl Cloud {
             })?;
         let (results, replayed) = match outcome {
             BatchOutcome::Applied { results, changed } => {
+                if category == Category::Gallery {
+                    let files: Vec<String> = ops
+                        .iter()
+                        .zip(&results)
+                        .filter(|(_, r)| r.status == OpStatus::Applied)
+                        .filter_map(|(op, _)| op.file_id.clone())
+                        .collect();
+                    self.queue_media(account, &files).await?;
+                }
                 if changed {
                     let version = results
                         .iter()

@@ -39,6 +39,69 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_file))
         .routes(routes!(file_info))
         .routes(routes!(file_content))
+        .routes(routes!(file_preview))
+        .routes(routes!(gallery))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewQuery {
+    /// `small` (256 px, the default) or `large` (1024 px) on the long side.
+    pub size: Option<String>,
+}
+
+/// A photo's preview, made in the background once a gallery item refers to the file.
+/// `409 preview_pending` while it is being made; `404 no_preview` says why there is none
+/// (a damaged image, one too large to decode, not an image).
+#[utoipa::path(get, path = "/files/{id}/preview", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path), PreviewQuery),
+    responses((status = 200, description = "image/jpeg"), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn file_preview(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    crate::extract::ApiQuery(q): crate::extract::ApiQuery<PreviewQuery>,
+) -> Result<Response, ApiError> {
+    let large = match q.size.as_deref() {
+        None | Some("small") => false,
+        Some("large") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                "size is `small` or `large`",
+            ))
+        }
+    };
+    let bytes = app.cloud.preview(p.account, &id, large).await?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "image/jpeg")
+        .header(header::CACHE_CONTROL, "private, max-age=86400")
+        .body(Body::from(bytes))
+        .map_err(|_| ApiError::internal())
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GalleryQuery {
+    /// Only this album's photos.
+    pub album: Option<String>,
+}
+
+/// The gallery as a timeline, newest first: each photo or video with its capture time and place
+/// (as the device recorded them, or else from the photo's EXIF), its size and its preview state.
+#[utoipa::path(get, path = "/gallery", tag = "files", security(("bearer" = [])),
+    params(GalleryQuery),
+    responses((status = 200, body = Vec<mica_cloud::media::GalleryEntry>)))]
+async fn gallery(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    crate::extract::ApiQuery(q): crate::extract::ApiQuery<GalleryQuery>,
+) -> Result<Json<Vec<mica_cloud::media::GalleryEntry>>, ApiError> {
+    Ok(Json(
+        app.cloud.gallery(p.account, q.album.as_deref()).await?,
+    ))
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {

@@ -146,6 +146,25 @@ impl Server {
                 }
             });
         }
+        if cfg.run_jobs {
+            // The gallery's media worker: woken when a photo is queued, and every few seconds
+            // for work whose lease ran out on a node that died.
+            let cloud = cloud.clone();
+            let waker = cloud.media_waker();
+            let mut stop = tx.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = cloud.run_media().await {
+                        tracing::warn!(error = %e, "media worker failed");
+                    }
+                    tokio::select! {
+                        () = waker.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         let maintenance = cloud.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));

@@ -158,6 +158,24 @@ pub struct UsageMismatch {
     pub actual: i64,
 }
 
+/// The live items of a collection.
+pub(crate) async fn live_items(
+    store: &Store,
+    account: AccountId,
+    collection: &str,
+) -> Result<Vec<ItemRow>> {
+    sqlx::query(&format!(
+        "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 AND deleted_at IS NULL"
+    ))
+    .bind(account.as_i64())
+    .bind(collection)
+    .fetch_all(&store.reader)
+    .await?
+    .iter()
+    .map(item_row)
+    .collect()
+}
+
 /// The folder part of a drive entry's `<parent>/<name>` key.
 fn path_parent(path_key: &str) -> String {
     path_key

@@ -547,6 +547,25 @@ impl Store {
             doomed.push(r.try_get("id")?);
         }
         for id in &doomed {
+            for r in sqlx::query(
+                "SELECT thumb_small, thumb_large FROM media WHERE account_id = $1 AND file_id = $2",
+            )
+            .bind(account.as_i64())
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                for col in ["thumb_small", "thumb_large"] {
+                    if let Some(k) = r.try_get::<Option<String>, _>(col)? {
+                        trash(&mut tx, account, &k, now).await?;
+                    }
+                }
+            }
+            sqlx::query("DELETE FROM media WHERE account_id = $1 AND file_id = $2")
+                .bind(account.as_i64())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM file_chunks WHERE account_id = $1 AND file_id = $2")
                 .bind(account.as_i64())
                 .bind(id)

@@ -78,6 +78,10 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "media",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "upload_parts",
         condition: "account_id = $1",
     },

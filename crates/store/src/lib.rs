@@ -21,6 +21,7 @@ mod codes;
 mod exports;
 mod files;
 mod jobs;
+mod media;
 mod migrate;
 mod passkeys;
 mod profile;
@@ -47,6 +48,7 @@ pub use files::{
     CHUNK_BYTES, UPLOADS_CATEGORY,
 };
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
+pub use media::{MediaDone, MediaRow};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;
 pub use recovery::RecoveryFactorRow;

@@ -62,6 +62,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0010_app_passwords.sql"),
         postgres: include_str!("../migrations/postgres/0010_app_passwords.sql"),
     },
+    Migration {
+        version: 11,
+        sqlite: include_str!("../migrations/sqlite/0011_media.sql"),
+        postgres: include_str!("../migrations/postgres/0011_media.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

@@ -22,6 +22,7 @@ on_both_backends!(
     other_accounts_files_are_out_of_reach,
     bad_upload_requests_get_clear_errors,
     the_drive_holds_folders_and_files,
+    the_gallery_reads_exif_and_makes_previews,
 );
 
 const MB: usize = 1_000_000;
@@ -1101,4 +1102,198 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     );
     let (_, theirs) = drive(&other, Method::GET, "", None).await;
     assert_eq!(theirs, json!([]));
+}
+
+/// A PNG that declares `w` × `h` pixels in a few dozen bytes: a decompression bomb's header.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        c.extend_from_slice(&crc.finalize().to_be_bytes());
+        c
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    // A zlib stream of zeros that would inflate to 2.5 GB.
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+async fn gallery(tus: &Tus<'_>, q: &str) -> Vec<Value> {
+    tus.app
+        .http
+        .get(tus.app.url(&format!("/api/v1/gallery{q}")))
+        .bearer_auth(&tus.token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+}
+
+/// Runs the media worker until the file's preview is decided (ready or refused).
+async fn previews_settle(tus: &Tus<'_>) {
+    for _ in 0..200 {
+        tus.app.server_cloud().run_media().await.unwrap();
+        if gallery(tus, "")
+            .await
+            .iter()
+            .all(|e| e["preview"] != "pending")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("previews never settled: {:?}", gallery(tus, "").await);
+}
+
+async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "liv@example.com").await;
+    let photo = include_bytes!("../fixtures/photo.jpg").to_vec();
+    let f_photo = tus.upload(&photo, "IMG_0001.jpg").await.unwrap();
+    // The device says nothing of time or place: the photo's EXIF does.
+    c.push("gallery", json!([{"id": "g1", "op": "put", "body": {"file_id": f_photo, "name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size": photo.len()}}]), None)
+        .await
+        .unwrap();
+    // A later photo whose device recorded its time, in an album.
+    let later = photo.clone();
+    let f_later = tus.upload(&later, "IMG_0002.jpg").await.unwrap();
+    c.push("gallery", json!([{"id": "g2", "op": "put", "body": {"file_id": f_later, "name": "IMG_0002.jpg", "mime_type": "image/jpeg", "size": later.len(), "taken_at": "2026-08-01T10:00:00Z", "albums": ["Summer"]}}]), None)
+        .await
+        .unwrap();
+    // A truncated JPEG and a decompression bomb.
+    let truncated = photo[..photo.len() / 2].to_vec();
+    let f_trunc = tus.upload(&truncated, "broken.jpg").await.unwrap();
+    let bomb = png_bomb(50_000, 50_000);
+    let f_bomb = tus.upload(&bomb, "bomb.png").await.unwrap();
+    c.push("gallery", json!([
+        {"id": "g3", "op": "put", "body": {"file_id": f_trunc, "name": "broken.jpg", "mime_type": "image/jpeg", "size": truncated.len(), "taken_at": "2020-01-01T00:00:00Z"}},
+        {"id": "g4", "op": "put", "body": {"file_id": f_bomb, "name": "bomb.png", "mime_type": "image/png", "size": bomb.len(), "taken_at": "2019-01-01T00:00:00Z"}}
+    ]), None)
+    .await
+    .unwrap();
+    previews_settle(&tus).await;
+
+    let timeline = gallery(&tus, "").await;
+    let ids: Vec<&str> = timeline.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["g2", "g1", "g3", "g4"], "newest first: {timeline:?}");
+    let g1 = &timeline[1];
+    // 18:32:05 at +01:00, from DateTimeOriginal and OffsetTimeOriginal.
+    assert_eq!(g1["taken_at"], "2026-07-14T17:32:05Z");
+    let (lat, lon) = (
+        g1["place"]["latitude"].as_f64().unwrap(),
+        g1["place"]["longitude"].as_f64().unwrap(),
+    );
+    assert!(
+        (lat - 38.7139).abs() < 1e-4 && (lon + 9.1334).abs() < 1e-4,
+        "{lat}, {lon}"
+    );
+    assert_eq!(
+        (g1["width"].as_u64(), g1["height"].as_u64()),
+        (Some(720), Some(477))
+    );
+    assert_eq!(g1["preview"], "ready");
+    // The device's own time wins over EXIF.
+    assert_eq!(timeline[0]["taken_at"], "2026-08-01T10:00:00Z");
+    // The damaged and the hostile file are refused with a reason, and nothing else suffers.
+    assert_eq!(timeline[2]["preview"], "failed");
+    assert!(
+        timeline[2]["preview_error"]
+            .as_str()
+            .unwrap()
+            .contains("truncated"),
+        "{}",
+        timeline[2]
+    );
+    assert_eq!(timeline[3]["preview"], "failed");
+    assert!(
+        timeline[3]["preview_error"]
+            .as_str()
+            .unwrap()
+            .contains("megapixels"),
+        "{}",
+        timeline[3]
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{f_bomb}/preview")))
+        .bearer_auth(&tus.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "no_preview"
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    // Two previews of the photo, JPEG, within their sizes; the original is kept byte for byte.
+    for (size, side) in [("small", 256), ("large", 720)] {
+        let r = app
+            .http
+            .get(app.url(&format!("/api/v1/files/{f_photo}/preview?size={size}")))
+            .bearer_auth(&tus.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{size}");
+        assert_eq!(r.headers()["content-type"], "image/jpeg");
+        let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(img.width().max(img.height()), side, "{size}");
+    }
+    let original = tus.download(&f_photo, None).await.bytes().await.unwrap();
+    assert_eq!(blake3::hash(&original), blake3::hash(&photo));
+    // Albums.
+    let summer = gallery(&tus, "?album=Summer").await;
+    assert_eq!(summer.len(), 1);
+    assert_eq!(summer[0]["id"], "g2");
+    // Another account sees none of it.
+    let (other, _, _) = signed_in(app, "mo@example.com").await;
+    assert!(gallery(&other, "").await.is_empty());
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{f_photo}/preview")))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Purged, a photo's previews go with its bytes.
+    let v = c.item("gallery", "g1").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = tus.stored().await.0;
+    c.push(
+        "gallery",
+        json!([{"id": "g1", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let bin = c.recycle_bin(None).await.unwrap();
+    c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    // The same bytes are still g2's file, so only g1's two previews go.
+    assert_eq!(tus.stored().await.0, before - 2);
 }

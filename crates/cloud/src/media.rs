@@ -1,0 +1,465 @@
+//! The gallery's media worker: for each photo a gallery item references, read its EXIF capture
+//! time and GPS place (kamadak-exif), and make two JPEG previews (256 and 1024 pixels on the
+//! long side) in the background. The original is never touched.
+//!
+//! Decoding is bounded: the pixel count is read from the header and refused above
+//! `max_preview_megapixels` before anything is decoded (a decompression bomb declares huge
+//! dimensions in a few bytes), the decoder's allocations are capped, a JPEG must end with its
+//! end-of-image marker, files above `max_preview_bytes` are not read, and the work runs on a
+//! blocking thread, one file at a time. A damaged or hostile file ends as `failed` with a reason,
+//! never as a crash.
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use image::{DynamicImage, ImageDecoder};
+use mica_core::{AccountId, Timestamp};
+use mica_store::{MediaDone, MediaRow};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::category::{GalleryItem, Place};
+use crate::{Category, Cloud, CloudError};
+
+/// Long side of the small and the large preview, in pixels.
+pub const SMALL: u32 = 256;
+pub const LARGE: u32 = 1024;
+/// How long a worker holds a file before another may take it over.
+const LEASE: Duration = Duration::from_secs(300);
+/// Attempts before a file that keeps failing (a crash mid-way, say) is given up.
+const MAX_ATTEMPTS: i64 = 3;
+
+/// What reading a photo found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Analysis {
+    pub taken_at: Option<Timestamp>,
+    pub place: Option<(f64, f64)>,
+    pub width: u32,
+    pub height: u32,
+    pub small: Vec<u8>,
+    pub large: Vec<u8>,
+}
+
+/// EXIF capture time (with its offset when recorded; UTC otherwise) and GPS place.
+pub fn read_exif(bytes: &[u8]) -> (Option<Timestamp>, Option<(f64, f64)>) {
+    use exif::{In, Tag, Value};
+    // Tolerant: cameras and tools write quirky EXIF; what can be read is used.
+    let ex = match exif::Reader::new()
+        .continue_on_error(true)
+        .read_from_container(&mut Cursor::new(bytes))
+    {
+        Ok(ex) => ex,
+        Err(exif::Error::PartialResult(partial)) => partial.into_inner().0,
+        Err(_) => return (None, None),
+    };
+    let ascii = |tag| match ex.get_field(tag, In::PRIMARY).map(|f| &f.value) {
+        Some(Value::Ascii(v)) => v.first().cloned(),
+        _ => None,
+    };
+    let taken_at = ascii(Tag::DateTimeOriginal)
+        .or_else(|| ascii(Tag::DateTime))
+        .and_then(|a| {
+            let mut dt = exif::DateTime::from_ascii(&a).ok()?;
+            if let Some(off) = ascii(Tag::OffsetTimeOriginal) {
+                let _ = dt.parse_offset(&off);
+            }
+            let month = time::Month::try_from(dt.month).ok()?;
+            let date = time::Date::from_calendar_date(i32::from(dt.year), month, dt.day).ok()?;
+            let t = time::Time::from_hms(dt.hour, dt.minute, dt.second).ok()?;
+            let offset =
+                time::UtcOffset::from_whole_seconds(i32::from(dt.offset.unwrap_or(0)) * 60).ok()?;
+            let odt = time::PrimitiveDateTime::new(date, t).assume_offset(offset);
+            Some(Timestamp(
+                i64::try_from(odt.unix_timestamp_nanos() / 1_000_000).ok()?,
+            ))
+        });
+    let coord = |value: Tag, reference: Tag, negative: &str| -> Option<f64> {
+        let Value::Rational(parts) = &ex.get_field(value, In::PRIMARY)?.value else {
+            return None;
+        };
+        if parts.len() < 3 || parts.iter().any(|r| r.denom == 0) {
+            return None;
+        }
+        let deg = parts[0].to_f64() + parts[1].to_f64() / 60.0 + parts[2].to_f64() / 3600.0;
+        let sign = if ascii(reference).as_deref() == Some(negative.as_bytes()) {
+            -1.0
+        } else {
+            1.0
+        };
+        Some(sign * deg)
+    };
+    let place = match (
+        coord(Tag::GPSLatitude, Tag::GPSLatitudeRef, "S"),
+        coord(Tag::GPSLongitude, Tag::GPSLongitudeRef, "W"),
+    ) {
+        (Some(lat), Some(lon))
+            if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
+        {
+            Some((lat, lon))
+        }
+        _ => None,
+    };
+    (taken_at, place)
+}
+
+fn jpeg(img: &DynamicImage) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let rgb = img.to_rgb8();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82)
+        .encode_image(&rgb)
+        .map_err(|e| format!("encoding the preview failed: {e}"))?;
+    Ok(out)
+}
+
+fn fit(img: &DynamicImage, side: u32) -> DynamicImage {
+    if img.width() <= side && img.height() <= side {
+        img.clone()
+    } else {
+        img.resize(side, side, image::imageops::FilterType::Triangle)
+    }
+}
+
+/// Reads a photo and makes its previews, within bounds. `Err` says why a person's file could
+/// not be previewed.
+pub fn analyse(bytes: &[u8], max_megapixels: u64) -> Result<Analysis, String> {
+    let reader = || {
+        image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("the file could not be read: {e}"))
+    };
+    let format = reader()?
+        .format()
+        .ok_or_else(|| "not an image this server can preview (JPEG, PNG or WebP)".to_owned())?;
+    if format == image::ImageFormat::Jpeg && !bytes.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        return Err("the image is damaged: it ends before its last byte (truncated)".into());
+    }
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| format!("the image is damaged: {e}"))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_megapixels * 1_000_000 {
+        return Err(format!(
+            "the image is {w}×{h} pixels; previews stop at {max_megapixels} megapixels"
+        ));
+    }
+    let mut r = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // Four bytes a pixel and room for the decoder's own buffers.
+    limits.max_alloc = Some(pixels.saturating_mul(4).saturating_add(64 << 20));
+    r.limits(limits);
+    let mut decoder = r
+        .into_decoder()
+        .map_err(|e| format!("the image is damaged: {e}"))?;
+    let orientation = decoder.orientation().ok();
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| format!("the image is damaged: {e}"))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    let (taken_at, place) = read_exif(bytes);
+    let large = fit(&img, LARGE);
+    let small = fit(&large, SMALL);
+    Ok(Analysis {
+        taken_at,
+        place,
+        width: img.width(),
+        height: img.height(),
+        small: jpeg(&small)?,
+        large: jpeg(&large)?,
+    })
+}
+
+/// A photo or video of the gallery, as the timeline shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GalleryEntry {
+    /// The gallery item's id.
+    pub id: String,
+    pub file_id: Option<String>,
+    pub name: String,
+    pub mime_type: String,
+    /// RFC 3339: as the device recorded it, or else from the photo's EXIF.
+    pub taken_at: Option<String>,
+    /// As the device recorded it, or else from the photo's EXIF GPS.
+    pub place: Option<Place>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub albums: Vec<String>,
+    pub favorite: bool,
+    /// `ready`, `pending`, `failed` (see `preview_error`), `unsupported` or `none` (no file).
+    pub preview: String,
+    pub preview_error: Option<String>,
+}
+
+impl Cloud {
+    /// Wakes the media worker (after a gallery item referencing a file was written).
+    pub fn media_waker(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.inner.media.clone()
+    }
+
+    pub(crate) async fn queue_media(
+        &self,
+        account: AccountId,
+        files: &[String],
+    ) -> Result<(), CloudError> {
+        for f in files {
+            self.store().enqueue_media(account, f, self.now()).await?;
+        }
+        if !files.is_empty() {
+            self.inner.media.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Processes queued files until none is left; returns how many were processed.
+    pub async fn run_media(&self) -> Result<usize, CloudError> {
+        let mut n = 0;
+        while let Some(row) = self
+            .store()
+            .claim_media(self.now(), self.now().plus(LEASE))
+            .await?
+        {
+            self.process_media(row).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn process_media(&self, row: MediaRow) -> Result<(), CloudError> {
+        let account = row.account_id;
+        let Ok(file) = self.file(account, &row.file_id).await else {
+            // The file went meanwhile; its row goes with the next collection.
+            self.store()
+                .finish_media(
+                    account,
+                    &row.file_id,
+                    &MediaDone {
+                        status: "failed".into(),
+                        error: Some("the file is gone".into()),
+                        ..MediaDone::default()
+                    },
+                )
+                .await?;
+            return Ok(());
+        };
+        let fail = |why: String| MediaDone {
+            status: "failed".into(),
+            error: Some(why),
+            ..MediaDone::default()
+        };
+        let cfg = &self.inner.cfg;
+        let done = if !file.mime_type.starts_with("image/")
+            && !file.mime_type.starts_with("application/octet")
+        {
+            MediaDone {
+                status: "unsupported".into(),
+                error: Some(format!(
+                    "previews are made for photos, not {}",
+                    file.mime_type
+                )),
+                ..MediaDone::default()
+            }
+        } else if row.attempts > MAX_ATTEMPTS {
+            fail("reading this file failed several times".into())
+        } else if file.size > cfg.max_preview_bytes {
+            fail(format!(
+                "the file is larger than {} bytes; no preview is made",
+                cfg.max_preview_bytes
+            ))
+        } else {
+            let (_, stream) = self.read_file(account, &file.id, None).await?;
+            let mut bytes = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0));
+            let mut stream = std::pin::pin!(stream);
+            while let Some(piece) = stream.next().await {
+                bytes.extend_from_slice(&piece?);
+            }
+            let max = cfg.max_preview_megapixels;
+            let result = tokio::task::spawn_blocking(move || analyse(&bytes, max))
+                .await
+                .map_err(|e| CloudError::Internal(format!("media task: {e}")))?;
+            match result {
+                Err(why) => fail(why),
+                Ok(a) => self.store_previews(account, &file.id, a).await?,
+            }
+        };
+        let keys: Vec<String> = [&done.thumb_small, &done.thumb_large]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !self.store().finish_media(account, &file.id, &done).await? {
+            for k in keys {
+                self.store().discard_blob(account, &k, self.now()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_previews(
+        &self,
+        account: AccountId,
+        file_id: &str,
+        a: Analysis,
+    ) -> Result<MediaDone, CloudError> {
+        let mut keys = Vec::new();
+        for (size, bytes) in [("small", a.small), ("large", a.large)] {
+            let key = format!(
+                "thumbs/{}/{file_id}/{size}.{}.jpg",
+                account.as_i64(),
+                mica_core::crypto::random_token_string(6)
+            );
+            self.blobs().put(&key, Bytes::from(bytes)).await?;
+            keys.push(key);
+        }
+        let place = a.place.map(|(lat, lon)| {
+            let json = serde_json::json!({"latitude": lat, "longitude": lon}).to_string();
+            self.inner
+                .keys
+                .seal(&format!("place\0{account}\0{file_id}"), &json)
+        });
+        let mut keys = keys.into_iter();
+        Ok(MediaDone {
+            status: "done".into(),
+            taken_at: a.taken_at,
+            place,
+            width: Some(i64::from(a.width)),
+            height: Some(i64::from(a.height)),
+            thumb_small: keys.next(),
+            thumb_large: keys.next(),
+            error: None,
+        })
+    }
+
+    fn open_place(&self, account: AccountId, row: &MediaRow) -> Option<Place> {
+        let sealed = row.place.as_ref()?;
+        let text = self
+            .inner
+            .keys
+            .open(&format!("place\0{account}\0{}", row.file_id), sealed)
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// A photo's preview (`large` or else small), as JPEG bytes.
+    pub async fn preview(
+        &self,
+        account: AccountId,
+        file_id: &str,
+        large: bool,
+    ) -> Result<Bytes, CloudError> {
+        self.file(account, file_id).await?;
+        let row = self
+            .store()
+            .media(account, file_id)
+            .await?
+            .ok_or(CloudError::NoPreview(
+                "no gallery item refers to this file".into(),
+            ))?;
+        match row.status.as_str() {
+            "done" => {}
+            "pending" => return Err(CloudError::PreviewPending),
+            _ => {
+                return Err(CloudError::NoPreview(
+                    row.error.unwrap_or_else(|| "no preview".into()),
+                ))
+            }
+        }
+        let key = if large {
+            row.thumb_large
+        } else {
+            row.thumb_small
+        }
+        .ok_or_else(|| CloudError::NoPreview("no preview".into()))?;
+        Ok(self.blobs().get(&key).await?)
+    }
+
+    /// The gallery as a timeline, newest first; `album` keeps one album's photos.
+    pub async fn gallery(
+        &self,
+        account: AccountId,
+        album: Option<&str>,
+    ) -> Result<Vec<GalleryEntry>, CloudError> {
+        let c = self.resolve(account, Category::Gallery.as_str()).await?;
+        let media: std::collections::HashMap<String, MediaRow> = self
+            .store()
+            .account_media(account)
+            .await?
+            .into_iter()
+            .map(|m| (m.file_id.clone(), m))
+            .collect();
+        let mut out = Vec::new();
+        for row in self.store().live_items(account, &c.id).await? {
+            let view = self.view(account, &c, Category::Gallery, &row)?;
+            let Some(body) = view.body else { continue };
+            let g: GalleryItem = serde_json::from_value(body)
+                .map_err(|e| CloudError::Internal(format!("gallery item {}: {e}", row.id)))?;
+            if album.is_some_and(|a| !g.albums.iter().any(|x| x == a)) {
+                continue;
+            }
+            let m = g.file_id.as_ref().and_then(|f| media.get(f));
+            let (preview, preview_error) = match m {
+                None if g.file_id.is_none() => ("none".to_owned(), None),
+                None => ("pending".to_owned(), None),
+                Some(m) if m.status == "done" => ("ready".to_owned(), None),
+                Some(m) => (m.status.clone(), m.error.clone()),
+            };
+            out.push(GalleryEntry {
+                id: row.id.clone(),
+                file_id: g.file_id.clone(),
+                name: g.name,
+                mime_type: g.mime_type,
+                taken_at: g
+                    .taken_at
+                    .or_else(|| m.and_then(|m| m.taken_at).map(|t| t.to_rfc3339())),
+                place: g
+                    .place
+                    .or_else(|| m.and_then(|m| self.open_place(account, m))),
+                width: g
+                    .width
+                    .or_else(|| m.and_then(|m| m.width).and_then(|w| u32::try_from(w).ok())),
+                height: g
+                    .height
+                    .or_else(|| m.and_then(|m| m.height).and_then(|h| u32::try_from(h).ok())),
+                albums: g.albums,
+                favorite: g.favorite,
+                preview,
+                preview_error,
+            });
+        }
+        // Newest first; RFC 3339 times in UTC sort as text only when normalised.
+        let key = |e: &GalleryEntry| {
+            e.taken_at.as_deref().and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+        };
+        out.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exif_time_and_place_of_the_fixture_photo() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../mica/tests/fixtures/photo.jpg"
+        );
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let (t, p) = read_exif(&bytes);
+        assert_eq!(
+            t.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-07-14T17:32:05Z")
+        );
+        let (lat, lon) = p.unwrap_or_default();
+        assert!(
+            (lat - 38.7139).abs() < 1e-4 && (lon + 9.1334).abs() < 1e-4,
+            "{lat} {lon}"
+        );
+    }
+}
