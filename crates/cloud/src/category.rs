@@ -496,6 +496,9 @@ pub struct Recording {
     pub recorded_at: String,
     /// For a call recording: the other party.
     pub number: Option<String>,
+    /// For a call recording: `incoming` or `outgoing`.
+    #[serde(default)]
+    pub direction: Option<String>,
 }
 
 fn one_of(category: Category, field: &str, v: &str, allowed: &[&str]) -> Result<(), CloudError> {
@@ -641,6 +644,15 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
             check_nonempty(c, "name", &r.name)?;
             one_of(c, "kind", &r.kind, &["call", "voice"])?;
             check_time(c, "recorded_at", &r.recorded_at)?;
+            if let Some(d) = &r.direction {
+                one_of(c, "direction", d, &["incoming", "outgoing"])?;
+            }
+            if r.kind == "call" && r.number.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                return Err(invalid(
+                    c,
+                    "a call recording needs the number of the other party",
+                ));
+            }
             file_id = r.file_id.clone();
             r.name
         }

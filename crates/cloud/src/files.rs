@@ -369,6 +369,8 @@ impl Cloud {
                 tail_len: up.tail_len,
             },
             deferred: checksum.as_ref().map(|_| Vec::new()),
+            inflight: std::collections::VecDeque::new(),
+            spare: Vec::new(),
         };
         let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
         if let Some(k) = &up.tail_key {
@@ -408,8 +410,9 @@ impl Cloud {
                     buf.extend_from_slice(&frame[..take]);
                     frame = &frame[take..];
                     if buf.len() == CHUNK_SIZE {
-                        let chunk = buf.split().freeze();
-                        w.add_chunk(chunk).await?;
+                        let next = w.buffer();
+                        let full = std::mem::replace(&mut buf, next);
+                        w.add_chunk(full.freeze()).await?;
                     }
                 }
             }
@@ -417,6 +420,7 @@ impl Cloud {
         }
         .await;
         if let Err(e) = result {
+            w.abandon().await;
             if matches!(e, CloudError::QuotaExceeded { .. }) {
                 // At the limit the upload ends and its bytes are released.
                 self.store().remove_upload(account, id, self.now()).await?;
@@ -445,6 +449,7 @@ impl Cloud {
             w.set_tail(tail).await
         };
         if let Err(e) = finish {
+            w.abandon().await;
             if matches!(e, CloudError::QuotaExceeded { .. }) {
                 self.store().remove_upload(account, id, self.now()).await?;
                 self.collect_account(account).await?;
@@ -560,17 +565,20 @@ impl Cloud {
             )));
         }
         let blobs = self.blobs().clone();
-        let stream = futures_util::stream::iter(pieces).then(move |(c, r)| {
-            let blobs = blobs.clone();
-            async move {
-                let len = u64::try_from(c.size).unwrap_or(0);
-                if r.start == 0 && r.end == len {
-                    Ok(blobs.get(&c.object_key).await?)
-                } else {
-                    Ok(blobs.get_range(&c.object_key, r).await?)
+        // The next chunks are read while this one is sent (the disk sees several reads at once).
+        let stream = futures_util::stream::iter(pieces)
+            .map(move |(c, r)| {
+                let blobs = blobs.clone();
+                async move {
+                    let len = u64::try_from(c.size).unwrap_or(0);
+                    if r.start == 0 && r.end == len {
+                        Ok(blobs.get(&c.object_key).await?)
+                    } else {
+                        Ok(blobs.get_range(&c.object_key, r).await?)
+                    }
                 }
-            }
-        });
+            })
+            .buffered(4);
         Ok((info, stream))
     }
 
@@ -654,6 +662,55 @@ struct Writer<'a> {
     pos: UploadPosition,
     /// With a checksum: chunks written but not committed until the checksum matches.
     deferred: Option<Vec<(String, i64, Option<String>)>>,
+    /// Chunks being hashed and written while the next ones arrive, oldest first (at most
+    /// [`WRITES_IN_FLIGHT`], so an upload holds a bounded number of chunks in memory and the
+    /// disk's fsync latency is overlapped rather than paid once per chunk).
+    inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<StoredChunk, CloudError>>>,
+    /// Chunk buffers whose bytes are stored, for the next chunks: an upload allocates a few
+    /// buffers, not one per chunk (the allocator would keep freed ones as resident memory).
+    spare: Vec<BytesMut>,
+}
+
+/// How many chunks of one upload may be on their way to the blob store at once.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// A chunk whose bytes are in the store (or were already): ready to be added to the upload.
+struct StoredChunk {
+    hash: String,
+    size: i64,
+    bytes: Bytes,
+    /// The object written for it; `None` when the account had the chunk.
+    written: Option<String>,
+}
+
+/// Hashes a chunk and writes its object unless the account has it.
+async fn store_chunk(
+    cloud: Cloud,
+    account: AccountId,
+    bytes: Bytes,
+) -> Result<StoredChunk, CloudError> {
+    let hash = mica_blobs::chunk_hash(&bytes);
+    let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+    let store = cloud.store();
+    if store.chunk(account, &hash).await?.is_some() {
+        return Ok(StoredChunk {
+            hash,
+            size,
+            bytes,
+            written: None,
+        });
+    }
+    let key = chunk_key(account.as_i64(), &hash, &random_suffix());
+    store
+        .blob_intent(account, &key, cloud.now().plus(WRITE_GRACE))
+        .await?;
+    cloud.blobs().put(&key, bytes.clone()).await?;
+    Ok(StoredChunk {
+        hash,
+        size,
+        bytes,
+        written: Some(key),
+    })
 }
 
 impl Writer<'_> {
@@ -661,29 +718,79 @@ impl Writer<'_> {
         self.cloud.now()
     }
 
-    /// Writes a chunk's object unless the account has the chunk; returns the new key if written.
-    async fn store_chunk(&self, hash: &str, bytes: Bytes) -> Result<Option<String>, CloudError> {
-        let store = self.cloud.store();
-        if store.chunk(self.account, hash).await?.is_some() {
-            return Ok(None);
+    /// Starts storing a chunk in the background: writing chunk N overlaps receiving the next
+    /// ones; chunks are still added to the upload in order.
+    async fn add_chunk(&mut self, bytes: Bytes) -> Result<(), CloudError> {
+        while self.inflight.len() >= WRITES_IN_FLIGHT {
+            self.settle_one().await?;
         }
-        let key = chunk_key(self.account.as_i64(), hash, &random_suffix());
-        store
-            .blob_intent(self.account, &key, self.now().plus(WRITE_GRACE))
-            .await?;
-        self.cloud.blobs().put(&key, bytes).await?;
-        Ok(Some(key))
+        self.inflight.push_back(tokio::spawn(store_chunk(
+            self.cloud.clone(),
+            self.account,
+            bytes,
+        )));
+        Ok(())
     }
 
-    async fn add_chunk(&mut self, bytes: Bytes) -> Result<(), CloudError> {
-        let hash = mica_blobs::chunk_hash(&bytes);
-        let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-        let written = self.store_chunk(&hash, bytes.clone()).await?;
+    /// Gives up the chunks still on their way: waits for their writes and queues the objects
+    /// for deletion (nothing of them is added to the upload).
+    async fn abandon(&mut self) {
+        while let Some(task) = self.inflight.pop_front() {
+            if let Ok(Ok(StoredChunk {
+                written: Some(key), ..
+            })) = task.await
+            {
+                let _ = self
+                    .cloud
+                    .store()
+                    .discard_blob(self.account, &key, self.now())
+                    .await;
+            }
+        }
+    }
+
+    /// A buffer for the next chunk: a reused one when a stored chunk gave its back.
+    fn buffer(&mut self) -> BytesMut {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(CHUNK_SIZE))
+    }
+
+    /// Waits for every chunk being stored and adds them to the upload, in order.
+    async fn settle(&mut self) -> Result<(), CloudError> {
+        while !self.inflight.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest chunk being stored and adds it to the upload (or holds it back for
+    /// the checksum).
+    async fn settle_one(&mut self) -> Result<(), CloudError> {
+        let Some(task) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        let c = task
+            .await
+            .map_err(|e| CloudError::Internal(format!("chunk task: {e}")))??;
         if let Some(d) = &mut self.deferred {
-            d.push((hash, size, written));
+            d.push((c.hash, c.size, c.written));
+            self.reuse(c.bytes);
             return Ok(());
         }
-        self.commit(&hash, size, written, Some(bytes)).await
+        self.commit(&c.hash, c.size, c.written, Some(c.bytes.clone()))
+            .await?;
+        self.reuse(c.bytes);
+        Ok(())
+    }
+
+    fn reuse(&mut self, bytes: Bytes) {
+        if let Ok(mut b) = bytes.try_into_mut() {
+            if b.capacity() >= CHUNK_SIZE && self.spare.len() <= WRITES_IN_FLIGHT {
+                b.clear();
+                self.spare.push(b);
+            }
+        }
     }
 
     /// Adds a chunk to the upload in the database (retrying once with a write when the chunk
@@ -779,6 +886,7 @@ impl Writer<'_> {
         if !bytes.is_empty() {
             self.add_chunk(bytes).await?;
         }
+        self.settle().await?;
         self.flush_deferred().await?;
         if self.pos.tail_len != 0 {
             // The old tail was consumed by the chunks: record that it is gone.
@@ -798,6 +906,7 @@ impl Writer<'_> {
     }
 
     async fn discard_deferred(&mut self) -> Result<(), CloudError> {
+        self.settle().await?;
         if let Some(parts) = self.deferred.take() {
             for (_, _, written) in parts {
                 if let Some(k) = written {
@@ -813,6 +922,7 @@ impl Writer<'_> {
 
     /// Keeps the bytes after the last whole chunk for the next request.
     async fn set_tail(&mut self, bytes: Bytes) -> Result<(), CloudError> {
+        self.settle().await?;
         self.flush_deferred().await?;
         let len = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
         if len == 0 && self.pos.tail_len == 0 {

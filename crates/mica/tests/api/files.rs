@@ -1297,3 +1297,68 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     // The same bytes are still g2's file, so only g1's two previews go.
     assert_eq!(tus.stored().await.0, before - 2);
 }
+
+/// An existing tus client, tuspy (`pip install tuspy`), uploads in 3 MB requests with SHA-1
+/// checksums, stops after the first, and a new uploader resumes from the server's offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuspy_uploads_and_resumes() {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import tusclient"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("MICA_TEST_REQUIRE_TUSPY").is_none(),
+            "tuspy is required here (pip install tuspy)"
+        );
+        eprintln!("tuspy is not installed: tus client compatibility skipped");
+        return;
+    }
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let (tus, _, _) = signed_in(&app, "tus@example.com").await;
+    let data = bytes(10 * MB, 11);
+    let path = std::env::temp_dir().join(format!("mica-tuspy-{}.bin", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let script = r#"
+import sys
+from tusclient import client
+endpoint, token, path = sys.argv[1:4]
+c = client.TusClient(endpoint, headers={"Authorization": "Bearer " + token})
+first = c.uploader(path, chunk_size=3_000_000, upload_checksum=True,
+                   metadata={"filename": "report.pdf", "filetype": "application/pdf"})
+first.upload_chunk()                      # then the app is closed
+again = c.uploader(path, url=first.url, chunk_size=3_000_000, upload_checksum=True)
+assert again.offset == 3_000_000, again.offset
+again.upload()
+print(first.url)
+"#;
+    let endpoint = app.url("/api/v1/uploads");
+    let token = tus.token.clone();
+    let file_arg = path.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script, &endpoint, &token, &file_arg])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "tuspy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let upload = url.trim_start_matches(&app.base);
+    let (status, offset, file) = tus.head(upload).await;
+    assert_eq!((status, offset), (StatusCode::OK, Some(data.len())));
+    let file = file.unwrap();
+    let got = tus.download(&file, None).await;
+    assert_eq!(got.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        blake3::hash(&got.bytes().await.unwrap()),
+        blake3::hash(&data)
+    );
+    app.stop().await;
+}

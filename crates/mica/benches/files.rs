@@ -1,0 +1,354 @@
+//! File throughput, against a reference measured in the same run on the same disk:
+//! - upload a 1 GiB file over loopback with tus (one PATCH, streamed from disk) and download it
+//!   again, compared with a plain sequential write (then one fsync) and a plain sequential read
+//!   of the same size in the same folder;
+//! - the server's peak RSS during the upload (`VmHWM` of the `mica serve` process);
+//! - a re-upload of the same content (dedup: nothing new is stored).
+//!
+//! The server is the release `mica` binary as a separate process on its embedded defaults
+//! (SQLite + a local blob folder), so its memory is its own.
+//!
+//! Run: `cargo bench -p mica --bench files`. MICA_BENCH_FILE_MB sets the size (default 1024).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+
+const PASSWORD: &str = "correct-Horse-battery-9";
+const MIB: usize = 1 << 20;
+
+fn env_n(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mb_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+/// Writes `size` bytes of incompressible data to `path` (and fsyncs): the write reference.
+fn write_reference(path: &Path, size: usize, seed: u64) -> Duration {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let mut buf = vec![0u8; 4 * MIB];
+    let mut f = std::fs::File::create(path).unwrap();
+    let start = Instant::now();
+    let mut left = size;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    f.sync_all().unwrap();
+    start.elapsed()
+}
+
+fn read_reference(path: &Path) -> (Duration, u64) {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 4 * MIB];
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf).unwrap();
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    (start.elapsed(), n)
+}
+
+/// Empties the page cache (root only); returns whether it could.
+fn drop_caches() -> bool {
+    let synced = std::process::Command::new("sync").status().is_ok();
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time the process has used (user + system), from /proc (clock ticks of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One PATCH whose body streams from `path`; returns the status and the file id.
+async fn patch_from_file(
+    addr: &str,
+    token: &str,
+    location: &str,
+    path: &Path,
+) -> (u16, Option<String>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let len = std::fs::metadata(path).unwrap().len();
+    let file = tokio::fs::File::open(path).await.unwrap();
+    let body = futures_util::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; MIB];
+        let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+            .await
+            .unwrap();
+        if n == 0 {
+            return None;
+        }
+        buf.truncate(n);
+        Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(buf))), f))
+    });
+    let req = hyper::Request::patch(location)
+        .header("host", addr)
+        .header("authorization", format!("Bearer {token}"))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("content-length", len.to_string())
+        .body(StreamBody::new(body))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let file = resp
+        .headers()
+        .get("mica-file-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, file)
+}
+
+async fn download(addr: &str, token: &str, file: &str) -> u64 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("/api/v1/files/{file}/content"))
+        .header("host", addr)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            n += data.len() as u64;
+        }
+    }
+    n
+}
+
+async fn create_upload(http: &reqwest::Client, base: &str, token: &str, len: u64) -> String {
+    let r = http
+        .post(format!("{base}/api/v1/uploads"))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", len.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mb = env_n("MICA_BENCH_FILE_MB", 1024);
+    let rounds = env_n("MICA_BENCH_ROUNDS", 3).max(1);
+    let size = mb * MIB;
+    let dir = std::env::temp_dir().join(format!("mica-bench-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The server: the release binary, its own process, on its embedded defaults in `dir`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let data = dir.join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mica"))
+        .arg("serve")
+        .env("MICA_LISTEN", &addr)
+        .env("MICA_DATA_DIR", &data)
+        .env("MICA_LOG", "warn")
+        .env(
+            "MICA_CLOUD__QUOTA_BYTES",
+            ((rounds as i64 + 2) * size as i64 + (1 << 30)).to_string(),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let bytes = size as u64;
+    let mut cold = true;
+    let mut rows = Vec::new();
+    let (again, first_up, rss_idle, peak) = rt.block_on(async {
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = mica_client::Client::new(base.clone());
+        let s = client
+            .signup_email("bench@example.com", PASSWORD)
+            .await
+            .unwrap();
+        let outbox = data.join("outbox.jsonl");
+        let code = loop {
+            let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+            if let Some(line) = text.lines().last() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                break v["subject"].as_str().unwrap()[..6].to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let t = client
+            .signup_verify(&s.signup_id, &code, None)
+            .await
+            .unwrap();
+        let token = t.access_token;
+        let rss_idle = vm_rss_kib(pid);
+        let mut peak = 0;
+        let mut first_up = Duration::ZERO;
+        let mut source = dir.join("source-0.bin");
+        // Rounds alternate the reference and Mica on new content each time (so no upload is
+        // deduplicated), and the ratios are taken per round: the disk is shared and noisy.
+        for round in 0..rounds {
+            source = dir.join(format!("source-{round}.bin"));
+            let wrote = write_reference(&source, size, round as u64);
+            let loc = create_upload(&http, &base, &token, bytes).await;
+            let cpu0 = cpu_time(pid);
+            let start = Instant::now();
+            let (status, file) = patch_from_file(&addr, &token, &loc, &source).await;
+            let up = start.elapsed();
+            let up_cpu = cpu_time(pid) - cpu0;
+            assert_eq!(status, 204);
+            if round == 0 {
+                first_up = up;
+                // VmHWM only grows: read now, it is the peak of the first upload alone.
+                peak = vm_hwm_kib(pid);
+            }
+            let file = file.expect("a file id");
+            // Reads come from the disk (the page cache dropped), for the reference and Mica.
+            cold &= drop_caches();
+            let (read, n) = read_reference(&source);
+            assert_eq!(n, bytes);
+            cold &= drop_caches();
+            let cpu0 = cpu_time(pid);
+            let start = Instant::now();
+            let got = download(&addr, &token, &file).await;
+            let down = start.elapsed();
+            let down_cpu = cpu_time(pid) - cpu0;
+            assert_eq!(got, bytes);
+            rows.push((wrote, up, read, down, up_cpu, down_cpu));
+        }
+        // The same content again: every chunk is already there.
+        let loc = create_upload(&http, &base, &token, bytes).await;
+        let start = Instant::now();
+        let (status, _) = patch_from_file(&addr, &token, &loc, &source).await;
+        let again = start.elapsed();
+        assert_eq!(status, 204);
+        (again, first_up, rss_idle, (peak, vm_hwm_kib(pid)))
+    });
+    let (peak, overall) = peak;
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "file size: {mb} MiB, {rounds} rounds, folder {}; reads from {}",
+        dir.display(),
+        if cold {
+            "disk (page cache dropped)"
+        } else {
+            "the page cache (could not drop it)"
+        }
+    );
+    println!("round | plain write+fsync | tus upload | upload/write | plain read | download | download/read | server CPU up / down");
+    let (mut up_ratio, mut down_ratio) = (Vec::new(), Vec::new());
+    for (i, (wrote, up, read, down, up_cpu, down_cpu)) in rows.iter().enumerate() {
+        let ur = wrote.as_secs_f64() / up.as_secs_f64();
+        let dr = read.as_secs_f64() / down.as_secs_f64();
+        up_ratio.push(ur);
+        down_ratio.push(dr);
+        println!(
+            "{i:>5} | {:>11.0} MB/s | {:>5.0} MB/s | {:>10.1} % | {:>5.0} MB/s | {:>4.0} MB/s | {:>11.1} % | {:.0} % / {:.0} % of a core",
+            mb_s(bytes, *wrote),
+            mb_s(bytes, *up),
+            100.0 * ur,
+            mb_s(bytes, *read),
+            mb_s(bytes, *down),
+            100.0 * dr,
+            100.0 * up_cpu.as_secs_f64() / up.as_secs_f64(),
+            100.0 * down_cpu.as_secs_f64() / down.as_secs_f64()
+        );
+    }
+    println!(
+        "median: upload {:.1} % of plain write, download {:.1} % of plain read",
+        100.0 * median(up_ratio),
+        100.0 * median(down_ratio)
+    );
+    println!(
+        "re-upload of the same content (dedup): {:.2} s, {:.0} MB/s = {:.1} % of the first upload's time",
+        again.as_secs_f64(),
+        mb_s(bytes, again),
+        100.0 * again.as_secs_f64() / first_up.as_secs_f64()
+    );
+    println!(
+        "server RSS: {:.1} MB idle, peak {:.1} MB during the first upload, {:.1} MB over the whole run (VmHWM)",
+        rss_idle as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        overall as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
