@@ -360,6 +360,18 @@ async fn write_upload(
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => return tus_error(e),
     };
+    // A body declared longer than what is left of the upload is refused before it is read.
+    if let Some(len) =
+        header_str(&headers, &header::CONTENT_LENGTH).and_then(|v| v.parse::<i64>().ok())
+    {
+        match app.cloud.upload(p.account, &id).await {
+            Ok(u) if u.file_id.is_none() && u.offset == offset && len > u.length - u.offset => {
+                return tus_error(CloudError::PastUploadLength)
+            }
+            Ok(_) => {}
+            Err(e) => return tus_error(e),
+        }
+    }
     match spawn_write(&app, p.account, id, offset, body, checksum).await {
         Ok(info) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
