@@ -420,13 +420,7 @@ impl Cloud {
         }
         .await;
         if let Err(e) = result {
-            w.abandon().await;
-            if matches!(e, CloudError::QuotaExceeded { .. }) {
-                // At the limit the upload ends and its bytes are released.
-                self.store().remove_upload(account, id, self.now()).await?;
-                self.collect_account(account).await?;
-            }
-            return Err(e);
+            return Err(w.fail(e).await);
         }
         if let (Some(h), Some(c)) = (hasher, &checksum) {
             if broken || h.finish() != c.expected {
@@ -449,12 +443,7 @@ impl Cloud {
             w.set_tail(tail).await
         };
         if let Err(e) = finish {
-            w.abandon().await;
-            if matches!(e, CloudError::QuotaExceeded { .. }) {
-                self.store().remove_upload(account, id, self.now()).await?;
-                self.collect_account(account).await?;
-            }
-            return Err(e);
+            return Err(w.fail(e).await);
         }
         // The tail this request started from is in a chunk or a new tail now: delete it.
         if let Some(old) = &up.tail_key {
@@ -730,6 +719,25 @@ impl Writer<'_> {
             bytes,
         )));
         Ok(())
+    }
+
+    /// Ends a request that failed: chunks in flight are dropped, and at the quota the upload
+    /// ends and its received bytes are released. Returns the error to report.
+    async fn fail(&mut self, e: CloudError) -> CloudError {
+        self.abandon().await;
+        if matches!(e, CloudError::QuotaExceeded { .. }) {
+            let store = self.cloud.store();
+            if let Err(inner) = store
+                .remove_upload(self.account, &self.upload.id, self.now())
+                .await
+            {
+                return inner.into();
+            }
+            if let Err(inner) = self.cloud.collect_account(self.account).await {
+                return inner;
+            }
+        }
+        e
     }
 
     /// Gives up the chunks still on their way: waits for their writes and queues the objects

@@ -207,6 +207,15 @@ impl DriveFs {
     async fn existing(&self, account: AccountId, path: &DavPath) -> FsResult<DriveItem> {
         self.lookup(account, path).await?.ok_or(FsError::Forbidden)
     }
+
+    /// The dead properties of the entry at `path`.
+    async fn props(&self, account: AccountId, path: &DavPath) -> FsResult<Vec<DeadProp>> {
+        let item = self.existing(account, path).await?;
+        self.cloud
+            .drive_props(account, &item.id)
+            .await
+            .map_err(fs_error)
+    }
 }
 
 impl GuardedFileSystem<AccountId> for DriveFs {
@@ -461,13 +470,9 @@ impl GuardedFileSystem<AccountId> for DriveFs {
     ) -> FsFuture<'a, Vec<DavProp>> {
         let account = *account;
         async move {
-            let item = self.existing(account, path).await?;
-            let props = self
-                .cloud
-                .drive_props(account, &item.id)
-                .await
-                .map_err(fs_error)?;
-            Ok(props
+            Ok(self
+                .props(account, path)
+                .await?
                 .into_iter()
                 .map(|p| DavProp {
                     name: p.name,
@@ -492,13 +497,8 @@ impl GuardedFileSystem<AccountId> for DriveFs {
     ) -> FsFuture<'a, Vec<u8>> {
         let account = *account;
         async move {
-            let item = self.existing(account, path).await?;
-            let props = self
-                .cloud
-                .drive_props(account, &item.id)
-                .await
-                .map_err(fs_error)?;
-            props
+            self.props(account, path)
+                .await?
                 .into_iter()
                 .find(|p| p.name == prop.name && p.namespace == prop.namespace)
                 .and_then(|p| B64.decode(p.xml).ok())

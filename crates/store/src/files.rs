@@ -246,17 +246,7 @@ impl Store {
     ) -> Result<ProgressOutcome> {
         let mut tx = self.writer.begin().await?;
         let acct = lock_account(&mut tx, account, 0).await?;
-        let Some(up) = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE account_id = $1 AND id = $2"
-        ))
-        .bind(account.as_i64())
-        .bind(upload_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(upload_row)
-        .transpose()?
-        else {
+        let Some(up) = upload_in(&mut tx, account, upload_id).await? else {
             return Ok(ProgressOutcome::Moved);
         };
         if up.file_id.is_some() || up.committed != at.committed || up.tail_len != at.tail_len {
@@ -350,17 +340,7 @@ impl Store {
     ) -> Result<Option<FileRow>> {
         let mut tx = self.writer.begin().await?;
         lock_account(&mut tx, account, 0).await?;
-        let Some(up) = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE account_id = $1 AND id = $2"
-        ))
-        .bind(account.as_i64())
-        .bind(upload_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(upload_row)
-        .transpose()?
-        else {
+        let Some(up) = upload_in(&mut tx, account, upload_id).await? else {
             return Ok(None);
         };
         if up.file_id.is_some() || up.committed != up.length || up.tail_len != 0 {
@@ -624,13 +604,13 @@ impl Store {
     }
 }
 
-async fn remove_upload_tx(
+/// An upload, read inside a transaction (under the account lock).
+async fn upload_in(
     tx: &mut Transaction<'static, Any>,
     account: AccountId,
     upload_id: &str,
-    now: Timestamp,
-) -> Result<bool> {
-    let Some(up) = sqlx::query(&format!(
+) -> Result<Option<UploadRow>> {
+    sqlx::query(&format!(
         "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE account_id = $1 AND id = $2"
     ))
     .bind(account.as_i64())
@@ -639,8 +619,16 @@ async fn remove_upload_tx(
     .await?
     .as_ref()
     .map(upload_row)
-    .transpose()?
-    else {
+    .transpose()
+}
+
+async fn remove_upload_tx(
+    tx: &mut Transaction<'static, Any>,
+    account: AccountId,
+    upload_id: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    let Some(up) = upload_in(tx, account, upload_id).await? else {
         return Ok(false);
     };
     if up.file_id.is_none() {
