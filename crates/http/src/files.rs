@@ -160,6 +160,24 @@ fn parse_len(h: &HeaderMap, name: &HeaderName) -> Result<Option<i64>, ApiError> 
     }
 }
 
+/// A length header the request must carry.
+fn required_len(h: &HeaderMap, name: &HeaderName) -> Result<i64, ApiError> {
+    parse_len(h, name)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_header",
+            format!("{name} is required"),
+        )
+    })
+}
+
+/// `Upload-Checksum`, when the request carries one.
+fn checksum(h: &HeaderMap) -> Result<Option<Checksum>, CloudError> {
+    header_str(h, &UPLOAD_CHECKSUM)
+        .map(Checksum::parse)
+        .transpose()
+}
+
 fn upload_headers(r: &mut Response, u: &UploadInfo) {
     let h = r.headers_mut();
     h.insert(TUS_RESUMABLE.clone(), HeaderValue::from_static(TUS_VERSION));
@@ -243,15 +261,8 @@ async fn create_upload(
             "declare Upload-Length when creating the upload (creation-defer-length is not supported)",
         ));
     }
-    let length = match parse_len(&headers, &UPLOAD_LENGTH) {
-        Ok(Some(l)) => l,
-        Ok(None) => {
-            return tus_error(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_header",
-                "Upload-Length is required",
-            ))
-        }
+    let length = match required_len(&headers, &UPLOAD_LENGTH) {
+        Ok(l) => l,
         Err(e) => return tus_error(e),
     };
     let metadata = header_str(&headers, &UPLOAD_METADATA).unwrap_or("");
@@ -265,10 +276,9 @@ async fn create_upload(
     };
     let with_body = header_str(&headers, &header::CONTENT_TYPE) == Some(OFFSET_STREAM);
     let info = if with_body {
-        let checksum = match header_str(&headers, &UPLOAD_CHECKSUM).map(Checksum::parse) {
-            None => None,
-            Some(Ok(c)) => Some(c),
-            Some(Err(e)) => return tus_error(e),
+        let checksum = match checksum(&headers) {
+            Ok(c) => c,
+            Err(e) => return tus_error(e),
         };
         match spawn_write(&app, p.account, info.id.clone(), 0, body, checksum).await {
             Ok(i) => i,
@@ -344,21 +354,13 @@ async fn write_upload(
             "send the bytes as Content-Type: application/offset+octet-stream",
         ));
     }
-    let offset = match parse_len(&headers, &UPLOAD_OFFSET) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            return tus_error(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_header",
-                "Upload-Offset is required",
-            ))
-        }
+    let offset = match required_len(&headers, &UPLOAD_OFFSET) {
+        Ok(o) => o,
         Err(e) => return tus_error(e),
     };
-    let checksum = match header_str(&headers, &UPLOAD_CHECKSUM).map(Checksum::parse) {
-        None => None,
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => return tus_error(e),
+    let checksum = match checksum(&headers) {
+        Ok(c) => c,
+        Err(e) => return tus_error(e),
     };
     // A body declared longer than what is left of the upload is refused before it is read.
     if let Some(len) =
