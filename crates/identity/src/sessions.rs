@@ -464,6 +464,78 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+impl Identity {
+    /// Checks an account's password where no session is at hand (a device leaving lost mode):
+    /// rate-limited per address like a sign-in, and wrong guesses count toward the account's
+    /// sign-in back-off.
+    pub async fn check_password(
+        &self,
+        account: AccountId,
+        password: SecretString,
+        ip: &str,
+    ) -> Result<(), IdentityError> {
+        self.limit(&self.inner.limits.signin_ip, ip)?;
+        let row = self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await?
+            .filter(|a| a.status == "active")
+            .ok_or(IdentityError::InvalidCredentials)?;
+        let now = self.now();
+        if row.locked_until > now {
+            return Err(IdentityError::SignInBackoff {
+                retry_after: now.until(row.locked_until),
+            });
+        }
+        let ok = self
+            .inner
+            .hasher
+            .verify(&password, Some(row.password_hash.as_str()))
+            .await?;
+        if ok {
+            if row.failed_logins != 0 {
+                self.store().clear_login_failures(account).await?;
+            }
+            return Ok(());
+        }
+        let n = self.store().record_login_failure(account).await?;
+        if let Some(d) = backoff(n, self.inner.cfg.signin_failures_before_backoff) {
+            self.store()
+                .lock_account_until(account, now.plus(d))
+                .await?;
+        }
+        Err(IdentityError::InvalidCredentials)
+    }
+
+    /// Ends a session for the system rather than its holder (its device was removed or
+    /// erased), and records why in the security log.
+    pub async fn end_session(
+        &self,
+        account: AccountId,
+        id: &SessionId,
+        kind: &str,
+        client: &ClientInfo,
+        detail: Option<String>,
+    ) -> Result<(), IdentityError> {
+        if self.store().revoke_session(account, id, self.now()).await? {
+            self.note_revoked(vec![id.clone()]);
+        }
+        self.event(account, kind, client, None, detail).await
+    }
+
+    /// Records a security event (devices linked, removed, erased, Find Device turned off).
+    pub async fn record_event(
+        &self,
+        account: AccountId,
+        kind: &str,
+        client: &ClientInfo,
+        session: Option<&SessionId>,
+        detail: Option<String>,
+    ) -> Result<(), IdentityError> {
+        self.event(account, kind, client, session, detail).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,23 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "passkeys",
         condition: "account_id = $1",
     },
+    // Devices: commands and locations before the devices; activation locks are released.
+    AccountTable {
+        table: "device_commands",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "device_locations",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "devices",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "activation_locks",
+        condition: "account_id = $1",
+    },
     // The archives' files are removed (by the deletion job) before this step.
     AccountTable {
         table: "exports",

@@ -18,6 +18,7 @@ mod accounts;
 mod app_passwords;
 mod cloud;
 mod codes;
+mod devices;
 mod exports;
 mod files;
 mod jobs;
@@ -42,6 +43,10 @@ pub use cloud::{
     OpStatus, RestoreOutcome, UsageMismatch, WriteOp, BIN_CATEGORY,
 };
 pub use codes::{CodeRow, NewCode};
+pub use devices::{
+    AckOutcome, CommandRow, DeviceRow, FinishOutcome, LinkOutcome, LocationRow, NewCommand,
+    NewDevice,
+};
 pub use exports::ExportRow;
 pub use files::{
     FileChunk, FileRow, GcReport, NewPart, NewUpload, ProgressOutcome, UploadPosition, UploadRow,

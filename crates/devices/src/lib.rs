@@ -1,0 +1,1339 @@
+//! Linked devices and Find Device (PRODUCT.md DV-1 … DV-8): linking a device to an account with
+//! its own credential, locations, the commands an owner sends a lost device (locate, ring, lost
+//! mode, erase) and their life over the device channel, and the activation lock that keeps a
+//! reset device bound to its owner. The protocol is described in docs/design/devices.md.
+//!
+//! Architecture invariants:
+//! - A command is a database row first; the channel only carries it. Its state moves by
+//!   conditional updates, so a command is acknowledged once, and only before it expires.
+//! - Another account's device is `NotFound`, never `Forbidden`: nothing says it exists.
+//! - Hardware ids, locations and lost-mode messages are sealed at rest; hardware ids are found
+//!   only through blind indexes.
+
+mod channel;
+mod error;
+pub mod hardware;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use mica_core::crypto::{random_token_string, token_hash, Keys};
+use mica_core::{AccountId, Clock, PhoneE164, SessionId, Timestamp};
+use mica_identity::limits::Limiter;
+use mica_identity::{ClientInfo, Identity, Principal, Rate};
+use mica_store::{
+    AckOutcome, CommandRow, DeviceRow, FinishOutcome, LinkOutcome, LocationRow, NewCommand,
+    NewDevice, Store,
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use utoipa::ToSchema;
+
+use channel::{Registry, Wire};
+pub use error::DevicesError;
+pub use hardware::Hardware;
+
+pub type Result<T, E = DevicesError> = std::result::Result<T, E>;
+
+/// Operator settings (`[devices]` in the configuration file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// How long a command waits for its device before it expires.
+    pub command_ttl_hours: u64,
+    /// How long reported locations are kept.
+    pub location_retention_days: u64,
+    /// First gap before an unacknowledged command is sent again; it doubles each time.
+    pub resend_after_ms: u64,
+    /// Longest gap between re-sends.
+    pub resend_max_ms: u64,
+    /// Refused links of an activation-locked device, per device.
+    pub unlock_attempts: Rate,
+    /// Activation-status checks per address.
+    pub activation_checks: Rate,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            command_ttl_hours: 7 * 24,
+            location_retention_days: 30,
+            resend_after_ms: 1_000,
+            resend_max_ms: 30_000,
+            unlock_attempts: Rate {
+                burst: 5,
+                period: Duration::from_secs(3600),
+            },
+            activation_checks: Rate {
+                burst: 20,
+                period: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// What a device declares when it is linked.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// What the owner calls it ("Ana's phone").
+    pub name: String,
+    pub model: String,
+    pub os_version: String,
+    pub app_version: String,
+    pub hardware: Hardware,
+    /// Find Device on from the start (the default, as on phones).
+    #[serde(default = "yes")]
+    pub find_device: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A freshly linked device and its credential (shown once; the server keeps a hash).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Linked {
+    pub device: DeviceView,
+    /// `Authorization: Bearer <credential>` on the device endpoints.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LostModeView {
+    pub message: Option<String>,
+    pub phone: Option<String>,
+    pub since: String,
+}
+
+/// A linked (or erased) device as its owner sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub os_version: String,
+    pub app_version: String,
+    pub hardware: Hardware,
+    pub find_device: bool,
+    /// `linked`, or `erased` (no longer trackable; its history stays until deleted).
+    pub state: String,
+    pub battery: Option<i64>,
+    pub last_seen_at: Option<String>,
+    pub linked_at: String,
+    pub unlinked_at: Option<String>,
+    /// Connected to this server node right now.
+    pub online: bool,
+    pub lost_mode: Option<LostModeView>,
+    pub last_location: Option<LocationView>,
+}
+
+/// Where a location came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LocationSource {
+    Gps,
+    Network,
+    LastKnown,
+}
+
+/// One position a device reports.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocationReport {
+    /// Degrees, −90 … 90.
+    pub lat: f64,
+    /// Degrees, −180 … 180.
+    pub lon: f64,
+    /// Metres (radius of 68 % confidence).
+    pub accuracy: f64,
+    pub source: LocationSource,
+    /// Percent, 0 … 100.
+    pub battery: Option<i64>,
+    /// When the position was taken (RFC 3339); not in the future.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LocationView {
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy: f64,
+    pub source: LocationSource,
+    pub battery: Option<i64>,
+    pub at: String,
+    pub received_at: String,
+}
+
+/// The sealed part of a stored location.
+#[derive(Serialize, Deserialize)]
+struct Place {
+    lat: f64,
+    lon: f64,
+    accuracy: f64,
+    source: LocationSource,
+    battery: Option<i64>,
+}
+
+/// What an owner can ask a device to do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Report a fresh location now.
+    Locate,
+    /// Play a sound until stopped on the device.
+    Ring,
+    /// Lock the device and show a message and a number to call; only the account password
+    /// unlocks it.
+    LostMode,
+    /// Erase the device (step-up required). It is unlinked afterwards; the activation lock
+    /// stays.
+    Erase,
+}
+
+impl CommandKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Locate => "locate",
+            CommandKind::Ring => "ring",
+            CommandKind::LostMode => "lost_mode",
+            CommandKind::Erase => "erase",
+        }
+    }
+
+    fn parse(s: &str) -> Option<CommandKind> {
+        Some(match s {
+            "locate" => CommandKind::Locate,
+            "ring" => CommandKind::Ring,
+            "lost_mode" => CommandKind::LostMode,
+            "erase" => CommandKind::Erase,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    pub kind: CommandKind,
+    /// Lost mode: the message the device shows.
+    pub message: Option<String>,
+    /// Lost mode: a number the finder can call.
+    pub phone: Option<String>,
+}
+
+/// A command's payload (lost mode), sealed at rest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Payload {
+    message: Option<String>,
+    phone: Option<String>,
+}
+
+/// A command and where it is in its life: `queued` → `delivered` → `acknowledged` → `done` /
+/// `failed` (with a reason), or `expired`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandView {
+    pub id: String,
+    pub device_id: String,
+    /// Grows by one per command to the device.
+    pub seq: i64,
+    pub kind: CommandKind,
+    pub state: String,
+    pub reason: Option<String>,
+    /// How many times it was sent to the device.
+    pub deliveries: i64,
+    pub message: Option<String>,
+    pub phone: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub delivered_at: Option<String>,
+    pub acknowledged_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// What the device channel sends a device about a command.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommandFrame {
+    pub id: String,
+    /// Grows per device: a device refuses a command whose seq it has already passed.
+    pub seq: i64,
+    pub kind: CommandKind,
+    pub message: Option<String>,
+    pub phone: Option<String>,
+    pub issued_at: String,
+    pub expires_at: String,
+    /// Already acknowledged (sent again after a reconnect): the device only reports how it
+    /// ended, it does not run it again.
+    pub acknowledged: bool,
+}
+
+/// What the device channel carries.
+#[derive(Debug, Clone)]
+pub enum ChannelFrame {
+    /// First frame: who the server thinks is connected.
+    Hello {
+        device_id: String,
+        server_time: String,
+    },
+    Command(CommandFrame),
+}
+
+/// How a command ended on the device.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Done,
+    Failed,
+}
+
+/// A live change for the owner's feed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OwnerEvent {
+    /// A command changed state.
+    Command {
+        device_id: String,
+        command: CommandView,
+    },
+    /// A device was linked, changed, erased or removed (`change` says which).
+    Device { device_id: String, change: String },
+    /// A device reported where it is.
+    Location {
+        device_id: String,
+        location: LocationView,
+    },
+}
+
+/// Whether a device is activation-locked, and to which (masked) account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActivationStatus {
+    pub locked: bool,
+    pub owner: Option<String>,
+}
+
+/// A device proven by its credential.
+#[derive(Debug, Clone)]
+pub struct DeviceCaller {
+    pub id: String,
+    pub account: AccountId,
+    pub find_enabled: bool,
+}
+
+/// Account numbers are shown with their middle hidden: `12••••••90`.
+pub fn mask_account(account: AccountId) -> String {
+    let s = account.to_string();
+    let n = s.chars().count();
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| if i < 2 || i + 2 >= n { c } else { '•' })
+        .collect()
+}
+
+fn text_field(field: &'static str, value: &str, max: usize, required: bool) -> Result<String> {
+    let v = value.trim();
+    if required && v.is_empty() {
+        return Err(DevicesError::invalid(field, "must not be empty"));
+    }
+    if v.chars().count() > max {
+        return Err(DevicesError::invalid(
+            field,
+            format!("at most {max} characters"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(DevicesError::invalid(
+            field,
+            "must not hold control characters",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    t.to_rfc3339()
+}
+
+/// The devices service. Cheap to clone.
+#[derive(Clone)]
+pub struct Devices(Arc<Inner>);
+
+struct Inner {
+    store: Store,
+    identity: Identity,
+    keys: Arc<Keys>,
+    clock: Arc<dyn Clock>,
+    cfg: DevicesConfig,
+    registry: Arc<Registry>,
+    unlock_attempts: Limiter,
+    activation_checks: Limiter,
+}
+
+impl std::fmt::Debug for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Devices").finish_non_exhaustive()
+    }
+}
+
+/// A command sent to a connected device and not acknowledged yet.
+struct Outstanding {
+    frame: CommandFrame,
+    sends: u32,
+    due: tokio::time::Instant,
+}
+
+/// The state of one device's channel stream.
+struct ChannelState {
+    devices: Devices,
+    device: String,
+    account: AccountId,
+    hello: Option<ChannelFrame>,
+    pending: VecDeque<CommandRow>,
+    outstanding: Vec<Outstanding>,
+    rx: tokio::sync::mpsc::Receiver<Wire>,
+    _guard: channel::ConnGuard,
+}
+
+impl Devices {
+    pub fn new(
+        store: Store,
+        identity: Identity,
+        keys: Arc<Keys>,
+        clock: Arc<dyn Clock>,
+        cfg: DevicesConfig,
+    ) -> Devices {
+        Devices(Arc::new(Inner {
+            unlock_attempts: Limiter::new(cfg.unlock_attempts, clock.clone()),
+            activation_checks: Limiter::new(cfg.activation_checks, clock.clone()),
+            store,
+            identity,
+            keys,
+            clock,
+            cfg,
+            registry: Arc::new(Registry::default()),
+        }))
+    }
+
+    fn now(&self) -> Timestamp {
+        self.0.clock.now()
+    }
+
+    fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    fn open_json<T: serde::de::DeserializeOwned>(&self, field: &str, sealed: &[u8]) -> Result<T> {
+        let text = self
+            .0
+            .keys
+            .open(field, sealed)
+            .map_err(|_| DevicesError::Internal(format!("cannot open sealed {field}")))?;
+        serde_json::from_str(&text).map_err(|e| DevicesError::Internal(format!("{field}: {e}")))
+    }
+
+    fn seal_json<T: Serialize>(&self, field: &str, value: &T) -> Result<Vec<u8>> {
+        let text =
+            serde_json::to_string(value).map_err(|e| DevicesError::Internal(e.to_string()))?;
+        Ok(self.0.keys.seal(field, &text))
+    }
+
+    fn hardware_of(&self, row: &DeviceRow) -> Result<Hardware> {
+        self.open_json("device_hardware", &row.hardware)
+    }
+
+    fn location_view(&self, l: &LocationRow) -> Result<LocationView> {
+        let p: Place = self.open_json("device_location", &l.place)?;
+        Ok(LocationView {
+            lat: p.lat,
+            lon: p.lon,
+            accuracy: p.accuracy,
+            source: p.source,
+            battery: p.battery,
+            at: rfc3339(l.at),
+            received_at: rfc3339(l.received_at),
+        })
+    }
+
+    async fn view(&self, row: &DeviceRow) -> Result<DeviceView> {
+        let last = match self.store().last_location(&row.id).await? {
+            Some(l) => Some(self.location_view(&l)?),
+            None => None,
+        };
+        let lost_mode = match &row.lost_mode {
+            Some(sealed) => Some(self.open_json::<LostModeView>("lost_mode", sealed)?),
+            None => None,
+        };
+        Ok(DeviceView {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            model: row.model.clone(),
+            os_version: row.os_version.clone(),
+            app_version: row.app_version.clone(),
+            hardware: self.hardware_of(row)?,
+            find_device: row.find_enabled,
+            state: if row.unlinked_at.is_some() {
+                row.unlinked_reason
+                    .clone()
+                    .unwrap_or_else(|| "unlinked".into())
+            } else {
+                "linked".into()
+            },
+            battery: row.battery,
+            last_seen_at: row.last_seen_at.map(rfc3339),
+            linked_at: rfc3339(row.linked_at),
+            unlinked_at: row.unlinked_at.map(rfc3339),
+            online: row.unlinked_at.is_none() && self.0.registry.is_connected(&row.id),
+            lost_mode,
+            last_location: last,
+        })
+    }
+
+    fn command_view(&self, c: &CommandRow) -> Result<CommandView> {
+        let payload: Payload = match &c.payload {
+            Some(sealed) => self.open_json("device_command", sealed)?,
+            None => Payload::default(),
+        };
+        Ok(CommandView {
+            id: c.id.clone(),
+            device_id: c.device_id.clone(),
+            seq: c.seq,
+            kind: CommandKind::parse(&c.kind)
+                .ok_or_else(|| DevicesError::Internal(format!("command kind {}", c.kind)))?,
+            state: c.state.clone(),
+            reason: c.reason.clone(),
+            deliveries: c.deliveries,
+            message: payload.message,
+            phone: payload.phone,
+            created_at: rfc3339(c.created_at),
+            expires_at: rfc3339(c.expires_at),
+            delivered_at: c.delivered_at.map(rfc3339),
+            acknowledged_at: c.acknowledged_at.map(rfc3339),
+            finished_at: c.finished_at.map(rfc3339),
+        })
+    }
+
+    fn frame(&self, c: &CommandRow) -> Result<CommandFrame> {
+        let v = self.command_view(c)?;
+        Ok(CommandFrame {
+            id: v.id,
+            seq: v.seq,
+            kind: v.kind,
+            message: v.message,
+            phone: v.phone,
+            issued_at: v.created_at,
+            expires_at: v.expires_at,
+            acknowledged: c.state == "acknowledged",
+        })
+    }
+
+    fn publish_command(&self, c: &CommandRow) {
+        match self.command_view(c) {
+            Ok(command) => self.0.registry.publish(
+                c.account_id,
+                OwnerEvent::Command {
+                    device_id: c.device_id.clone(),
+                    command,
+                },
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot describe a command"),
+        }
+    }
+
+    fn publish_device(&self, account: AccountId, device: &str, change: &str) {
+        self.0.registry.publish(
+            account,
+            OwnerEvent::Device {
+                device_id: device.to_owned(),
+                change: change.to_owned(),
+            },
+        );
+    }
+
+    async fn expire(&self, device: Option<&str>) -> Result<()> {
+        for c in self.store().expire_commands(device, self.now()).await? {
+            self.publish_command(&c);
+        }
+        Ok(())
+    }
+
+    async fn owned(&self, p: &Principal, id: &str) -> Result<DeviceRow> {
+        self.store()
+            .device(p.account, id)
+            .await?
+            .ok_or(DevicesError::NotFound)
+    }
+
+    // ---- The owner's side -------------------------------------------------------------
+
+    /// Links the device the caller signed in on. Refused when an activation lock binds its
+    /// hardware to another account.
+    pub async fn link(
+        &self,
+        p: &Principal,
+        req: LinkRequest,
+        client: &ClientInfo,
+    ) -> Result<Linked> {
+        let name = text_field("name", &req.name, 64, true)?;
+        let model = text_field("model", &req.model, 64, true)?;
+        let os_version = text_field("os_version", &req.os_version, 64, false)?;
+        let app_version = text_field("app_version", &req.app_version, 64, false)?;
+        let hardware = req.hardware.normalised()?;
+        let keys = &self.0.keys;
+        let hardware_bidx = hardware.index(keys);
+        let attempts_key = format!("{hardware_bidx:02x?}");
+        if let Err(wait) = self.0.unlock_attempts.peek(&attempts_key) {
+            return Err(DevicesError::RateLimited { retry_after: wait });
+        }
+        let id = format!("dev_{}", random_token_string(16));
+        let credential = format!("mdc_{}", random_token_string(32));
+        let now = self.now();
+        let outcome = self
+            .store()
+            .link_device(&NewDevice {
+                id: id.clone(),
+                account_id: p.account,
+                session_id: Some(p.session.0.clone()),
+                name,
+                model: model.clone(),
+                os_version,
+                app_version,
+                hardware: self.seal_json("device_hardware", &hardware)?,
+                hardware_bidx,
+                hardware_id_bidxs: hardware.id_indexes(keys),
+                credential_hash: token_hash(&credential),
+                find_enabled: req.find_device,
+                now,
+            })
+            .await?;
+        match outcome {
+            LinkOutcome::Locked { owner } => {
+                let _ = self.0.unlock_attempts.check(&attempts_key);
+                tracing::info!(account = %p.account, "link refused: activation lock");
+                Err(DevicesError::ActivationLocked {
+                    owner: mask_account(owner),
+                })
+            }
+            LinkOutcome::Linked { replaced_sessions } => {
+                for s in replaced_sessions {
+                    if s != p.session.0 {
+                        self.0
+                            .identity
+                            .end_session(
+                                p.account,
+                                &SessionId(s),
+                                "device_relinked",
+                                client,
+                                Some(model.clone()),
+                            )
+                            .await?;
+                    }
+                }
+                self.0
+                    .identity
+                    .record_event(
+                        p.account,
+                        "device_linked",
+                        client,
+                        Some(&p.session),
+                        Some(model),
+                    )
+                    .await?;
+                self.publish_device(p.account, &id, "linked");
+                let row = self.owned(p, &id).await?;
+                Ok(Linked {
+                    device: self.view(&row).await?,
+                    credential,
+                })
+            }
+        }
+    }
+
+    /// The account's devices: linked ones, then erased ones whose history is kept.
+    pub async fn list(&self, p: &Principal) -> Result<Vec<DeviceView>> {
+        let mut out = Vec::new();
+        for row in self.store().devices(p.account).await? {
+            out.push(self.view(&row).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, p: &Principal, id: &str) -> Result<DeviceView> {
+        let row = self.owned(p, id).await?;
+        self.view(&row).await
+    }
+
+    pub async fn rename(&self, p: &Principal, id: &str, name: &str) -> Result<DeviceView> {
+        let name = text_field("name", name, 64, true)?;
+        if !self.store().rename_device(p.account, id, &name).await? {
+            return Err(DevicesError::NotFound);
+        }
+        self.publish_device(p.account, id, "renamed");
+        self.get(p, id).await
+    }
+
+    /// Turns Find Device on or off; off needs a fresh step-up, and releases the activation
+    /// lock.
+    pub async fn set_find_device(
+        &self,
+        p: &Principal,
+        id: &str,
+        on: bool,
+        client: &ClientInfo,
+    ) -> Result<DeviceView> {
+        let row = self.owned(p, id).await?;
+        if row.unlinked_at.is_some() {
+            return Err(DevicesError::DeviceUnlinked);
+        }
+        if !on {
+            self.0.identity.require_step_up(p).await?;
+        }
+        let bidxs = self.hardware_of(&row)?.id_indexes(&self.0.keys);
+        if !self
+            .store()
+            .set_find_device(p.account, id, on, &bidxs, self.now())
+            .await?
+        {
+            return Err(DevicesError::NotFound);
+        }
+        self.0
+            .identity
+            .record_event(
+                p.account,
+                if on {
+                    "find_device_on"
+                } else {
+                    "find_device_off"
+                },
+                client,
+                Some(&p.session),
+                Some(row.name.clone()),
+            )
+            .await?;
+        self.publish_device(p.account, id, "find_device");
+        self.get(p, id).await
+    }
+
+    /// Removes a device (step-up needed): its credential and session end, its history and
+    /// commands go, and its activation lock is released.
+    pub async fn remove(&self, p: &Principal, id: &str, client: &ClientInfo) -> Result<()> {
+        self.owned(p, id).await?;
+        self.0.identity.require_step_up(p).await?;
+        let Some(row) = self.store().remove_device(p.account, id).await? else {
+            return Err(DevicesError::NotFound);
+        };
+        self.0.registry.disconnect(id);
+        if let Some(s) = row.session_id.filter(|_| row.unlinked_at.is_none()) {
+            self.0
+                .identity
+                .end_session(
+                    p.account,
+                    &SessionId(s),
+                    "device_removed",
+                    client,
+                    Some(row.name.clone()),
+                )
+                .await?;
+        } else {
+            self.0
+                .identity
+                .record_event(
+                    p.account,
+                    "device_removed",
+                    client,
+                    Some(&p.session),
+                    Some(row.name.clone()),
+                )
+                .await?;
+        }
+        self.publish_device(p.account, id, "removed");
+        Ok(())
+    }
+
+    /// Locations in `[from, to)`, oldest first (at most 1,000).
+    pub async fn locations(
+        &self,
+        p: &Principal,
+        id: &str,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+    ) -> Result<Vec<LocationView>> {
+        self.owned(p, id).await?;
+        let to = to.unwrap_or_else(|| self.now().plus(Duration::from_secs(3600)));
+        let from = from.unwrap_or(Timestamp(0));
+        if from > to {
+            return Err(DevicesError::invalid("from", "must not be after `to`"));
+        }
+        self.store()
+            .locations(id, from, to, 1000)
+            .await?
+            .iter()
+            .map(|l| self.location_view(l))
+            .collect()
+    }
+
+    /// Deletes a device's location history.
+    pub async fn delete_locations(&self, p: &Principal, id: &str) -> Result<u64> {
+        self.owned(p, id).await?;
+        Ok(self.store().delete_locations(p.account, id).await?)
+    }
+
+    /// Sends a command; erase needs a fresh step-up. The device gets it now when connected,
+    /// else when it next connects (unless it expires first).
+    pub async fn command(
+        &self,
+        p: &Principal,
+        id: &str,
+        req: CommandRequest,
+        client: &ClientInfo,
+    ) -> Result<CommandView> {
+        let row = self.owned(p, id).await?;
+        let payload = match req.kind {
+            CommandKind::LostMode => {
+                let message = match &req.message {
+                    Some(m) => {
+                        Some(text_field("message", m, 200, false)?).filter(|m| !m.is_empty())
+                    }
+                    None => None,
+                };
+                let phone = match &req.phone {
+                    Some(ph) => Some(
+                        PhoneE164::parse(ph)
+                            .map_err(|e| DevicesError::invalid("phone", e.to_string()))?
+                            .as_str()
+                            .to_owned(),
+                    ),
+                    None => None,
+                };
+                Some(Payload { message, phone })
+            }
+            _ => {
+                if req.message.is_some() || req.phone.is_some() {
+                    return Err(DevicesError::invalid(
+                        "message",
+                        "only lost mode takes a message and a phone number",
+                    ));
+                }
+                None
+            }
+        };
+        if row.unlinked_at.is_some() {
+            return Err(DevicesError::DeviceUnlinked);
+        }
+        if !row.find_enabled {
+            return Err(DevicesError::FindDeviceOff);
+        }
+        if req.kind == CommandKind::Erase {
+            self.0.identity.require_step_up(p).await?;
+        }
+        let now = self.now();
+        let new = NewCommand {
+            id: format!("cmd_{}", random_token_string(16)),
+            account_id: p.account,
+            device_id: id.to_owned(),
+            kind: req.kind.as_str().to_owned(),
+            payload: match &payload {
+                Some(pl) => Some(self.seal_json("device_command", pl)?),
+                None => None,
+            },
+            created_at: now,
+            expires_at: now.plus(Duration::from_secs(self.0.cfg.command_ttl_hours * 3600)),
+        };
+        let Some(c) = self.store().create_command(&new).await? else {
+            return Err(DevicesError::DeviceUnlinked);
+        };
+        if req.kind == CommandKind::Erase || req.kind == CommandKind::LostMode {
+            self.0
+                .identity
+                .record_event(
+                    p.account,
+                    if req.kind == CommandKind::Erase {
+                        "device_erase_requested"
+                    } else {
+                        "device_lost_mode_requested"
+                    },
+                    client,
+                    Some(&p.session),
+                    Some(row.name.clone()),
+                )
+                .await?;
+        }
+        self.publish_command(&c);
+        self.0.registry.send(id, Wire::Command(c.id.clone()));
+        self.command_view(&c)
+    }
+
+    /// A device's commands, newest first (at most 200).
+    pub async fn commands(&self, p: &Principal, id: &str) -> Result<Vec<CommandView>> {
+        self.owned(p, id).await?;
+        self.expire(Some(id)).await?;
+        self.store()
+            .commands(p.account, id, 200)
+            .await?
+            .iter()
+            .map(|c| self.command_view(c))
+            .collect()
+    }
+
+    pub async fn command_state(&self, p: &Principal, command: &str) -> Result<CommandView> {
+        let c = self
+            .store()
+            .command(p.account, command)
+            .await?
+            .ok_or(DevicesError::NotFound)?;
+        if c.expires_at <= self.now() && matches!(c.state.as_str(), "queued" | "delivered") {
+            self.expire(Some(&c.device_id)).await?;
+            let c = self
+                .store()
+                .command(p.account, command)
+                .await?
+                .ok_or(DevicesError::NotFound)?;
+            return self.command_view(&c);
+        }
+        self.command_view(&c)
+    }
+
+    /// The owner's live feed of their devices' changes.
+    pub fn subscribe(&self, p: &Principal) -> broadcast::Receiver<OwnerEvent> {
+        self.0.registry.subscribe(p.account)
+    }
+
+    /// Whether a device with these hardware ids is activation-locked (asked by a freshly
+    /// reset device before anyone signs in; limited per address).
+    pub async fn activation_status(
+        &self,
+        hardware: &Hardware,
+        ip: &str,
+    ) -> Result<ActivationStatus> {
+        self.0
+            .activation_checks
+            .check(ip)
+            .map_err(|wait| DevicesError::RateLimited { retry_after: wait })?;
+        let hardware = hardware.normalised()?;
+        let owner = self
+            .store()
+            .activation_lock(&hardware.id_indexes(&self.0.keys))
+            .await?;
+        Ok(ActivationStatus {
+            locked: owner.is_some(),
+            owner: owner.map(mask_account),
+        })
+    }
+
+    /// Expires overdue commands and drops locations past their retention.
+    pub async fn maintenance(&self) -> Result<()> {
+        self.expire(None).await?;
+        let keep = Duration::from_secs(self.0.cfg.location_retention_days * 86_400);
+        self.store().purge_locations(self.now().minus(keep)).await?;
+        Ok(())
+    }
+
+    /// Devices connected to this node.
+    pub fn connections(&self) -> usize {
+        self.0.registry.connections()
+    }
+
+    // ---- The device's side -------------------------------------------------------------
+
+    /// The device holding this credential (`mdc_…`).
+    pub async fn authenticate(&self, credential: &str) -> Result<DeviceCaller> {
+        if !credential.starts_with("mdc_") || credential.len() > 128 {
+            return Err(DevicesError::BadCredential);
+        }
+        let row = self
+            .store()
+            .device_by_credential(&token_hash(credential))
+            .await?
+            .ok_or(DevicesError::BadCredential)?;
+        Ok(DeviceCaller {
+            id: row.id,
+            account: row.account_id,
+            find_enabled: row.find_enabled,
+        })
+    }
+
+    /// Opens the device channel: a hello, every open command, then commands as they are
+    /// issued; unacknowledged ones are sent again with doubling gaps.
+    pub async fn connect(&self, d: &DeviceCaller) -> Result<impl Stream<Item = ChannelFrame>> {
+        let now = self.now();
+        self.store().touch_device(&d.id, None, now).await?;
+        self.expire(Some(&d.id)).await?;
+        // Register before reading the open commands, so one issued in between is not missed
+        // (at worst it arrives twice, which the device tolerates).
+        let (rx, guard) = self.0.registry.connect(&d.id);
+        let pending: VecDeque<CommandRow> = self.store().open_commands(&d.id, now).await?.into();
+        let state = ChannelState {
+            devices: self.clone(),
+            device: d.id.clone(),
+            account: d.account,
+            hello: Some(ChannelFrame::Hello {
+                device_id: d.id.clone(),
+                server_time: rfc3339(now),
+            }),
+            pending,
+            outstanding: Vec::new(),
+            rx,
+            _guard: guard,
+        };
+        Ok(futures_util::stream::unfold(state, |mut st| async move {
+            let frame = st.next().await?;
+            Some((frame, st))
+        }))
+    }
+
+    /// A device acknowledges a command: from now on it runs it (once). Repeating the
+    /// acknowledgement is harmless; an expired command is refused (`command_expired`).
+    pub async fn acknowledge(&self, d: &DeviceCaller, command: &str) -> Result<CommandView> {
+        match self
+            .store()
+            .acknowledge_command(&d.id, command, self.now())
+            .await?
+        {
+            AckOutcome::Acknowledged(c) => {
+                self.0.registry.send(&d.id, Wire::Acked(c.id.clone()));
+                self.publish_command(&c);
+                self.command_view(&c)
+            }
+            AckOutcome::Again(c) => {
+                self.0.registry.send(&d.id, Wire::Acked(c.id.clone()));
+                self.command_view(&c)
+            }
+            AckOutcome::Expired(c) => {
+                self.publish_command(&c);
+                Err(DevicesError::CommandExpired)
+            }
+            AckOutcome::Finished(_) => Err(DevicesError::CommandFinished),
+            AckOutcome::NotFound => Err(DevicesError::NotFound),
+        }
+    }
+
+    /// A device reports how a command ended. A finished erase unlinks the device.
+    pub async fn finish(
+        &self,
+        d: &DeviceCaller,
+        command: &str,
+        outcome: Outcome,
+        reason: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<CommandView> {
+        let reason = match reason {
+            Some(r) => Some(text_field("reason", r, 500, false)?),
+            None => None,
+        };
+        let state = match outcome {
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+        };
+        let now = self.now();
+        match self
+            .store()
+            .finish_command(&d.id, command, state, reason.as_deref(), now)
+            .await?
+        {
+            FinishOutcome::Finished {
+                command,
+                unlinked_session,
+            } => {
+                self.publish_command(&command);
+                if command.kind == "lost_mode" && state == "done" {
+                    let payload: Payload = match &command.payload {
+                        Some(sealed) => self.open_json("device_command", sealed)?,
+                        None => Payload::default(),
+                    };
+                    let lost = LostModeView {
+                        message: payload.message,
+                        phone: payload.phone,
+                        since: rfc3339(now),
+                    };
+                    self.store()
+                        .set_lost_mode(&d.id, Some(self.seal_json("lost_mode", &lost)?))
+                        .await?;
+                    self.publish_device(d.account, &d.id, "lost_mode");
+                }
+                if let Some(session) = unlinked_session {
+                    self.0.registry.disconnect(&d.id);
+                    match session {
+                        Some(s) => {
+                            self.0
+                                .identity
+                                .end_session(
+                                    d.account,
+                                    &SessionId(s),
+                                    "device_erased",
+                                    client,
+                                    Some(d.id.clone()),
+                                )
+                                .await?
+                        }
+                        None => {
+                            self.0
+                                .identity
+                                .record_event(
+                                    d.account,
+                                    "device_erased",
+                                    client,
+                                    None,
+                                    Some(d.id.clone()),
+                                )
+                                .await?
+                        }
+                    }
+                    self.publish_device(d.account, &d.id, "erased");
+                }
+                self.command_view(&command)
+            }
+            FinishOutcome::Again(c) => self.command_view(&c),
+            FinishOutcome::WrongState(c) => Err(match c.state.as_str() {
+                "queued" | "delivered" => DevicesError::NotAcknowledged,
+                "expired" => DevicesError::CommandExpired,
+                _ => DevicesError::CommandFinished,
+            }),
+            FinishOutcome::NotFound => Err(DevicesError::NotFound),
+        }
+    }
+
+    /// A device reports positions (all stored, or none when one is invalid).
+    pub async fn report_locations(
+        &self,
+        d: &DeviceCaller,
+        reports: &[LocationReport],
+    ) -> Result<usize> {
+        if !d.find_enabled {
+            return Err(DevicesError::FindDeviceOff);
+        }
+        if reports.is_empty() || reports.len() > 100 {
+            return Err(DevicesError::invalid(
+                "locations",
+                "send between 1 and 100 locations",
+            ));
+        }
+        let now = self.now();
+        let oldest = now.minus(Duration::from_secs(
+            self.0.cfg.location_retention_days * 86_400,
+        ));
+        let mut rows = Vec::with_capacity(reports.len());
+        let mut newest: Option<(Timestamp, LocationView)> = None;
+        for r in reports {
+            if !r.lat.is_finite() || !(-90.0..=90.0).contains(&r.lat) {
+                return Err(DevicesError::invalid(
+                    "lat",
+                    "a latitude is between -90 and 90 degrees",
+                ));
+            }
+            if !r.lon.is_finite() || !(-180.0..=180.0).contains(&r.lon) {
+                return Err(DevicesError::invalid(
+                    "lon",
+                    "a longitude is between -180 and 180 degrees",
+                ));
+            }
+            if !r.accuracy.is_finite() || !(0.0..=1_000_000.0).contains(&r.accuracy) {
+                return Err(DevicesError::invalid(
+                    "accuracy",
+                    "an accuracy is between 0 and 1,000,000 metres",
+                ));
+            }
+            if r.battery.is_some_and(|b| !(0..=100).contains(&b)) {
+                return Err(DevicesError::invalid(
+                    "battery",
+                    "a battery level is between 0 and 100",
+                ));
+            }
+            let at =
+                time::OffsetDateTime::parse(&r.at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        DevicesError::invalid(
+                            "at",
+                            "give the time as RFC 3339, e.g. 2026-11-30T10:00:00Z",
+                        )
+                    })?;
+            let at =
+                Timestamp(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
+            if at > now.plus(Duration::from_secs(300)) {
+                return Err(DevicesError::invalid(
+                    "at",
+                    "this time is in the future; check the device's clock",
+                ));
+            }
+            if at < oldest {
+                return Err(DevicesError::invalid(
+                    "at",
+                    "this time is older than the location history keeps",
+                ));
+            }
+            let place = Place {
+                lat: r.lat,
+                lon: r.lon,
+                accuracy: r.accuracy,
+                source: r.source,
+                battery: r.battery,
+            };
+            rows.push(LocationRow {
+                at,
+                received_at: now,
+                place: self.seal_json("device_location", &place)?,
+            });
+            if newest.as_ref().is_none_or(|(t, _)| at >= *t) {
+                newest = Some((
+                    at,
+                    LocationView {
+                        lat: r.lat,
+                        lon: r.lon,
+                        accuracy: r.accuracy,
+                        source: r.source,
+                        battery: r.battery,
+                        at: rfc3339(at),
+                        received_at: rfc3339(now),
+                    },
+                ));
+            }
+        }
+        self.store().add_locations(d.account, &d.id, &rows).await?;
+        let battery = newest.as_ref().and_then(|(_, l)| l.battery);
+        self.store().touch_device(&d.id, battery, now).await?;
+        if let Some((_, location)) = newest {
+            self.0.registry.publish(
+                d.account,
+                OwnerEvent::Location {
+                    device_id: d.id.clone(),
+                    location,
+                },
+            );
+        }
+        Ok(rows.len())
+    }
+
+    /// A device says it is alive (and how charged it is).
+    pub async fn heartbeat(&self, d: &DeviceCaller, battery: Option<i64>) -> Result<()> {
+        if battery.is_some_and(|b| !(0..=100).contains(&b)) {
+            return Err(DevicesError::invalid(
+                "battery",
+                "a battery level is between 0 and 100",
+            ));
+        }
+        self.store()
+            .touch_device(&d.id, battery, self.now())
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves lost mode: only the account's password does it (checked like a sign-in).
+    pub async fn exit_lost_mode(
+        &self,
+        d: &DeviceCaller,
+        password: SecretString,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        self.0
+            .identity
+            .check_password(d.account, password, &client.ip)
+            .await?;
+        self.store().set_lost_mode(&d.id, None).await?;
+        self.0
+            .identity
+            .record_event(
+                d.account,
+                "device_lost_mode_ended",
+                client,
+                None,
+                Some(d.id.clone()),
+            )
+            .await?;
+        self.publish_device(d.account, &d.id, "lost_mode");
+        Ok(())
+    }
+}
+
+impl ChannelState {
+    fn backoff(&self, sends: u32) -> Duration {
+        let cfg = &self.devices.0.cfg;
+        let ms = cfg
+            .resend_after_ms
+            .saturating_mul(1u64 << sends.saturating_sub(1).min(16))
+            .min(cfg.resend_max_ms);
+        Duration::from_millis(ms)
+    }
+
+    /// Records a delivery; the frame to send, or `None` when the command is no longer open.
+    async fn deliver(&mut self, id: &str) -> Option<CommandRow> {
+        let devices = &self.devices;
+        match devices.store().mark_delivered(id, devices.now()).await {
+            Ok(Some(c)) => {
+                if c.deliveries == 1 {
+                    devices.publish_command(&c);
+                }
+                Some(c)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, device = %self.device, "recording a delivery failed");
+                None
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<ChannelFrame> {
+        if let Some(h) = self.hello.take() {
+            return Some(h);
+        }
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                if self.outstanding.iter().any(|o| o.frame.id == c.id) {
+                    continue;
+                }
+                let Some(c) = self.deliver(&c.id).await else {
+                    continue;
+                };
+                let Ok(frame) = self.devices.frame(&c) else {
+                    continue;
+                };
+                if !frame.acknowledged {
+                    self.outstanding.push(Outstanding {
+                        frame: frame.clone(),
+                        sends: 1,
+                        due: tokio::time::Instant::now() + self.backoff(1),
+                    });
+                }
+                return Some(ChannelFrame::Command(frame));
+            }
+            let due = self.outstanding.iter().map(|o| o.due).min();
+            tokio::select! {
+                wire = self.rx.recv() => match wire {
+                    // Replaced by a newer connection, or the device was unlinked.
+                    None => return None,
+                    Some(Wire::Command(id)) => {
+                        if let Ok(Some(c)) = self.devices.store().command(self.account, &id).await {
+                            self.pending.push_back(c);
+                        }
+                    }
+                    Some(Wire::Acked(id)) => self.outstanding.retain(|o| o.frame.id != id),
+                },
+                () = async {
+                    match due {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = tokio::time::Instant::now();
+                    let Some(i) = self.outstanding.iter().position(|o| o.due <= now) else {
+                        continue;
+                    };
+                    let id = self.outstanding[i].frame.id.clone();
+                    match self.deliver(&id).await {
+                        Some(c) if c.state != "acknowledged" => {
+                            let sends = self.outstanding[i].sends + 1;
+                            let wait = self.backoff(sends);
+                            let o = &mut self.outstanding[i];
+                            o.sends = sends;
+                            o.due = now + wait;
+                            return Some(ChannelFrame::Command(o.frame.clone()));
+                        }
+                        _ => {
+                            self.outstanding.swap_remove(i);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
