@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod devices;
 pub mod drive;
 pub mod error;
 pub mod extract;
@@ -65,6 +66,8 @@ pub struct AppInner {
     pub cloud: mica_cloud::Cloud,
     /// WebDAV over the drive.
     pub dav: mica_dav::Dav,
+    /// Linked devices and Find Device.
+    pub devices: mica_devices::Devices,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
@@ -103,6 +106,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "passkeys", description = "Passkeys (WebAuthn): adding, listing and removing them, and signing in with one"),
         (name = "sync", description = "The personal cloud: collections, pull and push, the recycle bin, usage, the device channel (see docs/design/sync.md)"),
         (name = "files", description = "Files: resumable uploads (tus 1.0), single-request uploads, downloads with Range (see docs/design/files.md)"),
+        (name = "devices", description = "Linked devices and Find Device: locations, commands (locate, ring, lost mode, erase), the device's command channel, activation lock (see docs/design/devices.md)"),
         (name = "health", description = "Probes")
     )
 )]
@@ -135,6 +139,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(sync::router())
         .merge(files::router())
         .merge(drive::router())
+        .merge(devices::router())
         .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

@@ -48,6 +48,7 @@ pub struct Config {
     pub run_jobs: bool,
     pub identity: IdentityConfig,
     pub cloud: mica_cloud::CloudConfig,
+    pub devices: mica_devices::DevicesConfig,
 }
 
 impl Default for Config {
@@ -68,6 +69,7 @@ impl Default for Config {
             run_jobs: true,
             identity: IdentityConfig::default(),
             cloud: mica_cloud::CloudConfig::default(),
+            devices: mica_devices::DevicesConfig::default(),
         }
     }
 }
@@ -86,11 +88,14 @@ impl Config {
         fig = fig.merge(
             Env::prefixed("MICA_")
                 .split("__")
-                // Read elsewhere: MICA_CONFIG (the file's path), MICA_LOG (the log filter) and
-                // MICA_TEST_* (the test suite).
+                // Read elsewhere: MICA_CONFIG (the file's path), MICA_LOG (the log filter),
+                // MICA_AGENT_* (the device agent's password and code) and MICA_TEST_* (the test
+                // suite).
                 .filter(|k| {
                     let k = k.as_str().to_ascii_lowercase();
-                    !matches!(k.as_str(), "config" | "log") && !k.starts_with("test_")
+                    !matches!(k.as_str(), "config" | "log")
+                        && !k.starts_with("test_")
+                        && !k.starts_with("agent_")
                 }),
         );
         let cfg: Config = fig

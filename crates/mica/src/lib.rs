@@ -1,6 +1,7 @@
 //! The `mica` binary's library half: configuration and server start-up, shared by `main` and
 //! the integration tests (which start the real server on a random port).
 
+pub mod agent;
 pub mod config;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use anyhow::Context;
 use mica_cloud::{BlobStore, Cloud};
 use mica_core::crypto::Keys;
 use mica_core::Clock;
+use mica_devices::Devices;
 use mica_http::AppState;
 use mica_identity::{Identity, IdentitySetup, RelyingParty};
 use mica_notify::{Notifier, NotifyConfig};
@@ -29,6 +31,8 @@ pub struct Server {
     pub store: Store,
     /// The sync engine, for operator tasks and tests.
     pub cloud: Cloud,
+    /// Linked devices, for operator tasks and tests.
+    pub devices: Devices,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -56,6 +60,7 @@ impl Server {
             .with_context(|| format!("creating blob folder {}", blobs.display()))?;
         let keys = Arc::new(Keys::from_master(&cfg.master_key()?));
         let cloud_keys = keys.clone();
+        let device_keys = keys.clone();
 
         let store = open_store(cfg).await?;
 
@@ -116,10 +121,18 @@ impl Server {
             cfg.cloud.clone(),
         );
         identity.add_area(Arc::new(CloudExport(cloud.clone())));
+        let devices = Devices::new(
+            store.clone(),
+            identity.clone(),
+            device_keys,
+            clock.clone(),
+            cfg.devices.clone(),
+        );
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),
             dav: mica_dav::Dav::new(cloud.clone()),
+            devices: devices.clone(),
             store: store.clone(),
             clock,
             trust_forwarded: cfg.trust_forwarded,
@@ -166,6 +179,7 @@ impl Server {
             });
         }
         let maintenance = cloud.clone();
+        let device_maintenance = devices.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
@@ -176,6 +190,9 @@ impl Server {
                         }
                         if let Err(e) = maintenance.maintenance().await {
                             tracing::warn!(error = %e, "cloud maintenance failed");
+                        }
+                        if let Err(e) = device_maintenance.maintenance().await {
+                            tracing::warn!(error = %e, "device maintenance failed");
                         }
                     }
                     _ = rx2.changed() => break,
@@ -199,6 +216,7 @@ impl Server {
             public_url,
             store,
             cloud,
+            devices,
             shutdown: tx,
             task,
         })

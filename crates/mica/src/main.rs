@@ -33,6 +33,27 @@ enum Command {
     /// Operator tasks on the configured database.
     #[command(subcommand)]
     Admin(Admin),
+    /// The device agent: link this machine to an account, then run Find Device and sync.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Sign in and link this device (password from MICA_AGENT_PASSWORD or standard input).
+    Link {
+        /// The agent's configuration file (TOML).
+        agent_config: PathBuf,
+        /// Account number, email or phone number.
+        #[arg(long)]
+        login: String,
+    },
+    /// Keep the command channel open, run commands, report the location, sync.
+    Run { agent_config: PathBuf },
+    /// Linked or not, and whether the activation lock binds this device.
+    Status { agent_config: PathBuf },
+    /// Leave lost mode with the account password (MICA_AGENT_PASSWORD or standard input).
+    Unlock { agent_config: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +95,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Admin(Admin::CheckUsage) => check_usage(&cfg).await,
+            Command::Agent(a) => agent(a).await,
         }
     });
     match result {
@@ -81,6 +103,27 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("mica: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
+    use mica::agent::{self, AgentConfig};
+    match cmd {
+        AgentCommand::Link {
+            agent_config,
+            login,
+        } => agent::link(&AgentConfig::load(&agent_config)?, &login).await,
+        AgentCommand::Run { agent_config } => {
+            let end = agent::run(AgentConfig::load(&agent_config)?).await?;
+            println!("agent stopped: {end:?}");
+            Ok(())
+        }
+        AgentCommand::Status { agent_config } => {
+            agent::status(&AgentConfig::load(&agent_config)?).await
+        }
+        AgentCommand::Unlock { agent_config } => {
+            agent::unlock(&AgentConfig::load(&agent_config)?).await
         }
     }
 }

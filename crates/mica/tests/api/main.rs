@@ -14,6 +14,7 @@ mod support;
 
 mod bad_input;
 mod deletion;
+mod devices;
 mod export;
 mod factors;
 mod files;

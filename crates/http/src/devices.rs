@@ -1,0 +1,484 @@
+//! Linked devices and Find Device: the owner's endpoints (`/devices…`), the device's own
+//! endpoints (`/device/…`, with its device credential), and the activation status a reset
+//! device asks for. The protocol is described in docs/design/devices.md.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use mica_core::Timestamp;
+use mica_devices::{
+    ActivationStatus, ChannelFrame, CommandRequest, CommandView, DeviceCaller, DeviceView,
+    DevicesError, Hardware, LinkRequest, Linked, LocationReport, LocationView, Outcome, OwnerEvent,
+};
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, Auth, Client};
+use crate::AppState;
+
+/// A comment this often keeps idle connections open through proxies; a device that hears
+/// nothing for three times as long reconnects.
+pub const HEARTBEAT: Duration = Duration::from_secs(25);
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_devices, link_device))
+        .routes(routes!(owner_events))
+        .routes(routes!(get_device, update_device, remove_device))
+        .routes(routes!(locations, delete_locations))
+        .routes(routes!(list_commands, send_command))
+        .routes(routes!(get_command))
+        .routes(routes!(command_channel))
+        .routes(routes!(acknowledge))
+        .routes(routes!(report_result))
+        .routes(routes!(report_locations))
+        .routes(routes!(heartbeat))
+        .routes(routes!(exit_lost_mode))
+        .routes(routes!(activation_status))
+}
+
+impl From<DevicesError> for ApiError {
+    fn from(e: DevicesError) -> Self {
+        match e {
+            DevicesError::Identity(e) => ApiError::from(e),
+            DevicesError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                ApiError::internal()
+            }
+            e => {
+                let status = StatusCode::from_u16(e.http_status())
+                    .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                let retry_after = match &e {
+                    DevicesError::RateLimited { retry_after } => Some(*retry_after),
+                    _ => None,
+                };
+                let mut err = ApiError::new(status, e.code(), e.to_string());
+                err.retry_after = retry_after;
+                err
+            }
+        }
+    }
+}
+
+/// A device, from `Authorization: Bearer <device credential>` (`mdc_…`).
+pub struct DeviceAuth(pub DeviceCaller);
+
+impl<S> FromRequestParts<S> for DeviceAuth
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let app = AppState::from_ref(state);
+        let credential = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "send the device credential: `Authorization: Bearer <device credential>`",
+                )
+            })?;
+        app.devices
+            .authenticate(credential)
+            .await
+            .map(DeviceAuth)
+            .map_err(ApiError::from)
+    }
+}
+
+fn parse_time(field: &str, v: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("{field}: give the time as RFC 3339, e.g. 2026-11-30T10:00:00Z"),
+            )
+        })?;
+    Ok(Some(Timestamp(
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+    )))
+}
+
+/// The devices linked to the account (and erased ones whose history is kept).
+#[utoipa::path(get, path = "/devices", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeviceView>), (status = 401, body = ErrorBody)))]
+async fn list_devices(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    Ok(Json(app.devices.list(&p).await?))
+}
+
+/// Links the device this session signed in on, and gives it its own credential. Refused with
+/// `activation_locked` (403) when the device is bound to another account.
+#[utoipa::path(post, path = "/devices", tag = "devices", security(("bearer" = [])),
+    request_body = LinkRequest,
+    responses((status = 201, body = Linked), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn link_device(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<LinkRequest>,
+) -> Result<(StatusCode, Json<Linked>), ApiError> {
+    let linked = app.devices.link(&p, req, &client.info(None)).await?;
+    Ok((StatusCode::CREATED, Json(linked)))
+}
+
+#[utoipa::path(get, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody)))]
+async fn get_device(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    Ok(Json(app.devices.get(&p, &id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    pub name: Option<String>,
+    /// Turning Find Device off needs a fresh step-up and releases the activation lock.
+    pub find_device: Option<bool>,
+}
+
+/// Renames a device, or turns Find Device on or off.
+#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+    request_body = DeviceUpdate,
+    responses((status = 200, body = DeviceView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn update_device(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DeviceUpdate>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let mut view = None;
+    if let Some(name) = &req.name {
+        view = Some(app.devices.rename(&p, &id, name).await?);
+    }
+    if let Some(on) = req.find_device {
+        view = Some(
+            app.devices
+                .set_find_device(&p, &id, on, &client.info(None))
+                .await?,
+        );
+    }
+    match view {
+        Some(v) => Ok(Json(v)),
+        None => Ok(Json(app.devices.get(&p, &id).await?)),
+    }
+}
+
+/// Removes a device (step-up required): its credential stops working, its history goes, and
+/// its activation lock is released.
+#[utoipa::path(delete, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn remove_device(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.devices.remove(&p, &id, &client.info(None)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TimeRange {
+    /// From this time (RFC 3339), inclusive.
+    pub from: Option<String>,
+    /// Up to this time (RFC 3339), exclusive.
+    pub to: Option<String>,
+}
+
+/// A device's location history for a time range, oldest first (at most 1,000).
+#[utoipa::path(get, path = "/devices/{id}/locations", tag = "devices", security(("bearer" = [])),
+    params(TimeRange),
+    responses((status = 200, body = Vec<LocationView>), (status = 404, body = ErrorBody)))]
+async fn locations(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiQuery(range): ApiQuery<TimeRange>,
+) -> Result<Json<Vec<LocationView>>, ApiError> {
+    let from = parse_time("from", range.from.as_deref())?;
+    let to = parse_time("to", range.to.as_deref())?;
+    Ok(Json(app.devices.locations(&p, &id, from, to).await?))
+}
+
+/// Deletes a device's location history.
+#[utoipa::path(delete, path = "/devices/{id}/locations", tag = "devices", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_locations(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.devices.delete_locations(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A device's commands, newest first.
+#[utoipa::path(get, path = "/devices/{id}/commands", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, body = Vec<CommandView>), (status = 404, body = ErrorBody)))]
+async fn list_commands(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<CommandView>>, ApiError> {
+    Ok(Json(app.devices.commands(&p, &id).await?))
+}
+
+/// Sends a device a command: `locate`, `ring`, `lost_mode` (with `message` and `phone`) or
+/// `erase` (step-up required). It is delivered now if the device is connected, else when it
+/// next connects, unless it expires first.
+#[utoipa::path(post, path = "/devices/{id}/commands", tag = "devices", security(("bearer" = [])),
+    request_body = CommandRequest,
+    responses((status = 201, body = CommandView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn send_command(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CommandRequest>,
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+    let c = app
+        .devices
+        .command(&p, &id, req, &client.info(None))
+        .await?;
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+#[utoipa::path(get, path = "/devices/{id}/commands/{command}", tag = "devices",
+    security(("bearer" = [])),
+    responses((status = 200, body = CommandView), (status = 404, body = ErrorBody)))]
+async fn get_command(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path((id, command)): Path<(String, String)>,
+) -> Result<Json<CommandView>, ApiError> {
+    let c = app.devices.command_state(&p, &command).await?;
+    if c.device_id != id {
+        return Err(ApiError::from(DevicesError::NotFound));
+    }
+    Ok(Json(c))
+}
+
+/// The owner's live feed (Server-Sent Events): `command` events (a command changed state),
+/// `device` events (linked, renamed, erased, removed, lost mode) and `location` events. A web
+/// page keeps this open to update without reloading.
+#[utoipa::path(get, path = "/devices/events", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
+async fn owner_events(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = app.devices.subscribe(&p);
+    let ready = Event::default().event("ready").data("{}");
+    let events = stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(e) => {
+                let name = match &e {
+                    OwnerEvent::Command { .. } => "command",
+                    OwnerEvent::Device { .. } => "device",
+                    OwnerEvent::Location { .. } => "location",
+                };
+                Event::default()
+                    .event(name)
+                    .json_data(&e)
+                    .unwrap_or_default()
+            }
+            // Fell behind: the page reloads its view.
+            Err(RecvError::Lagged(_)) => Event::default().event("reload").data("{}"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(ev), rx))
+    });
+    Sse::new(stream::once(async move { Ok(ready) }).chain(events))
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+}
+
+/// The command channel of a linked device (Server-Sent Events, device credential). First a
+/// `hello`; then a `command` event per command (every open one at connect, new ones as they
+/// are issued). Acknowledge each by id; one not acknowledged is sent again with doubling gaps
+/// (1 s, 2 s, 4 s … up to 30 s). A comment every 25 s shows the connection is alive.
+#[utoipa::path(get, path = "/device/command-channel", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"),
+        (status = 401, body = ErrorBody)))]
+async fn command_channel(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let frames = app.devices.connect(&d).await?;
+    let events = frames.map(|f| {
+        let ev = match f {
+            ChannelFrame::Hello {
+                device_id,
+                server_time,
+            } => Event::default().event("hello").json_data(
+                serde_json::json!({ "device_id": device_id, "server_time": server_time }),
+            ),
+            ChannelFrame::Command(c) => Event::default().event("command").json_data(&c),
+        };
+        Ok(ev.unwrap_or_default())
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
+}
+
+/// The device acknowledges a command: it will run it now (once). Repeating it is harmless;
+/// an expired command is refused with `command_expired` (410) and must not run.
+#[utoipa::path(post, path = "/device/commands/{id}/ack", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, body = CommandView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+async fn acknowledge(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, ApiError> {
+    Ok(Json(app.devices.acknowledge(&d, &id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    pub outcome: Outcome,
+    /// Why it failed, for the owner.
+    pub reason: Option<String>,
+}
+
+/// The device reports how an acknowledged command ended. A finished `erase` unlinks it.
+#[utoipa::path(post, path = "/device/commands/{id}/result", tag = "devices",
+    security(("bearer" = [])), request_body = CommandResult,
+    responses((status = 200, body = CommandView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn report_result(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+    client: Client,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CommandResult>,
+) -> Result<Json<CommandView>, ApiError> {
+    let c = app
+        .devices
+        .finish(
+            &d,
+            &id,
+            req.outcome,
+            req.reason.as_deref(),
+            &client.info(None),
+        )
+        .await?;
+    Ok(Json(c))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocationBatch {
+    pub locations: Vec<LocationReport>,
+}
+
+/// The device reports where it is (1 to 100 positions; all are stored or none).
+#[utoipa::path(post, path = "/device/locations", tag = "devices", security(("bearer" = [])),
+    request_body = LocationBatch,
+    responses((status = 204), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn report_locations(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+    ApiJson(req): ApiJson<LocationBatch>,
+) -> Result<StatusCode, ApiError> {
+    app.devices.report_locations(&d, &req.locations).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Percent, 0 … 100.
+    pub battery: Option<i64>,
+}
+
+/// The device says it is alive, and how charged it is.
+#[utoipa::path(post, path = "/device/heartbeat", tag = "devices", security(("bearer" = [])),
+    request_body = Heartbeat, responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn heartbeat(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+    ApiJson(req): ApiJson<Heartbeat>,
+) -> Result<StatusCode, ApiError> {
+    app.devices.heartbeat(&d, req.battery).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExitLostMode {
+    /// The account's password, typed on the device.
+    #[schema(value_type = String)]
+    pub password: SecretString,
+}
+
+/// Leaves lost mode on the device: only the account password does it.
+#[utoipa::path(post, path = "/device/lost-mode/exit", tag = "devices", security(("bearer" = [])),
+    request_body = ExitLostMode,
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn exit_lost_mode(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+    client: Client,
+    ApiJson(req): ApiJson<ExitLostMode>,
+) -> Result<StatusCode, ApiError> {
+    app.devices
+        .exit_lost_mode(&d, req.password, &client.info(None))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationQuery {
+    pub hardware: Hardware,
+}
+
+/// Whether a (freshly reset) device is activation-locked, and to which account (masked). No
+/// sign-in needed; limited per address.
+#[utoipa::path(post, path = "/activation/status", tag = "devices",
+    request_body = ActivationQuery,
+    responses((status = 200, body = ActivationStatus), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+async fn activation_status(
+    State(app): State<AppState>,
+    client: Client,
+    ApiJson(req): ApiJson<ActivationQuery>,
+) -> Result<Json<ActivationStatus>, ApiError> {
+    Ok(Json(
+        app.devices
+            .activation_status(&req.hardware, &client.ip)
+            .await?,
+    ))
+}

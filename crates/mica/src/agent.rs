@@ -1,0 +1,990 @@
+//! `mica agent`: the device side of Find Device and the reference client of the sync protocol,
+//! for a Linux laptop or a test device (PRODUCT.md DV-8).
+//!
+//! It links the device to an account, keeps the command channel open (reconnecting with
+//! jittered back-off when it drops or goes silent), reports where it is, runs the owner's
+//! commands through configured hooks — each at most once, even when the server sends it again —
+//! honours lost mode until the account password is typed, and mirrors the categories it syncs.
+//!
+//! Files: `data_dir` holds what a factory reset wipes (`device.json` with the credential,
+//! `journal.json` of commands run, `lost_mode.json`, `sync/`); `state_file` is the stand-in
+//! for the partition that survives a reset, and holds the activation-lock marker.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use mica_client::{Client, ClientError};
+use rand::Rng;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex};
+
+/// The agent's configuration file (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The Mica server, e.g. `https://cloud.example.org`.
+    pub server: String,
+    /// What a factory reset wipes.
+    pub data_dir: PathBuf,
+    /// What survives a reset: the activation-lock marker.
+    pub state_file: PathBuf,
+    pub device: DeviceConfig,
+    #[serde(default)]
+    pub location: LocationConfig,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Reconnect when the channel is silent this long (the server sends a comment every 25 s).
+    #[serde(default = "default_silence")]
+    pub silence_secs: u64,
+}
+
+fn default_silence() -> u64 {
+    75
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub name: String,
+    pub model: String,
+    #[serde(default)]
+    pub os_version: String,
+    #[serde(default)]
+    pub imeis: Vec<String>,
+    pub serial: Option<String>,
+    #[serde(default = "yes")]
+    pub find_device: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where the device is: a fixed position, a command printing `lat lon [accuracy]`, or
+/// GeoClue's `where-am-i`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationConfig {
+    #[serde(default = "fixed")]
+    pub source: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub command: Option<String>,
+    /// Report this often (0: only when asked to locate).
+    #[serde(default = "default_location_interval")]
+    pub interval_secs: u64,
+}
+
+fn fixed() -> String {
+    "fixed".into()
+}
+
+fn default_location_interval() -> u64 {
+    900
+}
+
+impl Default for LocationConfig {
+    fn default() -> Self {
+        LocationConfig {
+            source: fixed(),
+            lat: None,
+            lon: None,
+            accuracy: None,
+            command: None,
+            interval_secs: default_location_interval(),
+        }
+    }
+}
+
+/// Shell commands run for the owner's commands. `erase` runs before the data folder is wiped.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    pub ring: Option<String>,
+    pub lock: Option<String>,
+    pub unlock: Option<String>,
+    pub erase: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Categories to mirror into `data_dir/sync` (their default collections).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default = "default_sync_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_sync_interval() -> u64 {
+    300
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        use figment::providers::{Format, Toml};
+        let cfg: AgentConfig = figment::Figment::from(Toml::file_exact(path))
+            .extract()
+            .with_context(|| format!("reading the agent configuration {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn base(&self) -> String {
+        self.server.trim_end_matches('/').to_owned()
+    }
+
+    fn hardware(&self) -> Value {
+        json!({ "imeis": self.device.imeis, "serial": self.device.serial })
+    }
+}
+
+/// What linking left in the data folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Linked {
+    device_id: String,
+    credential: String,
+    account_id: String,
+    refresh_token: String,
+}
+
+/// The activation-lock marker, in the state file that survives a reset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Marker {
+    locked: bool,
+    owner: String,
+    device_id: String,
+}
+
+/// Commands already run (or started), so a command sent again never runs twice.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Journal {
+    last_seq: i64,
+    /// Command id → `started`, `done`, `failed: <reason>`, `expired`.
+    entries: BTreeMap<String, (i64, String)>,
+}
+
+/// Writes a file so that a crash leaves the old content or the new, never a mix.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(v)?)
+}
+
+/// Reads the password from `MICA_AGENT_PASSWORD`, else one line of standard input.
+fn password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("MICA_AGENT_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn describe(e: &ClientError) -> String {
+    match e {
+        ClientError::Api { code, message, .. } => format!("{message} ({code})"),
+        other => other.to_string(),
+    }
+}
+
+/// Runs a hook with `sh -c`; `Ok(())` when it exits 0.
+async fn run_hook(cmd: &str, env: Vec<(&'static str, String)>) -> Result<(), String> {
+    let cmd = cmd.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .envs(env)
+            .status()
+            .map_err(|e| format!("cannot run the hook: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the hook exited with {status}"))
+        }
+    })
+    .await
+    .map_err(|e| format!("hook task: {e}"))?
+}
+
+/// `mica agent link`: signs in, links this device, keeps its credential.
+pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
+    let device_file = cfg.data_dir.join("device.json");
+    if device_file.exists() {
+        bail!(
+            "this device is already linked ({}); erase it from the account or delete the data folder first",
+            device_file.display()
+        );
+    }
+    let client = Client::new(cfg.base());
+    let pw = password()?;
+    let device = mica_client::Device {
+        model: Some(cfg.device.model.clone()),
+        os_version: Some(cfg.device.os_version.clone()).filter(|s| !s.is_empty()),
+        client: Some(concat!("mica-agent/", env!("CARGO_PKG_VERSION")).into()),
+    };
+    let tokens = match client.sign_in(login, &pw, Some(device)).await {
+        Ok(t) => t,
+        Err(ClientError::TwoStepRequired { challenge_id, .. }) => {
+            let Ok(code) = std::env::var("MICA_AGENT_TOTP") else {
+                bail!("this account uses two-step verification: set MICA_AGENT_TOTP to a code from the authenticator app");
+            };
+            client
+                .sign_in_second_factor(&challenge_id, "totp", &code)
+                .await
+                .map_err(|e| anyhow::anyhow!("two-step sign-in failed: {}", describe(&e)))?
+        }
+        Err(e) => bail!("sign-in failed: {}", describe(&e)),
+    };
+    let user = client.with_token(&tokens.access_token);
+    let body = json!({
+        "name": cfg.device.name,
+        "model": cfg.device.model,
+        "os_version": cfg.device.os_version,
+        "app_version": concat!("mica-agent ", env!("CARGO_PKG_VERSION")),
+        "hardware": cfg.hardware(),
+        "find_device": cfg.device.find_device,
+    });
+    let resp = match user.raw(Method::POST, "/api/v1/devices", Some(body)).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Leave no session behind for a device that could not be linked.
+            let _ = user.sign_out().await;
+            bail!("linking failed: {}", describe(&e));
+        }
+    };
+    let linked: Value = resp.json().await?;
+    let device_id = linked["device"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let credential = linked["credential"].as_str().unwrap_or_default().to_owned();
+    if device_id.is_empty() || credential.is_empty() {
+        bail!("the server's answer to linking is not understood: {linked}");
+    }
+    write_json(
+        &device_file,
+        &Linked {
+            device_id: device_id.clone(),
+            credential,
+            account_id: tokens.account_id.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+        },
+    )?;
+    if cfg.device.find_device {
+        write_json(
+            &cfg.state_file,
+            &Marker {
+                locked: true,
+                owner: mask(&tokens.account_id),
+                device_id: device_id.clone(),
+            },
+        )?;
+    }
+    if !cfg.sync.categories.is_empty() {
+        let cats: Vec<&str> = cfg.sync.categories.iter().map(String::as_str).collect();
+        user.set_device_sync(&cats)
+            .await
+            .map_err(|e| anyhow::anyhow!("choosing the categories to sync: {}", describe(&e)))?;
+    }
+    println!(
+        "linked as {device_id} to account {}",
+        mask(&tokens.account_id)
+    );
+    Ok(())
+}
+
+fn mask(account: &str) -> String {
+    let n = account.chars().count();
+    account
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i < 2 || i + 2 >= n { c } else { '•' })
+        .collect()
+}
+
+/// `mica agent status`: linked or not, and the activation lock as the server sees it.
+pub async fn status(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let linked: Option<Linked> = read_json(&cfg.data_dir.join("device.json"))?;
+    let marker: Option<Marker> = read_json(&cfg.state_file)?;
+    match &linked {
+        Some(l) => println!("linked: {} (account {})", l.device_id, mask(&l.account_id)),
+        None => println!("linked: no"),
+    }
+    if let Some(m) = marker {
+        println!("activation-lock marker: account {}", m.owner);
+    }
+    let client = Client::new(cfg.base());
+    let resp = client
+        .raw(
+            Method::POST,
+            "/api/v1/activation/status",
+            Some(json!({ "hardware": cfg.hardware() })),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("activation status: {}", describe(&e)))?;
+    let v: Value = resp.json().await?;
+    if v["locked"] == json!(true) {
+        println!(
+            "activation lock: on, bound to account {}",
+            v["owner"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!("activation lock: off");
+    }
+    Ok(())
+}
+
+/// `mica agent unlock`: leaves lost mode with the account password.
+pub async fn unlock(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let Some(linked) = read_json::<Linked>(&cfg.data_dir.join("device.json"))? else {
+        bail!("this device is not linked");
+    };
+    let lost = cfg.data_dir.join("lost_mode.json");
+    if !lost.exists() {
+        println!("this device is not in lost mode");
+        return Ok(());
+    }
+    let device = Client::new(cfg.base()).with_token(&linked.credential);
+    let pw = password()?;
+    device
+        .raw(
+            Method::POST,
+            "/api/v1/device/lost-mode/exit",
+            Some(json!({ "password": pw })),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("unlocking failed: {}", describe(&e)))?;
+    std::fs::remove_file(&lost)?;
+    if let Some(h) = &cfg.hooks.unlock {
+        if let Err(e) = run_hook(h, vec![]).await {
+            eprintln!("unlock hook: {e}");
+        }
+    }
+    println!("lost mode ended");
+    Ok(())
+}
+
+/// The running agent's shared state.
+struct Agent {
+    cfg: AgentConfig,
+    linked: Linked,
+    device: Client,
+    journal: Mutex<Journal>,
+}
+
+/// How a run of the agent ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The owner erased the device.
+    Erased,
+    /// The server no longer knows the credential (the device was removed).
+    Unlinked,
+}
+
+/// `mica agent run`: the channel, the commands, the reports, the sync.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
+    let Some(linked) = read_json::<Linked>(&cfg.data_dir.join("device.json"))? else {
+        let marker: Option<Marker> = read_json(&cfg.state_file)?;
+        match marker {
+            Some(m) => bail!(
+                "this device is not linked; it was bound to account {} — link it with `mica agent link` (the activation lock may require that account)",
+                m.owner
+            ),
+            None => bail!("this device is not linked: run `mica agent link` first"),
+        }
+    };
+    let journal = read_json::<Journal>(&cfg.data_dir.join("journal.json"))?.unwrap_or_default();
+    let agent = Arc::new(Agent {
+        device: Client::new(cfg.base()).with_token(&linked.credential),
+        cfg,
+        linked,
+        journal: Mutex::new(journal),
+    });
+    // Lost mode survives restarts: lock again before anything else.
+    if let Some(lost) = read_json::<Value>(&agent.cfg.data_dir.join("lost_mode.json"))? {
+        if let Some(h) = &agent.cfg.hooks.lock {
+            if let Err(e) = run_hook(h, lost_env(&lost)).await {
+                tracing::warn!(error = %e, "lock hook");
+            }
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    let (end_tx, mut end_rx) = mpsc::channel::<RunEnd>(1);
+    let executor = tokio::spawn(execute(agent.clone(), rx, end_tx.clone()));
+    let channel = tokio::spawn(channel_loop(agent.clone(), tx, end_tx));
+    let reporter = tokio::spawn(report_loop(agent.clone()));
+    let sync = tokio::spawn(sync_loop(agent.clone()));
+    let end = end_rx.recv().await.unwrap_or(RunEnd::Unlinked);
+    for t in [channel, reporter, sync] {
+        t.abort();
+    }
+    executor.abort();
+    Ok(end)
+}
+
+fn lost_env(lost: &Value) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "MICA_LOST_MESSAGE",
+            lost["message"].as_str().unwrap_or_default().to_owned(),
+        ),
+        (
+            "MICA_LOST_PHONE",
+            lost["phone"].as_str().unwrap_or_default().to_owned(),
+        ),
+    ]
+}
+
+/// Keeps the command channel open; hands each command frame to the executor.
+async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sender<RunEnd>) {
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("mica-agent/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let url = format!("{}/api/v1/device/command-channel", agent.cfg.base());
+    let silence = Duration::from_secs(agent.cfg.silence_secs.max(1));
+    let mut failures: u32 = 0;
+    loop {
+        let result = async {
+            let mut resp = http
+                .get(&url)
+                .bearer_auth(&agent.linked.credential)
+                .header("accept", "text/event-stream")
+                .send()
+                .await?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                return Ok::<bool, reqwest::Error>(false);
+            }
+            if !resp.status().is_success() {
+                tracing::warn!(status = %resp.status(), "the command channel was refused");
+                return Ok(true);
+            }
+            let mut parser = SseParser::default();
+            loop {
+                match tokio::time::timeout(silence, resp.chunk()).await {
+                    Err(_) => {
+                        tracing::info!("the command channel went silent; reconnecting");
+                        return Ok(true);
+                    }
+                    Ok(Ok(Some(bytes))) => {
+                        for (event, data) in parser.feed(&bytes) {
+                            if event == "hello" {
+                                tracing::info!("command channel open");
+                            } else if event == "command" {
+                                if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                                    let _ = tx.send(v).await;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Ok(None)) => return Ok(true),
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(false) => {
+                tracing::warn!("the server no longer accepts this device's credential");
+                let _ = end.send(RunEnd::Unlinked).await;
+                return;
+            }
+            Ok(true) => failures = 1,
+            Err(e) => {
+                tracing::info!(error = %e, "command channel dropped");
+                failures = failures.saturating_add(1);
+            }
+        }
+        // Full jitter: a fleet of devices that lost the server together does not return as
+        // one wave.
+        let cap = Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)))
+            .min(Duration::from_secs(30));
+        let wait = rand::thread_rng()
+            .gen_range(Duration::from_millis(100)..=cap.max(Duration::from_millis(101)));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Splits a Server-Sent Events stream into `(event, data)` pairs.
+#[derive(Default)]
+struct SseParser {
+    buf: String,
+    event: String,
+    data: String,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf.push_str(&String::from_utf8_lossy(bytes));
+        let mut out = Vec::new();
+        while let Some(i) = self.buf.find('\n') {
+            let line: String = self.buf.drain(..=i).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() || !self.event.is_empty() {
+                    let event = std::mem::take(&mut self.event);
+                    let data = std::mem::take(&mut self.data);
+                    out.push((
+                        if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event
+                        },
+                        data,
+                    ));
+                }
+            } else if let Some(v) = line.strip_prefix("event:") {
+                self.event = v.trim_start().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        out
+    }
+}
+
+impl Agent {
+    async fn save_journal(&self, j: &Journal) {
+        if let Err(e) = write_json(&self.cfg.data_dir.join("journal.json"), j) {
+            tracing::warn!(error = %e, "saving the command journal");
+        }
+    }
+
+    async fn record(&self, id: &str, seq: i64, state: &str) {
+        let mut j = self.journal.lock().await;
+        j.last_seq = j.last_seq.max(seq);
+        j.entries.insert(id.to_owned(), (seq, state.to_owned()));
+        // Keep the newest few hundred.
+        while j.entries.len() > 500 {
+            let oldest = j
+                .entries
+                .iter()
+                .min_by_key(|(_, (s, _))| *s)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => j.entries.remove(&k),
+                None => break,
+            };
+        }
+        let snapshot = j.clone();
+        drop(j);
+        self.save_journal(&snapshot).await;
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<reqwest::Response, ClientError> {
+        self.device.raw(Method::POST, path, Some(body)).await
+    }
+
+    /// Reports how a command ended, retrying a few times.
+    async fn report(&self, id: &str, state: &str) {
+        let (outcome, reason) = match state.strip_prefix("failed: ") {
+            Some(r) => ("failed", Some(r.to_owned())),
+            None => ("done", None),
+        };
+        let body = json!({ "outcome": outcome, "reason": reason });
+        for attempt in 0..5u32 {
+            match self
+                .post(
+                    &format!("/api/v1/device/commands/{id}/result"),
+                    body.clone(),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(ClientError::Api { status, .. }) if status.is_client_error() => {
+                    tracing::info!(command = id, %status, "result not taken");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(command = id, error = %e, "reporting a result failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+    }
+
+    async fn locate(&self) -> Result<(), String> {
+        let place = locate(&self.cfg.location).await?;
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| e.to_string())?;
+        let body = json!({ "locations": [{
+            "lat": place.0, "lon": place.1, "accuracy": place.2, "source": place.3,
+            "battery": battery(), "at": at,
+        }]});
+        self.post("/api/v1/device/locations", body)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("reporting the location: {}", describe(&e)))
+    }
+}
+
+/// Runs commands one after another, each at most once.
+async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Sender<RunEnd>) {
+    while let Some(frame) = rx.recv().await {
+        let id = frame["id"].as_str().unwrap_or_default().to_owned();
+        let seq = frame["seq"].as_i64().unwrap_or(0);
+        let kind = frame["kind"].as_str().unwrap_or_default().to_owned();
+        if id.is_empty() {
+            continue;
+        }
+        let (seen, last_seq) = {
+            let j = agent.journal.lock().await;
+            (j.entries.get(&id).map(|(_, s)| s.clone()), j.last_seq)
+        };
+        if let Some(state) = seen {
+            // Sent again (a lost acknowledgement, a reconnect): never run twice.
+            match state.as_str() {
+                "started" => {
+                    let state = "failed: the device stopped while running it";
+                    agent.record(&id, seq, state).await;
+                    agent.report(&id, state).await;
+                }
+                "expired" => {}
+                s => {
+                    let s = s.to_owned();
+                    agent.report(&id, &s).await;
+                }
+            }
+            let _ = agent
+                .post(&format!("/api/v1/device/commands/{id}/ack"), json!({}))
+                .await;
+            continue;
+        }
+        if seq <= last_seq {
+            tracing::warn!(command = %id, seq, last_seq, "refusing a replayed command older than the last one run");
+            continue;
+        }
+        if frame["acknowledged"] == json!(true) {
+            // Acknowledged by this device before its journal was lost: do not guess.
+            let state = "failed: the device lost track of it";
+            agent.record(&id, seq, state).await;
+            agent.report(&id, state).await;
+            continue;
+        }
+        match agent
+            .post(&format!("/api/v1/device/commands/{id}/ack"), json!({}))
+            .await
+        {
+            Ok(_) => {}
+            Err(ClientError::Api { code, .. }) if code == "command_expired" => {
+                tracing::info!(command = %id, "expired before it could run; not running it");
+                agent.record(&id, seq, "expired").await;
+                continue;
+            }
+            Err(ClientError::Api { status, code, .. }) if status.is_client_error() => {
+                tracing::info!(command = %id, code, "the server refused the acknowledgement");
+                continue;
+            }
+            Err(e) => {
+                // Not acknowledged: the server sends it again.
+                tracing::info!(command = %id, error = %e, "acknowledging failed");
+                continue;
+            }
+        }
+        agent.record(&id, seq, "started").await;
+        tracing::info!(command = %id, kind, "running");
+        let result = match kind.as_str() {
+            "locate" => agent.locate().await,
+            "ring" => match &agent.cfg.hooks.ring {
+                Some(h) => run_hook(h, vec![("MICA_COMMAND_ID", id.clone())]).await,
+                None => Err("no ring hook is configured".into()),
+            },
+            "lost_mode" => {
+                let lost = json!({ "message": frame["message"], "phone": frame["phone"] });
+                match write_json(&agent.cfg.data_dir.join("lost_mode.json"), &lost) {
+                    Err(e) => Err(format!("saving lost mode: {e}")),
+                    Ok(()) => match &agent.cfg.hooks.lock {
+                        Some(h) => {
+                            let mut env = lost_env(&lost);
+                            env.push(("MICA_COMMAND_ID", id.clone()));
+                            run_hook(h, env).await
+                        }
+                        None => Err("no lock hook is configured".into()),
+                    },
+                }
+            }
+            "erase" => {
+                let r = erase(&agent).await;
+                if r.is_ok() {
+                    agent.report(&id, "done").await;
+                    println!("erased: the data folder is wiped and the device unlinked");
+                    let _ = end.send(RunEnd::Erased).await;
+                    return;
+                }
+                r
+            }
+            other => Err(format!("this agent does not know the command {other:?}")),
+        };
+        let state = match result {
+            Ok(()) => "done".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        agent.record(&id, seq, &state).await;
+        agent.report(&id, &state).await;
+    }
+}
+
+/// Runs the erase hook, then wipes the data folder (the state file, outside it, stays).
+async fn erase(agent: &Agent) -> Result<(), String> {
+    let dir = &agent.cfg.data_dir;
+    if let Some(h) = &agent.cfg.hooks.erase {
+        run_hook(h, vec![("MICA_DATA_DIR", dir.display().to_string())]).await?;
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let p = entry.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| format!("wiping {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The battery level, when the machine has one.
+fn battery() -> Option<i64> {
+    let dir = std::fs::read_dir("/sys/class/power_supply").ok()?;
+    for e in dir.flatten() {
+        if let Ok(s) = std::fs::read_to_string(e.path().join("capacity")) {
+            if let Ok(v) = s.trim().parse::<i64>() {
+                return Some(v.clamp(0, 100));
+            }
+        }
+    }
+    None
+}
+
+/// Where the device is: `(lat, lon, accuracy, source)`.
+async fn locate(cfg: &LocationConfig) -> Result<(f64, f64, f64, &'static str), String> {
+    match cfg.source.as_str() {
+        "fixed" => match (cfg.lat, cfg.lon) {
+            (Some(lat), Some(lon)) => Ok((lat, lon, cfg.accuracy.unwrap_or(10.0), "gps")),
+            _ => Err("the fixed location needs lat and lon".into()),
+        },
+        "command" => {
+            let cmd = cfg
+                .command
+                .clone()
+                .ok_or("the command location source needs a command")?;
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("sh").arg("-c").arg(cmd).output()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("running the location command: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let nums: Vec<f64> = text
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            match nums.as_slice() {
+                [lat, lon] => Ok((*lat, *lon, cfg.accuracy.unwrap_or(100.0), "network")),
+                [lat, lon, acc, ..] => Ok((*lat, *lon, *acc, "network")),
+                _ => Err(format!(
+                    "the location command printed {text:?}, not `lat lon [accuracy]`"
+                )),
+            }
+        }
+        "geoclue" => {
+            let cmd = cfg
+                .command
+                .clone()
+                .unwrap_or_else(|| "/usr/libexec/geoclue-2.0/demos/where-am-i -t 20".into());
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("sh").arg("-c").arg(cmd).output()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("asking GeoClue: {e}"))?;
+            parse_where_am_i(&String::from_utf8_lossy(&out.stdout))
+                .ok_or_else(|| "GeoClue gave no position".into())
+        }
+        other => Err(format!(
+            "unknown location source {other:?}: use fixed, command or geoclue"
+        )),
+    }
+}
+
+/// Reads GeoClue's `where-am-i` output (`Latitude: 52.52°`, `Longitude: …`, `Accuracy: 25
+/// meters`).
+fn parse_where_am_i(text: &str) -> Option<(f64, f64, f64, &'static str)> {
+    let field = |name: &str| {
+        text.lines()
+            .rev()
+            .filter_map(|l| l.trim().strip_prefix(name))
+            .filter_map(|rest| {
+                rest.trim_start_matches(':')
+                    .split_whitespace()
+                    .next()
+                    .map(|v| v.trim_end_matches('°').to_owned())
+            })
+            .filter_map(|v| v.parse::<f64>().ok())
+            .next()
+    };
+    Some((
+        field("Latitude")?,
+        field("Longitude")?,
+        field("Accuracy").unwrap_or(1000.0),
+        "network",
+    ))
+}
+
+/// Reports the location periodically (and a heartbeat with the battery level).
+async fn report_loop(agent: Arc<Agent>) {
+    let every = agent.cfg.location.interval_secs;
+    loop {
+        if every > 0 {
+            if let Err(e) = agent.locate().await {
+                tracing::info!(error = %e, "location report");
+            }
+        } else {
+            let _ = agent
+                .post("/api/v1/device/heartbeat", json!({ "battery": battery() }))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(if every > 0 { every } else { 300 })).await;
+    }
+}
+
+/// Mirrors the synced categories' default collections into `data_dir/sync`.
+async fn sync_loop(agent: Arc<Agent>) {
+    if agent.cfg.sync.categories.is_empty() {
+        return;
+    }
+    loop {
+        if let Err(e) = sync_once(&agent).await {
+            tracing::info!(error = %e, "sync");
+        }
+        tokio::time::sleep(Duration::from_secs(agent.cfg.sync.interval_secs.max(5))).await;
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Mirror {
+    token: Option<String>,
+    items: BTreeMap<String, Value>,
+}
+
+async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
+    let device_file = agent.cfg.data_dir.join("device.json");
+    let mut linked: Linked = read_json(&device_file)?.context("the device is no longer linked")?;
+    let client = Client::new(agent.cfg.base());
+    let tokens = client
+        .refresh(&linked.refresh_token)
+        .await
+        .map_err(|e| anyhow::anyhow!("refreshing the session: {}", describe(&e)))?;
+    linked.refresh_token = tokens.refresh_token.clone();
+    write_json(&device_file, &linked)?;
+    let user = client.with_token(&tokens.access_token);
+    for category in &agent.cfg.sync.categories {
+        let path = agent
+            .cfg
+            .data_dir
+            .join("sync")
+            .join(format!("{category}.json"));
+        let mut mirror: Mirror = read_json(&path)?.unwrap_or_default();
+        loop {
+            let page = match user.pull(category, mirror.token.as_deref(), None).await {
+                Ok(p) => p,
+                Err(ClientError::Api { status, .. }) if status.as_u16() == 404 => break,
+                Err(ClientError::Api { status, .. }) if status.as_u16() == 410 => {
+                    // The token expired: start over.
+                    mirror = Mirror::default();
+                    continue;
+                }
+                Err(e) => bail!("pulling {category}: {}", describe(&e)),
+            };
+            for change in page["changes"].as_array().into_iter().flatten() {
+                let Some(id) = change["id"].as_str() else {
+                    continue;
+                };
+                if change["deleted"] == json!(true) {
+                    mirror.items.remove(id);
+                } else {
+                    mirror.items.insert(id.to_owned(), change["body"].clone());
+                }
+            }
+            mirror.token = page["token"].as_str().map(String::from);
+            if page["more"] != json!(true) {
+                break;
+            }
+        }
+        write_json(&path, &mirror)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frames_split_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b": keep-alive\n\nevent: com").is_empty());
+        let out = p.feed(b"mand\ndata: {\"id\":1}\n\n");
+        assert_eq!(out, vec![("command".to_owned(), "{\"id\":1}".to_owned())]);
+    }
+
+    #[test]
+    fn geoclue_output_is_read() {
+        let text = "Client object: /org/freedesktop/GeoClue2/Client/1\n\nNew location:\nLatitude:    52.520000°\nLongitude:   13.405000°\nAccuracy:    25.000000 meters\n";
+        assert_eq!(
+            parse_where_am_i(text),
+            Some((52.52, 13.405, 25.0, "network"))
+        );
+    }
+
+    #[test]
+    fn account_numbers_are_masked() {
+        assert_eq!(mask("1234567890"), "12••••••90");
+    }
+}

@@ -1,0 +1,902 @@
+//! Linked devices and Find Device, driven through the real `mica agent` binary: linking,
+//! ring / locate / lost mode / erase reaching `done` with the agent's hooks run, offline
+//! delivery, re-delivery run once, expiry, unlinking after erase, the activation lock through a
+//! reset, other accounts, and bad input.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mica_client::Client;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::on_both_backends;
+use crate::security::step_up_by_email;
+use crate::support::{TestApp, PASSWORD};
+
+on_both_backends!(
+    agents_run_the_owners_commands,
+    activation_lock_survives_a_reset,
+    bad_device_input_is_refused_and_nothing_is_stored,
+    the_owner_sees_command_states_live,
+);
+
+/// An IMEI with a valid check digit, different for each `n`.
+fn imei(n: u64) -> String {
+    let body = format!("35{:012}", n);
+    for d in 0..10 {
+        let candidate = format!("{body}{d}");
+        if mica_devices::hardware::luhn_ok(&candidate) {
+            return candidate;
+        }
+    }
+    unreachable!()
+}
+
+/// A test device: its data folder (wiped by a reset), its state file (which survives one), its
+/// hooks (which write what they did into `out/`), and the agent process.
+struct Agent {
+    root: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn new(app: &TestApp, name: &str, n: u64, ring_hook: &str) -> Agent {
+        let root = std::env::temp_dir().join(format!(
+            "mica-agent-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(root.join("out")).unwrap();
+        let out = root.join("out");
+        let ring_hook = ring_hook.replace("{out}", &out.display().to_string());
+        let config = root.join("agent.toml");
+        let toml = format!(
+            r#"server = "{server}"
+data_dir = "{root}/data"
+state_file = "{root}/persist/activation.json"
+silence_secs = 60
+
+[device]
+name = "{name}"
+model = "Test Laptop 14"
+os_version = "Debian 13"
+imeis = ["{imei}"]
+serial = "SN-{n}"
+
+[location]
+source = "fixed"
+lat = 48.8584
+lon = 2.2945
+accuracy = 12.5
+interval_secs = 0
+
+[hooks]
+ring = '{ring_hook}'
+lock = 'echo "$MICA_LOST_MESSAGE|$MICA_LOST_PHONE" >> {out}/lock.log'
+unlock = 'echo unlocked >> {out}/unlock.log'
+erase = 'echo "$MICA_DATA_DIR" >> {out}/erase.log'
+
+[sync]
+categories = ["notes"]
+interval_secs = 5
+"#,
+            server = app.base,
+            root = root.display(),
+            imei = imei(n),
+            out = out.display(),
+        );
+        std::fs::write(&config, toml).unwrap();
+        Agent {
+            root,
+            config,
+            child: None,
+        }
+    }
+
+    fn out(&self, file: &str) -> String {
+        std::fs::read_to_string(self.root.join("out").join(file)).unwrap_or_default()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
+        c.arg("agent").args(args).arg(&self.config);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MICA_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("MICA_LOG", "info");
+        c
+    }
+
+    fn run_with_password(&self, args: &[&str], password: &str) -> Output {
+        self.command(args)
+            .env("MICA_AGENT_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn link(&self, login: &str) -> Output {
+        self.run_with_password(&["link", "--login", login], PASSWORD)
+    }
+
+    fn linked_id(&self) -> String {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.data().join("device.json")).unwrap())
+                .unwrap();
+        v["device_id"].as_str().unwrap().to_owned()
+    }
+
+    fn credential(&self) -> String {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.data().join("device.json")).unwrap())
+                .unwrap();
+        v["credential"].as_str().unwrap().to_owned()
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.root.join("agent.log")).unwrap();
+        let child = self
+            .command(&["run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the agent to exit by itself.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait().unwrap() {
+                    self.child = None;
+                    return status;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Simulates a factory reset: the data folder goes, the state file stays.
+    fn reset(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.data());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+async fn sign_in(app: &TestApp, login: &str) -> Client {
+    let t = app.client.sign_in(login, PASSWORD, None).await.unwrap();
+    app.client.with_token(t.access_token)
+}
+
+async fn owner(app: &TestApp, email: &str) -> (Client, String) {
+    let t = app.signup_email(email).await;
+    (app.client.with_token(t.access_token), t.account_id)
+}
+
+async fn get(c: &Client, path: &str) -> Value {
+    c.raw(Method::GET, path, None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn send(c: &Client, device: &str, body: Value) -> Value {
+    c.raw(
+        Method::POST,
+        &format!("/api/v1/devices/{device}/commands"),
+        Some(body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sending a command: {e:?}"))
+    .json()
+    .await
+    .unwrap()
+}
+
+/// Polls a command until it reaches `state` (the agent works in real time).
+async fn until_state(c: &Client, device: &str, command: &str, state: &str, agent: &Agent) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get(c, &format!("/api/v1/devices/{device}/commands/{command}")).await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "command {command} is {} not {state}; agent log:\n{}",
+            v["state"],
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn until_online(c: &Client, device: &str, agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c, &format!("/api/v1/devices/{device}")).await["online"] != json!(true) {
+        assert!(
+            Instant::now() < deadline,
+            "agent never connected:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().filter(|l| !l.is_empty()).collect()
+}
+
+async fn agents_run_the_owners_commands(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let mut a = Agent::new(
+        app,
+        "laptop",
+        1,
+        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log",
+    );
+    // B's ring takes a while, so a command issued right after it waits unacknowledged and the
+    // server sends it again.
+    let mut b = Agent::new(
+        app,
+        "tablet",
+        2,
+        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log; sleep 3",
+    );
+    for agent in [&a, &b] {
+        let out = agent.link("ana@example.com");
+        assert!(
+            out.status.success(),
+            "link: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (ida, idb) = (a.linked_id(), b.linked_id());
+    let list = get(&ana, "/api/v1/devices").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["laptop", "tablet"]);
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["find_device"] == true && d["state"] == "linked"));
+    assert_eq!(list[0]["hardware"]["serial"], "SN-1");
+
+    // A note the owner writes reaches the agent's mirror (the agent syncs `notes`).
+    ana.push(
+        "notes",
+        json!([{ "id": "n1", "op": "put", "body": crate::sync::note("Lost & found") }]),
+        None,
+    )
+    .await
+    .unwrap();
+
+    a.start();
+    b.start();
+    until_online(&ana, &ida, &a).await;
+    until_online(&ana, &idb, &b).await;
+
+    // Ring: the hook runs once and the command is done.
+    let ring = send(&ana, &ida, json!({ "kind": "ring" })).await;
+    let ring_id = ring["id"].as_str().unwrap();
+    until_state(&ana, &ida, ring_id, "done", &a).await;
+    assert_eq!(lines(&a.out("ring.log")), [ring_id]);
+
+    // Locate: a fresh position arrives.
+    let locate = send(&ana, &idb, json!({ "kind": "locate" })).await;
+    until_state(&ana, &idb, locate["id"].as_str().unwrap(), "done", &b).await;
+    let locs = get(&ana, &format!("/api/v1/devices/{idb}/locations")).await;
+    assert_eq!(locs.as_array().unwrap().len(), 1);
+    assert_eq!(locs[0]["lat"], 48.8584);
+    assert_eq!(locs[0]["lon"], 2.2945);
+    assert_eq!(locs[0]["source"], "gps");
+    let view = get(&ana, &format!("/api/v1/devices/{idb}")).await;
+    assert_eq!(view["last_location"]["lat"], 48.8584);
+
+    // A command sent again while the device is busy still runs once.
+    let slow = send(&ana, &idb, json!({ "kind": "ring" })).await;
+    let again = send(&ana, &idb, json!({ "kind": "locate" })).await;
+    until_state(&ana, &idb, slow["id"].as_str().unwrap(), "done", &b).await;
+    let again = until_state(&ana, &idb, again["id"].as_str().unwrap(), "done", &b).await;
+    assert!(
+        again["deliveries"].as_i64().unwrap() >= 2,
+        "not re-sent: {again}"
+    );
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{idb}/locations"))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "the re-delivered locate ran more than once"
+    );
+    assert_eq!(lines(&b.out("ring.log")).len(), 1);
+
+    // Lost mode: the lock hook shows the message; only the account password ends it.
+    let lost = send(
+        &ana,
+        &ida,
+        json!({ "kind": "lost_mode", "message": "Please return me", "phone": "+442079460958" }),
+    )
+    .await;
+    until_state(&ana, &ida, lost["id"].as_str().unwrap(), "done", &a).await;
+    assert_eq!(
+        lines(&a.out("lock.log")),
+        ["Please return me|+442079460958"]
+    );
+    let view = get(&ana, &format!("/api/v1/devices/{ida}")).await;
+    assert_eq!(view["lost_mode"]["message"], "Please return me");
+    let wrong = a.run_with_password(&["unlock"], "not-the-password-1!");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid_credentials"));
+    assert!(a.data().join("lost_mode.json").exists());
+    let right = a.run_with_password(&["unlock"], PASSWORD);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    assert_eq!(lines(&a.out("unlock.log")), ["unlocked"]);
+    assert!(get(&ana, &format!("/api/v1/devices/{ida}")).await["lost_mode"].is_null());
+
+    // The mirror holds the note.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mirror = std::fs::read_to_string(a.data().join("sync/notes.json")).unwrap_or_default();
+        if mirror.contains("Lost & found") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not sync notes:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Offline: a command waits for the next connection.
+    a.kill();
+    let offline = send(&ana, &ida, json!({ "kind": "ring" })).await;
+    let offline_id = offline["id"].as_str().unwrap();
+    assert_ne!(
+        get(
+            &ana,
+            &format!("/api/v1/devices/{ida}/commands/{offline_id}")
+        )
+        .await["state"],
+        "done"
+    );
+    a.start();
+    until_state(&ana, &ida, offline_id, "done", &a).await;
+    assert_eq!(lines(&a.out("ring.log")), [ring_id, offline_id]);
+
+    // Expired: a command whose time ran out while the device was away never runs.
+    a.kill();
+    let stale = send(&ana, &ida, json!({ "kind": "ring" })).await;
+    let stale_id = stale["id"].as_str().unwrap().to_owned();
+    app.advance(Duration::from_secs(8 * 24 * 3600));
+    let ana = sign_in(app, "ana@example.com").await;
+    let v = get(&ana, &format!("/api/v1/devices/{ida}/commands/{stale_id}")).await;
+    assert_eq!(v["state"], "expired");
+    a.start();
+    let probe = send(&ana, &ida, json!({ "kind": "locate" })).await;
+    until_state(&ana, &ida, probe["id"].as_str().unwrap(), "done", &a).await;
+    assert_eq!(
+        lines(&a.out("ring.log")),
+        [ring_id, offline_id],
+        "an expired command ran"
+    );
+
+    // Another account can neither see nor command these devices.
+    let (bob, _) = owner(app, "bob@example.com").await;
+    assert_eq!(get(&bob, "/api/v1/devices").await, json!([]));
+    for path in [
+        format!("/api/v1/devices/{ida}"),
+        format!("/api/v1/devices/{ida}/locations"),
+        format!("/api/v1/devices/{ida}/commands"),
+        format!("/api/v1/devices/{ida}/commands/{stale_id}"),
+    ] {
+        let e = bob.raw(Method::GET, &path, None).await.unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(404), "{path}");
+    }
+    let e = bob
+        .raw(
+            Method::POST,
+            &format!("/api/v1/devices/{ida}/commands"),
+            Some(json!({ "kind": "ring" })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+    assert_eq!(lines(&a.out("ring.log")).len(), 2);
+
+    // Erase needs a step-up; then the agent wipes its data, reports done, and is unlinked.
+    let e = ana
+        .raw(
+            Method::POST,
+            &format!("/api/v1/devices/{ida}/commands"),
+            Some(json!({ "kind": "erase" })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("step_up_required"));
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    let credential = a.credential();
+    let erase = send(&ana, &ida, json!({ "kind": "erase" })).await;
+    until_state(&ana, &ida, erase["id"].as_str().unwrap(), "done", &a).await;
+    assert!(a.exited().await.success());
+    assert_eq!(lines(&a.out("erase.log")), [a.data().display().to_string()]);
+    assert_eq!(
+        std::fs::read_dir(a.data()).unwrap().count(),
+        0,
+        "data folder not wiped"
+    );
+    assert!(
+        a.root.join("persist/activation.json").exists(),
+        "the marker must survive"
+    );
+    let view = get(&ana, &format!("/api/v1/devices/{ida}")).await;
+    assert_eq!(view["state"], "erased");
+    assert_eq!(view["find_device"], false);
+    // Its reports are refused now; its history stays for the owner.
+    let device = app.client.with_token(credential);
+    let e = device
+        .raw(
+            Method::POST,
+            "/api/v1/device/locations",
+            Some(json!({ "locations": [{ "lat": 1.0, "lon": 1.0, "accuracy": 5.0, "source": "gps", "at": "2026-01-01T00:00:00Z" }] })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_device_credential"));
+    let e = ana
+        .raw(
+            Method::POST,
+            &format!("/api/v1/devices/{ida}/commands"),
+            Some(json!({ "kind": "ring" })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("device_unlinked"));
+    assert!(!get(&ana, &format!("/api/v1/devices/{ida}/locations"))
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    b.kill();
+}
+
+async fn activation_lock_survives_a_reset(app: &TestApp) {
+    let (ana, ana_id) = owner(app, "ana@example.com").await;
+    let (_bob, _) = owner(app, "bob@example.com").await;
+    let (_cy, _) = owner(app, "cy@example.com").await;
+    let mut dev = Agent::new(app, "phone", 7, "true");
+    let out = dev.link("ana@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = dev.linked_id();
+
+    // Factory reset: the data folder goes, the marker stays.
+    dev.reset();
+    let status = dev.command(&["status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let masked = format!("{}••••••{}", &ana_id[..2], &ana_id[ana_id.len() - 2..]);
+    assert!(status.contains("linked: no"), "{status}");
+    assert!(
+        status.contains(&format!("activation lock: on, bound to account {masked}")),
+        "{status}"
+    );
+
+    // A stranger cannot take it.
+    let out = dev.link("bob@example.com");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("activation_locked") && err.contains(&masked),
+        "{err}"
+    );
+    assert!(!dev.data().join("device.json").exists());
+    // …and the refused attempt left no session behind on bob's account.
+    let bob = sign_in(app, "bob@example.com").await;
+    let sessions = get(&bob, "/api/v1/sessions").await;
+    assert_eq!(sessions.as_array().map(Vec::len), Some(2), "{sessions}");
+
+    // The owner's password unlocks it: the lock carries over to the new link.
+    let out = dev.link("ana@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = dev.linked_id();
+    assert_ne!(first, second);
+    let list = get(&ana, "/api/v1/devices").await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str()], "the earlier link is replaced");
+
+    // Once the owner removes it (step-up), anyone may link it.
+    dev.reset();
+    let e = ana
+        .raw(Method::DELETE, &format!("/api/v1/devices/{second}"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("step_up_required"));
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    ana.raw(Method::DELETE, &format!("/api/v1/devices/{second}"), None)
+        .await
+        .unwrap();
+    assert_eq!(get(&ana, "/api/v1/devices").await, json!([]));
+    let out = dev.link("bob@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Deleting the owner account releases it too.
+    dev.reset();
+    let out = dev.link("cy@example.com");
+    assert!(!out.status.success(), "still bound to bob");
+    step_up_by_email(app, &bob, "bob@example.com").await;
+    let sent = bob.deletion_request("email").await.unwrap();
+    let mail = app
+        .smtp
+        .nth_with("bob@example.com", "delete your account", 1)
+        .await;
+    let code = crate::support::six_digits(&mail.subject()).unwrap();
+    bob.deletion_confirm(&sent.challenge_id, &code)
+        .await
+        .unwrap();
+    let out = dev.link("cy@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refused unlock attempts are limited per device.
+    dev.reset();
+    // Two refusals so far (bob, then cy); three more are allowed within the hour.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let out = dev.link("ana@example.com");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        codes.push(if err.contains("rate_limited") {
+            "rate_limited"
+        } else if err.contains("activation_locked") {
+            "activation_locked"
+        } else {
+            panic!("{err}")
+        });
+    }
+    assert_eq!(
+        codes,
+        [
+            "activation_locked",
+            "activation_locked",
+            "activation_locked",
+            "rate_limited"
+        ]
+    );
+}
+
+/// Links a device straight over HTTP (no agent): its id and credential.
+async fn link_http(app: &TestApp, c: &Client, n: u64) -> (String, Client) {
+    let v: Value = c
+        .raw(
+            Method::POST,
+            "/api/v1/devices",
+            Some(json!({
+                "name": "bench", "model": "Pixel", "os_version": "15", "app_version": "1",
+                "hardware": { "imeis": [imei(n)], "serial": format!("S{n}") },
+            })),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        v["device"]["id"].as_str().unwrap().to_owned(),
+        app.client.with_token(v["credential"].as_str().unwrap()),
+    )
+}
+
+async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    // Bad hardware ids.
+    for (hardware, field) in [
+        (json!({ "imeis": ["490154203237519"] }), "imeis"),
+        (json!({ "imeis": ["12345"] }), "imeis"),
+        (json!({}), "hardware"),
+        (json!({ "serial": "no spaces allowed" }), "serial"),
+    ] {
+        let e = ana
+            .raw(
+                Method::POST,
+                "/api/v1/devices",
+                Some(json!({ "name": "x", "model": "y", "os_version": "", "app_version": "", "hardware": hardware })),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("invalid_field"), "{field}");
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    assert_eq!(get(&ana, "/api/v1/devices").await, json!([]));
+
+    let (id, device) = link_http(app, &ana, 40).await;
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let good = json!({ "lat": 1.5, "lon": 2.5, "accuracy": 10.0, "source": "network", "battery": 50, "at": fmt(now) });
+    let mut cases = Vec::new();
+    for (k, v) in [
+        ("lat", json!(90.5)),
+        ("lat", json!(-91)),
+        ("lon", json!(180.01)),
+        ("accuracy", json!(-1)),
+        ("battery", json!(101)),
+        ("at", json!(fmt(now + time::Duration::hours(2)))),
+        ("at", json!("yesterday")),
+    ] {
+        let mut bad = good.clone();
+        bad[k] = v;
+        cases.push((
+            json!({ "locations": [good.clone(), bad] }),
+            422,
+            "invalid_field",
+        ));
+    }
+    let mut unknown_source = good.clone();
+    unknown_source["source"] = json!("satellite");
+    cases.push((
+        json!({ "locations": [unknown_source] }),
+        422,
+        "invalid_body",
+    ));
+    cases.push((json!({ "locations": [] }), 422, "invalid_field"));
+    for (body, status, code) in cases {
+        let e = device
+            .raw(Method::POST, "/api/v1/device/locations", Some(body.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(status), "{body}");
+        assert_eq!(e.code(), Some(code), "{body}");
+    }
+    // NaN is not JSON at all.
+    let resp = app
+        .http
+        .post(app.url("/api/v1/device/locations"))
+        .bearer_auth(device_token(&device))
+        .header("content-type", "application/json")
+        .body(r#"{"locations":[{"lat":NaN,"lon":1,"accuracy":1,"source":"gps","at":"2026-01-01T00:00:00Z"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_json");
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{id}/locations")).await,
+        json!([])
+    );
+
+    // Forged or wrong credentials.
+    for token in ["mdc_forged", "not-even-a-device-token", &device_token(&ana)] {
+        let e = app
+            .client
+            .with_token(token)
+            .raw(Method::POST, "/api/v1/device/heartbeat", Some(json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{token}");
+        assert_eq!(e.code(), Some("invalid_device_credential"));
+    }
+
+    // Bad commands.
+    for (body, code) in [
+        (json!({ "kind": "explode" }), "invalid_body"),
+        (json!({ "kind": "ring", "message": "hi" }), "invalid_field"),
+        (
+            json!({ "kind": "lost_mode", "phone": "12" }),
+            "invalid_field",
+        ),
+        (json!({ "kind": "erase" }), "step_up_required"),
+    ] {
+        let e = ana
+            .raw(
+                Method::POST,
+                &format!("/api/v1/devices/{id}/commands"),
+                Some(body.clone()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(code), "{body}");
+    }
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{id}/commands")).await,
+        json!([])
+    );
+    // Turning Find Device off needs a step-up too.
+    let e = ana
+        .raw(
+            Method::PATCH,
+            &format!("/api/v1/devices/{id}"),
+            Some(json!({ "find_device": false })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("step_up_required"));
+    // An unknown command id.
+    let e = device
+        .raw(
+            Method::POST,
+            "/api/v1/device/commands/cmd_nope/ack",
+            Some(json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+    // A result before the acknowledgement.
+    let c = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let e = device
+        .raw(
+            Method::POST,
+            &format!(
+                "/api/v1/device/commands/{}/result",
+                c["id"].as_str().unwrap()
+            ),
+            Some(json!({ "outcome": "done" })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("command_not_acknowledged"));
+    // An acknowledgement after expiry is refused, so the device never runs it.
+    app.advance(Duration::from_secs(8 * 24 * 3600));
+    let e = device
+        .raw(
+            Method::POST,
+            &format!("/api/v1/device/commands/{}/ack", c["id"].as_str().unwrap()),
+            Some(json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(410));
+    assert_eq!(e.code(), Some("command_expired"));
+}
+
+/// The bearer token a client sends (for raw requests).
+fn device_token(c: &Client) -> String {
+    c.token().unwrap_or_default().to_owned()
+}
+
+async fn the_owner_sees_command_states_live(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (id, device) = link_http(app, &ana, 50).await;
+    let t = device_token(&ana);
+    let mut feed = app
+        .http
+        .get(app.url("/api/v1/devices/events"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    // The device's channel, read raw: the command arrives there.
+    let mut channel = app
+        .http
+        .get(app.url("/api/v1/device/command-channel"))
+        .bearer_auth(device_token(&device))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(channel.status(), 200);
+    let first = read_until(&mut channel, "event: hello").await;
+    assert!(first.contains(&id));
+
+    let c = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let cid = c["id"].as_str().unwrap().to_owned();
+    let frame = read_until(&mut channel, "event: command").await;
+    assert!(frame.contains(&cid), "{frame}");
+    // Not acknowledged: sent again.
+    let again = read_until(&mut channel, "event: command").await;
+    assert!(again.contains(&cid), "{again}");
+    device
+        .raw(
+            Method::POST,
+            &format!("/api/v1/device/commands/{cid}/ack"),
+            Some(json!({})),
+        )
+        .await
+        .unwrap();
+    device
+        .raw(
+            Method::POST,
+            &format!("/api/v1/device/commands/{cid}/result"),
+            Some(json!({ "outcome": "failed", "reason": "the speaker is broken" })),
+        )
+        .await
+        .unwrap();
+    let seen = read_until(&mut feed, "\"state\":\"failed\"").await;
+    for state in ["queued", "delivered", "acknowledged", "failed"] {
+        assert!(
+            seen.contains(&format!("\"state\":\"{state}\"")),
+            "{state} missing from {seen}"
+        );
+    }
+    assert!(seen.contains("the speaker is broken"));
+    let history = get(&ana, &format!("/api/v1/devices/{id}/commands")).await;
+    assert_eq!(history[0]["state"], "failed");
+    assert_eq!(history[0]["reason"], "the speaker is broken");
+    assert!(history[0]["deliveries"].as_i64().unwrap() >= 2);
+}
+
+/// Reads a streaming response until `needle` appears; returns everything read.
+async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {seen}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream ended before {needle:?}: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
