@@ -7,20 +7,20 @@
 //! that connects again replaces its earlier connection. Nothing here is the source of truth:
 //! a command lives in the database, and a connecting device is sent every open one.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mica_core::AccountId;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, Notify};
 
-use crate::OwnerEvent;
+use crate::{CommandFrame, OwnerEvent};
 
 /// What a connection's stream is told.
 #[derive(Debug)]
 pub(crate) enum Wire {
-    /// Deliver this command (by id: the stream reads it from the database).
-    Command(String),
+    /// Deliver this command.
+    Command(CommandFrame),
     /// The device acknowledged this command: stop re-sending it.
     Acked(String),
 }
@@ -31,8 +31,54 @@ const QUEUE: usize = 8;
 /// Events buffered per account for the owner's feed.
 const OWNER_BUFFER: usize = 64;
 
+/// A connection's queue: a few words while empty (an idle device costs little), woken by
+/// `Notify`, whose stored permit means no wake-up is lost between a check and a wait.
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    items: Mutex<VecDeque<Wire>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Mailbox {
+    fn push(&self, wire: Wire) -> bool {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        if items.len() >= QUEUE || self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        items.push_back(wire);
+        drop(items);
+        self.notify.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// The next item; `None` once the connection was closed (replaced, or its device
+    /// unlinked).
+    pub(crate) async fn recv(&self) -> Option<Wire> {
+        loop {
+            if let Some(w) = self
+                .items
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            {
+                return Some(w);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 struct Conn {
-    tx: mpsc::Sender<Wire>,
+    mailbox: Arc<Mailbox>,
     generation: u64,
 }
 
@@ -69,15 +115,21 @@ impl Drop for ConnGuard {
 
 impl Registry {
     /// Registers a device's new connection (replacing, and so ending, an earlier one).
-    pub(crate) fn connect(self: &Arc<Self>, device: &str) -> (mpsc::Receiver<Wire>, ConnGuard) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    pub(crate) fn connect(self: &Arc<Self>, device: &str) -> (Arc<Mailbox>, ConnGuard) {
+        let mailbox = Arc::new(Mailbox::default());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(device.to_owned(), Conn { tx, generation });
+        let earlier = self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            device.to_owned(),
+            Conn {
+                mailbox: mailbox.clone(),
+                generation,
+            },
+        );
+        if let Some(c) = earlier {
+            c.mailbox.close();
+        }
         (
-            rx,
+            mailbox,
             ConnGuard {
                 registry: self.clone(),
                 device: device.to_owned(),
@@ -93,21 +145,25 @@ impl Registry {
         let Some(conn) = conns.get(device) else {
             return false;
         };
-        match conn.tx.try_send(wire) {
-            Ok(()) => true,
-            Err(_) => {
-                conns.remove(device);
-                false
-            }
+        if conn.mailbox.push(wire) {
+            return true;
         }
+        if let Some(c) = conns.remove(device) {
+            c.mailbox.close();
+        }
+        false
     }
 
     /// Ends the device's connection (it was unlinked).
     pub(crate) fn disconnect(&self, device: &str) {
-        self.conns
+        let conn = self
+            .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(device);
+        if let Some(c) = conn {
+            c.mailbox.close();
+        }
     }
 
     pub(crate) fn is_connected(&self, device: &str) -> bool {

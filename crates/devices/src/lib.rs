@@ -388,11 +388,13 @@ struct Outstanding {
 struct ChannelState {
     devices: Devices,
     device: String,
-    account: AccountId,
     hello: Option<ChannelFrame>,
-    pending: VecDeque<CommandRow>,
+    pending: VecDeque<CommandFrame>,
+    /// The command sent last, whose delivery is recorded when the stream is next polled —
+    /// after the frame went to the connection, so the write is not on the device's way.
+    sent: Option<String>,
     outstanding: Vec<Outstanding>,
-    rx: tokio::sync::mpsc::Receiver<Wire>,
+    mailbox: Arc<channel::Mailbox>,
     _guard: channel::ConnGuard,
 }
 
@@ -860,7 +862,7 @@ impl Devices {
                 .await?;
         }
         self.publish_command(&c);
-        self.0.registry.send(id, Wire::Command(c.id.clone()));
+        self.0.registry.send(id, Wire::Command(self.frame(&c)?));
         self.command_view(&c)
     }
 
@@ -961,19 +963,25 @@ impl Devices {
         self.expire(Some(&d.id)).await?;
         // Register before reading the open commands, so one issued in between is not missed
         // (at worst it arrives twice, which the device tolerates).
-        let (rx, guard) = self.0.registry.connect(&d.id);
-        let pending: VecDeque<CommandRow> = self.store().open_commands(&d.id, now).await?.into();
+        let (mailbox, guard) = self.0.registry.connect(&d.id);
+        let pending = self
+            .store()
+            .open_commands(&d.id, now)
+            .await?
+            .iter()
+            .map(|c| self.frame(c))
+            .collect::<Result<VecDeque<_>>>()?;
         let state = ChannelState {
             devices: self.clone(),
             device: d.id.clone(),
-            account: d.account,
             hello: Some(ChannelFrame::Hello {
                 device_id: d.id.clone(),
                 server_time: rfc3339(now),
             }),
             pending,
+            sent: None,
             outstanding: Vec::new(),
-            rx,
+            mailbox,
             _guard: guard,
         };
         Ok(futures_util::stream::unfold(state, |mut st| async move {
@@ -1259,7 +1267,7 @@ impl ChannelState {
         let devices = &self.devices;
         match devices.store().mark_delivered(id, devices.now()).await {
             Ok(Some(c)) => {
-                if c.deliveries == 1 {
+                if c.deliveries == 1 && c.state == "delivered" {
                     devices.publish_command(&c);
                 }
                 Some(c)
@@ -1276,17 +1284,17 @@ impl ChannelState {
         if let Some(h) = self.hello.take() {
             return Some(h);
         }
+        if let Some(id) = self.sent.take() {
+            // Boxed: the database futures are large, and an idle connection should not carry
+            // their space.
+            Box::pin(self.deliver(&id)).await;
+        }
         loop {
-            if let Some(c) = self.pending.pop_front() {
-                if self.outstanding.iter().any(|o| o.frame.id == c.id) {
+            if let Some(frame) = self.pending.pop_front() {
+                if self.outstanding.iter().any(|o| o.frame.id == frame.id) {
                     continue;
                 }
-                let Some(c) = self.deliver(&c.id).await else {
-                    continue;
-                };
-                let Ok(frame) = self.devices.frame(&c) else {
-                    continue;
-                };
+                self.sent = Some(frame.id.clone());
                 if !frame.acknowledged {
                     self.outstanding.push(Outstanding {
                         frame: frame.clone(),
@@ -1297,15 +1305,12 @@ impl ChannelState {
                 return Some(ChannelFrame::Command(frame));
             }
             let due = self.outstanding.iter().map(|o| o.due).min();
+            let mailbox = self.mailbox.clone();
             tokio::select! {
-                wire = self.rx.recv() => match wire {
+                wire = mailbox.recv() => match wire {
                     // Replaced by a newer connection, or the device was unlinked.
                     None => return None,
-                    Some(Wire::Command(id)) => {
-                        if let Ok(Some(c)) = self.devices.store().command(self.account, &id).await {
-                            self.pending.push_back(c);
-                        }
-                    }
+                    Some(Wire::Command(frame)) => self.pending.push_back(frame),
                     Some(Wire::Acked(id)) => self.outstanding.retain(|o| o.frame.id != id),
                 },
                 () = async {
@@ -1319,7 +1324,7 @@ impl ChannelState {
                         continue;
                     };
                     let id = self.outstanding[i].frame.id.clone();
-                    match self.deliver(&id).await {
+                    match Box::pin(self.deliver(&id)).await {
                         Some(c) if c.state != "acknowledged" => {
                             let sends = self.outstanding[i].sends + 1;
                             let wait = self.backoff(sends);

@@ -145,6 +145,28 @@ where
     }
 }
 
+/// The token of `Authorization: Bearer <token>`; `what` names it in the error.
+pub(crate) fn bearer<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthenticated(&format!(
+            "sign in first: send `Authorization: Bearer <{what}>`"
+        )));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthenticated(&format!(
+                "the Authorization header must be `Bearer <{what}>`"
+            ))
+        })
+}
+
 /// A signed-in caller, from `Authorization: Bearer <access token>`.
 pub struct Auth(pub Principal);
 
@@ -157,24 +179,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = AppState::from_ref(state);
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated(
-                "sign in first: send `Authorization: Bearer <access token>`",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthenticated(
-                    "the Authorization header must be `Bearer <access token>`",
-                )
-            })?;
+        let token = bearer(parts, "access token")?;
         app.identity
             .authenticate(token)
             .map(Auth)

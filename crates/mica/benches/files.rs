@@ -19,17 +19,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use serde_json::Value;
 
-const PASSWORD: &str = "correct-Horse-battery-9";
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{env_n, vm_hwm_kib, vm_rss_kib};
 const MIB: usize = 1 << 20;
-
-fn env_n(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn mb_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
@@ -78,15 +73,6 @@ fn drop_caches() -> bool {
     synced && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// CPU time the process has used (user + system), from /proc (clock ticks of 10 ms).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -98,15 +84,6 @@ fn cpu_time(pid: u32) -> Duration {
     // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One PATCH whose body streams from `path`; returns the status and the file id.
@@ -234,30 +211,9 @@ fn main() {
     let mut rows = Vec::new();
     let (again, first_up, rss_idle, peak) = rt.block_on(async {
         let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_ready(&http, &base).await;
         let client = mica_client::Client::new(base.clone());
-        let s = client
-            .signup_email("bench@example.com", PASSWORD)
-            .await
-            .unwrap();
-        let outbox = data.join("outbox.jsonl");
-        let code = loop {
-            let text = std::fs::read_to_string(&outbox).unwrap_or_default();
-            if let Some(line) = text.lines().last() {
-                let v: Value = serde_json::from_str(line).unwrap();
-                break v["subject"].as_str().unwrap()[..6].to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let t = client
-            .signup_verify(&s.signup_id, &code, None)
-            .await
-            .unwrap();
+        let t = common::sign_up(&client, &data, "bench@example.com").await;
         let token = t.access_token;
         let rss_idle = vm_rss_kib(pid);
         let mut peak = 0;

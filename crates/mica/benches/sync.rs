@@ -27,14 +27,10 @@ use mica_core::SystemClock;
 use mica_identity::Rate;
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "correct-Horse-battery-9";
+#[path = "common/mod.rs"]
+mod common;
 
-fn env_n(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+use common::env_n;
 
 fn vcard(i: usize) -> String {
     format!(
@@ -243,23 +239,7 @@ async fn radicale_rate(dir: &std::path::Path, cards: &[String]) -> Option<f64> {
 }
 
 async fn sign_up(client: &mica_client::Client, dir: &std::path::Path) -> mica_client::Tokens {
-    let s = client
-        .signup_email("bench@example.com", PASSWORD)
-        .await
-        .unwrap();
-    let outbox = dir.join("outbox.jsonl");
-    let code = loop {
-        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
-        if let Some(line) = text.lines().last() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            break v["subject"].as_str().unwrap()[..6].to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    client
-        .signup_verify(&s.signup_id, &code, None)
-        .await
-        .unwrap()
+    common::sign_up(client, dir, "bench@example.com").await
 }
 
 /// Delay from a push to each connected device's `changed` event, over `rounds` pushes.
@@ -364,7 +344,7 @@ fn main() {
         let client = mica_client::Client::new(base.clone());
         let a = sign_up(&client, &cfg.data_dir).await;
         let b = client
-            .sign_in("bench@example.com", PASSWORD, None)
+            .sign_in("bench@example.com", common::PASSWORD, None)
             .await
             .unwrap();
         let da = client.with_token(&a.access_token);

@@ -89,13 +89,14 @@ impl Config {
             Env::prefixed("MICA_")
                 .split("__")
                 // Read elsewhere: MICA_CONFIG (the file's path), MICA_LOG (the log filter),
-                // MICA_AGENT_* (the device agent's password and code) and MICA_TEST_* (the test
-                // suite).
+                // MICA_AGENT_* (the device agent's password and code), MICA_TEST_* (the test
+                // suite) and MICA_BENCH_* (the benchmarks, whose servers inherit them).
                 .filter(|k| {
                     let k = k.as_str().to_ascii_lowercase();
                     !matches!(k.as_str(), "config" | "log")
                         && !k.starts_with("test_")
                         && !k.starts_with("agent_")
+                        && !k.starts_with("bench_")
                 }),
         );
         let cfg: Config = fig

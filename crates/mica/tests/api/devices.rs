@@ -439,29 +439,27 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         format!("/api/v1/devices/{ida}/commands"),
         format!("/api/v1/devices/{ida}/commands/{stale_id}"),
     ] {
-        let e = bob.raw(Method::GET, &path, None).await.unwrap_err();
+        let e = refused(&bob, Method::GET, &path, None).await;
         assert_eq!(e.status().map(|s| s.as_u16()), Some(404), "{path}");
     }
-    let e = bob
-        .raw(
-            Method::POST,
-            &format!("/api/v1/devices/{ida}/commands"),
-            Some(json!({ "kind": "ring" })),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &bob,
+        Method::POST,
+        &format!("/api/v1/devices/{ida}/commands"),
+        Some(json!({ "kind": "ring" })),
+    )
+    .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
     assert_eq!(lines(&a.out("ring.log")).len(), 2);
 
     // Erase needs a step-up; then the agent wipes its data, reports done, and is unlinked.
-    let e = ana
-        .raw(
-            Method::POST,
-            &format!("/api/v1/devices/{ida}/commands"),
-            Some(json!({ "kind": "erase" })),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &ana,
+        Method::POST,
+        &format!("/api/v1/devices/{ida}/commands"),
+        Some(json!({ "kind": "erase" })),
+    )
+    .await;
     assert_eq!(e.code(), Some("step_up_required"));
     step_up_by_email(app, &ana, "ana@example.com").await;
     let credential = a.credential();
@@ -483,23 +481,15 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     assert_eq!(view["find_device"], false);
     // Its reports are refused now; its history stays for the owner.
     let device = app.client.with_token(credential);
-    let e = device
-        .raw(
-            Method::POST,
-            "/api/v1/device/locations",
-            Some(json!({ "locations": [{ "lat": 1.0, "lon": 1.0, "accuracy": 5.0, "source": "gps", "at": "2026-01-01T00:00:00Z" }] })),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(&device, Method::POST, "/api/v1/device/locations", Some(json!({ "locations": [{ "lat": 1.0, "lon": 1.0, "accuracy": 5.0, "source": "gps", "at": "2026-01-01T00:00:00Z" }] }))).await;
     assert_eq!(e.code(), Some("invalid_device_credential"));
-    let e = ana
-        .raw(
-            Method::POST,
-            &format!("/api/v1/devices/{ida}/commands"),
-            Some(json!({ "kind": "ring" })),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &ana,
+        Method::POST,
+        &format!("/api/v1/devices/{ida}/commands"),
+        Some(json!({ "kind": "ring" })),
+    )
+    .await;
     assert_eq!(e.code(), Some("device_unlinked"));
     assert!(!get(&ana, &format!("/api/v1/devices/{ida}/locations"))
         .await
@@ -663,14 +653,7 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
         (json!({}), "hardware"),
         (json!({ "serial": "no spaces allowed" }), "serial"),
     ] {
-        let e = ana
-            .raw(
-                Method::POST,
-                "/api/v1/devices",
-                Some(json!({ "name": "x", "model": "y", "os_version": "", "app_version": "", "hardware": hardware })),
-            )
-            .await
-            .unwrap_err();
+        let e = refused(&ana, Method::POST, "/api/v1/devices", Some(json!({ "name": "x", "model": "y", "os_version": "", "app_version": "", "hardware": hardware }))).await;
         assert_eq!(e.code(), Some("invalid_field"), "{field}");
         assert!(e.to_string().contains(field), "{e}");
     }
@@ -735,6 +718,34 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
         json!([])
     );
 
+    // Good reports are kept, and read back by time range.
+    let mut older = good.clone();
+    older["at"] = json!(fmt(now - time::Duration::hours(2)));
+    older["lat"] = json!(-33.8568);
+    device
+        .raw(
+            Method::POST,
+            "/api/v1/device/locations",
+            Some(json!({ "locations": [older, good.clone()] })),
+        )
+        .await
+        .unwrap();
+    let all = get(&ana, &format!("/api/v1/devices/{id}/locations")).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all[0]["lat"], -33.8568, "oldest first");
+    let from = fmt(now - time::Duration::minutes(90)).replace('+', "%2B");
+    let recent = get(&ana, &format!("/api/v1/devices/{id}/locations?from={from}")).await;
+    assert_eq!(recent.as_array().unwrap().len(), 1);
+    assert_eq!(recent[0]["lat"], 1.5);
+    let e = refused(
+        &ana,
+        Method::GET,
+        &format!("/api/v1/devices/{id}/locations?from=noon"),
+        None,
+    )
+    .await;
+    assert_eq!(e.code(), Some("invalid_query"));
+
     // Forged or wrong credentials.
     for token in ["mdc_forged", "not-even-a-device-token", &device_token(&ana)] {
         let e = app
@@ -757,14 +768,13 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
         ),
         (json!({ "kind": "erase" }), "step_up_required"),
     ] {
-        let e = ana
-            .raw(
-                Method::POST,
-                &format!("/api/v1/devices/{id}/commands"),
-                Some(body.clone()),
-            )
-            .await
-            .unwrap_err();
+        let e = refused(
+            &ana,
+            Method::POST,
+            &format!("/api/v1/devices/{id}/commands"),
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(e.code(), Some(code), "{body}");
     }
     assert_eq!(
@@ -772,49 +782,45 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
         json!([])
     );
     // Turning Find Device off needs a step-up too.
-    let e = ana
-        .raw(
-            Method::PATCH,
-            &format!("/api/v1/devices/{id}"),
-            Some(json!({ "find_device": false })),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &ana,
+        Method::PATCH,
+        &format!("/api/v1/devices/{id}"),
+        Some(json!({ "find_device": false })),
+    )
+    .await;
     assert_eq!(e.code(), Some("step_up_required"));
     // An unknown command id.
-    let e = device
-        .raw(
-            Method::POST,
-            "/api/v1/device/commands/cmd_nope/ack",
-            Some(json!({})),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &device,
+        Method::POST,
+        "/api/v1/device/commands/cmd_nope/ack",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
     // A result before the acknowledgement.
     let c = send(&ana, &id, json!({ "kind": "ring" })).await;
-    let e = device
-        .raw(
-            Method::POST,
-            &format!(
-                "/api/v1/device/commands/{}/result",
-                c["id"].as_str().unwrap()
-            ),
-            Some(json!({ "outcome": "done" })),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &device,
+        Method::POST,
+        &format!(
+            "/api/v1/device/commands/{}/result",
+            c["id"].as_str().unwrap()
+        ),
+        Some(json!({ "outcome": "done" })),
+    )
+    .await;
     assert_eq!(e.code(), Some("command_not_acknowledged"));
     // An acknowledgement after expiry is refused, so the device never runs it.
     app.advance(Duration::from_secs(8 * 24 * 3600));
-    let e = device
-        .raw(
-            Method::POST,
-            &format!("/api/v1/device/commands/{}/ack", c["id"].as_str().unwrap()),
-            Some(json!({})),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &device,
+        Method::POST,
+        &format!("/api/v1/device/commands/{}/ack", c["id"].as_str().unwrap()),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(410));
     assert_eq!(e.code(), Some("command_expired"));
 }
@@ -883,6 +889,100 @@ async fn the_owner_sees_command_states_live(app: &TestApp) {
     assert_eq!(history[0]["state"], "failed");
     assert_eq!(history[0]["reason"], "the speaker is broken");
     assert!(history[0]["deliveries"].as_i64().unwrap() >= 2);
+
+    // Renaming shows on the feed.
+    let v: Value = ana
+        .raw(
+            Method::PATCH,
+            &format!("/api/v1/devices/{id}"),
+            Some(json!({ "name": "Kitchen tablet" })),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["name"], "Kitchen tablet");
+    read_until(&mut feed, "\"change\":\"renamed\"").await;
+
+    // Past the retention, maintenance drops old locations.
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    device
+        .raw(
+            Method::POST,
+            "/api/v1/device/locations",
+            Some(json!({ "locations": [{ "lat": 1.0, "lon": 2.0, "accuracy": 3.0, "source": "gps", "at": at }] })),
+        )
+        .await
+        .unwrap();
+    let kept = get(&ana, &format!("/api/v1/devices/{id}/locations")).await;
+    assert_eq!(kept.as_array().unwrap().len(), 1);
+    app.advance(Duration::from_secs(31 * 24 * 3600));
+    app.server
+        .as_ref()
+        .unwrap()
+        .devices
+        .maintenance()
+        .await
+        .unwrap();
+    let ana = sign_in(app, "ana@example.com").await;
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{id}/locations")).await,
+        json!([])
+    );
+
+    // Turning Find Device off (after a step-up) releases the activation lock and stops commands.
+    let hardware = json!({ "hardware": { "imeis": [imei(50)], "serial": "S50" } });
+    let status = post(&app.client, "/api/v1/activation/status", hardware.clone()).await;
+    assert_eq!(status["locked"], true);
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    let v: Value = ana
+        .raw(
+            Method::PATCH,
+            &format!("/api/v1/devices/{id}"),
+            Some(json!({ "find_device": false })),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["find_device"], false);
+    let status = post(&app.client, "/api/v1/activation/status", hardware).await;
+    assert_eq!(status, json!({ "locked": false, "owner": null }));
+    let e = refused(
+        &ana,
+        Method::POST,
+        &format!("/api/v1/devices/{id}/commands"),
+        Some(json!({ "kind": "ring" })),
+    )
+    .await;
+    assert_eq!(e.code(), Some("find_device_off"));
+}
+
+/// A request that must be refused; its error.
+async fn refused(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> mica_client::ClientError {
+    match c.raw(method, path, body).await {
+        Ok(r) => panic!("{path} was accepted: {}", r.status()),
+        Err(e) => e,
+    }
+}
+
+/// A POST that must succeed; its JSON answer.
+async fn post(c: &Client, path: &str, body: Value) -> Value {
+    c.raw(Method::POST, path, Some(body))
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e:?}"))
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Reads a streaming response until `needle` appears; returns everything read.

@@ -1,0 +1,72 @@
+//! What the benchmarks share: settings from the environment, a process's memory, and signing an
+//! account up through the development outbox.
+
+// Each benchmark uses part of this.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const PASSWORD: &str = "correct-Horse-battery-9";
+
+/// A number from the environment, or `default`.
+pub fn env_n(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The process's resident memory now.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The process's peak resident memory.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Signs `email` up on a server without SMTP, reading the code from `<data_dir>/outbox.jsonl`.
+pub async fn sign_up(
+    client: &mica_client::Client,
+    data_dir: &Path,
+    email: &str,
+) -> mica_client::Tokens {
+    let s = client.signup_email(email, PASSWORD).await.unwrap();
+    let outbox = data_dir.join("outbox.jsonl");
+    let code = loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if let Some(line) = text.lines().last() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            break v["subject"].as_str().unwrap()[..6].to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client
+        .signup_verify(&s.signup_id, &code, None)
+        .await
+        .unwrap()
+}
+
+/// Waits until the server at `base` answers `/healthz` (at most ten seconds).
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server at {base} did not start");
+}

@@ -1,0 +1,377 @@
+//! The command channel at scale, against a reference measured in the same run:
+//! - 10,000 linked devices hold their command channel open on one server process; the
+//!   server's resident memory per connection is the growth of its `VmRSS` from before the
+//!   connections to after, divided by their number;
+//! - with all of them connected, the time from issuing a ring over the API to the device's
+//!   acknowledgement reaching the server (the device reads the command from its channel and
+//!   POSTs the acknowledgement; the time ends when that answer arrives), p50 and p99, compared
+//!   with a Mosquitto QoS 1 round trip on the same machine (a publish to the device's topic; the
+//!   subscriber answers on a second topic; the time ends when the answer arrives).
+//!
+//! The server is the release `mica` binary as its own process on its embedded defaults (SQLite +
+//! a local folder); Mosquitto is a private instance on a free port (`mosquitto` must be
+//! installed: `scripts/bench-devices.sh` installs it from Debian's packages).
+//!
+//! Run: `scripts/bench-devices.sh`, or `cargo bench -p mica --bench devices` with `mosquitto` on
+//! the PATH. MICA_BENCH_DEVICES sets the number of devices (default 10,000), MICA_BENCH_RINGS the
+//! number of round trips of each kind (default 500).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{env_n, vm_rss_kib};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An IMEI with a valid check digit, different for each `n`.
+fn imei(n: usize) -> String {
+    let body = format!("35{n:012}");
+    (0..10)
+        .map(|d| format!("{body}{d}"))
+        .find(|c| mica_devices::hardware::luhn_ok(c))
+        .unwrap()
+}
+
+fn nodelay() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Opens a device's command channel over a raw connection and waits for its `hello`; then
+/// reads forever, handing each command id to `tx` when the device is one being watched.
+async fn open_channel(
+    addr: &str,
+    credential: &str,
+    index: usize,
+    tx: Option<mpsc::UnboundedSender<(usize, String)>>,
+) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /api/v1/device/command-channel HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {credential}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    while !seen.contains("event: hello") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "channel closed before hello: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    // The connection lives until the runtime ends.
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; if tx.is_some() { 4096 } else { 256 }];
+        let mut text = String::new();
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let Some(tx) = &tx else { continue };
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Some(i) = text.find("\"id\":\"cmd_") {
+                let rest = &text[i + 6..];
+                let Some(end) = rest.find('"') else { break };
+                let id = rest[..end].to_owned();
+                text = rest[end..].to_owned();
+                let _ = tx.send((index, id));
+            }
+        }
+    });
+}
+
+fn main() {
+    let devices = env_n("MICA_BENCH_DEVICES", 10_000);
+    let rings = env_n("MICA_BENCH_RINGS", 500);
+    let dir = std::env::temp_dir().join(format!("mica-bench-devices-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = dir.join("data");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_mica"))
+        .arg("serve")
+        .env("MICA_LISTEN", &addr)
+        .env("MICA_DATA_DIR", &data)
+        .env("MICA_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = server.id();
+    let mqtt_port = free_port();
+    // Mosquitto tuned for latency like the server (no Nagle delay on either side).
+    let mqtt_conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &mqtt_conf,
+        format!("listener {mqtt_port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )
+    .unwrap();
+    let mut mosquitto = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&mqtt_conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto is needed for the reference: run scripts/bench-devices.sh");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        common::wait_ready(&http, &base).await;
+        // The owner.
+        let client = mica_client::Client::new(base.clone());
+        let t = common::sign_up(&client, &data, "owner@example.com").await;
+        let owner = client.with_token(t.access_token);
+
+        // Link the devices (eight at a time).
+        let start = Instant::now();
+        let linked = Arc::new(Mutex::new(vec![(String::new(), String::new()); devices]));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (owner, linked, next) = (owner.clone(), linked.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= devices {
+                        return;
+                    }
+                    let v: Value = owner
+                        .raw(
+                            reqwest::Method::POST,
+                            "/api/v1/devices",
+                            Some(json!({
+                                "name": format!("device {i}"), "model": "Bench", "os_version": "1",
+                                "app_version": "1",
+                                "hardware": { "imeis": [imei(i)], "serial": format!("B{i}") },
+                            })),
+                        )
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    linked.lock().await[i] = (
+                        v["device"]["id"].as_str().unwrap().to_owned(),
+                        v["credential"].as_str().unwrap().to_owned(),
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let linked = Arc::try_unwrap(linked).unwrap().into_inner();
+        println!("linked {devices} devices in {:.1} s", start.elapsed().as_secs_f64());
+
+        // Memory before and after the connections.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = vm_rss_kib(pid);
+        let watched = 100.min(devices);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        let half_at = devices / 2;
+        let mut half = 0;
+        for (chunk_start, chunk) in linked.chunks(64).enumerate().map(|(i, c)| (i * 64, c)) {
+            if chunk_start >= half_at && half == 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                half = vm_rss_kib(pid);
+            }
+            futures_util::future::join_all(chunk.iter().enumerate().map(|(j, (_, cred))| {
+                let i = chunk_start + j;
+                let tx = (i < watched).then(|| tx.clone());
+                let addr = addr.clone();
+                let cred = cred.clone();
+                async move { open_channel(&addr, &cred, i, tx).await }
+            }))
+            .await;
+        }
+        println!("opened {devices} command channels in {:.1} s", start.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = vm_rss_kib(pid);
+        let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / devices as f64;
+        // The second half alone: what one more connection costs once pools and caches are warm.
+        let marginal =
+            (after.saturating_sub(half)) as f64 * 1024.0 / (devices - half_at.next_multiple_of(64)) as f64;
+
+        // For scale: what an idle HTTP keep-alive connection costs the same server (one
+        // `GET /healthz` answered, the connection left open).
+        let plain = 2_000;
+        let before_plain = vm_rss_kib(pid);
+        let mut idle = Vec::with_capacity(plain);
+        for _ in 0..plain {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            idle.push(s);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let per_plain = (vm_rss_kib(pid).saturating_sub(before_plain)) as f64 * 1024.0 / plain as f64;
+        println!("an idle keep-alive HTTP connection: {:.1} KB", per_plain / 1000.0);
+
+        // Ring → acknowledgement, with every device connected.
+        let mut mica = Vec::with_capacity(rings);
+        for r in 0..rings {
+            let i = r % watched;
+            let (id, cred) = &linked[i];
+            let device = client.with_token(cred.clone());
+            let t0 = Instant::now();
+            let c: Value = owner
+                .raw(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/devices/{id}/commands"),
+                    Some(json!({ "kind": "ring" })),
+                )
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let want = c["id"].as_str().unwrap();
+            let got = loop {
+                let (who, cmd) = rx.recv().await.unwrap();
+                if who == i && cmd == want {
+                    break cmd;
+                }
+            };
+            device
+                .raw(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/device/commands/{got}/ack"),
+                    Some(json!({})),
+                )
+                .await
+                .unwrap();
+            mica.push(t0.elapsed());
+        }
+
+        // The reference: Mosquitto QoS 1, publish → the subscriber answers on a second topic.
+        let mut opts = MqttOptions::new("owner", "127.0.0.1", mqtt_port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (owner_mqtt, mut owner_loop) = AsyncClient::new(opts, 64);
+        owner_loop.set_network_options(nodelay());
+        let mut opts = MqttOptions::new("device", "127.0.0.1", mqtt_port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (device_mqtt, mut device_loop) = AsyncClient::new(opts, 64);
+        device_loop.set_network_options(nodelay());
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel::<()>();
+        let sub_tx2 = sub_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match owner_loop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = ack_tx.send(p.payload.to_vec());
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
+                    Ok(_) => {}
+                    // The broker stopped (the end of the run).
+                    Err(_) => return,
+                }
+            }
+        });
+        let answer = device_mqtt.clone();
+        tokio::spawn(async move {
+            loop {
+                match device_loop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        answer
+                            .publish("dev/1/ack", QoS::AtLeastOnce, false, p.payload.to_vec())
+                            .await
+                            .unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx2.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        owner_mqtt.subscribe("dev/1/ack", QoS::AtLeastOnce).await.unwrap();
+        device_mqtt.subscribe("dev/1/cmd", QoS::AtLeastOnce).await.unwrap();
+        sub_rx.recv().await.unwrap();
+        sub_rx.recv().await.unwrap();
+        let mut mqtt = Vec::with_capacity(rings);
+        for r in 0..rings {
+            let payload = format!("ring {r}").into_bytes();
+            let t0 = Instant::now();
+            owner_mqtt
+                .publish("dev/1/cmd", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .unwrap();
+            loop {
+                if ack_rx.recv().await.unwrap() == payload {
+                    break;
+                }
+            }
+            mqtt.push(t0.elapsed());
+        }
+
+        mica.sort();
+        mqtt.sort();
+        let (m50, m99) = (percentile(&mica, 0.5), percentile(&mica, 0.99));
+        let (q50, q99) = (percentile(&mqtt, 0.5), percentile(&mqtt, 0.99));
+        println!();
+        println!("connected idle devices: {devices}");
+        println!(
+            "server RSS: {:.1} MiB before, {:.1} MiB after → {:.1} KB per connection (goal < 20 KB)",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            per_conn / 1000.0
+        );
+        println!(
+            "  second half only ({} → {devices} connections): {:.1} KB per connection",
+            half_at.next_multiple_of(64),
+            marginal / 1000.0
+        );
+        println!("ring → acknowledgement ({rings} rounds, all devices connected):");
+        println!("  Mica       p50 {:.2} ms   p99 {:.2} ms", ms(m50), ms(m99));
+        println!("  Mosquitto  p50 {:.2} ms   p99 {:.2} ms   (QoS 1 round trip)", ms(q50), ms(q99));
+        println!(
+            "  ratio Mica/Mosquitto: p50 {:.2}×, p99 {:.2}× (goal: p99 within 2×)",
+            ms(m50) / ms(q50),
+            ms(m99) / ms(q99)
+        );
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
