@@ -85,13 +85,10 @@ pub struct LinkRequest {
     pub os_version: String,
     pub app_version: String,
     pub hardware: Hardware,
-    /// Find Device on from the start (the default, as on phones).
-    #[serde(default = "yes")]
+    /// Turn Find Device on (it is opt-in: off unless the device's setup asks for it). With it
+    /// on, the activation lock binds the device to the account.
+    #[serde(default)]
     pub find_device: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// A freshly linked device and its credential (shown once; the server keeps a hash).
@@ -929,6 +926,39 @@ impl Devices {
         let keep = Duration::from_secs(self.0.cfg.location_retention_days * 86_400);
         self.store().purge_locations(self.now().minus(keep)).await?;
         Ok(())
+    }
+
+    /// The account's devices for its data export: each as its owner sees it, with its whole
+    /// location and command history.
+    pub async fn export(&self, account: AccountId) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut devices = Vec::new();
+        for row in self.store().devices(account).await? {
+            let locations = self
+                .store()
+                .locations(&row.id, Timestamp(0), Timestamp(i64::MAX), i64::MAX)
+                .await?
+                .iter()
+                .map(|l| self.location_view(l))
+                .collect::<Result<Vec<_>>>()?;
+            let commands = self
+                .store()
+                .commands(account, &row.id, i64::MAX)
+                .await?
+                .iter()
+                .map(|c| self.command_view(c))
+                .collect::<Result<Vec<_>>>()?;
+            devices.push(serde_json::json!({
+                "device": self.view(&row).await?,
+                "locations": locations,
+                "commands": commands,
+            }));
+        }
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let json = serde_json::to_vec_pretty(&devices)
+            .map_err(|e| DevicesError::Internal(e.to_string()))?;
+        Ok(vec![("devices/devices.json".into(), json)])
     }
 
     /// Devices connected to this node.

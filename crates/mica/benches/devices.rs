@@ -173,6 +173,7 @@ fn main() {
                                 "name": format!("device {i}"), "model": "Bench", "os_version": "1",
                                 "app_version": "1",
                                 "hardware": { "imeis": [imei(i)], "serial": format!("B{i}") },
+                                "find_device": true,
                             })),
                         )
                         .await

@@ -60,6 +60,8 @@ pub struct DeviceConfig {
     #[serde(default)]
     pub imeis: Vec<String>,
     pub serial: Option<String>,
+    /// Opt in to Find Device when linking (and so to the activation lock). The agent exists
+    /// for Find Device, so its configuration opts in unless this says `false`.
     #[serde(default = "yes")]
     pub find_device: bool,
 }

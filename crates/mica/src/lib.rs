@@ -128,6 +128,7 @@ impl Server {
             clock.clone(),
             cfg.devices.clone(),
         );
+        identity.add_area(Arc::new(DevicesExport(devices.clone())));
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),
@@ -263,5 +264,24 @@ impl mica_identity::export::AccountArea for CloudExport {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+/// The devices' part of a data export (all in the database, so nothing to forget outside it).
+struct DevicesExport(Devices);
+
+impl mica_identity::export::AccountArea for DevicesExport {
+    fn export_files(
+        &self,
+        account: mica_core::AccountId,
+    ) -> mica_identity::export::AreaFuture<'_, mica_identity::export::ExportFiles> {
+        Box::pin(async move { self.0.export(account).await.map_err(|e| e.to_string()) })
+    }
+
+    fn forget_account(
+        &self,
+        _account: mica_core::AccountId,
+    ) -> mica_identity::export::AreaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 }

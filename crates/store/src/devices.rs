@@ -84,7 +84,8 @@ pub struct NewDevice {
 
 #[derive(Debug)]
 pub enum LinkOutcome {
-    /// Linked; the sessions of earlier links of the same device to this account, now replaced.
+    /// Linked; the sessions of earlier links of the same device to this account, which the new
+    /// link replaced.
     Linked { replaced_sessions: Vec<String> },
     /// Activation lock: the device is bound to another account.
     Locked { owner: AccountId },
@@ -181,8 +182,9 @@ pub struct LocationRow {
 
 impl Store {
     /// Links a device, unless an activation lock binds its hardware to another (active)
-    /// account. Earlier links of the same hardware to this account are unlinked ("relinked"),
-    /// and with Find Device on its hardware ids are locked to this account.
+    /// account. Earlier links of the same hardware to this account are replaced (their location
+    /// history carried over), and with Find Device on its hardware ids are locked to this
+    /// account.
     pub async fn link_device(&self, d: &NewDevice) -> Result<LinkOutcome> {
         let mut tx = self.writer.begin().await?;
         // Locks held by accounts that are no longer active do not bind.
@@ -218,16 +220,6 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE devices SET unlinked_at = $3, unlinked_reason = 'relinked', \
-             credential_hash = NULL, find_enabled = 0, lost_mode = NULL \
-             WHERE account_id = $1 AND hardware_bidx = $2 AND unlinked_at IS NULL",
-        )
-        .bind(d.account_id.as_i64())
-        .bind(d.hardware_bidx.clone())
-        .bind(d.now.millis())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
             "INSERT INTO devices (id, account_id, session_id, name, model, os_version, app_version, \
              hardware, hardware_bidx, credential_hash, find_enabled, battery, last_seen_at, \
              lost_mode, linked_at, unlinked_at, unlinked_reason, command_seq) \
@@ -247,6 +239,25 @@ impl Store {
         .bind(d.now.millis())
         .execute(&mut *tx)
         .await?;
+        // Earlier links of the same hardware to this account (before a reset, an erase) are
+        // the same device: its location history moves to the new link, and the old links go
+        // with their commands and locks.
+        for sql in [
+            "UPDATE device_locations SET device_id = $3 WHERE device_id IN \
+             (SELECT id FROM devices WHERE account_id = $1 AND hardware_bidx = $2 AND id <> $3)",
+            "DELETE FROM device_commands WHERE device_id IN \
+             (SELECT id FROM devices WHERE account_id = $1 AND hardware_bidx = $2 AND id <> $3)",
+            "DELETE FROM activation_locks WHERE account_id = $1 AND device_id IN \
+             (SELECT id FROM devices WHERE account_id = $1 AND hardware_bidx = $2 AND id <> $3)",
+            "DELETE FROM devices WHERE account_id = $1 AND hardware_bidx = $2 AND id <> $3",
+        ] {
+            sqlx::query(sql)
+                .bind(d.account_id.as_i64())
+                .bind(d.hardware_bidx.clone())
+                .bind(&d.id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if d.find_enabled {
             lock_hardware(&mut tx, d.account_id, &d.id, &d.hardware_id_bidxs, d.now).await?;
         }

@@ -511,6 +511,18 @@ async fn activation_lock_survives_a_reset(app: &TestApp) {
         String::from_utf8_lossy(&out.stderr)
     );
     let first = dev.linked_id();
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    app.client
+        .with_token(dev.credential())
+        .raw(
+            Method::POST,
+            "/api/v1/device/locations",
+            Some(json!({ "locations": [{ "lat": 40.4168, "lon": -3.7038, "accuracy": 20.0, "source": "network", "at": at }] })),
+        )
+        .await
+        .unwrap();
 
     // Factory reset: the data folder goes, the marker stays.
     dev.reset();
@@ -554,6 +566,9 @@ async fn activation_lock_survives_a_reset(app: &TestApp) {
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [second.as_str()], "the earlier link is replaced");
+    // …and its location history carries over to the new link.
+    let history = get(&ana, &format!("/api/v1/devices/{second}/locations")).await;
+    assert_eq!(history[0]["lat"], 40.4168);
 
     // Once the owner removes it (step-up), anyone may link it.
     dev.reset();
@@ -631,6 +646,7 @@ async fn link_http(app: &TestApp, c: &Client, n: u64) -> (String, Client) {
             Some(json!({
                 "name": "bench", "model": "Pixel", "os_version": "15", "app_version": "1",
                 "hardware": { "imeis": [imei(n)], "serial": format!("S{n}") },
+                "find_device": true,
             })),
         )
         .await
@@ -658,6 +674,34 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
         assert!(e.to_string().contains(field), "{e}");
     }
     assert_eq!(get(&ana, "/api/v1/devices").await, json!([]));
+
+    // Find Device is opt-in: a device linked without it is neither locked nor commandable.
+    let quiet = post(
+        &ana,
+        "/api/v1/devices",
+        json!({ "name": "quiet", "model": "m", "os_version": "", "app_version": "",
+                "hardware": { "serial": "QUIET1" } }),
+    )
+    .await;
+    assert_eq!(quiet["device"]["find_device"], false);
+    let status = post(
+        &app.client,
+        "/api/v1/activation/status",
+        json!({ "hardware": { "serial": "quiet1" } }),
+    )
+    .await;
+    assert_eq!(status["locked"], false);
+    let e = refused(
+        &ana,
+        Method::POST,
+        &format!(
+            "/api/v1/devices/{}/commands",
+            quiet["device"]["id"].as_str().unwrap()
+        ),
+        Some(json!({ "kind": "ring" })),
+    )
+    .await;
+    assert_eq!(e.code(), Some("find_device_off"));
 
     let (id, device) = link_http(app, &ana, 40).await;
     let now = time::OffsetDateTime::now_utc();

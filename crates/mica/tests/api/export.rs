@@ -80,6 +80,34 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     )
     .await
     .unwrap();
+    // A linked device with a location.
+    let linked: Value = c
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/devices",
+            Some(serde_json::json!({
+                "name": "Kai's phone", "model": "Fairphone 5", "os_version": "14", "app_version": "1",
+                "hardware": { "serial": "FP5KAI" }, "find_device": true,
+            })),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    app.client
+        .with_token(linked["credential"].as_str().unwrap())
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/device/locations",
+            Some(
+                serde_json::json!({ "locations": [{ "lat": 52.52, "lon": 13.405, "accuracy": 8.0,
+                "source": "gps", "at": time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339).unwrap() }] }),
+            ),
+        )
+        .await
+        .unwrap();
     let url = |p: &str| app.url(p);
 
     let resp = app
@@ -161,6 +189,10 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     assert_eq!(member(&file, "calendar/calendar/dentist.ics"), EVENT);
     let notes: Value = serde_json::from_str(&member(&file, "notes/notes.json")).unwrap();
     assert_eq!(notes[0]["item"], note("Shopping"));
+    let devices: Value = serde_json::from_str(&member(&file, "devices/devices.json")).unwrap();
+    assert_eq!(devices[0]["device"]["name"], "Kai's phone");
+    assert_eq!(devices[0]["device"]["hardware"]["serial"], "FP5KAI");
+    assert_eq!(devices[0]["locations"][0]["lat"], 52.52);
     let logins: Value = serde_json::from_str(&member(&file, "login-records.json")).unwrap();
     assert!(logins
         .as_array()
