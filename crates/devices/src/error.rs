@@ -22,6 +22,8 @@ pub enum DevicesError {
     CommandExpired,
     #[error("this command has already finished")]
     CommandFinished,
+    #[error("this command was acknowledged already; it runs only after its first acknowledgement")]
+    AlreadyAcknowledged,
     #[error("acknowledge the command before reporting its result")]
     NotAcknowledged,
     #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
@@ -57,6 +59,7 @@ impl DevicesError {
             DevicesError::BadCredential => "invalid_device_credential",
             DevicesError::CommandExpired => "command_expired",
             DevicesError::CommandFinished => "command_finished",
+            DevicesError::AlreadyAcknowledged => "command_already_acknowledged",
             DevicesError::NotAcknowledged => "command_not_acknowledged",
             DevicesError::RateLimited { .. } => "rate_limited",
             DevicesError::Identity(e) => e.code(),
@@ -72,7 +75,9 @@ impl DevicesError {
             DevicesError::FindDeviceOff | DevicesError::DeviceUnlinked => 409,
             DevicesError::BadCredential => 401,
             DevicesError::CommandExpired => 410,
-            DevicesError::CommandFinished | DevicesError::NotAcknowledged => 409,
+            DevicesError::CommandFinished
+            | DevicesError::AlreadyAcknowledged
+            | DevicesError::NotAcknowledged => 409,
             DevicesError::RateLimited { .. } => 429,
             DevicesError::Identity(e) => e.http_status(),
             DevicesError::Internal(_) => 500,

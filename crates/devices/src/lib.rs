@@ -1020,8 +1020,9 @@ impl Devices {
         }))
     }
 
-    /// A device acknowledges a command: from now on it runs it (once). Repeating the
-    /// acknowledgement is harmless; an expired command is refused (`command_expired`).
+    /// A device acknowledges a command: the first acknowledgement lets it run it, once. A
+    /// repeated one is refused (`command_already_acknowledged`), and so is one after expiry
+    /// (`command_expired`): a replayed or stale command never runs.
     pub async fn acknowledge(&self, d: &DeviceCaller, command: &str) -> Result<CommandView> {
         match self
             .store()
@@ -1034,8 +1035,10 @@ impl Devices {
                 self.command_view(&c)
             }
             AckOutcome::Again(c) => {
+                // Only the first acknowledgement lets the device run a command: a device that
+                // is told "again" cannot know it ran it, and must not run it now.
                 self.0.registry.send(&d.id, Wire::Acked(c.id.clone()));
-                self.command_view(&c)
+                Err(DevicesError::AlreadyAcknowledged)
             }
             AckOutcome::Expired(c) => {
                 self.publish_command(&c);

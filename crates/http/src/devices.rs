@@ -341,8 +341,9 @@ async fn command_channel(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
 }
 
-/// The device acknowledges a command: it will run it now (once). Repeating it is harmless;
-/// an expired command is refused with `command_expired` (410) and must not run.
+/// The device acknowledges a command; only a `200` lets it run it (once). A repeated
+/// acknowledgement is `409 command_already_acknowledged`, and one after expiry
+/// `410 command_expired`: in both cases the device must not run it.
 #[utoipa::path(post, path = "/device/commands/{id}/ack", tag = "devices", security(("bearer" = [])),
     responses((status = 200, body = CommandView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]

@@ -169,7 +169,10 @@ struct Marker {
 /// Commands already run (or started), so a command sent again never runs twice.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Journal {
-    last_seq: i64,
+    /// Entries at or below this seq were dropped to keep the journal small: a frame this old
+    /// cannot be told apart from a replay, so it is refused.
+    #[serde(default)]
+    forgotten_upto: i64,
     /// Command id → `started`, `done`, `failed: <reason>`, `expired`.
     entries: BTreeMap<String, (i64, String)>,
 }
@@ -599,7 +602,6 @@ impl Agent {
 
     async fn record(&self, id: &str, seq: i64, state: &str) {
         let mut j = self.journal.lock().await;
-        j.last_seq = j.last_seq.max(seq);
         j.entries.insert(id.to_owned(), (seq, state.to_owned()));
         // Keep the newest few hundred.
         while j.entries.len() > 500 {
@@ -607,11 +609,10 @@ impl Agent {
                 .entries
                 .iter()
                 .min_by_key(|(_, (s, _))| *s)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => j.entries.remove(&k),
-                None => break,
-            };
+                .map(|(k, (s, _))| (k.clone(), *s));
+            let Some((k, s)) = oldest else { break };
+            j.entries.remove(&k);
+            j.forgotten_upto = j.forgotten_upto.max(s);
         }
         let snapshot = j.clone();
         drop(j);
@@ -675,9 +676,9 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
         if id.is_empty() {
             continue;
         }
-        let (seen, last_seq) = {
+        let (seen, forgotten_upto) = {
             let j = agent.journal.lock().await;
-            (j.entries.get(&id).map(|(_, s)| s.clone()), j.last_seq)
+            (j.entries.get(&id).map(|(_, s)| s.clone()), j.forgotten_upto)
         };
         if let Some(state) = seen {
             // Sent again (a lost acknowledgement, a reconnect): never run twice.
@@ -693,13 +694,10 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                     agent.report(&id, &s).await;
                 }
             }
-            let _ = agent
-                .post(&format!("/api/v1/device/commands/{id}/ack"), json!({}))
-                .await;
             continue;
         }
-        if seq <= last_seq {
-            tracing::warn!(command = %id, seq, last_seq, "refusing a replayed command older than the last one run");
+        if seq <= forgotten_upto {
+            tracing::warn!(command = %id, seq, "refusing a command older than the journal remembers (a replay)");
             continue;
         }
         if frame["acknowledged"] == json!(true) {
@@ -717,6 +715,14 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
             Err(ClientError::Api { code, .. }) if code == "command_expired" => {
                 tracing::info!(command = %id, "expired before it could run; not running it");
                 agent.record(&id, seq, "expired").await;
+                continue;
+            }
+            Err(ClientError::Api { code, .. }) if code == "command_already_acknowledged" => {
+                // Acknowledged before (an answer lost on the way): whether it ran is unknown,
+                // so at most once means not now.
+                let state = "failed: acknowledged before without a record of running it";
+                agent.record(&id, seq, state).await;
+                agent.report(&id, state).await;
                 continue;
             }
             Err(ClientError::Api { status, code, .. }) if status.is_client_error() => {

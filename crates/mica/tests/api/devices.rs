@@ -913,6 +913,16 @@ async fn the_owner_sees_command_states_live(app: &TestApp) {
         )
         .await
         .unwrap();
+    // A repeated (or replayed) acknowledgement does not let the device run it again.
+    let e = refused(
+        &device,
+        Method::POST,
+        &format!("/api/v1/device/commands/{cid}/ack"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(409));
+    assert_eq!(e.code(), Some("command_already_acknowledged"));
     device
         .raw(
             Method::POST,
