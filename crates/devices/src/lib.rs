@@ -366,6 +366,8 @@ struct Inner {
     registry: Arc<Registry>,
     unlock_attempts: Limiter,
     activation_checks: Limiter,
+    /// This node, in the wake-ups it sends other nodes (so it ignores its own).
+    node: String,
 }
 
 impl std::fmt::Debug for Devices {
@@ -412,6 +414,7 @@ impl Devices {
             clock,
             cfg,
             registry: Arc::new(Registry::default()),
+            node: random_token_string(8),
         }))
     }
 
@@ -859,7 +862,16 @@ impl Devices {
                 .await?;
         }
         self.publish_command(&c);
-        self.0.registry.send(id, Wire::Command(self.frame(&c)?));
+        if !self.0.registry.send(id, Wire::Command(self.frame(&c)?)) {
+            // The device may be connected to another node.
+            if let Err(e) = self
+                .store()
+                .notify_device(&format!("{}:{id}", self.0.node))
+                .await
+            {
+                tracing::warn!(error = %e, "waking the other nodes failed");
+            }
+        }
         self.command_view(&c)
     }
 
@@ -959,6 +971,29 @@ impl Devices {
         let json = serde_json::to_vec_pretty(&devices)
             .map_err(|e| DevicesError::Internal(e.to_string()))?;
         Ok(vec![("devices/devices.json".into(), json)])
+    }
+
+    /// Relays other nodes' wake-ups to the devices connected here (PostgreSQL; returns at once
+    /// on SQLite, where one node holds every connection). Runs for the life of the server.
+    pub async fn relay_wakeups(&self) -> Result<()> {
+        use futures_util::StreamExt;
+        let Some(mut wakeups) = self.store().device_wakeups().await? else {
+            return Ok(());
+        };
+        while let Some(payload) = wakeups.next().await {
+            let Some((node, device)) = payload.split_once(':') else {
+                continue;
+            };
+            if node == self.0.node || !self.0.registry.is_connected(device) {
+                continue;
+            }
+            for c in self.store().open_commands(device, self.now()).await? {
+                if c.state != "acknowledged" {
+                    self.0.registry.send(device, Wire::Command(self.frame(&c)?));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Devices connected to this node.

@@ -179,6 +179,23 @@ impl Server {
                 }
             });
         }
+        {
+            // Commands issued on another node reach the devices connected to this one.
+            let devices = devices.clone();
+            let mut stop = tx.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = devices.relay_wakeups() => match r {
+                            Ok(()) => break,
+                            Err(e) => tracing::warn!(error = %e, "device wake-ups between nodes"),
+                        },
+                        _ = stop.changed() => break,
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            });
+        }
         let maintenance = cloud.clone();
         let device_maintenance = devices.clone();
         tokio::spawn(async move {

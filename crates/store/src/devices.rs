@@ -7,7 +7,10 @@ use mica_core::{AccountId, Timestamp};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{Result, Store, StoreError};
+use crate::{Backend, Result, Store, StoreError};
+
+/// The PostgreSQL channel on which nodes tell each other that a device has a new command.
+const WAKEUPS: &str = "mica_devices";
 
 #[derive(Debug, Clone)]
 pub struct DeviceRow {
@@ -178,6 +181,49 @@ pub struct LocationRow {
     pub at: Timestamp,
     pub received_at: Timestamp,
     pub place: Vec<u8>,
+}
+
+impl Store {
+    /// Tells every node that a device has a new command (PostgreSQL `NOTIFY`, after the
+    /// command committed; one SQLite node needs nothing). `payload` is made of URL-safe
+    /// characters and colons only (node and device ids); anything else is not sent.
+    pub async fn notify_device(&self, payload: &str) -> Result<()> {
+        if self.backend != Backend::Postgres
+            || payload.len() > 200
+            || !payload
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+        {
+            return Ok(());
+        }
+        sqlx::query(&format!("NOTIFY {WAKEUPS}, '{payload}'"))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// The wake-ups other nodes send (their payloads), on PostgreSQL; `None` on SQLite. The
+    /// listener reconnects by itself after a dropped connection.
+    pub async fn device_wakeups(
+        &self,
+    ) -> Result<Option<std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>>> {
+        use futures_util::StreamExt;
+        let Some(url) = &self.pg_url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(WAKEUPS).await?;
+        let stream = listener.into_stream().filter_map(|n| async move {
+            match n {
+                Ok(n) => Some(n.payload().to_owned()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "device wake-up listener");
+                    None
+                }
+            }
+        });
+        Ok(Some(Box::pin(stream)))
+    }
 }
 
 impl Store {

@@ -105,11 +105,21 @@ impl Backend {
 }
 
 /// The database handle every domain crate uses.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     writer: AnyPool,
     reader: AnyPool,
     backend: Backend,
+    /// PostgreSQL's URL, for the listener of wake-ups between nodes (never printed).
+    pg_url: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Pool sizing; defaults suit a small machine.
@@ -166,6 +176,7 @@ impl Store {
                     writer,
                     reader,
                     backend,
+                    pg_url: None,
                 })
             }
             Backend::Postgres => {
@@ -178,6 +189,7 @@ impl Store {
                     writer: pool.clone(),
                     reader: pool,
                     backend,
+                    pg_url: Some(url.into()),
                 })
             }
         }

@@ -20,6 +20,7 @@ on_both_backends!(
     activation_lock_survives_a_reset,
     bad_device_input_is_refused_and_nothing_is_stored,
     the_owner_sees_command_states_live,
+    commands_reach_a_device_connected_to_another_node,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -1053,4 +1054,37 @@ async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     seen
+}
+
+async fn commands_reach_a_device_connected_to_another_node(app: &TestApp) {
+    if app.backend != crate::support::Backend::Postgres {
+        // On SQLite one node holds every connection.
+        return;
+    }
+    // A second node on the same database, folder and key.
+    let mut cfg = app.cfg.clone();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.run_jobs = false;
+    let other = mica::Server::start(&cfg, std::sync::Arc::new(app.clock.clone()))
+        .await
+        .unwrap();
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (id, device) = link_http(app, &ana, 60).await;
+    let mut channel = app
+        .http
+        .get(format!(
+            "http://{}/api/v1/device/command-channel",
+            other.addr
+        ))
+        .bearer_auth(device_token(&device))
+        .send()
+        .await
+        .unwrap();
+    read_until(&mut channel, "event: hello").await;
+    // Issued on the first node; the device hears it on the second.
+    let c = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let frame = read_until(&mut channel, "event: command").await;
+    assert!(frame.contains(c["id"].as_str().unwrap()), "{frame}");
+    drop(channel);
+    other.stop().await.unwrap();
 }
