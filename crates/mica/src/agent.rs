@@ -915,12 +915,27 @@ async fn sync_loop(agent: Arc<Agent>) {
     }
 }
 
+/// A category's default collection as this device last synced it.
 #[derive(Default, Serialize, Deserialize)]
 struct Mirror {
     token: Option<String>,
-    items: BTreeMap<String, Value>,
+    items: BTreeMap<String, Mirrored>,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
+struct Mirrored {
+    version: String,
+    body: Value,
+}
+
+/// One sync round: local changes go up first — each based on the version this device last saw,
+/// so an item changed meanwhile elsewhere is a conflict, not an overwrite — then everything new
+/// comes down.
+///
+/// Local changes are files in `data_dir/sync/outgoing/<category>/`: `<id>.json` (the item's new
+/// body) or `<id>.delete`. Each is removed once the server took it; one that conflicts moves to
+/// `data_dir/sync/conflicts/<category>/` for the person to look at, and the mirror takes the
+/// server's item.
 async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
     let device_file = agent.cfg.data_dir.join("device.json");
     let mut linked: Linked = read_json(&device_file)?.context("the device is no longer linked")?;
@@ -932,13 +947,12 @@ async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
     linked.refresh_token = tokens.refresh_token.clone();
     write_json(&device_file, &linked)?;
     let user = client.with_token(&tokens.access_token);
+    let sync = agent.cfg.data_dir.join("sync");
     for category in &agent.cfg.sync.categories {
-        let path = agent
-            .cfg
-            .data_dir
-            .join("sync")
-            .join(format!("{category}.json"));
+        let path = sync.join(format!("{category}.json"));
         let mut mirror: Mirror = read_json(&path)?.unwrap_or_default();
+        push_outgoing(&user, &sync, category, &mut mirror).await?;
+        write_json(&path, &mirror)?;
         loop {
             let page = match user.pull(category, mirror.token.as_deref(), None).await {
                 Ok(p) => p,
@@ -951,14 +965,7 @@ async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
                 Err(e) => bail!("pulling {category}: {}", describe(&e)),
             };
             for change in page["changes"].as_array().into_iter().flatten() {
-                let Some(id) = change["id"].as_str() else {
-                    continue;
-                };
-                if change["deleted"] == json!(true) {
-                    mirror.items.remove(id);
-                } else {
-                    mirror.items.insert(id.to_owned(), change["body"].clone());
-                }
+                mirror_change(&mut mirror, change);
             }
             mirror.token = page["token"].as_str().map(String::from);
             if page["more"] != json!(true) {
@@ -966,6 +973,116 @@ async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
             }
         }
         write_json(&path, &mirror)?;
+    }
+    Ok(())
+}
+
+/// Applies an item as the server has it (a pulled change, or a conflict's `current`).
+fn mirror_change(mirror: &mut Mirror, item: &Value) {
+    let Some(id) = item["id"].as_str() else {
+        return;
+    };
+    if item["deleted"] == json!(true) {
+        mirror.items.remove(id);
+    } else if let Some(version) = item["version"].as_str() {
+        mirror.items.insert(
+            id.to_owned(),
+            Mirrored {
+                version: version.to_owned(),
+                body: item["body"].clone(),
+            },
+        );
+    }
+}
+
+/// Pushes the category's local changes as one batch (at most 500 files a round).
+async fn push_outgoing(
+    user: &Client,
+    sync: &Path,
+    category: &str,
+    mirror: &mut Mirror,
+) -> anyhow::Result<()> {
+    let dir = sync.join("outgoing").join(category);
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    names.sort();
+    names.truncate(500);
+    let mut writes = Vec::new();
+    let mut files = Vec::new();
+    for name in names {
+        let file = dir.join(&name);
+        if let Some(id) = name.strip_suffix(".json") {
+            let Some(body) = read_json::<Value>(&file)? else {
+                continue;
+            };
+            let base = mirror.items.get(id).map(|m| m.version.clone());
+            writes.push(json!({ "id": id, "op": "put", "base_version": base, "body": body }));
+            files.push((id.to_owned(), name.clone(), Some(body)));
+        } else if let Some(id) = name.strip_suffix(".delete") {
+            match mirror.items.get(id) {
+                Some(m) => {
+                    writes.push(json!({ "id": id, "op": "delete", "base_version": m.version }));
+                    files.push((id.to_owned(), name.clone(), None));
+                }
+                // Not on the server (as far as this device knows): nothing to delete.
+                None => std::fs::remove_file(&file)?,
+            }
+        }
+    }
+    if writes.is_empty() {
+        return Ok(());
+    }
+    // The same batch gets the same key, so a retry after a lost answer is applied once.
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&writes)?.hash(&mut h);
+        format!("agent-{category}-{:016x}", h.finish())
+    };
+    let answer = user
+        .push(category, Value::Array(writes), Some(&key))
+        .await
+        .map_err(|e| anyhow::anyhow!("pushing {category}: {}", describe(&e)))?;
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    for ((id, name, body), r) in files.into_iter().zip(results) {
+        let file = dir.join(&name);
+        match r["status"].as_str() {
+            Some("applied") | Some("unchanged") => {
+                match (body, r["version"].as_str()) {
+                    (Some(body), Some(version)) if r["deleted"] != json!(true) => {
+                        mirror.items.insert(
+                            id,
+                            Mirrored {
+                                version: version.to_owned(),
+                                body,
+                            },
+                        );
+                    }
+                    _ => {
+                        mirror.items.remove(&id);
+                    }
+                }
+                std::fs::remove_file(&file)?;
+            }
+            Some("conflict") => {
+                let conflicts = sync.join("conflicts").join(category);
+                std::fs::create_dir_all(&conflicts)?;
+                std::fs::rename(&file, conflicts.join(&name))?;
+                mirror_change(mirror, &r["current"]);
+                tracing::info!(
+                    category,
+                    id,
+                    "a local change conflicts with the server's; kept in sync/conflicts"
+                );
+            }
+            _ => tracing::warn!(category, id, answer = %r, "unexpected write result"),
+        }
     }
     Ok(())
 }

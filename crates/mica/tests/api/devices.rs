@@ -410,9 +410,57 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         .await["state"],
         "done"
     );
+    // Meanwhile the note changes on the server, and on the laptop (offline) too, with a new one
+    // besides: the agent pushes its changes when it is back, each based on what it last saw.
+    let pulled = ana.pull("notes", None, None).await.unwrap();
+    let n1 = pulled["changes"][0]["version"].as_str().unwrap().to_owned();
+    ana.push(
+        "notes",
+        json!([{ "id": "n1", "op": "put", "base_version": n1, "body": crate::sync::note("Edited on the web") }]),
+        None,
+    )
+    .await
+    .unwrap();
+    let outgoing = a.data().join("sync/outgoing/notes");
+    std::fs::create_dir_all(&outgoing).unwrap();
+    std::fs::write(
+        outgoing.join("n1.json"),
+        crate::sync::note("Edited on the laptop").to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        outgoing.join("n2.json"),
+        crate::sync::note("Written on the laptop").to_string(),
+    )
+    .unwrap();
     a.start();
     until_state(&ana, &ida, offline_id, "done", &a).await;
     assert_eq!(lines(&a.out("ring.log")), [ring_id, offline_id]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&outgoing).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "local changes not pushed:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n2 = ana.item("notes", "n2").await.unwrap();
+    assert_eq!(n2["body"], crate::sync::note("Written on the laptop"));
+    // The laptop's edit was based on an old version: a conflict, kept aside, not an overwrite.
+    let n1 = ana.item("notes", "n1").await.unwrap();
+    assert_eq!(n1["body"], crate::sync::note("Edited on the web"));
+    let kept = std::fs::read_to_string(a.data().join("sync/conflicts/notes/n1.json")).unwrap();
+    assert!(kept.contains("Edited on the laptop"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mirror = std::fs::read_to_string(a.data().join("sync/notes.json")).unwrap_or_default();
+        if mirror.contains("Edited on the web") && mirror.contains("Written on the laptop") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "mirror not updated: {mirror}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Expired: a command whose time ran out while the device was away never runs.
     a.kill();
