@@ -175,6 +175,20 @@ struct Place {
     battery: Option<i64>,
 }
 
+impl Place {
+    fn view(&self, at: Timestamp, received_at: Timestamp) -> LocationView {
+        LocationView {
+            lat: self.lat,
+            lon: self.lon,
+            accuracy: self.accuracy,
+            source: self.source,
+            battery: self.battery,
+            at: rfc3339(at),
+            received_at: rfc3339(received_at),
+        }
+    }
+}
+
 /// What an owner can ask a device to do.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -447,15 +461,7 @@ impl Devices {
 
     fn location_view(&self, l: &LocationRow) -> Result<LocationView> {
         let p: Place = self.open_json("device_location", &l.place)?;
-        Ok(LocationView {
-            lat: p.lat,
-            lon: p.lon,
-            accuracy: p.accuracy,
-            source: p.source,
-            battery: p.battery,
-            at: rfc3339(l.at),
-            received_at: rfc3339(l.received_at),
-        })
+        Ok(p.view(l.at, l.received_at))
     }
 
     async fn view(&self, row: &DeviceRow) -> Result<DeviceView> {
@@ -1250,18 +1256,7 @@ impl Devices {
                 place: self.seal_json("device_location", &place)?,
             });
             if newest.as_ref().is_none_or(|(t, _)| at >= *t) {
-                newest = Some((
-                    at,
-                    LocationView {
-                        lat: r.lat,
-                        lon: r.lon,
-                        accuracy: r.accuracy,
-                        source: r.source,
-                        battery: r.battery,
-                        at: rfc3339(at),
-                        received_at: rfc3339(now),
-                    },
-                ));
+                newest = Some((at, place.view(at, now)));
             }
         }
         self.store().add_locations(d.account, &d.id, &rows).await?;

@@ -30,7 +30,10 @@ use mica::{Config, Server};
 use mica_core::SystemClock;
 use mica_identity::Rate;
 
-const PASSWORD: &str = "correct-Horse-battery-9";
+#[path = "common/mod.rs"]
+mod common;
+
+use common::PASSWORD;
 
 fn secs() -> Duration {
     Duration::from_secs(
@@ -239,25 +242,7 @@ fn main() {
         .build()
         .unwrap();
     let client = mica_client::Client::new(format!("http://{addr}"));
-    let tokens = load_rt.block_on(async {
-        let s = client
-            .signup_email("bench@example.com", PASSWORD)
-            .await
-            .unwrap();
-        let outbox = dir.join("outbox.jsonl");
-        let code = loop {
-            let text = std::fs::read_to_string(&outbox).unwrap_or_default();
-            if let Some(line) = text.lines().last() {
-                let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                break v["subject"].as_str().unwrap()[..6].to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        client
-            .signup_verify(&s.signup_id, &code, None)
-            .await
-            .unwrap()
-    });
+    let tokens = load_rt.block_on(common::sign_up(&client, &dir, "bench@example.com"));
 
     let mut rows = Vec::new();
     if only.is_empty() || only == "signin" {
