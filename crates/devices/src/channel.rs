@@ -21,7 +21,7 @@ use crate::{CommandFrame, OwnerEvent};
 pub(crate) enum Wire {
     /// Deliver this command.
     Command(CommandFrame),
-    /// The device acknowledged this command: stop re-sending it.
+    /// The device acknowledged this command, or it is no longer open: stop re-sending it.
     Acked(String),
 }
 
@@ -41,7 +41,7 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    fn push(&self, wire: Wire) -> bool {
+    pub(crate) fn push(&self, wire: Wire) -> bool {
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
         if items.len() >= QUEUE || self.closed.load(Ordering::Acquire) {
             return false;

@@ -403,9 +403,6 @@ struct ChannelState {
     device: String,
     hello: Option<ChannelFrame>,
     pending: VecDeque<CommandFrame>,
-    /// The command sent last, whose delivery is recorded when the stream is next polled —
-    /// after the frame went to the connection, so the write is not on the device's way.
-    sent: Option<String>,
     outstanding: Vec<Outstanding>,
     mailbox: Arc<channel::Mailbox>,
     _guard: channel::ConnGuard,
@@ -1050,7 +1047,6 @@ impl Devices {
                 server_time: rfc3339(now),
             }),
             pending,
-            sent: None,
             outstanding: Vec::new(),
             mailbox,
             _guard: guard,
@@ -1325,39 +1321,45 @@ impl ChannelState {
         Duration::from_millis(ms)
     }
 
-    /// Records a delivery; the frame to send, or `None` when the command is no longer open.
-    async fn deliver(&mut self, id: &str) -> Option<CommandRow> {
-        let devices = &self.devices;
-        match devices.store().mark_delivered(id, devices.now()).await {
-            Ok(Some(c)) => {
-                if c.deliveries == 1 && c.state == "delivered" {
-                    devices.publish_command(&c);
+    /// Records a delivery in a short task of its own, so the connection's stream never waits
+    /// on the database: a connection stalled on a slow device (or a WebSocket busy answering
+    /// an acknowledgement) must never hold one of the store's connections. When the command
+    /// turns out to be no longer open — acknowledged, maybe on another node, expired or
+    /// finished — the stream is told to stop re-sending it.
+    fn record_delivery(&self, id: String) {
+        let devices = self.devices.clone();
+        let mailbox = self.mailbox.clone();
+        let device = self.device.clone();
+        tokio::spawn(async move {
+            match devices.store().mark_delivered(&id, devices.now()).await {
+                Ok(Some(c)) => {
+                    if c.deliveries == 1 && c.state == "delivered" {
+                        devices.publish_command(&c);
+                    }
+                    if c.state == "acknowledged" {
+                        mailbox.push(Wire::Acked(id));
+                    }
                 }
-                Some(c)
+                Ok(None) => {
+                    mailbox.push(Wire::Acked(id));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, device = %device, "recording a delivery failed");
+                }
             }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, device = %self.device, "recording a delivery failed");
-                None
-            }
-        }
+        });
     }
 
     async fn next(&mut self) -> Option<ChannelFrame> {
         if let Some(h) = self.hello.take() {
             return Some(h);
         }
-        if let Some(id) = self.sent.take() {
-            // Boxed: the database futures are large, and an idle connection should not carry
-            // their space.
-            Box::pin(self.deliver(&id)).await;
-        }
         loop {
             if let Some(frame) = self.pending.pop_front() {
                 if self.outstanding.iter().any(|o| o.frame.id == frame.id) {
                     continue;
                 }
-                self.sent = Some(frame.id.clone());
+                self.record_delivery(frame.id.clone());
                 if !frame.acknowledged {
                     self.outstanding.push(Outstanding {
                         frame: frame.clone(),
@@ -1386,20 +1388,16 @@ impl ChannelState {
                     let Some(i) = self.outstanding.iter().position(|o| o.due <= now) else {
                         continue;
                     };
-                    let id = self.outstanding[i].frame.id.clone();
-                    match Box::pin(self.deliver(&id)).await {
-                        Some(c) if c.state != "acknowledged" => {
-                            let sends = self.outstanding[i].sends + 1;
-                            let wait = self.backoff(sends);
-                            let o = &mut self.outstanding[i];
-                            o.sends = sends;
-                            o.due = now + wait;
-                            return Some(ChannelFrame::Command(o.frame.clone()));
-                        }
-                        _ => {
-                            self.outstanding.swap_remove(i);
-                        }
-                    }
+                    // Sent again now; if the command is no longer open, the delivery record
+                    // says so and re-sending stops.
+                    let sends = self.outstanding[i].sends + 1;
+                    let wait = self.backoff(sends);
+                    let o = &mut self.outstanding[i];
+                    o.sends = sends;
+                    o.due = now + wait;
+                    let frame = o.frame.clone();
+                    self.record_delivery(frame.id.clone());
+                    return Some(ChannelFrame::Command(frame));
                 }
             }
         }

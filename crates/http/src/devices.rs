@@ -5,10 +5,13 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use mica_core::Timestamp;
@@ -314,18 +317,55 @@ async fn owner_events(
         .keep_alive(KeepAlive::new().interval(HEARTBEAT))
 }
 
-/// The command channel of a linked device (Server-Sent Events, device credential). First a
-/// `hello`; then a `command` event per command (every open one at connect, new ones as they
-/// are issued). Acknowledge each by id; one not acknowledged is sent again with doubling gaps
-/// (1 s, 2 s, 4 s … up to 30 s). A comment every 25 s shows the connection is alive.
+/// The command channel of a linked device (device credential), as a WebSocket (send
+/// `Upgrade: websocket`) or as Server-Sent Events (any other `GET`). First a `hello`; then a
+/// `command` per command (every open one at connect, new ones as they are issued). Acknowledge
+/// each by id; one not acknowledged is sent again with doubling gaps (1 s, 2 s, 4 s … up to
+/// 30 s). Every 25 s a ping (WebSocket) or a comment (SSE) shows the connection is alive.
+///
+/// On a WebSocket every message is a JSON text: the server sends `{"type": "hello", …}` and
+/// `{"type": "command", …}` (the fields of a command frame), and the device may acknowledge
+/// on the socket itself with `{"type": "ack", "id": "…"}`, answered by
+/// `{"type": "ack", "id", "command"}` (run it) or `{"type": "ack", "id", "error": {"code",
+/// "message"}}` (do not) — the same rules as `POST /device/commands/{id}/ack`. A WebSocket
+/// costs the server far less per idle device than an open HTTP response: it is the channel for
+/// fleets.
 #[utoipa::path(get, path = "/device/command-channel", tag = "devices", security(("bearer" = [])),
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"),
-        (status = 401, body = ErrorBody)))]
+    responses((status = 101, description = "WebSocket (JSON text messages)"),
+        (status = 200, description = "text/event-stream", content_type = "text/event-stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn command_channel(
     State(app): State<AppState>,
     DeviceAuth(d): DeviceAuth,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let wants_ws = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let ws = match ws {
+        Ok(ws) => Some(ws),
+        Err(e) if wants_ws => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_websocket_upgrade",
+                format!("this WebSocket upgrade cannot be accepted: {e}"),
+            ))
+        }
+        Err(_) => None,
+    };
     let frames = app.devices.connect(&d).await?;
+    if let Some(ws) = ws {
+        return Ok(ws
+            // A device sends only small acknowledgements.
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(WS_MAX_MESSAGE)
+            .max_frame_size(WS_MAX_MESSAGE)
+            .on_upgrade(move |socket| ws_channel(app, d, frames, socket))
+            .into_response());
+    }
     let events = frames.map(|f| {
         let ev = match f {
             ChannelFrame::Hello {
@@ -336,9 +376,127 @@ async fn command_channel(
             ),
             ChannelFrame::Command(c) => Event::default().event("command").json_data(&c),
         };
-        Ok(ev.unwrap_or_default())
+        Ok::<_, Infallible>(ev.unwrap_or_default())
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+        .into_response())
+}
+
+/// What a WebSocket channel reads at once; messages from a device are small.
+const WS_READ_BUFFER: usize = 1024;
+/// The largest message a device may send on the channel.
+const WS_MAX_MESSAGE: usize = 4096;
+/// The close code when the server ends a device's channel (replaced by a newer connection of
+/// the same device, or the device was unlinked): reconnect, and stop if the credential is
+/// refused.
+const WS_CLOSE_ENDED: u16 = 4000;
+
+/// A message a device sends on its WebSocket channel.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum DeviceMessage {
+    /// Acknowledge a command (as `POST /device/commands/{id}/ack`).
+    Ack { id: String },
+}
+
+/// One device's WebSocket: frames from its stream out, acknowledgements in, a ping every
+/// [`HEARTBEAT`]; a device silent for three of them (not even a pong) is gone.
+///
+/// Waiting here (on an acknowledgement's database write, or on a slow socket) is safe because
+/// the frame stream never waits on the database itself: it holds nothing while not polled.
+async fn ws_channel(
+    app: AppState,
+    d: DeviceCaller,
+    frames: impl Stream<Item = ChannelFrame>,
+    mut socket: WebSocket,
+) {
+    let mut frames = std::pin::pin!(frames);
+    let start = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(start + HEARTBEAT, HEARTBEAT);
+    let mut heard = start;
+    loop {
+        let out = tokio::select! {
+            f = frames.next() => match f {
+                Some(f) => ws_json(&channel_json(f)),
+                None => {
+                    let close = CloseFrame { code: WS_CLOSE_ENDED, reason: "channel ended".into() };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    return;
+                }
+            },
+            m = socket.recv() => {
+                heard = tokio::time::Instant::now();
+                match m {
+                    Some(Ok(Message::Text(text))) => ws_json(&device_message(&app, &d, text.as_str()).await),
+                    Some(Ok(Message::Binary(_))) => ws_json(&ws_error(None, "bad_message", "send JSON text messages")),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                }
+            },
+            now = ping.tick() => {
+                if now.duration_since(heard) > 3 * HEARTBEAT {
+                    return;
+                }
+                Message::Ping(Default::default())
+            }
+        };
+        // A device that stops reading is gone too.
+        match tokio::time::timeout(HEARTBEAT, socket.send(out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+fn channel_json(f: ChannelFrame) -> serde_json::Value {
+    match f {
+        ChannelFrame::Hello {
+            device_id,
+            server_time,
+        } => {
+            serde_json::json!({ "type": "hello", "device_id": device_id, "server_time": server_time })
+        }
+        ChannelFrame::Command(c) => {
+            let mut v = serde_json::to_value(&c).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("type".into(), "command".into());
+            }
+            v
+        }
+    }
+}
+
+fn ws_json(v: &serde_json::Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn ws_error(id: Option<&str>, code: &str, message: &str) -> serde_json::Value {
+    let kind = if id.is_some() { "ack" } else { "error" };
+    serde_json::json!({ "type": kind, "id": id, "error": { "code": code, "message": message } })
+}
+
+/// Answers what a device sent on its WebSocket.
+async fn device_message(app: &AppState, d: &DeviceCaller, text: &str) -> serde_json::Value {
+    let msg = match serde_json::from_str::<DeviceMessage>(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return ws_error(
+                None,
+                "bad_message",
+                &format!("expected {{\"type\": \"ack\", \"id\": \"…\"}}: {e}"),
+            )
+        }
+    };
+    match msg {
+        DeviceMessage::Ack { id } => match app.devices.acknowledge(d, &id).await {
+            Ok(c) => serde_json::json!({ "type": "ack", "id": id, "command": c }),
+            Err(e) => {
+                let e = ApiError::from(e);
+                ws_error(Some(&id), e.code, &e.message)
+            }
+        },
+    }
 }
 
 /// The device acknowledges a command; only a `200` lets it run it (once). A repeated

@@ -3,8 +3,9 @@
 //!   server's resident memory per connection is the growth of its `VmRSS` from before the
 //!   connections to after, divided by their number;
 //! - with all of them connected, the time from issuing a ring over the API to the device's
-//!   acknowledgement reaching the server (the device reads the command from its channel and
-//!   POSTs the acknowledgement; the time ends when that answer arrives), p50 and p99, compared
+//!   acknowledgement reaching the server (the device reads the command from its WebSocket
+//!   channel and acknowledges it there; the time ends when the server's answer — "run it",
+//!   after the acknowledgement is committed — reaches the device), p50 and p99, compared
 //!   with a Mosquitto QoS 1 round trip on the same machine (a publish to the device's topic; the
 //!   subscriber answers on a second topic; the time ends when the answer arrives).
 //!
@@ -21,11 +22,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -64,44 +69,57 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Opens a device's command channel over a raw connection and waits for its `hello`; then
-/// reads forever, handing each command id to `tx` when the device is one being watched.
+/// Opens a device's command channel (a WebSocket, as the agent does) and waits for its
+/// `hello`; then reads until the end of the run. A watched device acknowledges each command on
+/// the socket as soon as it arrives and hands `(index, command id)` to `tx` once the server's
+/// answer says it may run it.
 async fn open_channel(
     addr: &str,
     credential: &str,
     index: usize,
     tx: Option<mpsc::UnboundedSender<(usize, String)>>,
 ) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /api/v1/device/command-channel HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {credential}\r\nAccept: text/event-stream\r\n\r\n"
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut req = format!("ws://{addr}/api/v1/device/command-channel")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut seen = String::new();
-    let mut buf = vec![0u8; 4096];
-    while !seen.contains("event: hello") {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "channel closed before hello: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    // The device side keeps small buffers too (the bench holds 10,000 of them).
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) if t.as_str().contains("\"hello\"") => break,
+            Some(Ok(_)) => {}
+            other => panic!("channel closed before hello: {other:?}"),
+        }
     }
-    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     // The connection lives until the runtime ends.
     tokio::spawn(async move {
-        let mut buf = vec![0u8; if tx.is_some() { 4096 } else { 256 }];
-        let mut text = String::new();
-        loop {
-            let n = match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
+        while let Some(Ok(msg)) = ws.next().await {
+            let (Some(tx), WsMessage::Text(t)) = (&tx, msg) else {
+                continue;
             };
-            let Some(tx) = &tx else { continue };
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            while let Some(i) = text.find("\"id\":\"cmd_") {
-                let rest = &text[i + 6..];
-                let Some(end) = rest.find('"') else { break };
-                let id = rest[..end].to_owned();
-                text = rest[end..].to_owned();
-                let _ = tx.send((index, id));
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            match v["type"].as_str() {
+                Some("command") => {
+                    let ack = json!({ "type": "ack", "id": v["id"] }).to_string();
+                    if ws.send(WsMessage::Text(ack.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some("ack") => {
+                    assert!(v["command"].is_object(), "acknowledgement refused: {v}");
+                    let _ = tx.send((index, v["id"].as_str().unwrap().to_owned()));
+                }
+                _ => {}
             }
         }
     });
@@ -247,8 +265,7 @@ fn main() {
         let mut mica = Vec::with_capacity(rings);
         for r in 0..rings {
             let i = r % watched;
-            let (id, cred) = &linked[i];
-            let device = client.with_token(cred.clone());
+            let (id, _) = &linked[i];
             let t0 = Instant::now();
             let c: Value = owner
                 .raw(
@@ -262,20 +279,12 @@ fn main() {
                 .await
                 .unwrap();
             let want = c["id"].as_str().unwrap();
-            let got = loop {
+            loop {
                 let (who, cmd) = rx.recv().await.unwrap();
                 if who == i && cmd == want {
-                    break cmd;
+                    break;
                 }
-            };
-            device
-                .raw(
-                    reqwest::Method::POST,
-                    &format!("/api/v1/device/commands/{got}/ack"),
-                    Some(json!({})),
-                )
-                .await
-                .unwrap();
+            }
             mica.push(t0.elapsed());
         }
 

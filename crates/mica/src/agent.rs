@@ -17,12 +17,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use futures_util::StreamExt;
 use mica_client::{Client, ClientError};
 use rand::Rng;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION, USER_AGENT};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 /// The agent's configuration file (TOML).
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +45,7 @@ pub struct AgentConfig {
     pub hooks: Hooks,
     #[serde(default)]
     pub sync: SyncConfig,
-    /// Reconnect when the channel is silent this long (the server sends a comment every 25 s).
+    /// Reconnect when the channel is silent this long (the server pings every 25 s).
     #[serde(default = "default_silence")]
     pub silence_secs: u64,
 }
@@ -481,51 +485,58 @@ fn lost_env(lost: &Value) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Keeps the command channel open; hands each command frame to the executor.
+/// Keeps the command channel (a WebSocket) open; hands each command frame to the executor.
 async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sender<RunEnd>) {
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("mica-agent/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
-    let url = format!("{}/api/v1/device/command-channel", agent.cfg.base());
+    let url = format!(
+        "{}/api/v1/device/command-channel",
+        ws_base(&agent.cfg.base())
+    );
     let silence = Duration::from_secs(agent.cfg.silence_secs.max(1));
     let mut failures: u32 = 0;
     loop {
         let result = async {
-            let mut resp = http
-                .get(&url)
-                .bearer_auth(&agent.linked.credential)
-                .header("accept", "text/event-stream")
-                .send()
-                .await?;
-            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-                return Ok::<bool, reqwest::Error>(false);
-            }
-            if !resp.status().is_success() {
-                tracing::warn!(status = %resp.status(), "the command channel was refused");
-                return Ok(true);
-            }
-            let mut parser = SseParser::default();
+            let mut req = url.as_str().into_client_request()?;
+            let auth = HeaderValue::from_str(&format!("Bearer {}", agent.linked.credential))?;
+            req.headers_mut().insert(AUTHORIZATION, auth);
+            req.headers_mut().insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("mica-agent/", env!("CARGO_PKG_VERSION"))),
+            );
+            let connecting = tokio_tungstenite::connect_async(req);
+            let mut ws = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+                Err(_) => return Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
+                Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
+                    return Ok::<bool, WsError>(false)
+                }
+                Ok(Err(WsError::Http(resp))) => {
+                    tracing::warn!(status = %resp.status(), "the command channel was refused");
+                    return Ok(true);
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok((ws, _))) => ws,
+            };
             loop {
-                match tokio::time::timeout(silence, resp.chunk()).await {
+                // The server pings every 25 s; pongs go out with the next read.
+                match tokio::time::timeout(silence, ws.next()).await {
                     Err(_) => {
                         tracing::info!("the command channel went silent; reconnecting");
                         return Ok(true);
                     }
-                    Ok(Ok(Some(bytes))) => {
-                        for (event, data) in parser.feed(&bytes) {
-                            if event == "hello" {
-                                tracing::info!("command channel open");
-                            } else if event == "command" {
-                                if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                                    let _ = tx.send(v).await;
-                                }
+                    Ok(Some(Ok(WsMessage::Text(text)))) => {
+                        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                            continue;
+                        };
+                        match v["type"].as_str() {
+                            Some("hello") => tracing::info!("command channel open"),
+                            Some("command") => {
+                                let _ = tx.send(v).await;
                             }
+                            _ => {}
                         }
                     }
-                    Ok(Ok(None)) => return Ok(true),
-                    Ok(Err(e)) => return Err(e),
+                    Ok(Some(Ok(WsMessage::Close(_))) | None) => return Ok(true),
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(e))) => return Err(e),
                 }
             }
         }
@@ -552,44 +563,14 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
     }
 }
 
-/// Splits a Server-Sent Events stream into `(event, data)` pairs.
-#[derive(Default)]
-struct SseParser {
-    buf: String,
-    event: String,
-    data: String,
-}
-
-impl SseParser {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
-        self.buf.push_str(&String::from_utf8_lossy(bytes));
-        let mut out = Vec::new();
-        while let Some(i) = self.buf.find('\n') {
-            let line: String = self.buf.drain(..=i).collect();
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() || !self.event.is_empty() {
-                    let event = std::mem::take(&mut self.event);
-                    let data = std::mem::take(&mut self.data);
-                    out.push((
-                        if event.is_empty() {
-                            "message".into()
-                        } else {
-                            event
-                        },
-                        data,
-                    ));
-                }
-            } else if let Some(v) = line.strip_prefix("event:") {
-                self.event = v.trim_start().to_owned();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                if !self.data.is_empty() {
-                    self.data.push('\n');
-                }
-                self.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            }
-        }
-        out
+/// `http://…` → `ws://…`, `https://…` → `wss://…`.
+fn ws_base(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
     }
 }
 
@@ -1092,11 +1073,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sse_frames_split_across_chunks() {
-        let mut p = SseParser::default();
-        assert!(p.feed(b": keep-alive\n\nevent: com").is_empty());
-        let out = p.feed(b"mand\ndata: {\"id\":1}\n\n");
-        assert_eq!(out, vec![("command".to_owned(), "{\"id\":1}".to_owned())]);
+    fn channel_urls_are_websockets() {
+        assert_eq!(
+            ws_base("https://cloud.example.org"),
+            "wss://cloud.example.org"
+        );
+        assert_eq!(ws_base("http://127.0.0.1:8080"), "ws://127.0.0.1:8080");
     }
 
     #[test]

@@ -21,6 +21,7 @@ on_both_backends!(
     bad_device_input_is_refused_and_nothing_is_stored,
     the_owner_sees_command_states_live,
     commands_reach_a_device_connected_to_another_node,
+    a_websocket_channel_takes_acknowledgements,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -1135,4 +1136,146 @@ async fn commands_reach_a_device_connected_to_another_node(app: &TestApp) {
     assert!(frame.contains(c["id"].as_str().unwrap()), "{frame}");
     drop(channel);
     other.stop().await.unwrap();
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a device's command channel as a WebSocket.
+async fn open_ws(
+    app: &TestApp,
+    credential: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = app
+        .url("/api/v1/device/command-channel")
+        .replacen("http://", "ws://", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// The next JSON text message of a WebSocket (pings skipped).
+async fn next_json(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("no message within 20 s")
+            .expect("the channel ended")
+            .unwrap();
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn ws_send(ws: &mut Ws, msg: tokio_tungstenite::tungstenite::Message) {
+    use futures_util::SinkExt;
+    ws.send(msg).await.unwrap();
+}
+
+fn ws_text(v: Value) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(v.to_string().into())
+}
+
+async fn a_websocket_channel_takes_acknowledgements(app: &TestApp) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (id, device) = link_http(app, &ana, 70).await;
+    let credential = device_token(&device);
+
+    // A forged credential is refused before the upgrade; so is a broken upgrade request.
+    match open_ws(app, "mdc_forged").await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!(
+            "a forged credential was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let resp = app
+        .http
+        .get(app.url("/api/v1/device/command-channel"))
+        .bearer_auth(&credential)
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_websocket_upgrade");
+
+    let mut ws = open_ws(app, &credential).await.unwrap();
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["device_id"], id.as_str());
+
+    // A ring arrives as a command; acknowledged on the socket, the answer says to run it.
+    let c = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let cid = c["id"].as_str().unwrap().to_owned();
+    let frame = next_json(&mut ws).await;
+    assert_eq!(frame["type"], "command");
+    assert_eq!(frame["id"], cid.as_str());
+    assert_eq!(frame["kind"], "ring");
+    assert_eq!(frame["acknowledged"], false);
+    ws_send(&mut ws, ws_text(json!({ "type": "ack", "id": cid }))).await;
+    let answer = next_json(&mut ws).await;
+    assert_eq!(answer["type"], "ack");
+    assert_eq!(answer["id"], cid.as_str());
+    assert_eq!(answer["command"]["state"], "acknowledged");
+    assert!(answer.get("error").is_none(), "{answer}");
+    // Again: refused, so the device never runs it twice.
+    ws_send(&mut ws, ws_text(json!({ "type": "ack", "id": cid }))).await;
+    let again = next_json(&mut ws).await;
+    assert_eq!(again["error"]["code"], "command_already_acknowledged");
+    // Another account's command id, or one that does not exist: not found.
+    ws_send(&mut ws, ws_text(json!({ "type": "ack", "id": "cmd_nope" }))).await;
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "not_found");
+    // Bad messages get an answer, not a dropped connection.
+    ws_send(&mut ws, Message::Text("not json".into())).await;
+    let bad = next_json(&mut ws).await;
+    assert_eq!(bad["type"], "error");
+    assert_eq!(bad["error"]["code"], "bad_message");
+    ws_send(&mut ws, ws_text(json!({ "type": "reboot" }))).await;
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "bad_message");
+    ws_send(&mut ws, Message::Binary(vec![1u8, 2, 3].into())).await;
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "bad_message");
+
+    // The result still goes over HTTP; the owner's history has every step.
+    device
+        .raw(
+            Method::POST,
+            &format!("/api/v1/device/commands/{cid}/result"),
+            Some(json!({ "outcome": "done" })),
+        )
+        .await
+        .unwrap();
+    let history = get(&ana, &format!("/api/v1/devices/{id}/commands")).await;
+    assert_eq!(history[0]["state"], "done");
+    assert!(history[0]["acknowledged_at"].is_string());
+
+    // A newer connection of the same device replaces this one, which is closed with 4000.
+    let mut newer = open_ws(app, &credential).await.unwrap();
+    assert_eq!(next_json(&mut newer).await["type"], "hello");
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("the replaced channel was not closed")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected end {other:?}"),
+        }
+    };
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(4000));
 }
