@@ -77,7 +77,7 @@ async fn open_channel(
     addr: &str,
     credential: &str,
     index: usize,
-    tx: Option<mpsc::UnboundedSender<(usize, String)>>,
+    tx: Option<mpsc::UnboundedSender<(usize, String, Instant)>>,
 ) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -103,6 +103,7 @@ async fn open_channel(
     }
     // The connection lives until the runtime ends.
     tokio::spawn(async move {
+        let mut seen_at = Instant::now();
         while let Some(Ok(msg)) = ws.next().await {
             let (Some(tx), WsMessage::Text(t)) = (&tx, msg) else {
                 continue;
@@ -110,6 +111,7 @@ async fn open_channel(
             let v: Value = serde_json::from_str(t.as_str()).unwrap();
             match v["type"].as_str() {
                 Some("command") => {
+                    seen_at = Instant::now();
                     let ack = json!({ "type": "ack", "id": v["id"] }).to_string();
                     if ws.send(WsMessage::Text(ack.into())).await.is_err() {
                         return;
@@ -117,7 +119,7 @@ async fn open_channel(
                 }
                 Some("ack") => {
                     assert!(v["command"].is_object(), "acknowledgement refused: {v}");
-                    let _ = tx.send((index, v["id"].as_str().unwrap().to_owned()));
+                    let _ = tx.send((index, v["id"].as_str().unwrap().to_owned(), seen_at));
                 }
                 _ => {}
             }
@@ -263,6 +265,9 @@ fn main() {
 
         // Ring → acknowledgement, with every device connected.
         let mut mica = Vec::with_capacity(rings);
+        // Where the time goes: the owner's answer, the command reaching the device, and the
+        // device's acknowledgement answered.
+        let mut stages: (Vec<Duration>, Vec<Duration>, Vec<Duration>) = Default::default();
         for r in 0..rings {
             let i = r % watched;
             let (id, _) = &linked[i];
@@ -278,14 +283,19 @@ fn main() {
                 .json()
                 .await
                 .unwrap();
+            let answered = t0.elapsed();
             let want = c["id"].as_str().unwrap();
-            loop {
-                let (who, cmd) = rx.recv().await.unwrap();
+            let seen = loop {
+                let (who, cmd, seen) = rx.recv().await.unwrap();
                 if who == i && cmd == want {
-                    break;
+                    break seen;
                 }
-            }
-            mica.push(t0.elapsed());
+            };
+            let total = t0.elapsed();
+            mica.push(total);
+            stages.0.push(answered);
+            stages.1.push(seen.duration_since(t0));
+            stages.2.push(total.saturating_sub(seen.duration_since(t0)));
         }
 
         // The reference: Mosquitto QoS 1, publish → the subscriber answers on a second topic.
@@ -372,6 +382,18 @@ fn main() {
         );
         println!("ring → acknowledgement ({rings} rounds, all devices connected):");
         println!("  Mica       p50 {:.2} ms   p99 {:.2} ms", ms(m50), ms(m99));
+        for (name, v) in [
+            ("owner's POST answered", &mut stages.0),
+            ("command at the device", &mut stages.1),
+            ("acknowledgement answered (from the command)", &mut stages.2),
+        ] {
+            v.sort();
+            println!(
+                "    {name}: p50 {:.2} ms, p99 {:.2} ms",
+                ms(percentile(v, 0.5)),
+                ms(percentile(v, 0.99))
+            );
+        }
         println!("  Mosquitto  p50 {:.2} ms   p99 {:.2} ms   (QoS 1 round trip)", ms(q50), ms(q99));
         println!(
             "  ratio Mica/Mosquitto: p50 {:.2}×, p99 {:.2}× (goal: p99 within 2×)",

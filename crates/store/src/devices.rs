@@ -564,34 +564,32 @@ impl Store {
 
     /// Queues a command for a linked device; `None` when the device is not linked.
     pub async fn create_command(&self, c: &NewCommand) -> Result<Option<CommandRow>> {
-        let mut tx = self.writer.begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE devices SET command_seq = command_seq + 1 WHERE account_id = $1 AND id = $2 \
-             AND unlinked_at IS NULL RETURNING command_seq",
-        )
-        .bind(c.account_id.as_i64())
-        .bind(&c.device_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // One statement, so issuing a command is one round trip to the database (it is on the
+        // way of every ring). The next `seq` is the device's counter plus one: on PostgreSQL the
+        // counter's row lock orders concurrent issuers; on SQLite the single writer does, and
+        // the counter is the newest command's seq (commands go only with their device, and
+        // `UNIQUE (device_id, seq)` would refuse a repeat).
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "WITH d AS (UPDATE devices SET command_seq = command_seq + 1                  WHERE account_id = $2 AND id = $3 AND unlinked_at IS NULL RETURNING command_seq)                  INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state,                  reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at,                  finished_at)                  SELECT $1, $2, $3, d.command_seq, $4, $5, 'queued', NULL, 0, $6, $7, NULL, NULL,                  NULL FROM d RETURNING seq"
+            }
+            Backend::Sqlite => {
+                "INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state,                  reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at,                  finished_at)                  SELECT $1, $2, $3, MAX(d.command_seq, COALESCE((SELECT MAX(seq) FROM                  device_commands WHERE device_id = $3), 0)) + 1, $4, $5, 'queued', NULL, 0, $6,                  $7, NULL, NULL, NULL FROM devices d                  WHERE d.account_id = $2 AND d.id = $3 AND d.unlinked_at IS NULL RETURNING seq"
+            }
+        };
+        let seq: Option<i64> = sqlx::query_scalar(sql)
+            .bind(&c.id)
+            .bind(c.account_id.as_i64())
+            .bind(&c.device_id)
+            .bind(&c.kind)
+            .bind(c.payload.clone())
+            .bind(c.created_at.millis())
+            .bind(c.expires_at.millis())
+            .fetch_optional(&self.writer)
+            .await?;
         let Some(seq) = seq else {
             return Ok(None);
         };
-        sqlx::query(
-            "INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state, \
-             reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'queued', NULL, 0, $7, $8, NULL, NULL, NULL)",
-        )
-        .bind(&c.id)
-        .bind(c.account_id.as_i64())
-        .bind(&c.device_id)
-        .bind(seq)
-        .bind(&c.kind)
-        .bind(c.payload.clone())
-        .bind(c.created_at.millis())
-        .bind(c.expires_at.millis())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(Some(CommandRow {
             id: c.id.clone(),
             account_id: c.account_id,

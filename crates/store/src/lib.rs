@@ -112,6 +112,8 @@ pub struct Store {
     backend: Backend,
     /// PostgreSQL's URL, for the listener of wake-ups between nodes (never printed).
     pg_url: Option<std::sync::Arc<str>>,
+    /// SQLite: the WAL checkpointer runs while a clone of this lives.
+    _checkpointer: Option<std::sync::Arc<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,7 +163,7 @@ impl Store {
                 let writer = AnyPoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(opts.acquire_timeout.max(Duration::from_secs(30)))
-                    .after_connect(sqlite_pragmas)
+                    .after_connect(sqlite_writer_pragmas)
                     .connect_with(conn.clone())
                     .await?;
                 // WAL lets readers proceed while the single writer commits; it is persistent.
@@ -172,11 +174,17 @@ impl Store {
                     .after_connect(sqlite_pragmas)
                     .connect_with(conn)
                     .await?;
+                let alive = std::sync::Arc::new(());
+                tokio::spawn(checkpointer(
+                    reader.clone(),
+                    std::sync::Arc::downgrade(&alive),
+                ));
                 Ok(Store {
                     writer,
                     reader,
                     backend,
                     pg_url: None,
+                    _checkpointer: Some(alive),
                 })
             }
             Backend::Postgres => {
@@ -190,6 +198,7 @@ impl Store {
                     reader: pool,
                     backend,
                     pg_url: Some(url.into()),
+                    _checkpointer: None,
                 })
             }
         }
@@ -253,6 +262,61 @@ fn sqlite_pragmas(
         .await?;
         Ok(())
     })
+}
+
+/// The writer's settings: those of every connection, and no checkpoint at commit — the
+/// [`checkpointer`] does them, so a commit never waits for a checkpoint's copy and `fsync`.
+fn sqlite_writer_pragmas(
+    conn: &mut sqlx::AnyConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> ConnectFuture<'_> {
+    Box::pin(async move {
+        sqlite_pragmas(conn, meta).await?;
+        conn.execute("PRAGMA wal_autocheckpoint = 0;").await?;
+        Ok(())
+    })
+}
+
+/// How often the WAL is checkpointed: also the most a power cut can take back (commits are
+/// not synced one by one — `synchronous = NORMAL` — but every checkpoint syncs the WAL first).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// A WAL this long (in 4 KiB pages) after a passive checkpoint is truncated, waiting for
+/// readers, so a write-heavy stretch never leaves it large.
+const WAL_TRUNCATE_PAGES: i64 = 16_384;
+
+/// Checkpoints the SQLite WAL every [`CHECKPOINT_EVERY`] on a reader connection, off every
+/// request's path: a passive checkpoint copies committed pages into the database while the
+/// writer keeps writing. Ends when the store is dropped or closed.
+async fn checkpointer(pool: AnyPool, alive: std::sync::Weak<()>) {
+    use sqlx::Row;
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 || pool.is_closed() {
+            return;
+        }
+        let log = match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(row) => row.try_get::<i64, _>(1).unwrap_or(0),
+            Err(e) => {
+                if !pool.is_closed() {
+                    tracing::warn!(error = %e, "checkpointing the SQLite WAL failed");
+                }
+                continue;
+            }
+        };
+        if log > WAL_TRUNCATE_PAGES {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::warn!(error = %e, "truncating the SQLite WAL failed");
+            }
+        }
+    }
 }
 
 /// A URL without its password, for error messages and logs.

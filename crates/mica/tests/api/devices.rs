@@ -1278,4 +1278,12 @@ async fn a_websocket_channel_takes_acknowledgements(app: &TestApp) {
         }
     };
     assert_eq!(closed.map(|f| u16::from(f.code)), Some(4000));
+
+    // Each command's seq is one more than the last: a device refuses any it has passed.
+    assert_eq!(c["seq"], 1);
+    let c2 = send(&ana, &id, json!({ "kind": "locate" })).await;
+    assert_eq!(c2["seq"], 2);
+    let frame = next_json(&mut newer).await;
+    assert_eq!(frame["id"], c2["id"]);
+    assert_eq!(frame["seq"], 2);
 }
