@@ -41,7 +41,7 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    pub(crate) fn push(&self, wire: Wire) -> bool {
+    fn push(&self, wire: Wire) -> bool {
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
         if items.len() >= QUEUE || self.closed.load(Ordering::Acquire) {
             return false;
@@ -50,6 +50,23 @@ impl Mailbox {
         drop(items);
         self.notify.notify_one();
         true
+    }
+
+    /// Tells the stream to stop re-sending a command (it was acknowledged, or is no longer
+    /// open). Outside the queue's bound: there is at most one per command the stream re-sends,
+    /// and a full queue must not drop the connection for news that only quiets it.
+    pub(crate) fn settle(&self, id: String) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::Acquire)
+            || items
+                .iter()
+                .any(|w| matches!(w, Wire::Acked(a) if *a == id))
+        {
+            return;
+        }
+        items.push_back(Wire::Acked(id));
+        drop(items);
+        self.notify.notify_one();
     }
 
     fn close(&self) {
@@ -136,6 +153,14 @@ impl Registry {
                 generation,
             },
         )
+    }
+
+    /// Tells the device's connection, if it has one, to stop re-sending a command.
+    pub(crate) fn settle(&self, device: &str, id: &str) {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conn) = conns.get(device) {
+            conn.mailbox.settle(id.to_owned());
+        }
     }
 
     /// Hands something to the device's connection, if it has one. A connection whose queue is

@@ -403,6 +403,9 @@ struct ChannelState {
     device: String,
     hello: Option<ChannelFrame>,
     pending: VecDeque<CommandFrame>,
+    /// Commands sent whose delivery is not recorded yet (and whether the stream re-sends them
+    /// until acknowledged).
+    unrecorded: Vec<(String, bool)>,
     outstanding: Vec<Outstanding>,
     mailbox: Arc<channel::Mailbox>,
     _guard: channel::ConnGuard,
@@ -1047,6 +1050,7 @@ impl Devices {
                 server_time: rfc3339(now),
             }),
             pending,
+            unrecorded: Vec::new(),
             outstanding: Vec::new(),
             mailbox,
             _guard: guard,
@@ -1067,14 +1071,14 @@ impl Devices {
             .await?
         {
             AckOutcome::Acknowledged(c) => {
-                self.0.registry.send(&d.id, Wire::Acked(c.id.clone()));
+                self.0.registry.settle(&d.id, &c.id);
                 self.publish_command(&c);
                 self.command_view(&c)
             }
             AckOutcome::Again(c) => {
                 // Only the first acknowledgement lets the device run a command: a device that
                 // is told "again" cannot know it ran it, and must not run it now.
-                self.0.registry.send(&d.id, Wire::Acked(c.id.clone()));
+                self.0.registry.settle(&d.id, &c.id);
                 Err(DevicesError::AlreadyAcknowledged)
             }
             AckOutcome::Expired(c) => {
@@ -1321,30 +1325,39 @@ impl ChannelState {
         Duration::from_millis(ms)
     }
 
-    /// Records a delivery in a short task of its own, so the connection's stream never waits
-    /// on the database: a connection stalled on a slow device (or a WebSocket busy answering
-    /// an acknowledgement) must never hold one of the store's connections. When the command
-    /// turns out to be no longer open — acknowledged, maybe on another node, expired or
-    /// finished — the stream is told to stop re-sending it.
-    fn record_delivery(&self, id: String) {
+    /// Records deliveries in a short task of its own, one statement after another, so the
+    /// connection's stream never waits on the database: a connection stalled on a slow device
+    /// (or a WebSocket busy answering an acknowledgement) must never hold one of the store's
+    /// connections. A burst (the open commands sent at connect) is one task, not one each.
+    /// When a command the stream re-sends turns out to be no longer open — acknowledged, maybe
+    /// on another node, expired or finished — the stream is told to stop re-sending it.
+    fn record_deliveries(&mut self) {
+        if self.unrecorded.is_empty() {
+            return;
+        }
+        let sent = std::mem::take(&mut self.unrecorded);
         let devices = self.devices.clone();
         let mailbox = self.mailbox.clone();
         let device = self.device.clone();
         tokio::spawn(async move {
-            match devices.store().mark_delivered(&id, devices.now()).await {
-                Ok(Some(c)) => {
-                    if c.deliveries == 1 && c.state == "delivered" {
-                        devices.publish_command(&c);
+            for (id, tracked) in sent {
+                match devices.store().mark_delivered(&id, devices.now()).await {
+                    Ok(Some(c)) => {
+                        if c.deliveries == 1 && c.state == "delivered" {
+                            devices.publish_command(&c);
+                        }
+                        if tracked && c.state == "acknowledged" {
+                            mailbox.settle(id);
+                        }
                     }
-                    if c.state == "acknowledged" {
-                        mailbox.push(Wire::Acked(id));
+                    Ok(None) => {
+                        if tracked {
+                            mailbox.settle(id);
+                        }
                     }
-                }
-                Ok(None) => {
-                    mailbox.push(Wire::Acked(id));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, device = %device, "recording a delivery failed");
+                    Err(e) => {
+                        tracing::warn!(error = %e, device = %device, "recording a delivery failed");
+                    }
                 }
             }
         });
@@ -1359,7 +1372,11 @@ impl ChannelState {
                 if self.outstanding.iter().any(|o| o.frame.id == frame.id) {
                     continue;
                 }
-                self.record_delivery(frame.id.clone());
+                self.unrecorded
+                    .push((frame.id.clone(), !frame.acknowledged));
+                if self.pending.is_empty() {
+                    self.record_deliveries();
+                }
                 if !frame.acknowledged {
                     self.outstanding.push(Outstanding {
                         frame: frame.clone(),
@@ -1371,7 +1388,9 @@ impl ChannelState {
             }
             let due = self.outstanding.iter().map(|o| o.due).min();
             let mailbox = self.mailbox.clone();
+            // The queue first: an acknowledgement waiting there stops a re-send that is due.
             tokio::select! {
+                biased;
                 wire = mailbox.recv() => match wire {
                     // Replaced by a newer connection, or the device was unlinked.
                     None => return None,
@@ -1396,7 +1415,8 @@ impl ChannelState {
                     o.sends = sends;
                     o.due = now + wait;
                     let frame = o.frame.clone();
-                    self.record_delivery(frame.id.clone());
+                    self.unrecorded.push((frame.id.clone(), true));
+                    self.record_deliveries();
                     return Some(ChannelFrame::Command(frame));
                 }
             }

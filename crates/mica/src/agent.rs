@@ -508,6 +508,14 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
                 Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
                     return Ok::<bool, WsError>(false)
                 }
+                Ok(Err(WsError::Http(resp))) if resp.status().is_success() => {
+                    tracing::warn!(
+                        status = %resp.status(),
+                        "the server answered without switching to a WebSocket: a proxy in front \
+                         of it may drop the Upgrade header (let it through for this path)"
+                    );
+                    return Ok(true);
+                }
                 Ok(Err(WsError::Http(resp))) => {
                     tracing::warn!(status = %resp.status(), "the command channel was refused");
                     return Ok(true);

@@ -566,15 +566,26 @@ impl Store {
     pub async fn create_command(&self, c: &NewCommand) -> Result<Option<CommandRow>> {
         // One statement, so issuing a command is one round trip to the database (it is on the
         // way of every ring). The next `seq` is the device's counter plus one: on PostgreSQL the
-        // counter's row lock orders concurrent issuers; on SQLite the single writer does, and
-        // the counter is the newest command's seq (commands go only with their device, and
-        // `UNIQUE (device_id, seq)` would refuse a repeat).
+        // statement moves the counter, whose row lock orders concurrent issuers; on SQLite the
+        // single writer orders them and a trigger (migration 13) moves the counter.
+        // `UNIQUE (device_id, seq)` refuses a repeat either way.
         let sql = match self.backend {
             Backend::Postgres => {
-                "WITH d AS (UPDATE devices SET command_seq = command_seq + 1                  WHERE account_id = $2 AND id = $3 AND unlinked_at IS NULL RETURNING command_seq)                  INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state,                  reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at,                  finished_at)                  SELECT $1, $2, $3, d.command_seq, $4, $5, 'queued', NULL, 0, $6, $7, NULL, NULL,                  NULL FROM d RETURNING seq"
+                "WITH d AS (UPDATE devices SET command_seq = command_seq + 1 \
+                 WHERE account_id = $2 AND id = $3 AND unlinked_at IS NULL RETURNING command_seq) \
+                 INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state, \
+                 reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at, \
+                 finished_at) \
+                 SELECT $1, $2, $3, d.command_seq, $4, $5, 'queued', NULL, 0, $6, $7, NULL, NULL, \
+                 NULL FROM d RETURNING seq"
             }
             Backend::Sqlite => {
-                "INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state,                  reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at,                  finished_at)                  SELECT $1, $2, $3, MAX(d.command_seq, COALESCE((SELECT MAX(seq) FROM                  device_commands WHERE device_id = $3), 0)) + 1, $4, $5, 'queued', NULL, 0, $6,                  $7, NULL, NULL, NULL FROM devices d                  WHERE d.account_id = $2 AND d.id = $3 AND d.unlinked_at IS NULL RETURNING seq"
+                "INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state, \
+                 reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at, \
+                 finished_at) \
+                 SELECT $1, $2, $3, d.command_seq + 1, $4, $5, 'queued', NULL, 0, $6, $7, NULL, \
+                 NULL, NULL FROM devices d \
+                 WHERE d.account_id = $2 AND d.id = $3 AND d.unlinked_at IS NULL RETURNING seq"
             }
         };
         let seq: Option<i64> = sqlx::query_scalar(sql)
@@ -721,7 +732,8 @@ impl Store {
             "UPDATE device_commands SET state = 'acknowledged', acknowledged_at = $3, \
              delivered_at = COALESCE(delivered_at, $3) \
              WHERE device_id = $1 AND id = $2 AND state IN ('queued', 'delivered') \
-             AND expires_at > $3 RETURNING {COMMAND_COLUMNS}"
+             AND expires_at > $3 AND EXISTS (SELECT 1 FROM devices WHERE id = $1 \
+             AND unlinked_at IS NULL) RETURNING {COMMAND_COLUMNS}"
         ))
         .bind(device)
         .bind(id)
@@ -737,6 +749,9 @@ impl Store {
         Ok(match c.state.as_str() {
             "acknowledged" => AckOutcome::Again(c),
             "done" | "failed" => AckOutcome::Finished(c),
+            // Open and in time: the device was unlinked (its channel may outlive that on
+            // another node); it has no command to run.
+            _ if c.expires_at > now => AckOutcome::NotFound,
             _ => {
                 // Queued or delivered but past its time: expire it now.
                 let moved = self.expire_commands(Some(device), now).await?;

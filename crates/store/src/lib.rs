@@ -309,10 +309,16 @@ async fn checkpointer(pool: AnyPool, alive: std::sync::Weak<()>) {
             }
         };
         if log > WAL_TRUNCATE_PAGES {
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&pool)
-                .await
-            {
+            // Truncating waits for readers while holding writers back: wait briefly, and try
+            // again at a later tick rather than stall every write.
+            let truncate = async {
+                let mut conn = pool.acquire().await?;
+                conn.execute("PRAGMA busy_timeout = 100").await?;
+                let done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                done.map(|_| ())
+            };
+            if let Err(e) = truncate.await {
                 tracing::warn!(error = %e, "truncating the SQLite WAL failed");
             }
         }

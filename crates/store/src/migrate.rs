@@ -72,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0012_devices.sql"),
         postgres: include_str!("../migrations/postgres/0012_devices.sql"),
     },
+    Migration {
+        version: 13,
+        sqlite: include_str!("../migrations/sqlite/0013_command_seq.sql"),
+        postgres: include_str!("../migrations/postgres/0013_command_seq.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
