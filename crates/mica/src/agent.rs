@@ -48,6 +48,19 @@ pub struct AgentConfig {
     /// Reconnect when the channel is silent this long (the server pings every 25 s).
     #[serde(default = "default_silence")]
     pub silence_secs: u64,
+    /// How the command channel connects: `websocket` (the default; falls back to `sse` by
+    /// itself when the way to the server does not pass the upgrade) or `sse`.
+    #[serde(default)]
+    pub channel: ChannelKind,
+}
+
+/// The command channel's transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    #[default]
+    Websocket,
+    Sse,
 }
 
 fn default_silence() -> u64 {
@@ -485,77 +498,52 @@ fn lost_env(lost: &Value) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Keeps the command channel (a WebSocket) open; hands each command frame to the executor.
+/// How one connection of the command channel ended.
+enum Attempt {
+    /// It dropped or went silent: connect again.
+    Reconnect,
+    /// The server no longer accepts the device's credential.
+    Unlinked,
+    /// The server (or a proxy in front of it) answered without switching to a WebSocket.
+    NoUpgrade,
+}
+
+/// Keeps the command channel open — a WebSocket, or Server-Sent Events when so configured or
+/// when the way to the server does not pass the upgrade — and hands each command frame to the
+/// executor.
 async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sender<RunEnd>) {
-    let url = format!(
-        "{}/api/v1/device/command-channel",
-        ws_base(&agent.cfg.base())
-    );
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("mica-agent/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let path = "/api/v1/device/command-channel";
+    let ws_url = format!("{}{path}", ws_base(&agent.cfg.base()));
+    let sse_url = format!("{}{path}", agent.cfg.base());
     let silence = Duration::from_secs(agent.cfg.silence_secs.max(1));
+    let mut sse = agent.cfg.channel == ChannelKind::Sse;
     let mut failures: u32 = 0;
     loop {
-        let result = async {
-            let mut req = url.as_str().into_client_request()?;
-            let auth = HeaderValue::from_str(&format!("Bearer {}", agent.linked.credential))?;
-            req.headers_mut().insert(AUTHORIZATION, auth);
-            req.headers_mut().insert(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("mica-agent/", env!("CARGO_PKG_VERSION"))),
-            );
-            let connecting = tokio_tungstenite::connect_async(req);
-            let mut ws = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
-                Err(_) => return Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
-                Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
-                    return Ok::<bool, WsError>(false)
-                }
-                Ok(Err(WsError::Http(resp))) if resp.status().is_success() => {
-                    tracing::warn!(
-                        status = %resp.status(),
-                        "the server answered without switching to a WebSocket: a proxy in front \
-                         of it may drop the Upgrade header (let it through for this path)"
-                    );
-                    return Ok(true);
-                }
-                Ok(Err(WsError::Http(resp))) => {
-                    tracing::warn!(status = %resp.status(), "the command channel was refused");
-                    return Ok(true);
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok((ws, _))) => ws,
-            };
-            loop {
-                // The server pings every 25 s; pongs go out with the next read.
-                match tokio::time::timeout(silence, ws.next()).await {
-                    Err(_) => {
-                        tracing::info!("the command channel went silent; reconnecting");
-                        return Ok(true);
-                    }
-                    Ok(Some(Ok(WsMessage::Text(text)))) => {
-                        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
-                            continue;
-                        };
-                        match v["type"].as_str() {
-                            Some("hello") => tracing::info!("command channel open"),
-                            Some("command") => {
-                                let _ = tx.send(v).await;
-                            }
-                            _ => {}
-                        }
-                    }
-                    Ok(Some(Ok(WsMessage::Close(_))) | None) => return Ok(true),
-                    Ok(Some(Ok(_))) => {}
-                    Ok(Some(Err(e))) => return Err(e),
-                }
-            }
-        }
-        .await;
+        let result = if sse {
+            sse_attempt(&agent, &http, &sse_url, silence, &tx).await
+        } else {
+            ws_attempt(&agent, &ws_url, silence, &tx).await
+        };
         match result {
-            Ok(false) => {
+            Ok(Attempt::Unlinked) => {
                 tracing::warn!("the server no longer accepts this device's credential");
                 let _ = end.send(RunEnd::Unlinked).await;
                 return;
             }
-            Ok(true) => failures = 1,
+            Ok(Attempt::NoUpgrade) => {
+                tracing::warn!(
+                    "the server answered without switching to a WebSocket (a proxy in front of \
+                     it may drop the Upgrade header); using Server-Sent Events instead"
+                );
+                sse = true;
+                continue;
+            }
+            Ok(Attempt::Reconnect) => failures = 1,
             Err(e) => {
                 tracing::info!(error = %e, "command channel dropped");
                 failures = failures.saturating_add(1);
@@ -568,6 +556,148 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
         let wait = rand::thread_rng()
             .gen_range(Duration::from_millis(100)..=cap.max(Duration::from_millis(101)));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// One WebSocket connection of the command channel, read until it ends.
+async fn ws_attempt(
+    agent: &Agent,
+    url: &str,
+    silence: Duration,
+    tx: &mpsc::Sender<Value>,
+) -> anyhow::Result<Attempt> {
+    let mut req = url.into_client_request()?;
+    let auth = HeaderValue::from_str(&format!("Bearer {}", agent.linked.credential))?;
+    req.headers_mut().insert(AUTHORIZATION, auth);
+    req.headers_mut().insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("mica-agent/", env!("CARGO_PKG_VERSION"))),
+    );
+    let connecting = tokio_tungstenite::connect_async(req);
+    let mut ws = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Err(_) => bail!("connecting timed out"),
+        Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
+            return Ok(Attempt::Unlinked)
+        }
+        Ok(Err(WsError::Http(resp))) if resp.status().is_success() => {
+            return Ok(Attempt::NoUpgrade)
+        }
+        Ok(Err(WsError::Http(resp))) => {
+            tracing::warn!(status = %resp.status(), "the command channel was refused");
+            return Ok(Attempt::Reconnect);
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok((ws, _))) => ws,
+    };
+    loop {
+        // The server pings every 25 s; pongs go out with the next read.
+        match tokio::time::timeout(silence, ws.next()).await {
+            Err(_) => {
+                tracing::info!("the command channel went silent; reconnecting");
+                return Ok(Attempt::Reconnect);
+            }
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                    continue;
+                };
+                match v["type"].as_str() {
+                    Some("hello") => tracing::info!("command channel open (WebSocket)"),
+                    Some("command") => {
+                        let _ = tx.send(v).await;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Some(Ok(WsMessage::Close(_))) | None) => return Ok(Attempt::Reconnect),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.into()),
+        }
+    }
+}
+
+/// One Server-Sent Events connection of the command channel, read until it ends.
+async fn sse_attempt(
+    agent: &Agent,
+    http: &reqwest::Client,
+    url: &str,
+    silence: Duration,
+    tx: &mpsc::Sender<Value>,
+) -> anyhow::Result<Attempt> {
+    let mut resp = http
+        .get(url)
+        .bearer_auth(&agent.linked.credential)
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(Attempt::Unlinked);
+    }
+    if !resp.status().is_success() {
+        tracing::warn!(status = %resp.status(), "the command channel was refused");
+        return Ok(Attempt::Reconnect);
+    }
+    let mut parser = SseParser::default();
+    loop {
+        match tokio::time::timeout(silence, resp.chunk()).await {
+            Err(_) => {
+                tracing::info!("the command channel went silent; reconnecting");
+                return Ok(Attempt::Reconnect);
+            }
+            Ok(Ok(Some(bytes))) => {
+                for (event, data) in parser.feed(&bytes) {
+                    if event == "hello" {
+                        tracing::info!("command channel open (Server-Sent Events)");
+                    } else if event == "command" {
+                        if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                            let _ = tx.send(v).await;
+                        }
+                    }
+                }
+            }
+            Ok(Ok(None)) => return Ok(Attempt::Reconnect),
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Splits a Server-Sent Events stream into `(event, data)` pairs.
+#[derive(Default)]
+struct SseParser {
+    buf: String,
+    event: String,
+    data: String,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf.push_str(&String::from_utf8_lossy(bytes));
+        let mut out = Vec::new();
+        while let Some(i) = self.buf.find('\n') {
+            let line: String = self.buf.drain(..=i).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() || !self.event.is_empty() {
+                    let event = std::mem::take(&mut self.event);
+                    let data = std::mem::take(&mut self.data);
+                    out.push((
+                        if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event
+                        },
+                        data,
+                    ));
+                }
+            } else if let Some(v) = line.strip_prefix("event:") {
+                self.event = v.trim_start().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        out
     }
 }
 
@@ -1079,6 +1209,14 @@ async fn push_outgoing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_frames_split_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b": keep-alive\n\nevent: com").is_empty());
+        let out = p.feed(b"mand\ndata: {\"id\":1}\n\n");
+        assert_eq!(out, vec![("command".to_owned(), "{\"id\":1}".to_owned())]);
+    }
 
     #[test]
     fn channel_urls_are_websockets() {

@@ -98,6 +98,18 @@ interval_secs = 5
         }
     }
 
+    /// Makes the agent's command channel Server-Sent Events instead of a WebSocket.
+    fn use_sse(&self) {
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        let toml = toml.replacen(
+            "silence_secs = 60\n",
+            "silence_secs = 60\nchannel = \"sse\"\n",
+            1,
+        );
+        assert!(toml.contains("channel = \"sse\""));
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
     fn out(&self, file: &str) -> String {
         std::fs::read_to_string(self.root.join("out").join(file)).unwrap_or_default()
     }
@@ -262,6 +274,19 @@ async fn until_online(c: &Client, device: &str, agent: &Agent) {
     }
 }
 
+/// Waits until the agent's log says `needle`.
+async fn until_logged(agent: &Agent, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {needle:?}:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn lines(s: &str) -> Vec<&str> {
     s.lines().filter(|l| !l.is_empty()).collect()
 }
@@ -282,6 +307,8 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         2,
         "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log; sleep 3",
     );
+    // A holds its command channel as a WebSocket, B as Server-Sent Events: both must work.
+    b.use_sse();
     for agent in [&a, &b] {
         let out = agent.link("ana@example.com");
         assert!(
@@ -319,6 +346,8 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     b.start();
     until_online(&ana, &ida, &a).await;
     until_online(&ana, &idb, &b).await;
+    until_logged(&a, "command channel open (WebSocket)").await;
+    until_logged(&b, "command channel open (Server-Sent Events)").await;
 
     // Ring: the hook runs once and the command is done.
     let ring = send(&ana, &ida, json!({ "kind": "ring" })).await;
