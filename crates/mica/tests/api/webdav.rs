@@ -251,8 +251,11 @@ async fn litmus_passes(app: &TestApp) {
     }
     let (account, _, password) = with_app_password(app, "ned@example.com").await;
     let url = app.url(&format!("/dav/files/{account}/"));
+    // litmus writes its `debug.log` where it runs: the test's own folder, not the source tree.
+    let cwd = app.cfg.data_dir.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("litmus")
+            .current_dir(cwd)
             .env("TESTS", "basic copymove props locks")
             .arg(&url)
             .arg("ned@example.com")
