@@ -1386,6 +1386,9 @@ impl ChannelState {
                 }
                 return Some(ChannelFrame::Command(frame));
             }
+            // Nothing more to send now: what was sent gets recorded (a burst whose last frame
+            // was skipped as already outstanding included).
+            self.record_deliveries();
             let due = self.outstanding.iter().map(|o| o.due).min();
             let mailbox = self.mailbox.clone();
             // The queue first: an acknowledgement waiting there stops a re-send that is due.
