@@ -566,6 +566,17 @@ impl Devices {
         Ok(())
     }
 
+    /// Whether the owner may send `row` a command.
+    fn commandable(row: &DeviceRow) -> Result<()> {
+        if row.unlinked_at.is_some() {
+            return Err(DevicesError::DeviceUnlinked);
+        }
+        if !row.find_enabled {
+            return Err(DevicesError::FindDeviceOff);
+        }
+        Ok(())
+    }
+
     async fn owned(&self, p: &Principal, id: &str) -> Result<DeviceRow> {
         self.store()
             .device(p.account, id)
@@ -796,7 +807,6 @@ impl Devices {
         req: CommandRequest,
         client: &ClientInfo,
     ) -> Result<CommandView> {
-        let row = self.owned(p, id).await?;
         let payload = match req.kind {
             CommandKind::LostMode => {
                 let message = match &req.message {
@@ -826,15 +836,21 @@ impl Devices {
                 None
             }
         };
-        if row.unlinked_at.is_some() {
-            return Err(DevicesError::DeviceUnlinked);
-        }
-        if !row.find_enabled {
-            return Err(DevicesError::FindDeviceOff);
-        }
-        if req.kind == CommandKind::Erase {
-            self.0.identity.require_step_up(p).await?;
-        }
+        // Erase and lost mode check the device first (erase asks for step-up, both go in the
+        // security log with the device's name). Ring and locate — the frequent ones, on the
+        // way of a person looking for their phone — go straight to the insert, which itself
+        // requires a linked device with Find Device on; only a refusal looks at why.
+        let checked = match req.kind {
+            CommandKind::Erase | CommandKind::LostMode => {
+                let row = self.owned(p, id).await?;
+                Self::commandable(&row)?;
+                if req.kind == CommandKind::Erase {
+                    self.0.identity.require_step_up(p).await?;
+                }
+                Some(row)
+            }
+            _ => None,
+        };
         let now = self.now();
         let new = NewCommand {
             id: format!("cmd_{}", random_token_string(16)),
@@ -849,9 +865,12 @@ impl Devices {
             expires_at: now.plus(Duration::from_secs(self.0.cfg.command_ttl_hours * 3600)),
         };
         let Some(c) = self.store().create_command(&new).await? else {
+            // Not this account's, unlinked or Find Device off (maybe just now): say which.
+            let row = self.owned(p, id).await?;
+            Self::commandable(&row)?;
             return Err(DevicesError::DeviceUnlinked);
         };
-        if req.kind == CommandKind::Erase || req.kind == CommandKind::LostMode {
+        if let Some(row) = checked {
             self.0
                 .identity
                 .record_event(
@@ -1315,6 +1334,10 @@ impl Devices {
     }
 }
 
+/// How long after sending a command its delivery is recorded (see
+/// [`ChannelState::record_deliveries`]).
+const RECORD_DELIVERY_AFTER: Duration = Duration::from_millis(20);
+
 impl ChannelState {
     fn backoff(&self, sends: u32) -> Duration {
         let cfg = &self.devices.0.cfg;
@@ -1329,9 +1352,14 @@ impl ChannelState {
     /// connection's stream never waits on the database: a connection stalled on a slow device
     /// (or a WebSocket busy answering an acknowledgement) must never hold one of the store's
     /// connections. A burst (the open commands sent at connect) is one task, not one each.
+    /// The task for a first send lets [`RECORD_DELIVERY_AFTER`] pass first: a connected device
+    /// acknowledges within a millisecond or two, and its acknowledgement — which it waits on
+    /// before running the command — should find the single SQLite writer free rather than
+    /// queue behind this bookkeeping. (Acknowledged by then, the command keeps its state; only
+    /// its delivery count moves.)
     /// When a command the stream re-sends turns out to be no longer open — acknowledged, maybe
     /// on another node, expired or finished — the stream is told to stop re-sending it.
-    fn record_deliveries(&mut self) {
+    fn record_deliveries(&mut self, after: Duration) {
         if self.unrecorded.is_empty() {
             return;
         }
@@ -1339,9 +1367,13 @@ impl ChannelState {
         let devices = self.devices.clone();
         let mailbox = self.mailbox.clone();
         let device = self.device.clone();
+        let at = self.devices.now();
         tokio::spawn(async move {
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
             for (id, tracked) in sent {
-                match devices.store().mark_delivered(&id, devices.now()).await {
+                match devices.store().mark_delivered(&id, at).await {
                     Ok(Some(c)) => {
                         if c.deliveries == 1 && c.state == "delivered" {
                             devices.publish_command(&c);
@@ -1375,7 +1407,7 @@ impl ChannelState {
                 self.unrecorded
                     .push((frame.id.clone(), !frame.acknowledged));
                 if self.pending.is_empty() {
-                    self.record_deliveries();
+                    self.record_deliveries(RECORD_DELIVERY_AFTER);
                 }
                 if !frame.acknowledged {
                     self.outstanding.push(Outstanding {
@@ -1388,7 +1420,7 @@ impl ChannelState {
             }
             // Nothing more to send now: what was sent gets recorded (a burst whose last frame
             // was skipped as already outstanding included).
-            self.record_deliveries();
+            self.record_deliveries(RECORD_DELIVERY_AFTER);
             let due = self.outstanding.iter().map(|o| o.due).min();
             let mailbox = self.mailbox.clone();
             // The queue first: an acknowledgement waiting there stops a re-send that is due.
@@ -1419,7 +1451,8 @@ impl ChannelState {
                     o.due = now + wait;
                     let frame = o.frame.clone();
                     self.unrecorded.push((frame.id.clone(), true));
-                    self.record_deliveries();
+                    // A re-send is recorded at once: the device is not answering quickly.
+                    self.record_deliveries(Duration::ZERO);
                     return Some(ChannelFrame::Command(frame));
                 }
             }

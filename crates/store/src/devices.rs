@@ -562,7 +562,7 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Queues a command for a linked device; `None` when the device is not linked.
+    /// Queues a command for a linked device of the account with Find Device on; `None` otherwise.
     pub async fn create_command(&self, c: &NewCommand) -> Result<Option<CommandRow>> {
         // One statement, so issuing a command is one round trip to the database (it is on the
         // way of every ring). The next `seq` is the device's counter plus one: on PostgreSQL the
@@ -572,7 +572,8 @@ impl Store {
         let sql = match self.backend {
             Backend::Postgres => {
                 "WITH d AS (UPDATE devices SET command_seq = command_seq + 1 \
-                 WHERE account_id = $2 AND id = $3 AND unlinked_at IS NULL RETURNING command_seq) \
+                 WHERE account_id = $2 AND id = $3 AND unlinked_at IS NULL AND find_enabled = 1 \
+                 RETURNING command_seq) \
                  INSERT INTO device_commands (id, account_id, device_id, seq, kind, payload, state, \
                  reason, deliveries, created_at, expires_at, delivered_at, acknowledged_at, \
                  finished_at) \
@@ -585,7 +586,8 @@ impl Store {
                  finished_at) \
                  SELECT $1, $2, $3, d.command_seq + 1, $4, $5, 'queued', NULL, 0, $6, $7, NULL, \
                  NULL, NULL FROM devices d \
-                 WHERE d.account_id = $2 AND d.id = $3 AND d.unlinked_at IS NULL RETURNING seq"
+                 WHERE d.account_id = $2 AND d.id = $3 AND d.unlinked_at IS NULL \
+                 AND d.find_enabled = 1 RETURNING seq"
             }
         };
         let seq: Option<i64> = sqlx::query_scalar(sql)

@@ -160,8 +160,12 @@ impl Store {
                     format!("{url}?mode=rwc")
                 };
                 let conn = AnyConnectOptions::from_str(&url)?;
+                // No ping before each use (`test_before_acquire`): a SQLite connection is a
+                // thread of this process, not a socket that can go stale, and the ping is a
+                // round trip to that thread in front of every statement.
                 let writer = AnyPoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(opts.acquire_timeout.max(Duration::from_secs(30)))
                     .after_connect(sqlite_writer_pragmas)
                     .connect_with(conn.clone())
@@ -170,6 +174,7 @@ impl Store {
                 writer.execute("PRAGMA journal_mode = WAL").await?;
                 let reader = AnyPoolOptions::new()
                     .max_connections(opts.max_connections.clamp(1, 8))
+                    .test_before_acquire(false)
                     .acquire_timeout(opts.acquire_timeout)
                     .after_connect(sqlite_pragmas)
                     .connect_with(conn)
