@@ -185,6 +185,19 @@ fn path_parent(path_key: &str) -> String {
 }
 
 fn item_row(r: &AnyRow) -> Result<ItemRow> {
+    item_from(r, true)
+}
+
+/// An item from a row of either driver (the `Any` one, or SQLite's own for pages); without
+/// `summary` when the query did not select it.
+fn item_from<R>(r: &R, summary: bool) -> Result<ItemRow>
+where
+    R: Row,
+    for<'n> &'n str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(ItemRow {
         id: r.try_get("id")?,
         seq: r.try_get("seq")?,
@@ -192,7 +205,7 @@ fn item_row(r: &AnyRow) -> Result<ItemRow> {
         deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
         size: r.try_get("size")?,
         body: r.try_get("body")?,
-        summary: r.try_get("summary")?,
+        summary: if summary { r.try_get("summary")? } else { None },
         file_id: r.try_get("file_id")?,
         path_key: r.try_get("path_key")?,
     })
@@ -718,20 +731,35 @@ impl Store {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<ItemRow>> {
-        sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 \
-             AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5"
-        ))
-        .bind(account.as_i64())
-        .bind(collection)
-        .bind(since)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(item_row)
-        .collect()
+        // Without `summary` (no reader of a page uses it), and on SQLite through the pool
+        // whose connections hand over a whole page at once (see `PAGE_ROWS`).
+        const SQL: &str = "SELECT id, seq, modified_at, deleted_at, size, body, file_id, \
+             path_key FROM items WHERE account_id = $1 AND collection_id = $2 \
+             AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5";
+        match &self.pages {
+            Some(pages) => sqlx::query(SQL)
+                .bind(account.as_i64())
+                .bind(collection)
+                .bind(since)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(pages)
+                .await?
+                .iter()
+                .map(|r| item_from(r, false))
+                .collect(),
+            None => sqlx::query(SQL)
+                .bind(account.as_i64())
+                .bind(collection)
+                .bind(since)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?
+                .iter()
+                .map(|r| item_from(r, false))
+                .collect(),
+        }
     }
 
     /// One item (or its tombstone).

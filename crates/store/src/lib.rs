@@ -12,7 +12,9 @@
 //! - personal data arrives here already sealed: the store never sees a plaintext email or phone.
 //!
 //! On SQLite all writes go through a single-connection pool, so writers queue in-process instead of
-//! failing with `SQLITE_BUSY`; reads use a separate pool and WAL snapshots.
+//! failing with `SQLITE_BUSY`; reads use a separate pool and WAL snapshots. Reads of whole pages
+//! (the sync feed) use a third, typed SQLite pool whose connections hand a page over at once
+//! (see [`PAGE_ROWS`]); the SQL is the same on both engines.
 
 mod accounts;
 mod app_passwords;
@@ -109,6 +111,8 @@ impl Backend {
 pub struct Store {
     writer: AnyPool,
     reader: AnyPool,
+    /// SQLite: reads that return pages of rows (the sync feed) — see [`PAGE_ROWS`].
+    pages: Option<sqlx::SqlitePool>,
     backend: Backend,
     /// PostgreSQL's URL, for the listener of wake-ups between nodes (never printed).
     pg_url: Option<std::sync::Arc<str>>,
@@ -179,6 +183,18 @@ impl Store {
                     .after_connect(sqlite_pragmas)
                     .connect_with(conn)
                     .await?;
+                let pages = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(opts.acquire_timeout)
+                    .test_before_acquire(false)
+                    .connect_with(
+                        sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+                            .busy_timeout(Duration::from_secs(10))
+                            .foreign_keys(true)
+                            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                            .row_buffer_size(PAGE_ROWS),
+                    )
+                    .await?;
                 let alive = std::sync::Arc::new(());
                 tokio::spawn(checkpointer(
                     reader.clone(),
@@ -187,6 +203,7 @@ impl Store {
                 Ok(Store {
                     writer,
                     reader,
+                    pages: Some(pages),
                     backend,
                     pg_url: None,
                     _checkpointer: Some(alive),
@@ -201,6 +218,7 @@ impl Store {
                 Ok(Store {
                     writer: pool.clone(),
                     reader: pool,
+                    pages: None,
                     backend,
                     pg_url: Some(url.into()),
                     _checkpointer: None,
@@ -248,6 +266,9 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        if let Some(pages) = &self.pages {
+            pages.close().await;
+        }
     }
 }
 
@@ -281,6 +302,14 @@ fn sqlite_writer_pragmas(
         Ok(())
     })
 }
+
+/// Rows a page read on SQLite can return without its connection's thread stopping: sqlx's
+/// SQLite driver hands rows from that thread to the caller through a bounded channel (50 rows
+/// by default, not settable through the `Any` driver), and a thread that fills it sleeps until
+/// the caller has taken one — a sleep and a wake-up for nearly every row of a 1,000-row page,
+/// which cost more than reading the rows. Pages go through a typed pool whose channel holds
+/// a whole page (the sync feed's largest is 1,000 rows).
+const PAGE_ROWS: usize = 1_024;
 
 /// How often the WAL is checkpointed: also the most a power cut can take back (commits are
 /// not synced one by one — `synchronous = NORMAL` — but every checkpoint syncs the WAL first).
