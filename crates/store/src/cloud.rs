@@ -221,9 +221,38 @@ fn collection_row(r: &AnyRow) -> Result<CollectionRow> {
     })
 }
 
-/// Rows per multi-row insert. Not more: SQLite finds a `$N` parameter's name by a linear scan,
-/// so binding costs grow with the square of the parameters in one statement.
-const PUT_ROWS: usize = 10;
+impl Store {
+    /// The placeholder of parameter `n` in a statement built for a variable number of rows:
+    /// `$n` on PostgreSQL, an anonymous `?` on SQLite. SQLite looks a named parameter up by a
+    /// linear scan of the statement's names, once per parameter as sqlx binds them — quadratic
+    /// in a statement of hundreds; anonymous ones are bound in order and have no name to find.
+    /// Such a statement must use these for every parameter, in order, each once.
+    fn mark(&self, n: usize) -> String {
+        match self.backend {
+            crate::Backend::Postgres => format!("${n}"),
+            crate::Backend::Sqlite => "?".to_owned(),
+        }
+    }
+
+    /// `count` placeholders from parameter `first` on, comma-separated (see [`Store::mark`]).
+    fn marks(&self, first: usize, count: usize) -> String {
+        (first..first + count)
+            .map(|n| self.mark(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Ids per look-up and rows per insert in a sync batch. On SQLite, with anonymous
+    /// parameters, the fewer statements the better (each is a round trip to the connection's
+    /// thread): a batch of 500 is one look-up and five inserts, and at most 100 insert shapes
+    /// compete for the statement cache. PostgreSQL keeps its statements short.
+    fn batch_sizes(&self) -> (usize, usize) {
+        match self.backend {
+            crate::Backend::Sqlite => (500, 100),
+            crate::Backend::Postgres => (100, 10),
+        }
+    }
+}
 
 const ITEM_COLUMNS: &str =
     "id, seq, modified_at, deleted_at, size, body, summary, file_id, path_key";
@@ -438,11 +467,14 @@ impl Store {
 
         // The current state of every item the batch touches.
         let mut current = std::collections::HashMap::with_capacity(ops.len());
-        for chunk in ops.chunks(100) {
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+        let (lookup_ids, put_rows) = self.batch_sizes();
+        for chunk in ops.chunks(lookup_ids) {
             let sql = format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = $1 AND collection_id = $2 AND id IN ({})",
-                marks.join(", ")
+                "SELECT {ITEM_COLUMNS} FROM items WHERE account_id = {} AND collection_id = {} \
+                 AND id IN ({})",
+                self.mark(1),
+                self.mark(2),
+                self.marks(3, chunk.len())
             );
             let mut q = sqlx::query(&sql)
                 .bind(account.as_i64())
@@ -574,13 +606,13 @@ impl Store {
             });
         }
 
-        // Puts go in multi-row statements: one round trip per PUT_ROWS rows, not per row.
+        // Puts go in multi-row statements: one round trip per `put_rows` rows, not per row.
         let puts: Vec<(&ItemWrite, i64)> = plan
             .iter()
             .filter(|(op, _, _)| op.op == WriteOp::Put)
             .map(|(op, seq, _)| (*op, *seq))
             .collect();
-        for chunk in puts.chunks(PUT_ROWS) {
+        for chunk in puts.chunks(put_rows) {
             let mut sql = String::from(
                 "INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, body, summary, uid, starts_at, ends_at, file_id, path_key, path_parent) VALUES ",
             );
@@ -589,22 +621,11 @@ impl Store {
                 if i > 0 {
                     sql.push_str(", ");
                 }
+                // Fourteen parameters, with `deleted_at` NULL after the fifth.
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, NULL, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9,
-                    b + 10,
-                    b + 11,
-                    b + 12,
-                    b + 13,
-                    b + 14
+                    "({}, NULL, {})",
+                    self.marks(b + 1, 5),
+                    self.marks(b + 6, 9)
                 ));
             }
             sql.push_str(

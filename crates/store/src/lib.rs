@@ -2,8 +2,9 @@
 //!
 //! One implementation of every query, run through sqlx's `Any` driver against either SQLite (the
 //! embedded default) or PostgreSQL (scale-out). Queries use `$N` placeholders, which both engines
-//! accept; the two differ only in their migration files (`migrations/{sqlite,postgres}`), where
-//! column types are spelled per engine.
+//! accept (statements built for many rows use `Store::mark`: `?` on SQLite); the two differ
+//! otherwise only in their migration files (`migrations/{sqlite,postgres}`), where column types
+//! are spelled per engine.
 //!
 //! Architecture invariants:
 //! - only this crate contains SQL or knows which engine it talks to;
