@@ -228,18 +228,25 @@ impl Store {
     /// in a statement of hundreds; anonymous ones are bound in order and have no name to find.
     /// Such a statement must use these for every parameter, in order, each once.
     fn mark(&self, n: usize) -> String {
-        match self.backend {
-            crate::Backend::Postgres => format!("${n}"),
-            crate::Backend::Sqlite => "?".to_owned(),
-        }
+        self.marks(n, 1)
     }
 
     /// `count` placeholders from parameter `first` on, comma-separated (see [`Store::mark`]).
     fn marks(&self, first: usize, count: usize) -> String {
-        (first..first + count)
-            .map(|n| self.mark(n))
-            .collect::<Vec<_>>()
-            .join(", ")
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(count * 6);
+        for n in first..first + count {
+            if n > first {
+                out.push_str(", ");
+            }
+            match self.backend {
+                crate::Backend::Postgres => {
+                    let _ = write!(out, "${n}");
+                }
+                crate::Backend::Sqlite => out.push('?'),
+            }
+        }
+        out
     }
 
     /// Ids per look-up and rows per insert in a sync batch. On SQLite, with anonymous
@@ -757,29 +764,25 @@ impl Store {
         const SQL: &str = "SELECT id, seq, modified_at, deleted_at, size, body, file_id, \
              path_key FROM items WHERE account_id = $1 AND collection_id = $2 \
              AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5";
+        // The same query on either pool (they differ in their row type).
+        macro_rules! page {
+            ($pool:expr) => {
+                sqlx::query(SQL)
+                    .bind(account.as_i64())
+                    .bind(collection)
+                    .bind(since)
+                    .bind(upto)
+                    .bind(limit)
+                    .fetch_all($pool)
+                    .await?
+                    .iter()
+                    .map(|r| item_from(r, false))
+                    .collect()
+            };
+        }
         match &self.pages {
-            Some(pages) => sqlx::query(SQL)
-                .bind(account.as_i64())
-                .bind(collection)
-                .bind(since)
-                .bind(upto)
-                .bind(limit)
-                .fetch_all(pages)
-                .await?
-                .iter()
-                .map(|r| item_from(r, false))
-                .collect(),
-            None => sqlx::query(SQL)
-                .bind(account.as_i64())
-                .bind(collection)
-                .bind(since)
-                .bind(upto)
-                .bind(limit)
-                .fetch_all(&self.reader)
-                .await?
-                .iter()
-                .map(|r| item_from(r, false))
-                .collect(),
+            Some(pages) => page!(pages),
+            None => page!(&self.reader),
         }
     }
 
