@@ -9,14 +9,23 @@
 //! `mica-store`'s `files` module); this crate only moves bytes. Every object is written once under
 //! a key that is never reused (the hash plus a random suffix), so deleting a key that the database
 //! no longer knows can never remove bytes that a newer row points to. A `put` returns only once the
-//! bytes are durable: on the local folder the file and its directory are fsynced (`object_store`
-//! writes to a temporary file and renames it); an object store acknowledges a PUT once stored.
+//! bytes are durable: on the local folder the file's data and its directory entry (and any folder
+//! the put created) are fsynced; an object store acknowledges a PUT once stored.
+//!
+//! On the local folder a put writes its object straight under its key: no reader looks at a key
+//! before the database row that names it commits, which happens after the put returns, and a put
+//! cut short by a crash leaves a file that the garbage collector removes through the write intent
+//! recorded before it. Chunks are written from [`chunk_buffer`]s, whose start is page-aligned, with
+//! direct I/O on Linux: the bytes go from the buffer to the disk without first being copied into
+//! the page cache (on a 2-core machine that copy cost as much CPU as receiving the upload). A file
+//! system without direct I/O (tmpfs) and unaligned buffers take the ordinary buffered write.
 
+use std::io::Write;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
@@ -24,6 +33,25 @@ use object_store::{ObjectStore, PutPayload};
 /// Chunk size: large enough that a 1 GiB file is 256 objects, small enough that an upload in
 /// flight holds at most one chunk in memory.
 pub const CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// The alignment direct I/O needs of a buffer's address, length and file offset: a page, which
+/// every block device's logical block size divides.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Writes smaller than this go through the page cache (thumbnails, small files' last chunks):
+/// direct I/O pays off on whole chunks.
+const DIRECT_MIN: usize = 64 * 1024;
+
+/// An empty buffer that holds one chunk, starting on a page boundary so that a chunk written from
+/// it can use direct I/O. Reuse it (`Bytes::try_into_mut` after the put) rather than allocate one
+/// per chunk.
+pub fn chunk_buffer() -> BytesMut {
+    let mut b = BytesMut::with_capacity(CHUNK_SIZE + DIRECT_ALIGN);
+    let skip = b.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    b.resize(skip, 0);
+    // The aligned rest; the few bytes before it are released with `b`'s handle (one allocation).
+    b.split_off(skip)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -104,24 +132,48 @@ impl BlobStore {
     /// Writes `bytes` under `key`; returns once they are durable.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         let path = ObjectPath::from(key);
-        self.inner.put(&path, PutPayload::from(bytes)).await?;
         if let Some(local) = &self.local {
             let file = local.path_to_filesystem(&path)?;
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                std::fs::File::open(&file)?.sync_all()?;
-                if let Some(dir) = file.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            tokio::task::spawn_blocking(move || write_durably(&file, &bytes))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+            return Ok(());
         }
+        self.inner.put(&path, PutPayload::from(bytes)).await?;
         Ok(())
     }
 
     /// The whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_then(key, None).await
+    }
+
+    /// The whole object; and, for a download that reads `next` soon, a hint to the local disk to
+    /// start reading that one in the background. Its bytes come into the page cache (not the
+    /// process's memory) while the objects before it are sent, so the disk always has reads
+    /// queued. The hint does nothing on S3 or off Linux.
+    pub async fn get_then(&self, key: &str, next: Option<&str>) -> Result<Bytes> {
+        if let Some(local) = &self.local {
+            let file = local.path_to_filesystem(&ObjectPath::from(key))?;
+            let next = match next {
+                Some(n) => Some(local.path_to_filesystem(&ObjectPath::from(n))?),
+                None => None,
+            };
+            let read = move || {
+                if let Some(n) = next.and_then(|n| std::fs::File::open(n).ok()) {
+                    will_need(&n);
+                }
+                read_whole(&file)
+            };
+            return match tokio::task::spawn_blocking(read).await {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(BlobError::Missing(key.to_owned()))
+                }
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+            };
+        }
         match self.inner.get(&ObjectPath::from(key)).await {
             Ok(r) => Ok(r.bytes().await?),
             Err(object_store::Error::NotFound { .. }) => Err(BlobError::Missing(key.to_owned())),
@@ -175,9 +227,119 @@ impl BlobStore {
     }
 }
 
+/// Writes a local object and returns once it is durable: its data, its directory entry, and the
+/// entry of every folder this write created.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("an object's path has a folder"))?;
+    let mut created = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        created.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    if !created.is_empty() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let direct = direct_len(bytes);
+    let file = match write_direct(path, &bytes[..direct])? {
+        Some(f) if direct == bytes.len() => f,
+        Some(_) => {
+            // The unaligned tail, through the page cache, after the direct part.
+            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(direct as u64))?;
+            f.write_all(&bytes[direct..])?;
+            f
+        }
+        None => {
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(bytes)?;
+            f
+        }
+    };
+    file.sync_data()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    for c in &created {
+        if let Some(parent) = c.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn will_need(f: &std::fs::File) {
+    let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::WillNeed);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn will_need(_f: &std::fs::File) {}
+
+/// Reads a whole local object, through the page cache: unlike writes, reads keep the kernel's
+/// read-ahead that way (direct reads of whole chunks measured 30 % slower on the download
+/// benchmark, though they used half the CPU).
+fn read_whole(path: &Path) -> std::io::Result<Bytes> {
+    Ok(Bytes::from(std::fs::read(path)?))
+}
+
+/// How much of `bytes` can go with direct I/O: its whole pages when it starts on a page boundary
+/// and is large enough to be worth it.
+fn direct_len(bytes: &[u8]) -> usize {
+    if !cfg!(target_os = "linux")
+        || bytes.len() < DIRECT_MIN
+        || bytes.as_ptr().align_offset(DIRECT_ALIGN) != 0
+    {
+        return 0;
+    }
+    bytes.len() - bytes.len() % DIRECT_ALIGN
+}
+
+/// Creates `path` and writes `bytes` (page-aligned, whole pages) with direct I/O. `None` when there
+/// is nothing to write that way or the file system refuses it (tmpfs has no direct I/O): the
+/// caller then writes everything through the page cache.
+#[cfg(target_os = "linux")]
+fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if refused(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match f.write_all(bytes) {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if refused(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_direct(_path: &Path, _bytes: &[u8]) -> std::io::Result<Option<std::fs::File>> {
+    Ok(None)
+}
+
 /// The BLAKE3 hash of a chunk, in hex: its name.
 pub fn chunk_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
+}
+
+/// The name of the chunk whose bytes went through `hasher` (the same as [`chunk_hash`] of them,
+/// for a chunk hashed piece by piece as it arrives).
+pub fn chunk_name(hasher: &blake3::Hasher) -> String {
+    hasher.finalize().to_hex().to_string()
 }
 
 /// Where a chunk of an account lives. `suffix` is random and unique to the database row that
@@ -209,6 +371,23 @@ mod tests {
             store.stored(&account_prefix(7)).await?,
             (1, data.len() as u64)
         );
+        // A chunk from an aligned buffer (direct I/O where the file system has it) with a tail
+        // that is not a whole page, in a folder the put creates.
+        let mut big = chunk_buffer();
+        assert_eq!(big.as_ptr().align_offset(DIRECT_ALIGN), 0);
+        assert!(big.capacity() >= CHUNK_SIZE);
+        big.extend((0..DIRECT_MIN * 3 + 123).map(|i| (i % 251) as u8));
+        let big = big.freeze();
+        let big_key = chunk_key(8, &chunk_hash(&big), "b2");
+        store.put(&big_key, big.clone()).await?;
+        assert_eq!(store.get(&big_key).await?, big);
+        assert_eq!(
+            store
+                .get_range(&big_key, 5..DIRECT_MIN as u64 * 3 + 100)
+                .await?,
+            big.slice(5..DIRECT_MIN * 3 + 100)
+        );
+        store.delete(&big_key).await?;
         store.delete(&key).await?;
         store.delete(&key).await?;
         assert!(matches!(store.get(&key).await, Err(BlobError::Missing(_))));
