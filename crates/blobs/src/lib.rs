@@ -333,7 +333,9 @@ fn write_direct(_path: &Path, _bytes: &[u8]) -> std::io::Result<Option<std::fs::
 
 /// The BLAKE3 hash of a chunk, in hex: its name.
 pub fn chunk_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+    let mut h = blake3::Hasher::new();
+    h.update(bytes);
+    chunk_name(&h)
 }
 
 /// The name of the chunk whose bytes went through `hasher` (the same as [`chunk_hash`] of them,
