@@ -199,7 +199,7 @@ impl Cloud {
             .push(
                 account,
                 DRIVE,
-                &[Write {
+                vec![Write {
                     id: id.to_owned(),
                     op: "put".into(),
                     base_version: base,
@@ -415,7 +415,7 @@ impl Cloud {
             }
         }
         // Parents before children, so each parent exists when its child is checked.
-        let out = self.push(account, DRIVE, &writes, None).await?;
+        let out = self.push(account, DRIVE, writes, None).await?;
         if out
             .results
             .iter()
@@ -451,7 +451,8 @@ impl Cloud {
                 return Err(CloudError::BatchTooLarge(self.inner.cfg.max_batch));
             }
         }
-        let out = self.push(account, DRIVE, &writes, None).await?;
+        let n = writes.len() as u64;
+        let out = self.push(account, DRIVE, writes, None).await?;
         if out
             .results
             .iter()
@@ -459,6 +460,6 @@ impl Cloud {
         {
             return Err(CloudError::DriveConflict);
         }
-        Ok(writes.len() as u64)
+        Ok(n)
     }
 }

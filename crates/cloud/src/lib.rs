@@ -182,6 +182,8 @@ struct Inner {
     hub: Hub,
     blobs: BlobStore,
     media: Arc<tokio::sync::Notify>,
+    /// How many threads a large batch's preparation is spread over (the machine's cores).
+    cores: usize,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -234,6 +236,7 @@ impl Cloud {
                 hub: Hub::default(),
                 blobs,
                 media: Arc::default(),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             }),
         }
     }
@@ -359,28 +362,7 @@ impl Cloud {
         category: Category,
         row: &ItemRow,
     ) -> Result<ItemView, CloudError> {
-        let body = match (&row.body, row.deleted_at) {
-            (Some(sealed), None) => {
-                let text = self
-                    .inner
-                    .keys
-                    .open(&Self::aad("item", account, &collection.id, &row.id), sealed)
-                    .map_err(|e| CloudError::Internal(format!("item {}: {e}", row.id)))?;
-                Some(match category.format() {
-                    category::Format::Json => serde_json::from_str(&text)
-                        .map_err(|e| CloudError::Internal(format!("item {}: {e}", row.id)))?,
-                    _ => serde_json::Value::String(text),
-                })
-            }
-            _ => None,
-        };
-        Ok(ItemView {
-            id: row.id.clone(),
-            version: version_text(row.seq),
-            deleted: row.deleted_at.is_some(),
-            modified_at: row.modified_at,
-            body,
-        })
+        view_row(&self.inner.keys, account, &collection.id, category, row)
     }
 
     fn token(account: AccountId, collection: &CollectionRow, seq: i64) -> String {
@@ -445,10 +427,15 @@ impl Cloud {
         } else {
             upto.max(since)
         };
-        let changes = rows
-            .iter()
-            .map(|r| self.view(account, &c, category, r))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Opening the bodies (and making them JSON) is most of a page's CPU: over every core.
+        let keys = self.inner.keys.clone();
+        let collection_id = c.id.clone();
+        let changes = on_cores(self.inner.cores, &rows.into(), move |r| {
+            view_row(&keys, account, &collection_id, category, r)
+        })
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
         Ok(Pull {
             changes,
             token: Self::token(account, &c, next),
@@ -483,7 +470,7 @@ impl Cloud {
         &self,
         account: AccountId,
         collection: &str,
-        writes: &[Write],
+        writes: Vec<Write>,
         idempotency_key: Option<&str>,
     ) -> Result<PushOutcome, CloudError> {
         let c = self.resolve(account, collection).await?;
@@ -506,109 +493,44 @@ impl Cloud {
                 });
             }
         }
+        // Every write is checked on its own (the body parsed, then sealed with its summary:
+        // most of a push's CPU), spread over the cores for a large batch; then, in order, the
+        // checks that look across writes and the files that items stand for.
+        let writes: Arc<[Write]> = writes.into();
+        let checked = self.check_writes(account, &c, category, &writes).await?;
         let mut seen = std::collections::HashSet::with_capacity(writes.len());
         let mut ops = Vec::with_capacity(writes.len());
         let mut hasher = Sha256::new();
         hasher.update(c.id.as_bytes());
-        for (i, w) in writes.iter().enumerate() {
+        for (i, (w, checked)) in writes.iter().zip(checked).enumerate() {
             let at = |e: CloudError| e.at(i, &w.id);
-            check_id("id", &w.id, 200).map_err(at)?;
             if !seen.insert(w.id.as_str()) {
                 return Err(at(CloudError::Invalid {
                     field: "id",
                     message: "the same id appears twice in the batch".into(),
                 }));
             }
-            let base = match &w.base_version {
-                None => None,
-                Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                    at(CloudError::Invalid {
-                        field: "base_version",
-                        message: "not a version this server gave out".into(),
-                    })
-                })?),
-            };
+            let (mut op, text) = checked.map_err(at)?;
             hasher.update([0]);
             hasher.update(w.id.as_bytes());
             hasher.update([0]);
             hasher.update(w.op.as_bytes());
             hasher.update([0]);
             hasher.update(w.base_version.as_deref().unwrap_or("-").as_bytes());
-            match w.op.as_str() {
-                "put" => {
-                    let body = w.body.as_ref().ok_or_else(|| {
-                        at(CloudError::Invalid {
-                            field: "body",
-                            message: "a put needs a body".into(),
-                        })
-                    })?;
-                    let p = category::prepare(category, body).map_err(at)?;
-                    if p.text.len() > cfg.max_item_bytes {
-                        return Err(at(CloudError::ItemTooLarge(cfg.max_item_bytes)));
-                    }
-                    hasher.update([0]);
-                    hasher.update(p.text.as_bytes());
-                    // An item that stands for a file counts the file's bytes too.
-                    let mut size = i64::try_from(p.text.len()).unwrap_or(i64::MAX);
-                    if let Some(f) = &p.file_id {
-                        let file = self
-                            .store()
-                            .file(account, f)
-                            .await?
-                            .ok_or_else(|| at(CloudError::UnknownFile(f.clone())))?;
-                        size += file.size;
-                    }
-                    let keys = &self.inner.keys;
-                    ops.push(ItemWrite {
-                        id: w.id.clone(),
-                        op: WriteOp::Put,
-                        base,
-                        body: Some(keys.seal(&Self::aad("item", account, &c.id, &w.id), &p.text)),
-                        summary: Some(
-                            keys.seal(&Self::aad("summary", account, &c.id, &w.id), &p.summary),
-                        ),
-                        size,
-                        uid: p.uid,
-                        starts_at: p.starts_at,
-                        ends_at: p.ends_at,
-                        file_id: p.file_id,
-                        path_key: p.path_key,
-                    });
-                }
-                "delete" => {
-                    if w.body.is_some() {
-                        return Err(at(CloudError::Invalid {
-                            field: "body",
-                            message: "a delete has no body".into(),
-                        }));
-                    }
-                    if base.is_none() && !category.append_only() {
-                        return Err(at(CloudError::Invalid {
-                            field: "base_version",
-                            message: "say which version you are deleting, so a newer edit from another device is not lost".into(),
-                        }));
-                    }
-                    ops.push(ItemWrite {
-                        id: w.id.clone(),
-                        op: WriteOp::Delete,
-                        base,
-                        body: None,
-                        summary: None,
-                        size: 0,
-                        uid: None,
-                        starts_at: None,
-                        ends_at: None,
-                        file_id: None,
-                        path_key: None,
-                    });
-                }
-                _ => {
-                    return Err(at(CloudError::Invalid {
-                        field: "op",
-                        message: "op is put or delete".into(),
-                    }))
-                }
+            if let Some(text) = &text {
+                hasher.update([0]);
+                hasher.update(text.as_bytes());
             }
+            // An item that stands for a file counts the file's bytes too.
+            if let Some(f) = &op.file_id {
+                let file = self
+                    .store()
+                    .file(account, f)
+                    .await?
+                    .ok_or_else(|| at(CloudError::UnknownFile(f.clone())))?;
+                op.size += file.size;
+            }
+            ops.push(op);
         }
         if category == Category::Drive {
             let mut entries = Vec::new();
@@ -714,6 +636,25 @@ impl Cloud {
             results: out,
             replayed,
         })
+    }
+
+    /// Checks every write of a batch on its own — its id, version and op, and for a put its
+    /// body, which is parsed and then sealed with its summary — and returns, in the batch's
+    /// order, each one's write and (for a put) the text it stores; over every core for a large
+    /// batch.
+    async fn check_writes(
+        &self,
+        account: AccountId,
+        collection: &CollectionRow,
+        category: Category,
+        writes: &Arc<[Write]>,
+    ) -> Result<Vec<Result<Checked, CloudError>>, CloudError> {
+        let (keys, collection) = (self.inner.keys.clone(), collection.id.clone());
+        let max_bytes = self.inner.cfg.max_item_bytes;
+        on_cores(self.inner.cores, writes, move |w| {
+            check_write(&keys, account, &collection, category, max_bytes, w)
+        })
+        .await
     }
 
     /// The recycle bin, newest first (only what is still within the plan's retention).
@@ -955,6 +896,155 @@ impl Cloud {
     }
 }
 
+/// `f` of every element of `items`, in order. A long input is cut into one run per core (at
+/// least [`RUN_MIN`] elements each): the runs after the first go to blocking threads while this
+/// task does the first. For the CPU-heavy, per-item halves of a push (parsing and sealing) and
+/// of a pull (opening), which would otherwise use one core while the others wait.
+async fn on_cores<T, R, F>(cores: usize, items: &Arc<[T]>, f: F) -> Result<Vec<R>, CloudError>
+where
+    T: Send + Sync + 'static,
+    R: Send + 'static,
+    F: Fn(&T) -> R + Clone + Send + 'static,
+{
+    let runs = cores.min(items.len().div_ceil(RUN_MIN)).max(1);
+    let per_run = items.len().div_ceil(runs);
+    let mut others = Vec::with_capacity(runs - 1);
+    for run in 1..runs {
+        let (items, f) = (items.clone(), f.clone());
+        let range = run * per_run..((run + 1) * per_run).min(items.len());
+        others.push(tokio::task::spawn_blocking(move || {
+            items[range].iter().map(&f).collect::<Vec<_>>()
+        }));
+    }
+    let mut out: Vec<R> = items[..per_run.min(items.len())].iter().map(&f).collect();
+    for run in others {
+        out.extend(
+            run.await
+                .map_err(|e| CloudError::Internal(format!("a run of work on another core: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Below this many elements a run is not worth a thread.
+const RUN_MIN: usize = 64;
+
+/// An item as devices see it: its body opened (and, for the JSON categories, parsed).
+fn view_row(
+    keys: &Keys,
+    account: AccountId,
+    collection: &str,
+    category: Category,
+    row: &ItemRow,
+) -> Result<ItemView, CloudError> {
+    let body = match (&row.body, row.deleted_at) {
+        (Some(sealed), None) => {
+            let text = keys
+                .open(&Cloud::aad("item", account, collection, &row.id), sealed)
+                .map_err(|e| CloudError::Internal(format!("item {}: {e}", row.id)))?;
+            Some(match category.format() {
+                category::Format::Json => serde_json::from_str(&text)
+                    .map_err(|e| CloudError::Internal(format!("item {}: {e}", row.id)))?,
+                _ => serde_json::Value::String(text),
+            })
+        }
+        _ => None,
+    };
+    Ok(ItemView {
+        id: row.id.clone(),
+        version: version_text(row.seq),
+        deleted: row.deleted_at.is_some(),
+        modified_at: row.modified_at,
+        body,
+    })
+}
+
+/// A write that passed its own checks, and for a put the text it stores (part of the batch's
+/// idempotency hash).
+type Checked = (ItemWrite, Option<String>);
+
+/// The checks of one write that need nothing but the write: its id, base version and op; for a
+/// put, its body validated for the category (within `max_bytes`) and sealed, with its summary.
+/// `size` counts the text; a file's bytes are added by the caller.
+fn check_write(
+    keys: &Keys,
+    account: AccountId,
+    collection: &str,
+    category: Category,
+    max_bytes: usize,
+    w: &Write,
+) -> Result<Checked, CloudError> {
+    check_id("id", &w.id, 200)?;
+    let base = match &w.base_version {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().map_err(|_| CloudError::Invalid {
+            field: "base_version",
+            message: "not a version this server gave out".into(),
+        })?),
+    };
+    match w.op.as_str() {
+        "put" => {
+            let body = w.body.as_ref().ok_or_else(|| CloudError::Invalid {
+                field: "body",
+                message: "a put needs a body".into(),
+            })?;
+            let p = category::prepare(category, body)?;
+            if p.text.len() > max_bytes {
+                return Err(CloudError::ItemTooLarge(max_bytes));
+            }
+            let op = ItemWrite {
+                id: w.id.clone(),
+                op: WriteOp::Put,
+                base,
+                body: Some(keys.seal(&Cloud::aad("item", account, collection, &w.id), &p.text)),
+                summary: Some(keys.seal(
+                    &Cloud::aad("summary", account, collection, &w.id),
+                    &p.summary,
+                )),
+                size: i64::try_from(p.text.len()).unwrap_or(i64::MAX),
+                uid: p.uid,
+                starts_at: p.starts_at,
+                ends_at: p.ends_at,
+                file_id: p.file_id,
+                path_key: p.path_key,
+            };
+            Ok((op, Some(p.text)))
+        }
+        "delete" => {
+            if w.body.is_some() {
+                return Err(CloudError::Invalid {
+                    field: "body",
+                    message: "a delete has no body".into(),
+                });
+            }
+            if base.is_none() && !category.append_only() {
+                return Err(CloudError::Invalid {
+                    field: "base_version",
+                    message: "say which version you are deleting, so a newer edit from another device is not lost".into(),
+                });
+            }
+            let op = ItemWrite {
+                id: w.id.clone(),
+                op: WriteOp::Delete,
+                base,
+                body: None,
+                summary: None,
+                size: 0,
+                uid: None,
+                starts_at: None,
+                ends_at: None,
+                file_id: None,
+                path_key: None,
+            };
+            Ok((op, None))
+        }
+        _ => Err(CloudError::Invalid {
+            field: "op",
+            message: "op is put or delete".into(),
+        }),
+    }
+}
+
 fn default_name(c: Category) -> &'static str {
     match c {
         Category::Contacts => "Contacts",
@@ -974,3 +1064,19 @@ fn default_name(c: Category) -> &'static str {
 
 /// Usage category of the recycle bin, for clients.
 pub const RECYCLE_BIN: &str = BIN_CATEGORY;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_on_cores_keeps_the_order() -> Result<(), CloudError> {
+        for (cores, n) in [(1, 500), (2, 500), (3, 1000), (8, 100), (4, 63), (2, 0)] {
+            let items: Arc<[u64]> = (0..n).collect::<Vec<u64>>().into();
+            let out = on_cores(cores, &items, |x| x * 3 + 1).await?;
+            let expected: Vec<u64> = (0..n).map(|x| x * 3 + 1).collect();
+            assert_eq!(out, expected, "{cores} cores, {n} items");
+        }
+        Ok(())
+    }
+}

@@ -291,7 +291,7 @@ async fn push(
             body: w.body,
         })
         .collect();
-    let out = app.cloud.push(p.account, &collection, &writes, key).await?;
+    let out = app.cloud.push(p.account, &collection, writes, key).await?;
     Ok(Json(PushResponse {
         results: out.results.into_iter().map(Into::into).collect(),
         replayed: out.replayed,

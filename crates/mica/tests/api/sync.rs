@@ -944,6 +944,48 @@ async fn bad_items_are_refused_and_nothing_is_stored(app: &TestApp) {
         );
         assert_eq!(e.code(), Some(err), "{collection}: {e}");
     }
+    // A large batch is checked over several cores: the error still names the first bad write,
+    // whichever run it fell in, and nothing of the batch is stored.
+    let big = |bad: &[(usize, Value)]| {
+        let mut writes: Vec<Value> = (0..300)
+            .map(|i| {
+                let id = format!("big{i}");
+                put(&id, json!(vcard(&id, "Big")))
+            })
+            .collect();
+        for (i, w) in bad {
+            writes[*i] = w.clone();
+        }
+        Value::Array(writes)
+    };
+    let broken = json!("BEGIN:VCARD\r\nVERSION:4.0\r\nFN:x\r\n");
+    let e = a
+        .push(
+            "contacts",
+            big(&[
+                (290, put("big290", json!("hello"))),
+                (250, put("big250", broken.clone())),
+            ]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_item"), "{e}");
+    assert!(e.to_string().contains("write 250"), "{e}");
+    let e = a
+        .push(
+            "contacts",
+            big(&[
+                (260, put("big260", broken)),
+                (100, put("big99", json!(vcard("d", "D")))),
+            ]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_input"), "{e}");
+    assert!(e.to_string().contains("write 100"), "{e}");
+
     // Nothing of any refused batch was stored, not even its good writes.
     for c in ["contacts", "calendar", "notes", "wifi"] {
         assert!(pull_all(&a, c, None).await.0.is_empty(), "{c}");
