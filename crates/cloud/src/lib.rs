@@ -182,7 +182,8 @@ struct Inner {
     hub: Hub,
     blobs: BlobStore,
     media: Arc<tokio::sync::Notify>,
-    /// How many threads a large batch's preparation is spread over (the machine's cores).
+    /// How many threads a large batch's checks or a page's opening is spread over (the
+    /// machine's cores; see [`on_cores`]).
     cores: usize,
 }
 
