@@ -73,7 +73,69 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     /// Set for the local folder: the root whose files are fsynced after each put.
     local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// Buffers that whole-object reads of the local folder fill, kept for the next read.
+    reads: Arc<ReadBuffers>,
     location: String,
+}
+
+/// How many chunk-sized read buffers a store keeps once their bytes are sent: enough for the
+/// reads a download keeps in flight and the ones its response still holds, for a few
+/// downloads at once (at most 8 × 4 MiB held when idle).
+const KEPT_READ_BUFFERS: usize = 8;
+
+/// The free read buffers. A download reads every chunk into a buffer of its own, hands it to the
+/// response and drops it once sent; freeing it returned the memory to the system, and the next
+/// chunk's buffer was new memory again. Each first touch of a page is a page fault (and in a
+/// virtual machine whose host takes back the guest's free memory, a fault on the host too): the
+/// benchmark showed the kernel's copy into fresh buffers taking most of a download's CPU. A
+/// buffer kept here is memory already in place.
+#[derive(Default)]
+struct ReadBuffers {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl ReadBuffers {
+    /// An empty buffer that holds `len` bytes: a kept one when `len` fits a chunk.
+    fn take(&self, len: usize) -> Vec<u8> {
+        if len <= CHUNK_SIZE {
+            if let Some(b) = self.free.lock().ok().and_then(|mut f| f.pop()) {
+                return b;
+            }
+            return Vec::with_capacity(CHUNK_SIZE);
+        }
+        Vec::with_capacity(len)
+    }
+
+    fn give_back(&self, mut b: Vec<u8>) {
+        if b.capacity() != CHUNK_SIZE {
+            return;
+        }
+        b.clear();
+        if let Ok(mut f) = self.free.lock() {
+            if f.len() < KEPT_READ_BUFFERS {
+                f.push(b);
+            }
+        }
+    }
+}
+
+/// A read's bytes, in a buffer that goes back to its store's [`ReadBuffers`] when the last
+/// `Bytes` that points into it is dropped.
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    home: Arc<ReadBuffers>,
+}
+
+impl AsRef<[u8]> for ReadBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        self.home.give_back(std::mem::take(&mut self.bytes));
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -106,6 +168,7 @@ impl BlobStore {
             return Ok(BlobStore {
                 inner,
                 local: None,
+                reads: Arc::default(),
                 location: location.to_owned(),
             });
         }
@@ -120,6 +183,7 @@ impl BlobStore {
         Ok(BlobStore {
             inner: local.clone(),
             local: Some(local),
+            reads: Arc::default(),
             location: dir.display().to_string(),
         })
     }
@@ -159,11 +223,12 @@ impl BlobStore {
                 Some(n) => Some(local.path_to_filesystem(&ObjectPath::from(n))?),
                 None => None,
             };
+            let reads = self.reads.clone();
             let read = move || {
                 if let Some(n) = next.and_then(|n| std::fs::File::open(n).ok()) {
                     will_need(&n);
                 }
-                read_whole(&file)
+                read_whole(&file, reads)
             };
             return match tokio::task::spawn_blocking(read).await {
                 Ok(Ok(b)) => Ok(b),
@@ -281,9 +346,18 @@ fn will_need(_f: &std::fs::File) {}
 
 /// Reads a whole local object, through the page cache: unlike writes, reads keep the kernel's
 /// read-ahead that way (direct reads of whole chunks measured 30 % slower on the download
-/// benchmark, though they used half the CPU).
-fn read_whole(path: &Path) -> std::io::Result<Bytes> {
-    Ok(Bytes::from(std::fs::read(path)?))
+/// benchmark, though they used half the CPU). The bytes land in one of `reads`' buffers.
+fn read_whole(path: &Path, reads: Arc<ReadBuffers>) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut bytes = reads.take(len);
+    // Into the buffer's spare capacity: nothing is zeroed first.
+    if let Err(e) = f.read_to_end(&mut bytes) {
+        reads.give_back(bytes);
+        return Err(e);
+    }
+    Ok(Bytes::from_owner(ReadBuffer { bytes, home: reads }))
 }
 
 /// How much of `bytes` can go with direct I/O: its whole pages when it starts on a page boundary
@@ -389,6 +463,22 @@ mod tests {
                 .await?,
             big.slice(5..DIRECT_MIN * 3 + 100)
         );
+        // A whole read's buffer goes back to the store once its bytes are dropped, and the next
+        // read fills the same memory.
+        let first = store.get(&big_key).await?;
+        let at = first.as_ptr();
+        drop(first);
+        let again = store.get(&big_key).await?;
+        assert_eq!(again.as_ptr(), at);
+        assert_eq!(again, big);
+        let held = again.slice(10..20);
+        drop(again);
+        assert!(
+            store.reads.free.lock().is_ok_and(|f| f.is_empty()),
+            "a slice still holds it"
+        );
+        drop(held);
+        assert!(store.reads.free.lock().is_ok_and(|f| f.len() == 1));
         store.delete(&big_key).await?;
         store.delete(&key).await?;
         store.delete(&key).await?;
