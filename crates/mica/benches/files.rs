@@ -16,9 +16,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-
 #[path = "common/mod.rs"]
 mod common;
 
@@ -161,28 +158,66 @@ async fn upload_file(
         .unwrap()
 }
 
-async fn download(addr: &str, token: &str, file: &str) -> u64 {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(format!("/api/v1/files/{file}/content"))
-        .header("host", addr)
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let mut body = resp.into_body();
-    let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            n += data.len() as u64;
-        }
+/// One GET of the whole file whose body goes from the socket to `/dev/null` with `splice`
+/// (through a pipe; the bytes are never copied into this process), for the same reason as
+/// [`patch_from_file`]: the two cores measure the server, not the load generator's copies.
+/// Returns the number of body bytes received.
+fn get_to_null(addr: &str, token: &str, file: &str) -> u64 {
+    use rustix::pipe::{splice, SpliceFlags};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/files/{file}/content HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // The head, byte by byte, so that no byte of the body is read here.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "the server closed early"
+        );
+        head.push(byte[0]);
     }
-    n
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let len: u64 = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
+    let _ = rustix::pipe::fcntl_setpipe_size(&pipe_w, 1 << 20);
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let mut got = 0u64;
+    while got < len {
+        let n = splice(&stream, None, &pipe_w, None, 1 << 20, SpliceFlags::MOVE).unwrap();
+        assert!(n > 0, "the server closed after {got} of {len} bytes");
+        let mut left = n;
+        while left > 0 {
+            left -= splice(&pipe_r, None, &null, None, left, SpliceFlags::MOVE).unwrap();
+        }
+        got += n as u64;
+    }
+    got
+}
+
+/// [`get_to_null`] off the async runtime (it blocks on the socket).
+async fn download(addr: &str, token: &str, file: &str) -> u64 {
+    let (addr, token, file) = (addr.to_owned(), token.to_owned(), file.to_owned());
+    tokio::task::spawn_blocking(move || get_to_null(&addr, &token, &file))
+        .await
+        .unwrap()
 }
 
 async fn create_upload(http: &reqwest::Client, base: &str, token: &str, len: u64) -> String {
