@@ -86,9 +86,10 @@ const KEPT_READ_BUFFERS: usize = 8;
 /// The free read buffers. A download reads every chunk into a buffer of its own, hands it to the
 /// response and drops it once sent; freeing it returned the memory to the system, and the next
 /// chunk's buffer was new memory again. Each first touch of a page is a page fault (and in a
-/// virtual machine whose host takes back the guest's free memory, a fault on the host too): the
-/// benchmark showed the kernel's copy into fresh buffers taking most of a download's CPU. A
-/// buffer kept here is memory already in place.
+/// virtual machine whose host takes back the guest's free memory, a fault on the host too; with
+/// the chunks already in the page cache, the kernel's copy into fresh buffers was most of a
+/// download's CPU). A buffer kept here is memory already in place; it also keeps the process's
+/// peak memory over many downloads lower (the files benchmark: 105–117 MB instead of 136–161).
 #[derive(Default)]
 struct ReadBuffers {
     free: std::sync::Mutex<Vec<Vec<u8>>>,
