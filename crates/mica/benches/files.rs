@@ -118,26 +118,37 @@ fn patch_from_file(addr: &str, token: &str, location: &str, path: &Path) -> (u16
     .unwrap();
     let mut file = std::fs::File::open(path).unwrap();
     assert_eq!(std::io::copy(&mut file, &mut stream).unwrap(), len);
-    // The answer has no body (204): read to the end of its head.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1024];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).unwrap();
-        assert!(n > 0, "the server closed before answering");
-        head.extend_from_slice(&byte[..n]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    // The answer has no body (204).
+    let head = read_head(&mut stream);
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap();
-    let file = head.lines().find_map(|l| {
+    (status, header(&head, "mica-file-id").map(str::to_owned))
+}
+
+/// An answer's head, read byte by byte so that no byte of a body after it is taken.
+fn read_head(stream: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "the server closed early"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// The value of header `name` in an answer's head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("mica-file-id")
-            .then(|| v.trim().to_owned())
-    });
-    (status, file)
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// [`patch_from_file`] off the async runtime (it blocks on the socket).
@@ -172,27 +183,12 @@ fn get_to_null(addr: &str, token: &str, file: &str) -> u64 {
          authorization: Bearer {token}\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
-    // The head, byte by byte, so that no byte of the body is read here.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).unwrap(),
-            1,
-            "the server closed early"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    let len: u64 = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .expect("a content-length");
+    let len: u64 = header(&head, "content-length")
+        .expect("a content-length")
+        .parse()
+        .unwrap();
     let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
     let _ = rustix::pipe::fcntl_setpipe_size(&pipe_w, 1 << 20);
     let null = std::fs::OpenOptions::new()
