@@ -218,8 +218,16 @@ impl Server {
             }
         });
         let task = tokio::spawn(async move {
+            // Every answer and every device-channel frame goes out when written: with Nagle's
+            // algorithm on, a small frame written while the previous one is unacknowledged waits
+            // for the peer's delayed ACK (up to 40 ms on Linux) — a command reaching an idle
+            // device milliseconds late. Bulk bodies fill whole segments either way.
             axum::serve(
-                listener,
+                axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+                    }
+                }),
                 axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
                     SocketAddr,
                 >(app),
