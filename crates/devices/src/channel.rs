@@ -38,6 +38,10 @@ pub(crate) struct Mailbox {
     items: Mutex<VecDeque<Wire>>,
     notify: Notify,
     closed: AtomicBool,
+    /// The last few commands acknowledged through this connection: the acknowledgement
+    /// recorded their delivery, so the delayed record of it is skipped (one write fewer for
+    /// nearly every command).
+    acked: Mutex<Vec<String>>,
 }
 
 impl Mailbox {
@@ -67,6 +71,28 @@ impl Mailbox {
         items.push_back(Wire::Acked(id));
         drop(items);
         self.notify.notify_one();
+    }
+
+    /// Notes that a command was acknowledged (its delivery is on record).
+    fn acknowledged(&self, id: &str) {
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        if acked.len() >= QUEUE {
+            acked.remove(0);
+        }
+        acked.push(id.to_owned());
+    }
+
+    /// Whether the command was acknowledged since it was sent (forgetting it: asked once per
+    /// send).
+    pub(crate) fn take_acknowledged(&self, id: &str) -> bool {
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        match acked.iter().position(|a| a == id) {
+            Some(i) => {
+                acked.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     fn close(&self) {
@@ -155,10 +181,12 @@ impl Registry {
         )
     }
 
-    /// Tells the device's connection, if it has one, to stop re-sending a command.
-    pub(crate) fn settle(&self, device: &str, id: &str) {
+    /// The device acknowledged a command: its connection stops re-sending it and does not
+    /// record its delivery again.
+    pub(crate) fn acknowledged(&self, device: &str, id: &str) {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(conn) = conns.get(device) {
+            conn.mailbox.acknowledged(id);
             conn.mailbox.settle(id.to_owned());
         }
     }

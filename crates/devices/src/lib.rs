@@ -1090,14 +1090,23 @@ impl Devices {
             .await?
         {
             AckOutcome::Acknowledged(c) => {
-                self.0.registry.settle(&d.id, &c.id);
+                self.0.registry.acknowledged(&d.id, &c.id);
+                if c.delivered_at == c.acknowledged_at {
+                    // Acknowledged before its delivery was recorded (it usually is: the
+                    // record waits a little): the owner's feed still shows it delivered first.
+                    self.publish_command(&CommandRow {
+                        state: "delivered".into(),
+                        acknowledged_at: None,
+                        ..c.clone()
+                    });
+                }
                 self.publish_command(&c);
                 self.command_view(&c)
             }
             AckOutcome::Again(c) => {
                 // Only the first acknowledgement lets the device run a command: a device that
                 // is told "again" cannot know it ran it, and must not run it now.
-                self.0.registry.settle(&d.id, &c.id);
+                self.0.registry.acknowledged(&d.id, &c.id);
                 Err(DevicesError::AlreadyAcknowledged)
             }
             AckOutcome::Expired(c) => {
@@ -1355,8 +1364,8 @@ impl ChannelState {
     /// The task for a first send lets [`RECORD_DELIVERY_AFTER`] pass first: a connected device
     /// acknowledges within a millisecond or two, and its acknowledgement — which it waits on
     /// before running the command — should find the single SQLite writer free rather than
-    /// queue behind this bookkeeping. (Acknowledged by then, the command keeps its state; only
-    /// its delivery count moves.)
+    /// queue behind this bookkeeping. Acknowledged by then (the usual case), the command needs
+    /// no record here: its acknowledgement set its delivery time and count.
     /// When a command the stream re-sends turns out to be no longer open — acknowledged, maybe
     /// on another node, expired or finished — the stream is told to stop re-sending it.
     fn record_deliveries(&mut self, after: Duration) {
@@ -1373,6 +1382,10 @@ impl ChannelState {
                 tokio::time::sleep(after).await;
             }
             for (id, tracked) in sent {
+                if mailbox.take_acknowledged(&id) {
+                    // The acknowledgement recorded the delivery.
+                    continue;
+                }
                 match devices.store().mark_delivered(&id, at).await {
                     Ok(Some(c)) => {
                         if c.deliveries == 1 && c.state == "delivered" {

@@ -732,7 +732,8 @@ impl Store {
     ) -> Result<AckOutcome> {
         let row = sqlx::query(&format!(
             "UPDATE device_commands SET state = 'acknowledged', acknowledged_at = $3, \
-             delivered_at = COALESCE(delivered_at, $3) \
+             delivered_at = COALESCE(delivered_at, $3), \
+             deliveries = CASE WHEN deliveries = 0 THEN 1 ELSE deliveries END \
              WHERE device_id = $1 AND id = $2 AND state IN ('queued', 'delivered') \
              AND expires_at > $3 AND EXISTS (SELECT 1 FROM devices WHERE id = $1 \
              AND unlinked_at IS NULL) RETURNING {COMMAND_COLUMNS}"
