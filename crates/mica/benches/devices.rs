@@ -268,6 +268,7 @@ fn main() {
         // Where the time goes: the owner's answer, the command reaching the device, and the
         // device's acknowledgement answered.
         let mut stages: (Vec<Duration>, Vec<Duration>, Vec<Duration>) = Default::default();
+        let mut slow = Vec::with_capacity(rings);
         for r in 0..rings {
             let i = r % watched;
             let (id, _) = &linked[i];
@@ -296,6 +297,18 @@ fn main() {
             stages.0.push(answered);
             stages.1.push(seen.duration_since(t0));
             stages.2.push(total.saturating_sub(seen.duration_since(t0)));
+            slow.push((total, r, answered, seen.duration_since(t0)));
+        }
+        slow.sort();
+        if std::env::var_os("MICA_BENCH_SLOWEST").is_some() {
+            for (total, r, answered, seen) in slow.iter().rev().take(10) {
+                println!(
+                    "  slow round {r}: {:.2} ms (answered {:.2}, at device {:.2})",
+                    ms(*total),
+                    ms(*answered),
+                    ms(*seen)
+                );
+            }
         }
 
         // The reference: Mosquitto QoS 1, publish → the subscriber answers on a second topic.
