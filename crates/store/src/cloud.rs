@@ -188,8 +188,7 @@ fn item_row(r: &AnyRow) -> Result<ItemRow> {
     item_from(r, true)
 }
 
-/// An item from a row of either driver (the `Any` one, or SQLite's own for pages); without
-/// `summary` when the query did not select it.
+/// An item from a row; without `summary` when the query did not select it.
 fn item_from<R>(r: &R, summary: bool) -> Result<ItemRow>
 where
     R: Row,
@@ -759,31 +758,50 @@ impl Store {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<ItemRow>> {
-        // Without `summary` (no reader of a page uses it), and on SQLite through the pool
-        // whose connections hand over a whole page at once (see `PAGE_ROWS`).
+        // Without `summary` (no reader of a page uses it); on SQLite through the page readers.
         const SQL: &str = "SELECT id, seq, modified_at, deleted_at, size, body, file_id, \
              path_key FROM items WHERE account_id = $1 AND collection_id = $2 \
              AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5";
-        // The same query on either pool (they differ in their row type).
-        macro_rules! page {
-            ($pool:expr) => {
-                sqlx::query(SQL)
-                    .bind(account.as_i64())
-                    .bind(collection)
-                    .bind(since)
-                    .bind(upto)
-                    .bind(limit)
-                    .fetch_all($pool)
-                    .await?
-                    .iter()
-                    .map(|r| item_from(r, false))
-                    .collect()
-            };
-        }
-        match &self.pages {
-            Some(pages) => page!(pages),
-            None => page!(&self.reader),
-        }
+        let Some(pages) = &self.pages else {
+            return sqlx::query(SQL)
+                .bind(account.as_i64())
+                .bind(collection)
+                .bind(since)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?
+                .iter()
+                .map(|r| item_from(r, false))
+                .collect();
+        };
+        let collection = collection.to_owned();
+        pages
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(SQL)?;
+                let rows = stmt.query_map(
+                    rusqlite::params![account.as_i64(), collection, since, upto, limit],
+                    |r| {
+                        Ok(ItemRow {
+                            id: r.get(0)?,
+                            seq: r.get(1)?,
+                            modified_at: Timestamp(r.get(2)?),
+                            deleted_at: r.get::<_, Option<i64>>(3)?.map(Timestamp),
+                            size: r.get(4)?,
+                            body: r.get(5)?,
+                            summary: None,
+                            file_id: r.get(6)?,
+                            path_key: r.get(7)?,
+                        })
+                    },
+                )?;
+                let mut out = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(1_024));
+                for row in rows {
+                    out.push(row?);
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// One item (or its tombstone).

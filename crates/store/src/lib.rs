@@ -14,8 +14,8 @@
 //!
 //! On SQLite all writes go through a single-connection pool, so writers queue in-process instead of
 //! failing with `SQLITE_BUSY`; reads use a separate pool and WAL snapshots. Reads of whole pages
-//! (the sync feed) use a third, typed SQLite pool whose connections hand a page over at once
-//! (see [`PAGE_ROWS`]); the SQL is the same on both engines.
+//! (the sync feed) go through read-only connections of SQLite's own C API on a blocking thread
+//! (see [`PageReaders`]); the SQL is the same on both engines.
 
 mod accounts;
 mod app_passwords;
@@ -73,6 +73,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    #[error("database error reading a page: {0}")]
+    Page(#[source] rusqlite::Error),
     #[error("migration {version} failed: {source}")]
     Migration {
         version: i64,
@@ -112,8 +114,8 @@ impl Backend {
 pub struct Store {
     writer: AnyPool,
     reader: AnyPool,
-    /// SQLite: reads that return pages of rows (the sync feed) — see [`PAGE_ROWS`].
-    pages: Option<sqlx::SqlitePool>,
+    /// SQLite: reads that return pages of rows (the sync feed) — see [`PageReaders`].
+    pages: Option<std::sync::Arc<PageReaders>>,
     backend: Backend,
     /// PostgreSQL's URL, for the listener of wake-ups between nodes (never printed).
     pg_url: Option<std::sync::Arc<str>>,
@@ -184,18 +186,12 @@ impl Store {
                     .after_connect(sqlite_pragmas)
                     .connect_with(conn)
                     .await?;
-                let pages = sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(opts.acquire_timeout)
-                    .test_before_acquire(false)
-                    .connect_with(
-                        sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
-                            .busy_timeout(Duration::from_secs(10))
-                            .foreign_keys(true)
-                            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                            .row_buffer_size(PAGE_ROWS),
-                    )
-                    .await?;
+                let pages = PageReaders {
+                    path: sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+                        .get_filename()
+                        .to_owned(),
+                    idle: std::sync::Mutex::new(Vec::new()),
+                };
                 let alive = std::sync::Arc::new(());
                 tokio::spawn(checkpointer(
                     reader.clone(),
@@ -204,7 +200,7 @@ impl Store {
                 Ok(Store {
                     writer,
                     reader,
-                    pages: Some(pages),
+                    pages: Some(std::sync::Arc::new(pages)),
                     backend,
                     pg_url: None,
                     _checkpointer: Some(alive),
@@ -268,7 +264,7 @@ impl Store {
         self.writer.close().await;
         self.reader.close().await;
         if let Some(pages) = &self.pages {
-            pages.close().await;
+            pages.close();
         }
     }
 }
@@ -304,13 +300,68 @@ fn sqlite_writer_pragmas(
     })
 }
 
-/// Rows a page read on SQLite can return without its connection's thread stopping: sqlx's
-/// SQLite driver hands rows from that thread to the caller through a bounded channel (50 rows
-/// by default, not settable through the `Any` driver), and a thread that fills it sleeps until
-/// the caller has taken one — a sleep and a wake-up for nearly every row of a 1,000-row page,
-/// which cost more than reading the rows. Pages go through a typed pool whose channel holds
-/// a whole page (the sync feed's largest is 1,000 rows).
-const PAGE_ROWS: usize = 1_024;
+/// SQLite: the connections that read the sync feed's pages — read-only, through SQLite's own C
+/// API (rusqlite), on a blocking thread. Through sqlx a page of 1,000 rows took ~2.3 ms, most of a
+/// pull's time: its driver copies every value of a row into a row object on the connection's
+/// thread and hands rows over one by one through a channel, and the waiting task is woken for
+/// nearly each one. Here the rows are decoded straight into the caller's type on the thread that
+/// steps the statement, and handed over once. WAL makes these readers independent of the writer:
+/// a statement reads the snapshot committed when it starts.
+pub(crate) struct PageReaders {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+/// Page-reading connections kept open between reads (more are opened while more read at once).
+const KEPT_PAGE_READERS: usize = 2;
+
+impl PageReaders {
+    /// Runs `read` on a kept connection (or a new one) on a blocking thread.
+    pub(crate) async fn read<T, F>(self: &std::sync::Arc<Self>, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match me.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+                Some(c) => c,
+                None => me.open()?,
+            };
+            let out = read(&conn);
+            if let Ok(mut idle) = me.idle.lock() {
+                if idle.len() < KEPT_PAGE_READERS {
+                    idle.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a page read stopped: {e}")))?
+    }
+
+    fn open(&self) -> Result<rusqlite::Connection> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(conn)
+    }
+
+    fn close(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Page(e)
+    }
+}
 
 /// How often the WAL is checkpointed: also the most a power cut can take back (commits are
 /// not synced one by one — `synchronous = NORMAL` — but every checkpoint syncs the WAL first).
