@@ -56,6 +56,28 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// A page of a collection's changes: apply them in order, keep `token` for the next pull, and
+/// pull again at once while `more` is true.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+    pub token: String,
+    pub more: bool,
+}
+
+/// An item as the server has it now, or its deletion (`deleted`, no `body`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Change {
+    pub id: String,
+    /// Send it back as `base_version` when changing the item.
+    pub version: String,
+    pub deleted: bool,
+    pub modified_at: String,
+    /// vCard or iCalendar text (a string), or the category's JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignupStarted {
     pub signup_id: String,
@@ -477,7 +499,7 @@ impl Client {
         collection: &str,
         token: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<Value> {
+    ) -> Result<Changes> {
         let mut query = Vec::new();
         if let Some(t) = token {
             query.push(format!("token={t}"));

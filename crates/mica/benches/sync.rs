@@ -372,9 +372,9 @@ fn main() {
         let mut pulled = 0;
         loop {
             let page = db.pull("contacts", token.as_deref(), Some(1000)).await.unwrap();
-            pulled += page["changes"].as_array().unwrap().len();
-            token = Some(page["token"].as_str().unwrap().to_owned());
-            if page["more"] != json!(true) {
+            pulled += page.changes.len();
+            token = Some(page.token);
+            if !page.more {
                 break;
             }
         }

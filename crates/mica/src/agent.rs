@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use mica_client::{Client, ClientError};
+use mica_client::{Change, Client, ClientError};
 use rand::Rng;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -1083,11 +1083,11 @@ async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
                 }
                 Err(e) => bail!("pulling {category}: {}", describe(&e)),
             };
-            for change in page["changes"].as_array().into_iter().flatten() {
+            for change in page.changes {
                 mirror_change(&mut mirror, change);
             }
-            mirror.token = page["token"].as_str().map(String::from);
-            if page["more"] != json!(true) {
+            mirror.token = Some(page.token);
+            if !page.more {
                 break;
             }
         }
@@ -1097,18 +1097,15 @@ async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
 }
 
 /// Applies an item as the server has it (a pulled change, or a conflict's `current`).
-fn mirror_change(mirror: &mut Mirror, item: &Value) {
-    let Some(id) = item["id"].as_str() else {
-        return;
-    };
-    if item["deleted"] == json!(true) {
-        mirror.items.remove(id);
-    } else if let Some(version) = item["version"].as_str() {
+fn mirror_change(mirror: &mut Mirror, item: Change) {
+    if item.deleted {
+        mirror.items.remove(&item.id);
+    } else {
         mirror.items.insert(
-            id.to_owned(),
+            item.id,
             Mirrored {
-                version: version.to_owned(),
-                body: item["body"].clone(),
+                version: item.version,
+                body: item.body.unwrap_or(Value::Null),
             },
         );
     }
@@ -1193,7 +1190,9 @@ async fn push_outgoing(
                 let conflicts = sync.join("conflicts").join(category);
                 std::fs::create_dir_all(&conflicts)?;
                 std::fs::rename(&file, conflicts.join(&name))?;
-                mirror_change(mirror, &r["current"]);
+                if let Ok(current) = Change::deserialize(&r["current"]) {
+                    mirror_change(mirror, current);
+                }
                 tracing::info!(
                     category,
                     id,

@@ -443,7 +443,7 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     // Meanwhile the note changes on the server, and on the laptop (offline) too, with a new one
     // besides: the agent pushes its changes when it is back, each based on what it last saw.
     let pulled = ana.pull("notes", None, None).await.unwrap();
-    let n1 = pulled["changes"][0]["version"].as_str().unwrap().to_owned();
+    let n1 = pulled.changes[0].version.clone();
     ana.push(
         "notes",
         json!([{ "id": "n1", "op": "put", "base_version": n1, "body": crate::sync::note("Edited on the web") }]),

@@ -126,9 +126,13 @@ async fn pull_all(c: &Client, collection: &str, token: Option<&str>) -> (Vec<Val
     let mut out = Vec::new();
     loop {
         let page = c.pull(collection, token.as_deref(), None).await.unwrap();
-        out.extend(page["changes"].as_array().unwrap().iter().cloned());
-        token = Some(page["token"].as_str().unwrap().to_owned());
-        if page["more"] != json!(true) {
+        out.extend(
+            page.changes
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap()),
+        );
+        token = Some(page.token);
+        if !page.more {
             return (out, token.unwrap_or_default());
         }
     }
@@ -403,18 +407,15 @@ async fn paging_is_stable_while_another_device_writes(app: &TestApp) {
             .await
             .unwrap();
         pages += 1;
-        for ch in page["changes"].as_array().unwrap() {
-            let v: u64 = ch["version"].as_str().unwrap().parse().unwrap();
+        for ch in page.changes {
+            let v: u64 = ch.version.parse().unwrap();
             // The feed only moves forward: nothing repeats, nothing is reordered.
             assert!(v > last_version, "version {v} after {last_version}");
             last_version = v;
-            seen.insert(
-                ch["id"].as_str().unwrap().to_owned(),
-                (v, ch["body"].clone()),
-            );
+            seen.insert(ch.id, (v, ch.body.unwrap_or_default()));
         }
-        token = Some(page["token"].as_str().unwrap().to_owned());
-        if page["more"] != json!(true) && writer.is_finished() {
+        token = Some(page.token);
+        if !page.more && writer.is_finished() {
             // One more pull after the writer is done catches its last changes.
             let (rest, _) = pull_all(&b, "contacts", token.as_deref()).await;
             for ch in rest {
