@@ -389,13 +389,13 @@ async fn the_same_content_twice_is_stored_once_and_counted_twice(app: &TestApp) 
 async fn the_quota_stops_an_upload_and_releases_its_bytes(app: &TestApp) {
     let (tus, c, account) = signed_in(app, "cy@example.com").await;
     app.store()
-        .set_cloud_plan(account.parse().unwrap(), "free", Some(10 * MB as i64))
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(20 * MB as i64))
         .await
         .unwrap();
     // A file that could never fit is refused when the upload is created.
     let r = tus
         .req(reqwest::Method::POST, "/api/v1/uploads")
-        .header("Upload-Length", (11 * MB).to_string())
+        .header("Upload-Length", (21 * MB).to_string())
         .send()
         .await
         .unwrap();
@@ -406,19 +406,26 @@ async fn the_quota_stops_an_upload_and_releases_its_bytes(app: &TestApp) {
     );
     // Two uploads that each fit, but not together.
     let a = bytes(6 * MB, 3);
-    let b = bytes(6 * MB, 4);
+    let b = bytes(16 * MB, 4);
     let pa = tus.create(a.len(), "a").await;
     let pb = tus.create(b.len(), "b").await;
     let r = tus.patch(&pa, 0, a.clone()).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    // B stops at its first chunk: 6 MB + 4 MiB is past the quota.
-    let r = tus.patch(&pb, 0, b.clone()).await;
+    // B's first 8 MiB fit: two chunks stored, and counted while the upload is in progress.
+    let part = 8 << 20;
+    let r = tus.patch(&pb, 0, b[..part].to_vec()).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(tus.head(&pb).await.1, Some(part));
+    assert_eq!(used(&c.usage().await.unwrap()), (a.len() + part) as i64);
+    assert_eq!(tus.stored().await.1, (a.len() + part) as u64);
+    // The rest stops within B's last chunk: 6 MB + 12 MiB fit, 6 MB + 16 MB do not.
+    let r = tus.patch(&pb, part, b[part..].to_vec()).await;
     assert_eq!(r.status().as_u16(), 507);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
         "quota_exceeded"
     );
-    // Its partial bytes are released: the upload is gone, usage and storage hold A alone.
+    // Every byte B had stored is released: the upload is gone, usage and storage hold A alone.
     assert_eq!(tus.head(&pb).await.0, StatusCode::NOT_FOUND);
     assert_eq!(used(&c.usage().await.unwrap()), a.len() as i64);
     assert_eq!(tus.stored().await.1, a.len() as u64);

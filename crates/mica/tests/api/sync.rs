@@ -605,9 +605,36 @@ async fn quota_is_enforced_at_the_boundary_and_under_concurrency(app: &TestApp) 
     let bin = a.recycle_bin(None).await.unwrap();
     a.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(a.usage().await.unwrap()["used_bytes"], size(&second));
+    // A batch whose first write would fit but not the whole is refused whole: nothing of it
+    // is kept.
+    let err = a
+        .push(
+            "notes",
+            json!([put("n3", first.clone()), put("n4", note("x"))]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(507));
+    assert!(a.item("notes", "n3").await.is_err());
+    assert!(a.item("notes", "n4").await.is_err());
+    assert_eq!(a.usage().await.unwrap()["used_bytes"], size(&second));
     a.push("notes", json!([put("n3", first.clone())]), None)
         .await
         .unwrap();
+    // Full again; a deleted note still counts in the bin, so restoring it fits.
+    let v = a.item("notes", "n3").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.push("notes", json!([delete("n3", &v)]), None)
+        .await
+        .unwrap();
+    let bin = a.recycle_bin(None).await.unwrap();
+    a.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(a.item("notes", "n3").await.unwrap()["body"], first);
+    let usage = a.usage().await.unwrap();
+    assert_eq!(usage["used_bytes"], usage["quota_bytes"]);
 
     // Twenty writers at once against a small quota: the total never goes past it.
     let t = app.signup_email("jo@example.com").await;
@@ -806,14 +833,13 @@ async fn other_accounts_data_is_out_of_reach(app: &TestApp) {
             .map(|s| s.as_u16()),
         Some(404)
     );
-    assert_eq!(
-        n.restore(&bin_id).await.unwrap_err().code(),
-        Some("not_found")
-    );
-    assert_eq!(
-        n.purge(&bin_id).await.unwrap_err().code(),
-        Some("not_found")
-    );
+    for e in [
+        n.restore(&bin_id).await.unwrap_err(),
+        n.purge(&bin_id).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Some("not_found"));
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+    }
     let (changes, _) = pull_all(&n, "notes", None).await;
     assert!(changes.is_empty());
     // A's token means nothing in N's collection.
@@ -1018,6 +1044,7 @@ async fn bad_items_are_refused_and_nothing_is_stored(app: &TestApp) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("unknown_category"));
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(422));
     let e = a
         .raw(
             reqwest::Method::GET,
@@ -1029,8 +1056,17 @@ async fn bad_items_are_refused_and_nothing_is_stored(app: &TestApp) {
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
     let e = a.recycle_bin(Some("pets")).await.unwrap_err();
     assert_eq!(e.code(), Some("unknown_category"));
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(422));
     let e = a.set_device_sync(&["contacts", "pets"]).await.unwrap_err();
     assert_eq!(e.code(), Some("unknown_category"));
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(422));
+    // Nothing was left behind by the refusals.
+    assert!(a
+        .collections()
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c["id"] != "pets"));
     // A second calendar is fine; reusing a category's default id for another is not.
     a.raw(
         reqwest::Method::PUT,
