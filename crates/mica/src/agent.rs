@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,14 +126,43 @@ impl Default for LocationConfig {
 }
 
 /// Shell commands run for the owner's commands. `erase` runs before the data folder is wiped.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
+    /// Plays the ring's sound once; run again and again (a round every [`RING_ROUND`] at
+    /// most) until the ring is stopped on the device (`mica agent stop-ring`) or
+    /// `ring_for_secs` have passed.
     pub ring: Option<String>,
+    #[serde(default = "default_ring_for")]
+    pub ring_for_secs: u64,
     pub lock: Option<String>,
     pub unlock: Option<String>,
     pub erase: Option<String>,
 }
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            ring: None,
+            ring_for_secs: default_ring_for(),
+            lock: None,
+            unlock: None,
+            erase: None,
+        }
+    }
+}
+
+/// A ring that nobody stops on the device ends after five minutes.
+fn default_ring_for() -> u64 {
+    300
+}
+
+/// The shortest round of a ring: a sound hook that returns at once is run again after this,
+/// not in a tight loop.
+const RING_ROUND: Duration = Duration::from_secs(1);
+
+/// The running agent's control socket in its data folder: `mica agent stop-ring` talks to it.
+const CONTROL_SOCKET: &str = "control.sock";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -433,6 +463,181 @@ struct Agent {
     linked: Linked,
     device: Client,
     journal: Mutex<Journal>,
+    /// The ring going on, if any: its command id, and what stops it (dropping it stops it too).
+    ringing: std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+impl Agent {
+    /// Whether `id` is the ring going on now.
+    fn is_ringing(&self, id: &str) -> bool {
+        self.ringing
+            .lock()
+            .is_ok_and(|r| r.as_ref().is_some_and(|(rid, _)| rid == id))
+    }
+
+    /// Stops the ring going on; whether there was one.
+    fn stop_ring(&self) -> bool {
+        let ring = self.ringing.lock().ok().and_then(|mut r| r.take());
+        match ring {
+            Some((_, stop)) => {
+                let _ = stop.send(());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// `mica agent stop-ring`: stops the running agent's ring, as a person holding the device would.
+pub async fn stop_ring(cfg: &AgentConfig) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let path = cfg.data_dir.join(CONTROL_SOCKET);
+    let mut conn = tokio::net::UnixStream::connect(&path)
+        .await
+        .with_context(|| format!("the agent is not running ({})", path.display()))?;
+    conn.write_all(b"stop-ring\n").await?;
+    let mut answer = String::new();
+    tokio::io::BufReader::new(conn)
+        .read_line(&mut answer)
+        .await?;
+    match answer.trim() {
+        "stopped" => println!("the ring is stopped"),
+        "not ringing" => println!("the device is not ringing"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Serves the control socket: one line in, one line out.
+async fn control_loop(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = conn.into_split();
+            let mut line = String::new();
+            let mut read = tokio::io::BufReader::new(read);
+            if read.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = match line.trim() {
+                "stop-ring" if agent.stop_ring() => "stopped\n",
+                "stop-ring" => "not ringing\n",
+                _ => "unknown request\n",
+            };
+            let _ = write.write_all(answer.as_bytes()).await;
+        });
+    }
+}
+
+/// Opens the control socket in the data folder, only for this user.
+fn control_socket(data_dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join(CONTROL_SOCKET);
+    // A socket left by an agent that stopped; a running one is found by connecting.
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another agent runs on this data folder",
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Kills a ring hook's process group and reaps the hook.
+fn silence(child: &mut std::process::Child) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    if kill_process_group(Pid::from_child(child), Signal::KILL).is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Why a ring stopped early: its stop was sent (`mica agent stop-ring`), or dropped (a newer
+/// ring took its place, or the agent is stopping).
+fn stopped_by(r: Result<(), tokio::sync::oneshot::error::RecvError>) -> &'static str {
+    match r {
+        Ok(()) => "stopped on the device",
+        Err(_) => "a newer ring replaced it",
+    }
+}
+
+/// Rings until stopped on the device, replaced by a newer ring, or `ring_for_secs` are up;
+/// then reports how it went. The owner sees the command acknowledged while it rings, and done
+/// once it ends.
+async fn ring(
+    agent: Arc<Agent>,
+    id: String,
+    seq: i64,
+    hook: String,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(agent.cfg.hooks.ring_for_secs);
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let result = 'ring: loop {
+        let round = tokio::time::Instant::now() + RING_ROUND;
+        // In a process group of its own, so that stopping the ring stops whatever the hook
+        // started too (a player it runs, a loop).
+        let mut child = match std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&hook)
+            .env("MICA_COMMAND_ID", &id)
+            .process_group(0)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => break Err(format!("cannot run the hook: {e}")),
+        };
+        // The sound plays until it ends, or the ring is stopped or over.
+        loop {
+            tokio::select! {
+                _ = poll.tick() => match child.try_wait() {
+                    Ok(Some(s)) if s.success() => break,
+                    Ok(Some(s)) => break 'ring Err(format!("the hook exited with {s}")),
+                    Ok(None) => {}
+                    Err(e) => break 'ring Err(format!("waiting for the hook: {e}")),
+                },
+                r = &mut stop => {
+                    silence(&mut child);
+                    break 'ring Ok(stopped_by(r));
+                }
+                _ = tokio::time::sleep_until(until) => {
+                    silence(&mut child);
+                    break 'ring Ok("its time is up");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(round.min(until)) => {}
+            r = &mut stop => break Ok(stopped_by(r)),
+        }
+        if tokio::time::Instant::now() >= until {
+            break Ok("its time is up");
+        }
+    };
+    if let Ok(mut r) = agent.ringing.lock() {
+        if r.as_ref().is_some_and(|(rid, _)| *rid == id) {
+            *r = None;
+        }
+    }
+    let state = match &result {
+        Ok(why) => {
+            tracing::info!(command = %id, "the ring ended: {why}");
+            "done".to_owned()
+        }
+        Err(e) => {
+            tracing::warn!(command = %id, error = %e, "the ring failed");
+            format!("failed: {e}")
+        }
+    };
+    agent.record(&id, seq, &state).await;
+    agent.report(&id, &state).await;
 }
 
 /// How a run of the agent ended.
@@ -462,7 +667,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         cfg,
         linked,
         journal: Mutex::new(journal),
+        ringing: std::sync::Mutex::new(None),
     });
+    let control = control_socket(&agent.cfg.data_dir).with_context(|| {
+        format!(
+            "opening {}",
+            agent.cfg.data_dir.join(CONTROL_SOCKET).display()
+        )
+    })?;
     // Lost mode survives restarts: lock again before anything else.
     if let Some(lost) = read_json::<Value>(&agent.cfg.data_dir.join("lost_mode.json"))? {
         if let Some(h) = &agent.cfg.hooks.lock {
@@ -477,11 +689,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
     let channel = tokio::spawn(channel_loop(agent.clone(), tx, end_tx));
     let reporter = tokio::spawn(report_loop(agent.clone()));
     let sync = tokio::spawn(sync_loop(agent.clone()));
+    let control = tokio::spawn(control_loop(agent.clone(), control));
     let end = end_rx.recv().await.unwrap_or(RunEnd::Unlinked);
-    for t in [channel, reporter, sync] {
+    for t in [channel, reporter, sync, control] {
         t.abort();
     }
     executor.abort();
+    agent.stop_ring();
+    let _ = std::fs::remove_file(agent.cfg.data_dir.join(CONTROL_SOCKET));
     Ok(end)
 }
 
@@ -801,6 +1016,9 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
         };
         if let Some(state) = seen {
             // Sent again (a lost acknowledgement, a reconnect): never run twice.
+            if agent.is_ringing(&id) {
+                continue;
+            }
             match state.as_str() {
                 "started" => {
                     let state = "failed: the device stopped while running it";
@@ -859,7 +1077,16 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
         let result = match kind.as_str() {
             "locate" => agent.locate().await,
             "ring" => match &agent.cfg.hooks.ring {
-                Some(h) => run_hook(h, vec![("MICA_COMMAND_ID", id.clone())]).await,
+                Some(h) => {
+                    // It rings on its own while other commands run; a newer ring replaces it
+                    // (the one it replaces ends, done).
+                    let (stop, stopped) = tokio::sync::oneshot::channel();
+                    if let Ok(mut r) = agent.ringing.lock() {
+                        *r = Some((id.clone(), stop));
+                    }
+                    tokio::spawn(ring(agent.clone(), id.clone(), seq, h.clone(), stopped));
+                    continue;
+                }
                 None => Err("no ring hook is configured".into()),
             },
             "lost_mode" => {

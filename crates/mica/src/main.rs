@@ -54,6 +54,8 @@ enum AgentCommand {
     Status { agent_config: PathBuf },
     /// Leave lost mode with the account password (MICA_AGENT_PASSWORD or standard input).
     Unlock { agent_config: PathBuf },
+    /// Stop the ring the running agent is playing, as a person holding the device would.
+    StopRing { agent_config: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +126,9 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::Unlock { agent_config } => {
             agent::unlock(&AgentConfig::load(&agent_config)?).await
+        }
+        AgentCommand::StopRing { agent_config } => {
+            agent::stop_ring(&AgentConfig::load(&agent_config)?).await
         }
     }
 }

@@ -110,8 +110,66 @@ interval_secs = 5
         std::fs::write(&self.config, toml).unwrap();
     }
 
+    /// Makes the lock hook take three seconds: the agent is busy while it runs.
+    fn slow_lock(&self) {
+        let log = self.root.join("out").join("lock.log");
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        let slow = toml.replacen(
+            &format!(">> {}'", log.display()),
+            &format!(">> {}; sleep 3'", log.display()),
+            1,
+        );
+        assert_ne!(slow, toml);
+        std::fs::write(&self.config, slow).unwrap();
+    }
+
     fn out(&self, file: &str) -> String {
         std::fs::read_to_string(self.root.join("out").join(file)).unwrap_or_default()
+    }
+
+    /// Sets how long a ring lasts when nobody stops it.
+    fn ring_for(&self, secs: u64) {
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        let toml = toml.replacen(
+            "[hooks]\n",
+            &format!("[hooks]\nring_for_secs = {secs}\n"),
+            1,
+        );
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
+    /// The rings the hook played, in order: each command once, however many rounds it rang.
+    fn rang(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lines(&self.out("ring.log"))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        ids.dedup();
+        ids
+    }
+
+    /// Waits until the ring hook has played `id`.
+    async fn until_ringing(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.rang().iter().any(|r| r == id) {
+            assert!(
+                Instant::now() < deadline,
+                "never rang {id}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `mica agent stop-ring`: what a person holding the device does.
+    fn stop_ring(&self) -> String {
+        let out = self.command(&["stop-ring"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "stop-ring: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn data(&self) -> PathBuf {
@@ -299,14 +357,16 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         1,
         "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log",
     );
-    // B's ring takes a while, so a command issued right after it waits unacknowledged and the
-    // server sends it again.
+    // B's lock takes a while, so a command issued right after it waits unacknowledged and the
+    // server sends it again. B's ring plays a long sound (a process of its own) until stopped.
     let mut b = Agent::new(
         app,
         "tablet",
         2,
-        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log; sleep 3",
+        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log; sleep 30 & echo $! >> {out}/ring.pids; wait",
     );
+    b.slow_lock();
+    b.ring_for(5);
     // A holds its command channel as a WebSocket, B as Server-Sent Events: both must work.
     b.use_sse();
     for agent in [&a, &b] {
@@ -349,11 +409,17 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     until_logged(&a, "command channel open (WebSocket)").await;
     until_logged(&b, "command channel open (Server-Sent Events)").await;
 
-    // Ring: the hook runs once and the command is done.
+    // Ring: it rings until stopped on the device; the owner sees it acknowledged meanwhile,
+    // then done.
     let ring = send(&ana, &ida, json!({ "kind": "ring" })).await;
     let ring_id = ring["id"].as_str().unwrap();
+    a.until_ringing(ring_id).await;
+    let v = get(&ana, &format!("/api/v1/devices/{ida}/commands/{ring_id}")).await;
+    assert_eq!(v["state"], "acknowledged");
+    assert_eq!(a.stop_ring(), "the ring is stopped\n");
     until_state(&ana, &ida, ring_id, "done", &a).await;
-    assert_eq!(lines(&a.out("ring.log")), [ring_id]);
+    assert_eq!(a.rang(), [ring_id]);
+    assert_eq!(a.stop_ring(), "the device is not ringing\n");
 
     // Locate: a fresh position arrives.
     let locate = send(&ana, &idb, json!({ "kind": "locate" })).await;
@@ -367,7 +433,7 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     assert_eq!(view["last_location"]["lat"], 48.8584);
 
     // A command sent again while the device is busy still runs once.
-    let slow = send(&ana, &idb, json!({ "kind": "ring" })).await;
+    let slow = send(&ana, &idb, json!({ "kind": "lost_mode" })).await;
     let again = send(&ana, &idb, json!({ "kind": "locate" })).await;
     until_state(&ana, &idb, slow["id"].as_str().unwrap(), "done", &b).await;
     let again = until_state(&ana, &idb, again["id"].as_str().unwrap(), "done", &b).await;
@@ -384,7 +450,43 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         2,
         "the re-delivered locate ran more than once"
     );
-    assert_eq!(lines(&b.out("ring.log")).len(), 1);
+    assert_eq!(lines(&b.out("lock.log")).len(), 1);
+
+    // A newer ring replaces the one going on; a ring nobody stops ends when its time is up.
+    let first = send(&ana, &idb, json!({ "kind": "ring" })).await;
+    let first = first["id"].as_str().unwrap();
+    b.until_ringing(first).await;
+    let second = send(&ana, &idb, json!({ "kind": "ring" })).await;
+    let second = second["id"].as_str().unwrap();
+    until_state(&ana, &idb, first, "done", &b).await;
+    until_state(&ana, &idb, second, "done", &b).await;
+    assert_eq!(b.rang(), [first, second]);
+    assert!(
+        b.log().contains("the ring ended: a newer ring replaced it"),
+        "{}",
+        b.log()
+    );
+    assert!(
+        b.log().contains("the ring ended: its time is up"),
+        "{}",
+        b.log()
+    );
+    // Each time, the sound stopped with the ring: the process the hook started is gone.
+    let pids = b.out("ring.pids");
+    assert_eq!(lines(&pids).len(), 2);
+    for pid in lines(&pids) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next();
+        assert!(
+            matches!(state, None | Some("Z")),
+            "the ring's sound {pid} still plays: {stat}"
+        );
+    }
 
     // Lost mode: the lock hook shows the message; only the account password ends it.
     let lost = send(
@@ -464,8 +566,10 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     )
     .unwrap();
     a.start();
+    a.until_ringing(offline_id).await;
+    assert_eq!(a.stop_ring(), "the ring is stopped\n");
     until_state(&ana, &ida, offline_id, "done", &a).await;
-    assert_eq!(lines(&a.out("ring.log")), [ring_id, offline_id]);
+    assert_eq!(a.rang(), [ring_id, offline_id]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_dir(&outgoing).unwrap().count() > 0 {
         assert!(
@@ -503,11 +607,7 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     a.start();
     let probe = send(&ana, &ida, json!({ "kind": "locate" })).await;
     until_state(&ana, &ida, probe["id"].as_str().unwrap(), "done", &a).await;
-    assert_eq!(
-        lines(&a.out("ring.log")),
-        [ring_id, offline_id],
-        "an expired command ran"
-    );
+    assert_eq!(a.rang(), [ring_id, offline_id], "an expired command ran");
 
     // Another account can neither see nor command these devices.
     let (bob, _) = owner(app, "bob@example.com").await;
@@ -529,7 +629,40 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     )
     .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
-    assert_eq!(lines(&a.out("ring.log")).len(), 2);
+    // Nor rename, switch off or remove them.
+    for (method, body) in [
+        (Method::PATCH, Some(json!({ "name": "Mine now" }))),
+        (Method::PATCH, Some(json!({ "find_device": false }))),
+        (Method::DELETE, None),
+    ] {
+        let e = refused(
+            &bob,
+            method.clone(),
+            &format!("/api/v1/devices/{ida}"),
+            body,
+        )
+        .await;
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(404), "{method}");
+    }
+    // And a device of theirs cannot acknowledge or report on this account's commands.
+    let (_, bobs_device) = link_http(app, &bob, 77).await;
+    for path in [
+        format!("/api/v1/device/commands/{ring_id}/ack"),
+        format!("/api/v1/device/commands/{ring_id}/result"),
+    ] {
+        let e = refused(
+            &bobs_device,
+            Method::POST,
+            &path,
+            Some(json!({ "outcome": "done" })),
+        )
+        .await;
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(404), "{path}");
+    }
+    let view = get(&ana, &format!("/api/v1/devices/{ida}")).await;
+    assert_eq!(view["name"], "laptop");
+    assert_eq!(view["find_device"], true);
+    assert_eq!(a.rang().len(), 2);
 
     // Erase needs a step-up; then the agent wipes its data, reports done, and is unlinked.
     let e = refused(
@@ -871,14 +1004,23 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
 
     // Forged or wrong credentials.
     for token in ["mdc_forged", "not-even-a-device-token", &device_token(&ana)] {
-        let e = app
-            .client
-            .with_token(token)
-            .raw(Method::POST, "/api/v1/device/heartbeat", Some(json!({})))
-            .await
-            .unwrap_err();
-        assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{token}");
-        assert_eq!(e.code(), Some("invalid_device_credential"));
+        for (path, body) in [
+            ("/api/v1/device/heartbeat", json!({})),
+            (
+                "/api/v1/device/locations",
+                json!({ "locations": [{ "lat": 1.0, "lon": 2.0, "accuracy": 5.0, "source": "gps", "at": "2026-11-01T00:00:00Z" }] }),
+            ),
+            ("/api/v1/device/commands/cmd_any/ack", json!({})),
+        ] {
+            let e = app
+                .client
+                .with_token(token)
+                .raw(Method::POST, path, Some(body))
+                .await
+                .unwrap_err();
+            assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{token} {path}");
+            assert_eq!(e.code(), Some("invalid_device_credential"));
+        }
     }
 
     // Bad commands.
