@@ -104,6 +104,62 @@ pub fn read_exif(bytes: &[u8]) -> (Option<Timestamp>, Option<(f64, f64)>) {
     (taken_at, place)
 }
 
+/// Whether a JPEG's main image is whole. Walks its segments from the start-of-image marker,
+/// each skipped by its length — so the end marker of a thumbnail embedded in the EXIF segment,
+/// which a camera photo cut in half still holds, does not count — and each scan's coded data up
+/// to the next marker, until the end-of-image marker. A file cut short runs out before it;
+/// bytes after it (a motion photo's video) do not matter. The decoder alone would not say: it
+/// fills what is missing with grey.
+fn jpeg_complete(b: &[u8]) -> bool {
+    if b.get(..2) != Some(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // A marker: 0xFF (fill bytes may repeat it), then its code.
+        if b.get(i) != Some(&0xFF) {
+            return false;
+        }
+        while b.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = b.get(i) else {
+            return false;
+        };
+        i += 1;
+        match code {
+            0xD9 => return true,
+            // Markers without a segment: restarts, and TEM.
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        let Some(&[hi, lo]) = b.get(i..i + 2) else {
+            return false;
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if len < 2 {
+            return false;
+        }
+        i += len;
+        if code == 0xDA {
+            // The scan's coded data: 0xFF only as 0xFF00 (a data byte) or a restart marker,
+            // until the marker after it.
+            loop {
+                let Some(at) = b.get(i..).and_then(|r| r.iter().position(|&x| x == 0xFF)) else {
+                    return false;
+                };
+                i += at;
+                match b.get(i + 1) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
 fn jpeg(img: &DynamicImage) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let rgb = img.to_rgb8();
@@ -132,7 +188,7 @@ pub fn analyse(bytes: &[u8], max_megapixels: u64) -> Result<Analysis, String> {
     let format = reader()?
         .format()
         .ok_or_else(|| "not an image this server can preview (JPEG, PNG or WebP)".to_owned())?;
-    if format == image::ImageFormat::Jpeg && !bytes.windows(2).any(|w| w == [0xFF, 0xD9]) {
+    if format == image::ImageFormat::Jpeg && !jpeg_complete(bytes) {
         return Err("the image is damaged: it ends before its last byte (truncated)".into());
     }
     let (w, h) = reader()?
@@ -443,6 +499,55 @@ impl Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JPEG of `w`×`h` with an APP1 segment that holds an end-of-image marker, as a camera's
+    /// EXIF thumbnail does.
+    fn jpeg_with_thumbnail(w: u32, h: u32) -> Vec<u8> {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 13 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        }));
+        let plain = jpeg(&img).unwrap_or_default();
+        let thumbnail: &[u8] = b"Exif\0\0\xFF\xD8 thumbnail \xFF\xD9";
+        let mut out = plain[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(
+            &u16::try_from(thumbnail.len() + 2)
+                .unwrap_or(0)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(thumbnail);
+        out.extend_from_slice(&plain[2..]);
+        out
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_found_whatever_its_thumbnail_holds() {
+        let whole = jpeg_with_thumbnail(64, 48);
+        assert!(jpeg_complete(&whole));
+        assert!(analyse(&whole, 10).is_ok());
+        // A motion photo: a video after the image's end.
+        let mut motion = whole.clone();
+        motion.extend_from_slice(b"\0\0\0\x18ftypmp42 a video follows");
+        assert!(jpeg_complete(&motion));
+        // Cut anywhere — in the thumbnail, the tables or the coded data — it is refused, though
+        // the thumbnail's end marker is still there past the middle.
+        for cut in [3, 10, 40, whole.len() / 2, whole.len() - 2] {
+            let part = &whole[..cut];
+            assert!(!jpeg_complete(part), "cut at {cut}");
+            assert!(analyse(part, 10).is_err(), "cut at {cut}");
+        }
+        let photo = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../mica/tests/fixtures/photo.jpg"
+        ))
+        .unwrap_or_default();
+        assert!(jpeg_complete(&photo));
+        assert!(!jpeg_complete(&photo[..photo.len() / 2]));
+    }
 
     #[test]
     fn exif_time_and_place_of_the_fixture_photo() {
