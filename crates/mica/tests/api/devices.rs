@@ -708,7 +708,28 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         .as_array()
         .unwrap()
         .is_empty());
-    b.kill();
+
+    // The owner removes the tablet (stepped up just now): its agent, still running, learns that
+    // it is unlinked and stops, and its credential is refused.
+    let credential = b.credential();
+    ana.raw(Method::DELETE, &format!("/api/v1/devices/{idb}"), None)
+        .await
+        .unwrap();
+    assert!(b.exited().await.success());
+    assert!(
+        b.log()
+            .contains("the server no longer accepts this device's credential"),
+        "{}",
+        b.log()
+    );
+    let e = refused(
+        &app.client.with_token(credential),
+        Method::POST,
+        "/api/v1/device/heartbeat",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(e.code(), Some("invalid_device_credential"));
 }
 
 async fn activation_lock_survives_a_reset(app: &TestApp) {
