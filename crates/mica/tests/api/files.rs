@@ -1,6 +1,6 @@
 //! Files over HTTP: tus uploads interrupted and resumed (across a restart too), dedup, quota
 //! refusal mid-upload and under concurrency, Range and conditional downloads, purge and garbage
-//! collection, other accounts, and bad requests.
+//! collection, other accounts, call recordings played back with ranges, and bad requests.
 
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ on_both_backends!(
     bad_upload_requests_get_clear_errors,
     the_drive_holds_folders_and_files,
     the_gallery_reads_exif_and_makes_previews,
+    call_recordings_sync_and_play_back_with_ranges,
 );
 
 const MB: usize = 1_000_000;
@@ -1368,4 +1369,81 @@ print(first.url)
         blake3::hash(&data)
     );
     app.stop().await;
+}
+
+async fn call_recordings_sync_and_play_back_with_ranges(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "rui@example.com").await;
+    // The phone uploads the recording with its bytes in the creation request (tus
+    // creation-with-upload), its type declared.
+    let audio = bytes(300_000, 21);
+    let r = tus
+        .req(reqwest::Method::POST, "/api/v1/uploads")
+        .header("Upload-Length", audio.len().to_string())
+        .header(
+            "Upload-Metadata",
+            format!("filename {},filetype {}", b64("call.m4a"), b64("audio/mp4")),
+        )
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(audio.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.headers()["upload-offset"],
+        audio.len().to_string().as_str()
+    );
+    let file = r.headers()["mica-file-id"].to_str().unwrap().to_owned();
+    let recording = json!({
+        "file_id": file, "name": "Call with Rui", "kind": "call", "direction": "incoming",
+        "number": "+351912345678", "mime_type": "audio/mp4", "size": audio.len(),
+        "duration_secs": 42.5, "recorded_at": "2026-11-20T18:04:00Z",
+    });
+    c.push(
+        "recordings",
+        json!([{ "id": "call-1", "op": "put", "body": recording }]),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Another device of the account gets it with its number, direction and time.
+    let other = app
+        .client
+        .sign_in("rui@example.com", crate::support::PASSWORD, None)
+        .await
+        .unwrap();
+    let other = app.client.with_token(other.access_token);
+    let page = other.pull("recordings", None, None).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].id, "call-1");
+    assert_eq!(page.changes[0].body, Some(recording.clone()));
+
+    // Playback seeks: a range in the middle, the last bytes, with the declared type.
+    let r = tus.download(&file, Some("bytes=1000-1999")).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-type"], "audio/mp4");
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-1999/{}", audio.len()).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), &audio[1000..2000]);
+    let r = tus.download(&file, Some("bytes=-500")).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), &audio[audio.len() - 500..]);
+
+    // Deleted, it waits in the recycle bin under recordings, its bytes still counted.
+    let version = page.changes[0].version.clone();
+    c.push(
+        "recordings",
+        json!([{ "id": "call-1", "op": "delete", "base_version": version }]),
+        None,
+    )
+    .await
+    .unwrap();
+    let bin = c.recycle_bin(Some("recordings")).await.unwrap();
+    assert_eq!(bin.len(), 1);
+    assert_eq!(bin[0]["item_id"], "call-1");
+    assert_eq!(bin[0]["summary"], "Call with Rui");
+    assert!(used(&c.usage().await.unwrap()) >= audio.len() as i64);
 }
