@@ -91,25 +91,8 @@ async fn populated_account(app: &TestApp, email: &str) -> (AccountId, mica_clien
     upload(vec![3u8; 1000], 2000).await.unwrap();
     // A linked device with Find Device on (so an activation lock): a location it reported, a
     // command sent to it.
-    let name = email.split('@').next().unwrap_or_default();
-    let linked: serde_json::Value = c
-        .raw(
-            reqwest::Method::POST,
-            "/api/v1/devices",
-            Some(serde_json::json!({
-                "name": "phone", "model": "Pixel 9", "os_version": "15", "app_version": "1",
-                "hardware": { "imeis": [], "serial": format!("SN-{name}") },
-                "find_device": true,
-            })),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let device = app
-        .client
-        .with_token(linked["credential"].as_str().unwrap());
+    let n = email.bytes().map(u64::from).sum::<u64>();
+    let (device_id, device) = crate::devices::link_http(app, &c, n).await;
     let at = time::OffsetDateTime::from_unix_timestamp(app.clock_secs())
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
@@ -126,10 +109,7 @@ async fn populated_account(app: &TestApp, email: &str) -> (AccountId, mica_clien
         .unwrap();
     c.raw(
         reqwest::Method::POST,
-        &format!(
-            "/api/v1/devices/{}/commands",
-            linked["device"]["id"].as_str().unwrap()
-        ),
+        &format!("/api/v1/devices/{device_id}/commands"),
         Some(serde_json::json!({ "kind": "ring" })),
     )
     .await

@@ -871,7 +871,9 @@ async fn activation_lock_survives_a_reset(app: &TestApp) {
 }
 
 /// Links a device straight over HTTP (no agent): its id and credential.
-async fn link_http(app: &TestApp, c: &Client, n: u64) -> (String, Client) {
+/// Links a device through the API (Find Device on) for `c`'s account; its id and a client
+/// with its credential. `n` makes its IMEI and serial.
+pub(crate) async fn link_http(app: &TestApp, c: &Client, n: u64) -> (String, Client) {
     let v: Value = c
         .raw(
             Method::POST,
