@@ -463,8 +463,9 @@ struct Agent {
     linked: Linked,
     device: Client,
     journal: Mutex<Journal>,
-    /// The ring going on, if any: its command id, and what stops it (dropping it stops it too).
-    ringing: std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<()>)>>,
+    /// The ring going on, if any: its command id, and what stops it, with the reason (dropping
+    /// it stops it too).
+    ringing: std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<&'static str>)>>,
 }
 
 impl Agent {
@@ -475,12 +476,12 @@ impl Agent {
             .is_ok_and(|r| r.as_ref().is_some_and(|(rid, _)| rid == id))
     }
 
-    /// Stops the ring going on; whether there was one.
-    fn stop_ring(&self) -> bool {
+    /// Stops the ring going on, saying why; whether there was one.
+    fn stop_ring(&self, why: &'static str) -> bool {
         let ring = self.ringing.lock().ok().and_then(|mut r| r.take());
         match ring {
             Some((_, stop)) => {
-                let _ = stop.send(());
+                let _ = stop.send(why);
                 true
             }
             None => false,
@@ -524,7 +525,7 @@ async fn control_loop(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
                 return;
             }
             let answer = match line.trim() {
-                "stop-ring" if agent.stop_ring() => "stopped\n",
+                "stop-ring" if agent.stop_ring("stopped on the device") => "stopped\n",
                 "stop-ring" => "not ringing\n",
                 _ => "unknown request\n",
             };
@@ -559,13 +560,9 @@ fn silence(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// Why a ring stopped early: its stop was sent (`mica agent stop-ring`), or dropped (a newer
-/// ring took its place, or the agent is stopping).
-fn stopped_by(r: Result<(), tokio::sync::oneshot::error::RecvError>) -> &'static str {
-    match r {
-        Ok(()) => "stopped on the device",
-        Err(_) => "a newer ring replaced it",
-    }
+/// Why a ring stopped early: what its stop said, or (dropped unsent) the agent stopping.
+fn stopped_by(r: Result<&'static str, tokio::sync::oneshot::error::RecvError>) -> &'static str {
+    r.unwrap_or("the agent stopped")
 }
 
 /// Rings until stopped on the device, replaced by a newer ring, or `ring_for_secs` are up;
@@ -576,7 +573,7 @@ async fn ring(
     id: String,
     seq: i64,
     hook: String,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::oneshot::Receiver<&'static str>,
 ) {
     let until = tokio::time::Instant::now() + Duration::from_secs(agent.cfg.hooks.ring_for_secs);
     let mut poll = tokio::time::interval(Duration::from_millis(50));
@@ -695,7 +692,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         t.abort();
     }
     executor.abort();
-    agent.stop_ring();
+    agent.stop_ring("the agent stopped");
     let _ = std::fs::remove_file(agent.cfg.data_dir.join(CONTROL_SOCKET));
     Ok(end)
 }
@@ -1080,6 +1077,7 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                 Some(h) => {
                     // It rings on its own while other commands run; a newer ring replaces it
                     // (the one it replaces ends, done).
+                    agent.stop_ring("a newer ring replaced it");
                     let (stop, stopped) = tokio::sync::oneshot::channel();
                     if let Ok(mut r) = agent.ringing.lock() {
                         *r = Some((id.clone(), stop));
