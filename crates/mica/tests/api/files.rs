@@ -24,6 +24,7 @@ on_both_backends!(
     the_drive_holds_folders_and_files,
     the_gallery_reads_exif_and_makes_previews,
     call_recordings_sync_and_play_back_with_ranges,
+    purging_spares_the_chunks_an_upload_in_progress_shares,
 );
 
 const MB: usize = 1_000_000;
@@ -1446,4 +1447,55 @@ async fn call_recordings_sync_and_play_back_with_ranges(app: &TestApp) {
     assert_eq!(bin[0]["item_id"], "call-1");
     assert_eq!(bin[0]["summary"], "Call with Rui");
     assert!(used(&c.usage().await.unwrap()) >= audio.len() as i64);
+}
+
+async fn purging_spares_the_chunks_an_upload_in_progress_shares(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "gu@example.com").await;
+    // A photo of two chunks, deleted to the bin.
+    let data = bytes(6 * MB, 31);
+    let file = tus.upload(&data, "x.jpg").await.unwrap();
+    c.push(
+        "gallery",
+        json!([{"id": "x", "op": "put", "body": photo(&file, "x.jpg", data.len())}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let v = c.item("gallery", "x").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "x", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    // Another device uploads the same photo again; its first chunk (already stored) is in.
+    let again = tus.create(data.len(), "x-again.jpg").await;
+    let first = 4 << 20;
+    let r = tus.patch(&again, 0, data[..first].to_vec()).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The bin is emptied meanwhile: the old photo's chunks are unreferenced by it, but the one
+    // the upload shares must stay.
+    let bin = c.recycle_bin(None).await.unwrap();
+    c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    app.server_cloud().maintenance().await.unwrap();
+    assert_eq!(
+        tus.download(&file, None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(tus.stored().await.1, first as u64);
+    // The upload finishes, and the file is the photo, byte for byte.
+    let r = tus.patch(&again, first, data[first..].to_vec()).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let copy = r.headers()["mica-file-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        tus.download(&copy, None).await.bytes().await.unwrap(),
+        &data[..]
+    );
+    assert_eq!(tus.stored().await.1, data.len() as u64);
+    assert_eq!(used(&c.usage().await.unwrap()), data.len() as i64);
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
 }
