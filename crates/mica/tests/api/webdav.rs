@@ -200,6 +200,67 @@ async fn webdav_serves_the_drive_with_app_passwords(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Nor can a COPY or a MOVE put anything there, named plainly or through `..`; and a name
+    // that climbs out of the drive is refused.
+    let theirs = app.url(&format!("/dav/files/{}/", other.account_id));
+    for (method, destination) in [
+        ("COPY", format!("{theirs}stolen.txt")),
+        ("MOVE", format!("{theirs}stolen.txt")),
+        (
+            "MOVE",
+            format!("{root}Photos/../../{}/stolen.txt", other.account_id),
+        ),
+    ] {
+        let r = app
+            .http
+            .request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{root}Photos/hello.txt"),
+            )
+            .header("Authorization", &auth)
+            .header("Destination", &destination)
+            .send()
+            .await
+            .unwrap();
+        // 502: a destination this drive does not serve (RFC 4918, 9.8.5).
+        assert_eq!(
+            r.status(),
+            StatusCode::BAD_GATEWAY,
+            "{method} to {destination}"
+        );
+    }
+    let theirs_now = app
+        .client
+        .with_token(&other.access_token)
+        .pull("drive", None, None)
+        .await
+        .unwrap();
+    assert!(theirs_now.changes.is_empty(), "{:?}", theirs_now.changes);
+    let r = app
+        .http
+        .get(format!("{root}Photos/hello.txt"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the source stays after a refused MOVE"
+    );
+    for path in [
+        "Photos/..%2F..%2F..%2Fetc%2Fpasswd",
+        "..%2f..%2fetc%2fpasswd",
+    ] {
+        let r = app
+            .http
+            .get(format!("{root}{path}"))
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
     // Revoked, the password stops working at once.
     let list: Value = app
         .http
