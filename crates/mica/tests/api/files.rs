@@ -159,6 +159,21 @@ async fn signed_in<'a>(app: &'a TestApp, email: &str) -> (Tus<'a>, mica_client::
     )
 }
 
+/// Deletes an item in its current version (a recyclable one goes to the bin).
+async fn delete_item(c: &mica_client::Client, category: &str, id: &str) {
+    let v = c.item(category, id).await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        category,
+        json!([{"id": id, "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
 fn used(usage: &Value) -> i64 {
     usage["used_bytes"].as_i64().unwrap()
 }
@@ -585,17 +600,7 @@ async fn purge_and_collection_free_the_storage(app: &TestApp) {
     )
     .await
     .unwrap();
-    let v = c.item("gallery", "x").await.unwrap()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    c.push(
-        "gallery",
-        json!([{"id": "x", "op": "delete", "base_version": v}]),
-        None,
-    )
-    .await
-    .unwrap();
+    delete_item(&c, "gallery", "x").await;
     // In the recycle bin the photo still counts and its bytes stay.
     assert!(used(&c.usage().await.unwrap()) > data.len() as i64);
     assert_eq!(tus.stored().await.1, data.len() as u64);
@@ -606,17 +611,7 @@ async fn purge_and_collection_free_the_storage(app: &TestApp) {
         tus.download(&file, None).await.bytes().await.unwrap().len(),
         data.len()
     );
-    let v = c.item("gallery", "x").await.unwrap()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    c.push(
-        "gallery",
-        json!([{"id": "x", "op": "delete", "base_version": v}]),
-        None,
-    )
-    .await
-    .unwrap();
+    delete_item(&c, "gallery", "x").await;
     let bin = c.recycle_bin(None).await.unwrap();
     c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(used(&c.usage().await.unwrap()), 0);
@@ -1461,17 +1456,7 @@ async fn purging_spares_the_chunks_an_upload_in_progress_shares(app: &TestApp) {
     )
     .await
     .unwrap();
-    let v = c.item("gallery", "x").await.unwrap()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    c.push(
-        "gallery",
-        json!([{"id": "x", "op": "delete", "base_version": v}]),
-        None,
-    )
-    .await
-    .unwrap();
+    delete_item(&c, "gallery", "x").await;
     // Another device uploads the same photo again; its first chunk (already stored) is in.
     let again = tus.create(data.len(), "x-again.jpg").await;
     let first = 4 << 20;
