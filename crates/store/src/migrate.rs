@@ -77,6 +77,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0013_command_seq.sql"),
         postgres: include_str!("../migrations/postgres/0013_command_seq.sql"),
     },
+    Migration {
+        version: 14,
+        sqlite: include_str!("../migrations/sqlite/0014_sparse_item_indexes.sql"),
+        postgres: include_str!("../migrations/postgres/0014_sparse_item_indexes.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
@@ -151,5 +156,32 @@ impl NowMillis for mica_core::SystemClock {
     fn now_millis(&self) -> i64 {
         use mica_core::Clock;
         self.now().millis()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// A migration file that is not in the list would never run: its change would exist only
+    /// in the repository. Every file of each engine is registered, under the version its name
+    /// carries, and the versions run in order.
+    #[test]
+    fn every_migration_file_is_registered() {
+        for engine in ["sqlite", "postgres"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(engine);
+            let mut versions: Vec<i64> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| {
+                    let name = e.unwrap().file_name().into_string().unwrap();
+                    name.split('_').next().unwrap().parse().unwrap()
+                })
+                .collect();
+            versions.sort_unstable();
+            let registered: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+            assert_eq!(versions, registered, "{engine}");
+        }
     }
 }
