@@ -26,6 +26,16 @@ pub enum DevicesError {
     AlreadyAcknowledged,
     #[error("acknowledge the command before reporting its result")]
     NotAcknowledged,
+    #[error("no device is waiting for this code: check it, or start linking again on the device")]
+    LinkCodeUnknown,
+    #[error("the owner has not approved this device yet; ask again after the interval")]
+    LinkPending,
+    #[error("polling too often; wait {} s between polls", retry_after.as_secs().max(1))]
+    LinkSlowDown { retry_after: std::time::Duration },
+    #[error("the account's owner declined to link this device")]
+    LinkDenied,
+    #[error("this link code expired or was already used; start linking again")]
+    LinkCodeExpired,
     #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
@@ -61,6 +71,12 @@ impl DevicesError {
             DevicesError::CommandFinished => "command_finished",
             DevicesError::AlreadyAcknowledged => "command_already_acknowledged",
             DevicesError::NotAcknowledged => "command_not_acknowledged",
+            DevicesError::LinkCodeUnknown => "link_code_unknown",
+            // RFC 8628's names, which device-flow clients know.
+            DevicesError::LinkPending => "authorization_pending",
+            DevicesError::LinkSlowDown { .. } => "slow_down",
+            DevicesError::LinkDenied => "access_denied",
+            DevicesError::LinkCodeExpired => "expired_token",
             DevicesError::RateLimited { .. } => "rate_limited",
             DevicesError::Identity(e) => e.code(),
             DevicesError::Internal(_) => "internal",
@@ -78,7 +94,10 @@ impl DevicesError {
             DevicesError::CommandFinished
             | DevicesError::AlreadyAcknowledged
             | DevicesError::NotAcknowledged => 409,
-            DevicesError::RateLimited { .. } => 429,
+            DevicesError::LinkCodeUnknown => 404,
+            DevicesError::LinkPending | DevicesError::LinkCodeExpired => 400,
+            DevicesError::LinkDenied => 403,
+            DevicesError::RateLimited { .. } | DevicesError::LinkSlowDown { .. } => 429,
             DevicesError::Identity(e) => e.http_status(),
             DevicesError::Internal(_) => 500,
         }

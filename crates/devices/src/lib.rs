@@ -13,6 +13,7 @@
 mod channel;
 mod error;
 pub mod hardware;
+mod link_codes;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use utoipa::ToSchema;
 use channel::{Registry, Wire};
 pub use error::DevicesError;
 pub use hardware::Hardware;
+pub use link_codes::{CodeLinked, LinkCode, LinkRequestView};
 
 pub type Result<T, E = DevicesError> = std::result::Result<T, E>;
 
@@ -54,6 +56,14 @@ pub struct DevicesConfig {
     pub unlock_attempts: Rate,
     /// Activation-status checks per address.
     pub activation_checks: Rate,
+    /// How long a code to link a device stays valid.
+    pub link_code_ttl_secs: u64,
+    /// How often a device waiting to be linked by code may poll.
+    pub link_poll_secs: u64,
+    /// Requests to link by code, per address.
+    pub link_requests: Rate,
+    /// Wrong user codes an account may enter.
+    pub link_code_guesses: Rate,
 }
 
 impl Default for DevicesConfig {
@@ -71,12 +81,22 @@ impl Default for DevicesConfig {
                 burst: 20,
                 period: Duration::from_secs(60),
             },
+            link_code_ttl_secs: 600,
+            link_poll_secs: 5,
+            link_requests: Rate {
+                burst: 10,
+                period: Duration::from_secs(3600),
+            },
+            link_code_guesses: Rate {
+                burst: 10,
+                period: Duration::from_secs(900),
+            },
         }
     }
 }
 
 /// What a device declares when it is linked.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
     /// What the owner calls it ("Ana's phone").
@@ -89,6 +109,20 @@ pub struct LinkRequest {
     /// on, the activation lock binds the device to the account.
     #[serde(default)]
     pub find_device: bool,
+}
+
+impl LinkRequest {
+    /// The declaration checked, trimmed, and its hardware ids normalised.
+    fn validated(self) -> Result<LinkRequest> {
+        Ok(LinkRequest {
+            name: text_field("name", &self.name, 64, true)?,
+            model: text_field("model", &self.model, 64, true)?,
+            os_version: text_field("os_version", &self.os_version, 64, false)?,
+            app_version: text_field("app_version", &self.app_version, 64, false)?,
+            hardware: self.hardware.normalised()?,
+            find_device: self.find_device,
+        })
+    }
 }
 
 /// A freshly linked device and its credential (shown once; the server keeps a hash).
@@ -380,6 +414,8 @@ struct Inner {
     registry: Arc<Registry>,
     unlock_attempts: Limiter,
     activation_checks: Limiter,
+    link_requests: Limiter,
+    link_code_guesses: Limiter,
     /// This node, in the wake-ups it sends other nodes (so it ignores its own).
     node: String,
 }
@@ -422,6 +458,8 @@ impl Devices {
         Devices(Arc::new(Inner {
             unlock_attempts: Limiter::new(cfg.unlock_attempts, clock.clone()),
             activation_checks: Limiter::new(cfg.activation_checks, clock.clone()),
+            link_requests: Limiter::new(cfg.link_requests, clock.clone()),
+            link_code_guesses: Limiter::new(cfg.link_code_guesses, clock.clone()),
             store,
             identity,
             keys,
@@ -594,11 +632,27 @@ impl Devices {
         req: LinkRequest,
         client: &ClientInfo,
     ) -> Result<Linked> {
-        let name = text_field("name", &req.name, 64, true)?;
-        let model = text_field("model", &req.model, 64, true)?;
-        let os_version = text_field("os_version", &req.os_version, 64, false)?;
-        let app_version = text_field("app_version", &req.app_version, 64, false)?;
-        let hardware = req.hardware.normalised()?;
+        let req = req.validated()?;
+        self.link_as(p.account, &p.session, req, client).await
+    }
+
+    /// Links a device whose declaration is already validated, for `account`, on `session`
+    /// (the session the device itself uses).
+    async fn link_as(
+        &self,
+        account: AccountId,
+        session: &SessionId,
+        req: LinkRequest,
+        client: &ClientInfo,
+    ) -> Result<Linked> {
+        let LinkRequest {
+            name,
+            model,
+            os_version,
+            app_version,
+            hardware,
+            find_device,
+        } = req;
         let keys = &self.0.keys;
         let hardware_bidx = hardware.index(keys);
         let attempts_key = format!("{hardware_bidx:02x?}");
@@ -612,8 +666,8 @@ impl Devices {
             .store()
             .link_device(&NewDevice {
                 id: id.clone(),
-                account_id: p.account,
-                session_id: Some(p.session.0.clone()),
+                account_id: account,
+                session_id: Some(session.0.clone()),
                 name,
                 model: model.clone(),
                 os_version,
@@ -622,25 +676,25 @@ impl Devices {
                 hardware_bidx,
                 hardware_id_bidxs: hardware.id_indexes(keys),
                 credential_hash: token_hash(&credential),
-                find_enabled: req.find_device,
+                find_enabled: find_device,
                 now,
             })
             .await?;
         match outcome {
             LinkOutcome::Locked { owner } => {
                 let _ = self.0.unlock_attempts.check(&attempts_key);
-                tracing::info!(account = %p.account, "link refused: activation lock");
+                tracing::info!(%account, "link refused: activation lock");
                 Err(DevicesError::ActivationLocked {
                     owner: mask_account(owner),
                 })
             }
             LinkOutcome::Linked { replaced_sessions } => {
                 for s in replaced_sessions {
-                    if s != p.session.0 {
+                    if s != session.0 {
                         self.0
                             .identity
                             .end_session(
-                                p.account,
+                                account,
                                 &SessionId(s),
                                 "device_relinked",
                                 client,
@@ -651,16 +705,14 @@ impl Devices {
                 }
                 self.0
                     .identity
-                    .record_event(
-                        p.account,
-                        "device_linked",
-                        client,
-                        Some(&p.session),
-                        Some(model),
-                    )
+                    .record_event(account, "device_linked", client, Some(session), Some(model))
                     .await?;
-                self.publish_device(p.account, &id, "linked");
-                let row = self.owned(p, &id).await?;
+                self.publish_device(account, &id, "linked");
+                let row = self
+                    .store()
+                    .device(account, &id)
+                    .await?
+                    .ok_or(DevicesError::NotFound)?;
                 Ok(Linked {
                     device: self.view(&row).await?,
                     credential,
@@ -957,9 +1009,11 @@ impl Devices {
         })
     }
 
-    /// Expires overdue commands and drops locations past their retention.
+    /// Expires overdue commands, drops locations past their retention and link requests past
+    /// their codes' validity.
     pub async fn maintenance(&self) -> Result<()> {
         self.expire(None).await?;
+        self.store().purge_link_requests(self.now()).await?;
         let keep = Duration::from_secs(self.0.cfg.location_retention_days * 86_400);
         self.store().purge_locations(self.now().minus(keep)).await?;
         Ok(())

@@ -17,10 +17,11 @@ use futures_util::stream::{self, Stream, StreamExt};
 use mica_core::Timestamp;
 use mica_devices::{
     ActivationStatus, ChannelFrame, CommandRequest, CommandView, DeviceCaller, DeviceView,
-    DevicesError, Hardware, LinkRequest, Linked, LocationReport, LocationView, Outcome, OwnerEvent,
+    DevicesError, Hardware, LinkRequest, LinkRequestView, Linked, LocationReport, LocationView,
+    Outcome, OwnerEvent,
 };
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -49,6 +50,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(heartbeat))
         .routes(routes!(exit_lost_mode))
         .routes(routes!(activation_status))
+        .routes(routes!(request_link_code))
+        .routes(routes!(poll_link_code))
+        .routes(routes!(lookup_link_request))
+        .routes(routes!(approve_link_request))
+        .routes(routes!(deny_link_request))
 }
 
 impl From<DevicesError> for ApiError {
@@ -63,7 +69,8 @@ impl From<DevicesError> for ApiError {
                 let status = StatusCode::from_u16(e.http_status())
                     .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
                 let retry_after = match &e {
-                    DevicesError::RateLimited { retry_after } => Some(*retry_after),
+                    DevicesError::RateLimited { retry_after }
+                    | DevicesError::LinkSlowDown { retry_after } => Some(*retry_after),
                     _ => None,
                 };
                 let mut err = ApiError::new(status, e.code(), e.to_string());
@@ -630,4 +637,146 @@ async fn activation_status(
             .activation_status(&req.hardware, &client.ip)
             .await?,
     ))
+}
+
+/// What a device shows and keeps when it asks to be linked by code.
+#[derive(Serialize, ToSchema)]
+pub struct LinkCodeResponse {
+    /// Poll `POST /api/v1/device/link/token` with it. Keep it on the device.
+    pub device_code: String,
+    /// Show it: the owner enters it on a device already signed in to the account.
+    #[schema(example = "BCDF-GHJK")]
+    pub user_code: String,
+    /// Where the owner is told to go to enter the code.
+    pub verification_uri: String,
+    /// Seconds before the codes expire.
+    pub expires_in: u64,
+    /// Seconds to wait between polls.
+    pub interval: u64,
+}
+
+/// A device asks to be linked by code (RFC 8628's device authorization grant): no account or
+/// password on the device. Show `user_code`; the owner approves it from a signed-in device
+/// (`POST /api/v1/devices/link-requests/approve`), and the device polls for its credential.
+#[utoipa::path(post, path = "/device/link", tag = "devices",
+    request_body = LinkRequest,
+    responses((status = 201, body = LinkCodeResponse), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+async fn request_link_code(
+    State(app): State<AppState>,
+    client: Client,
+    ApiJson(req): ApiJson<LinkRequest>,
+) -> Result<(StatusCode, Json<LinkCodeResponse>), ApiError> {
+    let code = app
+        .devices
+        .request_link_code(req, &client.info(None))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkCodeResponse {
+            device_code: code.device_code,
+            user_code: code.user_code,
+            verification_uri: format!("{}/link", app.public_url.trim_end_matches('/')),
+            expires_in: code.expires_in,
+            interval: code.interval,
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkTokenRequest {
+    pub device_code: String,
+}
+
+/// A device linked by code: its credential and its own session.
+#[derive(Serialize, ToSchema)]
+pub struct CodeLinkedResponse {
+    pub device: DeviceView,
+    /// `Authorization: Bearer <credential>` on the device endpoints (shown once).
+    pub credential: String,
+    /// The device's session, for the account's other APIs (sync, files).
+    pub session: crate::auth::TokenResponse,
+}
+
+/// The device polls, no more often than `interval`, until its owner decides. Answers
+/// `authorization_pending` (400) until then, `slow_down` (429) when polled too often,
+/// `access_denied` (403) when declined, `expired_token` (400) when the codes expired or were
+/// used; once approved, links the device and returns its credential and session, once.
+#[utoipa::path(post, path = "/device/link/token", tag = "devices",
+    request_body = LinkTokenRequest,
+    responses((status = 201, body = CodeLinkedResponse), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn poll_link_code(
+    State(app): State<AppState>,
+    client: Client,
+    ApiJson(req): ApiJson<LinkTokenRequest>,
+) -> Result<(StatusCode, Json<CodeLinkedResponse>), ApiError> {
+    let done = app
+        .devices
+        .poll_link(&req.device_code, &client.info(None))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CodeLinkedResponse {
+            device: done.linked.device,
+            credential: done.linked.credential,
+            session: crate::auth::tokens(done.session, app.clock.now()),
+        }),
+    ))
+}
+
+/// The code a device shows, as its owner typed it (any case, dash optional). In the body,
+/// not the address, so it stays out of logs.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserCode {
+    #[schema(example = "BCDF-GHJK")]
+    pub user_code: String,
+}
+
+/// What device waits behind a user code: check it before approving. Unknown codes are
+/// `link_code_unknown` (404), and limited per account.
+#[utoipa::path(post, path = "/devices/link-requests/lookup", tag = "devices",
+    security(("bearer" = [])), request_body = UserCode,
+    responses((status = 200, body = LinkRequestView), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+async fn lookup_link_request(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<UserCode>,
+) -> Result<Json<LinkRequestView>, ApiError> {
+    Ok(Json(app.devices.link_request(&p, &req.user_code).await?))
+}
+
+/// Approves the device waiting behind a user code (step-up required): its next poll links it
+/// to this account. `activation_locked` (403) when it is bound to another account.
+#[utoipa::path(post, path = "/devices/link-requests/approve", tag = "devices",
+    security(("bearer" = [])), request_body = UserCode,
+    responses((status = 200, body = LinkRequestView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn approve_link_request(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    ApiJson(req): ApiJson<UserCode>,
+) -> Result<Json<LinkRequestView>, ApiError> {
+    Ok(Json(
+        app.devices
+            .approve_link(&p, &req.user_code, &client.info(None))
+            .await?,
+    ))
+}
+
+/// Declines the device waiting behind a user code: it is told so, and its codes stop working.
+#[utoipa::path(post, path = "/devices/link-requests/deny", tag = "devices",
+    security(("bearer" = [])), request_body = UserCode,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn deny_link_request(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<UserCode>,
+) -> Result<StatusCode, ApiError> {
+    app.devices.deny_link(&p, &req.user_code).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

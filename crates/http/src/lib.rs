@@ -72,6 +72,8 @@ pub struct AppInner {
     pub clock: Arc<dyn Clock>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_forwarded: bool,
+    /// Where people reach this server (the base of addresses it gives out).
+    pub public_url: String,
 }
 
 /// Largest JSON body the API accepts.
@@ -163,6 +165,7 @@ pub fn app(state: AppState) -> App {
     let router = api
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
         .route("/", get(index))
+        .route("/link", get(link_page))
         .merge(webdav::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -280,6 +283,43 @@ async fn index() -> impl IntoResponse {
         "docs": "/api/docs/",
     }))
 }
+
+/// Where a device being linked by code sends its owner (`verification_uri`): how to approve
+/// it. Static, no script, no form: nothing here can be framed or injected.
+async fn link_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        LINK_PAGE,
+    )
+}
+
+const LINK_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Link a device to your Mica account</title></head>
+<body>
+<main>
+<h1>Link a device</h1>
+<p>The device you are setting up shows a code such as <strong>BCDF-GHJK</strong>, valid for ten minutes.</p>
+<ol>
+<li>On a phone or computer already signed in to your Mica account, enter the code where its app offers to link a device.
+On a computer linked with the Mica agent, run <code>mica agent approve agent.toml BCDF-GHJK</code>.</li>
+<li>Check that the name and model shown are those of the device in front of you.</li>
+<li>Confirm it is you (a code sent to your email, or your authenticator app), and approve.</li>
+</ol>
+<p>The device then links itself within a few seconds. Never enter a code that someone sent you:
+it would link their device to your account.</p>
+</main>
+</body>
+</html>
+"#;
 
 async fn not_found() -> ApiError {
     ApiError::not_found()

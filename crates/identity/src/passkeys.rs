@@ -410,12 +410,7 @@ impl Identity {
         client.device.check()?;
         let (account, _, state): (_, _, PasskeyAuthentication) =
             self.take_ceremony(challenge_id, PURPOSE_SIGN_IN).await?;
-        let active = self
-            .store()
-            .account(mica_store::LookupBy::Id(account))
-            .await?
-            .is_some_and(|a| a.status == "active");
-        if !active {
+        if !self.is_active(account).await? {
             return Err(IdentityError::InvalidCredentials);
         }
         self.finish_assertion(account, &state, credential).await?;

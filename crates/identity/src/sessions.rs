@@ -202,6 +202,31 @@ impl Identity {
         }
     }
 
+    /// Opens a session for a device its owner approved from one of their signed-in sessions
+    /// (linking by code): the device never saw the password; the approval, given after a
+    /// step-up, stands for the sign-in. The owner is alerted as for any sign-in from a new
+    /// device. Fails with `Unauthenticated` when the account is no longer active.
+    pub async fn open_approved_session(
+        &self,
+        account: AccountId,
+        client: &ClientInfo,
+    ) -> Result<SignedIn, IdentityError> {
+        client.device.check()?;
+        if !self.is_active(account).await? {
+            return Err(IdentityError::Unauthenticated);
+        }
+        self.open_session_alerting(account, client).await
+    }
+
+    /// Whether the account exists and is active (not being deleted).
+    pub(crate) async fn is_active(&self, account: AccountId) -> Result<bool, IdentityError> {
+        Ok(self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await?
+            .is_some_and(|a| a.status == "active"))
+    }
+
     /// Opens a session after a sign-in, and alerts the owner when the client is one the account
     /// never signed in from (ID-11).
     pub(crate) async fn open_session_alerting(

@@ -299,8 +299,8 @@ async fn run_hook(cmd: &str, env: Vec<(&'static str, String)>) -> Result<(), Str
     .map_err(|e| format!("hook task: {e}"))?
 }
 
-/// `mica agent link`: signs in, links this device, keeps its credential.
-pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
+/// Linking again over a kept link would orphan it: refused.
+fn not_linked_yet(cfg: &AgentConfig) -> anyhow::Result<()> {
     let device_file = cfg.data_dir.join("device.json");
     if device_file.exists() {
         bail!(
@@ -308,6 +308,12 @@ pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
             device_file.display()
         );
     }
+    Ok(())
+}
+
+/// `mica agent link`: signs in, links this device, keeps its credential.
+pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
+    not_linked_yet(cfg)?;
     let client = Client::new(cfg.base());
     let pw = password()?;
     let device = mica_client::Device {
@@ -329,15 +335,10 @@ pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
         Err(e) => bail!("sign-in failed: {}", describe(&e)),
     };
     let user = client.with_token(&tokens.access_token);
-    let body = json!({
-        "name": cfg.device.name,
-        "model": cfg.device.model,
-        "os_version": cfg.device.os_version,
-        "app_version": concat!("mica-agent ", env!("CARGO_PKG_VERSION")),
-        "hardware": cfg.hardware(),
-        "find_device": cfg.device.find_device,
-    });
-    let resp = match user.raw(Method::POST, "/api/v1/devices", Some(body)).await {
+    let resp = match user
+        .raw(Method::POST, "/api/v1/devices", Some(declaration(cfg)))
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             // Leave no session behind for a device that could not be linked.
@@ -346,6 +347,38 @@ pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
         }
     };
     let linked: Value = resp.json().await?;
+    keep_link(
+        cfg,
+        &user,
+        &linked,
+        &tokens.account_id,
+        &tokens.refresh_token,
+    )
+    .await
+}
+
+/// What this device declares when it is linked.
+fn declaration(cfg: &AgentConfig) -> Value {
+    json!({
+        "name": cfg.device.name,
+        "model": cfg.device.model,
+        "os_version": cfg.device.os_version,
+        "app_version": concat!("mica-agent ", env!("CARGO_PKG_VERSION")),
+        "hardware": cfg.hardware(),
+        "find_device": cfg.device.find_device,
+    })
+}
+
+/// Keeps what linking gave (the device and its credential, the session's refresh token), the
+/// activation-lock marker, and the categories to sync (told to the server with `user`, the
+/// device's session).
+async fn keep_link(
+    cfg: &AgentConfig,
+    user: &Client,
+    linked: &Value,
+    account_id: &str,
+    refresh_token: &str,
+) -> anyhow::Result<()> {
     let device_id = linked["device"]["id"]
         .as_str()
         .unwrap_or_default()
@@ -355,12 +388,12 @@ pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
         bail!("the server's answer to linking is not understood: {linked}");
     }
     write_json(
-        &device_file,
+        &cfg.data_dir.join("device.json"),
         &Linked {
             device_id: device_id.clone(),
             credential,
-            account_id: tokens.account_id.clone(),
-            refresh_token: tokens.refresh_token.clone(),
+            account_id: account_id.to_owned(),
+            refresh_token: refresh_token.to_owned(),
         },
     )?;
     if cfg.device.find_device {
@@ -368,7 +401,7 @@ pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
             &cfg.state_file,
             &Marker {
                 locked: true,
-                owner: mask(&tokens.account_id),
+                owner: mask(account_id),
                 device_id: device_id.clone(),
             },
         )?;
@@ -379,9 +412,172 @@ pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("choosing the categories to sync: {}", describe(&e)))?;
     }
+    println!("linked as {device_id} to account {}", mask(account_id));
+    Ok(())
+}
+
+/// `mica agent link --code`: links this device without typing the password on it. Shows a
+/// code for the owner to approve from a device already signed in to the account, and waits.
+pub async fn link_by_code(cfg: &AgentConfig) -> anyhow::Result<()> {
+    not_linked_yet(cfg)?;
+    let client = Client::new(cfg.base());
+    let code: Value = client
+        .raw(Method::POST, "/api/v1/device/link", Some(declaration(cfg)))
+        .await
+        .map_err(|e| anyhow::anyhow!("asking for a link code failed: {}", describe(&e)))?
+        .json()
+        .await?;
+    let (Some(device_code), Some(user_code)) =
+        (code["device_code"].as_str(), code["user_code"].as_str())
+    else {
+        bail!("the server's answer to a link code request is not understood: {code}");
+    };
+    let expires_in = code["expires_in"].as_u64().unwrap_or(600);
+    let mut interval = Duration::from_secs(code["interval"].as_u64().unwrap_or(5).max(1));
     println!(
-        "linked as {device_id} to account {}",
-        mask(&tokens.account_id)
+        "To link this device, enter the code {user_code} on a phone or computer signed in to your account \
+         (or there run `mica agent approve <its agent.toml> {user_code}`); see {}. \
+         The code is valid for {} minutes.",
+        code["verification_uri"].as_str().unwrap_or("the account's Devices page"),
+        expires_in.div_ceil(60)
+    );
+    std::io::stdout().flush()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(expires_in);
+    let body = json!({ "device_code": device_code });
+    let linked: Value = loop {
+        tokio::time::sleep(interval).await;
+        match client
+            .raw(
+                Method::POST,
+                "/api/v1/device/link/token",
+                Some(body.clone()),
+            )
+            .await
+        {
+            Ok(r) => break r.json().await?,
+            Err(e) => match e.code() {
+                Some("authorization_pending") => {}
+                // RFC 8628 §3.5: wait five seconds longer from now on.
+                Some("slow_down") => interval += Duration::from_secs(5),
+                Some(_) => bail!("linking failed: {}", describe(&e)),
+                // The server is unreachable for a moment: keep trying until the code expires.
+                None => eprintln!("polling for the approval: {}", describe(&e)),
+            },
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the code expired before it was approved; run `mica agent link --code` again");
+        }
+    };
+    let session = &linked["session"];
+    let (Some(account_id), Some(access), Some(refresh)) = (
+        session["account_id"].as_str(),
+        session["access_token"].as_str(),
+        session["refresh_token"].as_str(),
+    ) else {
+        bail!("the server's answer to linking is not understood: {linked}");
+    };
+    keep_link(
+        cfg,
+        &client.with_token(access),
+        &linked,
+        account_id,
+        refresh,
+    )
+    .await
+}
+
+/// Refreshes this device's session. Holds `session.lock` in the data folder meanwhile, so two
+/// processes of this device (the running agent's sync, `mica agent approve`) never spend one
+/// refresh token twice: the server takes a second use for a stolen token and ends the session.
+async fn refresh_session(
+    cfg: &AgentConfig,
+    client: &Client,
+) -> anyhow::Result<mica_client::Tokens> {
+    let dir = cfg.data_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("session.lock"))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(f)
+    })
+    .await
+    .context("locking the session")??;
+    let device_file = cfg.data_dir.join("device.json");
+    let mut linked: Linked = read_json(&device_file)?.context("the device is no longer linked")?;
+    let tokens = client
+        .refresh(&linked.refresh_token)
+        .await
+        .map_err(|e| anyhow::anyhow!("refreshing the session: {}", describe(&e)))?;
+    linked.refresh_token = tokens.refresh_token.clone();
+    write_json(&device_file, &linked)?;
+    Ok(tokens)
+}
+
+/// `mica agent approve`: from this linked device, approves another device waiting with a user
+/// code, after checking what it is. Approving needs a fresh factor: a TOTP code from
+/// `MICA_AGENT_TOTP`, else a code sent to the account's email (or phone), read from standard
+/// input.
+pub async fn approve(cfg: &AgentConfig, user_code: &str) -> anyhow::Result<()> {
+    if !cfg.data_dir.join("device.json").exists() {
+        bail!("this device is not linked: only a linked device can approve another");
+    }
+    let client = Client::new(cfg.base());
+    let tokens = refresh_session(cfg, &client).await?;
+    let user = client.with_token(&tokens.access_token);
+    let body = json!({ "user_code": user_code });
+    let waiting: Value = user
+        .raw(
+            Method::POST,
+            "/api/v1/devices/link-requests/lookup",
+            Some(body.clone()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?
+        .json()
+        .await?;
+    println!(
+        "Waiting to be linked: \"{}\", {} ({}), asked from {} at {}.",
+        waiting["name"].as_str().unwrap_or("?"),
+        waiting["model"].as_str().unwrap_or("?"),
+        waiting["os_version"].as_str().unwrap_or("?"),
+        waiting["ip"].as_str().unwrap_or("?"),
+        waiting["requested_at"].as_str().unwrap_or("?"),
+    );
+    if let Ok(totp) = std::env::var("MICA_AGENT_TOTP") {
+        user.step_up_with_totp(&totp)
+            .await
+            .map_err(|e| anyhow::anyhow!("step-up failed: {}", describe(&e)))?;
+    } else {
+        // To the account's email, or to its phone when it has no email.
+        let sent = match user.step_up_send("email").await {
+            Err(e) if e.code() == Some("factor_missing") => user.step_up_send("sms").await,
+            other => other,
+        }
+        .map_err(|e| anyhow::anyhow!("sending a step-up code: {}", describe(&e)))?;
+        println!(
+            "To confirm it is you, enter the code sent to {}:",
+            sent.sent_to
+        );
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        user.step_up_with_code(&sent.challenge_id, line.trim())
+            .await
+            .map_err(|e| anyhow::anyhow!("step-up failed: {}", describe(&e)))?;
+    }
+    user.raw(
+        Method::POST,
+        "/api/v1/devices/link-requests/approve",
+        Some(body),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("approving failed: {}", describe(&e)))?;
+    println!(
+        "approved: \"{}\" is being linked to your account",
+        waiting["name"].as_str().unwrap_or("?")
     );
     Ok(())
 }
@@ -1281,15 +1477,8 @@ struct Mirrored {
 /// `data_dir/sync/conflicts/<category>/` for the person to look at, and the mirror takes the
 /// server's item.
 async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
-    let device_file = agent.cfg.data_dir.join("device.json");
-    let mut linked: Linked = read_json(&device_file)?.context("the device is no longer linked")?;
     let client = Client::new(agent.cfg.base());
-    let tokens = client
-        .refresh(&linked.refresh_token)
-        .await
-        .map_err(|e| anyhow::anyhow!("refreshing the session: {}", describe(&e)))?;
-    linked.refresh_token = tokens.refresh_token.clone();
-    write_json(&device_file, &linked)?;
+    let tokens = refresh_session(&agent.cfg, &client).await?;
     let user = client.with_token(&tokens.access_token);
     let sync = agent.cfg.data_dir.join("sync");
     for category in &agent.cfg.sync.categories {

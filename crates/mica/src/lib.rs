@@ -137,6 +137,7 @@ impl Server {
             store: store.clone(),
             clock,
             trust_forwarded: cfg.trust_forwarded,
+            public_url: public_url.clone(),
         });
         let app = mica_http::app(state);
         let (tx, mut rx) = watch::channel(false);

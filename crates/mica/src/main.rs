@@ -40,13 +40,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AgentCommand {
-    /// Sign in and link this device (password from MICA_AGENT_PASSWORD or standard input).
+    /// Link this device: sign in with `--login` (password from MICA_AGENT_PASSWORD or standard
+    /// input), or with `--code` show a code for the owner to approve from a signed-in device.
     Link {
         /// The agent's configuration file (TOML).
         agent_config: PathBuf,
         /// Account number, email or phone number.
+        #[arg(long, required_unless_present = "code", conflicts_with = "code")]
+        login: Option<String>,
+        /// No password on this device: wait for the owner to approve the code it shows.
         #[arg(long)]
-        login: String,
+        code: bool,
+    },
+    /// From this linked device, approve another device that shows a link code (after a
+    /// step-up: MICA_AGENT_TOTP, or a code sent to the account's email or phone, read from
+    /// standard input).
+    Approve {
+        agent_config: PathBuf,
+        /// The code the other device shows, e.g. BCDF-GHJK.
+        user_code: String,
     },
     /// Keep the command channel open, run commands, report the location, sync.
     Run { agent_config: PathBuf },
@@ -115,7 +127,18 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::Link {
             agent_config,
             login,
-        } => agent::link(&AgentConfig::load(&agent_config)?, &login).await,
+            code,
+        } => {
+            let cfg = AgentConfig::load(&agent_config)?;
+            match login {
+                Some(login) if !code => agent::link(&cfg, &login).await,
+                _ => agent::link_by_code(&cfg).await,
+            }
+        }
+        AgentCommand::Approve {
+            agent_config,
+            user_code,
+        } => agent::approve(&AgentConfig::load(&agent_config)?, &user_code).await,
         AgentCommand::Run { agent_config } => {
             let end = agent::run(AgentConfig::load(&agent_config)?).await?;
             println!("agent stopped: {end:?}");

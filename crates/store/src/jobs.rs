@@ -150,6 +150,12 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "activation_locks",
         condition: "account_id = $1",
     },
+    // Link requests the account approved or declined (undecided ones belong to no account
+    // and expire within minutes).
+    AccountTable {
+        table: "device_link_requests",
+        condition: "account_id = $1",
+    },
     // The archives' files are removed (by the deletion job) before this step.
     AccountTable {
         table: "exports",

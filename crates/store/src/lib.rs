@@ -25,6 +25,7 @@ mod devices;
 mod exports;
 mod files;
 mod jobs;
+mod link_requests;
 mod media;
 mod migrate;
 mod passkeys;
@@ -56,6 +57,7 @@ pub use files::{
     CHUNK_BYTES, UPLOADS_CATEGORY,
 };
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
+pub use link_requests::{LinkPoll, LinkRequestRow, NewLinkRequest};
 pub use media::{MediaDone, MediaRow};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;

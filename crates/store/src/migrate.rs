@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0014_sparse_item_indexes.sql"),
         postgres: include_str!("../migrations/postgres/0014_sparse_item_indexes.sql"),
     },
+    Migration {
+        version: 15,
+        sqlite: include_str!("../migrations/sqlite/0015_device_link_requests.sql"),
+        postgres: include_str!("../migrations/postgres/0015_device_link_requests.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

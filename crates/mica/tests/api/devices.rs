@@ -25,7 +25,7 @@ on_both_backends!(
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
-fn imei(n: u64) -> String {
+pub(crate) fn imei(n: u64) -> String {
     let body = format!("35{:012}", n);
     for d in 0..10 {
         let candidate = format!("{body}{d}");
@@ -38,14 +38,14 @@ fn imei(n: u64) -> String {
 
 /// A test device: its data folder (wiped by a reset), its state file (which survives one), its
 /// hooks (which write what they did into `out/`), and the agent process.
-struct Agent {
+pub(crate) struct Agent {
     root: PathBuf,
     config: PathBuf,
     child: Option<Child>,
 }
 
 impl Agent {
-    fn new(app: &TestApp, name: &str, n: u64, ring_hook: &str) -> Agent {
+    pub(crate) fn new(app: &TestApp, name: &str, n: u64, ring_hook: &str) -> Agent {
         let root = std::env::temp_dir().join(format!(
             "mica-agent-{name}-{}-{}",
             std::process::id(),
@@ -123,12 +123,12 @@ interval_secs = 5
         std::fs::write(&self.config, slow).unwrap();
     }
 
-    fn out(&self, file: &str) -> String {
+    pub(crate) fn out(&self, file: &str) -> String {
         std::fs::read_to_string(self.root.join("out").join(file)).unwrap_or_default()
     }
 
     /// Sets how long a ring lasts when nobody stops it.
-    fn ring_for(&self, secs: u64) {
+    pub(crate) fn ring_for(&self, secs: u64) {
         let toml = std::fs::read_to_string(&self.config).unwrap();
         let toml = toml.replacen(
             "[hooks]\n",
@@ -139,7 +139,7 @@ interval_secs = 5
     }
 
     /// The rings the hook played, in order: each command once, however many rounds it rang.
-    fn rang(&self) -> Vec<String> {
+    pub(crate) fn rang(&self) -> Vec<String> {
         let mut ids: Vec<String> = lines(&self.out("ring.log"))
             .into_iter()
             .map(str::to_owned)
@@ -149,7 +149,7 @@ interval_secs = 5
     }
 
     /// Waits until the ring hook has played `id`.
-    async fn until_ringing(&self, id: &str) {
+    pub(crate) async fn until_ringing(&self, id: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.rang().iter().any(|r| r == id) {
             assert!(
@@ -162,7 +162,7 @@ interval_secs = 5
     }
 
     /// `mica agent stop-ring`: what a person holding the device does.
-    fn stop_ring(&self) -> String {
+    pub(crate) fn stop_ring(&self) -> String {
         let out = self.command(&["stop-ring"]).output().unwrap();
         assert!(
             out.status.success(),
@@ -172,11 +172,11 @@ interval_secs = 5
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.root.join("data")
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
         c.arg("agent").args(args).arg(&self.config);
         for (k, _) in std::env::vars() {
@@ -196,25 +196,25 @@ interval_secs = 5
             .unwrap()
     }
 
-    fn link(&self, login: &str) -> Output {
+    pub(crate) fn link(&self, login: &str) -> Output {
         self.run_with_password(&["link", "--login", login], PASSWORD)
     }
 
-    fn linked_id(&self) -> String {
+    pub(crate) fn linked_id(&self) -> String {
         let v: Value =
             serde_json::from_slice(&std::fs::read(self.data().join("device.json")).unwrap())
                 .unwrap();
         v["device_id"].as_str().unwrap().to_owned()
     }
 
-    fn credential(&self) -> String {
+    pub(crate) fn credential(&self) -> String {
         let v: Value =
             serde_json::from_slice(&std::fs::read(self.data().join("device.json")).unwrap())
                 .unwrap();
         v["credential"].as_str().unwrap().to_owned()
     }
 
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let log = std::fs::File::create(self.root.join("agent.log")).unwrap();
         let child = self
             .command(&["run"])
@@ -226,7 +226,7 @@ interval_secs = 5
         self.child = Some(child);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -234,7 +234,7 @@ interval_secs = 5
     }
 
     /// Waits for the agent to exit by itself.
-    async fn exited(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn exited(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(c) = self.child.as_mut() {
@@ -258,7 +258,7 @@ interval_secs = 5
         let _ = std::fs::remove_dir_all(self.data());
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("agent.log")).unwrap_or_default()
     }
 }
@@ -270,17 +270,17 @@ impl Drop for Agent {
     }
 }
 
-async fn sign_in(app: &TestApp, login: &str) -> Client {
+pub(crate) async fn sign_in(app: &TestApp, login: &str) -> Client {
     let t = app.client.sign_in(login, PASSWORD, None).await.unwrap();
     app.client.with_token(t.access_token)
 }
 
-async fn owner(app: &TestApp, email: &str) -> (Client, String) {
+pub(crate) async fn owner(app: &TestApp, email: &str) -> (Client, String) {
     let t = app.signup_email(email).await;
     (app.client.with_token(t.access_token), t.account_id)
 }
 
-async fn get(c: &Client, path: &str) -> Value {
+pub(crate) async fn get(c: &Client, path: &str) -> Value {
     c.raw(Method::GET, path, None)
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
@@ -289,7 +289,7 @@ async fn get(c: &Client, path: &str) -> Value {
         .unwrap()
 }
 
-async fn send(c: &Client, device: &str, body: Value) -> Value {
+pub(crate) async fn send(c: &Client, device: &str, body: Value) -> Value {
     c.raw(
         Method::POST,
         &format!("/api/v1/devices/{device}/commands"),
@@ -303,7 +303,13 @@ async fn send(c: &Client, device: &str, body: Value) -> Value {
 }
 
 /// Polls a command until it reaches `state` (the agent works in real time).
-async fn until_state(c: &Client, device: &str, command: &str, state: &str, agent: &Agent) -> Value {
+pub(crate) async fn until_state(
+    c: &Client,
+    device: &str,
+    command: &str,
+    state: &str,
+    agent: &Agent,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = get(c, &format!("/api/v1/devices/{device}/commands/{command}")).await;
@@ -320,7 +326,7 @@ async fn until_state(c: &Client, device: &str, command: &str, state: &str, agent
     }
 }
 
-async fn until_online(c: &Client, device: &str, agent: &Agent) {
+pub(crate) async fn until_online(c: &Client, device: &str, agent: &Agent) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(c, &format!("/api/v1/devices/{device}")).await["online"] != json!(true) {
         assert!(
@@ -333,7 +339,7 @@ async fn until_online(c: &Client, device: &str, agent: &Agent) {
 }
 
 /// Waits until the agent's log says `needle`.
-async fn until_logged(agent: &Agent, needle: &str) {
+pub(crate) async fn until_logged(agent: &Agent, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !agent.log().contains(needle) {
         assert!(
@@ -870,7 +876,6 @@ async fn activation_lock_survives_a_reset(app: &TestApp) {
     );
 }
 
-/// Links a device straight over HTTP (no agent): its id and credential.
 /// Links a device through the API (Find Device on) for `c`'s account; its id and a client
 /// with its credential. `n` makes its IMEI and serial.
 pub(crate) async fn link_http(app: &TestApp, c: &Client, n: u64) -> (String, Client) {
@@ -1261,7 +1266,7 @@ async fn the_owner_sees_command_states_live(app: &TestApp) {
 }
 
 /// A request that must be refused; its error.
-async fn refused(
+pub(crate) async fn refused(
     c: &Client,
     method: Method,
     path: &str,
@@ -1274,7 +1279,7 @@ async fn refused(
 }
 
 /// A POST that must succeed; its JSON answer.
-async fn post(c: &Client, path: &str, body: Value) -> Value {
+pub(crate) async fn post(c: &Client, path: &str, body: Value) -> Value {
     c.raw(Method::POST, path, Some(body))
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e:?}"))

@@ -19,6 +19,7 @@ mod export;
 mod factors;
 mod files;
 mod limits;
+mod link_codes;
 mod passkeys;
 mod profile;
 mod recovery;

@@ -72,6 +72,8 @@ impl TestApp {
         cfg.smtp_url = Some(SecretString::from(smtp.url()));
         cfg.sms_webhook_url = Some(SecretString::from(sms.url.clone()));
         cfg.email_from = "Mica <no-reply@mica.test>".into();
+        // A device waiting for its link code's approval polls every second, not every five.
+        cfg.devices.link_poll_secs = 1;
         let mut pg = None;
         if backend == Backend::Postgres {
             let admin = postgres_url()?;
