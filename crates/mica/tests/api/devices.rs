@@ -22,6 +22,7 @@ on_both_backends!(
     the_owner_sees_command_states_live,
     commands_reach_a_device_connected_to_another_node,
     a_websocket_channel_takes_acknowledgements,
+    an_agent_refuses_a_command_older_than_its_journal,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -1485,4 +1486,39 @@ async fn a_websocket_channel_takes_acknowledgements(app: &TestApp) {
     let frame = next_json(&mut newer).await;
     assert_eq!(frame["id"], c2["id"]);
     assert_eq!(frame["seq"], 2);
+}
+
+/// A command whose sequence number is at or below what the agent's journal has forgotten cannot
+/// be told apart from a replay of one it already ran: the agent refuses it, unacknowledged.
+async fn an_agent_refuses_a_command_older_than_its_journal(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let mut a = Agent::new(
+        app,
+        "veteran",
+        51,
+        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log",
+    );
+    let out = a.link("ana@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = a.linked_id();
+    // The device has run and forgotten a thousand commands: it only remembers that much.
+    std::fs::write(
+        a.data().join("journal.json"),
+        json!({ "forgotten_upto": 1000, "entries": {} }).to_string(),
+    )
+    .unwrap();
+    a.start();
+    until_online(&ana, &id, &a).await;
+    let ring = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let ring_id = ring["id"].as_str().unwrap();
+    assert_eq!(ring["seq"], 1);
+    until_logged(&a, "refusing a command older than the journal remembers").await;
+    // Delivered (its delivery is recorded once written to the channel), never acknowledged.
+    let v = until_state(&ana, &id, ring_id, "delivered", &a).await;
+    assert!(v["acknowledged_at"].is_null(), "{v}");
+    assert!(a.rang().is_empty(), "the hook never ran");
 }
