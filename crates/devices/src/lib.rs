@@ -64,6 +64,8 @@ pub struct DevicesConfig {
     pub link_requests: Rate,
     /// Wrong user codes an account may enter.
     pub link_code_guesses: Rate,
+    /// Polls of waiting devices, per address.
+    pub link_polls: Rate,
 }
 
 impl Default for DevicesConfig {
@@ -90,6 +92,11 @@ impl Default for DevicesConfig {
             link_code_guesses: Rate {
                 burst: 10,
                 period: Duration::from_secs(900),
+            },
+            // Twelve devices behind one address, each polling every five seconds.
+            link_polls: Rate {
+                burst: 144,
+                period: Duration::from_secs(60),
             },
         }
     }
@@ -416,6 +423,7 @@ struct Inner {
     activation_checks: Limiter,
     link_requests: Limiter,
     link_code_guesses: Limiter,
+    link_polls: Limiter,
     /// This node, in the wake-ups it sends other nodes (so it ignores its own).
     node: String,
 }
@@ -460,6 +468,7 @@ impl Devices {
             activation_checks: Limiter::new(cfg.activation_checks, clock.clone()),
             link_requests: Limiter::new(cfg.link_requests, clock.clone()),
             link_code_guesses: Limiter::new(cfg.link_code_guesses, clock.clone()),
+            link_polls: Limiter::new(cfg.link_polls, clock.clone()),
             store,
             identity,
             keys,

@@ -139,10 +139,12 @@ impl Devices {
     /// The pending request behind a user code the owner typed. Wrong codes are limited per
     /// account, so a session cannot walk the code space.
     async fn pending_link(&self, p: &Principal, typed: &str) -> Result<LinkRequestRow> {
+        // Every attempt takes a token before the look-up, and a code that matches gives it back:
+        // attempts sent at once cannot all pass before any is counted.
         let key = p.account.to_string();
-        self.0
-            .link_code_guesses
-            .peek(&key)
+        let guesses = &self.0.link_code_guesses;
+        guesses
+            .check(&key)
             .map_err(|wait| DevicesError::RateLimited { retry_after: wait })?;
         let found = match normalise_user_code(typed) {
             Some(code) => {
@@ -152,13 +154,9 @@ impl Devices {
             }
             None => None,
         };
-        match found {
-            Some(row) => Ok(row),
-            None => {
-                let _ = self.0.link_code_guesses.check(&key);
-                Err(DevicesError::LinkCodeUnknown)
-            }
-        }
+        let row = found.ok_or(DevicesError::LinkCodeUnknown)?;
+        guesses.refund(&key);
+        Ok(row)
     }
 
     fn link_request_view(&self, row: &LinkRequestRow) -> Result<LinkRequestView> {
@@ -248,6 +246,10 @@ impl Devices {
     /// `LinkSlowDown` when it polls sooner than the interval). Once approved, this poll links
     /// the device and opens its session; the codes are then used up.
     pub async fn poll_link(&self, device_code: &str, client: &ClientInfo) -> Result<CodeLinked> {
+        self.0
+            .link_polls
+            .check(&client.ip)
+            .map_err(|wait| DevicesError::RateLimited { retry_after: wait })?;
         if !device_code.starts_with("mdl_") || device_code.len() > 128 {
             return Err(DevicesError::LinkCodeExpired);
         }
@@ -273,6 +275,12 @@ impl Devices {
                 "an approved link request without its approver".into(),
             ));
         };
+        // An approval stands only while the session that gave it does: signing out everywhere
+        // or changing the password after an intruder approved their own device withdraws it.
+        if !self.0.identity.session_live(account, &approver).await? {
+            tracing::info!(%account, "link approval withdrawn: its session ended");
+            return Err(DevicesError::LinkDenied);
+        }
         let req: LinkRequest = self.open_json("device_link_request", &row.request)?;
         let device_client = ClientInfo {
             ip: client.ip.clone(),
@@ -293,7 +301,7 @@ impl Devices {
             .await
         {
             Ok(linked) => {
-                tracing::info!(%account, approved_by = %approver.0, "device linked by code");
+                tracing::info!(%account, "device linked by code");
                 Ok(CodeLinked { linked, session })
             }
             Err(e) => {
@@ -305,7 +313,7 @@ impl Devices {
                         account,
                         &session.session,
                         "device_link_failed",
-                        client,
+                        &device_client,
                         None,
                     )
                     .await;

@@ -77,6 +77,20 @@ impl Limiter {
         Ok(())
     }
 
+    /// Gives back a token [`Self::check`] took, for an attempt that turned out not to count
+    /// (taking first and giving back after keeps attempts made at once within the limit).
+    pub fn refund(&self, key: &str) {
+        let now = self.clock.now().millis();
+        let t = self.interval_ms();
+        let mut map = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tat) = map.get_mut(key) {
+            *tat -= t;
+            if *tat <= now {
+                map.remove(key);
+            }
+        }
+    }
+
     /// Whether `key` would be allowed now, without taking a token.
     pub fn peek(&self, key: &str) -> Result<(), Duration> {
         let now = self.clock.now().millis();

@@ -218,6 +218,23 @@ impl Identity {
         self.open_session_alerting(account, client).await
     }
 
+    /// Whether this session of the account still stands (not signed out, revoked or ended by
+    /// a password change).
+    pub async fn session_live(
+        &self,
+        account: AccountId,
+        session: &SessionId,
+    ) -> Result<bool, IdentityError> {
+        if self.inner.revoked.contains(session) {
+            return Ok(false);
+        }
+        Ok(self
+            .store()
+            .session_step_up(account, session)
+            .await?
+            .is_some())
+    }
+
     /// Whether the account exists and is active (not being deleted).
     pub(crate) async fn is_active(&self, account: AccountId) -> Result<bool, IdentityError> {
         Ok(self

@@ -444,9 +444,11 @@ pub async fn link_by_code(cfg: &AgentConfig) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(expires_in);
     let body = json!({ "device_code": device_code });
+    // Whether an answer may have been lost on the way: an approval it carried is used up.
+    let mut answer_lost = false;
     let linked: Value = loop {
         tokio::time::sleep(interval).await;
-        match client
+        let answer = match client
             .raw(
                 Method::POST,
                 "/api/v1/device/link/token",
@@ -454,14 +456,29 @@ pub async fn link_by_code(cfg: &AgentConfig) -> anyhow::Result<()> {
             )
             .await
         {
-            Ok(r) => break r.json().await?,
+            Ok(r) => r.json::<Value>().await.map_err(ClientError::from),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(v) => break v,
             Err(e) => match e.code() {
                 Some("authorization_pending") => {}
-                // RFC 8628 §3.5: wait five seconds longer from now on.
-                Some("slow_down") => interval += Duration::from_secs(5),
+                // RFC 8628 §3.5: wait five seconds longer from now on (or as long as the server
+                // says, if longer).
+                Some("slow_down") => {
+                    interval = (interval + Duration::from_secs(5))
+                        .max(e.retry_after().unwrap_or_default());
+                }
+                Some("expired_token") if answer_lost => bail!(
+                    "the code is used up, perhaps by an approval whose answer never arrived: if this \
+                     device is listed on the account, remove it there, then run `mica agent link --code` again"
+                ),
                 Some(_) => bail!("linking failed: {}", describe(&e)),
                 // The server is unreachable for a moment: keep trying until the code expires.
-                None => eprintln!("polling for the approval: {}", describe(&e)),
+                None => {
+                    answer_lost = true;
+                    eprintln!("polling for the approval: {}", describe(&e));
+                }
             },
         }
         if tokio::time::Instant::now() >= deadline {

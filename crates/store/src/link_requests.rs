@@ -150,6 +150,18 @@ impl Store {
         now: Timestamp,
         interval_ms: i64,
     ) -> Result<LinkPoll> {
+        // Unknown and expired codes are answered from a reader: a stream of forged polls does
+        // not queue on the writer.
+        let live = sqlx::query(
+            "SELECT 1 AS x FROM device_link_requests WHERE device_code_hash = $1 AND expires_at > $2",
+        )
+        .bind(device_code_hash.to_vec())
+        .bind(now.millis())
+        .fetch_optional(&self.reader)
+        .await?;
+        if live.is_none() {
+            return Ok(LinkPoll::Gone);
+        }
         let mut tx = self.writer.begin().await?;
         let Some(r) = sqlx::query(&format!(
             "SELECT {COLUMNS}, polled_at FROM device_link_requests WHERE device_code_hash = $1"

@@ -11,7 +11,9 @@ use mica_client::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::devices::{get, imei, owner, post, refused, send, until_online, until_state, Agent};
+use crate::devices::{
+    get, imei, owner, post, refused, send, sign_in, until_online, until_state, Agent,
+};
 use crate::on_both_backends;
 use crate::security::step_up_by_email;
 use crate::support::{six_digits, TestApp};
@@ -536,9 +538,30 @@ async fn link_codes_are_single_use_limited_and_honour_the_activation_lock(app: &
     let e = poll_refused(app, code).await;
     assert_eq!(e.code(), Some("expired_token"));
 
-    // Requests are limited per address: ten an hour (three made so far).
+    // An approval stands only while the session that gave it does: one given by a session
+    // that then signs out is withdrawn.
+    let withdrawn = post(&app.client, REQUEST, declaration("TV4")).await;
+    let other = sign_in(app, "ana@example.com").await;
+    app.advance(Duration::from_secs(61));
+    step_up_by_email(app, &other, "ana@example.com").await;
+    post(
+        &other,
+        APPROVE,
+        json!({ "user_code": withdrawn["user_code"] }),
+    )
+    .await;
+    other.sign_out().await.unwrap();
+    app.advance(Duration::from_secs(1));
+    let e = poll_refused(app, withdrawn["device_code"].as_str().unwrap()).await;
+    assert_eq!((status(&e), e.code()), (403, Some("access_denied")));
+    assert_eq!(
+        get(&ana, "/api/v1/devices").await.as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // Requests are limited per address: ten an hour (four made so far).
     let mut last = Value::Null;
-    for _ in 0..7 {
+    for _ in 0..6 {
         last = post(&app.client, REQUEST, declaration("TV3")).await;
     }
     let e = refused(&app.client, Method::POST, REQUEST, Some(declaration("TV3"))).await;
