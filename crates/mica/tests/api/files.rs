@@ -160,6 +160,20 @@ async fn signed_in<'a>(app: &'a TestApp, email: &str) -> (Tus<'a>, mica_client::
 }
 
 /// Deletes an item in its current version (a recyclable one goes to the bin).
+/// Uploads `data` as the gallery photo `x`, then deletes it to the recycle bin; its file id.
+async fn binned_photo(tus: &Tus<'_>, c: &mica_client::Client, data: &[u8]) -> String {
+    let file = tus.upload(data, "x.jpg").await.unwrap();
+    c.push(
+        "gallery",
+        json!([{"id": "x", "op": "put", "body": photo(&file, "x.jpg", data.len())}]),
+        None,
+    )
+    .await
+    .unwrap();
+    delete_item(c, "gallery", "x").await;
+    file
+}
+
 async fn delete_item(c: &mica_client::Client, category: &str, id: &str) {
     let v = c.item(category, id).await.unwrap()["version"]
         .as_str()
@@ -592,15 +606,7 @@ async fn downloads_honour_ranges_and_conditions(app: &TestApp) {
 async fn purge_and_collection_free_the_storage(app: &TestApp) {
     let (tus, c, _) = signed_in(app, "fa@example.com").await;
     let data = bytes(5 * MB, 6);
-    let file = tus.upload(&data, "x.jpg").await.unwrap();
-    c.push(
-        "gallery",
-        json!([{"id": "x", "op": "put", "body": photo(&file, "x.jpg", data.len())}]),
-        None,
-    )
-    .await
-    .unwrap();
-    delete_item(&c, "gallery", "x").await;
+    let file = binned_photo(&tus, &c, &data).await;
     // In the recycle bin the photo still counts and its bytes stay.
     assert!(used(&c.usage().await.unwrap()) > data.len() as i64);
     assert_eq!(tus.stored().await.1, data.len() as u64);
@@ -1448,15 +1454,7 @@ async fn purging_spares_the_chunks_an_upload_in_progress_shares(app: &TestApp) {
     let (tus, c, _) = signed_in(app, "gu@example.com").await;
     // A photo of two chunks, deleted to the bin.
     let data = bytes(6 * MB, 31);
-    let file = tus.upload(&data, "x.jpg").await.unwrap();
-    c.push(
-        "gallery",
-        json!([{"id": "x", "op": "put", "body": photo(&file, "x.jpg", data.len())}]),
-        None,
-    )
-    .await
-    .unwrap();
-    delete_item(&c, "gallery", "x").await;
+    let file = binned_photo(&tus, &c, &data).await;
     // Another device uploads the same photo again; its first chunk (already stored) is in.
     let again = tus.create(data.len(), "x-again.jpg").await;
     let first = 4 << 20;
