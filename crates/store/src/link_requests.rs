@@ -112,7 +112,7 @@ impl Store {
         ))
         .bind(user_code_bidx.to_vec())
         .bind(now.millis())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.reader)
         .await?
         .map(|r| row(&r))
         .transpose()
