@@ -404,6 +404,11 @@ fn text_field(field: &'static str, value: &str, max: usize, required: bool) -> R
     Ok(v.to_owned())
 }
 
+/// The key refused links of one device count under, whichever way it links.
+fn unlock_key(hardware_bidx: &[u8]) -> String {
+    format!("{hardware_bidx:02x?}")
+}
+
 fn rfc3339(t: Timestamp) -> String {
     t.to_rfc3339()
 }
@@ -664,7 +669,7 @@ impl Devices {
         } = req;
         let keys = &self.0.keys;
         let hardware_bidx = hardware.index(keys);
-        let attempts_key = format!("{hardware_bidx:02x?}");
+        let attempts_key = unlock_key(&hardware_bidx);
         if let Err(wait) = self.0.unlock_attempts.peek(&attempts_key) {
             return Err(DevicesError::RateLimited { retry_after: wait });
         }

@@ -21,7 +21,9 @@ use rand::Rng;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{mask_account, rfc3339, Devices, DevicesError, LinkRequest, Linked, Result};
+use crate::{
+    mask_account, rfc3339, unlock_key, Devices, DevicesError, LinkRequest, Linked, Result,
+};
 
 /// The letters of a user code: consonants only (no vowels, so no words; no 0/O or 1/I to
 /// confuse), as RFC 8628 §6.1 suggests. Eight of them hold about 34 bits.
@@ -191,7 +193,7 @@ impl Devices {
         let row = self.pending_link(p, user_code).await?;
         let req: LinkRequest = self.open_json("device_link_request", &row.request)?;
         let keys = &self.0.keys;
-        let attempts_key = format!("{:02x?}", req.hardware.index(keys));
+        let attempts_key = unlock_key(&req.hardware.index(keys));
         self.0
             .unlock_attempts
             .peek(&attempts_key)
