@@ -169,6 +169,7 @@ pub fn app(state: AppState) -> App {
         .merge(webdav::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_control_characters))
         .with_state(state);
     let x_request_id = HeaderName::from_static("x-request-id");
     let svc = ServiceBuilder::new()
@@ -320,6 +321,39 @@ it would link their device to your account.</p>
 </body>
 </html>
 "#;
+
+/// Whether `text`, percent-decoded, holds a control character (`%00`, `%0A`, `%7F`…).
+fn escapes_a_control_character(text: &str) -> bool {
+    let b = text.as_bytes();
+    (0..b.len()).any(|i| {
+        b[i] == b'%'
+            && b.get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .is_some_and(|c| c < 0x20 || c == 0x7f)
+    })
+}
+
+/// Refuses an address whose path or query holds an escaped control character: no id, name,
+/// token or path Mica knows contains one, and PostgreSQL refuses a NUL in any text it is
+/// asked to compare — so such a request would otherwise end as a database error.
+async fn refuse_control_characters(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = req.uri();
+    if escapes_a_control_character(uri.path())
+        || uri.query().is_some_and(escapes_a_control_character)
+    {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            "the address holds a control character (such as %00), which no id or name contains",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
 
 async fn not_found() -> ApiError {
     ApiError::not_found()
