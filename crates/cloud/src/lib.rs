@@ -15,6 +15,7 @@ mod error;
 pub mod files;
 pub mod hub;
 pub mod media;
+pub mod video;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,14 @@ pub struct CloudConfig {
     pub max_preview_megapixels: u64,
     /// Files above this size get no preview, in bytes.
     pub max_preview_bytes: i64,
+    /// Videos above this size get no preview, in bytes (a video is copied to a temporary file
+    /// in `TMPDIR` for its metadata and ffmpeg).
+    pub max_video_preview_bytes: i64,
+    /// The ffmpeg that takes a video's preview frame: a path, or a name looked up in `PATH`.
+    /// Without one, videos get their metadata but no preview.
+    pub ffmpeg: String,
+    /// How long ffmpeg may take over one video, in seconds.
+    pub ffmpeg_timeout_secs: u64,
 }
 
 impl Default for CloudConfig {
@@ -77,6 +86,9 @@ impl Default for CloudConfig {
             pending_file_hours: 24,
             max_preview_megapixels: 40,
             max_preview_bytes: 64 << 20,
+            max_video_preview_bytes: 4 << 30,
+            ffmpeg: "ffmpeg".into(),
+            ffmpeg_timeout_secs: 60,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The gallery's media worker: for each photo a gallery item references, read its EXIF capture
 //! time and GPS place (kamadak-exif), and make two JPEG previews (256 and 1024 pixels on the
-//! long side) in the background. The original is never touched.
+//! long side) in the background; for each video, read the same from its container and make the
+//! previews from one of its frames (see [`crate::video`]). The original is never touched.
 //!
 //! Decoding is bounded: the pixel count is read from the header and refused above
 //! `max_preview_megapixels` before anything is decoded (a decompression bomb declares huge
@@ -21,7 +22,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::category::{GalleryItem, Place};
-use crate::{Category, Cloud, CloudError};
+use crate::{video, Category, Cloud, CloudError};
 
 /// Long side of the small and the large preview, in pixels.
 pub const SMALL: u32 = 256;
@@ -307,19 +308,23 @@ impl Cloud {
             ..MediaDone::default()
         };
         let cfg = &self.inner.cfg;
-        let done = if !file.mime_type.starts_with("image/")
+        let video = file.mime_type.starts_with("video/");
+        let done = if !video
+            && !file.mime_type.starts_with("image/")
             && !file.mime_type.starts_with("application/octet")
         {
             MediaDone {
                 status: "unsupported".into(),
                 error: Some(format!(
-                    "previews are made for photos, not {}",
+                    "previews are made for photos and videos, not {}",
                     file.mime_type
                 )),
                 ..MediaDone::default()
             }
         } else if row.attempts > MAX_ATTEMPTS {
             fail("reading this file failed several times".into())
+        } else if video {
+            self.process_video(account, &file).await?
         } else if file.size > cfg.max_preview_bytes {
             fail(format!(
                 "the file is larger than {} bytes; no preview is made",
@@ -354,6 +359,88 @@ impl Cloud {
         Ok(())
     }
 
+    /// A video: its container's metadata, then a frame from ffmpeg made into the two previews.
+    async fn process_video(
+        &self,
+        account: AccountId,
+        file: &crate::files::FileInfo,
+    ) -> Result<MediaDone, CloudError> {
+        let cfg = &self.inner.cfg;
+        if file.size > cfg.max_video_preview_bytes {
+            return Ok(MediaDone {
+                status: "failed".into(),
+                error: Some(format!(
+                    "the video is larger than {} bytes; no preview is made",
+                    cfg.max_video_preview_bytes
+                )),
+                ..MediaDone::default()
+            });
+        }
+        let io = |e: std::io::Error| CloudError::Internal(format!("media scratch file: {e}"));
+        let (scratch, out) = video::Scratch::create().map_err(io)?;
+        let mut out = tokio::fs::File::from_std(out);
+        let (_, stream) = self.read_file(account, &file.id, None).await?;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(piece) = stream.next().await {
+            tokio::io::AsyncWriteExt::write_all(&mut out, &piece?)
+                .await
+                .map_err(io)?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(io)?;
+        drop(out);
+        let ffmpeg = cfg.ffmpeg.clone();
+        let deadline = Duration::from_secs(cfg.ffmpeg_timeout_secs);
+        let max = cfg.max_preview_megapixels;
+        let work = move || {
+            let meta = video::read_track(scratch.path())?;
+            let frame = video::poster(&ffmpeg, scratch.path(), meta.duration_ms, deadline)
+                .and_then(|png| analyse(&png, max).map_err(video::PosterError::Failed));
+            Ok::<_, String>((meta, frame))
+        };
+        let (meta, frame) = match tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| CloudError::Internal(format!("media task: {e}")))?
+        {
+            Ok(found) => found,
+            Err(why) => {
+                return Ok(MediaDone {
+                    status: "failed".into(),
+                    error: Some(why),
+                    ..MediaDone::default()
+                })
+            }
+        };
+        let mut done = match frame {
+            Ok(a) => self.store_previews(account, &file.id, a).await?,
+            Err(video::PosterError::NoFfmpeg) => MediaDone {
+                status: "unsupported".into(),
+                error: Some("video previews need ffmpeg, which this server does not have".into()),
+                ..MediaDone::default()
+            },
+            Err(video::PosterError::Failed(why)) => MediaDone {
+                status: "failed".into(),
+                error: Some(why),
+                ..MediaDone::default()
+            },
+        };
+        // The container's time and place, whatever became of the frame; its size when there is
+        // no frame (a frame's size is the upright one, as the video is shown).
+        done.taken_at = meta.taken_at;
+        done.place = meta.place.map(|p| self.seal_place(account, &file.id, p));
+        done.width = done.width.or(meta.width.map(i64::from));
+        done.height = done.height.or(meta.height.map(i64::from));
+        Ok(done)
+    }
+
+    fn seal_place(&self, account: AccountId, file_id: &str, (lat, lon): (f64, f64)) -> Vec<u8> {
+        let json = serde_json::json!({"latitude": lat, "longitude": lon}).to_string();
+        self.inner
+            .keys
+            .seal(&format!("place\0{account}\0{file_id}"), &json)
+    }
+
     async fn store_previews(
         &self,
         account: AccountId,
@@ -370,12 +457,7 @@ impl Cloud {
             self.blobs().put(&key, Bytes::from(bytes)).await?;
             keys.push(key);
         }
-        let place = a.place.map(|(lat, lon)| {
-            let json = serde_json::json!({"latitude": lat, "longitude": lon}).to_string();
-            self.inner
-                .keys
-                .seal(&format!("place\0{account}\0{file_id}"), &json)
-        });
+        let place = a.place.map(|p| self.seal_place(account, file_id, p));
         let mut keys = keys.into_iter();
         Ok(MediaDone {
             status: "done".into(),
@@ -547,6 +629,30 @@ mod tests {
         .unwrap_or_default();
         assert!(jpeg_complete(&photo));
         assert!(!jpeg_complete(&photo[..photo.len() / 2]));
+    }
+
+    #[test]
+    fn a_large_photo_gets_both_previews_at_their_sizes_and_keeps_its_shape() {
+        // A 3000 × 2000 photo (6 MP), as a phone takes it.
+        let img = image::RgbImage::from_fn(3000, 2000, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+        });
+        let mut photo = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut photo, 90)
+            .encode_image(&img)
+            .unwrap_or_default();
+        let a = analyse(&photo, 40).unwrap_or_default();
+        assert_eq!((a.width, a.height), (3000, 2000));
+        let dims = |b: &[u8]| {
+            image::load_from_memory_with_format(b, image::ImageFormat::Jpeg)
+                .map(|i| (i.width(), i.height()))
+                .unwrap_or_default()
+        };
+        assert_eq!(dims(&a.large), (LARGE, 683));
+        assert_eq!(dims(&a.small), (SMALL, 171));
+        // Over the limit it is refused before any pixel is decoded.
+        let refused = analyse(&photo, 5).err().unwrap_or_default();
+        assert!(refused.contains("3000×2000"), "{refused}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ on_both_backends!(
     bad_upload_requests_get_clear_errors,
     the_drive_holds_folders_and_files,
     the_gallery_reads_exif_and_makes_previews,
+    the_gallery_reads_a_videos_container_and_previews_a_frame,
     call_recordings_sync_and_play_back_with_ranges,
     purging_spares_the_chunks_an_upload_in_progress_shares,
 );
@@ -1270,6 +1271,108 @@ async fn previews_settle(tus: &Tus<'_>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("previews never settled: {:?}", gallery(tus, "").await);
+}
+
+/// Whether ffmpeg runs here; CI requires it (`MICA_TEST_REQUIRE_FFMPEG`).
+fn ffmpeg_here() -> bool {
+    let here = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        here || std::env::var_os("MICA_TEST_REQUIRE_FFMPEG").is_none(),
+        "ffmpeg is required here (apt-get install ffmpeg)"
+    );
+    here
+}
+
+async fn the_gallery_reads_a_videos_container_and_previews_a_frame(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "val@example.com").await;
+    let clip = include_bytes!("../fixtures/clip.mov").to_vec();
+    let f_clip = tus
+        .upload_typed(&clip, "IMG_0003.MOV", "video/quicktime")
+        .await
+        .unwrap();
+    // Cut in half, a phone's recording loses its `moov` (written last): nothing to read.
+    let cut = clip[..clip.len() / 2].to_vec();
+    let f_cut = tus
+        .upload_typed(&cut, "cut.mov", "video/quicktime")
+        .await
+        .unwrap();
+    // The device says nothing of time, place or size: the container does.
+    c.push("gallery", json!([
+        {"id": "v1", "op": "put", "body": {"file_id": f_clip, "name": "IMG_0003.MOV", "mime_type": "video/quicktime", "size": clip.len()}},
+        {"id": "v2", "op": "put", "body": {"file_id": f_cut, "name": "cut.mov", "mime_type": "video/quicktime", "size": cut.len(), "taken_at": "2020-01-01T00:00:00Z"}}
+    ]), None)
+    .await
+    .unwrap();
+    previews_settle(&tus).await;
+
+    let timeline = gallery(&tus, "").await;
+    let ids: Vec<&str> = timeline.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["v1", "v2"], "newest first: {timeline:?}");
+    let v1 = &timeline[0];
+    assert_eq!(v1["taken_at"], "2026-07-14T17:32:05Z", "{v1}");
+    let (lat, lon) = (
+        v1["place"]["latitude"].as_f64().unwrap(),
+        v1["place"]["longitude"].as_f64().unwrap(),
+    );
+    assert!(
+        (lat - 38.7139).abs() < 1e-4 && (lon + 9.1334).abs() < 1e-4,
+        "{lat}, {lon}"
+    );
+    assert_eq!(
+        (v1["width"].as_u64(), v1["height"].as_u64()),
+        (Some(320), Some(240))
+    );
+    let preview = |size: &'static str| {
+        app.http
+            .get(app.url(&format!("/api/v1/files/{f_clip}/preview?size={size}")))
+            .bearer_auth(&tus.token)
+            .send()
+    };
+    if ffmpeg_here() {
+        // Two previews from one frame, JPEG, within their sizes.
+        assert_eq!(v1["preview"], "ready", "{v1}");
+        for (size, side) in [("small", 256), ("large", 320)] {
+            let r = preview(size).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{size}");
+            assert_eq!(r.headers()["content-type"], "image/jpeg");
+            let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!((img.width(), img.height()), (side, side * 3 / 4), "{size}");
+        }
+    } else {
+        assert_eq!(v1["preview"], "unsupported", "{v1}");
+        assert!(v1["preview_error"].as_str().unwrap().contains("ffmpeg"));
+        let r = preview("small").await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // The damaged one is refused with a reason, and nothing else suffers.
+    assert_eq!(timeline[1]["preview"], "failed");
+    assert!(
+        timeline[1]["preview_error"]
+            .as_str()
+            .unwrap()
+            .contains("damaged"),
+        "{}",
+        timeline[1]
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // The original is kept byte for byte, and plays back with a range.
+    let r = tus.download(&f_clip, Some("bytes=0-11")).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-type"], "video/quicktime");
+    assert_eq!(&r.bytes().await.unwrap()[..], &clip[..12]);
+    let original = tus.download(&f_clip, None).await.bytes().await.unwrap();
+    assert_eq!(blake3::hash(&original), blake3::hash(&clip));
 }
 
 async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
