@@ -542,6 +542,8 @@ fn check_url(category: Category, field: &str, v: &str) -> Result<(), CloudError>
 fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared, CloudError> {
     let c = category;
     let mut file_id: Option<String> = None;
+    // A gallery item's capture time as its device recorded it: the timeline's order.
+    let mut starts_at: Option<i64> = None;
     if category == Category::Drive {
         return prepare_drive(body);
     }
@@ -629,6 +631,10 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
             check_nonempty(c, "name", &g.name)?;
             if let Some(t) = &g.taken_at {
                 check_time(c, "taken_at", t)?;
+                starts_at =
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok());
             }
             if let Some(p) = &g.place {
                 if !(-90.0..=90.0).contains(&p.latitude) || !(-180.0..=180.0).contains(&p.longitude)
@@ -664,7 +670,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
         text: body.to_string(),
         summary,
         uid: None,
-        starts_at: None,
+        starts_at,
         ends_at: None,
         file_id,
         path_key: None,

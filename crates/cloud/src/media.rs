@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use image::{DynamicImage, ImageDecoder};
 use mica_core::{AccountId, Timestamp};
-use mica_store::{MediaDone, MediaRow};
+use mica_store::{MediaDone, MediaRow, TimelineCursor};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -514,68 +514,142 @@ impl Cloud {
         Ok(self.blobs().get(&key).await?)
     }
 
-    /// The gallery as a timeline, newest first; `album` keeps one album's photos.
+    /// A page of the gallery as a timeline, newest first (undated ones last); `album` keeps one
+    /// album's photos and videos; `cursor` is the `next` of the page before. Only the page's
+    /// items are opened: the order comes from the database (the device's capture time, indexed
+    /// as the item's `starts_at`, or else the media worker's).
     pub async fn gallery(
         &self,
         account: AccountId,
         album: Option<&str>,
-    ) -> Result<Vec<GalleryEntry>, CloudError> {
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<GalleryPage, CloudError> {
         let c = self.resolve(account, Category::Gallery.as_str()).await?;
-        let media: std::collections::HashMap<String, MediaRow> = self
-            .store()
-            .account_media(account)
-            .await?
-            .into_iter()
-            .map(|m| (m.file_id.clone(), m))
-            .collect();
-        let mut out = Vec::new();
-        for row in self.store().live_items(account, &c.id).await? {
-            let view = self.view(account, &c, Category::Gallery, &row)?;
-            let Some(body) = view.body else { continue };
-            let g: GalleryItem = serde_json::from_value(body)
-                .map_err(|e| CloudError::Internal(format!("gallery item {}: {e}", row.id)))?;
-            if album.is_some_and(|a| !g.albums.iter().any(|x| x == a)) {
-                continue;
+        let mut after = cursor.map(parse_cursor).transpose()?;
+        let limit = limit.clamp(1, MAX_GALLERY_PAGE);
+        // One more than the page, to know whether another follows.
+        let mut out: Vec<(GalleryEntry, TimelineCursor)> = Vec::with_capacity(limit + 1);
+        let scan = i64::try_from((limit + 1).max(100)).unwrap_or(100);
+        'pages: loop {
+            let rows = self
+                .store()
+                .timeline_page(account, &c.id, after.as_ref(), scan)
+                .await?;
+            let exhausted = rows.len() < usize::try_from(scan).unwrap_or(0);
+            for r in rows {
+                let at = TimelineCursor {
+                    at: r.at,
+                    id: r.item.id.clone(),
+                };
+                after = Some(at.clone());
+                let Some(e) = self.gallery_entry(account, &c, &r.item, r.media.as_ref())? else {
+                    continue;
+                };
+                if album.is_some_and(|a| !e.albums.iter().any(|x| x == a)) {
+                    continue;
+                }
+                out.push((e, at));
+                if out.len() > limit {
+                    break 'pages;
+                }
             }
-            let m = g.file_id.as_ref().and_then(|f| media.get(f));
-            let (preview, preview_error) = match m {
-                None if g.file_id.is_none() => ("none".to_owned(), None),
-                None => ("pending".to_owned(), None),
-                Some(m) if m.status == "done" => ("ready".to_owned(), None),
-                Some(m) => (m.status.clone(), m.error.clone()),
-            };
-            out.push(GalleryEntry {
-                id: row.id.clone(),
-                file_id: g.file_id.clone(),
-                name: g.name,
-                mime_type: g.mime_type,
-                taken_at: g
-                    .taken_at
-                    .or_else(|| m.and_then(|m| m.taken_at).map(|t| t.to_rfc3339())),
-                place: g
-                    .place
-                    .or_else(|| m.and_then(|m| self.open_place(account, m))),
-                width: g
-                    .width
-                    .or_else(|| m.and_then(|m| m.width).and_then(|w| u32::try_from(w).ok())),
-                height: g
-                    .height
-                    .or_else(|| m.and_then(|m| m.height).and_then(|h| u32::try_from(h).ok())),
-                albums: g.albums,
-                favorite: g.favorite,
-                preview,
-                preview_error,
-            });
+            if exhausted {
+                break;
+            }
         }
-        // Newest first; RFC 3339 times in UTC sort as text only when normalised.
-        let key = |e: &GalleryEntry| {
-            e.taken_at.as_deref().and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
+        let next = if out.len() > limit {
+            out.truncate(limit);
+            out.last().map(|(_, at)| cursor_text(at))
+        } else {
+            None
         };
-        out.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.id.cmp(&b.id)));
-        Ok(out)
+        Ok(GalleryPage {
+            entries: out.into_iter().map(|(e, _)| e).collect(),
+            next,
+        })
     }
+
+    fn gallery_entry(
+        &self,
+        account: AccountId,
+        c: &mica_store::CollectionRow,
+        row: &mica_store::ItemRow,
+        m: Option<&MediaRow>,
+    ) -> Result<Option<GalleryEntry>, CloudError> {
+        let view = self.view(account, c, Category::Gallery, row)?;
+        let Some(body) = view.body else {
+            return Ok(None);
+        };
+        let g: GalleryItem = serde_json::from_value(body)
+            .map_err(|e| CloudError::Internal(format!("gallery item {}: {e}", row.id)))?;
+        let (preview, preview_error) = match m {
+            None if g.file_id.is_none() => ("none".to_owned(), None),
+            None => ("pending".to_owned(), None),
+            Some(m) if m.status == "done" => ("ready".to_owned(), None),
+            Some(m) => (m.status.clone(), m.error.clone()),
+        };
+        Ok(Some(GalleryEntry {
+            id: row.id.clone(),
+            file_id: g.file_id.clone(),
+            name: g.name,
+            mime_type: g.mime_type,
+            taken_at: g
+                .taken_at
+                .or_else(|| m.and_then(|m| m.taken_at).map(|t| t.to_rfc3339())),
+            place: g
+                .place
+                .or_else(|| m.and_then(|m| self.open_place(account, m))),
+            width: g
+                .width
+                .or_else(|| m.and_then(|m| m.width).and_then(|w| u32::try_from(w).ok())),
+            height: g
+                .height
+                .or_else(|| m.and_then(|m| m.height).and_then(|h| u32::try_from(h).ok())),
+            albums: g.albums,
+            favorite: g.favorite,
+            preview,
+            preview_error,
+        }))
+    }
+}
+
+/// The most entries on one page of the timeline.
+pub const MAX_GALLERY_PAGE: usize = 500;
+
+/// A page of the timeline.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GalleryPage {
+    pub entries: Vec<GalleryEntry>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next: Option<String>,
+}
+
+/// A cursor as text: `<time in ms>~<item id>`, or `-~<item id>` for an undated item.
+fn cursor_text(c: &TimelineCursor) -> String {
+    match c.at {
+        Some(t) => format!("{t}~{}", c.id),
+        None => format!("-~{}", c.id),
+    }
+}
+
+fn parse_cursor(text: &str) -> Result<TimelineCursor, CloudError> {
+    let bad = || CloudError::Invalid {
+        field: "cursor",
+        message: "not a cursor this server gave: pass the `next` of the page before".into(),
+    };
+    let (at, id) = text.split_once('~').ok_or_else(bad)?;
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    let at = match at {
+        "-" => None,
+        t => Some(t.parse::<i64>().map_err(|_| bad())?),
+    };
+    Ok(TimelineCursor {
+        at,
+        id: id.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -85,22 +85,38 @@ async fn file_preview(
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct GalleryQuery {
-    /// Only this album's photos.
+    /// Only this album's photos and videos.
     pub album: Option<String>,
+    /// The `next` of the page before.
+    pub cursor: Option<String>,
+    /// Entries per page: 1 to 500, 100 unless given.
+    pub limit: Option<usize>,
 }
 
-/// The gallery as a timeline, newest first: each photo or video with its capture time and place
-/// (as the device recorded them, or else from the photo's EXIF), its size and its preview state.
+/// The gallery as a timeline, newest first (undated ones last), a page at a time: each photo
+/// or video with its capture time and place (as the device recorded them, or else from the
+/// file's EXIF or container), its size and its preview state. Follow `next` for the next page.
 #[utoipa::path(get, path = "/gallery", tag = "files", security(("bearer" = [])),
     params(GalleryQuery),
-    responses((status = 200, body = Vec<mica_cloud::media::GalleryEntry>)))]
+    responses((status = 200, body = mica_cloud::media::GalleryPage),
+              (status = 422, body = ErrorBody)))]
 async fn gallery(
     State(app): State<AppState>,
     Auth(p): Auth,
     crate::extract::ApiQuery(q): crate::extract::ApiQuery<GalleryQuery>,
-) -> Result<Json<Vec<mica_cloud::media::GalleryEntry>>, ApiError> {
+) -> Result<Json<mica_cloud::media::GalleryPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=mica_cloud::media::MAX_GALLERY_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "limit is 1 to 500 entries",
+        ));
+    }
     Ok(Json(
-        app.cloud.gallery(p.account, q.album.as_deref()).await?,
+        app.cloud
+            .gallery(p.account, q.album.as_deref(), q.cursor.as_deref(), limit)
+            .await?,
     ))
 }
 

@@ -189,7 +189,7 @@ fn item_row(r: &AnyRow) -> Result<ItemRow> {
 }
 
 /// An item from a row; without `summary` when the query did not select it.
-fn item_from<R>(r: &R, summary: bool) -> Result<ItemRow>
+pub(crate) fn item_from<R>(r: &R, summary: bool) -> Result<ItemRow>
 where
     R: Row,
     for<'n> &'n str: sqlx::ColumnIndex<R>,

@@ -37,6 +37,21 @@ pub struct MediaDone {
     pub error: Option<String>,
 }
 
+/// Where a timeline page starts: after the entry with this time (none: undated) and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineCursor {
+    pub at: Option<i64>,
+    pub id: String,
+}
+
+/// A gallery item on the timeline, with its file's media row and the time that places it.
+#[derive(Debug, Clone)]
+pub struct TimelineRow {
+    pub item: crate::ItemRow,
+    pub media: Option<MediaRow>,
+    pub at: Option<i64>,
+}
+
 const COLUMNS: &str = "account_id, file_id, status, attempts, taken_at, place, width, height, thumb_small, thumb_large, error";
 
 fn row(r: &AnyRow) -> Result<MediaRow> {
@@ -161,6 +176,70 @@ impl Store {
         .iter()
         .map(row)
         .collect()
+    }
+
+    /// A page of the gallery's timeline: its live items, newest first by the time the device
+    /// recorded (the item's `starts_at`) or else the one the media worker read from the file,
+    /// undated ones last, ties in id order; after `after` (the last entry of the page before),
+    /// at most `limit`. Each comes with its file's media row and its time in that order.
+    pub async fn timeline_page(
+        &self,
+        account: AccountId,
+        collection: &str,
+        after: Option<&TimelineCursor>,
+        limit: i64,
+    ) -> Result<Vec<TimelineRow>> {
+        const AT: &str = "COALESCE(i.starts_at, m.taken_at)";
+        // Only the parameters a statement uses are bound (PostgreSQL must type each one).
+        let (from, limit_at) = match after {
+            None => (String::new(), 3),
+            Some(TimelineCursor { at: Some(_), .. }) => (
+                format!("AND ({AT} < $3 OR ({AT} = $3 AND i.id > $4) OR {AT} IS NULL)"),
+                5,
+            ),
+            Some(TimelineCursor { at: None, .. }) => (format!("AND {AT} IS NULL AND i.id > $3"), 4),
+        };
+        let sql = format!(
+            "SELECT i.id, i.seq, i.modified_at, i.deleted_at, i.size, i.body, i.summary, \
+             i.file_id, i.path_key, {AT} AS sort_at, m.status AS m_status, \
+             m.attempts AS m_attempts, m.taken_at AS m_taken_at, m.place AS m_place, \
+             m.width AS m_width, m.height AS m_height, m.thumb_small AS m_thumb_small, \
+             m.thumb_large AS m_thumb_large, m.error AS m_error \
+             FROM items i LEFT JOIN media m ON m.account_id = i.account_id AND m.file_id = i.file_id \
+             WHERE i.account_id = $1 AND i.collection_id = $2 AND i.deleted_at IS NULL {from} \
+             ORDER BY ({AT} IS NULL), {AT} DESC, i.id LIMIT ${limit_at}"
+        );
+        let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
+        if let Some(a) = after {
+            if let Some(at) = a.at {
+                q = q.bind(at);
+            }
+            q = q.bind(a.id.as_str());
+        }
+        let rows = q.bind(limit).fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| {
+                let item = crate::cloud::item_from(r, true)?;
+                let media = match r.try_get::<Option<String>, _>("m_status")? {
+                    None => None,
+                    Some(status) => Some(MediaRow {
+                        account_id: account,
+                        file_id: item.file_id.clone().unwrap_or_default(),
+                        status,
+                        attempts: r.try_get("m_attempts")?,
+                        taken_at: r.try_get::<Option<i64>, _>("m_taken_at")?.map(Timestamp),
+                        place: r.try_get("m_place")?,
+                        width: r.try_get("m_width")?,
+                        height: r.try_get("m_height")?,
+                        thumb_small: r.try_get("m_thumb_small")?,
+                        thumb_large: r.try_get("m_thumb_large")?,
+                        error: r.try_get("m_error")?,
+                    }),
+                };
+                let at = r.try_get::<Option<i64>, _>("sort_at")?;
+                Ok(TimelineRow { item, media, at })
+            })
+            .collect()
     }
 
     /// The live items of a collection (for listings that need all of them).

@@ -23,6 +23,7 @@ on_both_backends!(
     bad_upload_requests_get_clear_errors,
     the_drive_holds_folders_and_files,
     the_gallery_reads_exif_and_makes_previews,
+    the_timeline_comes_newest_first_a_page_at_a_time,
     the_gallery_reads_a_videos_container_and_previews_a_frame,
     call_recordings_sync_and_play_back_with_ranges,
     purging_spares_the_chunks_an_upload_in_progress_shares,
@@ -1244,17 +1245,166 @@ fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-async fn gallery(tus: &Tus<'_>, q: &str) -> Vec<Value> {
-    tus.app
+/// One page of the timeline.
+async fn gallery_page(tus: &Tus<'_>, q: &str, limit: usize, cursor: Option<&str>) -> (u16, Value) {
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(c) = cursor {
+        query.push(("cursor", c.to_owned()));
+    }
+    let r = tus
+        .app
         .http
         .get(tus.app.url(&format!("/api/v1/gallery{q}")))
+        .query(&query)
         .bearer_auth(&tus.token)
         .send()
         .await
-        .unwrap()
-        .json::<Vec<Value>>()
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The whole timeline, read two entries a page: every test that reads it pages through it.
+async fn gallery(tus: &Tus<'_>, q: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let (status, page) = gallery_page(tus, q, 2, cursor.as_deref()).await;
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= 2);
+        out.extend(entries.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return out,
+        }
+        assert!(out.len() < 1000, "the pages never end");
+    }
+}
+
+async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "uma@example.com").await;
+    // Seven photos: five with the time their device recorded (two at the same moment), two
+    // without any; some in an album. No file: the order is the items' own.
+    let dated = [
+        ("p1", "2026-03-01T09:00:00Z", true),
+        ("p2", "2026-05-01T09:00:00+02:00", false),
+        ("p3", "2026-05-01T07:00:00Z", true),
+        ("p4", "2025-12-31T23:59:59Z", false),
+        ("p5", "2026-06-01T00:00:00Z", true),
+    ];
+    let mut writes: Vec<Value> = dated
+        .iter()
+        .map(|(id, t, trip)| {
+            let albums = if *trip { json!(["Trip"]) } else { json!([]) };
+            json!({"id": id, "op": "put", "body": {"name": format!("{id}.jpg"), "mime_type": "image/jpeg", "size": 1, "taken_at": t, "albums": albums}})
+        })
+        .collect();
+    for id in ["u2", "u1"] {
+        writes.push(json!({"id": id, "op": "put", "body": {"name": format!("{id}.jpg"), "mime_type": "image/jpeg", "size": 1}}));
+    }
+    c.push("gallery", Value::Array(writes), None).await.unwrap();
+    // Newest first; the same moment in id order; undated last, in id order.
+    let order = ["p5", "p2", "p3", "p1", "p4", "u1", "u2"];
+    let mut cursor: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let (status, page) = gallery_page(&tus, "", 3, cursor.as_deref()).await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<String> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        pages.push(ids);
+        match page["next"].as_str() {
+            Some(n) => cursor = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages.concat(), order);
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 3, 1],
+        "{pages:?}"
+    );
+    // A photo added meanwhile, older than the pages read, appears where it belongs; nothing is
+    // repeated or skipped by a reader that goes on from its cursor.
+    let (_, first) = gallery_page(&tus, "", 2, None).await;
+    c.push("gallery", json!([{"id": "p0", "op": "put", "body": {"name": "p0.jpg", "mime_type": "image/jpeg", "size": 1, "taken_at": "2026-01-01T00:00:00Z"}}]), None)
         .await
+        .unwrap();
+    let mut seen: Vec<String> = first["entries"]
+        .as_array()
         .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut cursor = first["next"].as_str().map(str::to_owned);
+    while let Some(cur) = cursor {
+        let (_, page) = gallery_page(&tus, "", 2, Some(&cur)).await;
+        seen.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+        cursor = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, ["p5", "p2", "p3", "p1", "p0", "p4", "u1", "u2"]);
+    // An album, a page of one at a time.
+    let trip: Vec<String> = {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let (_, page) = gallery_page(&tus, "?album=Trip", 1, cursor.as_deref()).await;
+            out.extend(
+                page["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned()),
+            );
+            match page["next"].as_str() {
+                Some(n) => cursor = Some(n.to_owned()),
+                None => break out,
+            }
+        }
+    };
+    assert_eq!(trip, ["p5", "p3", "p1"]);
+    // A deleted photo leaves the timeline.
+    let v = c.item("gallery", "p2").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "p2", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = gallery(&tus, "")
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["p5", "p3", "p1", "p0", "p4", "u1", "u2"]);
+    // Bad paging requests are refused with a reason.
+    for (limit, cursor) in [
+        (0, None),
+        (501, None),
+        (2, Some("yesterday")),
+        (2, Some("x~p1")),
+    ] {
+        let (status, e) = gallery_page(&tus, "", limit, cursor).await;
+        assert_eq!(status, 422, "{limit} {cursor:?}: {e}");
+        assert!(e["error"]["message"].as_str().is_some(), "{e}");
+    }
+    // Another account's timeline is its own.
+    let (other, _, _) = signed_in(app, "vera@example.com").await;
+    assert!(gallery(&other, "").await.is_empty());
 }
 
 /// Runs the media worker until the file's preview is decided (ready or refused).
