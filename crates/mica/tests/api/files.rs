@@ -495,7 +495,7 @@ async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
         .set_cloud_plan(account.parse().unwrap(), "free", Some(quota))
         .await
         .unwrap();
-    // Twenty uploads of 3 MB each: each fits alone, seven at most fit together.
+    // Twenty uploads of 3 MB each (one chunk): each fits alone, six at most fit together.
     let mut paths = Vec::new();
     for i in 0..20 {
         paths.push(tus.create(3 * MB, &format!("f{i}")).await);
@@ -533,6 +533,53 @@ async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
     assert_eq!(used(&usage), done * 3 * MB as i64);
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
     assert_eq!(tus.stored().await.1, (done as u64) * 3 * MB as u64);
+
+    // Twenty uploads of 9 MB (three chunks each, charged one by one as they arrive) racing at
+    // 30 MB: whichever stop, the account never holds more than its quota, and what the stopped
+    // ones had stored is released.
+    let (tus, c, account) = signed_in(app, "di2@example.com").await;
+    let quota = 30 * MB as i64;
+    app.store()
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(quota))
+        .await
+        .unwrap();
+    let mut paths = Vec::new();
+    for i in 0..20 {
+        paths.push(tus.create(9 * MB, &format!("g{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, path) in paths.into_iter().enumerate() {
+        let http = app.http.clone();
+        let url = app.url(&path);
+        let token = tus.token.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .patch(url)
+                .bearer_auth(token)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Offset", "0")
+                .header("Content-Type", "application/offset+octet-stream")
+                .body(bytes(9 * MB, 200 + i as u64))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            204 => done += 1,
+            507 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(done <= 3, "{done} × 9 MB in 30 MB");
+    let usage = c.usage().await.unwrap();
+    assert!(used(&usage) <= quota, "{usage}");
+    assert_eq!(used(&usage), done * 9 * MB as i64);
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    assert_eq!(tus.stored().await.1, (done as u64) * 9 * MB as u64);
 }
 
 async fn downloads_honour_ranges_and_conditions(app: &TestApp) {
@@ -950,11 +997,14 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
         &tus,
         Method::POST,
         "",
-        Some(json!({"kind": "file", "name": "report.pdf", "parent": docs_id, "file_id": file})),
+        Some(json!({"kind": "file", "name": "report.pdf", "parent": docs_id, "file_id": file, "modified_at": "2026-10-31T16:20:00Z"})),
     )
     .await;
     assert_eq!(s, 201, "{report}");
     assert_eq!(report["size"], data.len());
+    // Shown with its times: the one its file system had, and when the server last changed it.
+    assert_eq!(report["modified_at"], "2026-10-31T16:20:00Z");
+    let created_at = report["changed_at"].as_str().unwrap().to_owned();
     let report_id = report["id"].as_str().unwrap().to_owned();
     // Listings: the top level holds the folder, the folder the file.
     let (_, top) = drive(&tus, Method::GET, "", None).await;
@@ -1042,6 +1092,7 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     let (_, top) = drive(&tus, Method::GET, "", None).await;
     assert_eq!(top.as_array().unwrap().len(), 2);
     // Rename and move; a folder cannot go inside itself.
+    app.advance(Duration::from_secs(300));
     let (s, moved) = drive(
         &tus,
         Method::PATCH,
@@ -1052,6 +1103,19 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     assert_eq!(s, 200, "{moved}");
     assert_eq!(moved["name"], "final.pdf");
     assert_eq!(moved["parent"], Value::Null);
+    let rfc3339 = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        rfc3339(&moved["changed_at"]) - rfc3339(&json!(created_at)),
+        time::Duration::minutes(5),
+        "renamed five minutes later"
+    );
+    assert_eq!(moved["modified_at"], "2026-10-31T16:20:00Z");
     let (s, sub) = drive(
         &tus,
         Method::POST,
