@@ -634,7 +634,9 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
                 starts_at =
                     time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                         .ok()
-                        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok());
+                        .and_then(|t| {
+                            i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+                        });
             }
             if let Some(p) = &g.place {
                 if !(-90.0..=90.0).contains(&p.latitude) || !(-180.0..=180.0).contains(&p.longitude)

@@ -70,6 +70,9 @@ pub struct CloudConfig {
     pub ffmpeg: String,
     /// How long ffmpeg may take over one video, in seconds.
     pub ffmpeg_timeout_secs: u64,
+    /// Where a video is copied while its metadata and frame are read: the data folder's `tmp`
+    /// unless set (not `TMPDIR`, which is often memory).
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CloudConfig {
@@ -89,6 +92,7 @@ impl Default for CloudConfig {
             max_video_preview_bytes: 4 << 30,
             ffmpeg: "ffmpeg".into(),
             ffmpeg_timeout_secs: 60,
+            scratch_dir: None,
         }
     }
 }
@@ -734,6 +738,24 @@ impl Cloud {
             } => {
                 let c = self.resolve(account, &collection_id).await?;
                 let category = Self::category_of(&c)?;
+                // The bin keeps an item's body, not what is indexed from it (a contact's or an
+                // event's uid, an event's or a photo's time): index it again from the body.
+                let view = self.item(account, &collection_id, &item_id).await?;
+                if let Some(body) = &view.body {
+                    if let Ok(p) = category::prepare(category, body) {
+                        self.store()
+                            .reindex_item(
+                                account,
+                                &collection_id,
+                                &item_id,
+                                version,
+                                p.uid.as_deref(),
+                                p.starts_at,
+                                p.ends_at,
+                            )
+                            .await?;
+                    }
+                }
                 self.inner.hub.publish(
                     account,
                     Change {
@@ -742,7 +764,7 @@ impl Cloud {
                         version,
                     },
                 );
-                self.item(account, &collection_id, &item_id).await
+                Ok(view)
             }
         }
     }

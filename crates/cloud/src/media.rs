@@ -238,9 +238,10 @@ pub struct GalleryEntry {
     pub file_id: Option<String>,
     pub name: String,
     pub mime_type: String,
-    /// RFC 3339: as the device recorded it, or else from the photo's EXIF.
+    /// RFC 3339: as the device recorded it, or else from the photo's EXIF or the video's
+    /// container.
     pub taken_at: Option<String>,
-    /// As the device recorded it, or else from the photo's EXIF GPS.
+    /// As the device recorded it, or else from the photo's EXIF GPS or the video's container.
     pub place: Option<Place>,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -377,7 +378,11 @@ impl Cloud {
             });
         }
         let io = |e: std::io::Error| CloudError::Internal(format!("media scratch file: {e}"));
-        let (scratch, out) = video::Scratch::create().map_err(io)?;
+        let dir = self.scratch_dir();
+        let (scratch, out) = tokio::task::spawn_blocking(move || video::Scratch::create(&dir))
+            .await
+            .map_err(|e| CloudError::Internal(format!("media task: {e}")))?
+            .map_err(io)?;
         let mut out = tokio::fs::File::from_std(out);
         let (_, stream) = self.read_file(account, &file.id, None).await?;
         let mut stream = std::pin::pin!(stream);
@@ -395,7 +400,14 @@ impl Cloud {
         let max = cfg.max_preview_megapixels;
         let work = move || {
             let meta = video::read_track(scratch.path())?;
-            let frame = video::poster(&ffmpeg, scratch.path(), meta.duration_ms, deadline)
+            // A frame over the pixel limit is not asked of ffmpeg at all.
+            let declared = u64::from(meta.width.unwrap_or(0)) * u64::from(meta.height.unwrap_or(0));
+            if declared > max * 1_000_000 {
+                let why =
+                    format!("the video's frames are over {max} megapixels; no preview is made");
+                return Ok((meta, Err(video::PosterError::Failed(why))));
+            }
+            let frame = video::poster(&ffmpeg, scratch.path(), meta.duration_ms, LARGE, deadline)
                 .and_then(|png| analyse(&png, max).map_err(video::PosterError::Failed));
             Ok::<_, String>((meta, frame))
         };
@@ -432,6 +444,23 @@ impl Cloud {
         done.width = done.width.or(meta.width.map(i64::from));
         done.height = done.height.or(meta.height.map(i64::from));
         Ok(done)
+    }
+
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        self.inner
+            .cfg
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Removes what a media worker that died left in the scratch folder (an hour after).
+    pub async fn remove_stale_scratch(&self) {
+        let dir = self.scratch_dir();
+        let _ = tokio::task::spawn_blocking(move || {
+            video::Scratch::remove_stale(&dir, Duration::from_secs(3600));
+        })
+        .await;
     }
 
     fn seal_place(&self, account: AccountId, file_id: &str, (lat, lon): (f64, f64)) -> Vec<u8> {
@@ -530,7 +559,13 @@ impl Cloud {
         let limit = limit.clamp(1, MAX_GALLERY_PAGE);
         // One more than the page, to know whether another follows.
         let mut out: Vec<(GalleryEntry, TimelineCursor)> = Vec::with_capacity(limit + 1);
-        let scan = i64::try_from((limit + 1).max(100)).unwrap_or(100);
+        // An album's items may be far apart on the timeline: a filtered read scans wider pages.
+        let scan = if album.is_some() {
+            1000
+        } else {
+            (limit + 1).max(100)
+        };
+        let scan = i64::try_from(scan).unwrap_or(100);
         'pages: loop {
             let rows = self
                 .store()
@@ -625,19 +660,28 @@ pub struct GalleryPage {
     pub next: Option<String>,
 }
 
-/// A cursor as text: `<time in ms>~<item id>`, or `-~<item id>` for an undated item.
+/// A cursor: `<time in ms>~<item id>` (`-~<item id>` for an undated item) in unpadded
+/// base64url, so that it goes into an address as it is.
 fn cursor_text(c: &TimelineCursor) -> String {
-    match c.at {
+    use base64::Engine;
+    let text = match c.at {
         Some(t) => format!("{t}~{}", c.id),
         None => format!("-~{}", c.id),
-    }
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-fn parse_cursor(text: &str) -> Result<TimelineCursor, CloudError> {
+fn parse_cursor(cursor: &str) -> Result<TimelineCursor, CloudError> {
+    use base64::Engine;
     let bad = || CloudError::Invalid {
         field: "cursor",
         message: "not a cursor this server gave: pass the `next` of the page before".into(),
     };
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
     let (at, id) = text.split_once('~').ok_or_else(bad)?;
     if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
         return Err(bad());

@@ -44,6 +44,9 @@ pub fn read_track(path: &Path) -> Result<TrackMeta, String> {
             // Containers keep UTC (ISO/IEC 14496-12 `mvhd`); a time without an offset is UTC.
             None => d.into_naive().and_utc().timestamp_millis(),
         })
+        // An unset `mvhd` time is 0, which reads as 1904-01-01: edited, exported and forwarded
+        // clips often carry it. No video was recorded before 1970.
+        .filter(|ms| *ms > 0)
         .map(Timestamp);
     let place = info
         .gps_info()
@@ -77,13 +80,21 @@ pub enum PosterError {
 
 /// One frame of the video at `path`, as PNG bytes: about a second in (half-way through a
 /// shorter video), turned upright as the video is meant to be shown.
+///
+/// The frame comes out no larger than `side` pixels on its long side, and at most
+/// [`MAX_FRAME_BYTES`] of it are read: a video that declares a huge frame cannot make ffmpeg's
+/// answer a memory bomb. ffmpeg may open only local files of the container formats Mica reads.
 pub fn poster(
     ffmpeg: &str,
     path: &Path,
     duration_ms: Option<u64>,
+    side: u32,
     deadline: Duration,
 ) -> Result<Vec<u8>, PosterError> {
     let at_ms = duration_ms.map_or(0, |d| (d / 2).min(1000));
+    let at = format!("{}.{:03}", at_ms / 1000, at_ms % 1000);
+    let fit =
+        format!("scale=w=min({side}\\,iw):h=min({side}\\,ih):force_original_aspect_ratio=decrease");
     let spawned = Command::new(ffmpeg)
         .args([
             "-nostdin",
@@ -93,13 +104,21 @@ pub fn poster(
             "-threads",
             "1",
         ])
-        .args([
-            "-ss",
-            &format!("{}.{:03}", at_ms / 1000, at_ms % 1000),
-            "-i",
-        ])
+        .args(["-protocol_whitelist", "file"])
+        .args(["-format_whitelist", "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm"])
+        .args(["-ss", &at, "-i"])
         .arg(path)
-        .args(["-map", "0:v:0", "-frames:v", "1", "-an", "-sn", "-dn"])
+        .args([
+            "-map",
+            "0:v:0",
+            "-frames:v",
+            "1",
+            "-an",
+            "-sn",
+            "-dn",
+            "-vf",
+            &fit,
+        ])
         .args(["-f", "image2pipe", "-c:v", "png", "pipe:1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -110,27 +129,26 @@ pub fn poster(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PosterError::NoFfmpeg),
         Err(e) => return Err(PosterError::Failed(format!("ffmpeg could not start: {e}"))),
     };
-    // Both pipes are drained while the child runs, so a full pipe never stops it.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+    // Both pipes are drained while the child runs, so a full pipe never stops it; past its
+    // bound a pipe is read and dropped.
+    let drain = |pipe: Option<Box<dyn Read + Send>>, keep: u64| {
         std::thread::spawn(move || {
             let mut out = Vec::new();
             if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut out);
+                let _ = (&mut p).take(keep).read_to_end(&mut out);
+                let _ = std::io::copy(&mut p, &mut std::io::sink());
             }
             out
         })
     };
+    let boxed = |p: Option<Box<dyn Read + Send>>| p;
     let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        boxed(child.stdout.take().map(|p| Box::new(p) as _)),
+        MAX_FRAME_BYTES + 1,
     );
     let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        boxed(child.stderr.take().map(|p| Box::new(p) as _)),
+        64 * 1024,
     );
     let started = Instant::now();
     let status = loop {
@@ -153,9 +171,14 @@ pub fn poster(
             "making the preview took longer than {} s",
             deadline.as_secs()
         ))),
+        Some(s) if s.success() && frame.len() as u64 > MAX_FRAME_BYTES => Err(PosterError::Failed(
+            "the video's frame is larger than a preview may be".into(),
+        )),
         Some(s) if s.success() && !frame.is_empty() => Ok(frame),
         Some(_) => {
-            let why = String::from_utf8_lossy(&errors);
+            // ffmpeg names its input; a person knows it as "the video", not as a scratch file.
+            let why =
+                String::from_utf8_lossy(&errors).replace(&path.display().to_string(), "the video");
             let why = why.lines().map(str::trim).find(|l| !l.is_empty());
             Err(PosterError::Failed(match why {
                 Some(line) => format!(
@@ -168,23 +191,50 @@ pub fn poster(
     }
 }
 
+/// The most bytes of ffmpeg's frame that are read (a PNG of a 1024-pixel frame is far smaller).
+pub const MAX_FRAME_BYTES: u64 = 16 << 20;
+
+/// The name every scratch file starts with.
+const SCRATCH_PREFIX: &str = "mica-media-";
+
 /// A temporary file, removed when dropped.
 pub struct Scratch {
     path: PathBuf,
 }
 
 impl Scratch {
-    /// A new, empty file in the system's temporary folder (`TMPDIR`).
-    pub fn create() -> std::io::Result<(Scratch, std::fs::File)> {
-        let path = std::env::temp_dir().join(format!(
-            "mica-media-{}.tmp",
+    /// A new, empty file in `dir` (created if missing), readable by this user only: it holds a
+    /// copy of a person's video.
+    pub fn create(dir: &Path) -> std::io::Result<(Scratch, std::fs::File)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!(
+            "{SCRATCH_PREFIX}{}.tmp",
             mica_core::crypto::random_token_string(12)
         ));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let file = open.open(&path)?;
         Ok((Scratch { path }, file))
+    }
+
+    /// Removes the scratch files in `dir` older than `age`: those of a worker that died.
+    pub fn remove_stale(dir: &Path, age: Duration) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > age);
+            if old && e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -226,11 +276,12 @@ mod tests {
     #[test]
     fn a_clip_cut_short_or_not_a_video_is_refused_with_a_reason() {
         let clip = std::fs::read(CLIP).unwrap_or_default();
-        let (cut, mut f) = Scratch::create().unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::temp_dir();
+        let (cut, mut f) = Scratch::create(&dir).unwrap_or_else(|e| panic!("{e}"));
         std::io::Write::write_all(&mut f, &clip[..clip.len() / 2]).unwrap_or_default();
         let why = read_track(cut.path()).err().unwrap_or_default();
         assert!(why.starts_with("the video is damaged"), "{why}");
-        let (text, mut f) = Scratch::create().unwrap_or_else(|e| panic!("{e}"));
+        let (text, mut f) = Scratch::create(&dir).unwrap_or_else(|e| panic!("{e}"));
         std::io::Write::write_all(&mut f, b"just some words, not a video at all")
             .unwrap_or_default();
         let why = read_track(text.path()).err().unwrap_or_default();
@@ -244,12 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_container_time_is_no_time() {
+        // The clip with its `mvhd` creation time zeroed, as an edited or exported clip has it.
+        let mut clip = std::fs::read(CLIP).unwrap_or_default();
+        let at = clip.windows(4).position(|w| w == b"mvhd").unwrap_or(0) + 8;
+        clip[at..at + 4].copy_from_slice(&[0; 4]);
+        let (file, mut f) =
+            Scratch::create(&std::env::temp_dir()).unwrap_or_else(|e| panic!("{e}"));
+        std::io::Write::write_all(&mut f, &clip).unwrap_or_default();
+        let meta = read_track(file.path()).unwrap_or_default();
+        assert_eq!(meta.taken_at, None, "not 1904-01-01");
+        assert_eq!((meta.width, meta.height), (Some(320), Some(240)));
+    }
+
+    #[test]
     fn without_ffmpeg_there_is_no_poster_and_the_reason_says_so() {
         assert_eq!(
             poster(
                 "/nonexistent/ffmpeg",
                 Path::new(CLIP),
                 Some(2000),
+                1024,
                 Duration::from_secs(5)
             ),
             Err(PosterError::NoFfmpeg)

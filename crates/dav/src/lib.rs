@@ -614,10 +614,12 @@ impl Writer {
             "mica-dav-{}.part",
             mica_core::crypto::random_token_string(12)
         ));
-        let spool = std::fs::File::options()
-            .create_new(true)
-            .read(true)
-            .write(true)
+        let mut options = std::fs::File::options();
+        options.create_new(true).read(true).write(true);
+        // It holds a person's file: readable by this user only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let spool = options
             .open(&spool_path)
             .map_err(|_| FsError::GeneralFailure)?;
         Ok(Writer {

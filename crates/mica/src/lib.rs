@@ -113,13 +113,12 @@ impl Server {
 
         let blob_store =
             BlobStore::open(&cfg.blob_location()?).context("opening the blob store")?;
-        let cloud = Cloud::new(
-            store.clone(),
-            blob_store,
-            cloud_keys,
-            clock.clone(),
-            cfg.cloud.clone(),
-        );
+        let cloud = Cloud::new(store.clone(), blob_store, cloud_keys, clock.clone(), {
+            let mut c = cfg.cloud.clone();
+            c.scratch_dir
+                .get_or_insert_with(|| cfg.data_dir.join("tmp"));
+            c
+        });
         identity.add_area(Arc::new(CloudExport(cloud.clone())));
         let devices = Devices::new(
             store.clone(),
@@ -169,6 +168,7 @@ impl Server {
             let mut stop = tx.subscribe();
             tokio::spawn(async move {
                 loop {
+                    cloud.remove_stale_scratch().await;
                     if let Err(e) = cloud.run_media().await {
                         tracing::warn!(error = %e, "media worker failed");
                     }

@@ -897,6 +897,36 @@ impl Store {
         .collect()
     }
 
+    /// Sets what is indexed from a live item's body (its `uid`, `starts_at`, `ends_at`), if the
+    /// item is still at `version`: for an item restored from the recycle bin, which keeps bodies
+    /// only. Not a change of the item: its version stays.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reindex_item(
+        &self,
+        account: AccountId,
+        collection: &str,
+        id: &str,
+        version: i64,
+        uid: Option<&str>,
+        starts_at: Option<i64>,
+        ends_at: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE items SET uid = $5, starts_at = $6, ends_at = $7 \
+             WHERE account_id = $1 AND collection_id = $2 AND id = $3 AND seq = $4 AND deleted_at IS NULL",
+        )
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(id)
+        .bind(version)
+        .bind(uid)
+        .bind(starts_at)
+        .bind(ends_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Puts a recycle-bin entry back as a live item (a new change every device pulls).
     pub async fn restore_from_bin(
         &self,

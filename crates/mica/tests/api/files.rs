@@ -1455,12 +1455,23 @@ async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, ["p5", "p3", "p1", "p0", "p4", "u1", "u2"]);
+    // Restored from the recycle bin, it comes back to its place (the bin keeps the body, and
+    // the time is indexed from it again).
+    let bin = c.recycle_bin(Some("gallery")).await.unwrap();
+    c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    let ids: Vec<String> = gallery(&tus, "")
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["p5", "p2", "p3", "p1", "p0", "p4", "u1", "u2"]);
     // Bad paging requests are refused with a reason.
     for (limit, cursor) in [
         (0, None),
         (501, None),
         (2, Some("yesterday")),
-        (2, Some("x~p1")),
+        // base64url of "x~p1": a cursor's shape, with a time that is not one.
+        (2, Some("eH5wMQ")),
     ] {
         let (status, e) = gallery_page(&tus, "", limit, cursor).await;
         assert_eq!(status, 422, "{limit} {cursor:?}: {e}");
