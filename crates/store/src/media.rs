@@ -201,10 +201,8 @@ impl Store {
         };
         let sql = format!(
             "SELECT i.id, i.seq, i.modified_at, i.deleted_at, i.size, i.body, i.summary, \
-             i.file_id, i.path_key, {AT} AS sort_at, m.status AS m_status, \
-             m.attempts AS m_attempts, m.taken_at AS m_taken_at, m.place AS m_place, \
-             m.width AS m_width, m.height AS m_height, m.thumb_small AS m_thumb_small, \
-             m.thumb_large AS m_thumb_large, m.error AS m_error \
+             i.file_id, i.path_key, {AT} AS sort_at, m.account_id, m.status, m.attempts, \
+             m.taken_at, m.place, m.width, m.height, m.thumb_small, m.thumb_large, m.error \
              FROM items i LEFT JOIN media m ON m.account_id = i.account_id AND m.file_id = i.file_id \
              WHERE i.account_id = $1 AND i.collection_id = $2 AND i.deleted_at IS NULL {from} \
              ORDER BY ({AT} IS NULL), {AT} DESC, i.id LIMIT ${limit_at}"
@@ -220,21 +218,10 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let item = crate::cloud::item_from(r, true)?;
-                let media = match r.try_get::<Option<String>, _>("m_status")? {
+                // The media columns keep their names (the item's `file_id` is the media row's).
+                let media = match r.try_get::<Option<String>, _>("status")? {
                     None => None,
-                    Some(status) => Some(MediaRow {
-                        account_id: account,
-                        file_id: item.file_id.clone().unwrap_or_default(),
-                        status,
-                        attempts: r.try_get("m_attempts")?,
-                        taken_at: r.try_get::<Option<i64>, _>("m_taken_at")?.map(Timestamp),
-                        place: r.try_get("m_place")?,
-                        width: r.try_get("m_width")?,
-                        height: r.try_get("m_height")?,
-                        thumb_small: r.try_get("m_thumb_small")?,
-                        thumb_large: r.try_get("m_thumb_large")?,
-                        error: r.try_get("m_error")?,
-                    }),
+                    Some(_) => Some(row(r)?),
                 };
                 let at = r.try_get::<Option<i64>, _>("sort_at")?;
                 Ok(TimelineRow { item, media, at })

@@ -488,17 +488,19 @@ async fn the_quota_stops_an_upload_and_releases_its_bytes(app: &TestApp) {
     );
 }
 
-async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
-    let (tus, c, account) = signed_in(app, "di@example.com").await;
-    let quota = 20 * MB as i64;
+/// Twenty uploads of `size` bytes each by a new account whose quota is `quota`, all created
+/// first and then sent at once; checks that usage never passes the quota, that it equals what
+/// is stored (the stopped uploads' bytes released) and that every upload either finished or was
+/// refused for space. Returns how many finished.
+async fn race_at_the_quota(app: &TestApp, email: &str, quota: usize, size: usize) -> usize {
+    let (tus, c, account) = signed_in(app, email).await;
     app.store()
-        .set_cloud_plan(account.parse().unwrap(), "free", Some(quota))
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(quota as i64))
         .await
         .unwrap();
-    // Twenty uploads of 3 MB each (one chunk): each fits alone, six at most fit together.
     let mut paths = Vec::new();
     for i in 0..20 {
-        paths.push(tus.create(3 * MB, &format!("f{i}")).await);
+        paths.push(tus.create(size, &format!("f{i}")).await);
     }
     let mut tasks = Vec::new();
     for (i, path) in paths.into_iter().enumerate() {
@@ -512,7 +514,7 @@ async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
                 .header("Tus-Resumable", "1.0.0")
                 .header("Upload-Offset", "0")
                 .header("Content-Type", "application/offset+octet-stream")
-                .body(bytes(3 * MB, 100 + i as u64))
+                .body(bytes(size, 100 + i as u64))
                 .send()
                 .await
                 .unwrap();
@@ -527,59 +529,22 @@ async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!(done, 6, "6 × 3 MB fit in 20 MB, a seventh does not");
     let usage = c.usage().await.unwrap();
-    assert!(used(&usage) <= quota);
-    assert_eq!(used(&usage), done * 3 * MB as i64);
+    assert!(used(&usage) <= quota as i64, "{usage}");
+    assert_eq!(used(&usage), (done * size) as i64);
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
-    assert_eq!(tus.stored().await.1, (done as u64) * 3 * MB as u64);
+    assert_eq!(tus.stored().await.1, (done * size) as u64);
+    done
+}
 
-    // Twenty uploads of 9 MB (three chunks each, charged one by one as they arrive) racing at
-    // 30 MB: whichever stop, the account never holds more than its quota, and what the stopped
-    // ones had stored is released.
-    let (tus, c, account) = signed_in(app, "di2@example.com").await;
-    let quota = 30 * MB as i64;
-    app.store()
-        .set_cloud_plan(account.parse().unwrap(), "free", Some(quota))
-        .await
-        .unwrap();
-    let mut paths = Vec::new();
-    for i in 0..20 {
-        paths.push(tus.create(9 * MB, &format!("g{i}")).await);
-    }
-    let mut tasks = Vec::new();
-    for (i, path) in paths.into_iter().enumerate() {
-        let http = app.http.clone();
-        let url = app.url(&path);
-        let token = tus.token.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .patch(url)
-                .bearer_auth(token)
-                .header("Tus-Resumable", "1.0.0")
-                .header("Upload-Offset", "0")
-                .header("Content-Type", "application/offset+octet-stream")
-                .body(bytes(9 * MB, 200 + i as u64))
-                .send()
-                .await
-                .unwrap();
-            r.status().as_u16()
-        }));
-    }
-    let mut done = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            204 => done += 1,
-            507 => {}
-            other => panic!("unexpected status {other}"),
-        }
-    }
+async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
+    // 3 MB each (one chunk): each fits alone, six at most fit together.
+    let done = race_at_the_quota(app, "di@example.com", 20 * MB, 3 * MB).await;
+    assert_eq!(done, 6, "6 × 3 MB fit in 20 MB, a seventh does not");
+    // 9 MB each (three chunks, charged one by one as they arrive): whichever stop, the account
+    // never holds more than its quota, and what the stopped ones had stored is released.
+    let done = race_at_the_quota(app, "di2@example.com", 30 * MB, 9 * MB).await;
     assert!(done <= 3, "{done} × 9 MB in 30 MB");
-    let usage = c.usage().await.unwrap();
-    assert!(used(&usage) <= quota, "{usage}");
-    assert_eq!(used(&usage), done * 9 * MB as i64);
-    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
-    assert_eq!(tus.stored().await.1, (done as u64) * 9 * MB as u64);
 }
 
 async fn downloads_honour_ranges_and_conditions(app: &TestApp) {
