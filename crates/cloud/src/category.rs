@@ -318,9 +318,15 @@ fn prepare_icalendar(text: &str) -> Result<Prepared, CloudError> {
 
 /// An RFC 3339 time, checked.
 fn check_time(category: Category, field: &str, v: &str) -> Result<(), CloudError> {
+    parse_time(category, field, v).map(|_| ())
+}
+
+/// An RFC 3339 time, in milliseconds since the epoch.
+fn parse_time(category: Category, field: &str, v: &str) -> Result<i64, CloudError> {
     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-        .map(|_| ())
-        .map_err(|_| invalid(category, format!("{field} must be an RFC 3339 time")))
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok())
+        .ok_or_else(|| invalid(category, format!("{field} must be an RFC 3339 time")))
 }
 
 fn check_len(category: Category, field: &str, v: &str, max: usize) -> Result<(), CloudError> {
@@ -630,13 +636,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
             let g: GalleryItem = parse(c, body)?;
             check_nonempty(c, "name", &g.name)?;
             if let Some(t) = &g.taken_at {
-                check_time(c, "taken_at", t)?;
-                starts_at =
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                        .and_then(|t| {
-                            i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
-                        });
+                starts_at = Some(parse_time(c, "taken_at", t)?);
             }
             if let Some(p) = &g.place {
                 if !(-90.0..=90.0).contains(&p.latitude) || !(-180.0..=180.0).contains(&p.longitude)

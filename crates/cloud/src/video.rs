@@ -129,27 +129,9 @@ pub fn poster(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PosterError::NoFfmpeg),
         Err(e) => return Err(PosterError::Failed(format!("ffmpeg could not start: {e}"))),
     };
-    // Both pipes are drained while the child runs, so a full pipe never stops it; past its
-    // bound a pipe is read and dropped.
-    let drain = |pipe: Option<Box<dyn Read + Send>>, keep: u64| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = (&mut p).take(keep).read_to_end(&mut out);
-                let _ = std::io::copy(&mut p, &mut std::io::sink());
-            }
-            out
-        })
-    };
-    let boxed = |p: Option<Box<dyn Read + Send>>| p;
-    let stdout = drain(
-        boxed(child.stdout.take().map(|p| Box::new(p) as _)),
-        MAX_FRAME_BYTES + 1,
-    );
-    let stderr = drain(
-        boxed(child.stderr.take().map(|p| Box::new(p) as _)),
-        64 * 1024,
-    );
+    // Both pipes are drained while the child runs, so a full pipe never stops it.
+    let stdout = drain(child.stdout.take(), MAX_FRAME_BYTES + 1);
+    let stderr = drain(child.stderr.take(), 64 * 1024);
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -189,6 +171,19 @@ pub fn poster(
             }))
         }
     }
+}
+
+/// Reads a child's pipe to its end on a thread of its own, keeping the first `keep` bytes
+/// (past them, bytes are read and dropped).
+fn drain<R: Read + Send + 'static>(pipe: Option<R>, keep: u64) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = (&mut p).take(keep).read_to_end(&mut out);
+            let _ = std::io::copy(&mut p, &mut std::io::sink());
+        }
+        out
+    })
 }
 
 /// The most bytes of ffmpeg's frame that are read (a PNG of a 1024-pixel frame is far smaller).

@@ -1278,22 +1278,39 @@ async fn gallery_page(tus: &Tus<'_>, q: &str, limit: usize, cursor: Option<&str>
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-/// The whole timeline, read two entries a page: every test that reads it pages through it.
-async fn gallery(tus: &Tus<'_>, q: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
+/// The timeline's pages from `cursor` on, `limit` entries a page, following `next`.
+async fn gallery_pages(
+    tus: &Tus<'_>,
+    q: &str,
+    limit: usize,
+    mut cursor: Option<String>,
+) -> Vec<Vec<Value>> {
+    let mut pages = Vec::new();
     loop {
-        let (status, page) = gallery_page(tus, q, 2, cursor.as_deref()).await;
+        let (status, page) = gallery_page(tus, q, limit, cursor.as_deref()).await;
         assert_eq!(status, 200, "{page}");
-        let entries = page["entries"].as_array().unwrap();
-        assert!(entries.len() <= 2);
-        out.extend(entries.iter().cloned());
+        let entries = page["entries"].as_array().unwrap().clone();
+        assert!(entries.len() <= limit);
+        pages.push(entries);
         match page["next"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
-            None => return out,
+            None => return pages,
         }
-        assert!(out.len() < 1000, "the pages never end");
+        assert!(pages.len() < 1000, "the pages never end");
     }
+}
+
+/// The whole timeline, read two entries a page: every test that reads it pages through it.
+async fn gallery(tus: &Tus<'_>, q: &str) -> Vec<Value> {
+    gallery_pages(tus, q, 2, None).await.concat()
+}
+
+/// The ids of timeline entries.
+fn ids(entries: &[Value]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
@@ -1320,23 +1337,11 @@ async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
     c.push("gallery", Value::Array(writes), None).await.unwrap();
     // Newest first; the same moment in id order; undated last, in id order.
     let order = ["p5", "p2", "p3", "p1", "p4", "u1", "u2"];
-    let mut cursor: Option<String> = None;
-    let mut pages = Vec::new();
-    loop {
-        let (status, page) = gallery_page(&tus, "", 3, cursor.as_deref()).await;
-        assert_eq!(status, 200, "{page}");
-        let ids: Vec<String> = page["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_owned())
-            .collect();
-        pages.push(ids);
-        match page["next"].as_str() {
-            Some(n) => cursor = Some(n.to_owned()),
-            None => break,
-        }
-    }
+    let pages: Vec<Vec<String>> = gallery_pages(&tus, "", 3, None)
+        .await
+        .iter()
+        .map(|p| ids(p))
+        .collect();
     assert_eq!(pages.concat(), order);
     assert_eq!(
         pages.iter().map(Vec::len).collect::<Vec<_>>(),
@@ -1349,44 +1354,12 @@ async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
     c.push("gallery", json!([{"id": "p0", "op": "put", "body": {"name": "p0.jpg", "mime_type": "image/jpeg", "size": 1, "taken_at": "2026-01-01T00:00:00Z"}}]), None)
         .await
         .unwrap();
-    let mut seen: Vec<String> = first["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
-    let mut cursor = first["next"].as_str().map(str::to_owned);
-    while let Some(cur) = cursor {
-        let (_, page) = gallery_page(&tus, "", 2, Some(&cur)).await;
-        seen.extend(
-            page["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_owned()),
-        );
-        cursor = page["next"].as_str().map(str::to_owned);
-    }
+    let mut seen = ids(first["entries"].as_array().unwrap());
+    let next = first["next"].as_str().map(str::to_owned);
+    seen.extend(ids(&gallery_pages(&tus, "", 2, next).await.concat()));
     assert_eq!(seen, ["p5", "p2", "p3", "p1", "p0", "p4", "u1", "u2"]);
     // An album, a page of one at a time.
-    let trip: Vec<String> = {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let (_, page) = gallery_page(&tus, "?album=Trip", 1, cursor.as_deref()).await;
-            out.extend(
-                page["entries"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e["id"].as_str().unwrap().to_owned()),
-            );
-            match page["next"].as_str() {
-                Some(n) => cursor = Some(n.to_owned()),
-                None => break out,
-            }
-        }
-    };
+    let trip = ids(&gallery_pages(&tus, "?album=Trip", 1, None).await.concat());
     assert_eq!(trip, ["p5", "p3", "p1"]);
     // A deleted photo leaves the timeline.
     let v = c.item("gallery", "p2").await.unwrap()["version"]
@@ -1400,22 +1373,18 @@ async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
     )
     .await
     .unwrap();
-    let ids: Vec<String> = gallery(&tus, "")
-        .await
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids, ["p5", "p3", "p1", "p0", "p4", "u1", "u2"]);
+    assert_eq!(
+        ids(&gallery(&tus, "").await),
+        ["p5", "p3", "p1", "p0", "p4", "u1", "u2"]
+    );
     // Restored from the recycle bin, it comes back to its place (the bin keeps the body, and
     // the time is indexed from it again).
     let bin = c.recycle_bin(Some("gallery")).await.unwrap();
     c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
-    let ids: Vec<String> = gallery(&tus, "")
-        .await
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids, ["p5", "p2", "p3", "p1", "p0", "p4", "u1", "u2"]);
+    assert_eq!(
+        ids(&gallery(&tus, "").await),
+        ["p5", "p2", "p3", "p1", "p0", "p4", "u1", "u2"]
+    );
     // Bad paging requests are refused with a reason.
     for (limit, cursor) in [
         (0, None),
