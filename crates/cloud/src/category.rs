@@ -9,6 +9,7 @@
 use calcard::icalendar::{ICalendar, ICalendarComponentType, ICalendarProperty};
 use calcard::vcard::{VCardProperty, VCardVersion};
 use calcard::{Entry, Parser};
+use mica_core::crypto::is_issued_id;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -137,21 +138,36 @@ fn invalid(category: Category, why: impl std::fmt::Display) -> CloudError {
 /// Validates an item's body for its category. vCard and iCalendar come as a string, kept as is;
 /// the JSON categories come as an object.
 pub fn prepare(category: Category, body: &serde_json::Value) -> Result<Prepared, CloudError> {
-    match category.format() {
+    let p = match category.format() {
         Format::VCard => {
             let text = body
                 .as_str()
                 .ok_or_else(|| invalid(category, "send the vCard as a string"))?;
-            prepare_vcard(text)
+            prepare_vcard(text)?
         }
         Format::ICalendar => {
             let text = body
                 .as_str()
                 .ok_or_else(|| invalid(category, "send the iCalendar object as a string"))?;
-            prepare_icalendar(text)
+            prepare_icalendar(text)?
         }
-        Format::Json => prepare_json(category, body),
+        Format::Json => prepare_json(category, body)?,
+    };
+    // The fields indexed as text: what every database can hold and compare (PostgreSQL's text
+    // cannot hold a NUL, and the parsers keep control characters in values).
+    if p.uid
+        .as_deref()
+        .is_some_and(|u| u.chars().any(char::is_control))
+    {
+        return Err(invalid(category, "its UID holds a control character"));
     }
+    if p.file_id.as_deref().is_some_and(|f| !is_issued_id(f)) {
+        return Err(invalid(
+            category,
+            "file_id is not the id of an uploaded file",
+        ));
+    }
+    Ok(p)
 }
 
 /// Whether the text's last line is `END:<what>` (the lenient parser accepts a missing one).

@@ -24,6 +24,10 @@ pub enum CloudError {
     ItemTooLarge(usize),
     #[error("a batch holds at most {0} writes; split it")]
     BatchTooLarge(usize),
+    #[error(
+        "this folder holds more than {0} entries: copy or delete its subfolders one at a time"
+    )]
+    FolderTooLarge(usize),
     #[error("this is not a sync token; pull without one to resync the collection")]
     InvalidToken,
     #[error("this sync token is unknown for this collection; pull without a token to resync it")]
@@ -88,6 +92,7 @@ impl CloudError {
             CloudError::CollectionExists => "collection_exists",
             CloudError::ItemTooLarge(_) => "item_too_large",
             CloudError::BatchTooLarge(_) => "batch_too_large",
+            CloudError::FolderTooLarge(_) => "folder_too_large",
             CloudError::InvalidToken => "invalid_sync_token",
             CloudError::UnknownToken => "sync_token_unknown",
             CloudError::TokenExpired => "sync_token_expired",
@@ -121,6 +126,7 @@ impl CloudError {
             CloudError::InBatch { source, .. } => source.http_status(),
             CloudError::CollectionExists | CloudError::RestoreConflict => 409,
             CloudError::ItemTooLarge(_) | CloudError::BatchTooLarge(_) => 413,
+            CloudError::FolderTooLarge(_) => 422,
             CloudError::InvalidToken => 400,
             CloudError::UnknownToken | CloudError::TokenExpired => 410,
             CloudError::QuotaExceeded { .. } => 507,
@@ -148,6 +154,13 @@ impl From<mica_blobs::BlobError> for CloudError {
 
 impl From<mica_store::StoreError> for CloudError {
     fn from(e: mica_store::StoreError) -> Self {
-        CloudError::Internal(e.to_string())
+        match e {
+            mica_store::StoreError::UnstorableText => CloudError::Invalid {
+                field: "text",
+                message: "a text field holds a character that cannot be stored (such as NUL)"
+                    .into(),
+            },
+            e => CloudError::Internal(e.to_string()),
+        }
     }
 }

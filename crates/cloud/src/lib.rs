@@ -46,6 +46,8 @@ pub struct CloudConfig {
     pub max_item_bytes: usize,
     /// The most writes in one batch.
     pub max_batch: usize,
+    /// The most entries a drive folder's copy or deletion takes (one transaction).
+    pub max_tree: usize,
     /// Recycle-bin retention on the free plan, in days.
     pub free_retention_days: u64,
     /// Recycle-bin retention on the premium plan, in days.
@@ -81,6 +83,7 @@ impl Default for CloudConfig {
             quota_bytes: 5_000_000_000,
             max_item_bytes: 1 << 20,
             max_batch: 1000,
+            max_tree: 20_000,
             free_retention_days: 30,
             premium_retention_days: 60,
             tombstone_days: 90,
@@ -330,10 +333,12 @@ impl Cloud {
         check_id("id", id, 64)?;
         let category = Category::parse(category).ok_or(CloudError::UnknownCategory)?;
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(CloudError::Invalid {
                 field: "name",
-                message: "give the collection a name of 1 to 100 characters".into(),
+                message:
+                    "give the collection a name of 1 to 100 characters, without control characters"
+                        .into(),
             });
         }
         if Category::parse(id).is_some_and(|c| c != category) {
@@ -490,6 +495,23 @@ impl Cloud {
         writes: Vec<Write>,
         idempotency_key: Option<&str>,
     ) -> Result<PushOutcome, CloudError> {
+        let max = self.inner.cfg.max_batch;
+        if writes.len() > max {
+            return Err(CloudError::BatchTooLarge(max));
+        }
+        self.apply(account, collection, writes, idempotency_key)
+            .await
+    }
+
+    /// A batch of any size applied as one transaction: a client's push, within its bound, or
+    /// the server's own (a drive folder's copy or deletion, within [`CloudConfig::max_tree`]).
+    async fn apply(
+        &self,
+        account: AccountId,
+        collection: &str,
+        writes: Vec<Write>,
+        idempotency_key: Option<&str>,
+    ) -> Result<PushOutcome, CloudError> {
         let c = self.resolve(account, collection).await?;
         let category = Self::category_of(&c)?;
         let cfg = &self.inner.cfg;
@@ -498,9 +520,6 @@ impl Cloud {
                 field: "writes",
                 message: "the batch is empty".into(),
             });
-        }
-        if writes.len() > cfg.max_batch {
-            return Err(CloudError::BatchTooLarge(cfg.max_batch));
         }
         if let Some(k) = idempotency_key {
             if k.is_empty() || k.len() > 200 || !k.bytes().all(|b| b.is_ascii_graphic()) {

@@ -347,6 +347,16 @@ impl Cloud {
                 Ok(a) => self.store_previews(account, &file.id, a).await?,
             }
         };
+        // The reason may quote a decoder or ffmpeg, which quote the file: kept printable (a
+        // database's text may not hold every character a file can).
+        let done = MediaDone {
+            error: done.error.map(|e| {
+                e.chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect()
+            }),
+            ..done
+        };
         let keys: Vec<String> = [&done.thumb_small, &done.thumb_large]
             .into_iter()
             .flatten()

@@ -268,6 +268,17 @@ pub fn random_token_string(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(&*b)
 }
 
+/// Whether `id` could be one this server made: `<prefix>_<random_token_string>`, so ASCII
+/// letters, digits, `_` and `-`, at most 64 of them. What fails this was never issued, and is
+/// refused before it reaches a query (where, say, PostgreSQL cannot compare a NUL).
+pub fn is_issued_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// SHA-256 of a high-entropy token, as stored.
 pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()

@@ -46,7 +46,14 @@ pub enum DevicesError {
 
 impl From<mica_store::StoreError> for DevicesError {
     fn from(e: mica_store::StoreError) -> Self {
-        DevicesError::Internal(e.to_string())
+        match e {
+            mica_store::StoreError::UnstorableText => DevicesError::Invalid {
+                field: "text",
+                message: "a text field holds a character that cannot be stored (such as NUL)"
+                    .into(),
+            },
+            e => DevicesError::Internal(e.to_string()),
+        }
     }
 }
 

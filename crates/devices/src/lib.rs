@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use mica_core::crypto::{random_token_string, token_hash, Keys};
+use mica_core::crypto::{is_issued_id, random_token_string, token_hash, Keys};
 use mica_core::{AccountId, Clock, PhoneE164, SessionId, Timestamp};
 use mica_identity::limits::Limiter;
 use mica_identity::{ClientInfo, Identity, Principal, Rate};
@@ -1152,6 +1152,10 @@ impl Devices {
     /// repeated one is refused (`command_already_acknowledged`), and so is one after expiry
     /// (`command_expired`): a replayed or stale command never runs.
     pub async fn acknowledge(&self, d: &DeviceCaller, command: &str) -> Result<CommandView> {
+        // An id sent on the channel reaches no query unless it could be one of ours.
+        if !is_issued_id(command) {
+            return Err(DevicesError::NotFound);
+        }
         match self
             .store()
             .acknowledge_command(&d.id, command, self.now())
@@ -1195,6 +1199,9 @@ impl Devices {
         reason: Option<&str>,
         client: &ClientInfo,
     ) -> Result<CommandView> {
+        if !is_issued_id(command) {
+            return Err(DevicesError::NotFound);
+        }
         let reason = match reason {
             Some(r) => Some(text_field("reason", r, 500, false)?),
             None => None,

@@ -109,6 +109,13 @@ impl From<IdentityError> for ApiError {
 
 impl From<mica_store::StoreError> for ApiError {
     fn from(e: mica_store::StoreError) -> Self {
+        if matches!(e, mica_store::StoreError::UnstorableText) {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                "a text field holds a character that cannot be stored (such as NUL)",
+            );
+        }
         tracing::error!(error = %e, "storage error");
         ApiError::internal()
     }

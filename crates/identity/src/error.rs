@@ -136,7 +136,14 @@ impl IdentityError {
 
 impl From<mica_store::StoreError> for IdentityError {
     fn from(e: mica_store::StoreError) -> Self {
-        IdentityError::Internal(e.to_string())
+        match e {
+            mica_store::StoreError::UnstorableText => IdentityError::Invalid {
+                field: "text",
+                message: "a text field holds a character that cannot be stored (such as NUL)"
+                    .into(),
+            },
+            e => IdentityError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -152,6 +152,9 @@ impl Identity {
         id: &str,
         purpose: &str,
     ) -> Result<(AccountId, Option<mica_core::SessionId>, S), IdentityError> {
+        if !mica_core::crypto::is_issued_id(id) {
+            return Err(IdentityError::ChallengeExpired);
+        }
         let row = self
             .store()
             .take_webauthn_challenge(id)

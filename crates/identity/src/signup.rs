@@ -276,12 +276,7 @@ impl Identity {
         id: &str,
         purpose: &str,
     ) -> Result<CodeRow, IdentityError> {
-        if id.is_empty()
-            || id.len() > 64
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !mica_core::crypto::is_issued_id(id) {
             return Err(IdentityError::CodeExpired);
         }
         match self.store().code(id).await? {

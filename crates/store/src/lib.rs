@@ -73,6 +73,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL {0:?}: use sqlite:PATH or postgres://…")]
     UnsupportedUrl(String),
+    /// A text value the database cannot hold (PostgreSQL's text takes no NUL). The domain
+    /// crates refuse such values first; this keeps one they missed a 4xx rather than a 500.
+    #[error("a text value holds a character the database cannot store")]
+    UnstorableText,
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     #[error("database error reading a page: {0}")]
@@ -89,6 +93,12 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // character_not_in_repertoire, untranslatable_character
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                StoreError::UnstorableText
+            }
             _ => StoreError::Database(e),
         }
     }

@@ -1441,6 +1441,12 @@ async fn a_websocket_channel_takes_acknowledgements(app: &TestApp) {
     // Another account's command id, or one that does not exist: not found.
     ws_send(&mut ws, ws_text(json!({ "type": "ack", "id": "cmd_nope" }))).await;
     assert_eq!(next_json(&mut ws).await["error"]["code"], "not_found");
+    // Nor is an id no command could have (a NUL, which PostgreSQL cannot even compare).
+    for bogus in ["cmd_\u{0}", "", "cmd nope", &"x".repeat(300)] {
+        ws_send(&mut ws, ws_text(json!({ "type": "ack", "id": bogus }))).await;
+        let answer = next_json(&mut ws).await;
+        assert_eq!(answer["error"]["code"], "not_found", "{bogus:?}: {answer}");
+    }
     // Bad messages get an answer, not a dropped connection.
     ws_send(&mut ws, Message::Text("not json".into())).await;
     let bad = next_json(&mut ws).await;

@@ -199,6 +199,16 @@ async fn replayed_or_forged_passkey_answers_are_refused(app: &TestApp) {
         .unwrap_err();
     assert_eq!(err.code(), Some("challenge_expired"));
     assert_eq!(err.status().map(|s| s.as_u16()), Some(400));
+    // A challenge id we never gave out — a NUL in it, which PostgreSQL cannot even compare,
+    // or just too long — is an expired challenge too, never a 500.
+    for bogus in ["pk_\u{0}", &"p".repeat(300)] {
+        let err = app
+            .client
+            .passkey_sign_in(bogus, answer.clone(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("challenge_expired"), "{bogus:?}: {err}");
+    }
     let fresh = app
         .client
         .passkey_sign_in_begin("bo@example.com")

@@ -1009,8 +1009,86 @@ async fn bad_items_are_refused_and_nothing_is_stored(app: &TestApp) {
     assert_eq!(e.code(), Some("invalid_input"), "{e}");
     assert!(e.to_string().contains("write 100"), "{e}");
 
+    // What a database's text cannot hold (PostgreSQL's takes no NUL), in the fields indexed as
+    // text: a UID, the file an item stands for, a collection's name — refused on both engines.
+    let nul_uid = [
+        (
+            "contacts",
+            "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:urn:uuid:a\u{0}b\r\nFN:Nul\r\nEND:VCARD\r\n",
+        ),
+        (
+            "calendar",
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\nUID:e\u{0}1\r\n\
+             DTSTAMP:20261101T100000Z\r\nDTSTART:20261101T100000Z\r\nSUMMARY:Nul\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+        ),
+    ];
+    for (collection, text) in nul_uid {
+        let e = a
+            .push(
+                collection,
+                json!([put("fine", sample(collection, 1)), put("nul", json!(text))]),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("invalid_item"), "{collection}: {e}");
+        assert!(
+            e.to_string().contains("UID holds a control character"),
+            "{e}"
+        );
+    }
+    for (collection, body) in [
+        (
+            "gallery",
+            json!({"file_id": "f_\u{0}", "name": "IMG_1.jpg", "mime_type": "image/jpeg", "size": 1}),
+        ),
+        (
+            "recordings",
+            json!({"file_id": "\u{0}", "name": "Memo", "kind": "voice", "mime_type": "audio/mp4", "size": 1, "duration_secs": 1.0, "recorded_at": "2026-11-01T10:00:00Z"}),
+        ),
+        (
+            "drive",
+            json!({"name": "a.txt", "kind": "file", "file_id": "f_a\u{0}"}),
+        ),
+    ] {
+        let e = a
+            .push(collection, json!([put("nul", body)]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("invalid_item"), "{collection}: {e}");
+        assert!(
+            e.to_string()
+                .contains("file_id is not the id of an uploaded file"),
+            "{e}"
+        );
+    }
+    let e = a
+        .raw(
+            reqwest::Method::PUT,
+            "/api/v1/collections/work",
+            Some(json!({"category": "notes", "name": "Work\u{0}"})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_input"), "{e}");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(422));
+    assert!(a
+        .collections()
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c["id"] != "work"));
+
     // Nothing of any refused batch was stored, not even its good writes.
-    for c in ["contacts", "calendar", "notes", "wifi"] {
+    for c in [
+        "contacts",
+        "calendar",
+        "notes",
+        "wifi",
+        "gallery",
+        "recordings",
+        "drive",
+    ] {
         assert!(pull_all(&a, c, None).await.0.is_empty(), "{c}");
     }
     assert_eq!(a.usage().await.unwrap()["used_bytes"], 0);
@@ -1090,6 +1168,20 @@ async fn bad_items_are_refused_and_nothing_is_stored(app: &TestApp) {
         .unwrap();
     assert_eq!(status(&r, 0), "applied");
     assert!(app.store().check_usage().await.unwrap().is_empty());
+    // Behind those checks, the store's own guard: on PostgreSQL such a value is a refusal the
+    // domain turns into a 4xx, not a failure of the database (SQLite keeps a NUL as it is).
+    let account: mica_core::AccountId = t.account_id.parse().unwrap();
+    let stored = app
+        .store()
+        .ensure_collection(account, "nul", "notes", "a\u{0}b", mica_core::Timestamp(0))
+        .await;
+    match app.store().backend() {
+        mica_store::Backend::Postgres => assert!(
+            matches!(stored, Err(mica_store::StoreError::UnstorableText)),
+            "{stored:?}"
+        ),
+        mica_store::Backend::Sqlite => assert!(stored.is_ok(), "{stored:?}"),
+    }
 }
 
 /// Runs `mica admin check-usage` (the real binary) on the test's database.
