@@ -116,6 +116,9 @@ impl Cloud {
             .iter()
             .map(|(id, parent, folder)| (id.as_str(), (parent.as_deref(), *folder)))
             .collect();
+        // Stored folders above the batch, read once however many entries they hold.
+        let mut stored: std::collections::HashMap<String, (Option<String>, bool)> =
+            std::collections::HashMap::new();
         let bad = |message: String| CloudError::Invalid {
             field: "parent",
             message,
@@ -127,14 +130,17 @@ impl Cloud {
                 if p == *id {
                     return Err(bad("a folder cannot go inside itself".into()));
                 }
-                let (next, folder) = match in_batch.get(p.as_str()) {
-                    Some((next, folder)) => (next.map(str::to_owned), *folder),
-                    None => {
+                let (next, folder) = match (in_batch.get(p.as_str()), stored.get(&p)) {
+                    (Some((next, folder)), _) => (next.map(str::to_owned), *folder),
+                    (None, Some((next, folder))) => (next.clone(), *folder),
+                    (None, None) => {
                         let (_, e) = self
                             .live_entry(account, c, &p)
                             .await
                             .map_err(|_| bad(format!("there is no folder {p}")))?;
-                        (e.parent, e.kind == "folder")
+                        let found = (e.parent, e.kind == "folder");
+                        stored.insert(p.clone(), found.clone());
+                        found
                     }
                 };
                 if depth == 0 && !folder {
@@ -410,12 +416,12 @@ impl Cloud {
                         .map_err(|e| CloudError::Internal(e.to_string()))?,
                 ),
             });
-            if writes.len() > self.inner.cfg.max_batch {
-                return Err(CloudError::BatchTooLarge(self.inner.cfg.max_batch));
+            if writes.len() > self.inner.cfg.max_tree {
+                return Err(CloudError::FolderTooLarge(self.inner.cfg.max_tree));
             }
         }
         // Parents before children, so each parent exists when its child is checked.
-        let out = self.push(account, DRIVE, writes, None).await?;
+        let out = self.apply(account, DRIVE, writes, None).await?;
         if out
             .results
             .iter()
@@ -447,12 +453,12 @@ impl Cloud {
                     body: None,
                 });
             }
-            if writes.len() > self.inner.cfg.max_batch {
-                return Err(CloudError::BatchTooLarge(self.inner.cfg.max_batch));
+            if writes.len() > self.inner.cfg.max_tree {
+                return Err(CloudError::FolderTooLarge(self.inner.cfg.max_tree));
             }
         }
         let n = writes.len() as u64;
-        let out = self.push(account, DRIVE, writes, None).await?;
+        let out = self.apply(account, DRIVE, writes, None).await?;
         if out
             .results
             .iter()

@@ -78,10 +78,11 @@ fn fs_error(e: CloudError) -> FsError {
         CloudError::NotFound | CloudError::UnknownFile(_) => FsError::NotFound,
         CloudError::NameTaken => FsError::Exists,
         CloudError::QuotaExceeded { .. } => FsError::InsufficientStorage,
-        CloudError::UploadTooLarge(_) => FsError::TooLarge,
-        CloudError::Invalid { .. } | CloudError::InvalidItem(_) | CloudError::DriveConflict => {
-            FsError::Forbidden
-        }
+        CloudError::UploadTooLarge(_) | CloudError::ItemTooLarge(_) => FsError::TooLarge,
+        CloudError::Invalid { .. }
+        | CloudError::InvalidItem(_)
+        | CloudError::DriveConflict
+        | CloudError::FolderTooLarge(_) => FsError::Forbidden,
         CloudError::InBatch { source, .. } => fs_error(*source),
         other => {
             tracing::warn!(error = %other, "webdav: drive operation failed");

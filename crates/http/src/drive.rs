@@ -163,7 +163,9 @@ pub struct CopyRequest {
 #[utoipa::path(post, path = "/drive/{id}/copy", tag = "files", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = CopyRequest,
     responses((status = 201, body = DriveItem), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
+              (status = 409, body = ErrorBody),
+              (status = 422, description = "`folder_too_large`: more entries than `max_tree`", body = ErrorBody),
+              (status = 507, body = ErrorBody)))]
 async fn copy(
     State(app): State<AppState>,
     Auth(p): Auth,
@@ -181,7 +183,8 @@ async fn copy(
 #[utoipa::path(delete, path = "/drive/{id}", tag = "files", security(("bearer" = [])),
     params(("id" = String, Path)),
     responses((status = 200, description = "`{\"deleted\": n}`: the entries that went to the bin"),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, description = "`folder_too_large`: more entries than `max_tree`", body = ErrorBody)))]
 async fn delete(
     State(app): State<AppState>,
     Auth(p): Auth,
