@@ -193,13 +193,14 @@ pub const MAX_FRAME_BYTES: u64 = 16 << 20;
 const SCRATCH_PREFIX: &str = "mica-media-";
 
 /// A temporary file, removed when dropped.
+#[derive(Debug)]
 pub struct Scratch {
     path: PathBuf,
 }
 
 impl Scratch {
-    /// A new, empty file in `dir` (created if missing), readable by this user only: it holds a
-    /// copy of a person's video.
+    /// A new, empty file in `dir` (created if missing), open to write and read back, readable
+    /// by this user only: it holds a copy of a person's video, or a file arriving over WebDAV.
     pub fn create(dir: &Path) -> std::io::Result<(Scratch, std::fs::File)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!(
@@ -207,7 +208,7 @@ impl Scratch {
             mica_core::crypto::random_token_string(12)
         ));
         let mut open = std::fs::OpenOptions::new();
-        open.write(true).create_new(true);
+        open.read(true).write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
         let file = open.open(&path)?;

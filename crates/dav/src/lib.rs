@@ -5,9 +5,11 @@
 //! go through the same uploads as the API (dedup, quota, fsync), deletions go to the recycle
 //! bin. No second copy of anything.
 //!
-//! Locks live in the memory of the node (dav-server's `MemLs`): a lock is advisory and short
-//! lived, and a client that loses one re-locks; several nodes need a shared lock table (noted
-//! for the scale-out work).
+//! Locks live in the memory of the node (dav-server's `MemLs`, one table per account, with
+//! timeouts enforced: `locks.rs`): a lock is advisory and short lived, and a client that loses
+//! one re-locks; several nodes need a shared lock table (noted for the scale-out work). A
+//! request's XML is read whole (64 KiB at most) and its nesting bounded before dav-server
+//! parses it.
 
 use std::io::SeekFrom;
 use std::time::SystemTime;
@@ -20,25 +22,36 @@ use dav_server::fs::{
     DavDirEntry, DavFile, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream,
     GuardedFileSystem, OpenOptions, ReadDirMeta,
 };
-use dav_server::memls::MemLs;
 use dav_server::DavHandler;
 use futures_util::{FutureExt, StreamExt};
 use mica_cloud::category::DeadProp;
+use mica_cloud::video::Scratch;
 use mica_cloud::{Cloud, CloudError, DriveItem};
 use mica_core::AccountId;
+
+mod locks;
+use locks::Locks;
 
 /// The WebDAV service of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Dav {
     cloud: Cloud,
-    locks: Box<MemLs>,
+    locks: Locks,
 }
+
+/// The most a request body other than a PUT's may hold: dav-server reads that much of the XML
+/// of a PROPFIND, PROPPATCH or LOCK, and refuses more.
+const MAX_XML_BODY: usize = 64 * 1024;
+/// How deep such XML may nest. Real requests go five or six levels deep; dav-server builds its
+/// tree by recursion, so a body of thousands of nested elements would exhaust a thread's stack
+/// (and end the process) if it got there.
+const MAX_XML_DEPTH: usize = 64;
 
 impl Dav {
     pub fn new(cloud: Cloud) -> Dav {
         Dav {
             cloud,
-            locks: MemLs::new(),
+            locks: Locks::default(),
         }
     }
 
@@ -61,11 +74,88 @@ impl Dav {
         };
         let handler: DavHandler<AccountId> = DavHandler::builder()
             .filesystem(Box::new(fs))
-            .locksystem(self.locks.clone())
+            .locksystem(self.locks.of(account))
             .strip_prefix(prefix)
             .build_handler();
+        // A PUT (or PATCH) streams its body to the file; every other body is XML, read whole
+        // here first and checked.
+        if req.method() == http::Method::PUT || req.method().as_str() == "PATCH" {
+            return handler.handle_guarded(req, principal, account).await;
+        }
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            body,
+            MAX_XML_BODY,
+        ))
+        .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return refusal(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "a WebDAV request body (other than a PUT's) holds at most 64 KiB",
+                )
+            }
+            Err(_) => {
+                return refusal(
+                    http::StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                )
+            }
+        };
+        if xml_depth(&body) > MAX_XML_DEPTH {
+            return refusal(
+                http::StatusCode::BAD_REQUEST,
+                "xml_too_deep",
+                "the request's XML nests deeper than any WebDAV request does",
+            );
+        }
+        let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
         handler.handle_guarded(req, principal, account).await
     }
+}
+
+/// An answer in the API's error shape.
+fn refusal(
+    status: http::StatusCode,
+    code: &str,
+    message: &str,
+) -> http::Response<dav_server::body::Body> {
+    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+    let mut r = http::Response::new(dav_server::body::Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// How deep `body`'s elements nest, read as a stream (nothing here recurses). What is not XML
+/// counts as flat: dav-server refuses it itself.
+fn xml_depth(body: &[u8]) -> usize {
+    use xml::reader::{EventReader, XmlEvent};
+    if body.is_empty() {
+        return 0;
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for event in EventReader::new(body) {
+        match event {
+            Ok(XmlEvent::StartElement { .. }) => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_XML_DEPTH {
+                    break;
+                }
+            }
+            Ok(XmlEvent::EndElement { .. }) => depth = depth.saturating_sub(1),
+            Ok(XmlEvent::EndDocument) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    deepest
 }
 
 #[derive(Clone)]
@@ -251,10 +341,24 @@ impl GuardedFileSystem<AccountId> for DriveFs {
                 None if !options.create && !options.create_new => return Err(FsError::NotFound),
                 _ => {}
             }
+            // A write replaces the whole file: a partial update of one that exists (PATCH with
+            // a range, PUT with Content-Range, an append) is not done rather than done wrong.
+            if options.append || (!options.truncate && found.is_some()) {
+                return Err(FsError::NotImplemented);
+            }
             let (parent, name) = match &found {
                 Some(i) => (i.parent.clone(), i.name.clone()),
                 None => self.place(account, path).await?,
             };
+            // What can be refused before a byte arrives is: a bad name, a declared size past
+            // the largest file or the account's free space.
+            let name = mica_cloud::category::drive_name(&name).map_err(fs_error)?;
+            let usage = self.cloud.usage(account).await.map_err(fs_error)?;
+            let room =
+                u64::try_from(usage.quota_bytes.saturating_sub(usage.used_bytes)).unwrap_or(0);
+            let largest = u64::try_from(self.cloud.config().max_file_bytes).unwrap_or(0);
+            let limit = Limit { largest, room };
+            limit.check(options.size.unwrap_or(0))?;
             let f: Box<dyn DavFile> = Box::new(Writer::new(
                 self.cloud.clone(),
                 account,
@@ -262,6 +366,7 @@ impl GuardedFileSystem<AccountId> for DriveFs {
                 parent,
                 name,
                 options.size,
+                limit,
             )?);
             Ok(f)
         }
@@ -596,10 +701,33 @@ struct Writer {
     parent: Option<String>,
     name: String,
     spool: Option<std::fs::File>,
-    spool_path: std::path::PathBuf,
+    /// Removes the spool when the PUT ends, however it ends.
+    _scratch: Scratch,
     written: u64,
     declared: Option<u64>,
+    limit: Limit,
     done: bool,
+}
+
+/// How many bytes a PUT may bring: the largest file, and the account's free space when it
+/// began (the upload re-checks the quota exactly when it lands). Checked as the bytes arrive, so
+/// a body past either never fills the spool.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    largest: u64,
+    room: u64,
+}
+
+impl Limit {
+    fn check(&self, bytes: u64) -> FsResult<()> {
+        if bytes > self.largest {
+            Err(FsError::TooLarge)
+        } else if bytes > self.room {
+            Err(FsError::InsufficientStorage)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Writer {
@@ -610,19 +738,19 @@ impl Writer {
         parent: Option<String>,
         name: String,
         declared: Option<u64>,
+        limit: Limit,
     ) -> FsResult<Writer> {
-        let spool_path = std::env::temp_dir().join(format!(
-            "mica-dav-{}.part",
-            mica_core::crypto::random_token_string(12)
-        ));
-        let mut options = std::fs::File::options();
-        options.create_new(true).read(true).write(true);
-        // It holds a person's file: readable by this user only.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let spool = options
-            .open(&spool_path)
-            .map_err(|_| FsError::GeneralFailure)?;
+        // The data folder's scratch space (not TMPDIR, which is often memory); a spool a dead
+        // process left behind is removed with the media worker's.
+        let dir = cloud
+            .config()
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let (scratch, spool) = Scratch::create(&dir).map_err(|e| {
+            tracing::warn!(error = %e, "webdav: no scratch file for a PUT");
+            FsError::GeneralFailure
+        })?;
         Ok(Writer {
             cloud,
             account,
@@ -630,9 +758,10 @@ impl Writer {
             parent,
             name,
             spool: Some(spool),
-            spool_path,
+            _scratch: scratch,
             written: 0,
             declared,
+            limit,
             done: false,
         })
     }
@@ -642,6 +771,7 @@ impl Writer {
             return Err(FsError::GeneralFailure);
         };
         let n = bytes.len() as u64;
+        self.limit.check(self.written.saturating_add(n))?;
         let file = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut f = file;
@@ -653,12 +783,6 @@ impl Writer {
         self.spool = Some(file);
         self.written += n;
         Ok(())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.spool_path);
     }
 }
 
@@ -701,7 +825,9 @@ impl DavFile for Writer {
             }
             if let Some(d) = self.declared {
                 if d != self.written {
-                    return Err(FsError::GeneralFailure);
+                    // The body is not the length it said (X-Expected-Entity-Length): the
+                    // client's mistake, and nothing is stored.
+                    return Err(FsError::Forbidden);
                 }
             }
             let Some(file) = self.spool.take() else {

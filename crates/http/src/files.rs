@@ -189,9 +189,13 @@ fn required_len(h: &HeaderMap, name: &HeaderName) -> Result<i64, ApiError> {
 
 /// `Upload-Checksum`, when the request carries one.
 fn checksum(h: &HeaderMap) -> Result<Option<Checksum>, CloudError> {
-    header_str(h, &UPLOAD_CHECKSUM)
-        .map(Checksum::parse)
-        .transpose()
+    match h.get(&UPLOAD_CHECKSUM) {
+        None => Ok(None),
+        // Not text: not a checksum to skip, but one that cannot be checked.
+        Some(v) => {
+            Checksum::parse(v.to_str().map_err(|_| CloudError::UnsupportedChecksum)?).map(Some)
+        }
+    }
 }
 
 fn upload_headers(r: &mut Response, u: &UploadInfo) {
@@ -282,6 +286,20 @@ async fn create_upload(
         Err(e) => return tus_error(e),
     };
     let metadata = header_str(&headers, &UPLOAD_METADATA).unwrap_or("");
+    // What would refuse the first bytes is checked before the upload exists, so a refusal
+    // leaves nothing behind (the answer has no `Location` to resume at).
+    let with_body = header_str(&headers, &header::CONTENT_TYPE) == Some(OFFSET_STREAM);
+    let checksum = match checksum(&headers) {
+        Ok(c) => c,
+        Err(e) => return tus_error(e),
+    };
+    if with_body
+        && header_str(&headers, &header::CONTENT_LENGTH)
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|len| len > length)
+    {
+        return tus_error(CloudError::PastUploadLength);
+    }
     let info = match app
         .cloud
         .create_upload(p.account, length, metadata, None)
@@ -290,12 +308,7 @@ async fn create_upload(
         Ok(i) => i,
         Err(e) => return tus_error(e),
     };
-    let with_body = header_str(&headers, &header::CONTENT_TYPE) == Some(OFFSET_STREAM);
     let info = if with_body {
-        let checksum = match checksum(&headers) {
-            Ok(c) => c,
-            Err(e) => return tus_error(e),
-        };
         match spawn_write(&app, p.account, info.id.clone(), 0, body, checksum).await {
             Ok(i) => i,
             // The upload exists; the client learns its offset with HEAD and resumes.
@@ -510,7 +523,7 @@ fn parse_range(h: &str, size: u64) -> Option<Result<Range<u64>, ()>> {
             if e < s {
                 return None;
             }
-            s..(e + 1).min(size)
+            s..e.saturating_add(1).min(size)
         }
     };
     if range.start >= size {
@@ -624,5 +637,16 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), None);
         assert_eq!(parse_range("bytes=9-3", 100), None);
         assert_eq!(parse_range("bytes=a-3", 100), None);
+        // The largest last byte a client can write is the whole file, not an overflow.
+        let max = u64::MAX.to_string();
+        assert_eq!(
+            parse_range(&format!("bytes=0-{max}"), 100),
+            Some(Ok(0..100))
+        );
+        assert_eq!(
+            parse_range(&format!("bytes={max}-{max}"), 100),
+            Some(Err(()))
+        );
+        assert_eq!(parse_range(&format!("bytes=-{max}"), 100), Some(Ok(0..100)));
     }
 }

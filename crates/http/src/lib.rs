@@ -334,9 +334,35 @@ fn escapes_a_control_character(text: &str) -> bool {
     })
 }
 
-/// Refuses an address whose path or query holds an escaped control character: no id, name,
-/// token or path Mica knows contains one, and PostgreSQL refuses a NUL in any text it is
-/// asked to compare — so such a request would otherwise end as a database error.
+/// Whether the path, its escapes decoded, is UTF-8 (every id and name is text).
+fn decodes_to_text(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = (b[i] == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
+/// Refuses an address whose path or query holds an escaped control character, or whose path
+/// is not text once decoded: no id, name, token or path Mica knows is either, PostgreSQL
+/// refuses a NUL in any text it is asked to compare, and the router's own answer to a path
+/// that is not UTF-8 is plain text without a code.
 async fn refuse_control_characters(
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -349,6 +375,14 @@ async fn refuse_control_characters(
             StatusCode::BAD_REQUEST,
             "invalid_address",
             "the address holds a control character (such as %00), which no id or name contains",
+        )
+        .into_response();
+    }
+    if !decodes_to_text(uri.path()) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            "the address escapes bytes that are not UTF-8 text (such as %FF), which no id or name is",
         )
         .into_response();
     }

@@ -84,9 +84,58 @@ async fn dav(
     if params.get("account").map(String::as_str) != Some(account.to_string().as_str()) {
         return ApiError::not_found().into_response();
     }
+    let mut req = req;
+    if unreasonable_range(req.headers()) {
+        // RFC 9110 lets a server ignore a Range: the whole file it is.
+        req.headers_mut().remove(header::RANGE);
+    }
     let prefix = format!("/dav/files/{account}");
     app.dav
         .handle(req, prefix, principal, account)
         .await
         .map(axum::body::Body::new)
+}
+
+/// A `Range` dav-server should not see: more than 16 ranges (each one a separate read), or a
+/// position past any file (its arithmetic would overflow).
+fn unreasonable_range(headers: &HeaderMap) -> bool {
+    let Some(range) = headers.get(header::RANGE) else {
+        return false;
+    };
+    let Some(spec) = range
+        .to_str()
+        .ok()
+        .and_then(|r| r.trim().strip_prefix("bytes="))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    parts.len() > 16
+        || parts
+            .iter()
+            .flat_map(|p| p.split('-'))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .any(|n| n.parse::<u64>().map_or(true, |n| n > 1 << 62))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_dav_server_should_not_see() {
+        let with = |r: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, HeaderValue::from_str(r).unwrap());
+            unreasonable_range(&h)
+        };
+        assert!(!unreasonable_range(&HeaderMap::new()));
+        assert!(!with("bytes=0-99"));
+        assert!(!with("bytes=-500"));
+        assert!(!with("bytes=5-, 0-1"));
+        assert!(with("bytes=0-18446744073709551615"));
+        assert!(with("bytes=0-99999999999999999999999"));
+        assert!(with(&format!("bytes={}", vec!["0-0"; 17].join(","))));
+    }
 }

@@ -230,7 +230,8 @@ async fn interrupted_patch(
 }
 
 /// Sends a raw request and returns the response's status code.
-async fn raw_status(app: &TestApp, request: &str) -> u16 {
+/// The status of a request written by hand on a fresh connection.
+pub(crate) async fn raw_status(app: &TestApp, request: &str) -> u16 {
     use tokio::io::AsyncReadExt;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -790,6 +791,37 @@ async fn bad_upload_requests_get_clear_errors(app: &TestApp) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(code(r.json().await.unwrap()), "upload_too_large");
+    // A creation-with-upload whose first bytes would be refused creates nothing: the refusal
+    // has no Location to resume at.
+    let uploads = || async {
+        tus.app
+            .store()
+            .count_where(
+                "uploads",
+                "account_id",
+                tus.account_id.parse::<i64>().unwrap(),
+            )
+            .await
+            .unwrap()
+    };
+    let before = uploads().await;
+    for (checksum, body, status, err) in [
+        (None, 20, 413, "past_upload_length"),
+        (Some("md4 AAAA"), 5, 400, "unsupported_checksum"),
+    ] {
+        let mut req = tus
+            .req(reqwest::Method::POST, "/api/v1/uploads")
+            .header("Upload-Length", "10")
+            .header("Content-Type", "application/offset+octet-stream");
+        if let Some(c) = checksum {
+            req = req.header("Upload-Checksum", c);
+        }
+        let r = req.body(vec![1u8; body]).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert!(r.headers().get("location").is_none());
+        assert_eq!(code(r.json().await.unwrap()), err);
+    }
+    assert_eq!(uploads().await, before);
 
     let path = tus.create(100, "x").await;
     // Wrong content type, wrong offset, too many bytes.
@@ -828,17 +860,24 @@ async fn bad_upload_requests_get_clear_errors(app: &TestApp) {
     assert_eq!(r.status().as_u16(), 460);
     assert_eq!(code(r.json().await.unwrap()), "checksum_mismatch");
     assert_eq!(tus.head(&path).await.1, Some(0));
-    let r = tus
-        .req(reqwest::Method::PATCH, &path)
-        .header("Upload-Offset", "0")
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("Upload-Checksum", "md4 AAAA")
-        .body(vec![7u8; 40])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(tus.head(&path).await.1, Some(0));
+    // So is one that is not text: refused, not skipped (the bytes would go unchecked).
+    for bad in [
+        reqwest::header::HeaderValue::from_static("md4 AAAA"),
+        reqwest::header::HeaderValue::from_bytes(b"sha1 \xff\xfe").unwrap(),
+    ] {
+        let r = tus
+            .req(reqwest::Method::PATCH, &path)
+            .header("Upload-Offset", "0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Checksum", bad)
+            .body(vec![7u8; 40])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(code(r.json().await.unwrap()), "unsupported_checksum");
+        assert_eq!(tus.head(&path).await.1, Some(0));
+    }
     // A matching checksum is accepted.
     let body = vec![7u8; 40];
     let digest = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&body));
@@ -881,12 +920,17 @@ async fn bad_upload_requests_get_clear_errors(app: &TestApp) {
         assert_eq!(body["error"]["code"], "not_found", "{id}");
     }
     // A control character in an address is refused before anything looks it up (PostgreSQL
-    // cannot compare text that holds a NUL).
+    // cannot compare text that holds a NUL), and so is a path that is not text once decoded —
+    // WebDAV's too, before it asks for credentials.
+    let account = tus.account_id.clone();
     for path in [
         "/api/v1/files/x%00y/content",
         "/api/v1/uploads/x%0Ay",
         "/api/v1/drive?parent=%00",
         "/api/v1/collections/notes/items/a%7Fb",
+        "/api/v1/files/%FF/content",
+        "/api/v1/devices/%C3%28",
+        &format!("/dav/files/{account}/%FF"),
     ] {
         let r = tus
             .app

@@ -6,11 +6,16 @@ use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::files::raw_status;
 use crate::on_both_backends;
 use crate::security::step_up_by_email;
 use crate::support::{Backend, TestApp, PASSWORD};
 
-on_both_backends!(webdav_serves_the_drive_with_app_passwords, litmus_passes);
+on_both_backends!(
+    webdav_serves_the_drive_with_app_passwords,
+    litmus_passes,
+    webdav_refuses_what_it_cannot_do_safely,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_folder_is_copied_and_deleted_whole_sqlite() {
@@ -474,4 +479,132 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     assert_eq!(top, json!([]));
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
     app.stop().await;
+}
+
+/// What WebDAV asks of the server that it cannot do safely is refused, and one account cannot
+/// get in the way of another: XML nested past any real request's depth (dav-server parses it by
+/// recursion), a partial update (which would replace the file with the part), a body past the
+/// account's free space (refused before it fills a spool), a lock on another account's paths,
+/// and a `Range` whose numbers overflow.
+async fn webdav_refuses_what_it_cannot_do_safely(app: &TestApp) {
+    let (account, _, password) = with_app_password(app, "ida@example.com").await;
+    let auth = basic("ida@example.com", &password);
+    let root = app.url(&format!("/dav/files/{account}/"));
+    let dav = |method: &str, path: &str| {
+        app.http
+            .request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{root}{path}"),
+            )
+            .header("Authorization", &auth)
+    };
+    let r = dav("PUT", "notes.txt")
+        .body("twelve bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // 20,000 nested elements (60 KB): refused, and the server is still there.
+    let deep = format!("<?xml version=\"1.0\"?>{}", "<a>".repeat(20_000));
+    let r = dav("PROPFIND", "").body(deep).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "xml_too_deep");
+    let r = dav("PROPFIND", "")
+        .header("Depth", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 207);
+    let r = dav("PROPPATCH", "notes.txt")
+        .body(vec![b'x'; 70_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A partial update is not done, rather than done wrong.
+    let r = dav("PUT", "notes.txt")
+        .header("Content-Range", "bytes 0-2/12")
+        .body("TWE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
+    let r = dav("PATCH", "notes.txt")
+        .header("Content-Type", "application/x-sabredav-partialupdate")
+        .header("X-Update-Range", "append")
+        .body("!!!")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_client_error() || r.status() == StatusCode::NOT_IMPLEMENTED,
+        "{}",
+        r.status()
+    );
+    let r = dav("GET", "notes.txt").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "twelve bytes");
+
+    // A body declared past the free space (macOS's X-Expected-Entity-Length on a chunked
+    // PUT) is refused before it arrives; one that is not the length it declared is the
+    // client's mistake, not a 500, and stores nothing.
+    let put = |name: &str, declared: u64| {
+        format!(
+            "PUT /dav/files/{account}/{name} HTTP/1.1\r\nHost: mica\r\nAuthorization: {auth}\r\n\
+             X-Expected-Entity-Length: {declared}\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"
+        )
+    };
+    assert_eq!(raw_status(app, &put("huge.bin", 6_000_000_000)).await, 507);
+    assert_eq!(raw_status(app, &put("short.bin", 100)).await, 403);
+    for name in ["huge.bin", "short.bin"] {
+        let r = dav("GET", name).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{name}");
+    }
+
+    // A Range past any file: the whole file.
+    let r = dav("GET", "notes.txt")
+        .header("Range", "bytes=0-18446744073709551615")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.text().await.unwrap(), "twelve bytes");
+
+    // Another account's lock on "/" (depth infinity) is not this account's business.
+    let (other, _, other_password) = with_app_password(app, "jo@example.com").await;
+    let lock = r#"<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"#;
+    let r = app
+        .http
+        .request(
+            Method::from_bytes(b"LOCK").unwrap(),
+            app.url(&format!("/dav/files/{other}/")),
+        )
+        .header("Authorization", basic("jo@example.com", &other_password))
+        .header("Depth", "infinity")
+        .body(lock)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = dav("PUT", "notes.txt")
+        .body("still mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Its own lock holds for itself, with a timeout it did not ask for.
+    let r = dav("LOCK", "")
+        .header("Depth", "infinity")
+        .body(lock)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("Second-3600"), "{body}");
+    let r = dav("PUT", "notes.txt").body("locked").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 423);
 }
