@@ -670,9 +670,6 @@ impl Devices {
         let keys = &self.0.keys;
         let hardware_bidx = hardware.index(keys);
         let attempts_key = unlock_key(&hardware_bidx);
-        if let Err(wait) = self.0.unlock_attempts.peek(&attempts_key) {
-            return Err(DevicesError::RateLimited { retry_after: wait });
-        }
         let id = format!("dev_{}", random_token_string(16));
         let credential = format!("mdc_{}", random_token_string(32));
         let now = self.now();
@@ -696,7 +693,11 @@ impl Devices {
             .await?;
         match outcome {
             LinkOutcome::Locked { owner } => {
-                let _ = self.0.unlock_attempts.check(&attempts_key);
+                // Only refusals count, so strangers' attempts never lock the owner out.
+                self.0
+                    .unlock_attempts
+                    .check(&attempts_key)
+                    .map_err(|wait| DevicesError::RateLimited { retry_after: wait })?;
                 tracing::info!(%account, "link refused: activation lock");
                 Err(DevicesError::ActivationLocked {
                     owner: mask_account(owner),
@@ -733,6 +734,15 @@ impl Devices {
                 })
             }
         }
+    }
+
+    /// An account is being deleted: its devices' open channels close now (their credentials
+    /// stopped working when the deletion began; the rows go with the account's data).
+    pub async fn forget_account(&self, account: AccountId) -> Result<()> {
+        for row in self.store().devices(account).await? {
+            self.0.registry.disconnect(&row.id);
+        }
+        Ok(())
     }
 
     /// The account's devices: linked ones, then erased ones whose history is kept.
@@ -775,12 +785,14 @@ impl Devices {
             self.0.identity.require_step_up(p).await?;
         }
         let bidxs = self.hardware_of(&row)?.id_indexes(&self.0.keys);
-        if !self
+        let cancelled = self
             .store()
             .set_find_device(p.account, id, on, &bidxs, self.now())
             .await?
-        {
-            return Err(DevicesError::NotFound);
+            .ok_or(DevicesError::NotFound)?;
+        for c in &cancelled {
+            self.0.registry.acknowledged(id, &c.id);
+            self.publish_command(c);
         }
         self.0
             .identity

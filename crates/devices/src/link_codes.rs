@@ -194,17 +194,17 @@ impl Devices {
         let req: LinkRequest = self.open_json("device_link_request", &row.request)?;
         let keys = &self.0.keys;
         let attempts_key = unlock_key(&req.hardware.index(keys));
-        self.0
-            .unlock_attempts
-            .peek(&attempts_key)
-            .map_err(|wait| DevicesError::RateLimited { retry_after: wait })?;
         if let Some(owner) = self
             .store()
             .activation_lock(&req.hardware.id_indexes(keys))
             .await?
         {
             if owner != p.account {
-                let _ = self.0.unlock_attempts.check(&attempts_key);
+                // Only refusals count, so strangers' attempts never lock the owner out.
+                self.0
+                    .unlock_attempts
+                    .check(&attempts_key)
+                    .map_err(|wait| DevicesError::RateLimited { retry_after: wait })?;
                 tracing::info!(account = %p.account, "link approval refused: activation lock");
                 return Err(DevicesError::ActivationLocked {
                     owner: mask_account(owner),

@@ -215,7 +215,8 @@ pub struct TimeRange {
     pub to: Option<String>,
 }
 
-/// A device's location history for a time range, oldest first (at most 1,000).
+/// A device's location history for a time range, oldest first: at most 1,000 points, the newest
+/// of the range (narrow `to` to page back).
 #[utoipa::path(get, path = "/devices/{id}/locations", tag = "devices", security(("bearer" = [])),
     params(TimeRange),
     responses((status = 200, body = Vec<LocationView>), (status = 404, body = ErrorBody)))]
@@ -298,31 +299,61 @@ async fn get_command(
 async fn owner_events(
     State(app): State<AppState>,
     Auth(p): Auth,
+    headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // The feed carries where the devices are: it lasts as long as the token that opened it
+    // (checked with every event and every few seconds), so signing out, a revoked session or a
+    // deleted account ends it, and so does the token's expiry (the page reconnects with a
+    // fresh one).
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(7..))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let rx = app.devices.subscribe(&p);
     let ready = Event::default().event("ready").data("{}");
-    let events = stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(e) => {
-                let name = match &e {
-                    OwnerEvent::Command { .. } => "command",
-                    OwnerEvent::Device { .. } => "device",
-                    OwnerEvent::Location { .. } => "location",
-                };
-                Event::default()
-                    .event(name)
-                    .json_data(&e)
-                    .unwrap_or_default()
+    let tick = tokio::time::interval_at(tokio::time::Instant::now() + FEED_RECHECK, FEED_RECHECK);
+    let events = stream::unfold(Some((rx, tick, app, token)), |state| async move {
+        let (mut rx, mut tick, app, token) = state?;
+        loop {
+            let received = tokio::select! {
+                r = rx.recv() => Some(r),
+                _ = tick.tick() => None,
+            };
+            if app.identity.authenticate(&token).is_err() {
+                let ended = Event::default()
+                    .event("ended")
+                    .data(r#"{"reason":"signed_out"}"#);
+                return Some((Ok(ended), None));
             }
-            // Fell behind: the page reloads its view.
-            Err(RecvError::Lagged(_)) => Event::default().event("reload").data("{}"),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok(ev), rx))
+            let ev = match received {
+                None => continue,
+                Some(Ok(e)) => {
+                    let name = match &e {
+                        OwnerEvent::Command { .. } => "command",
+                        OwnerEvent::Device { .. } => "device",
+                        OwnerEvent::Location { .. } => "location",
+                    };
+                    Event::default()
+                        .event(name)
+                        .json_data(&e)
+                        .unwrap_or_default()
+                }
+                // Fell behind: the page reloads its view.
+                Some(Err(RecvError::Lagged(_))) => Event::default().event("reload").data("{}"),
+                Some(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok(ev), Some((rx, tick, app, token))));
+        }
     });
     Sse::new(stream::once(async move { Ok(ready) }).chain(events))
         .keep_alive(KeepAlive::new().interval(HEARTBEAT))
 }
+
+/// How often an idle owner feed checks that its token still holds.
+const FEED_RECHECK: Duration = Duration::from_secs(5);
 
 /// The command channel of a linked device (device credential), as a WebSocket (send
 /// `Upgrade: websocket`) or as Server-Sent Events (any other `GET`). First a `hello`; then a

@@ -211,6 +211,45 @@ struct Marker {
     locked: bool,
     owner: String,
     device_id: String,
+    /// An erase whose result the server has not taken yet: the wipe removes the credential
+    /// with the rest of the data folder, so what it takes to report it waits here until the
+    /// report gets through (the next `run` or `link` tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    erased: Option<ErasedReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ErasedReport {
+    command: String,
+    credential: String,
+}
+
+/// Reports an erase the server has not taken yet, if the state file holds one; forgets it
+/// once the server answers (taken, or refused for good).
+async fn settle_erase(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let Some(mut marker) = read_json::<Marker>(&cfg.state_file)? else {
+        return Ok(());
+    };
+    let Some(e) = marker.erased.clone() else {
+        return Ok(());
+    };
+    let device = Client::new(cfg.base()).with_token(&e.credential);
+    match device
+        .raw(
+            Method::POST,
+            &format!("/api/v1/device/commands/{}/result", e.command),
+            Some(json!({ "outcome": "done" })),
+        )
+        .await
+    {
+        Ok(_) | Err(ClientError::Api { .. }) => {
+            marker.erased = None;
+            write_json(&cfg.state_file, &marker)?;
+            println!("reported the erase of this device");
+        }
+        Err(err) => tracing::info!(error = %err, "the erase is still to be reported"),
+    }
+    Ok(())
 }
 
 /// Commands already run (or started), so a command sent again never runs twice.
@@ -313,6 +352,9 @@ fn not_linked_yet(cfg: &AgentConfig) -> anyhow::Result<()> {
 
 /// `mica agent link`: signs in, links this device, keeps its credential.
 pub async fn link(cfg: &AgentConfig, login: &str) -> anyhow::Result<()> {
+    if let Err(e) = settle_erase(cfg).await {
+        tracing::warn!(error = %e, "reporting an earlier erase");
+    }
     not_linked_yet(cfg)?;
     let client = Client::new(cfg.base());
     let pw = password()?;
@@ -396,13 +438,18 @@ async fn keep_link(
             refresh_token: refresh_token.to_owned(),
         },
     )?;
-    if cfg.device.find_device {
+    // The server's word on Find Device: a relink keeps it on if it was.
+    if linked["device"]["find_device"]
+        .as_bool()
+        .unwrap_or(cfg.device.find_device)
+    {
         write_json(
             &cfg.state_file,
             &Marker {
                 locked: true,
                 owner: mask(account_id),
                 device_id: device_id.clone(),
+                erased: None,
             },
         )?;
     }
@@ -861,6 +908,9 @@ pub enum RunEnd {
 
 /// `mica agent run`: the channel, the commands, the reports, the sync.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
+    if let Err(e) = settle_erase(&cfg).await {
+        tracing::warn!(error = %e, "reporting an earlier erase");
+    }
     let Some(linked) = read_json::<Linked>(&cfg.data_dir.join("device.json"))? else {
         let marker: Option<Marker> = read_json(&cfg.state_file)?;
         match marker {
@@ -1167,8 +1217,33 @@ impl Agent {
         self.device.raw(Method::POST, path, Some(body)).await
     }
 
-    /// Reports how a command ended, retrying a few times.
-    async fn report(&self, id: &str, state: &str) {
+    /// Notes in the state file that erase `id` is to be reported (see [`ErasedReport`]).
+    fn remember_erase(&self, id: &str) -> anyhow::Result<()> {
+        let mut marker = read_json::<Marker>(&self.cfg.state_file)?.unwrap_or(Marker {
+            locked: false,
+            owner: mask(&self.linked.account_id),
+            device_id: self.linked.device_id.clone(),
+            erased: None,
+        });
+        marker.erased = Some(ErasedReport {
+            command: id.to_owned(),
+            credential: self.linked.credential.clone(),
+        });
+        write_json(&self.cfg.state_file, &marker)
+    }
+
+    fn forget_erase(&self) {
+        if let Ok(Some(mut marker)) = read_json::<Marker>(&self.cfg.state_file) {
+            marker.erased = None;
+            if let Err(e) = write_json(&self.cfg.state_file, &marker) {
+                tracing::warn!(error = %e, "updating the state file");
+            }
+        }
+    }
+
+    /// Reports how a command ended, retrying a few times; whether the server answered (took
+    /// it, or refused it for good).
+    async fn report(&self, id: &str, state: &str) -> bool {
         let (outcome, reason) = match state.strip_prefix("failed: ") {
             Some(r) => ("failed", Some(r.to_owned())),
             None => ("done", None),
@@ -1182,10 +1257,10 @@ impl Agent {
                 )
                 .await
             {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(ClientError::Api { status, .. }) if status.is_client_error() => {
                     tracing::info!(command = id, %status, "result not taken");
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::info!(command = id, error = %e, "reporting a result failed; retrying");
@@ -1193,6 +1268,7 @@ impl Agent {
                 }
             }
         }
+        false
     }
 
     async fn locate(&self) -> Result<(), String> {
@@ -1315,9 +1391,15 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                 }
             }
             "erase" => {
+                // Kept outside the data folder first: the wipe takes the credential with it.
+                if let Err(e) = agent.remember_erase(&id) {
+                    tracing::warn!(error = %e, "keeping the erase to report");
+                }
                 let r = erase(&agent).await;
                 if r.is_ok() {
-                    agent.report(&id, "done").await;
+                    if agent.report(&id, "done").await {
+                        agent.forget_erase();
+                    }
                     println!("erased: the data folder is wiped and the device unlinked");
                     let _ = end.send(RunEnd::Erased).await;
                     return;

@@ -293,7 +293,8 @@ impl mica_identity::export::AccountArea for CloudExport {
     }
 }
 
-/// The devices' part of a data export (all in the database, so nothing to forget outside it).
+/// The devices' part of a data export, and of an account's deletion (its rows go with the
+/// database's; what is outside it is the devices' open channels).
 struct DevicesExport(Devices);
 
 impl mica_identity::export::AccountArea for DevicesExport {
@@ -306,8 +307,13 @@ impl mica_identity::export::AccountArea for DevicesExport {
 
     fn forget_account(
         &self,
-        _account: mica_core::AccountId,
+        account: mica_core::AccountId,
     ) -> mica_identity::export::AreaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async move {
+            self.0
+                .forget_account(account)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

@@ -257,19 +257,32 @@ impl Store {
                 }
             }
         }
-        let replaced: Vec<Option<String>> = sqlx::query_scalar(
-            "SELECT session_id FROM devices WHERE account_id = $1 AND hardware_bidx = $2 \
-             AND unlinked_at IS NULL",
+        let replaced = sqlx::query(
+            "SELECT session_id, find_enabled, command_seq FROM devices WHERE account_id = $1 \
+             AND hardware_bidx = $2 AND unlinked_at IS NULL",
         )
         .bind(d.account_id.as_i64())
         .bind(d.hardware_bidx.clone())
         .fetch_all(&mut *tx)
         .await?;
+        // A relink cannot weaken what protects the device: Find Device (and so its activation
+        // lock) stays on if it was — turning it off takes a step-up — and the commands still
+        // waiting for it carry over, numbered after the old link's.
+        let mut find_enabled = d.find_enabled;
+        let mut command_seq = 0_i64;
+        let mut replaced_sessions = Vec::with_capacity(replaced.len());
+        for r in &replaced {
+            find_enabled |= r.try_get::<i64, _>("find_enabled")? != 0;
+            command_seq = command_seq.max(r.try_get("command_seq")?);
+            if let Some(s) = r.try_get::<Option<String>, _>("session_id")? {
+                replaced_sessions.push(s);
+            }
+        }
         sqlx::query(
             "INSERT INTO devices (id, account_id, session_id, name, model, os_version, app_version, \
              hardware, hardware_bidx, credential_hash, find_enabled, battery, last_seen_at, \
              lost_mode, linked_at, unlinked_at, unlinked_reason, command_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, NULL, $12, NULL, NULL, 0)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, NULL, $12, NULL, NULL, $13)",
         )
         .bind(&d.id)
         .bind(d.account_id.as_i64())
@@ -281,16 +294,20 @@ impl Store {
         .bind(d.hardware.clone())
         .bind(d.hardware_bidx.clone())
         .bind(d.credential_hash.clone())
-        .bind(i64::from(d.find_enabled))
+        .bind(i64::from(find_enabled))
         .bind(d.now.millis())
+        .bind(command_seq)
         .execute(&mut *tx)
         .await?;
         // Earlier links of the same hardware to this account (before a reset, an erase) are
-        // the same device: its location history moves to the new link, and the old links go
-        // with their commands and locks.
+        // the same device: its location history and its waiting commands move to the new
+        // link, and the old links go with the rest of their commands and their locks.
         for sql in [
             "UPDATE device_locations SET device_id = $3 WHERE device_id IN \
              (SELECT id FROM devices WHERE account_id = $1 AND hardware_bidx = $2 AND id <> $3)",
+            "UPDATE device_commands SET device_id = $3 WHERE state IN ('queued', 'delivered') \
+             AND device_id IN (SELECT id FROM devices WHERE account_id = $1 \
+             AND hardware_bidx = $2 AND id <> $3 AND unlinked_at IS NULL)",
             "DELETE FROM device_commands WHERE device_id IN \
              (SELECT id FROM devices WHERE account_id = $1 AND hardware_bidx = $2 AND id <> $3)",
             "DELETE FROM activation_locks WHERE account_id = $1 AND device_id IN \
@@ -304,13 +321,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if d.find_enabled {
+        if find_enabled {
             lock_hardware(&mut tx, d.account_id, &d.id, &d.hardware_id_bidxs, d.now).await?;
         }
         tx.commit().await?;
-        Ok(LinkOutcome::Linked {
-            replaced_sessions: replaced.into_iter().flatten().collect(),
-        })
+        Ok(LinkOutcome::Linked { replaced_sessions })
     }
 
     /// The active account an activation lock binds any of these hardware ids to.
@@ -338,7 +353,8 @@ impl Store {
     /// The linked device holding this credential.
     pub async fn device_by_credential(&self, credential_hash: &[u8]) -> Result<Option<DeviceRow>> {
         sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE credential_hash = $1 AND unlinked_at IS NULL"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE credential_hash = $1 AND unlinked_at IS NULL \
+             AND account_id IN (SELECT id FROM accounts WHERE status = 'active')"
         ))
         .bind(credential_hash.to_vec())
         .fetch_optional(&self.reader)
@@ -395,7 +411,7 @@ impl Store {
         on: bool,
         hardware_id_bidxs: &[Vec<u8>],
         now: Timestamp,
-    ) -> Result<bool> {
+    ) -> Result<Option<Vec<CommandRow>>> {
         let mut tx = self.writer.begin().await?;
         let r = sqlx::query(
             "UPDATE devices SET find_enabled = $3 WHERE account_id = $1 AND id = $2 \
@@ -407,8 +423,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut cancelled = Vec::new();
         if on {
             lock_hardware(&mut tx, account, id, hardware_id_bidxs, now).await?;
         } else {
@@ -417,9 +434,25 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            // What was waiting for the device does not run once its owner turned Find Device
+            // off (an erase queued while it was lost, say).
+            cancelled = sqlx::query(&format!(
+                "UPDATE device_commands SET state = 'failed', \
+                 reason = 'Find Device was turned off before the device took it', \
+                 finished_at = $3 WHERE account_id = $1 AND device_id = $2 \
+                 AND state IN ('queued', 'delivered') RETURNING {COMMAND_COLUMNS}"
+            ))
+            .bind(account.as_i64())
+            .bind(id)
+            .bind(now.millis())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(command_row)
+            .collect::<Result<Vec<_>>>()?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(cancelled))
     }
 
     /// Removes a device with its locations and commands and releases its activation lock.
@@ -514,9 +547,11 @@ impl Store {
         to: Timestamp,
         limit: i64,
     ) -> Result<Vec<LocationRow>> {
+        // The newest `limit` of the range (where the device is now matters most), oldest first.
         sqlx::query(
-            "SELECT at, received_at, place FROM device_locations WHERE device_id = $1 \
-             AND at >= $2 AND at < $3 ORDER BY at, received_at LIMIT $4",
+            "SELECT at, received_at, place FROM (SELECT at, received_at, place \
+             FROM device_locations WHERE device_id = $1 AND at >= $2 AND at < $3 \
+             ORDER BY at DESC, received_at DESC LIMIT $4) AS newest ORDER BY at, received_at",
         )
         .bind(device)
         .bind(from.millis())

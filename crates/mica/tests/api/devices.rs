@@ -23,6 +23,8 @@ on_both_backends!(
     commands_reach_a_device_connected_to_another_node,
     a_websocket_channel_takes_acknowledgements,
     an_agent_refuses_a_command_older_than_its_journal,
+    a_relink_cannot_weaken_the_devices_protection,
+    the_owners_feed_ends_with_the_session,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -875,6 +877,13 @@ async fn activation_lock_survives_a_reset(app: &TestApp) {
             "rate_limited"
         ]
     );
+    // Strangers' refusals do not lock the owner out of their own device.
+    let out = dev.link("cy@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Links a device through the API (Find Device on) for `c`'s account; its id and a client
@@ -1241,6 +1250,9 @@ async fn the_owner_sees_command_states_live(app: &TestApp) {
     let hardware = json!({ "hardware": { "imeis": [imei(50)], "serial": "S50" } });
     let status = post(&app.client, "/api/v1/activation/status", hardware.clone()).await;
     assert_eq!(status["locked"], true);
+    // A command the device has not taken yet is called off with it: it never runs.
+    let waiting = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let waiting = waiting["id"].as_str().unwrap().to_owned();
     step_up_by_email(app, &ana, "ana@example.com").await;
     let v: Value = ana
         .raw(
@@ -1264,6 +1276,20 @@ async fn the_owner_sees_command_states_live(app: &TestApp) {
     )
     .await;
     assert_eq!(e.code(), Some("find_device_off"));
+    let called_off = get(&ana, &format!("/api/v1/devices/{id}/commands/{waiting}")).await;
+    assert_eq!(called_off["state"], "failed", "{called_off}");
+    assert!(called_off["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Find Device was turned off"));
+    let e = refused(
+        &device,
+        Method::POST,
+        &format!("/api/v1/device/commands/{waiting}/ack"),
+        None,
+    )
+    .await;
+    assert_eq!(e.code(), Some("command_finished"));
 }
 
 /// A request that must be refused; its error.
@@ -1527,4 +1553,83 @@ async fn an_agent_refuses_a_command_older_than_its_journal(app: &TestApp) {
     let v = until_state(&ana, &id, ring_id, "delivered", &a).await;
     assert!(v["acknowledged_at"].is_null(), "{v}");
     assert!(a.rang().is_empty(), "the hook never ran");
+}
+
+/// Linking the same hardware again (what a reset device does) replaces the earlier link, but
+/// cannot weaken it without the step-up that turning Find Device off takes: Find Device and the
+/// activation lock stay on, and the commands still waiting for the device carry over.
+async fn a_relink_cannot_weaken_the_devices_protection(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (first, old) = link_http(app, &ana, 81).await;
+    let ring = send(&ana, &first, json!({ "kind": "ring" })).await;
+    assert_eq!(ring["state"], "queued");
+    let hardware = json!({ "imeis": [imei(81)], "serial": "S81" });
+    let relinked = post(
+        &ana,
+        "/api/v1/devices",
+        json!({ "name": "phone", "model": "Pixel", "os_version": "16", "app_version": "2",
+                "hardware": hardware, "find_device": false }),
+    )
+    .await;
+    let second = relinked["device"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(relinked["device"]["find_device"], true, "{relinked}");
+    let status = post(
+        &app.client,
+        "/api/v1/activation/status",
+        json!({ "hardware": hardware }),
+    )
+    .await;
+    assert_eq!(status["locked"], true);
+    // The waiting ring is the new link's, and what follows is numbered after it.
+    let history = get(&ana, &format!("/api/v1/devices/{second}/commands")).await;
+    assert_eq!(history[0]["id"], ring["id"], "{history}");
+    assert_eq!(history[0]["state"], "queued");
+    let next = send(&ana, &second, json!({ "kind": "locate" })).await;
+    assert_eq!(next["seq"], ring["seq"].as_i64().unwrap() + 1);
+    // The earlier link's credential is over.
+    let e = refused(
+        &old,
+        Method::POST,
+        "/api/v1/device/heartbeat",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(401));
+}
+
+/// The owner's live feed carries where the devices are: it ends when the session that opened
+/// it does, at the next event at the latest.
+async fn the_owners_feed_ends_with_the_session(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (id, _) = link_http(app, &ana, 82).await;
+    let other = sign_in(app, "ana@example.com").await;
+    let mut feed = app
+        .http
+        .get(app.url("/api/v1/devices/events"))
+        .bearer_auth(device_token(&ana))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    read_until(&mut feed, "event: ready").await;
+    ana.sign_out().await.unwrap();
+    other
+        .raw(
+            Method::PATCH,
+            &format!("/api/v1/devices/{id}"),
+            Some(json!({ "name": "Renamed after sign-out" })),
+        )
+        .await
+        .unwrap();
+    let seen = read_until(&mut feed, "event: ended").await;
+    assert!(!seen.contains("\"change\":\"renamed\""), "{seen}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), feed.chunk())
+            .await
+            .expect("the feed stayed open")
+            .unwrap()
+            .is_none(),
+        "the feed goes on after its session ended"
+    );
 }
