@@ -111,6 +111,7 @@ impl Category {
         mica_store::CategoryRules {
             append_only: self.append_only(),
             recyclable: self.recyclable(),
+            media: self == Category::Gallery,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! folder by an index. Operations here are conveniences over the sync engine's conditional
 //! writes: each is one batch, atomic.
 
-use mica_core::AccountId;
+use mica_core::{AccountId, Timestamp};
 use mica_store::{CollectionRow, ItemRow};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -200,7 +200,8 @@ impl Cloud {
         base: Option<String>,
         e: &DriveEntry,
     ) -> Result<DriveItem, CloudError> {
-        let body = serde_json::to_value(e).map_err(|e| CloudError::Internal(e.to_string()))?;
+        let body =
+            serde_json::value::to_raw_value(e).map_err(|e| CloudError::Internal(e.to_string()))?;
         let out = self
             .push(
                 account,
@@ -412,7 +413,7 @@ impl Cloud {
                 op: "put".into(),
                 base_version: None,
                 body: Some(
-                    serde_json::to_value(&entry)
+                    serde_json::value::to_raw_value(&entry)
                         .map_err(|e| CloudError::Internal(e.to_string()))?,
                 ),
             });
@@ -430,6 +431,49 @@ impl Cloud {
             return Err(CloudError::DriveConflict);
         }
         self.drive_entry(account, &top).await
+    }
+
+    /// A drive entry just restored from the bin into a folder that is gone for good (neither
+    /// live nor in the bin to come back) returns at the top level — with " (restored)" after its
+    /// name if the name is taken there — rather than where no listing reaches it. One whose
+    /// folder waits in the bin stays in it, and shows again when the folder is restored.
+    pub(crate) async fn drive_rehome(
+        &self,
+        account: AccountId,
+        id: &str,
+        bin_since: Timestamp,
+    ) -> Result<(), CloudError> {
+        let c = self.drive(account).await?;
+        let (row, mut e) = self.live_entry(account, &c, id).await?;
+        let Some(parent) = e.parent.clone() else {
+            return Ok(());
+        };
+        if let Ok((_, p)) = self.live_entry(account, &c, &parent).await {
+            if p.kind == "folder" {
+                return Ok(());
+            }
+        }
+        let waiting = self
+            .store()
+            .recycle_bin(account, Some(Category::Drive.as_str()), bin_since)
+            .await?
+            .iter()
+            .any(|b| b.collection_id == c.id && b.item_id == parent);
+        if waiting {
+            return Ok(());
+        }
+        e.parent = None;
+        let base = Some(row.seq.to_string());
+        match self.put_entry(account, id, base.clone(), &e).await {
+            Err(CloudError::NameTaken) => {
+                e.name = drive_name(&format!("{} (restored)", e.name))?;
+                self.put_entry(account, id, base, &e).await?;
+            }
+            r => {
+                r?;
+            }
+        }
+        Ok(())
     }
 
     /// Moves an entry (a folder with everything in it) to the recycle bin.

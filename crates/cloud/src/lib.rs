@@ -115,8 +115,10 @@ pub struct Write {
     pub op: String,
     /// The version (etag) the client last saw; absent for a create.
     pub base_version: Option<String>,
-    /// For `put`: a vCard or iCalendar string, or the category's JSON object.
-    pub body: Option<serde_json::Value>,
+    /// For `put`: a vCard or iCalendar string, or the category's JSON object — as the client
+    /// sent it, parsed only when the write is checked (one write at a time per core, after its
+    /// size: a batch's JSON never becomes a whole tree in memory).
+    pub body: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// An item as a device receives it.
@@ -438,10 +440,15 @@ impl Cloud {
             }
         };
         let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        let mut rows = self
+        let page = self
             .store()
             .changes(account, &c.id, since, upto, limit + 1)
             .await?;
+        // Deletions purged while the page was read: the token has missed them after all.
+        if token.is_some() && since < page.purged_seq {
+            return Err(CloudError::TokenExpired);
+        }
+        let mut rows = page.rows;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let next = if more {
@@ -572,14 +579,15 @@ impl Cloud {
             let mut entries = Vec::new();
             for (w, op) in writes.iter().zip(&ops) {
                 if op.op == WriteOp::Put {
-                    let body = w.body.as_ref();
-                    let parent = body
-                        .and_then(|b| b.get("parent"))
-                        .and_then(|p| p.as_str())
+                    // `<parent id>/<name>`; a folder is the entry without a file.
+                    let parent = op
+                        .path_key
+                        .as_deref()
+                        .and_then(|k| k.split_once('/'))
+                        .map(|(p, _)| p)
+                        .filter(|p| !p.is_empty())
                         .map(str::to_owned);
-                    let folder =
-                        body.and_then(|b| b.get("kind")).and_then(|k| k.as_str()) == Some("folder");
-                    entries.push((w.id.clone(), parent, folder));
+                    entries.push((w.id.clone(), parent, op.file_id.is_none()));
                 }
             }
             self.check_drive_parents(account, &c, &entries).await?;
@@ -605,14 +613,14 @@ impl Cloud {
             })?;
         let (results, replayed) = match outcome {
             BatchOutcome::Applied { results, changed } => {
-                if category == Category::Gallery {
-                    let files: Vec<String> = ops
+                // The batch queued its photos' files in its own transaction: wake the worker.
+                if category == Category::Gallery
+                    && ops
                         .iter()
                         .zip(&results)
-                        .filter(|(_, r)| r.status == OpStatus::Applied)
-                        .filter_map(|(op, _)| op.file_id.clone())
-                        .collect();
-                    self.queue_media(account, &files).await?;
+                        .any(|(op, r)| r.status == OpStatus::Applied && op.file_id.is_some())
+                {
+                    self.inner.media.notify_one();
                 }
                 if changed {
                     let version = results
@@ -759,6 +767,9 @@ impl Cloud {
                 let category = Self::category_of(&c)?;
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
                 // event's uid, an event's or a photo's time): index it again from the body.
+                if category == Category::Drive {
+                    self.drive_rehome(account, &item_id, since).await?;
+                }
                 let view = self.item(account, &collection_id, &item_id).await?;
                 if let Some(body) = &view.body {
                     if let Ok(p) = category::prepare(category, body) {
@@ -894,7 +905,8 @@ impl Cloud {
                 let rows = self
                     .store()
                     .changes(account, &c.id, since, upto, MAX_PAGE)
-                    .await?;
+                    .await?
+                    .rows;
                 let Some(last) = rows.last() else { break };
                 since = last.seq;
                 for r in rows.iter().filter(|r| r.deleted_at.is_none()) {
@@ -1038,11 +1050,21 @@ fn check_write(
     };
     match w.op.as_str() {
         "put" => {
-            let body = w.body.as_ref().ok_or_else(|| CloudError::Invalid {
+            let raw = w.body.as_ref().ok_or_else(|| CloudError::Invalid {
                 field: "body",
                 message: "a put needs a body".into(),
             })?;
-            let p = category::prepare(category, body)?;
+            // Escaping can make JSON up to six times its text (`\u0000`): past that, the text
+            // is too large whatever it holds, and it is not parsed at all.
+            if raw.get().len() > max_bytes.saturating_mul(6).saturating_add(1024) {
+                return Err(CloudError::ItemTooLarge(max_bytes));
+            }
+            let body: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|e| CloudError::Invalid {
+                    field: "body",
+                    message: format!("not JSON: {e}"),
+                })?;
+            let p = category::prepare(category, &body)?;
             if p.text.len() > max_bytes {
                 return Err(CloudError::ItemTooLarge(max_bytes));
             }

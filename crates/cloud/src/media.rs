@@ -258,20 +258,6 @@ impl Cloud {
         self.inner.media.clone()
     }
 
-    pub(crate) async fn queue_media(
-        &self,
-        account: AccountId,
-        files: &[String],
-    ) -> Result<(), CloudError> {
-        for f in files {
-            self.store().enqueue_media(account, f, self.now()).await?;
-        }
-        if !files.is_empty() {
-            self.inner.media.notify_one();
-        }
-        Ok(())
-    }
-
     /// Processes queued files until none is left; returns how many were processed.
     pub async fn run_media(&self) -> Result<usize, CloudError> {
         let mut n = 0;

@@ -205,7 +205,7 @@ pub struct WriteBody {
     pub base_version: Option<String>,
     /// For `put`: vCard (contacts) or iCalendar (calendar) text, or the category's JSON object.
     #[schema(value_type = Option<Object>)]
-    pub body: Option<serde_json::Value>,
+    pub body: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize, ToSchema)]

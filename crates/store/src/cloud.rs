@@ -25,6 +25,14 @@ pub struct CollectionRow {
     pub purged_seq: i64,
 }
 
+/// A page of a collection's changes, and the collection's purge mark as it stood after the
+/// page was read (a token below it may have missed purged deletions).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub rows: Vec<ItemRow>,
+    pub purged_seq: i64,
+}
+
 /// An item (or its tombstone) as stored.
 #[derive(Debug, Clone)]
 pub struct ItemRow {
@@ -74,6 +82,9 @@ pub struct CategoryRules {
     pub append_only: bool,
     /// Deleted items go to the recycle bin.
     pub recyclable: bool,
+    /// Items stand for photos and videos: the file of an applied put is queued for the media
+    /// worker in the batch's own transaction (so no committed photo is left without previews).
+    pub media: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -717,6 +728,22 @@ impl Store {
             -n_released,
         )
         .await?;
+        if rules.media {
+            for (op, r) in ops.iter().zip(&results) {
+                if let (OpStatus::Applied, WriteOp::Put, Some(f)) = (r.status, op.op, &op.file_id) {
+                    sqlx::query(
+                        "INSERT INTO media (account_id, file_id, status, lease_until, attempts, \
+                         created_at) VALUES ($1, $2, 'pending', NULL, 0, $3) \
+                         ON CONFLICT (account_id, file_id) DO NOTHING",
+                    )
+                    .bind(account.as_i64())
+                    .bind(f.clone())
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
         if let Some((key, hash)) = idempotency {
             let stored = serde_json::to_string(&results)
                 .map_err(|e| StoreError::Corrupt(format!("batch results: {e}")))?;
@@ -757,13 +784,15 @@ impl Store {
         since: i64,
         upto: i64,
         limit: i64,
-    ) -> Result<Vec<ItemRow>> {
+    ) -> Result<Changes> {
         // Without `summary` (no reader of a page uses it); on SQLite through the page readers.
         const SQL: &str = "SELECT id, seq, modified_at, deleted_at, size, body, file_id, \
              path_key FROM items WHERE account_id = $1 AND collection_id = $2 \
              AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5";
+        // Read after the page: a purge of deletions that the page could have missed is seen.
+        const PURGED: &str = "SELECT purged_seq FROM collections WHERE account_id = $1 AND id = $2";
         let Some(pages) = &self.pages else {
-            return sqlx::query(SQL)
+            let rows = sqlx::query(SQL)
                 .bind(account.as_i64())
                 .bind(collection)
                 .bind(since)
@@ -773,7 +802,16 @@ impl Store {
                 .await?
                 .iter()
                 .map(|r| item_from(r, false))
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
+            let purged_seq: Option<i64> = sqlx::query_scalar(PURGED)
+                .bind(account.as_i64())
+                .bind(collection)
+                .fetch_optional(&self.reader)
+                .await?;
+            return Ok(Changes {
+                rows,
+                purged_seq: purged_seq.unwrap_or(0),
+            });
         };
         let collection = collection.to_owned();
         pages
@@ -799,7 +837,19 @@ impl Store {
                 for row in rows {
                     out.push(row?);
                 }
-                Ok(out)
+                let purged_seq = conn
+                    .prepare_cached(PURGED)?
+                    .query_row(rusqlite::params![account.as_i64(), collection], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                        e => Err(e),
+                    })?;
+                Ok(Changes {
+                    rows: out,
+                    purged_seq,
+                })
             })
             .await
     }
@@ -1078,14 +1128,17 @@ impl Store {
     }
 
     /// Forgets tombstones deleted before `cutoff`; tokens older than them must then resync.
+    /// The mark only moves up: deletion times do not follow sequence order (a batch takes its
+    /// time before the account's lock), so a later purge may remove a lower sequence.
     pub async fn purge_tombstones(&self, cutoff: Timestamp) -> Result<u64> {
         let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE collections SET purged_seq = (SELECT MAX(i.seq) FROM items i \
                WHERE i.account_id = collections.account_id AND i.collection_id = collections.id \
                AND i.deleted_at IS NOT NULL AND i.deleted_at < $1) \
-             WHERE EXISTS (SELECT 1 FROM items i WHERE i.account_id = collections.account_id \
-               AND i.collection_id = collections.id AND i.deleted_at IS NOT NULL AND i.deleted_at < $1)",
+             WHERE (SELECT MAX(i.seq) FROM items i WHERE i.account_id = collections.account_id \
+               AND i.collection_id = collections.id AND i.deleted_at IS NOT NULL \
+               AND i.deleted_at < $1) > collections.purged_seq",
         )
         .bind(cutoff.millis())
         .execute(&mut *tx)

@@ -43,8 +43,8 @@ use sqlx::{AnyPool, Executor};
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use app_passwords::AppPasswordRow;
 pub use cloud::{
-    BatchOutcome, BinRow, CategoryRules, CloudAccount, CollectionRow, ItemRow, ItemWrite, OpResult,
-    OpStatus, RestoreOutcome, UsageMismatch, WriteOp, BIN_CATEGORY,
+    BatchOutcome, BinRow, CategoryRules, Changes, CloudAccount, CollectionRow, ItemRow, ItemWrite,
+    OpResult, OpStatus, RestoreOutcome, UsageMismatch, WriteOp, BIN_CATEGORY,
 };
 pub use codes::{CodeRow, NewCode};
 pub use devices::{

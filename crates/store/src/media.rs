@@ -73,25 +73,6 @@ fn row(r: &AnyRow) -> Result<MediaRow> {
 }
 
 impl Store {
-    /// Queues a file for the media worker (once).
-    pub async fn enqueue_media(
-        &self,
-        account: AccountId,
-        file_id: &str,
-        now: Timestamp,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO media (account_id, file_id, status, lease_until, attempts, created_at) \
-             VALUES ($1, $2, 'pending', NULL, 0, $3) ON CONFLICT (account_id, file_id) DO NOTHING",
-        )
-        .bind(account.as_i64())
-        .bind(file_id)
-        .bind(now.millis())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     /// Takes the oldest pending file whose lease is free, leasing it until `lease_until`.
     pub async fn claim_media(
         &self,

@@ -1188,6 +1188,44 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     }
     let (_, inside) = drive(&tus, Method::GET, &format!("?parent={docs_id}"), None).await;
     assert_eq!(inside.as_array().unwrap().len(), 2);
+    // An entry restored into a folder that is gone for good comes back at the top level,
+    // where a listing reaches it.
+    let (_, tmp) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "Tmp"})),
+    )
+    .await;
+    let tmp_id = tmp["id"].as_str().unwrap().to_owned();
+    let (s, _) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(json!({"kind": "folder", "name": "Inner", "parent": tmp_id})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    drive(&tus, Method::DELETE, &format!("/{tmp_id}"), None).await;
+    let bin = c.recycle_bin(Some("drive")).await.unwrap();
+    let entry = |name: &str| {
+        bin.iter()
+            .find(|e| e["name"] == name || e["summary"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {bin:?}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    c.purge(&entry("Tmp")).await.unwrap();
+    c.restore(&entry("Inner")).await.unwrap();
+    let (_, top) = drive(&tus, Method::GET, "", None).await;
+    assert!(
+        top.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "Inner" && e["parent"].is_null()),
+        "{top}"
+    );
     assert_eq!(
         tus.download(&file, Some("bytes=0-3"))
             .await

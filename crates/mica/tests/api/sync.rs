@@ -18,6 +18,7 @@ on_both_backends!(
     paging_is_stable_while_another_device_writes,
     a_restored_note_reaches_the_other_device,
     the_recycle_bin_expires_with_the_plan,
+    a_token_older_than_forgotten_deletions_must_resync,
     quota_is_enforced_at_the_boundary_and_under_concurrency,
     a_push_reaches_the_other_device_live,
     other_accounts_data_is_out_of_reach,
@@ -554,6 +555,64 @@ async fn the_recycle_bin_expires_with_the_plan(app: &TestApp) {
     assert!(h.recycle_bin(None).await.unwrap().is_empty());
     assert_eq!(h.usage().await.unwrap()["used_bytes"], 0);
     assert!(app.store().check_usage().await.unwrap().is_empty());
+}
+
+/// The feed remembers deletions for `tombstone_days` (90). A device whose token is older than
+/// a forgotten deletion is told to resync (410), never handed a feed without it; a token taken
+/// after it keeps working until a later deletion is forgotten in turn.
+async fn a_token_older_than_forgotten_deletions_must_resync(app: &TestApp) {
+    let (a, b) = two_devices(app, "ivo@example.com").await;
+    let r = a
+        .push(
+            "notes",
+            json!([
+                put("n1", note("One")),
+                put("n2", note("Two")),
+                put("n3", note("Three"))
+            ]),
+            None,
+        )
+        .await
+        .unwrap();
+    let (_, before) = pull_all(&b, "notes", None).await;
+    a.push("notes", json!([delete("n1", &version(&r, 0))]), None)
+        .await
+        .unwrap();
+    let (changes, after) = pull_all(&b, "notes", Some(&before)).await;
+    assert_eq!(ids(&changes), ["n1"]);
+
+    app.advance(Duration::from_secs(91 * 86_400));
+    let (_, tombstones, _) = app.server_cloud().maintenance().await.unwrap();
+    assert_eq!(tombstones, 1);
+    let b = signed_in(app, "ivo@example.com").await;
+    let e = b.pull("notes", Some(&before), None).await.unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(410));
+    assert_eq!(e.code(), Some("sync_token_expired"), "{e}");
+    assert!(b
+        .pull("notes", Some(&after), None)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
+    let (all, _) = pull_all(&b, "notes", None).await;
+    assert_eq!(ids(&all), ["n2", "n3"]);
+
+    // A second purge moves the mark up past the newer token too.
+    let a = signed_in(app, "ivo@example.com").await;
+    a.push("notes", json!([delete("n2", &version(&r, 1))]), None)
+        .await
+        .unwrap();
+    app.advance(Duration::from_secs(91 * 86_400));
+    app.server_cloud().maintenance().await.unwrap();
+    let b = signed_in(app, "ivo@example.com").await;
+    let e = b.pull("notes", Some(&after), None).await.unwrap_err();
+    assert_eq!(e.code(), Some("sync_token_expired"), "{e}");
+    let e = b.pull("notes", Some(&before), None).await.unwrap_err();
+    assert_eq!(e.code(), Some("sync_token_expired"), "{e}");
+}
+
+fn ids(changes: &[Value]) -> Vec<&str> {
+    changes.iter().map(|c| c["id"].as_str().unwrap()).collect()
 }
 
 async fn signed_in(app: &TestApp, email: &str) -> Client {
