@@ -155,10 +155,9 @@ impl From<mica_blobs::BlobError> for CloudError {
 impl From<mica_store::StoreError> for CloudError {
     fn from(e: mica_store::StoreError) -> Self {
         match e {
-            mica_store::StoreError::UnstorableText => CloudError::Invalid {
+            e @ mica_store::StoreError::UnstorableText => CloudError::Invalid {
                 field: "text",
-                message: "a text field holds a character that cannot be stored (such as NUL)"
-                    .into(),
+                message: e.to_string(),
             },
             e => CloudError::Internal(e.to_string()),
         }

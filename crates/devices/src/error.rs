@@ -47,10 +47,9 @@ pub enum DevicesError {
 impl From<mica_store::StoreError> for DevicesError {
     fn from(e: mica_store::StoreError) -> Self {
         match e {
-            mica_store::StoreError::UnstorableText => DevicesError::Invalid {
+            e @ mica_store::StoreError::UnstorableText => DevicesError::Invalid {
                 field: "text",
-                message: "a text field holds a character that cannot be stored (such as NUL)"
-                    .into(),
+                message: e.to_string(),
             },
             e => DevicesError::Internal(e.to_string()),
         }

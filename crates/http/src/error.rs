@@ -113,7 +113,7 @@ impl From<mica_store::StoreError> for ApiError {
             return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_input",
-                "a text field holds a character that cannot be stored (such as NUL)",
+                e.to_string(),
             );
         }
         tracing::error!(error = %e, "storage error");

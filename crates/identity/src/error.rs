@@ -137,10 +137,9 @@ impl IdentityError {
 impl From<mica_store::StoreError> for IdentityError {
     fn from(e: mica_store::StoreError) -> Self {
         match e {
-            mica_store::StoreError::UnstorableText => IdentityError::Invalid {
+            e @ mica_store::StoreError::UnstorableText => IdentityError::Invalid {
                 field: "text",
-                message: "a text field holds a character that cannot be stored (such as NUL)"
-                    .into(),
+                message: e.to_string(),
             },
             e => IdentityError::Internal(e.to_string()),
         }

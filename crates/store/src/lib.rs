@@ -75,7 +75,7 @@ pub enum StoreError {
     UnsupportedUrl(String),
     /// A text value the database cannot hold (PostgreSQL's text takes no NUL). The domain
     /// crates refuse such values first; this keeps one they missed a 4xx rather than a 500.
-    #[error("a text value holds a character the database cannot store")]
+    #[error("a text field holds a character that cannot be stored (such as NUL)")]
     UnstorableText,
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
