@@ -6,6 +6,7 @@
 //! value. (calcard's strict mode refuses any nested BEGIN in 0.3, so parsing is lenient and the
 //! structure — one component, VERSION, FN, UID — is checked here.)
 
+use base64::Engine as _;
 use calcard::icalendar::{ICalendar, ICalendarComponentType, ICalendarProperty};
 use calcard::vcard::{VCardProperty, VCardVersion};
 use calcard::{Entry, Parser};
@@ -728,8 +729,39 @@ pub struct DeadProp {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// The property element as XML text.
+    /// The property element's XML, base64.
     pub xml: String,
+}
+
+/// How deep XML that WebDAV will parse may nest: a request's body, or a dead property kept on
+/// a drive entry (dav-server parses both). Real XML goes five or six levels deep; dav-server
+/// builds its tree by recursion, so thousands of nested elements would exhaust a thread's
+/// stack — and end the process — if they got there.
+pub const MAX_XML_DEPTH: usize = 64;
+
+/// How deep `xml`'s elements nest (counting up to just past [`MAX_XML_DEPTH`]), read as a
+/// stream: nothing here recurses. What is not XML counts as flat (its parser refuses it).
+pub fn xml_depth(xml: &[u8]) -> usize {
+    use xml::reader::{EventReader, XmlEvent};
+    if xml.is_empty() {
+        return 0;
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for event in EventReader::new(xml) {
+        match event {
+            Ok(XmlEvent::StartElement { .. }) => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_XML_DEPTH {
+                    break;
+                }
+            }
+            Ok(XmlEvent::EndElement { .. }) => depth = depth.saturating_sub(1),
+            Ok(XmlEvent::EndDocument) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    deepest
 }
 
 /// The longest name, in bytes of UTF-8 (what common file systems allow).
@@ -802,6 +834,17 @@ fn prepare_drive(body: &serde_json::Value) -> Result<Prepared, CloudError> {
             > 64 * 1024
     {
         return Err(invalid(c, "at most 100 properties and 64 KiB of them"));
+    }
+    for p in &e.props {
+        let xml = base64::engine::general_purpose::STANDARD
+            .decode(&p.xml)
+            .map_err(|_| invalid(c, "a property's xml is base64 of its XML"))?;
+        if xml_depth(&xml) > MAX_XML_DEPTH {
+            return Err(invalid(
+                c,
+                format!("a property's XML nests deeper than {MAX_XML_DEPTH} elements"),
+            ));
+        }
     }
     let text = serde_json::to_string(&e).map_err(|e| CloudError::Internal(e.to_string()))?;
     Ok(Prepared {

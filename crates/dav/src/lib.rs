@@ -24,7 +24,7 @@ use dav_server::fs::{
 };
 use dav_server::DavHandler;
 use futures_util::{FutureExt, StreamExt};
-use mica_cloud::category::DeadProp;
+use mica_cloud::category::{xml_depth, DeadProp, MAX_XML_DEPTH};
 use mica_cloud::video::Scratch;
 use mica_cloud::{Cloud, CloudError, DriveItem};
 use mica_core::AccountId;
@@ -42,10 +42,6 @@ pub struct Dav {
 /// The most a request body other than a PUT's may hold: dav-server reads that much of the XML
 /// of a PROPFIND, PROPPATCH or LOCK, and refuses more.
 const MAX_XML_BODY: usize = 64 * 1024;
-/// How deep such XML may nest. Real requests go five or six levels deep; dav-server builds its
-/// tree by recursion, so a body of thousands of nested elements would exhaust a thread's stack
-/// (and end the process) if it got there.
-const MAX_XML_DEPTH: usize = 64;
 
 impl Dav {
     pub fn new(cloud: Cloud) -> Dav {
@@ -133,29 +129,12 @@ fn refusal(
     r
 }
 
-/// How deep `body`'s elements nest, read as a stream (nothing here recurses). What is not XML
-/// counts as flat: dav-server refuses it itself.
-fn xml_depth(body: &[u8]) -> usize {
-    use xml::reader::{EventReader, XmlEvent};
-    if body.is_empty() {
-        return 0;
-    }
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    for event in EventReader::new(body) {
-        match event {
-            Ok(XmlEvent::StartElement { .. }) => {
-                depth += 1;
-                deepest = deepest.max(depth);
-                if deepest > MAX_XML_DEPTH {
-                    break;
-                }
-            }
-            Ok(XmlEvent::EndElement { .. }) => depth = depth.saturating_sub(1),
-            Ok(XmlEvent::EndDocument) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    deepest
+/// A dead property's XML, when dav-server may parse it: base64 that decodes, nested no deeper
+/// than any stored since the sync API checks it (an older one is left out, not parsed).
+fn parseable(p: &DeadProp) -> Option<Vec<u8>> {
+    B64.decode(&p.xml)
+        .ok()
+        .filter(|xml| xml_depth(xml) <= MAX_XML_DEPTH)
 }
 
 #[derive(Clone)]
@@ -580,15 +559,14 @@ impl GuardedFileSystem<AccountId> for DriveFs {
                 .props(account, path)
                 .await?
                 .into_iter()
-                .map(|p| DavProp {
-                    name: p.name,
-                    prefix: p.prefix,
-                    namespace: p.namespace,
-                    xml: if do_content {
-                        B64.decode(p.xml).ok()
-                    } else {
-                        None
-                    },
+                .filter_map(|p| {
+                    let xml = parseable(&p)?;
+                    Some(DavProp {
+                        name: p.name,
+                        prefix: p.prefix,
+                        namespace: p.namespace,
+                        xml: do_content.then_some(xml),
+                    })
                 })
                 .collect())
         }
@@ -607,7 +585,7 @@ impl GuardedFileSystem<AccountId> for DriveFs {
                 .await?
                 .into_iter()
                 .find(|p| p.name == prop.name && p.namespace == prop.namespace)
-                .and_then(|p| B64.decode(p.xml).ok())
+                .and_then(|p| parseable(&p))
                 .ok_or(FsError::NotFound)
         }
         .boxed()

@@ -63,6 +63,16 @@ fn now<T>(f: LsFuture<'_, T>) -> Option<T> {
 }
 
 impl AccountLocks {
+    /// Drops the stale locks that cover `path`; the live ones.
+    fn drop_stale(&self, path: &DavPath) -> Option<Vec<DavLock>> {
+        let found = now(self.table.discover(path))?;
+        let (gone, live): (Vec<DavLock>, Vec<DavLock>) = found.into_iter().partition(stale);
+        for lock in gone {
+            let _ = now(self.table.unlock(&lock.path, &lock.token));
+        }
+        Some(live)
+    }
+
     /// Runs `attempt` until it is not refused by a stale lock, dropping each one in the way.
     fn past_stale<T>(
         &self,
@@ -115,6 +125,8 @@ impl DavLockSystem for AccountLocks {
         token: &str,
         timeout: Option<Duration>,
     ) -> LsFuture<'_, Result<DavLock, ()>> {
+        // A lock past its timeout is gone: it cannot be brought back.
+        self.drop_stale(path);
         let timeout = Some(timeout.unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT));
         self.table.refresh(path, token, timeout)
     }
@@ -127,6 +139,8 @@ impl DavLockSystem for AccountLocks {
         deep: bool,
         submitted_tokens: &[String],
     ) -> LsFuture<'_, Result<(), DavLock>> {
+        // Stale locks over the path go first, so a submitted token of one proves nothing.
+        self.drop_stale(path);
         let r = self.past_stale(|| {
             now(self
                 .table
@@ -141,14 +155,10 @@ impl DavLockSystem for AccountLocks {
     }
 
     fn discover(&'_ self, path: &DavPath) -> LsFuture<'_, Vec<DavLock>> {
-        let Some(found) = now(self.table.discover(path)) else {
-            return self.table.discover(path);
-        };
-        let (gone, live): (Vec<DavLock>, Vec<DavLock>) = found.into_iter().partition(stale);
-        for lock in gone {
-            let _ = now(self.table.unlock(&lock.path, &lock.token));
+        match self.drop_stale(path) {
+            Some(live) => futures_util::future::ready(live).boxed(),
+            None => self.table.discover(path),
         }
-        futures_util::future::ready(live).boxed()
     }
 
     fn delete(&'_ self, path: &DavPath) -> LsFuture<'_, Result<(), ()>> {
