@@ -728,6 +728,28 @@ impl Devices {
                     .device(account, &id)
                     .await?
                     .ok_or(DevicesError::NotFound)?;
+                // A device reset while in lost mode (the link kept it) locks again: lost mode
+                // goes to it once more, unless one is already waiting for it.
+                if let Some(sealed) = &row.lost_mode {
+                    let lost: LostModeView = self.open_json("lost_mode", sealed)?;
+                    let waiting = self
+                        .store()
+                        .commands(account, &id, 200)
+                        .await?
+                        .iter()
+                        .any(|c| {
+                            c.kind == CommandKind::LostMode.as_str()
+                                && matches!(c.state.as_str(), "queued" | "delivered")
+                        });
+                    if !waiting {
+                        let payload = Payload {
+                            message: lost.message,
+                            phone: lost.phone,
+                        };
+                        self.queue(account, &id, CommandKind::LostMode, Some(&payload))
+                            .await?;
+                    }
+                }
                 Ok(Linked {
                     device: self.view(&row).await?,
                     credential,
@@ -929,20 +951,10 @@ impl Devices {
             }
             _ => None,
         };
-        let now = self.now();
-        let new = NewCommand {
-            id: format!("cmd_{}", random_token_string(16)),
-            account_id: p.account,
-            device_id: id.to_owned(),
-            kind: req.kind.as_str().to_owned(),
-            payload: match &payload {
-                Some(pl) => Some(self.seal_json("device_command", pl)?),
-                None => None,
-            },
-            created_at: now,
-            expires_at: now.plus(Duration::from_secs(self.0.cfg.command_ttl_hours * 3600)),
-        };
-        let Some(c) = self.store().create_command(&new).await? else {
+        let Some(c) = self
+            .queue(p.account, id, req.kind, payload.as_ref())
+            .await?
+        else {
             // Not this account's, unlinked or Find Device off (maybe just now): say which.
             let row = self.owned(p, id).await?;
             Self::commandable(&row)?;
@@ -964,6 +976,34 @@ impl Devices {
                 )
                 .await?;
         }
+        self.command_view(&c)
+    }
+
+    /// Queues a command for `account`'s linked device `id` with Find Device on (`None` when it
+    /// is not one), tells the owner's feed, and hands it to the device now if it is connected —
+    /// to this node or, through the database's notification, to another.
+    async fn queue(
+        &self,
+        account: AccountId,
+        id: &str,
+        kind: CommandKind,
+        payload: Option<&Payload>,
+    ) -> Result<Option<CommandRow>> {
+        let now = self.now();
+        let new = NewCommand {
+            id: format!("cmd_{}", random_token_string(16)),
+            account_id: account,
+            device_id: id.to_owned(),
+            kind: kind.as_str().to_owned(),
+            payload: payload
+                .map(|pl| self.seal_json("device_command", pl))
+                .transpose()?,
+            created_at: now,
+            expires_at: now.plus(Duration::from_secs(self.0.cfg.command_ttl_hours * 3600)),
+        };
+        let Some(c) = self.store().create_command(&new).await? else {
+            return Ok(None);
+        };
         self.publish_command(&c);
         if !self.0.registry.send(id, Wire::Command(self.frame(&c)?)) {
             // The device may be connected to another node.
@@ -975,7 +1015,7 @@ impl Devices {
                 tracing::warn!(error = %e, "waking the other nodes failed");
             }
         }
-        self.command_view(&c)
+        Ok(Some(c))
     }
 
     /// A device's commands, newest first (at most 200).

@@ -322,10 +322,15 @@ async fn owner_events(
                 r = rx.recv() => Some(r),
                 _ = tick.tick() => None,
             };
-            if app.identity.authenticate(&token).is_err() {
+            if let Err(e) = app.identity.authenticate(&token) {
+                // Expired: reconnect with a fresh token. Otherwise: signed out.
+                let reason = match e {
+                    mica_identity::IdentityError::TokenExpired => "token_expired",
+                    _ => "signed_out",
+                };
                 let ended = Event::default()
                     .event("ended")
-                    .data(r#"{"reason":"signed_out"}"#);
+                    .data(format!(r#"{{"reason":"{reason}"}}"#));
                 return Some((Ok(ended), None));
             }
             let ev = match received {

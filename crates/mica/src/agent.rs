@@ -224,6 +224,11 @@ struct ErasedReport {
     credential: String,
 }
 
+/// A refusal that sending again will not change (a 4xx other than "too many requests").
+fn refused_for_good(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
 /// Reports an erase the server has not taken yet, if the state file holds one; forgets it
 /// once the server answers (taken, or refused for good).
 async fn settle_erase(cfg: &AgentConfig) -> anyhow::Result<()> {
@@ -242,10 +247,15 @@ async fn settle_erase(cfg: &AgentConfig) -> anyhow::Result<()> {
         )
         .await
     {
-        Ok(_) | Err(ClientError::Api { .. }) => {
+        // Taken, or refused for good (a 4xx): either way there is nothing more to send.
+        Ok(_) => {
             marker.erased = None;
             write_json(&cfg.state_file, &marker)?;
             println!("reported the erase of this device");
+        }
+        Err(ClientError::Api { status, .. }) if refused_for_good(status) => {
+            marker.erased = None;
+            write_json(&cfg.state_file, &marker)?;
         }
         Err(err) => tracing::info!(error = %err, "the erase is still to be reported"),
     }
@@ -438,18 +448,20 @@ async fn keep_link(
             refresh_token: refresh_token.to_owned(),
         },
     )?;
-    // The server's word on Find Device: a relink keeps it on if it was.
+    // The server's word on Find Device: a relink keeps it on if it was. An erase still to be
+    // reported stays noted.
     if linked["device"]["find_device"]
         .as_bool()
         .unwrap_or(cfg.device.find_device)
     {
+        let erased = read_json::<Marker>(&cfg.state_file)?.and_then(|m| m.erased);
         write_json(
             &cfg.state_file,
             &Marker {
                 locked: true,
                 owner: mask(account_id),
                 device_id: device_id.clone(),
-                erased: None,
+                erased,
             },
         )?;
     }
@@ -1258,7 +1270,7 @@ impl Agent {
                 .await
             {
                 Ok(_) => return true,
-                Err(ClientError::Api { status, .. }) if status.is_client_error() => {
+                Err(ClientError::Api { status, .. }) if refused_for_good(status) => {
                     tracing::info!(command = id, %status, "result not taken");
                     return true;
                 }

@@ -258,22 +258,25 @@ impl Store {
             }
         }
         let replaced = sqlx::query(
-            "SELECT session_id, find_enabled, command_seq FROM devices WHERE account_id = $1 \
-             AND hardware_bidx = $2 AND unlinked_at IS NULL",
+            "SELECT session_id, find_enabled, command_seq, lost_mode FROM devices \
+             WHERE account_id = $1 AND hardware_bidx = $2 AND unlinked_at IS NULL",
         )
         .bind(d.account_id.as_i64())
         .bind(d.hardware_bidx.clone())
         .fetch_all(&mut *tx)
         .await?;
         // A relink cannot weaken what protects the device: Find Device (and so its activation
-        // lock) stays on if it was — turning it off takes a step-up — and the commands still
-        // waiting for it carry over, numbered after the old link's.
+        // lock) stays on if it was — turning it off takes a step-up — lost mode stays until
+        // the account password ends it, and the commands still waiting for it carry over,
+        // numbered after the old link's.
         let mut find_enabled = d.find_enabled;
         let mut command_seq = 0_i64;
+        let mut lost_mode: Option<Vec<u8>> = None;
         let mut replaced_sessions = Vec::with_capacity(replaced.len());
         for r in &replaced {
             find_enabled |= r.try_get::<i64, _>("find_enabled")? != 0;
             command_seq = command_seq.max(r.try_get("command_seq")?);
+            lost_mode = lost_mode.or(r.try_get("lost_mode")?);
             if let Some(s) = r.try_get::<Option<String>, _>("session_id")? {
                 replaced_sessions.push(s);
             }
@@ -282,7 +285,7 @@ impl Store {
             "INSERT INTO devices (id, account_id, session_id, name, model, os_version, app_version, \
              hardware, hardware_bidx, credential_hash, find_enabled, battery, last_seen_at, \
              lost_mode, linked_at, unlinked_at, unlinked_reason, command_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, NULL, $12, NULL, NULL, $13)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $14, $12, NULL, NULL, $13)",
         )
         .bind(&d.id)
         .bind(d.account_id.as_i64())
@@ -297,6 +300,7 @@ impl Store {
         .bind(i64::from(find_enabled))
         .bind(d.now.millis())
         .bind(command_seq)
+        .bind(lost_mode)
         .execute(&mut *tx)
         .await?;
         // Earlier links of the same hardware to this account (before a reset, an erase) are

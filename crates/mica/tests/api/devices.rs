@@ -1557,10 +1557,31 @@ async fn an_agent_refuses_a_command_older_than_its_journal(app: &TestApp) {
 
 /// Linking the same hardware again (what a reset device does) replaces the earlier link, but
 /// cannot weaken it without the step-up that turning Find Device off takes: Find Device and the
-/// activation lock stay on, and the commands still waiting for the device carry over.
+/// activation lock stay on, lost mode stays (and goes to the device again), and the commands
+/// still waiting for the device carry over.
 async fn a_relink_cannot_weaken_the_devices_protection(app: &TestApp) {
     let (ana, _) = owner(app, "ana@example.com").await;
     let (first, old) = link_http(app, &ana, 81).await;
+    // Lost mode, taken and done by the device.
+    let lost = send(
+        &ana,
+        &first,
+        json!({ "kind": "lost_mode", "message": "Please call me", "phone": "+351912345678" }),
+    )
+    .await;
+    let lost = lost["id"].as_str().unwrap().to_owned();
+    post(
+        &old,
+        &format!("/api/v1/device/commands/{lost}/ack"),
+        json!({}),
+    )
+    .await;
+    post(
+        &old,
+        &format!("/api/v1/device/commands/{lost}/result"),
+        json!({ "outcome": "done" }),
+    )
+    .await;
     let ring = send(&ana, &first, json!({ "kind": "ring" })).await;
     assert_eq!(ring["state"], "queued");
     let hardware = json!({ "imeis": [imei(81)], "serial": "S81" });
@@ -1574,6 +1595,10 @@ async fn a_relink_cannot_weaken_the_devices_protection(app: &TestApp) {
     let second = relinked["device"]["id"].as_str().unwrap().to_owned();
     assert_ne!(second, first);
     assert_eq!(relinked["device"]["find_device"], true, "{relinked}");
+    assert_eq!(
+        relinked["device"]["lost_mode"]["message"], "Please call me",
+        "{relinked}"
+    );
     let status = post(
         &app.client,
         "/api/v1/activation/status",
@@ -1581,12 +1606,22 @@ async fn a_relink_cannot_weaken_the_devices_protection(app: &TestApp) {
     )
     .await;
     assert_eq!(status["locked"], true);
-    // The waiting ring is the new link's, and what follows is numbered after it.
+    // The waiting ring is the new link's; lost mode goes to the device again; what follows is
+    // numbered after them.
     let history = get(&ana, &format!("/api/v1/devices/{second}/commands")).await;
-    assert_eq!(history[0]["id"], ring["id"], "{history}");
-    assert_eq!(history[0]["state"], "queued");
+    let history = history.as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = history
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("lost_mode", "queued"), ("ring", "queued")],
+        "{history:?}"
+    );
+    assert_eq!(history[1]["id"], ring["id"]);
     let next = send(&ana, &second, json!({ "kind": "locate" })).await;
-    assert_eq!(next["seq"], ring["seq"].as_i64().unwrap() + 1);
+    assert_eq!(next["seq"], ring["seq"].as_i64().unwrap() + 2);
     // The earlier link's credential is over.
     let e = refused(
         &old,
@@ -1623,6 +1658,7 @@ async fn the_owners_feed_ends_with_the_session(app: &TestApp) {
         .await
         .unwrap();
     let seen = read_until(&mut feed, "event: ended").await;
+    assert!(seen.contains("signed_out"), "{seen}");
     assert!(!seen.contains("\"change\":\"renamed\""), "{seen}");
     assert!(
         tokio::time::timeout(Duration::from_secs(20), feed.chunk())
