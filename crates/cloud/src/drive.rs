@@ -464,16 +464,19 @@ impl Cloud {
         }
         e.parent = None;
         let base = Some(row.seq.to_string());
-        match self.put_entry(account, id, base.clone(), &e).await {
-            Err(CloudError::NameTaken) => {
-                e.name = drive_name(&format!("{} (restored)", e.name))?;
-                self.put_entry(account, id, base, &e).await?;
-            }
-            r => {
-                r?;
+        let name = e.name.clone();
+        for n in 0..10 {
+            e.name = match n {
+                0 => name.clone(),
+                1 => restored_name(&name, " (restored)"),
+                n => restored_name(&name, &format!(" (restored {n})")),
+            };
+            match self.put_entry(account, id, base.clone(), &e).await {
+                Err(CloudError::NameTaken) => continue,
+                r => return r.map(|_| ()),
             }
         }
-        Ok(())
+        Err(CloudError::NameTaken)
     }
 
     /// Moves an entry (a folder with everything in it) to the recycle bin.
@@ -511,5 +514,45 @@ impl Cloud {
             return Err(CloudError::DriveConflict);
         }
         Ok(n)
+    }
+}
+
+/// `name` with `suffix` before its extension ("Report (restored).pdf"), shortened to fit.
+fn restored_name(name: &str, suffix: &str) -> String {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    let room = crate::category::MAX_NAME_BYTES.saturating_sub(suffix.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}{ext}", stem[..cut].trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restored_name;
+    use crate::category::MAX_NAME_BYTES;
+
+    #[test]
+    fn a_restored_name_keeps_its_extension_and_fits() {
+        assert_eq!(
+            restored_name("Report.pdf", " (restored)"),
+            "Report (restored).pdf"
+        );
+        assert_eq!(
+            restored_name("Photos", " (restored 2)"),
+            "Photos (restored 2)"
+        );
+        assert_eq!(
+            restored_name(".bashrc", " (restored)"),
+            ".bashrc (restored)"
+        );
+        let long = format!("{}.txt", "é".repeat(126));
+        let r = restored_name(&long, " (restored)");
+        assert!(r.len() <= MAX_NAME_BYTES, "{}", r.len());
+        assert!(r.ends_with(" (restored).txt"), "{r}");
     }
 }

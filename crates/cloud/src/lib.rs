@@ -767,8 +767,12 @@ impl Cloud {
                 let category = Self::category_of(&c)?;
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
                 // event's uid, an event's or a photo's time): index it again from the body.
+                // The restore has committed: a drive entry that cannot be moved out of a gone
+                // folder is left where it is (and said so in the log), not reported as failed.
                 if category == Category::Drive {
-                    self.drive_rehome(account, &item_id, since).await?;
+                    if let Err(e) = self.drive_rehome(account, &item_id, since).await {
+                        tracing::warn!(error = %e, "a restored drive entry stays in its gone folder");
+                    }
                 }
                 let view = self.item(account, &collection_id, &item_id).await?;
                 if let Some(body) = &view.body {
