@@ -765,8 +765,6 @@ impl Cloud {
             } => {
                 let c = self.resolve(account, &collection_id).await?;
                 let category = Self::category_of(&c)?;
-                // The bin keeps an item's body, not what is indexed from it (a contact's or an
-                // event's uid, an event's or a photo's time): index it again from the body.
                 // The restore has committed: a drive entry that cannot be moved out of a gone
                 // folder is left where it is (and said so in the log), not reported as failed.
                 if category == Category::Drive {
@@ -774,6 +772,8 @@ impl Cloud {
                         tracing::warn!(error = %e, "a restored drive entry stays in its gone folder");
                     }
                 }
+                // The bin keeps an item's body, not what is indexed from it (a contact's or an
+                // event's uid, an event's or a photo's time): index it again from the body.
                 let view = self.item(account, &collection_id, &item_id).await?;
                 if let Some(body) = &view.body {
                     if let Ok(p) = category::prepare(category, body) {
