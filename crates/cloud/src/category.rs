@@ -113,6 +113,7 @@ impl Category {
             append_only: self.append_only(),
             recyclable: self.recyclable(),
             media: self == Category::Gallery,
+            tree: self == Category::Drive,
         }
     }
 }

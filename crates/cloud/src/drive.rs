@@ -17,8 +17,6 @@ use crate::{Category, Cloud, CloudError, Write};
 
 /// The collection that holds the drive.
 pub const DRIVE: &str = "drive";
-/// How deep folders may nest.
-const MAX_DEPTH: usize = 64;
 
 /// A drive entry as listings show it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -102,58 +100,6 @@ impl Cloud {
             .ok_or(CloudError::NotFound)?;
         let e = self.open_entry(account, c, &row)?;
         Ok((row, e))
-    }
-
-    /// Checks where each drive entry of a batch goes: its parent is a live folder (or a folder
-    /// created earlier in the same batch), and no entry ends up inside itself.
-    pub(crate) async fn check_drive_parents(
-        &self,
-        account: AccountId,
-        c: &CollectionRow,
-        batch: &[(String, Option<String>, bool)],
-    ) -> Result<(), CloudError> {
-        let in_batch: std::collections::HashMap<&str, (Option<&str>, bool)> = batch
-            .iter()
-            .map(|(id, parent, folder)| (id.as_str(), (parent.as_deref(), *folder)))
-            .collect();
-        // Stored folders above the batch, read once however many entries they hold.
-        let mut stored: std::collections::HashMap<String, (Option<String>, bool)> =
-            std::collections::HashMap::new();
-        let bad = |message: String| CloudError::Invalid {
-            field: "parent",
-            message,
-        };
-        for (id, parent, _) in batch {
-            let mut at = parent.clone();
-            let mut depth = 0;
-            while let Some(p) = at {
-                if p == *id {
-                    return Err(bad("a folder cannot go inside itself".into()));
-                }
-                let (next, folder) = match (in_batch.get(p.as_str()), stored.get(&p)) {
-                    (Some((next, folder)), _) => (next.map(str::to_owned), *folder),
-                    (None, Some((next, folder))) => (next.clone(), *folder),
-                    (None, None) => {
-                        let (_, e) = self
-                            .live_entry(account, c, &p)
-                            .await
-                            .map_err(|_| bad(format!("there is no folder {p}")))?;
-                        let found = (e.parent, e.kind == "folder");
-                        stored.insert(p.clone(), found.clone());
-                        found
-                    }
-                };
-                if depth == 0 && !folder {
-                    return Err(bad(format!("{p} is a file, not a folder")));
-                }
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(bad(format!("folders nest at most {MAX_DEPTH} deep")));
-                }
-                at = next;
-            }
-        }
-        Ok(())
     }
 
     /// A folder's entries (the top level when `parent` is `None`): folders first, then by name.
@@ -421,15 +367,7 @@ impl Cloud {
                 return Err(CloudError::FolderTooLarge(self.inner.cfg.max_tree));
             }
         }
-        // Parents before children, so each parent exists when its child is checked.
-        let out = self.apply(account, DRIVE, writes, None).await?;
-        if out
-            .results
-            .iter()
-            .any(|r| r.status != mica_store::OpStatus::Applied)
-        {
-            return Err(CloudError::DriveConflict);
-        }
+        self.apply(account, DRIVE, writes, None, true).await?;
         self.drive_entry(account, &top).await
     }
 
@@ -505,14 +443,8 @@ impl Cloud {
             }
         }
         let n = writes.len() as u64;
-        let out = self.apply(account, DRIVE, writes, None).await?;
-        if out
-            .results
-            .iter()
-            .any(|r| r.status == mica_store::OpStatus::Conflict)
-        {
-            return Err(CloudError::DriveConflict);
-        }
+        // All or nothing: an entry changed meanwhile leaves the whole folder as it was.
+        self.apply(account, DRIVE, writes, None, true).await?;
         Ok(n)
     }
 }

@@ -50,6 +50,8 @@ pub enum CloudError {
     NameTaken,
     #[error("the entry changed meanwhile; reload it and try again")]
     DriveConflict,
+    #[error("the folder still holds {0}: delete or move what is in it in the same batch")]
+    FolderNotEmpty(String),
     #[error("no such file in this account: {0}")]
     UnknownFile(String),
     #[error("the upload is at offset {0}: resume from there (HEAD tells the offset)")]
@@ -105,6 +107,7 @@ impl CloudError {
             CloudError::NoPreview(_) => "no_preview",
             CloudError::PreviewPending => "preview_pending",
             CloudError::DriveConflict => "conflict",
+            CloudError::FolderNotEmpty(_) => "folder_not_empty",
             CloudError::OffsetMismatch(_) => "upload_offset_mismatch",
             CloudError::ChecksumMismatch => "checksum_mismatch",
             CloudError::UnsupportedChecksum => "unsupported_checksum",
@@ -132,7 +135,10 @@ impl CloudError {
             CloudError::QuotaExceeded { .. } => 507,
             CloudError::NotFound => 404,
             CloudError::UnknownFile(_) => 422,
-            CloudError::NameTaken | CloudError::DriveConflict | CloudError::PreviewPending => 409,
+            CloudError::NameTaken
+            | CloudError::DriveConflict
+            | CloudError::FolderNotEmpty(_)
+            | CloudError::PreviewPending => 409,
             CloudError::NoPreview(_) => 404,
             CloudError::OffsetMismatch(_) => 409,
             // The tus checksum extension's status for a mismatch.

@@ -23,8 +23,8 @@ use std::time::Duration;
 use mica_core::crypto::Keys;
 use mica_core::{AccountId, Clock, SessionId, Timestamp};
 use mica_store::{
-    BatchOutcome, CollectionRow, ItemRow, ItemWrite, OpStatus, RestoreOutcome, Store, WriteOp,
-    BIN_CATEGORY,
+    BatchOutcome, CollectionRow, ItemRow, ItemWrite, OpStatus, RestoreOutcome, Store, TreeProblem,
+    WriteOp, BIN_CATEGORY,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -234,6 +234,24 @@ fn check_id(field: &'static str, id: &str, max: usize) -> Result<(), CloudError>
                 "ids are 1 to {max} characters among letters, digits and - _ . ~ @ + = (no slashes)"
             ),
         })
+    }
+}
+
+/// Why a drive batch was refused, for the client.
+fn tree_error(problem: TreeProblem) -> CloudError {
+    let parent = |message: String| CloudError::Invalid {
+        field: "parent",
+        message,
+    };
+    match problem {
+        TreeProblem::NoFolder(p) => parent(format!("there is no folder {p}")),
+        TreeProblem::NotAFolder(p) => parent(format!("{p} is a file, not a folder")),
+        TreeProblem::Loop => parent("a folder cannot go inside itself".into()),
+        TreeProblem::TooDeep => parent(format!(
+            "folders nest at most {} deep",
+            mica_store::MAX_TREE_DEPTH
+        )),
+        TreeProblem::NotEmpty(child) => CloudError::FolderNotEmpty(child),
     }
 }
 
@@ -506,18 +524,21 @@ impl Cloud {
         if writes.len() > max {
             return Err(CloudError::BatchTooLarge(max));
         }
-        self.apply(account, collection, writes, idempotency_key)
+        self.apply(account, collection, writes, idempotency_key, false)
             .await
     }
 
     /// A batch of any size applied as one transaction: a client's push, within its bound, or
     /// the server's own (a drive folder's copy or deletion, within [`CloudConfig::max_tree`]).
+    /// A `whole` batch is all or nothing: a conflict anywhere is [`CloudError::DriveConflict`]
+    /// and nothing is written.
     async fn apply(
         &self,
         account: AccountId,
         collection: &str,
         writes: Vec<Write>,
         idempotency_key: Option<&str>,
+        whole: bool,
     ) -> Result<PushOutcome, CloudError> {
         let c = self.resolve(account, collection).await?;
         let category = Self::category_of(&c)?;
@@ -575,23 +596,6 @@ impl Cloud {
             }
             ops.push(op);
         }
-        if category == Category::Drive {
-            let mut entries = Vec::new();
-            for (w, op) in writes.iter().zip(&ops) {
-                if op.op == WriteOp::Put {
-                    // `<parent id>/<name>`; a folder is the entry without a file.
-                    let parent = op
-                        .path_key
-                        .as_deref()
-                        .and_then(|k| k.split_once('/'))
-                        .map(|(p, _)| p)
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_owned);
-                    entries.push((w.id.clone(), parent, op.file_id.is_none()));
-                }
-            }
-            self.check_drive_parents(account, &c, &entries).await?;
-        }
         let hash = hasher.finalize().to_vec();
         let now = self.now();
         let outcome = self
@@ -604,6 +608,7 @@ impl Cloud {
                 idempotency_key.map(|k| (k, hash.as_slice())),
                 cfg.quota_bytes,
                 now,
+                whole,
             )
             .await
             .map_err(|e| match e {
@@ -643,6 +648,15 @@ impl Cloud {
             BatchOutcome::Replayed(results) => (results, true),
             BatchOutcome::KeyReused => return Err(CloudError::IdempotencyKeyReused),
             BatchOutcome::MissingFile(id) => return Err(CloudError::UnknownFile(id)),
+            BatchOutcome::Conflicted(_) => return Err(CloudError::DriveConflict),
+            BatchOutcome::TreeRefused { id, problem } => {
+                let index = writes.iter().position(|w| w.id == id);
+                let e = tree_error(problem);
+                return Err(match index {
+                    Some(i) => e.at(i, &id),
+                    None => e,
+                });
+            }
             BatchOutcome::QuotaExceeded {
                 used,
                 quota,

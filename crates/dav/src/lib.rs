@@ -151,6 +151,7 @@ fn fs_error(e: CloudError) -> FsError {
         CloudError::Invalid { .. }
         | CloudError::InvalidItem(_)
         | CloudError::DriveConflict
+        | CloudError::FolderNotEmpty(_)
         | CloudError::FolderTooLarge(_) => FsError::Forbidden,
         CloudError::InBatch { source, .. } => fs_error(*source),
         other => {

@@ -262,6 +262,7 @@ pub struct PushResponse {
            ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
     request_body = PushRequest,
     responses((status = 200, body = PushResponse), (status = 404, body = ErrorBody),
+              (status = 409, description = "A drive batch would delete a folder that still holds an entry (folder_not_empty), or reuse a name (name_taken)", body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 507, description = "Out of storage", body = ErrorBody)))]
 async fn push(

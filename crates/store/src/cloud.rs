@@ -85,6 +85,29 @@ pub struct CategoryRules {
     /// Items stand for photos and videos: the file of an applied put is queued for the media
     /// worker in the batch's own transaction (so no committed photo is left without previews).
     pub media: bool,
+    /// Items form a tree by their `path_key` (the drive): the batch's end state is checked in
+    /// its own transaction, after the account lock, so no two batches can together leave an
+    /// entry without its folder, inside itself, or a deleted folder with live entries.
+    pub tree: bool,
+}
+
+/// How deep a tree's folders may nest.
+pub const MAX_TREE_DEPTH: usize = 64;
+
+/// What a batch would break in a tree ([`CategoryRules::tree`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeProblem {
+    /// The entry's folder is not a live entry (never was, or the batch or another deleted it).
+    NoFolder(String),
+    /// The entry's folder is a file.
+    NotAFolder(String),
+    /// The entry would end up inside itself.
+    Loop,
+    /// Folders would nest deeper than [`MAX_TREE_DEPTH`].
+    TooDeep,
+    /// The entry stops being a live folder (deleted, or now a file) while entries are still in
+    /// it: the one named.
+    NotEmpty(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,6 +149,13 @@ pub enum BatchOutcome {
     },
     /// An item references a file the account does not have (any more).
     MissingFile(String),
+    /// The batch would break the tree at the write with this id; nothing was written.
+    TreeRefused {
+        id: String,
+        problem: TreeProblem,
+    },
+    /// A write conflicted in a batch that is all or nothing; nothing was written.
+    Conflicted(Vec<OpResult>),
 }
 
 /// The account's cloud settings and totals.
@@ -447,7 +477,8 @@ impl Store {
     }
 
     /// Applies a batch to one collection in one transaction. `quota` is the server default,
-    /// used unless the account has its own.
+    /// used unless the account has its own. A conflicting write is reported and the others
+    /// applied, unless the batch is `whole`: then a conflict anywhere writes nothing.
     #[allow(clippy::too_many_arguments)]
     pub async fn apply_batch(
         &self,
@@ -458,6 +489,7 @@ impl Store {
         idempotency: Option<(&str, &[u8])>,
         default_quota: i64,
         now: Timestamp,
+        whole: bool,
     ) -> Result<BatchOutcome> {
         let mut tx = self.writer.begin().await?;
         let n = i64::try_from(ops.len()).unwrap_or(i64::MAX);
@@ -578,6 +610,9 @@ impl Store {
                 }
             }
         }
+        if whole && results.iter().any(|r| r.status == OpStatus::Conflict) {
+            return Ok(BatchOutcome::Conflicted(results));
+        }
         // Files the batch references: they must exist; a pending one (not referenced by any
         // item yet) stops being counted under 'uploads' now that an item counts its bytes.
         let mut file_ids: Vec<&str> = plan
@@ -623,6 +658,45 @@ impl Store {
             });
         }
 
+        // Deletes first, so a batch can put a new entry where it deletes an old one.
+        for (op, seq, old) in &plan {
+            match op.op {
+                WriteOp::Put => {}
+                WriteOp::Delete => {
+                    sqlx::query(
+                        "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
+                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL, path_key = NULL, path_parent = NULL \
+                         WHERE account_id = $1 AND collection_id = $2 AND id = $3",
+                    )
+                    .bind(account.as_i64())
+                    .bind(&collection.id)
+                    .bind(&op.id)
+                    .bind(*seq)
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await?;
+                    if let (true, Some(old)) = (rules.recyclable, old) {
+                        sqlx::query(
+                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at, file_id, path_key) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        )
+                        .bind(account.as_i64())
+                        .bind(format!("rb_{seq}"))
+                        .bind(&collection.id)
+                        .bind(&op.id)
+                        .bind(&collection.kind)
+                        .bind(old.body.clone().unwrap_or_default())
+                        .bind(old.summary.clone())
+                        .bind(old.size)
+                        .bind(now.millis())
+                        .bind(old.file_id.clone())
+                        .bind(old.path_key.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
         // Puts go in multi-row statements: one round trip per `put_rows` rows, not per row.
         let puts: Vec<(&ItemWrite, i64)> = plan
             .iter()
@@ -672,42 +746,12 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for (op, seq, old) in &plan {
-            match op.op {
-                WriteOp::Put => {}
-                WriteOp::Delete => {
-                    sqlx::query(
-                        "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
-                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL, path_key = NULL, path_parent = NULL \
-                         WHERE account_id = $1 AND collection_id = $2 AND id = $3",
-                    )
-                    .bind(account.as_i64())
-                    .bind(&collection.id)
-                    .bind(&op.id)
-                    .bind(*seq)
-                    .bind(now.millis())
-                    .execute(&mut *tx)
-                    .await?;
-                    if let (true, Some(old)) = (rules.recyclable, old) {
-                        sqlx::query(
-                            "INSERT INTO recycle_bin (account_id, id, collection_id, item_id, kind, body, summary, size, deleted_at, file_id, path_key) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                        )
-                        .bind(account.as_i64())
-                        .bind(format!("rb_{seq}"))
-                        .bind(&collection.id)
-                        .bind(&op.id)
-                        .bind(&collection.kind)
-                        .bind(old.body.clone().unwrap_or_default())
-                        .bind(old.summary.clone())
-                        .bind(old.size)
-                        .bind(now.millis())
-                        .bind(old.file_id.clone())
-                        .bind(old.path_key.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
+        if rules.tree {
+            if let Some((id, problem)) = self
+                .check_tree(&mut tx, account, &collection.id, &plan)
+                .await?
+            {
+                return Ok(BatchOutcome::TreeRefused { id, problem });
             }
         }
         add_usage(&mut tx, account, &collection.kind, live_bytes, live_items).await?;
@@ -1268,5 +1312,141 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// A batch's planned writes: each op, its sequence number, and the live item it replaces.
+type Plan<'a> = [(&'a ItemWrite, i64, Option<ItemRow>)];
+
+impl Store {
+    /// Checks a tree collection's state after a batch's writes, inside the batch's transaction:
+    /// every entry it put is in a live folder, not inside itself, at most [`MAX_TREE_DEPTH`]
+    /// deep; and every entry it deleted or turned into a file holds no live entry. Returns the
+    /// first write that breaks it. Reads each stored folder above the batch once, one query
+    /// per level.
+    async fn check_tree(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        account: AccountId,
+        collection: &str,
+        plan: &Plan<'_>,
+    ) -> Result<Option<(String, TreeProblem)>> {
+        use std::collections::{HashMap, HashSet};
+        let (lookup_ids, _) = self.batch_sizes();
+        // Nothing may stay inside what stops being a live folder.
+        let emptied: Vec<&str> = plan
+            .iter()
+            .filter(|(op, _, _)| op.op == WriteOp::Delete || op.file_id.is_some())
+            .map(|(op, _, _)| op.id.as_str())
+            .collect();
+        for chunk in emptied.chunks(lookup_ids) {
+            let sql = format!(
+                "SELECT id, path_parent FROM items WHERE account_id = {} AND collection_id = {} \
+                 AND path_parent IN ({}) AND deleted_at IS NULL LIMIT 1",
+                self.mark(1),
+                self.mark(2),
+                self.marks(3, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            if let Some(r) = q.fetch_optional(&mut **tx).await? {
+                let (child, parent): (String, String) =
+                    (r.try_get("id")?, r.try_get("path_parent")?);
+                return Ok(Some((parent, TreeProblem::NotEmpty(child))));
+            }
+        }
+
+        // Live entries after the batch, by id: their folder ("" for the top level) and whether
+        // they are folders. The batch's own puts first; stored entries above them as needed.
+        let puts: Vec<(&str, String)> = plan
+            .iter()
+            .filter(|(op, _, _)| op.op == WriteOp::Put)
+            .map(|(op, _, _)| {
+                let parent = op.path_key.as_deref().map(path_parent).unwrap_or_default();
+                (op.id.as_str(), parent)
+            })
+            .collect();
+        let mut live: HashMap<String, (String, bool)> = plan
+            .iter()
+            .filter(|(op, _, _)| op.op == WriteOp::Put)
+            .zip(&puts)
+            .map(|((op, _, _), (id, parent))| {
+                ((*id).to_owned(), (parent.clone(), op.file_id.is_none()))
+            })
+            .collect();
+        let mut missing: HashSet<String> = HashSet::new();
+        let mut wanted: Vec<String> = puts
+            .iter()
+            .map(|(_, p)| p.clone())
+            .filter(|p| !p.is_empty() && !live.contains_key(p))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut levels = 0;
+        while !wanted.is_empty() && levels <= MAX_TREE_DEPTH {
+            levels += 1;
+            let mut next = HashSet::new();
+            for chunk in wanted.chunks(lookup_ids) {
+                let sql = format!(
+                    "SELECT id, path_parent, file_id FROM items WHERE account_id = {} \
+                     AND collection_id = {} AND id IN ({}) AND deleted_at IS NULL",
+                    self.mark(1),
+                    self.mark(2),
+                    self.marks(3, chunk.len())
+                );
+                let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                for r in q.fetch_all(&mut **tx).await? {
+                    let id: String = r.try_get("id")?;
+                    let parent: String = r
+                        .try_get::<Option<String>, _>("path_parent")?
+                        .unwrap_or_default();
+                    let file: Option<String> = r.try_get("file_id")?;
+                    if !parent.is_empty() && !live.contains_key(&parent) {
+                        next.insert(parent.clone());
+                    }
+                    live.insert(id, (parent, file.is_none()));
+                }
+            }
+            for id in wanted.drain(..) {
+                if !live.contains_key(&id) {
+                    missing.insert(id);
+                }
+            }
+            next.retain(|id| !live.contains_key(id) && !missing.contains(id));
+            wanted = next.into_iter().collect();
+        }
+
+        for (id, parent) in &puts {
+            let mut at = parent.as_str();
+            let mut depth = 0;
+            while !at.is_empty() {
+                if at == *id {
+                    return Ok(Some(((*id).to_owned(), TreeProblem::Loop)));
+                }
+                let Some((up, folder)) = live.get(at) else {
+                    return Ok(Some((
+                        (*id).to_owned(),
+                        TreeProblem::NoFolder(at.to_owned()),
+                    )));
+                };
+                if depth == 0 && !folder {
+                    return Ok(Some((
+                        (*id).to_owned(),
+                        TreeProblem::NotAFolder(at.to_owned()),
+                    )));
+                }
+                depth += 1;
+                if depth > MAX_TREE_DEPTH {
+                    return Ok(Some(((*id).to_owned(), TreeProblem::TooDeep)));
+                }
+                at = up;
+            }
+        }
+        Ok(None)
     }
 }

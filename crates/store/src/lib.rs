@@ -44,7 +44,8 @@ pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use app_passwords::AppPasswordRow;
 pub use cloud::{
     BatchOutcome, BinRow, CategoryRules, Changes, CloudAccount, CollectionRow, ItemRow, ItemWrite,
-    OpResult, OpStatus, RestoreOutcome, UsageMismatch, WriteOp, BIN_CATEGORY,
+    OpResult, OpStatus, RestoreOutcome, TreeProblem, UsageMismatch, WriteOp, BIN_CATEGORY,
+    MAX_TREE_DEPTH,
 };
 pub use codes::{CodeRow, NewCode};
 pub use devices::{

@@ -22,6 +22,7 @@ on_both_backends!(
     other_accounts_files_are_out_of_reach,
     bad_upload_requests_get_clear_errors,
     the_drive_holds_folders_and_files,
+    the_drive_stays_a_tree_whatever_the_batches,
     the_gallery_reads_exif_and_makes_previews,
     the_timeline_comes_newest_first_a_page_at_a_time,
     the_gallery_reads_a_videos_container_and_previews_a_frame,
@@ -1313,6 +1314,141 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
         "the owner's folder is as it was"
     );
     assert_eq!(other.stored().await, (0, 0));
+}
+
+/// The drive's tree is checked where the batch is applied, after the account's lock: a
+/// device's batch through the sync API, two moves racing, or a folder deleted while something in
+/// it changes can never leave an entry outside every listing, inside itself, or half deleted.
+async fn the_drive_stays_a_tree_whatever_the_batches(app: &TestApp) {
+    use reqwest::Method;
+    let (tus, c, _) = signed_in(app, "ines@example.com").await;
+    let folder = |name: String, parent: Option<String>| {
+        let tus = &tus;
+        async move {
+            let (s, f) = drive(
+                tus,
+                Method::POST,
+                "",
+                Some(json!({"kind": "folder", "name": name, "parent": parent})),
+            )
+            .await;
+            assert_eq!(s, 201, "{f}");
+            (f["id"].as_str().unwrap().to_owned(), f["version"].clone())
+        }
+    };
+    let status = |r: Result<Value, mica_client::ClientError>| match r {
+        Ok(v) => (
+            200,
+            v["results"][0]["status"].as_str().unwrap_or("").to_owned(),
+        ),
+        Err(e) => (
+            e.status().map_or(0, |s| s.as_u16()),
+            e.code().unwrap_or("").to_owned(),
+        ),
+    };
+    let exists = |id: String| {
+        let tus = &tus;
+        async move { drive(tus, Method::GET, &format!("/{id}"), None).await.0 == 200 }
+    };
+
+    // A device deleting a folder that still holds an entry is refused, and nothing changes.
+    let (trips, trips_v) = folder("Trips".into(), None).await;
+    let (year, year_v) = folder("2026".into(), Some(trips.clone())).await;
+    let r = c
+        .push(
+            "drive",
+            json!([{"id": trips, "op": "delete", "base_version": trips_v}]),
+            None,
+        )
+        .await;
+    assert_eq!(status(r), (409, "folder_not_empty".to_owned()));
+    assert!(exists(trips.clone()).await && exists(year.clone()).await);
+    // Nor may a batch put an entry into the folder it deletes: that too would leave it holding
+    // something.
+    let r = c
+        .push(
+            "drive",
+            json!([
+                {"id": year, "op": "delete", "base_version": year_v},
+                {"id": "d_late", "op": "put", "body": {"kind": "folder", "name": "late", "parent": year}},
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(status(r), (409, "folder_not_empty".to_owned()));
+    assert!(exists(year.clone()).await && !exists("d_late".into()).await);
+    // Deleted with what it holds in one batch, the folder goes, and both wait in the bin.
+    let r = c
+        .push(
+            "drive",
+            json!([
+                {"id": trips, "op": "delete", "base_version": trips_v},
+                {"id": year, "op": "delete", "base_version": year_v},
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(status(r), (200, "applied".to_owned()));
+    assert!(!exists(trips.clone()).await && !exists(year.clone()).await);
+    assert_eq!(c.recycle_bin(Some("drive")).await.unwrap().len(), 2);
+
+    // A batch can put a new entry under the name of one it deletes: deletes go first.
+    let (old, old_v) = folder("notes".into(), None).await;
+    let r = c
+        .push(
+            "drive",
+            json!([
+                {"id": old, "op": "delete", "base_version": old_v},
+                {"id": "d_new_notes", "op": "put", "body": {"kind": "folder", "name": "notes"}},
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(status(r), (200, "applied".to_owned()));
+    let (_, top) = drive(&tus, Method::GET, "", None).await;
+    assert_eq!(top[0]["id"], "d_new_notes", "{top}");
+    assert_eq!(top.as_array().unwrap().len(), 1);
+
+    for round in 0..8 {
+        // Two moves racing, each of one folder into the other: one wins, the other would
+        // close a loop and is refused.
+        let (a, _) = folder(format!("A{round}"), None).await;
+        let (b, _) = folder(format!("B{round}"), None).await;
+        let (to_a, to_b) = (format!("/{a}"), format!("/{b}"));
+        let (ra, rb) = tokio::join!(
+            drive(&tus, Method::PATCH, &to_a, Some(json!({"parent": b}))),
+            drive(&tus, Method::PATCH, &to_b, Some(json!({"parent": a}))),
+        );
+        let mut got = [ra.0, rb.0];
+        got.sort_unstable();
+        assert_eq!(got, [200, 422], "round {round}: {ra:?} {rb:?}");
+        // A folder deleted while an entry in it is renamed goes whole or stays whole.
+        let (p, _) = folder(format!("P{round}"), None).await;
+        let mut kids = Vec::new();
+        for k in 0..5 {
+            kids.push(folder(format!("k{k}"), Some(p.clone())).await.0);
+        }
+        let (folder_at, kid_at) = (format!("/{p}"), format!("/{}", kids[2]));
+        let (del, _) = tokio::join!(
+            drive(&tus, Method::DELETE, &folder_at, None),
+            drive(
+                &tus,
+                Method::PATCH,
+                &kid_at,
+                Some(json!({"name": "renamed"}))
+            ),
+        );
+        let gone = match del.0 {
+            200 => true,
+            409 => false,
+            s => panic!("round {round}: deleting the folder answered {s}: {}", del.1),
+        };
+        assert_eq!(exists(p.clone()).await, !gone, "round {round}");
+        for k in &kids {
+            assert_eq!(exists(k.clone()).await, !gone, "round {round}: {k}");
+        }
+    }
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
 }
 
 /// A PNG that declares `w` × `h` pixels in a few dozen bytes: a decompression bomb's header.
