@@ -592,9 +592,13 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Drops locations older than the retention.
+    /// Drops locations older than the retention — except an erased device's, which stay for
+    /// its owner until they delete them (DV-5: the last places a lost device was seen).
     pub async fn purge_locations(&self, before: Timestamp) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM device_locations WHERE at < $1")
+        let r = sqlx::query(
+            "DELETE FROM device_locations WHERE at < $1 AND NOT EXISTS (SELECT 1 FROM devices d \
+             WHERE d.id = device_locations.device_id AND d.unlinked_reason = 'erased')",
+        )
             .bind(before.millis())
             .execute(&self.writer)
             .await?;

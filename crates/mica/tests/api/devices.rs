@@ -739,6 +739,35 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     )
     .await;
     assert_eq!(e.code(), Some("invalid_device_credential"));
+
+    // The erased laptop's last places are kept past the retention (they may be where a thief
+    // took it) until the owner deletes them.
+    let before = get(&ana, &format!("/api/v1/devices/{ida}/locations")).await;
+    assert!(!before.as_array().unwrap().is_empty());
+    app.advance(Duration::from_secs(60 * 24 * 3600));
+    app.server
+        .as_ref()
+        .unwrap()
+        .devices
+        .maintenance()
+        .await
+        .unwrap();
+    let ana = sign_in(app, "ana@example.com").await;
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{ida}/locations")).await,
+        before
+    );
+    ana.raw(
+        Method::DELETE,
+        &format!("/api/v1/devices/{ida}/locations"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{ida}/locations")).await,
+        json!([])
+    );
 }
 
 async fn activation_lock_survives_a_reset(app: &TestApp) {
