@@ -35,7 +35,7 @@ use crate::{Cloud, CloudError};
 const _: () = assert!(CHUNK_SIZE as i64 == mica_store::CHUNK_BYTES);
 
 /// How long an object being written may stay unreferenced before the collector removes it.
-const WRITE_GRACE: Duration = Duration::from_secs(3600);
+pub(crate) const WRITE_GRACE: Duration = Duration::from_secs(3600);
 
 /// An upload as tus reports it.
 #[derive(Debug, Clone, Serialize, ToSchema)]

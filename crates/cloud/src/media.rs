@@ -479,6 +479,11 @@ impl Cloud {
                 account.as_i64(),
                 mica_core::crypto::random_token_string(6)
             );
+            // Recorded before it is written, so a crash before the outcome is recorded leaves
+            // an object the collector removes, not one nobody knows about.
+            self.store()
+                .blob_intent(account, &key, self.now().plus(crate::files::WRITE_GRACE))
+                .await?;
             self.blobs().put(&key, Bytes::from(bytes)).await?;
             keys.push(key);
         }

@@ -599,9 +599,9 @@ impl Store {
             "DELETE FROM device_locations WHERE at < $1 AND NOT EXISTS (SELECT 1 FROM devices d \
              WHERE d.id = device_locations.device_id AND d.unlinked_reason = 'erased')",
         )
-            .bind(before.millis())
-            .execute(&self.writer)
-            .await?;
+        .bind(before.millis())
+        .execute(&self.writer)
+        .await?;
         Ok(r.rows_affected())
     }
 

@@ -153,7 +153,7 @@ async fn trash(
     Ok(())
 }
 
-async fn untrash(tx: &mut Transaction<'static, Any>, key: &str) -> Result<()> {
+pub(crate) async fn untrash(tx: &mut Transaction<'static, Any>, key: &str) -> Result<()> {
     sqlx::query("DELETE FROM blob_trash WHERE object_key = $1")
         .bind(key)
         .execute(&mut **tx)

@@ -105,18 +105,22 @@ impl Store {
         Ok((taken.rows_affected() == 1).then_some(r))
     }
 
-    /// Records the outcome. When the file is gone meanwhile (no row), returns `false`: the
-    /// caller deletes the previews it wrote.
+    /// Records the outcome of a pending row, and keeps the previews it names (written under an
+    /// intent, [`Store::blob_intent`]). When the row is gone meanwhile (the file with it) or
+    /// another worker finished it first (its lease ran out), returns `false` and records
+    /// nothing: the caller discards the previews it wrote, and a crash before that leaves them
+    /// to their intent.
     pub async fn finish_media(
         &self,
         account: AccountId,
         file_id: &str,
         done: &MediaDone,
     ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
         let r = sqlx::query(
             "UPDATE media SET status = $3, lease_until = NULL, taken_at = $4, place = $5, width = $6, \
              height = $7, thumb_small = $8, thumb_large = $9, error = $10 \
-             WHERE account_id = $1 AND file_id = $2",
+             WHERE account_id = $1 AND file_id = $2 AND status = 'pending'",
         )
         .bind(account.as_i64())
         .bind(file_id)
@@ -128,9 +132,16 @@ impl Store {
         .bind(done.thumb_small.clone())
         .bind(done.thumb_large.clone())
         .bind(done.error.clone())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for key in [&done.thumb_small, &done.thumb_large].into_iter().flatten() {
+            crate::files::untrash(&mut tx, key).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn media(&self, account: AccountId, file_id: &str) -> Result<Option<MediaRow>> {

@@ -1855,6 +1855,43 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The previews were written under an intent that recording them cleared: a day later the
+    // collector keeps them. A second worker finishing the same photo late (its lease ran out)
+    // records nothing over them.
+    let account: mica_core::AccountId = tus.account_id.parse().unwrap();
+    let late = mica_store::MediaDone {
+        status: "done".into(),
+        thumb_small: Some("thumbs/late/small.jpg".into()),
+        ..mica_store::MediaDone::default()
+    };
+    assert!(!app
+        .store()
+        .finish_media(account, &f_photo, &late)
+        .await
+        .unwrap());
+    let stored = tus.stored().await;
+    app.advance(Duration::from_secs(25 * 3600));
+    app.server_cloud().maintenance().await.unwrap();
+    let t = app
+        .client
+        .sign_in("liv@example.com", crate::support::PASSWORD, None)
+        .await
+        .unwrap();
+    let c = app.client.with_token(&t.access_token);
+    let tus = Tus {
+        app,
+        token: t.access_token,
+        account_id: t.account_id,
+    };
+    assert_eq!(tus.stored().await, stored);
+    let small = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{f_photo}/preview?size=small")))
+        .bearer_auth(&tus.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), StatusCode::OK);
     // Purged, a photo's previews go with its bytes.
     let v = c.item("gallery", "g1").await.unwrap()["version"]
         .as_str()
