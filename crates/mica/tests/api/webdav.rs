@@ -517,6 +517,16 @@ async fn webdav_refuses_what_it_cannot_do_safely(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 207);
+    // A PROPFIND of a whole tree is refused (RFC 4918's propfind-finite-depth), whatever
+    // header dav-server's test mode listens for.
+    let r = dav("PROPFIND", "")
+        .header("Depth", "infinity")
+        .header("X-Litmus", "props: 1 (propfind_d0)")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status().as_u16(), 207);
+    assert!(r.text().await.unwrap().contains("propfind-finite-depth"));
     let r = dav("PROPPATCH", "notes.txt")
         .body(vec![b'x'; 70_000])
         .send()
