@@ -202,7 +202,13 @@ impl Identity {
             Some(id) => {
                 if !self
                     .store()
-                    .replace_code(id, &self.keys().code_hash(id, &code), now, expires_at)
+                    .replace_code(
+                        id,
+                        &self.keys().code_hash(id, &code),
+                        now,
+                        expires_at,
+                        false,
+                    )
                     .await?
                 {
                     return Err(IdentityError::CodeExpired);
@@ -698,6 +704,10 @@ impl Identity {
         if row.expires_at <= now {
             return Err(IdentityError::CodeExpired);
         }
+        if row.attempts >= self.inner.cfg.code_max_attempts {
+            // Spent on wrong guesses: a new code would not bring them back.
+            return Err(IdentityError::CodeLocked);
+        }
         // The challenge's creation counts as its first "send"; after a real send, a cool-down.
         let ready = row.last_sent_at.plus(self.resend_cooldown());
         if row.send_count > 1 && ready > now {
@@ -732,16 +742,22 @@ impl Identity {
         client.device.check()?;
         let row = self.pending_code(challenge_id, PURPOSE_TWO_STEP).await?;
         let account = row.account_id.ok_or(IdentityError::CodeExpired)?;
-        let max = self.inner.cfg.code_max_attempts;
-        if row.expires_at <= self.now() {
-            return Err(IdentityError::CodeExpired);
-        }
-        if row.attempts >= max {
-            return Err(IdentityError::CodeLocked);
-        }
-        let (ok, method) = match &factor {
-            SecondFactor::Totp(code) => (self.check_totp(account, code).await.is_ok(), "totp"),
+        // Every guess, of any factor, takes one of the challenge's attempts before it is
+        // compared, so guesses sent at once cannot outnumber them.
+        let method = match &factor {
+            SecondFactor::Code(code) => {
+                self.check_code(&row, code).await?;
+                "code"
+            }
+            SecondFactor::Totp(code) => {
+                let attempts = self.take_attempt(&row).await?;
+                if self.check_totp(account, code).await.is_err() {
+                    return Err(self.wrong_guess(attempts));
+                }
+                "totp"
+            }
             SecondFactor::RecoveryCode(code) => {
+                let attempts = self.take_attempt(&row).await?;
                 let n = normalise_recovery(code);
                 let ok = n.len() == 10
                     && self
@@ -752,32 +768,12 @@ impl Identity {
                             self.now(),
                         )
                         .await?;
-                (ok, "recovery_code")
-            }
-            SecondFactor::Code(code) => (self.check_code(&row, code).await.is_ok(), "code"),
-        };
-        if !ok {
-            // A wrong sent code was already counted by `check_code`.
-            let attempts = if matches!(factor, SecondFactor::Code(_)) {
-                self.store()
-                    .code(&row.id)
-                    .await?
-                    .map(|r| r.attempts)
-                    .unwrap_or(max)
-            } else {
-                self.store()
-                    .bump_code_attempts(&row.id)
-                    .await?
-                    .unwrap_or(max)
-            };
-            return Err(if attempts >= max {
-                IdentityError::CodeLocked
-            } else {
-                IdentityError::InvalidCode {
-                    remaining: max - attempts,
+                if !ok {
+                    return Err(self.wrong_guess(attempts));
                 }
-            });
-        }
+                "recovery_code"
+            }
+        };
         if !self.store().consume_code(&row.id, self.now()).await? {
             return Err(IdentityError::CodeExpired);
         }

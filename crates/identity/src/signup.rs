@@ -151,6 +151,7 @@ impl Identity {
                 &self.keys().code_hash(&row.id, &code),
                 now,
                 expires_at,
+                true,
             )
             .await?
         {
@@ -285,32 +286,46 @@ impl Identity {
         }
     }
 
-    /// Checks a typed code; a wrong one counts against the record's attempts.
-    pub(crate) async fn check_code(&self, row: &CodeRow, code: &str) -> Result<(), IdentityError> {
-        let max = self.inner.cfg.code_max_attempts;
-        if row.expires_at <= self.now() {
+    /// Takes one of the record's attempts for a guess about to be compared (see
+    /// [`mica_store::Store::take_code_attempt`]); the attempts now used.
+    pub(crate) async fn take_attempt(&self, row: &CodeRow) -> Result<i64, IdentityError> {
+        let now = self.now();
+        if row.expires_at <= now {
             return Err(IdentityError::CodeExpired);
         }
-        if row.attempts >= max {
-            return Err(IdentityError::CodeLocked);
+        let max = self.inner.cfg.code_max_attempts;
+        if let Some(attempts) = self.store().take_code_attempt(&row.id, max, now).await? {
+            return Ok(attempts);
         }
+        // None left — or used meanwhile by a right guess sent at the same time.
+        match self.store().code(&row.id).await? {
+            Some(r) if r.consumed_at.is_none() => Err(IdentityError::CodeLocked),
+            _ => Err(IdentityError::CodeExpired),
+        }
+    }
+
+    /// The answer to a wrong guess, with `attempts` used.
+    pub(crate) fn wrong_guess(&self, attempts: i64) -> IdentityError {
+        let max = self.inner.cfg.code_max_attempts;
+        if attempts >= max {
+            IdentityError::CodeLocked
+        } else {
+            IdentityError::InvalidCode {
+                remaining: max - attempts,
+            }
+        }
+    }
+
+    /// Checks a typed code. Every guess takes an attempt first; a right one gives it back.
+    pub(crate) async fn check_code(&self, row: &CodeRow, code: &str) -> Result<(), IdentityError> {
+        let attempts = self.take_attempt(row).await?;
         let code = code.trim();
         let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
         if well_formed && self.keys().code_matches(&row.id, code, &row.code_hash) {
+            self.store().return_code_attempt(&row.id).await?;
             return Ok(());
         }
-        let attempts = self
-            .store()
-            .bump_code_attempts(&row.id)
-            .await?
-            .unwrap_or(max);
-        if attempts >= max {
-            Err(IdentityError::CodeLocked)
-        } else {
-            Err(IdentityError::InvalidCode {
-                remaining: max - attempts,
-            })
-        }
+        Err(self.wrong_guess(attempts))
     }
 
     /// Cool-down and hourly cap for codes sent to one destination.

@@ -115,34 +115,61 @@ impl Store {
         ))
     }
 
-    /// Counts a wrong guess; returns the attempts now recorded, or `None` if the code is gone.
-    pub async fn bump_code_attempts(&self, id: &str) -> Result<Option<i64>> {
+    /// Takes one of a pending, unexpired record's attempts *before* a guess is compared, so
+    /// concurrent guesses cannot all be compared against the count read before any of them:
+    /// returns the attempts now recorded, or `None` when none is left (or the record is used,
+    /// expired or gone).
+    pub async fn take_code_attempt(
+        &self,
+        id: &str,
+        max: i64,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
         let r = sqlx::query(
-            "UPDATE verification_codes SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+            "UPDATE verification_codes SET attempts = attempts + 1 WHERE id = $1 \
+             AND consumed_at IS NULL AND expires_at > $3 AND attempts < $2 RETURNING attempts",
         )
         .bind(id)
+        .bind(max)
+        .bind(now.millis())
         .fetch_optional(&self.writer)
         .await?;
         r.map(|r| r.try_get::<i64, _>("attempts").map_err(Into::into))
             .transpose()
     }
 
-    /// Replaces the code of a pending record (resend): new hash, new expiry, attempts reset.
+    /// Gives back an attempt taken for a guess that was right.
+    pub async fn return_code_attempt(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE verification_codes SET attempts = attempts - 1 WHERE id = $1 AND attempts > 0",
+        )
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces the code of a pending record (resend): new hash, new expiry; its attempts start
+    /// again only if `fresh_attempts` (a sign-up's new code) — a two-step challenge's attempts
+    /// also count its authenticator and recovery-code guesses, which a resend must not renew.
     pub async fn replace_code(
         &self,
         id: &str,
         code_hash: &[u8],
         now: Timestamp,
         expires_at: Timestamp,
+        fresh_attempts: bool,
     ) -> Result<bool> {
         let n = sqlx::query(
-            "UPDATE verification_codes SET code_hash = $2, last_sent_at = $3, expires_at = $4, attempts = 0, \
+            "UPDATE verification_codes SET code_hash = $2, last_sent_at = $3, expires_at = $4, \
+             attempts = CASE WHEN $5 = 1 THEN 0 ELSE attempts END, \
              send_count = send_count + 1 WHERE id = $1 AND consumed_at IS NULL",
         )
         .bind(id)
         .bind(code_hash.to_vec())
         .bind(now.millis())
         .bind(expires_at.millis())
+        .bind(i64::from(fresh_attempts))
         .execute(&self.writer)
         .await?
         .rows_affected();

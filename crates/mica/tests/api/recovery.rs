@@ -13,6 +13,7 @@ on_both_backends!(
     reset_by_phone_with_sms_code,
     forgot_password_does_not_reveal_accounts,
     reset_codes_are_single_use_and_limited,
+    guesses_sent_at_once_cannot_outnumber_a_codes_attempts,
 );
 
 async fn reset_by_email_signs_out_everywhere(app: &TestApp) {
@@ -190,4 +191,52 @@ async fn reset_codes_are_single_use_and_limited(app: &TestApp) {
     assert!(err.retry_after().is_some());
     app.advance(Duration::from_secs(3600));
     app.client.forgot_password("vic@example.com").await.unwrap();
+}
+
+/// Twenty wrong guesses at a reset code, sent at once: each takes one of the code's five
+/// attempts before it is compared, so four are told the code is wrong, the rest that it is
+/// locked, and the right code afterwards is refused too.
+async fn guesses_sent_at_once_cannot_outnumber_a_codes_attempts(app: &TestApp) {
+    app.signup_email("wes@example.com").await;
+    let r = app.client.forgot_password("wes@example.com").await.unwrap();
+    let mail = app.smtp.nth_to("wes@example.com", 2).await;
+    let code = six_digits(&mail.subject()).unwrap();
+    let right: u32 = code.parse().unwrap();
+    let guesses: Vec<String> = (1..=20)
+        .map(|i| format!("{:06}", (right + i) % 1_000_000))
+        .collect();
+    let answers = futures_util::future::join_all(
+        guesses
+            .iter()
+            .map(|g| app.client.reset_password(&r.reset_id, g, NEW_PASSWORD)),
+    )
+    .await;
+    let codes: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(()) => "accepted".to_owned(),
+            Err(e) => e.code().unwrap_or("?").to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| *c == "invalid_code").count(),
+        4,
+        "{codes:?}"
+    );
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "invalid_code" || c == "code_locked"),
+        "{codes:?}"
+    );
+    let e = app
+        .client
+        .reset_password(&r.reset_id, &code, NEW_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("code_locked"));
+    app.client
+        .sign_in("wes@example.com", PASSWORD, None)
+        .await
+        .expect("the password is unchanged");
 }

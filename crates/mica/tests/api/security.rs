@@ -293,6 +293,13 @@ async fn totp_turns_on_two_step_sign_in(app: &TestApp) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("code_locked"));
+    // Nor does asking for a code by email bring the spent attempts back.
+    let err = app
+        .client
+        .sign_in_send_code(&id, "email")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("code_locked"));
 
     // Turning it off needs a (fresh) step-up, by TOTP here; then the password alone signs in again.
     app.advance(Duration::from_secs(10 * 60));
