@@ -230,6 +230,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let revoked = crate::sessions::revoke_all_in(&mut tx, id, now).await?;
+        crate::app_passwords::revoke_all_app_passwords_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Some(revoked))
     }

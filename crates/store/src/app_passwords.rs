@@ -74,10 +74,12 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    /// The app password with this hash, if any.
+    /// The app password with this hash, if any — of an active account only (not one being
+    /// deleted).
     pub async fn app_password_by_hash(&self, secret_hash: &[u8]) -> Result<Option<AppPasswordRow>> {
         sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM app_passwords WHERE secret_hash = $1"
+            "SELECT {COLUMNS} FROM app_passwords WHERE secret_hash = $1 \
+             AND account_id IN (SELECT id FROM accounts WHERE status = 'active')"
         ))
         .bind(secret_hash.to_vec())
         .fetch_optional(&self.reader)
@@ -100,4 +102,18 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Revokes every app password of the account, inside a transaction that changes or resets its
+/// password or starts its deletion: an app password is a stand-in for the main password, and
+/// goes with it (as other services' app passwords do).
+pub(crate) async fn revoke_all_app_passwords_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    account: mica_core::AccountId,
+) -> Result<()> {
+    sqlx::query("DELETE FROM app_passwords WHERE account_id = $1")
+        .bind(account.as_i64())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

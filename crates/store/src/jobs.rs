@@ -199,6 +199,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let revoked = crate::sessions::revoke_all_in(&mut tx, account, now).await?;
+        crate::app_passwords::revoke_all_app_passwords_in(&mut tx, account).await?;
         sqlx::query(
             "INSERT INTO jobs (kind, account_id, run_after, created_at) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (account_id, kind) DO NOTHING",

@@ -109,6 +109,7 @@ impl Store {
         .iter()
         .map(|r| r.try_get::<String, _>("id").map(SessionId))
         .collect::<Result<Vec<_>, _>>()?;
+        crate::app_passwords::revoke_all_app_passwords_in(&mut tx, account).await?;
         tx.commit().await?;
         Ok(ids)
     }

@@ -307,12 +307,43 @@ async fn webdav_serves_the_drive_with_app_passwords(app: &TestApp) {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = app
         .http
-        .request(propfind, &root)
+        .request(propfind.clone(), &root)
         .header("Authorization", &auth)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A new main password ends every app password, as it ends every other session: someone
+    // who made one with a stolen session loses it when the owner takes the account back. (The
+    // step-up above is still fresh.)
+    let created: Value = app
+        .http
+        .post(app.url("/api/v1/me/app-passwords"))
+        .bearer_auth(&t.access_token)
+        .json(&json!({"name": "Laptop"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = basic(email, created["password"].as_str().unwrap());
+    let status = |auth: String| {
+        let (http, propfind, root) = (app.http.clone(), propfind.clone(), root.clone());
+        async move {
+            http.request(propfind, &root)
+                .header("Authorization", auth)
+                .header("Depth", "0")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(auth.clone()).await.as_u16(), 207);
+    c.change_password("Another-long-Secret-42").await.unwrap();
+    assert_eq!(status(auth).await, StatusCode::UNAUTHORIZED);
 }
 
 /// Debian's litmus WebDAV suite: basic, copymove, props and locks, with no failure.
