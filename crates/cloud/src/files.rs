@@ -35,7 +35,7 @@ use crate::{Cloud, CloudError};
 const _: () = assert!(CHUNK_SIZE as i64 == mica_store::CHUNK_BYTES);
 
 /// How long an object being written may stay unreferenced before the collector removes it.
-pub(crate) const WRITE_GRACE: Duration = Duration::from_secs(3600);
+pub(crate) const WRITE_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// An upload as tus reports it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -287,7 +287,7 @@ impl Cloud {
             .unwrap_or_else(|| "application/octet-stream".to_owned());
         let id = format!("up_{}", mica_core::crypto::random_token_string(16));
         let now = self.now();
-        let expires_at = now.plus(Duration::from_secs(cfg.upload_ttl_hours * 3600));
+        let expires_at = self.upload_expiry();
         self.store()
             .create_upload(
                 account,
@@ -311,10 +311,40 @@ impl Cloud {
         })
     }
 
+    /// When an upload that moves now expires if it then stays idle.
+    fn upload_expiry(&self) -> Timestamp {
+        self.now()
+            .plus(Duration::from_secs(self.inner.cfg.upload_ttl_hours * 3600))
+    }
+
     /// Where an upload stands (tus HEAD). Expired and other accounts' uploads are not found.
+    /// One whose every byte is in but whose file was not made (the request that sent the last
+    /// bytes ended in between) is finished now, so a client that sees its offset at the length
+    /// also gets its file.
     pub async fn upload(&self, account: AccountId, id: &str) -> Result<UploadInfo, CloudError> {
         let u = self.live_upload(account, id).await?;
+        if u.file_id.is_none() && u.offset() == u.length && u.tail_len == 0 {
+            self.finish_upload(account, &u).await?;
+            return Ok(Self::upload_info(&self.live_upload(account, id).await?));
+        }
         Ok(Self::upload_info(&u))
+    }
+
+    /// Makes the file of an upload whose every byte is committed (idempotent).
+    async fn finish_upload(&self, account: AccountId, up: &UploadRow) -> Result<(), CloudError> {
+        let hashes = self.store().upload_part_hashes(account, &up.id).await?;
+        let mut parts = Vec::with_capacity(hashes.len());
+        let mut left = up.length;
+        for h in hashes {
+            let size = left.min(mica_store::CHUNK_BYTES);
+            left -= size;
+            parts.push((h, size));
+        }
+        let file_id = format!("f_{}", mica_core::crypto::random_token_string(16));
+        self.store()
+            .complete_upload(account, &up.id, &file_id, &content_hash(&parts), self.now())
+            .await?;
+        Ok(())
     }
 
     async fn live_upload(&self, account: AccountId, id: &str) -> Result<UploadRow, CloudError> {
@@ -349,7 +379,13 @@ impl Cloud {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let up = self.live_upload(account, id).await?;
+        let mut up = self.live_upload(account, id).await?;
+        if up.file_id.is_none() && up.offset() == up.length && up.tail_len == 0 {
+            // Every byte is in, but the request that sent the last ones ended before the file
+            // was made: make it now.
+            self.finish_upload(account, &up).await?;
+            up = self.live_upload(account, id).await?;
+        }
         if up.file_id.is_some() {
             return if offset == up.length {
                 Ok(Self::upload_info(&up))
@@ -452,26 +488,18 @@ impl Cloud {
         if let Err(e) = finish {
             return Err(w.fail(e).await);
         }
-        // The tail this request started from is in a chunk or a new tail now: delete it.
-        if let Some(old) = &up.tail_key {
-            self.blobs().delete(old).await?;
-            self.store()
-                .blobs_deleted(std::slice::from_ref(old))
-                .await?;
-        }
         if complete {
-            let hashes = self.store().upload_part_hashes(account, id).await?;
-            let mut parts = Vec::with_capacity(hashes.len());
-            let mut left = up.length;
-            for h in hashes {
-                let size = left.min(mica_store::CHUNK_BYTES);
-                left -= size;
-                parts.push((h, size));
+            self.finish_upload(account, &up).await?;
+        }
+        // The tail this request started from is in a chunk or a new tail now, and queued for
+        // deletion: delete it now if the store lets us, or leave it to the collector.
+        if let Some(old) = &up.tail_key {
+            match self.blobs().delete(old).await {
+                Ok(()) => {
+                    let _ = self.store().blobs_deleted(std::slice::from_ref(old)).await;
+                }
+                Err(e) => tracing::warn!(upload = id, error = %e, "deleting a used tail"),
             }
-            let file_id = format!("f_{}", mica_core::crypto::random_token_string(16));
-            self.store()
-                .complete_upload(account, id, &file_id, &content_hash(&parts), self.now())
-                .await?;
         }
         let up = self.live_upload(account, id).await?;
         Ok(Self::upload_info(&up))
@@ -841,6 +869,7 @@ impl Writer<'_> {
                     None,
                     self.cloud.inner.cfg.quota_bytes,
                     self.now(),
+                    self.cloud.upload_expiry(),
                 )
                 .await?;
             match outcome {
@@ -852,7 +881,13 @@ impl Writer<'_> {
                     return Ok(());
                 }
                 ProgressOutcome::NeedsWrite => {
-                    let Some(b) = &bytes else { break };
+                    // A chunk held for the checksum keeps no bytes: the client sends it again
+                    // from the offset it is told.
+                    let Some(b) = &bytes else {
+                        return Err(self
+                            .refused(ProgressOutcome::Moved, written.as_deref())
+                            .await);
+                    };
                     let key = chunk_key(self.account.as_i64(), hash, &random_suffix());
                     self.cloud
                         .store()
@@ -864,9 +899,9 @@ impl Writer<'_> {
                 other => return Err(self.refused(other, written.as_deref()).await),
             }
         }
-        Err(CloudError::Internal(
-            "a chunk vanished while it was being added".into(),
-        ))
+        Err(self
+            .refused(ProgressOutcome::Moved, written.as_deref())
+            .await)
     }
 
     async fn refused(&self, outcome: ProgressOutcome, written: Option<&str>) -> CloudError {
@@ -877,7 +912,10 @@ impl Writer<'_> {
                 .discard_blob(self.account, k, self.now())
                 .await;
         }
-        if outcome == ProgressOutcome::Moved {
+        if matches!(
+            outcome,
+            ProgressOutcome::Moved | ProgressOutcome::NeedsWrite
+        ) {
             // Another request moved the upload on (or ended it): tell where it is now.
             return match self
                 .cloud
@@ -977,6 +1015,7 @@ impl Writer<'_> {
                 key.as_deref().map(|k| (k, len)),
                 self.cloud.inner.cfg.quota_bytes,
                 self.now(),
+                self.cloud.upload_expiry(),
             )
             .await?;
         match outcome {

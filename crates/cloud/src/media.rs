@@ -285,6 +285,7 @@ impl Cloud {
                         error: Some("the file is gone".into()),
                         ..MediaDone::default()
                     },
+                    self.now(),
                 )
                 .await?;
             return Ok(());
@@ -348,7 +349,11 @@ impl Cloud {
             .flatten()
             .cloned()
             .collect();
-        if !self.store().finish_media(account, &file.id, &done).await? {
+        if !self
+            .store()
+            .finish_media(account, &file.id, &done, self.now())
+            .await?
+        {
             for k in keys {
                 self.store().discard_blob(account, &k, self.now()).await?;
             }

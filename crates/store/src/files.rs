@@ -90,7 +90,8 @@ pub enum ProgressOutcome {
     /// Applied. Objects no longer needed (a replaced tail, or a chunk written for nothing
     /// because the account had it by then) are queued for deletion.
     Applied,
-    /// The part's chunk is not in the account's store: write it, then commit again with its key.
+    /// The part's chunk is not in the account's store, or the object written for it waited
+    /// past its intent (the collector may have it): write it, then commit again with its key.
     NeedsWrite,
     /// The upload moved on (another request) or is gone.
     Moved,
@@ -153,12 +154,29 @@ async fn trash(
     Ok(())
 }
 
-pub(crate) async fn untrash(tx: &mut Transaction<'static, Any>, key: &str) -> Result<()> {
+async fn untrash(tx: &mut Transaction<'static, Any>, key: &str) -> Result<()> {
     sqlx::query("DELETE FROM blob_trash WHERE object_key = $1")
         .bind(key)
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Takes over the intent recorded for a written object, in the transaction that references it:
+/// `false` when the intent is gone or due — the collector may have deleted the object, or be
+/// about to — so the caller must not reference it (and writes it again, or gives up).
+pub(crate) async fn claim(
+    tx: &mut Transaction<'static, Any>,
+    key: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    let n = sqlx::query("DELETE FROM blob_trash WHERE object_key = $1 AND due_at > $2")
+        .bind(key)
+        .bind(now.millis())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
 }
 
 impl Store {
@@ -232,7 +250,8 @@ impl Store {
 
     /// Moves an upload forward from `at`: adds a whole chunk (`part`), and/or replaces the bytes
     /// waiting after the last chunk (`tail`: the new object and its length, or `None` when no
-    /// bytes wait). Charges the bytes against the quota in the same transaction.
+    /// bytes wait). Charges the bytes against the quota in the same transaction. An upload
+    /// that moves is kept until `expires_at` (it expires when idle, not when old).
     #[allow(clippy::too_many_arguments)]
     pub async fn upload_progress(
         &self,
@@ -243,6 +262,7 @@ impl Store {
         tail: Option<(&str, i64)>,
         default_quota: i64,
         now: Timestamp,
+        expires_at: Timestamp,
     ) -> Result<ProgressOutcome> {
         let mut tx = self.writer.begin().await?;
         let acct = lock_account(&mut tx, account, 0).await?;
@@ -278,6 +298,9 @@ impl Store {
                 }
                 (Some(_), None) => {}
                 (None, Some(written)) => {
+                    if !claim(&mut tx, written, now).await? {
+                        return Ok(ProgressOutcome::NeedsWrite);
+                    }
                     sqlx::query(
                         "INSERT INTO blob_chunks (account_id, hash, object_key, size, created_at) VALUES ($1, $2, $3, $4, $5)",
                     )
@@ -288,7 +311,6 @@ impl Store {
                     .bind(now.millis())
                     .execute(&mut *tx)
                     .await?;
-                    untrash(&mut tx, written).await?;
                 }
                 (None, None) => return Ok(ProgressOutcome::NeedsWrite),
             }
@@ -310,17 +332,20 @@ impl Store {
             }
         }
         if let Some((key, _)) = tail {
-            untrash(&mut tx, key).await?;
+            if !claim(&mut tx, key, now).await? {
+                return Ok(ProgressOutcome::NeedsWrite);
+            }
         }
         sqlx::query(
-            "UPDATE uploads SET committed = committed + $3, tail_key = $4, tail_len = $5 \
-             WHERE account_id = $1 AND id = $2",
+            "UPDATE uploads SET committed = committed + $3, tail_key = $4, tail_len = $5, \
+             expires_at = $6 WHERE account_id = $1 AND id = $2",
         )
         .bind(account.as_i64())
         .bind(upload_id)
         .bind(part_size)
         .bind(tail.map(|t| t.0.to_owned()))
         .bind(tail_len)
+        .bind(expires_at.millis())
         .execute(&mut *tx)
         .await?;
         add_usage(&mut tx, account, UPLOADS_CATEGORY, needed, 0).await?;

@@ -106,15 +106,16 @@ impl Store {
     }
 
     /// Records the outcome of a pending row, and keeps the previews it names (written under an
-    /// intent, [`Store::blob_intent`]). When the row is gone meanwhile (the file with it) or
-    /// another worker finished it first (its lease ran out), returns `false` and records
-    /// nothing: the caller discards the previews it wrote, and a crash before that leaves them
+    /// intent, [`Store::blob_intent`], still running at `now`). When the row is gone meanwhile
+    /// (the file with it), another worker finished it first (its lease ran out), or a
+    /// preview's intent lapsed, returns `false` and records nothing: the caller discards the previews it wrote, and a crash before that leaves them
     /// to their intent.
     pub async fn finish_media(
         &self,
         account: AccountId,
         file_id: &str,
         done: &MediaDone,
+        now: Timestamp,
     ) -> Result<bool> {
         let mut tx = self.writer.begin().await?;
         let r = sqlx::query(
@@ -138,7 +139,10 @@ impl Store {
             return Ok(false);
         }
         for key in [&done.thumb_small, &done.thumb_large].into_iter().flatten() {
-            crate::files::untrash(&mut tx, key).await?;
+            if !crate::files::claim(&mut tx, key, now).await? {
+                // Written too long ago to be sure it is still there: made again later.
+                return Ok(false);
+            }
         }
         tx.commit().await?;
         Ok(true)

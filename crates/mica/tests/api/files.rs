@@ -19,6 +19,7 @@ on_both_backends!(
     twenty_uploads_racing_at_the_quota_never_pass_it,
     downloads_honour_ranges_and_conditions,
     purge_and_collection_free_the_storage,
+    an_upload_expires_when_idle_not_when_old,
     other_accounts_files_are_out_of_reach,
     bad_upload_requests_get_clear_errors,
     the_drive_holds_folders_and_files,
@@ -685,6 +686,49 @@ async fn purge_and_collection_free_the_storage(app: &TestApp) {
         StatusCode::NOT_FOUND
     );
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+}
+
+/// An upload is dropped after a day *idle*: one that is still moving after a day is kept, and
+/// the `Upload-Expires` each answer gives moves with it.
+async fn an_upload_expires_when_idle_not_when_old(app: &TestApp) {
+    let email = "oda@example.com";
+    let (mut tus, _, _) = signed_in(app, email).await;
+    let data = bytes(3 * MB, 21);
+    let path = tus.create(data.len(), "slow.bin").await;
+    let mut expires = Vec::new();
+    for (i, part) in data.chunks(MB).enumerate() {
+        if i > 0 {
+            // Twenty hours between parts: forty from the upload's start to its last byte.
+            app.advance(Duration::from_secs(20 * 3600));
+            app.server_cloud().maintenance().await.unwrap();
+            let t = app
+                .client
+                .sign_in(email, crate::support::PASSWORD, None)
+                .await
+                .unwrap();
+            tus = Tus {
+                app,
+                token: t.access_token,
+                account_id: t.account_id,
+            };
+            assert_eq!(tus.head(&path).await.1, Some(i * MB), "part {i}");
+        }
+        let r = tus.patch(&path, i * MB, part.to_vec()).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "part {i}");
+        if i < 2 {
+            expires.push(r.headers()["upload-expires"].to_str().unwrap().to_owned());
+        }
+    }
+    assert_ne!(expires[0], expires[1], "each part moves the expiry on");
+    let (status, offset, file) = tus.head(&path).await;
+    assert_eq!((status, offset), (StatusCode::OK, Some(data.len())));
+    let got = tus
+        .download(&file.unwrap(), None)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(blake3::hash(&got), blake3::hash(&data));
 }
 
 async fn other_accounts_files_are_out_of_reach(app: &TestApp) {
@@ -1866,7 +1910,12 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     };
     assert!(!app
         .store()
-        .finish_media(account, &f_photo, &late)
+        .finish_media(
+            account,
+            &f_photo,
+            &late,
+            mica_core::Timestamp(app.clock_secs() * 1000)
+        )
         .await
         .unwrap());
     let stored = tus.stored().await;
