@@ -100,6 +100,21 @@ impl Identity {
         };
         // Files first: their rows say where they are.
         self.delete_export_files(account).await?;
+        self.forget_in_areas(account).await?;
+        while !self.store().account_deletion_step(&job).await? {
+            job.step += 1;
+        }
+        // Once more: a request already under way when the deletion began (an upload's body, a
+        // preview being made) may have stored an object and its row between the first sweep
+        // and the step that deleted the row. Anything stored later has no row to commit to and
+        // is removed with its write intent.
+        self.forget_in_areas(account).await?;
+        tracing::info!(%account, "account deleted");
+        Ok(())
+    }
+
+    /// Lets every area forget what it keeps outside the database (idempotent).
+    async fn forget_in_areas(&self, account: mica_core::AccountId) -> Result<(), IdentityError> {
         let areas: Vec<_> = self
             .inner
             .areas
@@ -111,10 +126,6 @@ impl Identity {
                 .await
                 .map_err(IdentityError::Internal)?;
         }
-        while !self.store().account_deletion_step(&job).await? {
-            job.step += 1;
-        }
-        tracing::info!(%account, "account deleted");
         Ok(())
     }
 }
