@@ -368,7 +368,14 @@ impl Identity {
             }
             StepUpProof::Totp(code) => {
                 self.limit(&self.inner.limits.signin_ip, &client.ip)?;
-                self.check_totp(p.account, &code).await?;
+                self.check_backoff(p.account).await?;
+                if let Err(e) = self.check_totp(p.account, &code).await {
+                    if !matches!(e, IdentityError::TwoStepNotEnabled) {
+                        self.second_factor_failed(p.account, client).await?;
+                    }
+                    return Err(e);
+                }
+                self.store().clear_login_failures(p.account).await?;
                 "totp"
             }
             StepUpProof::Passkey {
@@ -743,15 +750,26 @@ impl Identity {
         let row = self.pending_code(challenge_id, PURPOSE_TWO_STEP).await?;
         let account = row.account_id.ok_or(IdentityError::CodeExpired)?;
         // Every guess, of any factor, takes one of the challenge's attempts before it is
-        // compared, so guesses sent at once cannot outnumber them.
+        // compared, so guesses sent at once cannot outnumber them; and counts against the
+        // account's back-off, so new challenges do not bring more guesses.
+        self.check_backoff(account).await?;
         let method = match &factor {
             SecondFactor::Code(code) => {
-                self.check_code(&row, code).await?;
+                if let Err(e) = self.check_code(&row, code).await {
+                    if matches!(
+                        e,
+                        IdentityError::InvalidCode { .. } | IdentityError::CodeLocked
+                    ) {
+                        self.second_factor_failed(account, client).await?;
+                    }
+                    return Err(e);
+                }
                 "code"
             }
             SecondFactor::Totp(code) => {
                 let attempts = self.take_attempt(&row).await?;
                 if self.check_totp(account, code).await.is_err() {
+                    self.second_factor_failed(account, client).await?;
                     return Err(self.wrong_guess(attempts));
                 }
                 "totp"
@@ -769,11 +787,13 @@ impl Identity {
                         )
                         .await?;
                 if !ok {
+                    self.second_factor_failed(account, client).await?;
                     return Err(self.wrong_guess(attempts));
                 }
                 "recovery_code"
             }
         };
+        self.store().clear_login_failures(account).await?;
         if !self.store().consume_code(&row.id, self.now()).await? {
             return Err(IdentityError::CodeExpired);
         }

@@ -90,6 +90,55 @@ fn backoff(failures: i64, threshold: i64) -> Option<Duration> {
 }
 
 impl Identity {
+    /// Counts a wrong second factor (a two-step guess, an authenticator code at step-up) as a
+    /// failed sign-in of the account, whose back-off then holds for every later guess: the
+    /// guesses at one account's second factor have one budget, whatever the challenge, session
+    /// or address they come from.
+    pub(crate) async fn second_factor_failed(
+        &self,
+        account: AccountId,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        let now = self.now();
+        let n = self.store().record_login_failure(account).await?;
+        self.store()
+            .record_login_event(
+                account,
+                &LoginEventRow {
+                    at: now,
+                    outcome: "wrong_second_factor".into(),
+                    ip: client.ip.clone(),
+                    user_agent: client.user_agent.clone(),
+                    device_model: client.device.model.clone(),
+                    os_version: client.device.os_version.clone(),
+                    client: client.device.client.clone(),
+                    session_id: None,
+                },
+            )
+            .await?;
+        if let Some(d) = backoff(n, self.inner.cfg.signin_failures_before_backoff) {
+            self.store().lock_account_until(account, now.plus(d)).await?;
+            tracing::warn!(%account, failures = n, "second factor backing off after repeated wrong guesses");
+        }
+        Ok(())
+    }
+
+    /// Refuses a second-factor guess while the account is backing off.
+    pub(crate) async fn check_backoff(&self, account: AccountId) -> Result<(), IdentityError> {
+        let now = self.now();
+        let locked_until = self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await?
+            .map_or(Timestamp(0), |a| a.locked_until);
+        if locked_until > now {
+            return Err(IdentityError::SignInBackoff {
+                retry_after: now.until(locked_until),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) async fn load_revocations(&self) -> Result<(), IdentityError> {
         let keep = self.access_ttl();
         let since = self.now().minus(keep);
@@ -142,16 +191,18 @@ impl Identity {
         let threshold = self.inner.cfg.signin_failures_before_backoff;
         match account {
             Some(a) if ok && a.status == "active" => {
-                if a.failed_logins != 0 {
-                    self.store().clear_login_failures(a.id).await?;
-                }
                 let two_step = self
                     .store()
                     .totp_factor(a.id)
                     .await?
                     .is_some_and(|f| f.confirmed_at.is_some());
                 if two_step {
+                    // The failures are cleared by the second factor, not by the password: each
+                    // challenge's five guesses must not come back with every right password.
                     return self.two_step_challenge(a.id).await;
+                }
+                if a.failed_logins != 0 {
+                    self.store().clear_login_failures(a.id).await?;
                 }
                 self.open_session_alerting(a.id, client)
                     .await

@@ -286,6 +286,16 @@ async fn totp_turns_on_two_step_sign_in(app: &TestApp) {
             .code(),
         Some("code_locked")
     );
+    // Those five count against the account, as wrong passwords do: even the right password
+    // waits out the back-off before a new challenge.
+    assert_eq!(
+        app.client
+            .sign_in("cai@example.com", PASSWORD, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("signin_backoff")
+    );
     app.advance(Duration::from_secs(30));
     let err = app
         .client
@@ -300,6 +310,35 @@ async fn totp_turns_on_two_step_sign_in(app: &TestApp) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("code_locked"));
+    // Nor does a new challenge: one more wrong guess, and the account backs off again (longer).
+    let (id, _) = challenge(
+        app.client
+            .sign_in("cai@example.com", PASSWORD, None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        app.client
+            .sign_in_second_factor(&id, "totp", "000001")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_code")
+    );
+    assert_eq!(
+        app.client
+            .sign_in_second_factor(&id, "totp", &totp_at(app, &secret, 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("signin_backoff"),
+        "not even the right code is looked at while backing off"
+    );
+    app.advance(Duration::from_secs(61));
+    app.client
+        .sign_in_second_factor(&id, "totp", &totp_at(app, &secret, 0))
+        .await
+        .unwrap();
 
     // Turning it off needs a (fresh) step-up, by TOTP here; then the password alone signs in again.
     app.advance(Duration::from_secs(10 * 60));
