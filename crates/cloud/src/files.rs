@@ -410,7 +410,19 @@ impl Cloud {
         };
         let mut buf = mica_blobs::chunk_buffer();
         if let Some(k) = &up.tail_key {
-            let tail = self.blobs().get(k).await?;
+            let tail = match self.blobs().get(k).await {
+                Ok(t) => t,
+                // Another request at the same offset moved the upload on and dropped this tail
+                // since it was read: say where the upload is now.
+                Err(e @ mica_blobs::BlobError::Missing(_)) => {
+                    let now_at = self.live_upload(account, id).await?;
+                    if now_at.tail_key == up.tail_key {
+                        return Err(e.into());
+                    }
+                    return Err(CloudError::OffsetMismatch(now_at.offset()));
+                }
+                Err(e) => return Err(e.into()),
+            };
             if i64::try_from(tail.len()).ok() != Some(up.tail_len) {
                 return Err(CloudError::Internal(format!(
                     "upload {id}: tail is not its recorded size"
