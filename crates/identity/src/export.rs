@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mica_core::crypto::random_token_string;
-use mica_store::{ExportRow, JobRow, JOB_EXPORT};
+use mica_store::{ExportRow, JobRow};
 use serde_json::json;
 
 use crate::{ClientInfo, Identity, IdentityError, Principal};
@@ -79,7 +79,6 @@ impl Identity {
         self.store()
             .insert_export(&id, p.account, now, now.plus(EXPORT_TTL))
             .await?;
-        self.store().enqueue_job(JOB_EXPORT, p.account, now).await?;
         self.event(
             p.account,
             "export_requested",
@@ -130,21 +129,29 @@ impl Identity {
         let Some(account) = job.account_id else {
             return Ok(());
         };
-        for e in self.store().pending_exports(account).await? {
-            let files = self.export_contents(account).await?;
-            let path = self.export_path(&e.id);
-            let dir = self.inner.exports_dir.clone();
-            let size = tokio::task::spawn_blocking(move || write_zip(&dir, &path, &files))
-                .await
-                .map_err(|err| IdentityError::Internal(format!("export task: {err}")))??;
-            let now = self.now();
-            self.store()
-                .export_ready(&e.id, size, now, now.plus(EXPORT_TTL))
-                .await?;
-            tracing::info!(%account, export = %e.id, size, "export ready");
+        // Until none is pending: one asked for while the last was being built relies on this
+        // job, which its request found queued.
+        for _ in 0..10 {
+            for e in self.store().pending_exports(account).await? {
+                let files = self.export_contents(account).await?;
+                let path = self.export_path(&e.id);
+                let dir = self.inner.exports_dir.clone();
+                let size = tokio::task::spawn_blocking(move || write_zip(&dir, &path, &files))
+                    .await
+                    .map_err(|err| IdentityError::Internal(format!("export task: {err}")))??;
+                let now = self.now();
+                self.store()
+                    .export_ready(&e.id, size, now, now.plus(EXPORT_TTL))
+                    .await?;
+                tracing::info!(%account, export = %e.id, size, "export ready");
+            }
+            if self.store().finish_export_job(job.id).await? {
+                return Ok(());
+            }
         }
-        self.store().finish_job(job.id).await?;
-        Ok(())
+        Err(IdentityError::Internal(
+            "exports kept being asked for while this job built them; retrying later".into(),
+        ))
     }
 
     async fn export_contents(

@@ -34,6 +34,8 @@ fn export_from_row(r: &AnyRow) -> Result<ExportRow> {
 const COLS: &str = "id, account_id, status, size, created_at, ready_at, expires_at";
 
 impl Store {
+    /// Records a pending export and queues the account's export job, in one transaction (a
+    /// crash between the two cannot leave an export nobody builds).
     pub async fn insert_export(
         &self,
         id: &str,
@@ -41,6 +43,7 @@ impl Store {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO exports (id, account_id, status, created_at, expires_at) VALUES ($1, $2, 'pending', $3, $4)",
         )
@@ -48,9 +51,33 @@ impl Store {
         .bind(account.as_i64())
         .bind(now.millis())
         .bind(expires_at.millis())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO jobs (kind, account_id, run_after, created_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (account_id, kind) DO NOTHING",
+        )
+        .bind(crate::JOB_EXPORT)
+        .bind(account.as_i64())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Removes an export job that has nothing left to build: `false` (and the job stays) when
+    /// an export was asked for meanwhile — its request found this job queued and relied on it.
+    pub async fn finish_export_job(&self, job: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "DELETE FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM exports e \
+             WHERE e.account_id = jobs.account_id AND e.status = 'pending')",
+        )
+        .bind(job)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     pub async fn exports(&self, account: AccountId) -> Result<Vec<ExportRow>> {
