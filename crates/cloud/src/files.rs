@@ -398,6 +398,11 @@ impl Cloud {
         }
         let mut w = Writer {
             cloud: self,
+            held: HeldBytes {
+                held: &self.inner.held,
+                account,
+                bytes: 0,
+            },
             account,
             upload: &up,
             pos: UploadPosition {
@@ -694,8 +699,47 @@ fn upload_prefix(account: AccountId) -> String {
 }
 
 /// One request's progress through an upload.
+/// Upload bytes this node has written for requests with a checksum and not yet committed
+/// (they count in usage only once the checksum matches), per account. Checked with the usage
+/// before each such chunk is written, so requests sent at once cannot, together, put more
+/// than the account's free quota in the blob store.
+#[derive(Debug, Default)]
+pub(crate) struct Held(std::sync::Mutex<std::collections::HashMap<AccountId, i64>>);
+
+impl Held {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AccountId, i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What one request holds in [`Held`]; given back when the request ends, however it ends.
+struct HeldBytes<'a> {
+    held: &'a Held,
+    account: AccountId,
+    bytes: i64,
+}
+
+impl Drop for HeldBytes<'_> {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut map = self.held.map();
+        if let Some(n) = map.get_mut(&self.account) {
+            *n -= self.bytes;
+            if *n <= 0 {
+                map.remove(&self.account);
+            }
+        }
+    }
+}
+
 struct Writer<'a> {
     cloud: &'a Cloud,
+    /// With a checksum: the bytes of the chunks held back, counted against the quota.
+    held: HeldBytes<'a>,
     account: AccountId,
     upload: &'a UploadRow,
     pos: UploadPosition,
@@ -768,12 +812,38 @@ impl Writer<'_> {
         while self.inflight.len() >= WRITES_IN_FLIGHT {
             self.settle_one().await?;
         }
+        if self.deferred.is_some() {
+            self.hold(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
+                .await?;
+        }
         self.inflight.push_back(tokio::spawn(store_chunk(
             self.cloud.clone(),
             self.account,
             bytes,
             hash,
         )));
+        Ok(())
+    }
+
+    /// Counts a chunk about to be written and held for the checksum: refused when what the
+    /// account uses and what this node holds for it would pass the quota.
+    async fn hold(&mut self, size: i64) -> Result<(), CloudError> {
+        let (used, quota) = self.cloud.quota_left(self.account).await?;
+        let mut map = self.held.held.map();
+        let held = map.entry(self.account).or_insert(0);
+        if used + *held + size > quota {
+            let needed = *held + size;
+            if *held == 0 {
+                map.remove(&self.account);
+            }
+            return Err(CloudError::QuotaExceeded {
+                used,
+                quota,
+                needed,
+            });
+        }
+        *held += size;
+        self.held.bytes += size;
         Ok(())
     }
 

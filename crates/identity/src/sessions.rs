@@ -117,7 +117,9 @@ impl Identity {
             )
             .await?;
         if let Some(d) = backoff(n, self.inner.cfg.signin_failures_before_backoff) {
-            self.store().lock_account_until(account, now.plus(d)).await?;
+            self.store()
+                .lock_account_until(account, now.plus(d))
+                .await?;
             tracing::warn!(%account, failures = n, "second factor backing off after repeated wrong guesses");
         }
         Ok(())

@@ -17,6 +17,7 @@ on_both_backends!(
     the_same_content_twice_is_stored_once_and_counted_twice,
     the_quota_stops_an_upload_and_releases_its_bytes,
     twenty_uploads_racing_at_the_quota_never_pass_it,
+    bytes_held_for_a_checksum_count_against_the_quota,
     downloads_honour_ranges_and_conditions,
     purge_and_collection_free_the_storage,
     an_upload_expires_when_idle_not_when_old,
@@ -548,6 +549,74 @@ async fn twenty_uploads_racing_at_the_quota_never_pass_it(app: &TestApp) {
     // never holds more than its quota, and what the stopped ones had stored is released.
     let done = race_at_the_quota(app, "di2@example.com", 30 * MB, 9 * MB).await;
     assert!(done <= 3, "{done} × 9 MB in 30 MB");
+}
+
+/// A request with `Upload-Checksum` keeps its chunks aside until the whole body's digest is
+/// known; those bytes are in the blob store already, so they count against the quota while
+/// held: two such requests at once cannot hold more than the account has free.
+async fn bytes_held_for_a_checksum_count_against_the_quota(app: &TestApp) {
+    use tokio::io::AsyncReadExt;
+    let (tus, c, account) = signed_in(app, "hal@example.com").await;
+    app.store()
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(6 * MB as i64))
+        .await
+        .unwrap();
+    // Each fits alone (5 MB: one 4 MiB chunk and a tail); two do not fit together.
+    let size = 5 * MB;
+    let (a, b) = (tus.create(size, "a").await, tus.create(size, "b").await);
+    let wrong = b64(&"x".repeat(20));
+    let open = |path: String| {
+        let (addr, token, wrong) = (
+            app.base.trim_start_matches("http://").to_owned(),
+            tus.token.clone(),
+            wrong.clone(),
+        );
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {token}\r\n\
+                 Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nUpload-Checksum: sha1 {wrong}\r\n\
+                 Content-Type: application/offset+octet-stream\r\nContent-Length: {size}\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s
+        }
+    };
+    let first_part = bytes(9 * MB / 2, 31);
+    // The first request's first chunk is written (and held) before the second begins.
+    let mut sa = open(a.clone()).await;
+    sa.write_all(&first_part).await.unwrap();
+    for _ in 0..600 {
+        if tus.stored().await.0 >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tus.stored().await.0 >= 1,
+        "the first chunk was never written"
+    );
+    // The second is refused for space as soon as its first chunk would be held.
+    let mut sb = open(b.clone()).await;
+    let _ = sb.write_all(&first_part).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), sb.read(&mut answer))
+        .await
+        .expect("the second request is answered before its body ends")
+        .unwrap();
+    let line = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(line.starts_with("HTTP/1.1 507"), "{line}");
+    // The first ends with its wrong digest: nothing of it is kept.
+    sa.write_all(&bytes(size - first_part.len(), 32))
+        .await
+        .unwrap();
+    let n = sa.read(&mut answer).await.unwrap();
+    let line = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(line.starts_with("HTTP/1.1 460"), "{line}");
+    app.server_cloud().maintenance().await.unwrap();
+    assert_eq!(used(&c.usage().await.unwrap()), 0);
+    assert_eq!(tus.stored().await, (0, 0));
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
 }
 
 async fn downloads_honour_ranges_and_conditions(app: &TestApp) {
