@@ -313,7 +313,14 @@ async fn create_upload(
             Ok(i) => i,
             // The upload exists; the client learns its offset with HEAD and resumes.
             Err(CloudError::ChecksumMismatch | CloudError::IncompleteBody) => info,
-            Err(e) => return tus_error(e),
+            Err(e) => {
+                // Refused without a `Location`, the upload could be neither resumed nor ended
+                // by the client: end it here, releasing what it had stored.
+                if let Err(end) = app.cloud.terminate_upload(p.account, &info.id).await {
+                    tracing::warn!(upload = %info.id, error = %end, "ending a refused upload");
+                }
+                return tus_error(e);
+            }
         }
     } else {
         info
