@@ -1118,8 +1118,9 @@ impl Devices {
         Ok(vec![("devices/devices.json".into(), json)])
     }
 
-    /// Relays other nodes' wake-ups to the devices connected here (PostgreSQL; returns at once
-    /// on SQLite, where one node holds every connection). Runs for the life of the server.
+    /// Relays other nodes' wake-ups to the devices connected here (PostgreSQL; returns `Ok` at
+    /// once on SQLite, where one node holds every connection). Runs until its listener fails,
+    /// and then returns the error: the caller starts it again.
     pub async fn relay_wakeups(&self) -> Result<()> {
         use futures_util::StreamExt;
         let Some(mut wakeups) = self.store().device_wakeups().await? else {
@@ -1138,7 +1139,11 @@ impl Devices {
                 }
             }
         }
-        Ok(())
+        // The listener's stream ends after an error it could not recover from (the database
+        // restarted, a failover): an error, so the caller listens again rather than stopping.
+        Err(DevicesError::Internal(
+            "the wake-up listener stopped; listening again".into(),
+        ))
     }
 
     /// Devices connected to this node.

@@ -118,6 +118,10 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let mut tx = self.writer.begin().await?;
+        // Under the account's lock, like every change to what the collector looks at: on
+        // PostgreSQL the collector could otherwise read the row before this commits, delete it
+        // after, and leave the previews with neither a row nor an intent.
+        crate::cloud::lock_account(&mut tx, account, 0).await?;
         let r = sqlx::query(
             "UPDATE media SET status = $3, lease_until = NULL, taken_at = $4, place = $5, width = $6, \
              height = $7, thumb_small = $8, thumb_large = $9, error = $10 \

@@ -371,11 +371,20 @@ async fn insert_login_event(
 }
 
 /// Revokes every live session of an account inside a transaction; returns their ids.
+///
+/// The account's row is written (so locked, on PostgreSQL) before its sessions' rows, the
+/// order of every transaction that changes both (a password change or reset, a deletion):
+/// the other order let two of them wait on each other until PostgreSQL aborted one.
 pub(crate) async fn revoke_all_in(
     conn: &mut sqlx::AnyConnection,
     account: AccountId,
     now: Timestamp,
 ) -> Result<Vec<SessionId>> {
+    sqlx::query("UPDATE accounts SET sessions_valid_after = $2 WHERE id = $1")
+        .bind(account.as_i64())
+        .bind(now.millis())
+        .execute(&mut *conn)
+        .await?;
     let ids = sqlx::query(
         "UPDATE sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL RETURNING id",
     )
@@ -386,10 +395,5 @@ pub(crate) async fn revoke_all_in(
     .iter()
     .map(|r| r.try_get::<String, _>("id").map(SessionId))
     .collect::<Result<Vec<_>, _>>()?;
-    sqlx::query("UPDATE accounts SET sessions_valid_after = $2 WHERE id = $1")
-        .bind(account.as_i64())
-        .bind(now.millis())
-        .execute(&mut *conn)
-        .await?;
     Ok(ids)
 }
