@@ -74,6 +74,8 @@ pub struct AppInner {
     pub trust_forwarded: bool,
     /// Where people reach this server (the base of addresses it gives out).
     pub public_url: String,
+    /// How long a request's body may wait for its next bytes before the request fails.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 /// Largest JSON body the API accepts.
@@ -161,6 +163,7 @@ pub type App = BoxCloneSyncService<axum::extract::Request, Response, Infallible>
 /// The whole application: the routes, wrapped once in the middleware (around the router, not
 /// around each route, so a request does not clone the middleware stack).
 pub fn app(state: AppState) -> App {
+    let body_idle_timeout = state.body_idle_timeout;
     let (api, doc) = api();
     let router = api
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
@@ -196,6 +199,10 @@ pub fn app(state: AppState) -> App {
         }))
         .map_response(security_headers)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        // A body that stops arriving fails its request (an upload keeps what it received)
+        // instead of holding the request for ever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle_timeout))
+        .map_request(|r: Request<_>| r.map(axum::body::Body::new))
         .service(router);
     BoxCloneSyncService::new(svc)
 }

@@ -42,6 +42,9 @@ pub struct Config {
     pub secret_key_file: Option<PathBuf>,
     /// Take client addresses from `X-Forwarded-For` (only behind a reverse proxy).
     pub trust_forwarded: bool,
+    /// How long a client may take to send a request's head, or leave its body waiting for
+    /// the next bytes, before its connection is dropped (seconds).
+    pub client_timeout_secs: u64,
     /// `text` or `json`.
     pub log_format: String,
     /// Run background jobs (account deletion, …) on this node.
@@ -65,6 +68,7 @@ impl Default for Config {
             secret_key: None,
             secret_key_file: None,
             trust_forwarded: false,
+            client_timeout_secs: 60,
             log_format: "text".into(),
             run_jobs: true,
             identity: IdentityConfig::default(),
@@ -118,6 +122,99 @@ impl Config {
             bail!(
                 "identity.hash_cost is below OWASP's minimum for argon2id (19 MiB, 2 iterations)"
             );
+        }
+        self.check_ranges()
+    }
+
+    /// Values that parse but would make the server misbehave (a zero TTL expires every token
+    /// at once, a zero re-send interval floods the database): refused at start, naming the key.
+    fn check_ranges(&self) -> anyhow::Result<()> {
+        fn at_least(key: &str, value: i128, min: i128) -> anyhow::Result<()> {
+            if value < min {
+                bail!("{key} is {value}; it must be at least {min}");
+            }
+            Ok(())
+        }
+        fn rate(key: &str, r: &mica_identity::Rate) -> anyhow::Result<()> {
+            if r.burst == 0 || r.period.is_zero() {
+                bail!("{key} needs a burst of at least 1 and a period above 0 seconds");
+            }
+            Ok(())
+        }
+        let (i, c, d) = (&self.identity, &self.cloud, &self.devices);
+        let checks: [(&str, i128, i128); 20] = [
+            ("client_timeout_secs", self.client_timeout_secs.into(), 1),
+            ("identity.code_ttl_secs", i.code_ttl_secs.into(), 60),
+            ("identity.code_max_attempts", i.code_max_attempts.into(), 1),
+            (
+                "identity.code_resend_cooldown_secs",
+                i.code_resend_cooldown_secs.into(),
+                0,
+            ),
+            (
+                "identity.codes_per_destination_per_hour",
+                i.codes_per_destination_per_hour.into(),
+                1,
+            ),
+            (
+                "identity.access_token_ttl_secs",
+                i.access_token_ttl_secs.into(),
+                60,
+            ),
+            ("identity.session_ttl_days", i.session_ttl_days.into(), 1),
+            (
+                "identity.signin_failures_before_backoff",
+                i.signin_failures_before_backoff.into(),
+                1,
+            ),
+            ("cloud.quota_bytes", c.quota_bytes.into(), 0),
+            (
+                "cloud.max_item_bytes",
+                i128::try_from(c.max_item_bytes).unwrap_or(i128::MAX),
+                1024,
+            ),
+            (
+                "cloud.max_batch",
+                i128::try_from(c.max_batch).unwrap_or(i128::MAX),
+                1,
+            ),
+            (
+                "cloud.max_tree",
+                i128::try_from(c.max_tree).unwrap_or(i128::MAX),
+                1,
+            ),
+            ("cloud.max_file_bytes", c.max_file_bytes.into(), 1),
+            ("cloud.upload_ttl_hours", c.upload_ttl_hours.into(), 1),
+            ("cloud.pending_file_hours", c.pending_file_hours.into(), 1),
+            ("cloud.ffmpeg_timeout_secs", c.ffmpeg_timeout_secs.into(), 1),
+            ("devices.command_ttl_hours", d.command_ttl_hours.into(), 1),
+            ("devices.resend_after_ms", d.resend_after_ms.into(), 100),
+            (
+                "devices.resend_max_ms",
+                d.resend_max_ms.into(),
+                d.resend_after_ms.into(),
+            ),
+            (
+                "devices.link_code_ttl_secs",
+                d.link_code_ttl_secs.into(),
+                60,
+            ),
+        ];
+        for (key, value, min) in checks {
+            at_least(key, value, min)?;
+        }
+        for (key, r) in [
+            ("identity.signin_per_ip", &i.signin_per_ip),
+            ("identity.codes_per_ip", &i.codes_per_ip),
+            ("identity.signups_per_ip", &i.signups_per_ip),
+            ("identity.refresh_per_ip", &i.refresh_per_ip),
+            ("devices.unlock_attempts", &d.unlock_attempts),
+            ("devices.activation_checks", &d.activation_checks),
+            ("devices.link_requests", &d.link_requests),
+            ("devices.link_code_guesses", &d.link_code_guesses),
+            ("devices.link_polls", &d.link_polls),
+        ] {
+            rate(key, r)?;
         }
         Ok(())
     }

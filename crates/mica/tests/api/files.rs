@@ -157,6 +157,54 @@ impl Tus<'_> {
     }
 }
 
+/// A client that stops sending is let go: a request head that never ends loses its connection,
+/// and an upload whose body stalls keeps what arrived, ready to resume. (Real time: these are
+/// the server's socket timeouts, one second here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_let_go() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::start_with(Backend::Sqlite, |cfg| cfg.client_timeout_secs = 1)
+        .await
+        .unwrap();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: mica\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer))
+        .await
+        .expect("a request head that never ends loses its connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    let (tus, _, _) = signed_in(&app, "sal@example.com").await;
+    let path = tus.create(10 * MB, "stalled.bin").await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        tus.token,
+        10 * MB
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&bytes(5 * MB, 41)).await.unwrap();
+    // Then nothing more, with the connection left open: the request ends on its own, and the
+    // five megabytes are kept.
+    let mut first = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut first))
+        .await
+        .expect("a stalled body ends its request")
+        .unwrap();
+    wait_for_offset(&tus, &path, 5 * MB).await;
+    drop(s);
+    app.stop().await;
+}
+
 /// A gallery item that stands for `file`.
 fn photo(file: &str, name: &str, size: usize) -> Value {
     json!({"file_id": file, "name": name, "mime_type": "image/jpeg", "size": size,

@@ -111,6 +111,21 @@ fn configuration_comes_from_file_and_environment_and_rejects_typos() {
         jail.set_env("MICA_DATABSE_URL", "postgres://typo");
         let err = Config::load(None).expect_err("typo refused");
         assert!(err.to_string().contains("databse_url"), "{err}");
+        jail.clear_env();
+        // Values that parse but would break the server are refused, naming the key.
+        for (var, key) in [
+            ("MICA_DEVICES__RESEND_AFTER_MS", "devices.resend_after_ms"),
+            (
+                "MICA_IDENTITY__ACCESS_TOKEN_TTL_SECS",
+                "identity.access_token_ttl_secs",
+            ),
+            ("MICA_CLIENT_TIMEOUT_SECS", "client_timeout_secs"),
+        ] {
+            jail.set_env(var, "0");
+            let err = Config::load(None).expect_err("zero refused");
+            assert!(err.to_string().contains(key), "{err}");
+            jail.clear_env();
+        }
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&dir);
