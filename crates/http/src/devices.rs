@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, Auth, Client};
+use crate::extract::{ApiJson, ApiQuery, Auth, Client, StreamToken};
 use crate::AppState;
 
 /// A comment this often keeps idle connections open through proxies; a device that hears
@@ -305,16 +305,10 @@ async fn owner_events(
     // (checked with every event and every few seconds), so signing out, a revoked session or a
     // deleted account ends it, and so does the token's expiry (the page reconnects with a
     // fresh one).
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(7..))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let token = StreamToken::from_headers(&headers);
     let rx = app.devices.subscribe(&p);
     let ready = Event::default().event("ready").data("{}");
-    let tick = tokio::time::interval_at(tokio::time::Instant::now() + FEED_RECHECK, FEED_RECHECK);
+    let tick = StreamToken::ticks();
     let events = stream::unfold(Some((rx, tick, app, token)), |state| async move {
         let (mut rx, mut tick, app, token) = state?;
         loop {
@@ -322,15 +316,7 @@ async fn owner_events(
                 r = rx.recv() => Some(r),
                 _ = tick.tick() => None,
             };
-            if let Err(e) = app.identity.authenticate(&token) {
-                // Expired: reconnect with a fresh token. Otherwise: signed out.
-                let reason = match e {
-                    mica_identity::IdentityError::TokenExpired => "token_expired",
-                    _ => "signed_out",
-                };
-                let ended = Event::default()
-                    .event("ended")
-                    .data(format!(r#"{{"reason":"{reason}"}}"#));
+            if let Some(ended) = token.ended(&app) {
                 return Some((Ok(ended), None));
             }
             let ev = match received {
@@ -356,9 +342,6 @@ async fn owner_events(
     Sse::new(stream::once(async move { Ok(ready) }).chain(events))
         .keep_alive(KeepAlive::new().interval(HEARTBEAT))
 }
-
-/// How often an idle owner feed checks that its token still holds.
-const FEED_RECHECK: Duration = Duration::from_secs(5);
 
 /// The command channel of a linked device (device credential), as a WebSocket (send
 /// `Upgrade: websocket`) or as Server-Sent Events (any other `GET`). First a `hello`; then a

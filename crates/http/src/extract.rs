@@ -186,3 +186,46 @@ where
             .map_err(ApiError::from)
     }
 }
+
+/// The access token an event stream was opened with, to check again while it runs: a stream
+/// lasts as long as its token (signing out, a revoked session, a deleted account or the token's
+/// expiry ends it, and the client reconnects with a fresh one).
+#[derive(Clone)]
+pub(crate) struct StreamToken(String);
+
+impl StreamToken {
+    /// How often an idle stream checks its token.
+    pub(crate) const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub(crate) fn from_headers(headers: &axum::http::HeaderMap) -> StreamToken {
+        StreamToken(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.get(7..))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        )
+    }
+
+    /// `None` while the token holds; otherwise the stream's last event, `ended` with why
+    /// (`token_expired`: reconnect with a fresh token; `signed_out`).
+    pub(crate) fn ended(&self, app: &AppState) -> Option<axum::response::sse::Event> {
+        let e = app.identity.authenticate(&self.0).err()?;
+        let reason = match e {
+            mica_identity::IdentityError::TokenExpired => "token_expired",
+            _ => "signed_out",
+        };
+        Some(
+            axum::response::sse::Event::default()
+                .event("ended")
+                .data(format!(r#"{{"reason":"{reason}"}}"#)),
+        )
+    }
+
+    /// The timer of an idle stream's checks.
+    pub(crate) fn ticks() -> tokio::time::Interval {
+        tokio::time::interval_at(tokio::time::Instant::now() + Self::RECHECK, Self::RECHECK)
+    }
+}

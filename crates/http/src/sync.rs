@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiQuery, Auth, StreamToken};
 use crate::AppState;
 
 /// Largest batch body: up to 1,000 writes of items up to 1 MiB each is more than this; a client
@@ -478,13 +478,17 @@ async fn put_device_sync(
 /// The device channel (Server-Sent Events). First a `ready` event; then a `changed` event
 /// (`{"collection", "category", "version"}`) whenever a collection of a category this device
 /// syncs changes — pull it then; `resync` if the device fell behind and should pull everything
-/// it syncs. A comment every 15 seconds keeps the connection open.
+/// it syncs. A comment every 15 seconds keeps the connection open. The channel lasts as long
+/// as its access token: signed out, revoked or expired, it ends with `ended`
+/// (`{"reason": "signed_out" | "token_expired"}`; reconnect with a fresh token).
 #[utoipa::path(get, path = "/device/channel", tag = "sync", security(("bearer" = [])),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
 async fn channel(
     State(app): State<AppState>,
     Auth(p): Auth,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let token = StreamToken::from_headers(&headers);
     let categories = app.cloud.device_categories(p.account, &p.session).await?;
     let rx = app.cloud.hub().subscribe(p.account);
     let ready = Event::default()
@@ -493,24 +497,29 @@ async fn channel(
             "categories": categories.iter().map(|c| c.as_str()).collect::<Vec<_>>()
         }))
         .unwrap_or_default();
-    let changes = stream::unfold((rx, categories), |(mut rx, categories)| async move {
+    let state = (rx, categories, StreamToken::ticks(), app, token);
+    let changes = stream::unfold(Some(state), |state| async move {
+        let (mut rx, categories, mut tick, app, token) = state?;
         loop {
-            match rx.recv().await {
-                Ok(change) if categories.contains(&change.category) => {
-                    let ev = Event::default()
-                        .event("changed")
-                        .id(change.version.to_string())
-                        .json_data(&change)
-                        .unwrap_or_default();
-                    return Some((Ok(ev), (rx, categories)));
-                }
-                Ok(_) => continue,
-                Err(RecvError::Lagged(_)) => {
-                    let ev = Event::default().event("resync").data("{}");
-                    return Some((Ok(ev), (rx, categories)));
-                }
-                Err(RecvError::Closed) => return None,
+            let received = tokio::select! {
+                r = rx.recv() => Some(r),
+                _ = tick.tick() => None,
+            };
+            if let Some(ended) = token.ended(&app) {
+                return Some((Ok(ended), None));
             }
+            let ev = match received {
+                None => continue,
+                Some(Ok(change)) if categories.contains(&change.category) => Event::default()
+                    .event("changed")
+                    .id(change.version.to_string())
+                    .json_data(&change)
+                    .unwrap_or_default(),
+                Some(Ok(_)) => continue,
+                Some(Err(RecvError::Lagged(_))) => Event::default().event("resync").data("{}"),
+                Some(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok(ev), Some((rx, categories, tick, app, token))));
         }
     });
     let stream = stream::once(async move { Ok(ready) }).chain(changes);

@@ -847,6 +847,22 @@ async fn a_push_reaches_the_other_device_live(app: &TestApp) {
         .await
         .unwrap();
     assert!(chb.next(Duration::from_millis(300)).await.is_none());
+    // B signs out: its channel ends with the session instead of telling a signed-out device
+    // (or whoever holds it) what changes; the next change ends it at once.
+    app.client
+        .with_token(&b.access_token)
+        .sign_out()
+        .await
+        .unwrap();
+    da.push("notes", json!([put("m", note("after"))]), None)
+        .await
+        .unwrap();
+    let (event, data) = chb
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the channel ends");
+    assert_eq!(event, "ended");
+    assert_eq!(data["reason"], "signed_out");
 }
 
 async fn other_accounts_data_is_out_of_reach(app: &TestApp) {
