@@ -63,6 +63,19 @@ impl Server {
         let device_keys = keys.clone();
 
         let store = open_store(cfg).await?;
+        // A key that cannot open what the database holds (the key file lost and a new one
+        // generated, or another server's key) must not start: every stored email and phone
+        // would read as garbage, sign-in by them would fail, and they could sign up again.
+        if let Some((field, sealed)) = store.sealed_sample().await? {
+            if keys.open(field, &sealed).is_err() {
+                anyhow::bail!(
+                    "the master key does not open this database's data: start with the key it \
+                     was written with (secret_key, secret_key_file, or {}); if that file was \
+                     just created, the original was missing",
+                    cfg.data_dir.join("secret.key").display()
+                );
+            }
+        }
 
         let notifier = Notifier::new(
             &NotifyConfig {

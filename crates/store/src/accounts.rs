@@ -149,6 +149,25 @@ impl Store {
         Ok(())
     }
 
+    /// One sealed personal value the database holds (`("email" | "phone", sealed)`), if any:
+    /// enough to tell at start whether the master key is the one the data was written with.
+    pub async fn sealed_sample(&self) -> Result<Option<(&'static str, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT email_enc, phone_enc FROM accounts \
+             WHERE email_enc IS NOT NULL OR phone_enc IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        if let Some(e) = r.try_get::<Option<Vec<u8>>, _>("email_enc")? {
+            return Ok(Some(("email", e)));
+        }
+        Ok(r.try_get::<Option<Vec<u8>>, _>("phone_enc")?
+            .map(|p| ("phone", p)))
+    }
+
     pub async fn clear_login_failures(&self, id: AccountId) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET failed_logins = 0, locked_until = 0 WHERE id = $1 AND (failed_logins <> 0 OR locked_until <> 0)",

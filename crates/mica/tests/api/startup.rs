@@ -62,6 +62,54 @@ async fn embedded_defaults_create_the_data_folder_and_keep_the_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A server whose master key cannot open the data already stored refuses to start: a lost key
+/// file replaced by a new one, or another server's key.
+#[tokio::test]
+async fn a_key_that_cannot_open_the_data_refuses_to_start() {
+    let dir = temp_dir("wrongkey");
+    let mut cfg = Config::default();
+    cfg.data_dir = dir.clone();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start(&cfg, Arc::new(SystemClock)).await.unwrap();
+    let c = mica_client::Client::new(format!("http://{}", server.addr));
+    let started = c
+        .signup_email("kim@example.com", crate::support::PASSWORD)
+        .await
+        .unwrap();
+    let outbox = dir.join("outbox.jsonl");
+    let mut code = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            code = crate::support::six_digits(v["subject"].as_str().unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.signup_verify(&started.signup_id, &code.unwrap(), None)
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+
+    // Another valid key.
+    cfg.secret_key = Some(SecretString::from("ab".repeat(32)));
+    let err = Server::start(&cfg, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("does not open"), "{err:#}");
+    // The key file lost: a new one is made, and the server still refuses.
+    cfg.secret_key = None;
+    std::fs::remove_file(dir.join("secret.key")).unwrap();
+    let err = Server::start(&cfg, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("does not open"), "{err:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_malformed_key_refuses_to_start() {
     let dir = temp_dir("badkey");
