@@ -183,8 +183,9 @@ pub fn app(state: AppState) -> App {
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    // The path only: query strings may carry user input.
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    // The path only: query strings may carry user input. A WebDAV path holds
+                    // the names of a person's folders and files, stored sealed: cut to its mount.
+                    tracing::info_span!("request", method = %req.method(), path = %loggable_path(req.uri().path()), request_id = %id)
                 })
                 .on_response(
                     tower_http::trace::DefaultOnResponse::new()
@@ -205,6 +206,19 @@ pub fn app(state: AppState) -> App {
         .map_request(|r: Request<_>| r.map(axum::body::Body::new))
         .service(router);
     BoxCloneSyncService::new(svc)
+}
+
+/// What a request log line shows of a path: all of it, except below a WebDAV mount
+/// (`/dav/files/{account}/…`), whose names are personal data.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(rest) = path.strip_prefix("/dav/files/") {
+        if let Some((account, below)) = rest.split_once('/') {
+            if !below.is_empty() {
+                return format!("/dav/files/{account}/…").into();
+            }
+        }
+    }
+    path.into()
 }
 
 /// Headers every response carries.
@@ -406,4 +420,19 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this address does not accept this method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn webdav_names_stay_out_of_the_request_log() {
+        assert_eq!(
+            loggable_path("/dav/files/123/Taxes/2025/letter.pdf"),
+            "/dav/files/123/…"
+        );
+        assert_eq!(loggable_path("/dav/files/123/"), "/dav/files/123/");
+        assert_eq!(loggable_path("/api/v1/drive/d_x"), "/api/v1/drive/d_x");
+    }
 }

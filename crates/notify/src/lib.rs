@@ -26,6 +26,10 @@ pub enum NotifyError {
     WebhookUrl(String),
     #[error("delivery failed: {0}")]
     Delivery(String),
+    /// Refused for good (a 5xx SMTP reply, a 4xx from the SMS gateway): trying again is
+    /// pointless.
+    #[error("delivery refused for good: {0}")]
+    Refused(String),
 }
 
 /// One message to one person.
@@ -167,6 +171,10 @@ impl Notifier {
             for attempt in 1..=5u32 {
                 match this.send(&msg).await {
                     Ok(()) => return,
+                    Err(e @ NotifyError::Refused(_)) => {
+                        tracing::warn!(attempt, error = %e, channel = msg.channel(), "message refused; not retrying");
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(attempt, error = %e, channel = msg.channel(), "message delivery failed");
                         tokio::time::sleep(delay).await;
@@ -196,10 +204,20 @@ impl Notifier {
                     .header(lettre::message::header::ContentType::TEXT_PLAIN)
                     .body(body.clone())
                     .map_err(|e| NotifyError::Delivery(e.to_string()))?;
-                transport
-                    .send(email)
-                    .await
-                    .map_err(|e| NotifyError::Delivery(e.to_string()))?;
+                // Only the reply's code: its text often repeats the recipient's address, and
+                // what is logged carries no one's address.
+                transport.send(email).await.map_err(|e| {
+                    let code = e
+                        .status()
+                        .map_or_else(|| "no reply code".to_owned(), |c| format!("SMTP {c}"));
+                    if e.is_permanent() {
+                        NotifyError::Refused(code)
+                    } else if e.is_transient() {
+                        NotifyError::Delivery(code)
+                    } else {
+                        NotifyError::Delivery(format!("{code}: connection or TLS failure"))
+                    }
+                })?;
                 Ok(())
             }
             (Message::Sms { to, text }, _, SmsRoute::Webhook { client, url }) => {
@@ -212,10 +230,15 @@ impl Notifier {
                     .send()
                     .await
                     .map_err(|e| NotifyError::Delivery(e.without_url().to_string()))?;
-                if !resp.status().is_success() {
+                let status = resp.status();
+                if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    return Err(NotifyError::Refused(format!(
+                        "SMS gateway answered {status}"
+                    )));
+                }
+                if !status.is_success() {
                     return Err(NotifyError::Delivery(format!(
-                        "SMS gateway answered {}",
-                        resp.status()
+                        "SMS gateway answered {status}"
                     )));
                 }
                 Ok(())
