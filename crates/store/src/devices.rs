@@ -705,14 +705,29 @@ impl Store {
         device: Option<&str>,
         now: Timestamp,
     ) -> Result<Vec<CommandRow>> {
-        let due: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM device_commands WHERE state IN ('queued', 'delivered') \
-             AND expires_at <= $1 AND ($2 IS NULL OR device_id = $2) ORDER BY seq LIMIT 1000",
-        )
-        .bind(now.millis())
-        .bind(device)
-        .fetch_all(&self.reader)
-        .await?;
+        // Two statements, so each uses its index: one device's open commands
+        // (`device_commands_open`), or every open command by its deadline (`device_commands_due`).
+        let due: Vec<String> = match device {
+            Some(d) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM device_commands WHERE device_id = $2 \
+                     AND state IN ('queued', 'delivered') AND expires_at <= $1 ORDER BY seq LIMIT 1000",
+                )
+                .bind(now.millis())
+                .bind(d)
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar(
+                    "SELECT id FROM device_commands WHERE state IN ('queued', 'delivered') \
+                     AND expires_at <= $1 ORDER BY expires_at LIMIT 1000",
+                )
+                .bind(now.millis())
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
         let mut moved = Vec::new();
         for id in due {
             let row = sqlx::query(&format!(

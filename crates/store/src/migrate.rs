@@ -87,6 +87,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0015_device_link_requests.sql"),
         postgres: include_str!("../migrations/postgres/0015_device_link_requests.sql"),
     },
+    Migration {
+        version: 16,
+        sqlite: include_str!("../migrations/sqlite/0016_maintenance_indexes.sql"),
+        postgres: include_str!("../migrations/postgres/0016_maintenance_indexes.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
@@ -94,18 +99,23 @@ const PG_LOCK_KEY: i64 = 0x006d_6963_616d_6967;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<i64>> {
     let mut conn = pool.acquire().await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)",
-    )
-    .execute(&mut *conn)
-    .await?;
+    // The lock first: PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against another node
+    // creating the same table at the same moment (a unique violation in its catalog).
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(PG_LOCK_KEY)
             .execute(&mut *conn)
             .await?;
     }
-    let result = apply(&mut conn, backend).await;
+    let result = async {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        apply(&mut conn, backend).await
+    }
+    .await;
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(PG_LOCK_KEY)
