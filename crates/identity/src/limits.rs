@@ -41,6 +41,22 @@ pub struct Limiter {
     rate: Rate,
     tat: Arc<Mutex<HashMap<String, i64>>>,
     clock: Arc<dyn Clock>,
+    /// When the map was last swept of spent entries (it is swept past 100,000 of them, at
+    /// most once a second: a map full of live entries must not be rescanned on every call).
+    swept: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// The key a client address is limited under: an IPv6 address by its /64, the block one
+/// subscriber holds (each of its 2^64 addresses would otherwise have a budget of its own);
+/// anything else as it is.
+fn limit_key(key: &str) -> std::borrow::Cow<'_, str> {
+    match key.parse::<std::net::Ipv6Addr>() {
+        Ok(ip) if ip.to_ipv4_mapped().is_none() => {
+            let s = ip.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]).into()
+        }
+        _ => key.into(),
+    }
 }
 
 impl Limiter {
@@ -49,6 +65,7 @@ impl Limiter {
             rate,
             tat: Arc::new(Mutex::new(HashMap::new())),
             clock,
+            swept: Arc::default(),
         }
     }
 
@@ -59,45 +76,50 @@ impl Limiter {
 
     /// Takes one token for `key`; `Err(wait)` when none is left.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let key = limit_key(key);
         let now = self.clock.now().millis();
         let t = self.interval_ms();
         let tolerance = t.saturating_mul(i64::from(self.rate.burst.max(1)) - 1);
         let mut map = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
+        let swept = self.swept.load(std::sync::atomic::Ordering::Relaxed);
+        if map.len() > 100_000 && now - swept >= 1000 {
             map.retain(|_, tat| *tat > now);
+            self.swept.store(now, std::sync::atomic::Ordering::Relaxed);
         }
-        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let tat = map.get(key.as_ref()).copied().unwrap_or(now).max(now);
         let allow_at = tat - tolerance;
         if allow_at > now {
             return Err(Duration::from_millis(
                 u64::try_from(allow_at - now).unwrap_or(0),
             ));
         }
-        map.insert(key.to_owned(), tat + t);
+        map.insert(key.into_owned(), tat + t);
         Ok(())
     }
 
     /// Gives back a token [`Self::check`] took, for an attempt that turned out not to count
     /// (taking first and giving back after keeps attempts made at once within the limit).
     pub fn refund(&self, key: &str) {
+        let key = limit_key(key);
         let now = self.clock.now().millis();
         let t = self.interval_ms();
         let mut map = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tat) = map.get_mut(key) {
+        if let Some(tat) = map.get_mut(key.as_ref()) {
             *tat -= t;
             if *tat <= now {
-                map.remove(key);
+                map.remove(key.as_ref());
             }
         }
     }
 
     /// Whether `key` would be allowed now, without taking a token.
     pub fn peek(&self, key: &str) -> Result<(), Duration> {
+        let key = limit_key(key);
         let now = self.clock.now().millis();
         let t = self.interval_ms();
         let tolerance = t.saturating_mul(i64::from(self.rate.burst.max(1)) - 1);
         let map = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let tat = map.get(key.as_ref()).copied().unwrap_or(now).max(now);
         let allow_at = tat - tolerance;
         if allow_at > now {
             return Err(Duration::from_millis(
@@ -166,5 +188,23 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         assert!(l.check("a").is_ok());
         assert!(l.check("a").is_err());
+    }
+
+    #[test]
+    fn an_ipv6_subscriber_has_one_budget_for_its_64() {
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let l = Limiter::new(Rate::new(2, Duration::from_secs(60)), Arc::new(clock));
+        assert!(l.check("2001:db8:1:2::1").is_ok());
+        assert!(l.check("2001:db8:1:2:ffff::9").is_ok());
+        assert!(
+            l.check("2001:db8:1:2:abcd::7").is_err(),
+            "another address of the same /64"
+        );
+        assert!(l.check("2001:db8:1:3::1").is_ok(), "another /64");
+        assert!(l.check("192.0.2.1").is_ok());
+        assert!(
+            l.check("192.0.2.2").is_ok(),
+            "IPv4 addresses each have their own"
+        );
     }
 }
