@@ -463,8 +463,12 @@ impl Store {
     /// Returns the device as it was.
     pub async fn remove_device(&self, account: AccountId, id: &str) -> Result<Option<DeviceRow>> {
         let mut tx = self.writer.begin().await?;
+        // The device's row is locked first (a write that changes nothing), the order of every
+        // transaction that changes a device with its locks or commands: on PostgreSQL the other
+        // order could deadlock with turning Find Device on or an erase finishing, and let Find
+        // Device on lock the hardware of a device being removed.
         let row = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE account_id = $1 AND id = $2"
+            "UPDATE devices SET id = id WHERE account_id = $1 AND id = $2 RETURNING {DEVICE_COLUMNS}"
         ))
         .bind(account.as_i64())
         .bind(id)
@@ -847,6 +851,20 @@ impl Store {
         now: Timestamp,
     ) -> Result<FinishOutcome> {
         let mut tx = self.writer.begin().await?;
+        // A finished erase changes the device too: its row is locked before the commands', in
+        // the order every such transaction takes (see `remove_device`).
+        let kind: Option<String> =
+            sqlx::query_scalar("SELECT kind FROM device_commands WHERE device_id = $1 AND id = $2")
+                .bind(device)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if kind.as_deref() == Some("erase") {
+            sqlx::query("UPDATE devices SET id = id WHERE id = $1")
+                .bind(device)
+                .execute(&mut *tx)
+                .await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE device_commands SET state = $3, reason = $4, finished_at = $5 \
              WHERE device_id = $1 AND id = $2 AND state = 'acknowledged' RETURNING {COMMAND_COLUMNS}"
