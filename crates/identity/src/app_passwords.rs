@@ -63,7 +63,21 @@ impl Identity {
                 message: "name the device: 1 to 100 characters".into(),
             });
         }
-        if self.store().app_passwords(p.account).await?.len() >= MAX_PER_ACCOUNT {
+        let password = generate();
+        let id = format!("ap_{}", mica_core::crypto::random_token_string(9));
+        let now = self.now();
+        let created = self
+            .store()
+            .create_app_password(
+                p.account,
+                &id,
+                name,
+                &token_hash(&normalise(&password)),
+                now,
+                i64::try_from(MAX_PER_ACCOUNT).unwrap_or(i64::MAX),
+            )
+            .await?;
+        if !created {
             return Err(IdentityError::Invalid {
                 field: "name",
                 message: format!(
@@ -71,18 +85,6 @@ impl Identity {
                 ),
             });
         }
-        let password = generate();
-        let id = format!("ap_{}", mica_core::crypto::random_token_string(9));
-        let now = self.now();
-        self.store()
-            .create_app_password(
-                p.account,
-                &id,
-                name,
-                &token_hash(&normalise(&password)),
-                now,
-            )
-            .await?;
         self.event(
             p.account,
             "app_password_created",

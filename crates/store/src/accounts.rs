@@ -254,3 +254,18 @@ impl Store {
         Ok(Some(revoked))
     }
 }
+
+/// Locks the account's row for the rest of the transaction (a write that changes nothing):
+/// what one account keeps a bounded or replaced set of (passkeys, app passwords, recovery
+/// codes, security questions) is changed one transaction at a time, so two at once on
+/// PostgreSQL can neither both pass a cap nor leave two sets.
+pub(crate) async fn lock_account_row(
+    conn: &mut sqlx::AnyConnection,
+    account: AccountId,
+) -> Result<()> {
+    sqlx::query("UPDATE accounts SET id = id WHERE id = $1")
+        .bind(account.as_i64())
+        .execute(conn)
+        .await?;
+    Ok(())
+}

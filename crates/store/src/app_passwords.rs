@@ -30,6 +30,7 @@ fn row(r: &AnyRow) -> Result<AppPasswordRow> {
 const COLUMNS: &str = "id, account_id, name, created_at, last_used_at";
 
 impl Store {
+    /// Records an app password unless the account already keeps `max`: `false` then.
     pub async fn create_app_password(
         &self,
         account: AccountId,
@@ -37,7 +38,18 @@ impl Store {
         name: &str,
         secret_hash: &[u8],
         now: Timestamp,
-    ) -> Result<()> {
+        max: i64,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        crate::accounts::lock_account_row(&mut tx, account).await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM app_passwords WHERE account_id = $1")
+                .bind(account.as_i64())
+                .fetch_one(&mut *tx)
+                .await?;
+        if count >= max {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO app_passwords (id, account_id, name, secret_hash, created_at, last_used_at) \
              VALUES ($1, $2, $3, $4, $5, NULL)",
@@ -47,9 +59,10 @@ impl Store {
         .bind(name)
         .bind(secret_hash.to_vec())
         .bind(now.millis())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn app_passwords(&self, account: AccountId) -> Result<Vec<AppPasswordRow>> {

@@ -46,6 +46,7 @@ impl Store {
         max_per_account: i64,
     ) -> Result<PasskeyInsert> {
         let mut tx = self.writer.begin().await?;
+        crate::accounts::lock_account_row(&mut tx, account).await?;
         let taken: Option<i64> =
             sqlx::query_scalar("SELECT account_id FROM passkeys WHERE credential_id = $1")
                 .bind(&row.credential_id)

@@ -91,6 +91,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
+        crate::accounts::lock_account_row(&mut tx, account).await?;
         sqlx::query("DELETE FROM security_questions WHERE account_id = $1")
             .bind(account.as_i64())
             .execute(&mut *tx)

@@ -164,6 +164,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let mut tx = self.writer.begin().await?;
+        // The account's row first, as replacing the recovery codes below takes it.
+        crate::accounts::lock_account_row(&mut tx, account).await?;
         let n = sqlx::query(
             "UPDATE totp_factors SET confirmed_at = $2, last_used_step = $3 WHERE account_id = $1 AND confirmed_at IS NULL",
         )
@@ -310,6 +312,7 @@ async fn replace_recovery_codes_in(
     hashes: &[Vec<u8>],
     now: Timestamp,
 ) -> Result<()> {
+    crate::accounts::lock_account_row(&mut *conn, account).await?;
     sqlx::query("DELETE FROM recovery_codes WHERE account_id = $1")
         .bind(account.as_i64())
         .execute(&mut *conn)
