@@ -99,6 +99,18 @@ impl Identity {
         account: AccountId,
         client: &ClientInfo,
     ) -> Result<(), IdentityError> {
+        self.sign_in_failed(account, "wrong_second_factor", client)
+            .await
+    }
+
+    /// Records a failed sign-in of the account (`outcome` in its sign-in history) and starts
+    /// or lengthens its back-off once the failures reach the threshold.
+    async fn sign_in_failed(
+        &self,
+        account: AccountId,
+        outcome: &str,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
         let now = self.now();
         let n = self.store().record_login_failure(account).await?;
         self.store()
@@ -106,7 +118,7 @@ impl Identity {
                 account,
                 &LoginEventRow {
                     at: now,
-                    outcome: "wrong_second_factor".into(),
+                    outcome: outcome.into(),
                     ip: client.ip.clone(),
                     user_agent: client.user_agent.clone(),
                     device_model: client.device.model.clone(),
@@ -120,7 +132,7 @@ impl Identity {
             self.store()
                 .lock_account_until(account, now.plus(d))
                 .await?;
-            tracing::warn!(%account, failures = n, "second factor backing off after repeated wrong guesses");
+            tracing::warn!(%account, failures = n, outcome, "sign-in backing off after repeated failures");
         }
         Ok(())
     }
@@ -211,31 +223,12 @@ impl Identity {
                     .map(crate::SignInOutcome::SignedIn)
             }
             Some(a) => {
-                let n = self.store().record_login_failure(a.id).await?;
-                self.store()
-                    .record_login_event(
-                        a.id,
-                        &LoginEventRow {
-                            at: now,
-                            outcome: if ok {
-                                "account_inactive"
-                            } else {
-                                "wrong_password"
-                            }
-                            .into(),
-                            ip: client.ip.clone(),
-                            user_agent: client.user_agent.clone(),
-                            device_model: client.device.model.clone(),
-                            os_version: client.device.os_version.clone(),
-                            client: client.device.client.clone(),
-                            session_id: None,
-                        },
-                    )
-                    .await?;
-                if let Some(d) = backoff(n, threshold) {
-                    self.store().lock_account_until(a.id, now.plus(d)).await?;
-                    tracing::warn!(account = %a.id, failures = n, "sign-in backing off after repeated wrong passwords");
-                }
+                let outcome = if ok {
+                    "account_inactive"
+                } else {
+                    "wrong_password"
+                };
+                self.sign_in_failed(a.id, outcome, client).await?;
                 Err(IdentityError::InvalidCredentials)
             }
             None => {
