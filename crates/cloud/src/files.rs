@@ -698,7 +698,6 @@ fn upload_prefix(account: AccountId) -> String {
     format!("uploads/{}/", account.as_i64())
 }
 
-/// One request's progress through an upload.
 /// Upload bytes this node has written for requests with a checksum and not yet committed
 /// (they count in usage only once the checksum matches), per account. Checked with the usage
 /// before each such chunk is written, so requests sent at once cannot, together, put more
@@ -736,6 +735,7 @@ impl Drop for HeldBytes<'_> {
     }
 }
 
+/// One request's progress through an upload.
 struct Writer<'a> {
     cloud: &'a Cloud,
     /// With a checksum: the bytes of the chunks held back, counted against the quota.
