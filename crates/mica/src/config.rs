@@ -42,8 +42,8 @@ pub struct Config {
     pub secret_key_file: Option<PathBuf>,
     /// Take client addresses from `X-Forwarded-For` (only behind a reverse proxy).
     pub trust_forwarded: bool,
-    /// How long a client may take to send a request's head, or leave its body waiting for
-    /// the next bytes, before its connection is dropped (seconds).
+    /// How long a request's body may wait for its next bytes before the request fails
+    /// (seconds; an upload keeps what arrived).
     pub client_timeout_secs: u64,
     /// `text` or `json`.
     pub log_format: String,

@@ -232,8 +232,27 @@ impl Server {
                 }
             }
         });
-        let client_timeout = Duration::from_secs(cfg.client_timeout_secs);
-        let task = tokio::spawn(serve(listener, app, client_timeout, rx));
+        let mut rx = rx;
+        let task = tokio::spawn(async move {
+            // Every answer and every device-channel frame goes out when written: with Nagle's
+            // algorithm on, a small frame written while the previous one is unacknowledged waits
+            // for the peer's delayed ACK (up to 40 ms on Linux) — a command reaching an idle
+            // device milliseconds late. Bulk bodies fill whole segments either way.
+            axum::serve(
+                axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+                    }
+                }),
+                axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                    SocketAddr,
+                >(app),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+        });
         Ok(Server {
             addr,
             public_url,
@@ -246,9 +265,17 @@ impl Server {
     }
 
     /// Stops accepting connections, lets in-flight requests finish, closes the database.
+    /// Open event streams get [`SHUTDOWN_GRACE`]; then the server stops without them.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.context("server task")??;
+        let mut task = self.task;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(ended) => ended.context("server task")??,
+            Err(_) => {
+                tracing::warn!("connections still open after the shutdown grace: closing them");
+                task.abort();
+            }
+        }
         self.store.close().await;
         Ok(())
     }
@@ -314,85 +341,6 @@ impl mica_identity::export::AccountArea for DevicesExport {
     }
 }
 
-/// Resolves once the server is told to stop (or its stop signal is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// How long requests in flight (and open event streams) get to end once the server stops.
+/// How long requests in flight (and open event streams, which end only when their client
+/// goes) get to end once the server is told to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Serves HTTP/1 connections until `stop` turns true, then lets them end for at most
-/// [`SHUTDOWN_GRACE`]. A connection whose request head takes longer than `header_timeout` is
-/// dropped.
-///
-/// hyper itself, with a timer: `axum::serve` runs hyper without one, and hyper then drops its
-/// header-read timeout, so a client that opened connections and never finished a request
-/// held each (and its task) for ever. Every answer and every device-channel frame goes out
-/// when written (`TCP_NODELAY`): with Nagle's algorithm on, a small frame written while the
-/// previous one is unacknowledged waits for the peer's delayed ACK (up to 40 ms on Linux).
-async fn serve(
-    listener: TcpListener,
-    app: mica_http::App,
-    header_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    // Each connection's task holds a sender: when all are gone, every connection has ended.
-    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, and accept again.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => break,
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
-        }
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
-                tower::ServiceExt::oneshot(app.clone(), req)
-            });
-        let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
-        let (mut stop, open) = (stop.clone(), open_tx.clone());
-        tokio::spawn(async move {
-            let _open = open;
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    drop(open_tx);
-    if tokio::time::timeout(SHUTDOWN_GRACE, open_rx.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the shutdown grace: closing");
-    }
-    Ok(())
-}
