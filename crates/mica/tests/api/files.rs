@@ -165,17 +165,9 @@ async fn a_stalled_upload_body_is_let_go() {
     let app = TestApp::start_with(Backend::Sqlite, |cfg| cfg.client_timeout_secs = 1)
         .await
         .unwrap();
-    let addr = app.base.trim_start_matches("http://").to_owned();
     let (tus, _, _) = signed_in(&app, "sal@example.com").await;
     let path = tus.create(10 * MB, "stalled.bin").await;
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\n\
-         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
-        tus.token,
-        10 * MB
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    let mut s = open_patch(&app, &tus.token, &path, 0, 10 * MB, "").await;
     s.write_all(&bytes(5 * MB, 41)).await.unwrap();
     // Then nothing more, with the connection left open: the request ends on its own, and the
     // five megabytes are kept.
@@ -242,6 +234,44 @@ fn used(usage: &Value) -> i64 {
     usage["used_bytes"].as_i64().unwrap()
 }
 
+/// Opens a raw connection and writes a tus PATCH's head (with `extra`, a header line ending in
+/// CRLF, if any): the body is the caller's to send, or not.
+async fn open_patch(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    offset: usize,
+    total: usize,
+    extra: &str,
+) -> tokio::net::TcpStream {
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: {offset}\r\n{extra}Content-Type: application/offset+octet-stream\r\nContent-Length: {total}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Signs in again (a day on, the access token has expired): the uploader and the client.
+async fn signed_in_again<'a>(app: &'a TestApp, email: &str) -> (Tus<'a>, mica_client::Client) {
+    let t = app
+        .client
+        .sign_in(email, crate::support::PASSWORD, None)
+        .await
+        .unwrap();
+    let c = app.client.with_token(&t.access_token);
+    (
+        Tus {
+            app,
+            token: t.access_token,
+            account_id: t.account_id,
+        },
+        c,
+    )
+}
+
 /// Sends the start of a PATCH body over a raw connection and hangs up: a dropped connection.
 async fn interrupted_patch(
     app: &TestApp,
@@ -251,13 +281,7 @@ async fn interrupted_patch(
     total: usize,
     sent: &[u8],
 ) {
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
-         Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {total}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    let mut s = open_patch(app, token, path, offset, total, "").await;
     s.write_all(sent).await.unwrap();
     s.flush().await.unwrap();
     s.shutdown().await.unwrap();
@@ -597,22 +621,10 @@ async fn bytes_held_for_a_checksum_count_against_the_quota(app: &TestApp) {
     let size = 5 * MB;
     let (a, b) = (tus.create(size, "a").await, tus.create(size, "b").await);
     let wrong = b64(&"x".repeat(20));
+    let checksum = format!("Upload-Checksum: sha1 {wrong}\r\n");
     let open = |path: String| {
-        let (addr, token, wrong) = (
-            app.base.trim_start_matches("http://").to_owned(),
-            tus.token.clone(),
-            wrong.clone(),
-        );
-        async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let head = format!(
-                "PATCH {path} HTTP/1.1\r\nHost: mica\r\nAuthorization: Bearer {token}\r\n\
-                 Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nUpload-Checksum: sha1 {wrong}\r\n\
-                 Content-Type: application/offset+octet-stream\r\nContent-Length: {size}\r\n\r\n"
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            s
-        }
+        let (token, checksum) = (tus.token.clone(), checksum.clone());
+        async move { open_patch(app, &token, &path, 0, size, &checksum).await }
     };
     let first_part = bytes(9 * MB / 2, 31);
     // The first request's first chunk is written (and held) before the second begins.
@@ -768,17 +780,7 @@ async fn purge_and_collection_free_the_storage(app: &TestApp) {
     app.advance(Duration::from_secs(25 * 3600));
     app.server_cloud().maintenance().await.unwrap();
     // (A day later the access token has expired: sign in again.)
-    let t = app
-        .client
-        .sign_in("fa@example.com", crate::support::PASSWORD, None)
-        .await
-        .unwrap();
-    let c = app.client.with_token(&t.access_token);
-    let tus = Tus {
-        app,
-        token: t.access_token,
-        account_id: t.account_id,
-    };
+    let (tus, c) = signed_in_again(app, "fa@example.com").await;
     assert_eq!(used(&c.usage().await.unwrap()), 0);
     assert_eq!(tus.stored().await, (0, 0));
     assert_eq!(tus.head(&half).await.0, StatusCode::NOT_FOUND);
@@ -802,16 +804,7 @@ async fn an_upload_expires_when_idle_not_when_old(app: &TestApp) {
             // Twenty hours between parts: forty from the upload's start to its last byte.
             app.advance(Duration::from_secs(20 * 3600));
             app.server_cloud().maintenance().await.unwrap();
-            let t = app
-                .client
-                .sign_in(email, crate::support::PASSWORD, None)
-                .await
-                .unwrap();
-            tus = Tus {
-                app,
-                token: t.access_token,
-                account_id: t.account_id,
-            };
+            tus = signed_in_again(app, email).await.0;
             assert_eq!(tus.head(&path).await.1, Some(i * MB), "part {i}");
         }
         let r = tus.patch(&path, i * MB, part.to_vec()).await;
@@ -2022,17 +2015,7 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     let stored = tus.stored().await;
     app.advance(Duration::from_secs(25 * 3600));
     app.server_cloud().maintenance().await.unwrap();
-    let t = app
-        .client
-        .sign_in("liv@example.com", crate::support::PASSWORD, None)
-        .await
-        .unwrap();
-    let c = app.client.with_token(&t.access_token);
-    let tus = Tus {
-        app,
-        token: t.access_token,
-        account_id: t.account_id,
-    };
+    let (tus, c) = signed_in_again(app, "liv@example.com").await;
     assert_eq!(tus.stored().await, stored);
     let small = app
         .http
