@@ -25,8 +25,8 @@ use mica_core::{AccountId, Clock, PhoneE164, SessionId, Timestamp};
 use mica_identity::limits::Limiter;
 use mica_identity::{ClientInfo, Identity, Principal, Rate};
 use mica_store::{
-    AckOutcome, CommandRow, DeviceRow, FinishOutcome, LinkOutcome, LocationRow, NewCommand,
-    NewDevice, Store,
+    AckOutcome, CommandRow, DeviceRow, FindOutcome, FinishOutcome, LinkOutcome, LocationRow,
+    NewCommand, NewDevice, Store,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -807,11 +807,21 @@ impl Devices {
             self.0.identity.require_step_up(p).await?;
         }
         let bidxs = self.hardware_of(&row)?.id_indexes(&self.0.keys);
-        let cancelled = self
+        let cancelled = match self
             .store()
             .set_find_device(p.account, id, on, &bidxs, self.now())
             .await?
-            .ok_or(DevicesError::NotFound)?;
+        {
+            FindOutcome::Set { cancelled } => cancelled,
+            FindOutcome::NotLinked => return Err(DevicesError::NotFound),
+            // The same hardware was linked to another account with Find Device on since this
+            // link: the lock is that account's (the device was set up again under it).
+            FindOutcome::Locked { owner } => {
+                return Err(DevicesError::ActivationLocked {
+                    owner: mask_account(owner),
+                })
+            }
+        };
         for c in &cancelled {
             self.0.registry.acknowledged(id, &c.id);
             self.publish_command(c);

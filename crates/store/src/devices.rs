@@ -94,6 +94,17 @@ pub enum LinkOutcome {
     Locked { owner: AccountId },
 }
 
+/// What turning Find Device on or off did.
+#[derive(Debug)]
+pub enum FindOutcome {
+    /// Done; the commands that were waiting for the device and were cancelled (turned off).
+    Set { cancelled: Vec<CommandRow> },
+    /// Not a linked device of the account.
+    NotLinked,
+    /// Turning on: another account's link of the same hardware holds its activation lock.
+    Locked { owner: AccountId },
+}
+
 #[derive(Debug, Clone)]
 pub struct CommandRow {
     pub id: String,
@@ -326,7 +337,14 @@ impl Store {
                 .await?;
         }
         if find_enabled {
-            lock_hardware(&mut tx, d.account_id, &d.id, &d.hardware_id_bidxs, d.now).await?;
+            // Another account's link of the same hardware that committed after the check above
+            // (PostgreSQL runs links side by side) holds the lock: this link is refused whole.
+            if let Some(owner) =
+                lock_hardware(&mut tx, d.account_id, &d.id, &d.hardware_id_bidxs, d.now).await?
+            {
+                tx.rollback().await?;
+                return Ok(LinkOutcome::Locked { owner });
+            }
         }
         tx.commit().await?;
         Ok(LinkOutcome::Linked { replaced_sessions })
@@ -407,7 +425,8 @@ impl Store {
     }
 
     /// Turns Find Device on (locking the hardware ids to the account) or off (releasing them).
-    /// False when the device is not a linked device of the account.
+    /// Nothing changes when the device is not a linked device of the account, or when another
+    /// account's link of the same hardware holds its activation lock.
     pub async fn set_find_device(
         &self,
         account: AccountId,
@@ -415,7 +434,7 @@ impl Store {
         on: bool,
         hardware_id_bidxs: &[Vec<u8>],
         now: Timestamp,
-    ) -> Result<Option<Vec<CommandRow>>> {
+    ) -> Result<FindOutcome> {
         let mut tx = self.writer.begin().await?;
         let r = sqlx::query(
             "UPDATE devices SET find_enabled = $3 WHERE account_id = $1 AND id = $2 \
@@ -427,11 +446,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
-            return Ok(None);
+            return Ok(FindOutcome::NotLinked);
         }
         let mut cancelled = Vec::new();
         if on {
-            lock_hardware(&mut tx, account, id, hardware_id_bidxs, now).await?;
+            if let Some(owner) = lock_hardware(&mut tx, account, id, hardware_id_bidxs, now).await?
+            {
+                tx.rollback().await?;
+                return Ok(FindOutcome::Locked { owner });
+            }
         } else {
             sqlx::query("DELETE FROM activation_locks WHERE account_id = $1 AND device_id = $2")
                 .bind(account.as_i64())
@@ -456,7 +479,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         }
         tx.commit().await?;
-        Ok(Some(cancelled))
+        Ok(FindOutcome::Set { cancelled })
     }
 
     /// Removes a device with its locations and commands and releases its activation lock.
@@ -926,17 +949,28 @@ fn location_row(r: &AnyRow) -> Result<LocationRow> {
     })
 }
 
-/// Binds hardware ids to the account; an id held by another account is left alone (the link
-/// check refused such a device before).
+/// Binds hardware ids to the account. An id another active account holds stays that
+/// account's, and is returned: the caller rolls back. (A lock of an account being deleted no
+/// longer binds and is taken over.) On PostgreSQL the insert waits for a concurrent link of the
+/// same hardware and then sees its lock, so of two accounts racing to link one device only
+/// the first to commit gets it.
 async fn lock_hardware(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     account: AccountId,
     device: &str,
     bidxs: &[Vec<u8>],
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Option<AccountId>> {
     for bidx in bidxs {
         sqlx::query(
+            "DELETE FROM activation_locks WHERE hardware_id_bidx = $1 AND account_id <> $2 \
+             AND account_id NOT IN (SELECT id FROM accounts WHERE status = 'active')",
+        )
+        .bind(bidx.clone())
+        .bind(account.as_i64())
+        .execute(&mut **tx)
+        .await?;
+        let taken = sqlx::query(
             "INSERT INTO activation_locks (hardware_id_bidx, account_id, device_id, locked_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (hardware_id_bidx) DO UPDATE SET \
              device_id = excluded.device_id, locked_at = excluded.locked_at \
@@ -947,7 +981,19 @@ async fn lock_hardware(
         .bind(device)
         .bind(now.millis())
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            let owner: i64 = sqlx::query_scalar(
+                "SELECT account_id FROM activation_locks WHERE hardware_id_bidx = $1",
+            )
+            .bind(bidx.clone())
+            .fetch_one(&mut **tx)
+            .await?;
+            return AccountId::from_i64(owner)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("account id {owner}")));
+        }
     }
-    Ok(())
+    Ok(None)
 }

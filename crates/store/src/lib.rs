@@ -49,8 +49,8 @@ pub use cloud::{
 };
 pub use codes::{CodeRow, NewCode};
 pub use devices::{
-    AckOutcome, CommandRow, DeviceRow, FinishOutcome, LinkOutcome, LocationRow, NewCommand,
-    NewDevice,
+    AckOutcome, CommandRow, DeviceRow, FindOutcome, FinishOutcome, LinkOutcome, LocationRow,
+    NewCommand, NewDevice,
 };
 pub use exports::ExportRow;
 pub use files::{

@@ -24,6 +24,7 @@ on_both_backends!(
     a_websocket_channel_takes_acknowledgements,
     an_agent_refuses_a_command_older_than_its_journal,
     a_relink_cannot_weaken_the_devices_protection,
+    a_lock_held_by_another_account_is_not_taken,
     the_owners_feed_ends_with_the_session,
 );
 
@@ -1660,6 +1661,77 @@ async fn a_relink_cannot_weaken_the_devices_protection(app: &TestApp) {
     )
     .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(401));
+}
+
+/// A device linked without Find Device carries no lock, so the hardware can be set up under
+/// another account that turns it on. The first account can then no longer turn Find Device
+/// on for its stale link: the lock stays with the account that holds it, and nothing changes.
+async fn a_lock_held_by_another_account_is_not_taken(app: &TestApp) {
+    let (ana, ana_id) = owner(app, "ana@example.com").await;
+    let (bob, bob_id) = owner(app, "bob@example.com").await;
+    let mut wins = Vec::new();
+    let hardware = json!({ "imeis": [imei(91)], "serial": "S91" });
+    let link = |find: bool| {
+        json!({ "name": "phone", "model": "Pixel", "os_version": "16", "app_version": "2",
+                "hardware": hardware, "find_device": find })
+    };
+    let anas = post(&ana, "/api/v1/devices", link(false)).await;
+    let anas = anas["device"]["id"].as_str().unwrap().to_owned();
+    let bobs = post(&bob, "/api/v1/devices", link(true)).await;
+    assert_eq!(bobs["device"]["find_device"], true, "{bobs}");
+    let e = refused(
+        &ana,
+        Method::PATCH,
+        &format!("/api/v1/devices/{anas}"),
+        Some(json!({ "find_device": true })),
+    )
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{e:?}");
+    assert_eq!(e.code(), Some("activation_locked"), "{e:?}");
+    let view = get(&ana, &format!("/api/v1/devices/{anas}")).await;
+    assert_eq!(view["find_device"], false, "{view}");
+    let status = post(
+        &app.client,
+        "/api/v1/activation/status",
+        json!({ "hardware": hardware }),
+    )
+    .await;
+    assert_eq!(status["locked"], true);
+    let masked = format!("{}••••••{}", &bob_id[..2], &bob_id[bob_id.len() - 2..]);
+    assert_eq!(status["owner"], masked, "{status}");
+
+    // Two accounts linking one device at the same moment, Find Device on: one gets it and its
+    // lock, the other is refused (on PostgreSQL the two links run side by side).
+    for n in 0..8 {
+        let hardware = json!({ "imeis": [imei(100 + n)], "serial": format!("S{}", 100 + n) });
+        let body = json!({ "name": "phone", "model": "Pixel", "os_version": "16",
+                           "app_version": "2", "hardware": hardware, "find_device": true });
+        let (a, b) = tokio::join!(
+            ana.raw(Method::POST, "/api/v1/devices", Some(body.clone())),
+            bob.raw(Method::POST, "/api/v1/devices", Some(body.clone())),
+        );
+        let (won, lost) = match (a, b) {
+            (Ok(_), Err(e)) => (&ana_id, e),
+            (Err(e), Ok(_)) => (&bob_id, e),
+            (a, b) => panic!("round {n}: both or neither linked: {a:?} {b:?}"),
+        };
+        assert_eq!(lost.code(), Some("activation_locked"), "{lost:?}");
+        wins.push(won.clone());
+        let status = post(
+            &app.client,
+            "/api/v1/activation/status",
+            json!({ "hardware": hardware }),
+        )
+        .await;
+        assert_eq!(status["locked"], true, "{status}");
+    }
+    // The refused links left no device behind: each account has its first phone and the ones
+    // it won.
+    for (c, who) in [(&ana, &ana_id), (&bob, &bob_id)] {
+        let won = wins.iter().filter(|w| *w == who).count();
+        let devices = get(c, "/api/v1/devices").await;
+        assert_eq!(devices.as_array().unwrap().len(), 1 + won, "{devices}");
+    }
 }
 
 /// The owner's live feed carries where the devices are: it ends when the session that opened
