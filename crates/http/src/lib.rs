@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod conns;
 pub mod devices;
 pub mod drive;
 pub mod error;
@@ -205,7 +206,9 @@ pub fn app(state: AppState) -> App {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle_timeout))
         .map_request(|r: Request<_>| r.map(axum::body::Body::new))
         .service(router);
-    BoxCloneSyncService::new(svc)
+    // Outermost, so it sees the body that goes out: when it has all gone, the connection
+    // waits for its next request head, under that deadline.
+    BoxCloneSyncService::new(conns::HeadDeadline(BoxCloneSyncService::new(svc)))
 }
 
 /// What a request log line shows of a path: all of it, except below a WebDAV mount

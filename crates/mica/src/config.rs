@@ -42,8 +42,9 @@ pub struct Config {
     pub secret_key_file: Option<PathBuf>,
     /// Take client addresses from `X-Forwarded-For` (only behind a reverse proxy).
     pub trust_forwarded: bool,
-    /// How long a request's body may wait for its next bytes before the request fails
-    /// (seconds; an upload keeps what arrived).
+    /// How long a client may take to send a request head (or sit idle between requests)
+    /// before its connection is closed, and how long a request's body may wait for its next
+    /// bytes before the request fails (seconds; an upload keeps what arrived).
     pub client_timeout_secs: u64,
     /// `text` or `json`.
     pub log_format: String,

@@ -13,6 +13,7 @@ use mica_cloud::{BlobStore, Cloud};
 use mica_core::crypto::Keys;
 use mica_core::Clock;
 use mica_devices::Devices;
+use mica_http::conns::Connections;
 use mica_http::AppState;
 use mica_identity::{Identity, IdentitySetup, RelyingParty};
 use mica_notify::{Notifier, NotifyConfig};
@@ -232,20 +233,34 @@ impl Server {
                 }
             }
         });
+        // A connection gets `client_timeout_secs` to deliver each request head (and no more
+        // to sit idle between requests): the sweeper closes what waited longer, once a second.
+        let connections = Connections::new(Duration::from_secs(cfg.client_timeout_secs));
+        {
+            let connections = connections.clone();
+            let mut stop = tx.subscribe();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let closed = connections.sweep();
+                            if closed > 0 {
+                                tracing::debug!(closed, "connections closed: no request head in time");
+                            }
+                        }
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         let mut rx = rx;
         let task = tokio::spawn(async move {
-            // Every answer and every device-channel frame goes out when written: with Nagle's
-            // algorithm on, a small frame written while the previous one is unacknowledged waits
-            // for the peer's delayed ACK (up to 40 ms on Linux) — a command reaching an idle
-            // device milliseconds late. Bulk bodies fill whole segments either way.
             axum::serve(
-                axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "setting TCP_NODELAY failed");
-                    }
-                }),
+                mica_http::conns::Listener::new(listener, connections),
                 axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                    SocketAddr,
+                    mica_http::conns::Peer,
                 >(app),
             )
             .with_graceful_shutdown(async move {

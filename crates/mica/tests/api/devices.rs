@@ -1159,7 +1159,7 @@ async fn bad_device_input_is_refused_and_nothing_is_stored(app: &TestApp) {
 }
 
 /// The bearer token a client sends (for raw requests).
-fn device_token(c: &Client) -> String {
+pub(crate) fn device_token(c: &Client) -> String {
     c.token().unwrap_or_default().to_owned()
 }
 
@@ -1346,7 +1346,7 @@ pub(crate) async fn post(c: &Client, path: &str, body: Value) -> Value {
 }
 
 /// Reads a streaming response until `needle` appears; returns everything read.
-async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
+pub(crate) async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !seen.contains(needle) {
@@ -1398,7 +1398,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens a device's command channel as a WebSocket.
-async fn open_ws(
+pub(crate) async fn open_ws(
     app: &TestApp,
     credential: &str,
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
@@ -1417,7 +1417,7 @@ async fn open_ws(
 }
 
 /// The next JSON text message of a WebSocket (pings skipped).
-async fn next_json(ws: &mut Ws) -> Value {
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     loop {

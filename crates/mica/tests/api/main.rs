@@ -13,6 +13,7 @@
 mod support;
 
 mod bad_input;
+mod connections;
 mod deletion;
 mod devices;
 mod export;
