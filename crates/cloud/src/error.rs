@@ -20,6 +20,8 @@ pub enum CloudError {
     UnknownCategory,
     #[error("a collection with this id already exists for another category")]
     CollectionExists,
+    #[error("an account holds at most {0} collections; put new items in one it has")]
+    TooManyCollections(i64),
     #[error("the item is larger than {0} bytes")]
     ItemTooLarge(usize),
     #[error("a batch holds at most {0} writes; split it")]
@@ -92,6 +94,7 @@ impl CloudError {
             CloudError::InBatch { source, .. } => source.code(),
             CloudError::UnknownCategory => "unknown_category",
             CloudError::CollectionExists => "collection_exists",
+            CloudError::TooManyCollections(_) => "too_many_collections",
             CloudError::ItemTooLarge(_) => "item_too_large",
             CloudError::BatchTooLarge(_) => "batch_too_large",
             CloudError::FolderTooLarge(_) => "folder_too_large",
@@ -127,7 +130,9 @@ impl CloudError {
             | CloudError::UnknownCategory
             | CloudError::IdempotencyKeyReused => 422,
             CloudError::InBatch { source, .. } => source.http_status(),
-            CloudError::CollectionExists | CloudError::RestoreConflict => 409,
+            CloudError::CollectionExists
+            | CloudError::RestoreConflict
+            | CloudError::TooManyCollections(_) => 409,
             CloudError::ItemTooLarge(_) | CloudError::BatchTooLarge(_) => 413,
             CloudError::FolderTooLarge(_) => 422,
             CloudError::InvalidToken => 400,

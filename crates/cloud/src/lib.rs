@@ -48,6 +48,8 @@ pub struct CloudConfig {
     pub max_batch: usize,
     /// The most entries a drive folder's copy or deletion takes (one transaction).
     pub max_tree: usize,
+    /// The most collections an account may have, the categories' own included.
+    pub max_collections: i64,
     /// Recycle-bin retention on the free plan, in days.
     pub free_retention_days: u64,
     /// Recycle-bin retention on the premium plan, in days.
@@ -84,6 +86,7 @@ impl Default for CloudConfig {
             max_item_bytes: 1 << 20,
             max_batch: 1000,
             max_tree: 20_000,
+            max_collections: 1000,
             free_retention_days: 30,
             premium_retention_days: 60,
             tombstone_days: 90,
@@ -370,10 +373,12 @@ impl Cloud {
                 message: format!("{id} is the default collection of another category"),
             });
         }
+        let max = self.inner.cfg.max_collections;
         let row = self
             .store()
-            .ensure_collection(account, id, category.as_str(), name, self.now())
-            .await?;
+            .create_collection(account, id, category.as_str(), name, self.now(), max)
+            .await?
+            .ok_or(CloudError::TooManyCollections(max))?;
         if row.kind != category.as_str() {
             return Err(CloudError::CollectionExists);
         }

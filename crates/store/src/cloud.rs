@@ -395,6 +395,49 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("collection {id} vanished")))
     }
 
+    /// Creates a collection unless it exists (then the existing one) or the account already
+    /// has `max` collections (then `None`). The account's row is locked first, so accounts'
+    /// concurrent creations cannot pass the cap together.
+    pub async fn create_collection(
+        &self,
+        account: AccountId,
+        id: &str,
+        kind: &str,
+        name: &str,
+        now: Timestamp,
+        max: i64,
+    ) -> Result<Option<CollectionRow>> {
+        let mut tx = self.writer.begin().await?;
+        crate::accounts::lock_account_row(&mut tx, account).await?;
+        sqlx::query(
+            "INSERT INTO collections (account_id, id, kind, name, created_at, purged_seq) \
+             SELECT $1, $2, $3, $4, $5, 0 \
+             WHERE (SELECT COUNT(*) FROM collections WHERE account_id = $1) < $6 \
+             ON CONFLICT (account_id, id) DO NOTHING",
+        )
+        .bind(account.as_i64())
+        .bind(id)
+        .bind(kind)
+        .bind(name)
+        .bind(now.millis())
+        .bind(max)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, kind, name, created_at, purged_seq FROM collections \
+             WHERE account_id = $1 AND id = $2",
+        )
+        .bind(account.as_i64())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(collection_row)
+        .transpose()?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
     pub async fn collection(&self, account: AccountId, id: &str) -> Result<Option<CollectionRow>> {
         sqlx::query(
             "SELECT id, kind, name, created_at, purged_seq FROM collections WHERE account_id = $1 AND id = $2",

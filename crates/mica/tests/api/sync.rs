@@ -8,7 +8,7 @@ use mica_client::Client;
 use serde_json::{json, Value};
 
 use crate::on_both_backends;
-use crate::support::{TestApp, PASSWORD};
+use crate::support::{Backend, TestApp, PASSWORD};
 
 on_both_backends!(
     two_devices_sync_every_category,
@@ -1318,4 +1318,68 @@ async fn the_usage_check_command_proves_usage(app: &TestApp) {
     assert!(!out.status.success());
     assert!(stdout.contains("notes: recorded"), "{stdout}");
     assert!(stdout.contains("total: recorded"), "{stdout}");
+}
+
+/// An account's collections are capped (four here): creations past the cap are refused with a
+/// clear error, also when they arrive together (PostgreSQL runs them side by side); what exists
+/// stays usable, and so do the categories' own collections.
+async fn collections_are_capped(backend: Backend) {
+    let Some(app) = TestApp::start_with(backend, |cfg| cfg.cloud.max_collections = 4).await else {
+        eprintln!("MICA_TEST_POSTGRES_URL is not set: PostgreSQL variant skipped");
+        return;
+    };
+    let t = app.signup_email("cam@example.com").await;
+    let c = app.client.with_token(&t.access_token);
+    let create = |n: usize| {
+        let c = c.clone();
+        async move {
+            c.raw(
+                reqwest::Method::PUT,
+                &format!("/api/v1/collections/cal-{n}"),
+                Some(json!({ "category": "calendar", "name": format!("Calendar {n}") })),
+            )
+            .await
+        }
+    };
+    let results = futures_util::future::join_all((0..6).map(create)).await;
+    let mut refused = 0;
+    for r in results {
+        if let Err(e) = r {
+            assert_eq!(e.status().map(|s| s.as_u16()), Some(409), "{e:?}");
+            assert_eq!(e.code(), Some("too_many_collections"), "{e:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2);
+    let list = c.collections().await.unwrap();
+    let mine: Vec<&str> = list
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .filter(|id| id.starts_with("cal-"))
+        .collect();
+    assert_eq!(mine.len(), 4, "{list:?}");
+    // Creating one that exists is still answered (the call is idempotent) …
+    let again = create(mine[0].trim_start_matches("cal-").parse().unwrap()).await;
+    assert!(again.is_ok(), "{again:?}");
+    // … and the categories' own collections still come into being when first used.
+    c.push(
+        "notes",
+        json!([{"id": "n1", "op": "put", "body": note("Still works")}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let (notes, _) = pull_all(&c, "notes", None).await;
+    assert_eq!(notes.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_are_capped_on_sqlite() {
+    collections_are_capped(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_are_capped_on_postgres() {
+    collections_are_capped(Backend::Postgres).await;
 }
