@@ -1299,6 +1299,53 @@ impl Agent {
     }
 }
 
+/// Acknowledges a command before it runs; whether to run it now.
+///
+/// The journal says `acking` before the acknowledgement goes out. When its answer is lost (the
+/// connection dropped after the server took it), the device asks again: the server's
+/// `command_already_acknowledged` then means its own acknowledgement landed, and — the journal
+/// saying `acking`, not `started` — the command has not run, so it runs now. Without that
+/// record (a journal lost since), whether it ran is unknown, and at most once means not now.
+async fn acknowledge(agent: &Agent, id: &str, seq: i64, mut own: bool) -> bool {
+    agent.record(id, seq, "acking").await;
+    for attempt in 0..4u32 {
+        match agent
+            .post(&format!("/api/v1/device/commands/{id}/ack"), json!({}))
+            .await
+        {
+            Ok(_) => return true,
+            Err(ClientError::Api { code, .. }) if code == "command_expired" => {
+                tracing::info!(command = %id, "expired before it could run; not running it");
+                agent.record(id, seq, "expired").await;
+                return false;
+            }
+            Err(ClientError::Api { code, .. }) if code == "command_already_acknowledged" => {
+                if own {
+                    tracing::info!(command = %id, "the server had this device's acknowledgement");
+                    return true;
+                }
+                let state = "failed: acknowledged before without a record of running it";
+                agent.record(id, seq, state).await;
+                agent.report(id, state).await;
+                return false;
+            }
+            Err(ClientError::Api { status, code, .. }) if status.is_client_error() => {
+                tracing::info!(command = %id, code, "the server refused the acknowledgement");
+                return false;
+            }
+            Err(e) => {
+                // Sent, perhaps taken, no answer: asked again, an acknowledgement already
+                // there is this one.
+                own = true;
+                tracing::info!(command = %id, error = %e, "acknowledging failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+        }
+    }
+    // The server sends it again; the journal still says `acking`.
+    false
+}
+
 /// Runs commands one after another, each at most once.
 async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Sender<RunEnd>) {
     while let Some(frame) = rx.recv().await {
@@ -1312,7 +1359,9 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
             let j = agent.journal.lock().await;
             (j.entries.get(&id).map(|(_, s)| s.clone()), j.forgotten_upto)
         };
-        if let Some(state) = seen {
+        // This device sent its acknowledgement and never heard back: the server may hold it.
+        let own_ack = seen.as_deref() == Some("acking");
+        if let Some(state) = seen.filter(|_| !own_ack) {
             // Sent again (a lost acknowledgement, a reconnect): never run twice.
             if agent.is_ringing(&id) {
                 continue;
@@ -1331,44 +1380,23 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
             }
             continue;
         }
-        if seq <= forgotten_upto {
-            tracing::warn!(command = %id, seq, "refusing a command older than the journal remembers (a replay)");
-            continue;
-        }
-        if frame["acknowledged"] == json!(true) {
-            // Acknowledged by this device before its journal was lost: do not guess.
-            let state = "failed: the device lost track of it";
-            agent.record(&id, seq, state).await;
-            agent.report(&id, state).await;
-            continue;
-        }
-        match agent
-            .post(&format!("/api/v1/device/commands/{id}/ack"), json!({}))
-            .await
-        {
-            Ok(_) => {}
-            Err(ClientError::Api { code, .. }) if code == "command_expired" => {
-                tracing::info!(command = %id, "expired before it could run; not running it");
-                agent.record(&id, seq, "expired").await;
+        if !own_ack {
+            if seq <= forgotten_upto {
+                tracing::warn!(command = %id, seq, "refusing a command older than the journal remembers (a replay)");
                 continue;
             }
-            Err(ClientError::Api { code, .. }) if code == "command_already_acknowledged" => {
-                // Acknowledged before (an answer lost on the way): whether it ran is unknown,
-                // so at most once means not now.
-                let state = "failed: acknowledged before without a record of running it";
+            if frame["acknowledged"] == json!(true) {
+                // Acknowledged by this device before its journal was lost: do not guess.
+                let state = "failed: the device lost track of it";
                 agent.record(&id, seq, state).await;
                 agent.report(&id, state).await;
                 continue;
             }
-            Err(ClientError::Api { status, code, .. }) if status.is_client_error() => {
-                tracing::info!(command = %id, code, "the server refused the acknowledgement");
-                continue;
-            }
-            Err(e) => {
-                // Not acknowledged: the server sends it again.
-                tracing::info!(command = %id, error = %e, "acknowledging failed");
-                continue;
-            }
+        }
+        // The server already holds this device's own acknowledgement: it only has to run.
+        let acked = own_ack && frame["acknowledged"] == json!(true);
+        if !acked && !acknowledge(&agent, &id, seq, own_ack).await {
+            continue;
         }
         agent.record(&id, seq, "started").await;
         tracing::info!(command = %id, kind, "running");

@@ -25,6 +25,7 @@ on_both_backends!(
     an_agent_refuses_a_command_older_than_its_journal,
     a_relink_cannot_weaken_the_devices_protection,
     a_lock_held_by_another_account_is_not_taken,
+    a_lost_acknowledgement_answer_still_runs_the_command_once,
     the_owners_feed_ends_with_the_session,
 );
 
@@ -100,6 +101,18 @@ interval_secs = 5
             config,
             child: None,
         }
+    }
+
+    /// Points the agent at another address in front of the server (a relay).
+    fn through(&self, url: &str) {
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        let line = toml.lines().next().unwrap().to_owned();
+        assert!(line.starts_with("server = "), "{line}");
+        std::fs::write(
+            &self.config,
+            toml.replacen(&line, &format!("server = \"{url}\""), 1),
+        )
+        .unwrap();
     }
 
     /// Makes the agent's command channel Server-Sent Events instead of a WebSocket.
@@ -1768,5 +1781,119 @@ async fn the_owners_feed_ends_with_the_session(app: &TestApp) {
             .unwrap()
             .is_none(),
         "the feed goes on after its session ended"
+    );
+}
+
+/// A relay in front of the server that carries everything both ways, except the answer to the
+/// first device acknowledgement it sees: it drops that connection instead, after the server
+/// took the acknowledgement — an answer lost on a poor network.
+struct AckEater {
+    url: String,
+    eaten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AckEater {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn ack_eater(app: &TestApp) -> AckEater {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = app.base.trim_start_matches("http://").to_owned();
+    let eaten = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = eaten.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(relay(client, upstream.clone(), counter.clone()));
+        }
+    });
+    AckEater { url, eaten, task }
+}
+
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    upstream: String,
+    eaten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (mut from_client, mut from_server) = ([0u8; 16384], [0u8; 16384]);
+    let mut eating = false;
+    loop {
+        tokio::select! {
+            n = client.read(&mut from_client) => {
+                let Ok(n @ 1..) = n else { return };
+                let chunk = &from_client[..n];
+                let text = String::from_utf8_lossy(chunk);
+                if eaten.load(Ordering::SeqCst) == 0
+                    && text.starts_with("POST /api/v1/device/commands/")
+                    && text.contains("/ack HTTP/1.1")
+                {
+                    eating = true;
+                }
+                if server.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+            n = server.read(&mut from_server) => {
+                let Ok(n @ 1..) = n else { return };
+                if eating {
+                    // The server answered: it has the acknowledgement. Both sockets go.
+                    eaten.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                if client.write_all(&from_server[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a device's acknowledgement is lost on the way, after the server took it. The
+/// device asks again, learns that the acknowledgement it holds is its own, and runs the
+/// command — once — instead of failing it.
+async fn a_lost_acknowledgement_answer_still_runs_the_command_once(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let eater = ack_eater(app).await;
+    let mut a = Agent::new(
+        app,
+        "laptop",
+        7,
+        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log",
+    );
+    a.ring_for(1);
+    a.through(&eater.url);
+    let out = a.link("ana@example.com");
+    assert!(
+        out.status.success(),
+        "link: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = a.linked_id();
+    a.start();
+    until_online(&ana, &id, &a).await;
+    let ring = send(&ana, &id, json!({ "kind": "ring" })).await;
+    let ring = ring["id"].as_str().unwrap().to_owned();
+    let done = until_state(&ana, &id, &ring, "done", &a).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        eater.eaten.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.rang(), [ring], "{}", a.log());
+    assert!(
+        a.log()
+            .contains("the server had this device's acknowledgement"),
+        "{}",
+        a.log()
     );
 }
