@@ -549,10 +549,46 @@ impl Client {
         .await
     }
 
+    /// The whole recycle bin, newest first (every page).
     pub async fn recycle_bin(&self, category: Option<&str>) -> Result<Vec<Value>> {
-        let q = category
-            .map(|c| format!("?category={c}"))
-            .unwrap_or_default();
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut page = self
+                .recycle_bin_page(category, cursor.as_deref(), None)
+                .await?;
+            if let Some(Value::Array(entries)) = page.get_mut("entries").map(Value::take) {
+                all.extend(entries);
+            }
+            match page.get("next").and_then(Value::as_str) {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of the recycle bin: `{"entries": [...], "next"}`.
+    pub async fn recycle_bin_page(
+        &self,
+        category: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Value> {
+        let mut q = Vec::new();
+        if let Some(c) = category {
+            q.push(format!("category={c}"));
+        }
+        if let Some(c) = cursor {
+            q.push(format!("cursor={c}"));
+        }
+        if let Some(l) = limit {
+            q.push(format!("limit={l}"));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
         self.call(Method::GET, &format!("/api/v1/recycle-bin{q}"), None)
             .await
     }

@@ -393,10 +393,8 @@ impl Cloud {
         }
         let waiting = self
             .store()
-            .recycle_bin(account, Some(Category::Drive.as_str()), bin_since)
-            .await?
-            .iter()
-            .any(|b| b.collection_id == c.id && b.item_id == parent);
+            .bin_holds(account, &c.id, &parent, bin_since)
+            .await?;
         if waiting {
             return Ok(());
         }

@@ -23,8 +23,8 @@ use std::time::Duration;
 use mica_core::crypto::Keys;
 use mica_core::{AccountId, Clock, SessionId, Timestamp};
 use mica_store::{
-    BatchOutcome, CollectionRow, ItemRow, ItemWrite, OpStatus, RestoreOutcome, Store, TreeProblem,
-    WriteOp, BIN_CATEGORY,
+    BatchOutcome, CollectionRow, ItemRow, ItemWrite, OpStatus, RestoreOutcome, Store,
+    TimelineCursor, TreeProblem, WriteOp, BIN_CATEGORY,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -181,6 +181,17 @@ pub struct BinEntry {
     pub size: i64,
     pub deleted_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+/// The most recycle-bin entries in one page.
+pub const MAX_BIN_PAGE: usize = 1000;
+
+/// A page of the recycle bin.
+#[derive(Debug, Clone)]
+pub struct BinPage {
+    pub entries: Vec<BinEntry>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -723,24 +734,48 @@ impl Cloud {
         .await
     }
 
-    /// The recycle bin, newest first (only what is still within the plan's retention).
+    /// A page of the recycle bin, newest first (only what is still within the plan's
+    /// retention): at most `limit` entries after `cursor` (the `next` of the page before).
     pub async fn recycle_bin(
         &self,
         account: AccountId,
         category: Option<&str>,
-    ) -> Result<Vec<BinEntry>, CloudError> {
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<BinPage, CloudError> {
         let category = match category {
             None => None,
             Some(c) => Some(Category::parse(c).ok_or(CloudError::UnknownCategory)?),
         };
+        let after = cursor.map(media::parse_cursor).transpose()?;
+        let limit = limit.clamp(1, MAX_BIN_PAGE);
         let plan = self.store().cloud_account(account).await?.plan;
         let keep = self.retention(&plan);
         let since = self.now().minus(keep);
-        let rows = self
+        // One more than the page, to know whether another follows.
+        let mut rows = self
             .store()
-            .recycle_bin(account, category.map(Category::as_str), since)
+            .recycle_bin(
+                account,
+                category.map(Category::as_str),
+                since,
+                after.as_ref(),
+                i64::try_from(limit + 1).unwrap_or(i64::MAX),
+            )
             .await?;
-        rows.into_iter()
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| {
+                media::cursor_text(&TimelineCursor {
+                    at: Some(r.deleted_at.millis()),
+                    id: r.id.clone(),
+                })
+            })
+        } else {
+            None
+        };
+        let entries = rows
+            .into_iter()
             .map(|r| {
                 let summary = match &r.summary {
                     Some(s) => self
@@ -765,7 +800,8 @@ impl Cloud {
                     deleted_at: r.deleted_at,
                 })
             })
-            .collect()
+            .collect::<Result<_, CloudError>>()?;
+        Ok(BinPage { entries, next })
     }
 
     /// Puts a deleted item back; every device gets it on its next pull.

@@ -668,7 +668,7 @@ pub struct GalleryPage {
 
 /// A cursor: `<time in ms>~<item id>` (`-~<item id>` for an undated item) in unpadded
 /// base64url, so that it goes into an address as it is.
-fn cursor_text(c: &TimelineCursor) -> String {
+pub(crate) fn cursor_text(c: &TimelineCursor) -> String {
     use base64::Engine;
     let text = match c.at {
         Some(t) => format!("{t}~{}", c.id),
@@ -677,7 +677,7 @@ fn cursor_text(c: &TimelineCursor) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-fn parse_cursor(cursor: &str) -> Result<TimelineCursor, CloudError> {
+pub(crate) fn parse_cursor(cursor: &str) -> Result<TimelineCursor, CloudError> {
     use base64::Engine;
     let bad = || CloudError::Invalid {
         field: "cursor",

@@ -336,22 +336,46 @@ impl From<BinEntry> for BinEntryView {
 pub struct BinQuery {
     /// Only this category.
     pub category: Option<String>,
+    /// The `next` of the page before.
+    pub cursor: Option<String>,
+    /// Entries per page: 1 to 1,000, 200 unless given.
+    pub limit: Option<usize>,
 }
 
-/// The recycle bin: deleted contacts, events, notes, messages, photos and recordings.
+/// A page of the recycle bin.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BinPageView {
+    pub entries: Vec<BinEntryView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next: Option<String>,
+}
+
+/// The recycle bin: deleted contacts, events, notes, messages, photos, recordings and drive
+/// entries, newest first, a page at a time. Follow `next` for the next page.
 #[utoipa::path(get, path = "/recycle-bin", tag = "sync", security(("bearer" = [])),
     params(BinQuery),
-    responses((status = 200, body = Vec<BinEntryView>), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = BinPageView), (status = 422, body = ErrorBody)))]
 async fn recycle_bin(
     State(app): State<AppState>,
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<BinQuery>,
-) -> Result<Json<Vec<BinEntryView>>, ApiError> {
-    let list = app
+) -> Result<Json<BinPageView>, ApiError> {
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=mica_cloud::MAX_BIN_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "limit is 1 to 1000 entries",
+        ));
+    }
+    let page = app
         .cloud
-        .recycle_bin(p.account, q.category.as_deref())
+        .recycle_bin(p.account, q.category.as_deref(), q.cursor.as_deref(), limit)
         .await?;
-    Ok(Json(list.into_iter().map(Into::into).collect()))
+    Ok(Json(BinPageView {
+        entries: page.entries.into_iter().map(Into::into).collect(),
+        next: page.next,
+    }))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -1003,20 +1003,28 @@ impl Store {
     }
 
     /// The recycle bin, newest first, without what was deleted before `since`.
+    /// A page of the recycle bin, newest first: what was deleted at `since` or later, of one
+    /// kind or all, after the cursor (the last entry of the page before).
     pub async fn recycle_bin(
         &self,
         account: AccountId,
         kind: Option<&str>,
         since: Timestamp,
+        after: Option<&crate::TimelineCursor>,
+        limit: i64,
     ) -> Result<Vec<BinRow>> {
         sqlx::query(
             "SELECT id, collection_id, item_id, kind, summary, size, deleted_at FROM recycle_bin \
              WHERE account_id = $1 AND deleted_at >= $2 AND ($3 IS NULL OR kind = $3) \
-             ORDER BY deleted_at DESC, id DESC",
+             AND ($4 IS NULL OR deleted_at < $4 OR (deleted_at = $4 AND id < $5)) \
+             ORDER BY deleted_at DESC, id DESC LIMIT $6",
         )
         .bind(account.as_i64())
         .bind(since.millis())
         .bind(kind)
+        .bind(after.and_then(|a| a.at))
+        .bind(after.map(|a| a.id.clone()))
+        .bind(limit)
         .fetch_all(&self.writer)
         .await?
         .iter()
@@ -1032,6 +1040,27 @@ impl Store {
             })
         })
         .collect()
+    }
+
+    /// Whether the recycle bin holds a deletion of this item at `since` or later.
+    pub async fn bin_holds(
+        &self,
+        account: AccountId,
+        collection: &str,
+        item: &str,
+        since: Timestamp,
+    ) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT 1 FROM recycle_bin WHERE account_id = $1 AND collection_id = $2 \
+             AND item_id = $3 AND deleted_at >= $4 LIMIT 1",
+        )
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(item)
+        .bind(since.millis())
+        .fetch_optional(&self.writer)
+        .await?
+        .is_some())
     }
 
     /// Sets what is indexed from a live item's body (its `uid`, `starts_at`, `ends_at`), if the

@@ -92,6 +92,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0016_maintenance_indexes.sql"),
         postgres: include_str!("../migrations/postgres/0016_maintenance_indexes.sql"),
     },
+    Migration {
+        version: 17,
+        sqlite: include_str!("../migrations/sqlite/0017_recycle_bin_pages.sql"),
+        postgres: include_str!("../migrations/postgres/0017_recycle_bin_pages.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

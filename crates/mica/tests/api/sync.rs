@@ -24,6 +24,7 @@ on_both_backends!(
     other_accounts_data_is_out_of_reach,
     bad_items_are_refused_and_nothing_is_stored,
     the_usage_check_command_proves_usage,
+    the_recycle_bin_comes_a_page_at_a_time,
 );
 
 pub(crate) fn vcard(uid: &str, name: &str) -> String {
@@ -1382,4 +1383,91 @@ async fn collections_are_capped_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collections_are_capped_on_postgres() {
     collections_are_capped(Backend::Postgres).await;
+}
+
+/// A large recycle bin is listed a page at a time, newest first: every entry once, none
+/// skipped, also when entries of later pages are restored or purged between two pages.
+async fn the_recycle_bin_comes_a_page_at_a_time(app: &TestApp) {
+    let (a, _) = two_devices(app, "pia@example.com").await;
+    let puts: Vec<Value> = (0..30)
+        .map(|n| put(&format!("n{n:02}"), note(&format!("Note {n}"))))
+        .collect();
+    let r = a.push("notes", Value::Array(puts), None).await.unwrap();
+    // 25 deleted at once (one time, so their order is by id), 5 more a minute later.
+    let deletes: Vec<Value> = (0..25)
+        .map(|n| delete(&format!("n{n:02}"), &version(&r, n)))
+        .collect();
+    a.push("notes", Value::Array(deletes), None).await.unwrap();
+    app.advance(Duration::from_secs(60));
+    let deletes: Vec<Value> = (25..30)
+        .map(|n| delete(&format!("n{n:02}"), &version(&r, n)))
+        .collect();
+    a.push("notes", Value::Array(deletes), None).await.unwrap();
+
+    let first = a
+        .recycle_bin_page(Some("notes"), None, Some(10))
+        .await
+        .unwrap();
+    let entries = first["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 10);
+    // The newest deletions first.
+    let items: Vec<&str> = entries
+        .iter()
+        .map(|e| e["item_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        items[..5]
+            .iter()
+            .all(|i| ["n25", "n26", "n27", "n28", "n29"].contains(i)),
+        "{items:?}"
+    );
+    let mut seen: Vec<String> = items.iter().map(|s| (*s).to_owned()).collect();
+    // Between two pages, an entry of a later page is purged and another restored.
+    let all = a.recycle_bin(Some("notes")).await.unwrap();
+    assert_eq!(all.len(), 30);
+    let (purged, restored) = (&all[20], &all[25]);
+    a.raw(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/recycle-bin/{}", purged["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    a.restore(restored["id"].as_str().unwrap()).await.unwrap();
+    let mut cursor = first["next"].as_str().unwrap().to_owned();
+    loop {
+        let page = a
+            .recycle_bin_page(Some("notes"), Some(&cursor), Some(10))
+            .await
+            .unwrap();
+        for e in page["entries"].as_array().unwrap() {
+            seen.push(e["item_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(n) => cursor = n.to_owned(),
+            None => break,
+        }
+    }
+    let gone = [
+        purged["item_id"].as_str().unwrap(),
+        restored["item_id"].as_str().unwrap(),
+    ];
+    let expected: Vec<&str> = all
+        .iter()
+        .map(|e| e["item_id"].as_str().unwrap())
+        .filter(|i| !gone.contains(i))
+        .collect();
+    assert_eq!(seen, expected);
+
+    // A cursor this server did not give, or a page size out of range: a clear 422.
+    for (cursor, limit) in [
+        (Some("bm90IGEgY3Vyc29y"), None),
+        (Some("%%%"), None),
+        (None, Some(0)),
+        (None, Some(1001)),
+    ] {
+        let e = a.recycle_bin_page(None, cursor, limit).await.unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(422), "{e:?}");
+        assert_eq!(e.code(), Some("invalid_input"), "{e:?}");
+    }
 }
