@@ -222,6 +222,10 @@ struct Marker {
 struct ErasedReport {
     command: String,
     credential: String,
+    /// Whether the wipe finished. Noted before the erase hook runs, so a machine that stopped
+    /// during it finishes the wipe at its next start before `done` is reported.
+    #[serde(default)]
+    wiped: bool,
 }
 
 /// A refusal that sending again will not change (a 4xx other than "too many requests").
@@ -229,21 +233,40 @@ fn refused_for_good(status: reqwest::StatusCode) -> bool {
     status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
-/// Reports an erase the server has not taken yet, if the state file holds one; forgets it
-/// once the server answers (taken, or refused for good).
+/// Reports an erase the server has not taken yet, if the state file holds one — finishing its
+/// wipe first when the machine stopped during it; forgets it once the server answers (taken,
+/// or refused for good).
 async fn settle_erase(cfg: &AgentConfig) -> anyhow::Result<()> {
     let Some(mut marker) = read_json::<Marker>(&cfg.state_file)? else {
         return Ok(());
     };
-    let Some(e) = marker.erased.clone() else {
+    let Some(mut e) = marker.erased.clone() else {
         return Ok(());
     };
+    let mut body = json!({ "outcome": "done" });
+    if !e.wiped {
+        match erase(cfg).await {
+            Ok(()) => {
+                e.wiped = true;
+                marker.erased = Some(e.clone());
+                write_json(&cfg.state_file, &marker)?;
+                println!("finished the wipe of an erase that was interrupted");
+            }
+            Err(err) => {
+                let reason: String = format!("the wipe did not finish: {err}")
+                    .chars()
+                    .take(500)
+                    .collect();
+                body = json!({ "outcome": "failed", "reason": reason });
+            }
+        }
+    }
     let device = Client::new(cfg.base()).with_token(&e.credential);
     match device
         .raw(
             Method::POST,
             &format!("/api/v1/device/commands/{}/result", e.command),
-            Some(json!({ "outcome": "done" })),
+            Some(body),
         )
         .await
     {
@@ -277,7 +300,12 @@ struct Journal {
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    // A name of its own, so two writers of one file never write into the same temporary.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{:08x}.tmp", rand::random::<u32>()));
     {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -328,13 +356,22 @@ fn describe(e: &ClientError) -> String {
     }
 }
 
+/// A hook's process: `sh -c` with the agent's environment, less the account password and
+/// code a person may have handed the agent (`mica agent unlock`, `link`).
+fn hook_command(cmd: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env_remove("MICA_AGENT_PASSWORD")
+        .env_remove("MICA_AGENT_TOTP");
+    c
+}
+
 /// Runs a hook with `sh -c`; `Ok(())` when it exits 0.
 async fn run_hook(cmd: &str, env: Vec<(&'static str, String)>) -> Result<(), String> {
     let cmd = cmd.to_owned();
     tokio::task::spawn_blocking(move || {
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
+        let status = hook_command(&cmd)
             .envs(env)
             .status()
             .map_err(|e| format!("cannot run the hook: {e}"))?;
@@ -738,6 +775,8 @@ struct Agent {
     /// The ring going on, if any: its command id, and what stops it, with the reason (dropping
     /// it stops it too).
     ringing: std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<&'static str>)>>,
+    /// The newest ring's task (it records and reports how the ring ended).
+    ring_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Agent {
@@ -853,9 +892,7 @@ async fn ring(
         let round = tokio::time::Instant::now() + RING_ROUND;
         // In a process group of its own, so that stopping the ring stops whatever the hook
         // started too (a player it runs, a loop).
-        let mut child = match std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&hook)
+        let mut child = match hook_command(&hook)
             .env("MICA_COMMAND_ID", &id)
             .process_group(0)
             .spawn()
@@ -909,6 +946,14 @@ async fn ring(
     agent.report(&id, &state).await;
 }
 
+/// Why the agent's tasks stop.
+enum Ending {
+    /// The server no longer knows the credential.
+    Unlinked,
+    /// The owner's erase, acknowledged: the run erases once the other tasks stopped.
+    Erase { id: String, seq: i64 },
+}
+
 /// How a run of the agent ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunEnd {
@@ -940,6 +985,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         linked,
         journal: Mutex::new(journal),
         ringing: std::sync::Mutex::new(None),
+        ring_task: std::sync::Mutex::new(None),
     });
     let control = control_socket(&agent.cfg.data_dir).with_context(|| {
         format!(
@@ -956,20 +1002,36 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         }
     }
     let (tx, rx) = mpsc::channel::<Value>(64);
-    let (end_tx, mut end_rx) = mpsc::channel::<RunEnd>(1);
+    let (end_tx, mut end_rx) = mpsc::channel::<Ending>(1);
     let executor = tokio::spawn(execute(agent.clone(), rx, end_tx.clone()));
     let channel = tokio::spawn(channel_loop(agent.clone(), tx, end_tx));
     let reporter = tokio::spawn(report_loop(agent.clone()));
     let sync = tokio::spawn(sync_loop(agent.clone()));
     let control = tokio::spawn(control_loop(agent.clone(), control));
-    let end = end_rx.recv().await.unwrap_or(RunEnd::Unlinked);
-    for t in [channel, reporter, sync, control] {
+    let end = end_rx.recv().await.unwrap_or(Ending::Unlinked);
+    // Every task ends before anything else happens (an erase must not race a sync round or a
+    // ring writing into the data folder).
+    for t in [executor, channel, reporter, sync, control] {
         t.abort();
+        let _ = t.await;
     }
-    executor.abort();
     agent.stop_ring("the agent stopped");
+    let ring = agent.ring_task.lock().ok().and_then(|mut t| t.take());
+    if let Some(mut ring) = ring {
+        // It records and reports how it ended; a report that cannot get through is cut short.
+        if tokio::time::timeout(Duration::from_secs(10), &mut ring)
+            .await
+            .is_err()
+        {
+            ring.abort();
+            let _ = ring.await;
+        }
+    }
     let _ = std::fs::remove_file(agent.cfg.data_dir.join(CONTROL_SOCKET));
-    Ok(end)
+    match end {
+        Ending::Unlinked => Ok(RunEnd::Unlinked),
+        Ending::Erase { id, seq } => erase_device(&agent, &id, seq).await,
+    }
 }
 
 fn lost_env(lost: &Value) -> Vec<(&'static str, String)> {
@@ -987,8 +1049,11 @@ fn lost_env(lost: &Value) -> Vec<(&'static str, String)> {
 
 /// How one connection of the command channel ended.
 enum Attempt {
-    /// It dropped or went silent: connect again.
-    Reconnect,
+    /// It dropped or went silent (after the server's `hello` or not): connect again.
+    Reconnect { opened: bool },
+    /// The server (or a proxy) refused it with this status: connect again later, no sooner
+    /// than its `Retry-After`.
+    Refused { retry_after: Option<Duration> },
     /// The server no longer accepts the device's credential.
     Unlinked,
     /// The server (or a proxy in front of it) answered without switching to a WebSocket.
@@ -998,7 +1063,7 @@ enum Attempt {
 /// Keeps the command channel open — a WebSocket, or Server-Sent Events when so configured or
 /// when the way to the server does not pass the upgrade — and hands each command frame to the
 /// executor.
-async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sender<RunEnd>) {
+async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sender<Ending>) {
     let http = reqwest::Client::builder()
         .user_agent(concat!("mica-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
@@ -1010,6 +1075,7 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
     let silence = Duration::from_secs(agent.cfg.silence_secs.max(1));
     let mut sse = agent.cfg.channel == ChannelKind::Sse;
     let mut failures: u32 = 0;
+    let mut not_before: Option<Duration> = None;
     loop {
         let result = if sse {
             sse_attempt(&agent, &http, &sse_url, silence, &tx).await
@@ -1019,7 +1085,7 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
         match result {
             Ok(Attempt::Unlinked) => {
                 tracing::warn!("the server no longer accepts this device's credential");
-                let _ = end.send(RunEnd::Unlinked).await;
+                let _ = end.send(Ending::Unlinked).await;
                 return;
             }
             Ok(Attempt::NoUpgrade) => {
@@ -1030,7 +1096,15 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
                 sse = true;
                 continue;
             }
-            Ok(Attempt::Reconnect) => failures = 1,
+            // A channel that was open starts the back-off over; one that never opened (refused,
+            // dropped before its `hello`) counts as a failure, so a server in trouble is not
+            // asked again every second by every device.
+            Ok(Attempt::Reconnect { opened: true }) => failures = 1,
+            Ok(Attempt::Reconnect { opened: false }) => failures = failures.saturating_add(1),
+            Ok(Attempt::Refused { retry_after }) => {
+                failures = failures.saturating_add(1);
+                not_before = retry_after.map(|d| d.min(Duration::from_secs(3600)));
+            }
             Err(e) => {
                 tracing::info!(error = %e, "command channel dropped");
                 failures = failures.saturating_add(1);
@@ -1042,7 +1116,7 @@ async fn channel_loop(agent: Arc<Agent>, tx: mpsc::Sender<Value>, end: mpsc::Sen
             .min(Duration::from_secs(30));
         let wait = rand::thread_rng()
             .gen_range(Duration::from_millis(100)..=cap.max(Duration::from_millis(101)));
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(wait.max(not_before.take().unwrap_or_default())).await;
     }
 }
 
@@ -1071,31 +1145,37 @@ async fn ws_attempt(
         }
         Ok(Err(WsError::Http(resp))) => {
             tracing::warn!(status = %resp.status(), "the command channel was refused");
-            return Ok(Attempt::Reconnect);
+            return Ok(Attempt::Refused {
+                retry_after: retry_after(resp.headers()),
+            });
         }
         Ok(Err(e)) => return Err(e.into()),
         Ok(Ok((ws, _))) => ws,
     };
+    let mut opened = false;
     loop {
         // The server pings every 25 s; pongs go out with the next read.
         match tokio::time::timeout(silence, ws.next()).await {
             Err(_) => {
                 tracing::info!("the command channel went silent; reconnecting");
-                return Ok(Attempt::Reconnect);
+                return Ok(Attempt::Reconnect { opened });
             }
             Ok(Some(Ok(WsMessage::Text(text)))) => {
                 let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
                     continue;
                 };
                 match v["type"].as_str() {
-                    Some("hello") => tracing::info!("command channel open (WebSocket)"),
+                    Some("hello") => {
+                        opened = true;
+                        tracing::info!("command channel open (WebSocket)");
+                    }
                     Some("command") => {
                         let _ = tx.send(v).await;
                     }
                     _ => {}
                 }
             }
-            Ok(Some(Ok(WsMessage::Close(_))) | None) => return Ok(Attempt::Reconnect),
+            Ok(Some(Ok(WsMessage::Close(_))) | None) => return Ok(Attempt::Reconnect { opened }),
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => return Err(e.into()),
         }
@@ -1121,18 +1201,22 @@ async fn sse_attempt(
     }
     if !resp.status().is_success() {
         tracing::warn!(status = %resp.status(), "the command channel was refused");
-        return Ok(Attempt::Reconnect);
+        return Ok(Attempt::Refused {
+            retry_after: retry_after(resp.headers()),
+        });
     }
     let mut parser = SseParser::default();
+    let mut opened = false;
     loop {
         match tokio::time::timeout(silence, resp.chunk()).await {
             Err(_) => {
                 tracing::info!("the command channel went silent; reconnecting");
-                return Ok(Attempt::Reconnect);
+                return Ok(Attempt::Reconnect { opened });
             }
             Ok(Ok(Some(bytes))) => {
                 for (event, data) in parser.feed(&bytes) {
                     if event == "hello" {
+                        opened = true;
                         tracing::info!("command channel open (Server-Sent Events)");
                     } else if event == "command" {
                         if let Ok(v) = serde_json::from_str::<Value>(&data) {
@@ -1141,10 +1225,22 @@ async fn sse_attempt(
                     }
                 }
             }
-            Ok(Ok(None)) => return Ok(Attempt::Reconnect),
+            Ok(Ok(None)) => return Ok(Attempt::Reconnect { opened }),
             Ok(Err(e)) => return Err(e.into()),
         }
     }
+}
+
+/// A refusal's `Retry-After`, in seconds (the form Mica and most proxies send).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// Splits a Server-Sent Events stream into `(event, data)` pairs.
@@ -1200,13 +1296,9 @@ fn ws_base(base: &str) -> String {
 }
 
 impl Agent {
-    async fn save_journal(&self, j: &Journal) {
-        if let Err(e) = write_json(&self.cfg.data_dir.join("journal.json"), j) {
-            tracing::warn!(error = %e, "saving the command journal");
-        }
-    }
-
-    async fn record(&self, id: &str, seq: i64, state: &str) {
+    /// Records a command's state in the journal and saves it, still holding the journal (so
+    /// two records reach the disk in the order they were made); whether it was saved.
+    async fn record(&self, id: &str, seq: i64, state: &str) -> bool {
         let mut j = self.journal.lock().await;
         j.entries.insert(id.to_owned(), (seq, state.to_owned()));
         // Keep the newest few hundred.
@@ -1220,17 +1312,22 @@ impl Agent {
             j.entries.remove(&k);
             j.forgotten_upto = j.forgotten_upto.max(s);
         }
-        let snapshot = j.clone();
-        drop(j);
-        self.save_journal(&snapshot).await;
+        match write_json(&self.cfg.data_dir.join("journal.json"), &*j) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, command = id, "saving the command journal");
+                false
+            }
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<reqwest::Response, ClientError> {
         self.device.raw(Method::POST, path, Some(body)).await
     }
 
-    /// Notes in the state file that erase `id` is to be reported (see [`ErasedReport`]).
-    fn remember_erase(&self, id: &str) -> anyhow::Result<()> {
+    /// Notes in the state file that erase `id` is to be reported, and whether its wipe
+    /// finished (see [`ErasedReport`]).
+    fn remember_erase(&self, id: &str, wiped: bool) -> anyhow::Result<()> {
         let mut marker = read_json::<Marker>(&self.cfg.state_file)?.unwrap_or(Marker {
             locked: false,
             owner: mask(&self.linked.account_id),
@@ -1240,6 +1337,7 @@ impl Agent {
         marker.erased = Some(ErasedReport {
             command: id.to_owned(),
             credential: self.linked.credential.clone(),
+            wiped,
         });
         write_json(&self.cfg.state_file, &marker)
     }
@@ -1256,8 +1354,9 @@ impl Agent {
     /// Reports how a command ended, retrying a few times; whether the server answered (took
     /// it, or refused it for good).
     async fn report(&self, id: &str, state: &str) -> bool {
+        // The server takes a reason of up to 500 characters (a hook's output can be longer).
         let (outcome, reason) = match state.strip_prefix("failed: ") {
-            Some(r) => ("failed", Some(r.to_owned())),
+            Some(r) => ("failed", Some(r.chars().take(500).collect::<String>())),
             None => ("done", None),
         };
         let body = json!({ "outcome": outcome, "reason": reason });
@@ -1307,7 +1406,10 @@ impl Agent {
 /// saying `acking`, not `started` — the command has not run, so it runs now. Without that
 /// record (a journal lost since), whether it ran is unknown, and at most once means not now.
 async fn acknowledge(agent: &Agent, id: &str, seq: i64, mut own: bool) -> bool {
-    agent.record(id, seq, "acking").await;
+    if !agent.record(id, seq, "acking").await {
+        // Not acknowledged: the server sends it again.
+        return false;
+    }
     for attempt in 0..4u32 {
         match agent
             .post(&format!("/api/v1/device/commands/{id}/ack"), json!({}))
@@ -1347,7 +1449,7 @@ async fn acknowledge(agent: &Agent, id: &str, seq: i64, mut own: bool) -> bool {
 }
 
 /// Runs commands one after another, each at most once.
-async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Sender<RunEnd>) {
+async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Sender<Ending>) {
     while let Some(frame) = rx.recv().await {
         let id = frame["id"].as_str().unwrap_or_default().to_owned();
         let seq = frame["seq"].as_i64().unwrap_or(0);
@@ -1398,7 +1500,13 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
         if !acked && !acknowledge(&agent, &id, seq, own_ack).await {
             continue;
         }
-        agent.record(&id, seq, "started").await;
+        if !agent.record(&id, seq, "started").await {
+            // Run without a record, it could run again after a crash: not run.
+            agent
+                .report(&id, "failed: the device could not save its command journal")
+                .await;
+            continue;
+        }
         tracing::info!(command = %id, kind, "running");
         let result = match kind.as_str() {
             "locate" => agent.locate().await,
@@ -1411,7 +1519,11 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                     if let Ok(mut r) = agent.ringing.lock() {
                         *r = Some((id.clone(), stop));
                     }
-                    tokio::spawn(ring(agent.clone(), id.clone(), seq, h.clone(), stopped));
+                    let task =
+                        tokio::spawn(ring(agent.clone(), id.clone(), seq, h.clone(), stopped));
+                    if let Ok(mut t) = agent.ring_task.lock() {
+                        *t = Some(task);
+                    }
                     continue;
                 }
                 None => Err("no ring hook is configured".into()),
@@ -1431,20 +1543,10 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                 }
             }
             "erase" => {
-                // Kept outside the data folder first: the wipe takes the credential with it.
-                if let Err(e) = agent.remember_erase(&id) {
-                    tracing::warn!(error = %e, "keeping the erase to report");
-                }
-                let r = erase(&agent).await;
-                if r.is_ok() {
-                    if agent.report(&id, "done").await {
-                        agent.forget_erase();
-                    }
-                    println!("erased: the data folder is wiped and the device unlinked");
-                    let _ = end.send(RunEnd::Erased).await;
-                    return;
-                }
-                r
+                // The agent's other tasks stop before the wipe (they write into the data
+                // folder): the run itself erases.
+                let _ = end.send(Ending::Erase { id, seq }).await;
+                return;
             }
             other => Err(format!("this agent does not know the command {other:?}")),
         };
@@ -1457,10 +1559,39 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
     }
 }
 
+/// Erases the device, every other task of the agent stopped: notes the erase outside the
+/// data folder (the wipe takes the credential with it), runs the erase hook, wipes the folder,
+/// and reports.
+async fn erase_device(agent: &Agent, id: &str, seq: i64) -> anyhow::Result<RunEnd> {
+    if let Err(e) = agent.remember_erase(id, false) {
+        tracing::warn!(error = %e, "keeping the erase to report");
+    }
+    match erase(&agent.cfg).await {
+        Ok(()) => {
+            if let Err(e) = agent.remember_erase(id, true) {
+                tracing::warn!(error = %e, "noting the wipe done");
+            }
+            if agent.report(id, "done").await {
+                agent.forget_erase();
+            }
+            println!("erased: the data folder is wiped and the device unlinked");
+            Ok(RunEnd::Erased)
+        }
+        Err(e) => {
+            let state = format!("failed: {e}");
+            agent.record(id, seq, &state).await;
+            if agent.report(id, &state).await {
+                agent.forget_erase();
+            }
+            bail!("the erase failed: {e}")
+        }
+    }
+}
+
 /// Runs the erase hook, then wipes the data folder (the state file, outside it, stays).
-async fn erase(agent: &Agent) -> Result<(), String> {
-    let dir = &agent.cfg.data_dir;
-    if let Some(h) = &agent.cfg.hooks.erase {
+async fn erase(cfg: &AgentConfig) -> Result<(), String> {
+    let dir = &cfg.data_dir;
+    if let Some(h) = &cfg.hooks.erase {
         run_hook(h, vec![("MICA_DATA_DIR", dir.display().to_string())]).await?;
     }
     let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
@@ -1501,12 +1632,10 @@ async fn locate(cfg: &LocationConfig) -> Result<(f64, f64, f64, &'static str), S
                 .command
                 .clone()
                 .ok_or("the command location source needs a command")?;
-            let out = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("sh").arg("-c").arg(cmd).output()
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("running the location command: {e}"))?;
+            let out = tokio::task::spawn_blocking(move || hook_command(&cmd).output())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("running the location command: {e}"))?;
             let text = String::from_utf8_lossy(&out.stdout);
             let nums: Vec<f64> = text
                 .split(|c: char| c.is_whitespace() || c == ',')
@@ -1525,12 +1654,10 @@ async fn locate(cfg: &LocationConfig) -> Result<(f64, f64, f64, &'static str), S
                 .command
                 .clone()
                 .unwrap_or_else(|| "/usr/libexec/geoclue-2.0/demos/where-am-i -t 20".into());
-            let out = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("sh").arg("-c").arg(cmd).output()
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("asking GeoClue: {e}"))?;
+            let out = tokio::task::spawn_blocking(move || hook_command(&cmd).output())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("asking GeoClue: {e}"))?;
             parse_where_am_i(&String::from_utf8_lossy(&out.stdout))
                 .ok_or_else(|| "GeoClue gave no position".into())
         }
@@ -1599,6 +1726,13 @@ async fn sync_loop(agent: Arc<Agent>) {
 struct Mirror {
     token: Option<String>,
     items: BTreeMap<String, Mirrored>,
+    /// Random, made with the mirror: this mirror's pushes' idempotency keys are its own.
+    #[serde(default)]
+    origin: String,
+    /// Pushes the server has answered: a later batch with the same writes (an item created
+    /// again as it was first made) is a new batch, not a retry.
+    #[serde(default)]
+    pushed: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -1620,10 +1754,26 @@ async fn sync_once(agent: &Agent) -> anyhow::Result<()> {
     let tokens = refresh_session(&agent.cfg, &client).await?;
     let user = client.with_token(&tokens.access_token);
     let sync = agent.cfg.data_dir.join("sync");
+    // One category in trouble does not hold back the others.
     for category in &agent.cfg.sync.categories {
+        if let Err(e) = sync_category(&user, &sync, category).await {
+            tracing::info!(category, error = %e, "sync");
+        }
+    }
+    Ok(())
+}
+
+async fn sync_category(user: &Client, sync: &Path, category: &str) -> anyhow::Result<()> {
+    {
         let path = sync.join(format!("{category}.json"));
         let mut mirror: Mirror = read_json(&path)?.unwrap_or_default();
-        push_outgoing(&user, &sync, category, &mut mirror).await?;
+        if mirror.origin.is_empty() {
+            mirror.origin = format!("{:016x}", rand::random::<u64>());
+        }
+        // A push that fails does not hold back what the server has for this device.
+        if let Err(e) = push_outgoing(user, sync, category, &mut mirror).await {
+            tracing::info!(category, error = %e, "pushing local changes");
+        }
         write_json(&path, &mirror)?;
         loop {
             let page = match user.pull(category, mirror.token.as_deref(), None).await {
@@ -1664,7 +1814,20 @@ fn mirror_change(mirror: &mut Mirror, item: Change) {
     }
 }
 
-/// Pushes the category's local changes as one batch (at most 500 files a round).
+/// A local change on its way up: the write, and the file it came from with the bytes read,
+/// so a file edited again meanwhile is kept for the next round instead of removed.
+struct Outgoing {
+    id: String,
+    name: String,
+    body: Option<Value>,
+    bytes: Vec<u8>,
+    write: Value,
+}
+
+/// Pushes the category's local changes as one batch (at most 500 files a round). A batch the
+/// server refuses for what one of its writes holds (a 4xx: an invalid body, one too large) is
+/// sent again a write at a time, and the writes refused alone move to `sync/rejected/` — one
+/// bad file does not hold back the rest for ever.
 async fn push_outgoing(
     user: &Client,
     sync: &Path,
@@ -1676,57 +1839,123 @@ async fn push_outgoing(
         Ok(entries) => entries
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     names.sort();
     names.truncate(500);
-    let mut writes = Vec::new();
-    let mut files = Vec::new();
+    let mut batch = Vec::new();
     for name in names {
         let file = dir.join(&name);
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
         if let Some(id) = name.strip_suffix(".json") {
-            let Some(body) = read_json::<Value>(&file)? else {
+            let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
+                set_aside(sync, "rejected", category, &dir, &name)?;
+                tracing::warn!(category, id, "not JSON; kept in sync/rejected");
                 continue;
             };
             let base = mirror.items.get(id).map(|m| m.version.clone());
-            writes.push(json!({ "id": id, "op": "put", "base_version": base, "body": body }));
-            files.push((id.to_owned(), name.clone(), Some(body)));
+            batch.push(Outgoing {
+                id: id.to_owned(),
+                name: name.clone(),
+                write: json!({ "id": id, "op": "put", "base_version": base, "body": body }),
+                body: Some(body),
+                bytes,
+            });
         } else if let Some(id) = name.strip_suffix(".delete") {
             match mirror.items.get(id) {
-                Some(m) => {
-                    writes.push(json!({ "id": id, "op": "delete", "base_version": m.version }));
-                    files.push((id.to_owned(), name.clone(), None));
-                }
+                Some(m) => batch.push(Outgoing {
+                    id: id.to_owned(),
+                    name: name.clone(),
+                    write: json!({ "id": id, "op": "delete", "base_version": m.version }),
+                    body: None,
+                    bytes,
+                }),
                 // Not on the server (as far as this device knows): nothing to delete.
                 None => std::fs::remove_file(&file)?,
             }
         }
     }
-    if writes.is_empty() {
+    if batch.is_empty() {
         return Ok(());
     }
-    // The same batch gets the same key, so a retry after a lost answer is applied once.
-    let key = {
+    match push_batch(user, category, mirror, &batch).await {
+        Ok(results) => settle(sync, category, &dir, mirror, batch, results),
+        Err(ClientError::Api { status, .. }) if refused_for_good(status) => {
+            // Which write the server minded: each alone.
+            for out in batch {
+                match push_batch(user, category, mirror, std::slice::from_ref(&out)).await {
+                    Ok(results) => settle(sync, category, &dir, mirror, vec![out], results)?,
+                    Err(ClientError::Api { status, code, .. }) if refused_for_good(status) => {
+                        set_aside(sync, "rejected", category, &dir, &out.name)?;
+                        tracing::warn!(
+                            category,
+                            id = out.id,
+                            code,
+                            "refused by the server; kept in sync/rejected"
+                        );
+                    }
+                    Err(e) => bail!("pushing {category}: {}", describe(&e)),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => bail!("pushing {category}: {}", describe(&e)),
+    }
+}
+
+/// Sends writes as one batch; the server's result for each.
+///
+/// The idempotency key holds the mirror's own random origin, how many of its pushes the
+/// server has answered, and a hash of the writes: a retry after a lost answer sends the same
+/// key (and is applied once), while the same writes made again later — an item deleted and
+/// made again as it first was — are a new batch.
+async fn push_batch(
+    user: &Client,
+    category: &str,
+    mirror: &mut Mirror,
+    batch: &[Outgoing],
+) -> Result<Vec<Value>, ClientError> {
+    let writes: Vec<Value> = batch.iter().map(|o| o.write.clone()).collect();
+    let digest = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&writes)?.hash(&mut h);
-        format!("agent-{category}-{:016x}", h.finish())
+        serde_json::to_string(&writes)
+            .unwrap_or_default()
+            .hash(&mut h);
+        h.finish()
     };
+    let key = format!("agent-{}-{}-{digest:016x}", mirror.origin, mirror.pushed);
     let answer = user
         .push(category, Value::Array(writes), Some(&key))
-        .await
-        .map_err(|e| anyhow::anyhow!("pushing {category}: {}", describe(&e)))?;
-    let results = answer["results"].as_array().cloned().unwrap_or_default();
-    for ((id, name, body), r) in files.into_iter().zip(results) {
-        let file = dir.join(&name);
+        .await?;
+    mirror.pushed += 1;
+    Ok(answer["results"].as_array().cloned().unwrap_or_default())
+}
+
+/// Applies the server's results to the mirror and the outgoing files.
+fn settle(
+    sync: &Path,
+    category: &str,
+    dir: &Path,
+    mirror: &mut Mirror,
+    batch: Vec<Outgoing>,
+    results: Vec<Value>,
+) -> anyhow::Result<()> {
+    for (out, r) in batch.into_iter().zip(results) {
+        let file = dir.join(&out.name);
         match r["status"].as_str() {
             Some("applied") | Some("unchanged") => {
-                match (body, r["version"].as_str()) {
+                match (out.body, r["version"].as_str()) {
                     (Some(body), Some(version)) if r["deleted"] != json!(true) => {
                         mirror.items.insert(
-                            id,
+                            out.id,
                             Mirrored {
                                 version: version.to_owned(),
                                 body,
@@ -1734,27 +1963,44 @@ async fn push_outgoing(
                         );
                     }
                     _ => {
-                        mirror.items.remove(&id);
+                        mirror.items.remove(&out.id);
                     }
                 }
-                std::fs::remove_file(&file)?;
+                // Edited again while it was on its way: the new edit goes up next round.
+                if std::fs::read(&file).ok().as_deref() == Some(&out.bytes[..]) {
+                    std::fs::remove_file(&file)?;
+                }
             }
             Some("conflict") => {
-                let conflicts = sync.join("conflicts").join(category);
-                std::fs::create_dir_all(&conflicts)?;
-                std::fs::rename(&file, conflicts.join(&name))?;
+                set_aside(sync, "conflicts", category, dir, &out.name)?;
                 if let Ok(current) = Change::deserialize(&r["current"]) {
                     mirror_change(mirror, current);
                 }
                 tracing::info!(
                     category,
-                    id,
+                    id = out.id,
                     "a local change conflicts with the server's; kept in sync/conflicts"
                 );
             }
-            _ => tracing::warn!(category, id, answer = %r, "unexpected write result"),
+            _ => tracing::warn!(category, id = out.id, answer = %r, "unexpected write result"),
         }
     }
+    Ok(())
+}
+
+/// Moves an outgoing file to `sync/<place>/<category>/`, under a name of its own (an earlier
+/// file set aside for the same item stays).
+fn set_aside(
+    sync: &Path,
+    place: &str,
+    category: &str,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    let to = sync.join(place).join(category);
+    std::fs::create_dir_all(&to)?;
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    std::fs::rename(dir.join(name), to.join(format!("{stamp}-{name}")))?;
     Ok(())
 }
 

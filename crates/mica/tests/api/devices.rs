@@ -26,6 +26,7 @@ on_both_backends!(
     a_relink_cannot_weaken_the_devices_protection,
     a_lock_held_by_another_account_is_not_taken,
     a_lost_acknowledgement_answer_still_runs_the_command_once,
+    an_erase_cut_short_is_finished_at_the_next_start,
     the_owners_feed_ends_with_the_session,
 );
 
@@ -111,6 +112,22 @@ interval_secs = 5
         std::fs::write(
             &self.config,
             toml.replacen(&line, &format!("server = \"{url}\""), 1),
+        )
+        .unwrap();
+    }
+
+    /// Replaces the erase hook.
+    fn erase_hook(&self, cmd: &str) {
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        let line = toml
+            .lines()
+            .find(|l| l.starts_with("erase = "))
+            .unwrap()
+            .to_owned();
+        let cmd = cmd.replace("{out}", &self.root.join("out").display().to_string());
+        std::fs::write(
+            &self.config,
+            toml.replacen(&line, &format!("erase = '{cmd}'"), 1),
         )
         .unwrap();
     }
@@ -588,6 +605,8 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         crate::sync::note("Written on the laptop").to_string(),
     )
     .unwrap();
+    // Not a note: the server refuses the batch for it, the rest still goes up.
+    std::fs::write(outgoing.join("n3.json"), "[1, 2, 3]").unwrap();
     a.start();
     a.until_ringing(offline_id).await;
     assert_eq!(a.stop_ring(), "the ring is stopped\n");
@@ -607,8 +626,26 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     // The laptop's edit was based on an old version: a conflict, kept aside, not an overwrite.
     let n1 = ana.item("notes", "n1").await.unwrap();
     assert_eq!(n1["body"], crate::sync::note("Edited on the web"));
-    let kept = std::fs::read_to_string(a.data().join("sync/conflicts/notes/n1.json")).unwrap();
-    assert!(kept.contains("Edited on the laptop"));
+    let set_aside = |place: &str, name: &str| -> String {
+        let dir = a.data().join("sync").join(place).join("notes");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with(&format!("-{name}"))
+            })
+            .collect();
+        assert_eq!(files.len(), 1, "{name} in {}", dir.display());
+        std::fs::read_to_string(files[0].path()).unwrap()
+    };
+    assert!(set_aside("conflicts", "n1.json").contains("Edited on the laptop"));
+    assert_eq!(set_aside("rejected", "n3.json"), "[1, 2, 3]");
+    assert_eq!(
+        ana.item("notes", "n3").await.unwrap_err().code(),
+        Some("not_found")
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mirror = std::fs::read_to_string(a.data().join("sync/notes.json")).unwrap_or_default();
@@ -1896,4 +1933,44 @@ async fn a_lost_acknowledgement_answer_still_runs_the_command_once(app: &TestApp
         "{}",
         a.log()
     );
+}
+
+/// The machine stops while the erase hook runs (here the hook kills the agent): nothing is
+/// reported, the data is still there. The next start finishes the wipe, then reports `done`.
+async fn an_erase_cut_short_is_finished_at_the_next_start(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let mut a = Agent::new(app, "laptop", 8, "true");
+    a.erase_hook("echo \"$MICA_DATA_DIR\" >> {out}/erase.log; kill -9 $PPID");
+    let out = a.link("ana@example.com");
+    assert!(
+        out.status.success(),
+        "link: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = a.linked_id();
+    a.start();
+    until_online(&ana, &id, &a).await;
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    let erase = send(&ana, &id, json!({ "kind": "erase" })).await;
+    let erase = erase["id"].as_str().unwrap().to_owned();
+    assert!(!a.exited().await.success(), "{}", a.log());
+    assert_eq!(lines(&a.out("erase.log")).len(), 1);
+    assert!(a.data().join("device.json").exists(), "wiped already?");
+    let cmd = get(&ana, &format!("/api/v1/devices/{id}/commands/{erase}")).await;
+    assert_eq!(cmd["state"], "acknowledged", "{cmd}");
+
+    a.erase_hook("echo \"$MICA_DATA_DIR\" >> {out}/erase.log");
+    a.start();
+    // It finishes the wipe and reports it; then there is nothing linked left to run.
+    a.exited().await;
+    let cmd = get(&ana, &format!("/api/v1/devices/{id}/commands/{erase}")).await;
+    assert_eq!(cmd["state"], "done", "{cmd}\n{}", a.log());
+    assert_eq!(lines(&a.out("erase.log")).len(), 2);
+    assert_eq!(
+        std::fs::read_dir(a.data()).unwrap().count(),
+        0,
+        "data folder not wiped"
+    );
+    let view = get(&ana, &format!("/api/v1/devices/{id}")).await;
+    assert_eq!(view["state"], "erased");
 }
