@@ -1,30 +1,36 @@
-//! The server's connections and their one deadline: a connection waiting for a request head
-//! gets [`Connections::new`]'s timeout to deliver it whole, then it is closed.
+//! The server's connections and their deadlines, both [`Connections::new`]'s timeout:
 //!
-//! That covers a client that connects and sends nothing, one that trickles its head a line at
-//! a time (slowloris), and a keep-alive connection left idle after its last answer. A request
-//! being served has no deadline here (its body has the per-frame timeout of
+//! - a connection with no request in flight gets it to deliver a request head whole — a client
+//!   that connects and sends nothing, one that trickles its head a line at a time (slowloris),
+//!   a keep-alive connection left idle after its last answer;
+//! - a connection whose writes have made no progress for that long is closed too — a client
+//!   that asks for an answer and never reads it would otherwise hold its request for ever.
+//!
+//! A request being served has no head deadline (its body has the per-frame timeout of
 //! [`crate::app`]), and neither has an upgraded connection (a device's command channel) nor an
 //! event stream, whose answer never ends.
 //!
 //! hyper has a header-read timeout, but only when it runs with a timer, which `axum::serve` does
 //! not give it; serving hyper with a timer instead made the device channel's round trip about a
-//! third slower (docs/PERFORMANCE.md). So the deadline is kept outside hyper, at no cost on a
-//! request's path but two atomic stores:
+//! third slower (docs/PERFORMANCE.md). So the deadlines are kept outside hyper, at a cost on a
+//! request's path of a few atomic operations, a clock read and one boxed body:
 //!
 //! - [`Listener`] wraps every accepted socket in a [`Guarded`] stream that shares a small
 //!   [`Conn`] state with the request layer and with the sweeper;
-//! - [`HeadDeadline`], the outermost layer of [`crate::app`], marks the connection busy when a
-//!   request arrives, and waiting for a head again when its answer's body has been sent (or
-//!   streaming for good, on `101 Switching Protocols`);
-//! - [`Connections::sweep`], run once a second, closes what waited too long: the stream's next
-//!   read fails (its reader is woken for it), and hyper drops the connection.
+//! - [`HeadDeadline`], the outermost layer of [`crate::app`], counts the requests in flight on
+//!   the connection: one more when a request arrives, one less when its answer's body has been
+//!   handed over (or the request was dropped unanswered); at none, the head deadline starts.
+//!   `101 Switching Protocols` ends the head deadline for good;
+//! - [`Guarded`] notes when a write first found the socket full, and clears it on progress;
+//! - [`Connections::sweep`], run once a second, closes what waited too long: the stream's
+//!   reads and writes fail from then on (its task is woken for it), and hyper drops the
+//!   connection.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -38,14 +44,7 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Waiting for a request head: the deadline runs.
-const HEAD: u8 = 0;
-/// A request is being served.
-const BUSY: u8 = 1;
-/// Upgraded (a WebSocket): no deadline any more.
-const STREAM: u8 = 2;
-
-/// Every open connection, and the deadline for a request head.
+/// Every open connection, and the deadline.
 pub struct Connections {
     epoch: Instant,
     timeout_ms: u64,
@@ -53,10 +52,10 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(head_timeout: Duration) -> Arc<Connections> {
+    pub fn new(timeout: Duration) -> Arc<Connections> {
         Arc::new(Connections {
             epoch: Instant::now(),
-            timeout_ms: u64::try_from(head_timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             open: Mutex::new(Vec::new()),
         })
     }
@@ -64,12 +63,13 @@ impl Connections {
     fn open(&self) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             epoch: self.epoch,
-            phase: AtomicU8::new(HEAD),
-            since_ms: AtomicU64::new(0),
-            reader: AtomicWaker::new(),
+            in_flight: AtomicU32::new(0),
+            upgraded: AtomicBool::new(false),
+            idle_since: AtomicU64::new(ms_since(self.epoch)),
+            stalled_since: AtomicU64::new(0),
+            task: AtomicWaker::new(),
             closed: AtomicBool::new(false),
         });
-        conn.wait_for_head();
         self.open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -77,50 +77,85 @@ impl Connections {
         conn
     }
 
-    /// Closes every connection that has waited longer than the deadline for a request head,
-    /// and forgets those that ended. Returns how many it closed.
+    /// Closes every connection that has waited longer than the deadline for a request head, or
+    /// for its writes to move; forgets those that ended. Returns how many it closed.
     pub fn sweep(&self) -> usize {
         let now = ms_since(self.epoch);
+        self.close_where(|c| {
+            let waited = |since: u64| since != 0 && now.saturating_sub(since) > self.timeout_ms;
+            (c.waiting_for_head() && waited(c.idle_since.load(Ordering::Acquire)))
+                || waited(c.stalled_since.load(Ordering::Acquire))
+        })
+    }
+
+    /// Closes every connection waiting for a request head, however long it has waited: the
+    /// server is stopping (hyper's graceful shutdown does not end a connection inside its
+    /// first head). Requests in flight and upgraded connections go on.
+    pub fn close_waiting(&self) -> usize {
+        self.close_where(Conn::waiting_for_head)
+    }
+
+    fn close_where(&self, close: impl Fn(&Conn) -> bool) -> usize {
         let mut closed = 0;
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|c| match c.upgrade() {
-                None => false,
-                Some(c) => {
-                    if c.phase.load(Ordering::Acquire) == HEAD
-                        && now.saturating_sub(c.since_ms.load(Ordering::Acquire)) > self.timeout_ms
-                        && !c.closed.swap(true, Ordering::AcqRel)
-                    {
-                        c.reader.wake();
-                        closed += 1;
-                    }
-                    true
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|c| match c.upgrade() {
+            None => false,
+            Some(c) => {
+                if close(&c) && !c.closed.swap(true, Ordering::AcqRel) {
+                    c.task.wake();
+                    closed += 1;
                 }
-            });
+                true
+            }
+        });
+        // A burst of connections gone: give the memory back.
+        if open.capacity() > 1024 && open.len() < open.capacity() / 4 {
+            let keep = open.len() * 2;
+            open.shrink_to(keep);
+        }
         closed
     }
 }
 
 fn ms_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    // Never 0, which means "not set" below.
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// One connection's state, shared by its stream, its requests and the sweeper.
 pub struct Conn {
     epoch: Instant,
-    phase: AtomicU8,
-    /// When it started waiting for a head (ms since the epoch).
-    since_ms: AtomicU64,
-    /// The task reading the connection, woken when the sweeper closes it.
-    reader: AtomicWaker,
+    /// Requests being served (HTTP/2 can have several at once).
+    in_flight: AtomicU32,
+    /// Switched protocols (a WebSocket): no head deadline any more.
+    upgraded: AtomicBool,
+    /// Since when no request has been in flight (ms since the epoch).
+    idle_since: AtomicU64,
+    /// Since when a write has found the socket full with no progress (0: none has).
+    stalled_since: AtomicU64,
+    /// The task serving the connection, woken when the sweeper closes it.
+    task: AtomicWaker,
     closed: AtomicBool,
 }
 
 impl Conn {
-    fn wait_for_head(&self) {
-        self.since_ms.store(ms_since(self.epoch), Ordering::Release);
-        self.phase.store(HEAD, Ordering::Release);
+    fn waiting_for_head(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && !self.upgraded.load(Ordering::Acquire)
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request's answer has all been handed over, or the request was dropped: at none left,
+    /// the head deadline starts (its time set first, so the sweeper never pairs "none in
+    /// flight" with an older time).
+    fn request_ended(&self) {
+        self.idle_since
+            .store(ms_since(self.epoch), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -183,7 +218,61 @@ pub struct Guarded {
 }
 
 fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "no request head in time")
+    io::Error::new(io::ErrorKind::TimedOut, "the client took too long")
+}
+
+impl Guarded {
+    /// Polls an IO step, failing it once the sweeper closed the connection; a step left
+    /// pending registers the task, so the close wakes it.
+    fn guarded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        step: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.conn.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        match step(Pin::new(&mut self.tcp), cx) {
+            Poll::Pending => {
+                // Registered before the second look, so a close in between still wakes us.
+                self.conn.task.register(cx.waker());
+                if self.conn.closed.load(Ordering::Acquire) {
+                    return Poll::Ready(Err(timed_out()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    /// Notes whether a write moved: a full socket starts the stall clock, progress stops it;
+    /// bytes written with no request in flight (the end of an answer going out to a slow
+    /// reader) restart the head deadline too. A flush that finds nothing to send is no sign of
+    /// life: hyper flushes after every read.
+    fn wrote<T>(
+        &self,
+        written: Poll<io::Result<T>>,
+        bytes: impl Fn(&T) -> usize,
+    ) -> Poll<io::Result<T>> {
+        let c = &self.conn;
+        match &written {
+            Poll::Pending => {
+                if c.stalled_since.load(Ordering::Relaxed) == 0 {
+                    c.stalled_since.store(ms_since(c.epoch), Ordering::Release);
+                }
+            }
+            Poll::Ready(Ok(n)) => {
+                if c.stalled_since.load(Ordering::Relaxed) != 0 {
+                    c.stalled_since.store(0, Ordering::Release);
+                }
+                if bytes(n) > 0 && c.in_flight.load(Ordering::Acquire) == 0 {
+                    c.idle_since.store(ms_since(c.epoch), Ordering::Release);
+                }
+            }
+            Poll::Ready(Err(_)) => {}
+        }
+        written
+    }
 }
 
 impl AsyncRead for Guarded {
@@ -192,33 +281,7 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.conn.closed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(timed_out()));
-        }
-        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
-            Poll::Pending => {
-                // Registered before the second look, so a close in between still wakes us.
-                this.conn.reader.register(cx.waker());
-                if this.conn.closed.load(Ordering::Acquire) {
-                    return Poll::Ready(Err(timed_out()));
-                }
-                Poll::Pending
-            }
-            ready => ready,
-        }
-    }
-}
-
-impl Guarded {
-    /// The end of an answer can still be going out to a slow reader after its body was handed
-    /// over: while it moves, the connection is not idle.
-    fn wrote(&self, written: &Poll<io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0)
-            && self.conn.phase.load(Ordering::Acquire) == HEAD
-        {
-            self.conn.wait_for_head();
-        }
+        self.get_mut().guarded(cx, |tcp, cx| tcp.poll_read(cx, buf))
     }
 }
 
@@ -229,9 +292,8 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.tcp).poll_write(cx, buf);
-        this.wrote(&written);
-        written
+        let written = this.guarded(cx, |tcp, cx| tcp.poll_write(cx, buf));
+        this.wrote(written, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -240,9 +302,8 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
-        this.wrote(&written);
-        written
+        let written = this.guarded(cx, |tcp, cx| tcp.poll_write_vectored(cx, bufs));
+        this.wrote(written, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -250,11 +311,13 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = this.guarded(cx, |tcp, cx| tcp.poll_flush(cx));
+        this.wrote(flushed, |()| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        self.get_mut().guarded(cx, |tcp, cx| tcp.poll_shutdown(cx))
     }
 }
 
@@ -298,7 +361,7 @@ where
             .remove::<ConnectInfo<Peer>>()
             .map(|ConnectInfo(peer)| {
                 req.extensions_mut().insert(ConnectInfo(peer.addr));
-                peer.conn.phase.store(BUSY, Ordering::Release);
+                peer.conn.request_started();
                 peer.conn
             });
         Answer {
@@ -329,7 +392,8 @@ where
             return Poll::Ready(Ok(res));
         };
         if res.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
-            conn.phase.store(STREAM, Ordering::Release);
+            conn.upgraded.store(true, Ordering::Release);
+            conn.request_ended();
             return Poll::Ready(Ok(res));
         }
         Poll::Ready(Ok(res.map(|body| {
@@ -341,8 +405,18 @@ where
     }
 }
 
-/// An answer's body that sets its connection waiting for the next head once it has all been
-/// handed to hyper (or dropped: an error, a client gone).
+/// A request dropped before its answer (an HTTP/2 stream reset, a connection gone) is no
+/// longer in flight.
+impl<F> Drop for Answer<F> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.request_ended();
+        }
+    }
+}
+
+/// An answer's body that ends its request once it has all been handed to hyper (or dropped:
+/// an error, a client gone).
 struct Sent {
     body: Body,
     conn: Option<Arc<Conn>>,
@@ -351,7 +425,7 @@ struct Sent {
 impl Sent {
     fn done(&mut self) {
         if let Some(conn) = self.conn.take() {
-            conn.wait_for_head();
+            conn.request_ended();
         }
     }
 }

@@ -234,7 +234,9 @@ impl Server {
             }
         });
         // A connection gets `client_timeout_secs` to deliver each request head (and no more
-        // to sit idle between requests): the sweeper closes what waited longer, once a second.
+        // to sit idle between requests, or to leave its answer unread): the sweeper closes
+        // what waited longer, once a second. Once the server stops, connections waiting for
+        // a head are closed at once, for as long as the shutdown lasts.
         let connections = Connections::new(Duration::from_secs(cfg.client_timeout_secs));
         {
             let connections = connections.clone();
@@ -247,11 +249,17 @@ impl Server {
                         _ = tick.tick() => {
                             let closed = connections.sweep();
                             if closed > 0 {
-                                tracing::debug!(closed, "connections closed: no request head in time");
+                                tracing::debug!(closed, "connections closed: the client took too long");
                             }
                         }
-                        _ = stop.changed() => break,
+                        _ = stop.wait_for(|stop| *stop) => break,
                     }
+                }
+                let until = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                while tokio::time::Instant::now() < until {
+                    connections.close_waiting();
+                    connections.sweep();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             });
         }

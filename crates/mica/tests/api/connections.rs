@@ -136,3 +136,73 @@ async fn idle_connections_close_and_streams_stay_open() {
     drop(feed);
     app.stop().await;
 }
+
+/// A client that asks for answers and never reads them (its answers pile up until the socket
+/// is full) is closed once its writes have stood still past the deadline; others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_let_go() {
+    let app = quick_timeouts().await;
+    let one = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    // Far more than the sockets' buffers hold on either side.
+    let asks = (32 << 20) / one + 1;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket
+        .connect(app.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let ask = "GET /api/v1/openapi.json HTTP/1.1\r\nHost: mica\r\n\r\n".repeat(asks);
+    s.write_all(ask.as_bytes()).await.unwrap();
+    // Nothing read for a while: the server's writes stall, and it gives up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "still open after reading {got} bytes");
+    assert!(
+        got < asks * one / 2,
+        "{got} of {} bytes came: the answers were not cut short",
+        asks * one
+    );
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    app.stop().await;
+}
+
+/// Stopping the server does not wait on a client inside its first request head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_slow_head() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let mut slow = connect(&app).await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: mica\r\n")
+        .await
+        .unwrap();
+    // The server has the connection before it is told to stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    app.stop().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        start.elapsed()
+    );
+    let (seen, _) = until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(seen.is_empty());
+}
