@@ -183,6 +183,105 @@ pub struct BinEntry {
     pub expires_at: Timestamp,
 }
 
+/// One entry of an account's data export.
+#[derive(Debug, Clone)]
+pub enum ExportEntry {
+    /// A file made for the archive (JSON, vCard, iCalendar).
+    Bytes { path: String, bytes: Vec<u8> },
+    /// The original of an uploaded file, to be streamed in from the blob store.
+    Original { path: String, file_id: String },
+}
+
+/// Where the originals of a collection's items go in the archive: item id → (path, file id).
+/// Named after the item (`files/<category>/<collection>/<name>`; a drive file under its
+/// folders), made safe for a zip, and numbered when two would share a path.
+fn originals_of(
+    category: Category,
+    collection: &str,
+    items: &[(ItemView, Option<String>)],
+) -> std::collections::HashMap<String, (String, String)> {
+    use std::collections::{HashMap, HashSet};
+    let field = |i: &ItemView, name: &str| {
+        i.body
+            .as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    // A drive entry's folders, by id: (parent, name).
+    let folders: HashMap<&str, (Option<String>, String)> = match category {
+        Category::Drive => items
+            .iter()
+            .filter(|(i, _)| field(i, "kind").as_deref() == Some("folder"))
+            .map(|(i, _)| {
+                (
+                    i.id.as_str(),
+                    (field(i, "parent"), field(i, "name").unwrap_or_default()),
+                )
+            })
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let mut taken = HashSet::new();
+    let mut out = HashMap::new();
+    for (i, file_id) in items {
+        let Some(file_id) = file_id else { continue };
+        let mut parts = vec![safe_name(&field(i, "name").unwrap_or_else(|| i.id.clone()))];
+        let mut parent = field(i, "parent");
+        // The tree is checked on every write (no loop, at most 64 deep); the bound is a guard.
+        for _ in 0..64 {
+            let Some((up, name)) = parent.as_deref().and_then(|p| folders.get(p)) else {
+                break;
+            };
+            parts.push(safe_name(name));
+            parent = up.clone();
+        }
+        parts.reverse();
+        let base = format!(
+            "files/{}/{collection}/{}",
+            category.as_str(),
+            parts.join("/")
+        );
+        let mut path = base.clone();
+        let mut n = 2;
+        while !taken.insert(path.clone()) {
+            path = numbered(&base, n);
+            n += 1;
+        }
+        out.insert(i.id.clone(), (path, file_id.clone()));
+    }
+    out
+}
+
+/// A name as one component of a path in a zip: no separators, no control characters, not
+/// `.` or `..`.
+fn safe_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match s.as_str() {
+        "" | "." | ".." => "_".to_owned(),
+        _ => s,
+    }
+}
+
+/// `dir/name (n).ext` for `dir/name.ext`.
+fn numbered(path: &str, n: u32) -> String {
+    let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+    let (stem, ext) = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        _ => (file, String::new()),
+    };
+    format!("{dir}/{stem} ({n}){ext}")
+}
+
 /// The most recycle-bin entries in one page.
 pub const MAX_BIN_PAGE: usize = 1000;
 
@@ -951,14 +1050,13 @@ impl Cloud {
         Ok((bin, tombstones, batches))
     }
 
-    /// The account's items as files for the data export: each address book as one vCard file,
-    /// each calendar as a folder of iCalendar files, every other collection as a JSON array.
-    pub async fn export_files(
-        &self,
-        account: AccountId,
-    ) -> Result<Vec<(String, Vec<u8>)>, CloudError> {
+    /// The account's part of its data export: every collection's items (contacts as vCard,
+    /// events as iCalendar, the rest as JSON) and the original of every file an item stands
+    /// for (drive, gallery, recordings), named after the item — drive files under their
+    /// folders. The originals are named here and streamed by the caller ([`Cloud::read_file`]).
+    pub async fn export_entries(&self, account: AccountId) -> Result<Vec<ExportEntry>, CloudError> {
         let upto = self.store().cloud_seq(account).await?;
-        let mut files = Vec::new();
+        let mut out = Vec::new();
         for c in self.store().collections(account).await? {
             let category = Self::category_of(&c)?;
             let mut since = 0;
@@ -972,7 +1070,7 @@ impl Cloud {
                 let Some(last) = rows.last() else { break };
                 since = last.seq;
                 for r in rows.iter().filter(|r| r.deleted_at.is_none()) {
-                    items.push(self.view(account, &c, category, r)?);
+                    items.push((self.view(account, &c, category, r)?, r.file_id.clone()));
                 }
             }
             if items.is_empty() {
@@ -981,41 +1079,59 @@ impl Cloud {
             match category.format() {
                 category::Format::VCard => {
                     let mut all = String::new();
-                    for i in &items {
+                    for (i, _) in &items {
                         all.push_str(i.body.as_ref().and_then(|b| b.as_str()).unwrap_or_default());
                         if !all.ends_with('\n') {
                             all.push_str("\r\n");
                         }
                     }
-                    files.push((format!("contacts/{}.vcf", c.id), all.into_bytes()));
+                    out.push(ExportEntry::Bytes {
+                        path: format!("contacts/{}.vcf", c.id),
+                        bytes: all.into_bytes(),
+                    });
                 }
                 category::Format::ICalendar => {
-                    for i in &items {
+                    for (i, _) in &items {
                         let text = i.body.as_ref().and_then(|b| b.as_str()).unwrap_or_default();
-                        files.push((
-                            format!("calendar/{}/{}.ics", c.id, i.id),
-                            text.as_bytes().to_vec(),
-                        ));
+                        out.push(ExportEntry::Bytes {
+                            path: format!("calendar/{}/{}.ics", c.id, i.id),
+                            bytes: text.as_bytes().to_vec(),
+                        });
                     }
                 }
                 category::Format::Json => {
+                    let originals = originals_of(category, &c.id, &items);
                     let list: Vec<serde_json::Value> = items
                         .into_iter()
-                        .map(|i| {
-                            serde_json::json!({
+                        .map(|(i, _)| {
+                            let mut v = serde_json::json!({
                                 "id": i.id,
                                 "modified_at": i.modified_at.to_rfc3339(),
                                 "item": i.body,
-                            })
+                            });
+                            if let Some((path, _)) = originals.get(&i.id) {
+                                v["original"] = serde_json::Value::String(path.clone());
+                            }
+                            v
                         })
                         .collect();
                     let json = serde_json::to_vec_pretty(&list)
                         .map_err(|e| CloudError::Internal(format!("export: {e}")))?;
-                    files.push((format!("{}/{}.json", category.as_str(), c.id), json));
+                    out.push(ExportEntry::Bytes {
+                        path: format!("{}/{}.json", category.as_str(), c.id),
+                        bytes: json,
+                    });
+                    let mut originals: Vec<(String, String)> = originals.into_values().collect();
+                    originals.sort();
+                    out.extend(
+                        originals
+                            .into_iter()
+                            .map(|(path, file_id)| ExportEntry::Original { path, file_id }),
+                    );
                 }
             }
         }
-        Ok(files)
+        Ok(out)
     }
 
     /// Proves that recorded usage equals the bytes stored; returns the disagreements.
@@ -1216,5 +1332,76 @@ mod tests {
             assert_eq!(out, expected, "{cores} cores, {n} items");
         }
         Ok(())
+    }
+
+    fn view(id: &str, body: serde_json::Value) -> ItemView {
+        ItemView {
+            id: id.into(),
+            version: "1".into(),
+            deleted: false,
+            modified_at: mica_core::Timestamp(0),
+            body: Some(body),
+        }
+    }
+
+    #[test]
+    fn originals_get_safe_distinct_paths_under_their_folders() {
+        let items = vec![
+            (
+                view("a", serde_json::json!({"kind": "folder", "name": "Trips"})),
+                None,
+            ),
+            (
+                view(
+                    "b",
+                    serde_json::json!({"kind": "folder", "name": "..", "parent": "a"}),
+                ),
+                None,
+            ),
+            (
+                view(
+                    "c",
+                    serde_json::json!({"kind": "file", "name": "x.txt", "parent": "b"}),
+                ),
+                Some("f1".to_owned()),
+            ),
+            (
+                view(
+                    "d",
+                    serde_json::json!({"kind": "file", "name": "a/b\u{7}.txt"}),
+                ),
+                Some("f2".to_owned()),
+            ),
+            (
+                view(
+                    "e",
+                    serde_json::json!({"kind": "file", "name": "x.txt", "parent": "b"}),
+                ),
+                Some("f3".to_owned()),
+            ),
+            (
+                view(
+                    "g",
+                    serde_json::json!({"kind": "file", "name": "noext", "parent": "b"}),
+                ),
+                Some("f4".to_owned()),
+            ),
+            (
+                view(
+                    "h",
+                    serde_json::json!({"kind": "file", "name": "noext", "parent": "b"}),
+                ),
+                Some("f5".to_owned()),
+            ),
+        ];
+        let o = originals_of(Category::Drive, "drive", &items);
+        let path = |id: &str| o.get(id).map(|(p, _)| p.as_str());
+        assert_eq!(path("c"), Some("files/drive/drive/Trips/_/x.txt"));
+        assert_eq!(path("e"), Some("files/drive/drive/Trips/_/x (2).txt"));
+        assert_eq!(path("d"), Some("files/drive/drive/a_b_.txt"));
+        assert_eq!(path("g"), Some("files/drive/drive/Trips/_/noext"));
+        assert_eq!(path("h"), Some("files/drive/drive/Trips/_/noext (2)"));
+        assert_eq!(o.get("c").map(|(_, f)| f.as_str()), Some("f1"));
+        assert!(path("a").is_none(), "a folder has no original");
     }
 }

@@ -22,14 +22,63 @@ login-records.json    every sign-in and failed attempt, with address and device\
 sessions.json         every session (signed-in device), current and ended\n\
 security-events.json  changes to your account's security, with when and from where\n\
 two-step.json         which second factors and passkeys are set up (never the secrets themselves)\n\
+recovery.json         your recovery email and phone, and your security questions (not the answers)\n\
+app-passwords.json    the app passwords you made, with when each was last used (not the passwords)\n\
 contacts/             your address books, one vCard file each (open with any contacts app)\n\
 calendar/             your calendars, one folder each with an iCalendar (.ics) file per event\n\
 <category>/           notes, messages, call history, bookmarks, browser history, Wi-Fi networks,\n\
                       app settings, gallery and recording records, as JSON\n\n\
-As your files live in Mica, the original files are added here too.\n";
+files/                the original files of your drive, gallery and recordings, by category\n\
+                      and collection (drive files keep their folders)\n";
 
-/// The files one area of the account adds to the archive: `(path in the zip, contents)`.
-pub type ExportFiles = Vec<(String, Vec<u8>)>;
+/// Where the parts of an account write their files into its archive. Entries stream to the
+/// zip, written on a blocking thread, a piece at a time through a short queue: an archive of
+/// any size takes a few pieces of memory, not the account's size.
+pub struct ExportSink {
+    tx: tokio::sync::mpsc::Sender<Piece>,
+}
+
+/// A piece of the archive on its way to the zip writer.
+enum Piece {
+    /// A new entry: its path in the zip, and whether to compress it (originals of photos and
+    /// videos are compressed already).
+    Start { name: String, compress: bool },
+    /// More bytes of the entry started last.
+    Data(Vec<u8>),
+}
+
+impl ExportSink {
+    /// A whole, small file (JSON, a vCard): compressed.
+    pub async fn file(&self, name: impl Into<String>, bytes: Vec<u8>) -> Result<(), String> {
+        self.send(Piece::Start {
+            name: name.into(),
+            compress: true,
+        })
+        .await?;
+        self.send(Piece::Data(bytes)).await
+    }
+
+    /// Starts an original file, stored as it is; its bytes follow with [`ExportSink::data`].
+    pub async fn start_original(&self, name: impl Into<String>) -> Result<(), String> {
+        self.send(Piece::Start {
+            name: name.into(),
+            compress: false,
+        })
+        .await
+    }
+
+    /// More bytes of the file started last.
+    pub async fn data(&self, bytes: Vec<u8>) -> Result<(), String> {
+        self.send(Piece::Data(bytes)).await
+    }
+
+    async fn send(&self, piece: Piece) -> Result<(), String> {
+        self.tx
+            .send(piece)
+            .await
+            .map_err(|_| "the archive's writer stopped".to_owned())
+    }
+}
 
 /// A future an [`AccountArea`] returns.
 pub type AreaFuture<'a, T> =
@@ -38,8 +87,12 @@ pub type AreaFuture<'a, T> =
 /// Another part of Mica that holds account data (the cloud and its files) takes part in the
 /// export and in account deletion through this, without the identity crate knowing it.
 pub trait AccountArea: Send + Sync {
-    /// Its files in the account's export archive.
-    fn export_files(&self, account: mica_core::AccountId) -> AreaFuture<'_, ExportFiles>;
+    /// Writes its files into the account's export archive.
+    fn export_files<'a>(
+        &'a self,
+        account: mica_core::AccountId,
+        sink: &'a ExportSink,
+    ) -> AreaFuture<'a, ()>;
 
     /// Deletes what it keeps outside the database (blob-store objects) for a deleted account;
     /// runs before the account's rows go, and again if the deletion job is retried.
@@ -133,12 +186,7 @@ impl Identity {
         // job, which its request found queued.
         for _ in 0..10 {
             for e in self.store().pending_exports(account).await? {
-                let files = self.export_contents(account).await?;
-                let path = self.export_path(&e.id);
-                let dir = self.inner.exports_dir.clone();
-                let size = tokio::task::spawn_blocking(move || write_zip(&dir, &path, &files))
-                    .await
-                    .map_err(|err| IdentityError::Internal(format!("export task: {err}")))??;
+                let size = self.build_archive(account, &e.id).await?;
                 let now = self.now();
                 self.store()
                     .export_ready(&e.id, size, now, now.plus(EXPORT_TTL))
@@ -154,10 +202,49 @@ impl Identity {
         ))
     }
 
+    /// Writes the account's archive: its entries stream to a temporary file of its own, which
+    /// is synced and renamed into place only when every part was written — a crash or a
+    /// failure never leaves a partial archive under the name a download serves, and the
+    /// temporary goes on failure.
+    async fn build_archive(
+        &self,
+        account: mica_core::AccountId,
+        id: &str,
+    ) -> Result<i64, IdentityError> {
+        let io = |e: std::io::Error| IdentityError::Internal(format!("writing export: {e}"));
+        let dir = self.inner.exports_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(format!("{id}.{}.zip.tmp", random_token_string(6)));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let writer = {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || write_zip(&tmp, rx))
+        };
+        let sink = ExportSink { tx };
+        let written = self.export_contents(account, &sink).await;
+        drop(sink);
+        let zipped = writer
+            .await
+            .map_err(|err| IdentityError::Internal(format!("export task: {err}")));
+        let size = match (written, zipped) {
+            (Ok(()), Ok(Ok(size))) => size,
+            (Err(e), _) | (_, Err(e)) | (_, Ok(Err(e))) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, self.export_path(id)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        Ok(size)
+    }
+
     async fn export_contents(
         &self,
         account: mica_core::AccountId,
-    ) -> Result<Vec<(String, Vec<u8>)>, IdentityError> {
+        sink: &ExportSink,
+    ) -> Result<(), IdentityError> {
         let row = self
             .store()
             .account(mica_store::LookupBy::Id(account))
@@ -237,8 +324,46 @@ impl Identity {
             ),
             ("two-step.json".into(), pretty(json!({ "totp_enabled": totp, "recovery_codes_left": codes_left, "passkeys": passkeys }))),
         ];
+        // Recovery factors in full (they are the account's own), and the questions — never
+        // the answers, which are kept only as hashes.
+        let mut recovery = json!({ "recovery_email": null, "recovery_phone": null });
+        for f in self.store().recovery_factors(account).await? {
+            let field = if f.kind == "email" {
+                "recovery_email"
+            } else {
+                "recovery_phone"
+            };
+            recovery[field] = json!({
+                "address": self.keys().open(field, &f.value_enc)?,
+                "verified_at": ts(f.verified_at),
+            });
+        }
+        recovery["security_questions"] = json!(self
+            .store()
+            .security_questions(account)
+            .await?
+            .into_iter()
+            .map(|(q, _)| q)
+            .collect::<Vec<_>>());
+        files.push(("recovery.json".into(), pretty(recovery)));
+        let app_passwords: Vec<_> = self
+            .store()
+            .app_passwords(account)
+            .await?
+            .into_iter()
+            .map(|a| {
+                json!({ "name": a.name, "created_at": ts(a.created_at),
+                        "last_used_at": a.last_used_at.map(ts) })
+            })
+            .collect();
+        files.push(("app-passwords.json".into(), pretty(json!(app_passwords))));
         if let Some(png) = self.store().avatar(account).await? {
             files.push(("avatar.png".into(), png));
+        }
+        for (name, bytes) in files {
+            sink.file(name, bytes)
+                .await
+                .map_err(IdentityError::Internal)?;
         }
         let sources: Vec<_> = self
             .inner
@@ -247,14 +372,12 @@ impl Identity {
             .map(|v| v.clone())
             .unwrap_or_default();
         for source in sources {
-            files.extend(
-                source
-                    .export_files(account)
-                    .await
-                    .map_err(IdentityError::Internal)?,
-            );
+            source
+                .export_files(account, sink)
+                .await
+                .map_err(IdentityError::Internal)?;
         }
-        Ok(files)
+        Ok(())
     }
 
     /// Removes the archive files of an account (before its rows are deleted). Idempotent.
@@ -264,6 +387,9 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         for e in self.store().exports(account).await? {
             remove_if_present(&self.export_path(&e.id))?;
+            remove_temporaries(&self.inner.exports_dir, Duration::ZERO, |name| {
+                name.starts_with(&format!("{}.", e.id))
+            });
         }
         Ok(())
     }
@@ -276,7 +402,37 @@ impl Identity {
             self.store().delete_export(&e.id).await?;
             n += 1;
         }
+        // What a builder that died left behind (an archive takes minutes, not a day).
+        let dir = self.inner.exports_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_temporaries(&dir, Duration::from_secs(86_400), |_| true);
+        })
+        .await
+        .map_err(|e| IdentityError::Internal(format!("export sweep: {e}")))?;
         Ok(n)
+    }
+}
+
+/// Removes the archives' temporaries that `pick` chooses by name and that have been left
+/// untouched for at least `min_age`.
+fn remove_temporaries(dir: &std::path::Path, min_age: Duration, pick: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".zip.tmp") || !pick(&name) {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age >= min_age {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -291,31 +447,35 @@ fn remove_if_present(path: &std::path::Path) -> Result<(), IdentityError> {
     }
 }
 
-/// Writes the archive next to its final name, syncs it, then renames it into place: a crash
-/// never leaves a half-written archive under the name a download would serve.
+/// Writes the archive's pieces into `tmp` as they come, then syncs it; its size.
 fn write_zip(
-    dir: &std::path::Path,
-    path: &std::path::Path,
-    files: &[(String, Vec<u8>)],
+    tmp: &std::path::Path,
+    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
 ) -> Result<i64, IdentityError> {
     let io = |e: std::io::Error| IdentityError::Internal(format!("writing export: {e}"));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("zip.tmp");
-    let file = std::fs::File::create(&tmp).map_err(io)?;
-    let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::SimpleFileOptions::default()
+    let zip_err = |e: zip::result::ZipError| IdentityError::Internal(format!("zip: {e}"));
+    let file = std::fs::File::create(tmp).map_err(io)?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::with_capacity(1 << 16, file));
+    let compressed = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
-    for (name, bytes) in files {
-        zip.start_file(name.as_str(), opts)
-            .map_err(|e| IdentityError::Internal(format!("zip: {e}")))?;
-        zip.write_all(bytes).map_err(io)?;
+    // Originals can pass 4 GiB: their entries carry the zip64 sizes.
+    let stored = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(true);
+    while let Some(piece) = pieces.blocking_recv() {
+        match piece {
+            Piece::Start { name, compress } => zip
+                .start_file(name, if compress { compressed } else { stored })
+                .map_err(zip_err)?,
+            Piece::Data(bytes) => zip.write_all(&bytes).map_err(io)?,
+        }
     }
     let file = zip
         .finish()
-        .map_err(|e| IdentityError::Internal(format!("zip: {e}")))?;
+        .map_err(zip_err)?
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
     Ok(i64::try_from(size).unwrap_or(i64::MAX))
 }

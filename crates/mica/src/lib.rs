@@ -314,15 +314,39 @@ impl Server {
 struct CloudExport(Cloud);
 
 impl mica_identity::export::AccountArea for CloudExport {
-    fn export_files(
-        &self,
+    fn export_files<'a>(
+        &'a self,
         account: mica_core::AccountId,
-    ) -> mica_identity::export::AreaFuture<'_, mica_identity::export::ExportFiles> {
+        sink: &'a mica_identity::export::ExportSink,
+    ) -> mica_identity::export::AreaFuture<'a, ()> {
+        use futures_util::StreamExt;
+        use mica_cloud::ExportEntry;
         Box::pin(async move {
-            self.0
-                .export_files(account)
+            let entries = self
+                .0
+                .export_entries(account)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            for entry in entries {
+                match entry {
+                    ExportEntry::Bytes { path, bytes } => sink.file(path, bytes).await?,
+                    // An original streams from the blob store a chunk at a time.
+                    ExportEntry::Original { path, file_id } => {
+                        let (_, chunks) = self
+                            .0
+                            .read_file(account, &file_id, None)
+                            .await
+                            .map_err(|e| format!("{path}: {e}"))?;
+                        sink.start_original(path.clone()).await?;
+                        let mut chunks = std::pin::pin!(chunks);
+                        while let Some(chunk) = chunks.next().await {
+                            let chunk = chunk.map_err(|e| format!("{path}: {e}"))?;
+                            sink.data(chunk.to_vec()).await?;
+                        }
+                    }
+                }
+            }
+            Ok(())
         })
     }
 
@@ -344,11 +368,17 @@ impl mica_identity::export::AccountArea for CloudExport {
 struct DevicesExport(Devices);
 
 impl mica_identity::export::AccountArea for DevicesExport {
-    fn export_files(
-        &self,
+    fn export_files<'a>(
+        &'a self,
         account: mica_core::AccountId,
-    ) -> mica_identity::export::AreaFuture<'_, mica_identity::export::ExportFiles> {
-        Box::pin(async move { self.0.export(account).await.map_err(|e| e.to_string()) })
+        sink: &'a mica_identity::export::ExportSink,
+    ) -> mica_identity::export::AreaFuture<'a, ()> {
+        Box::pin(async move {
+            for (path, bytes) in self.0.export(account).await.map_err(|e| e.to_string())? {
+                sink.file(path, bytes).await?;
+            }
+            Ok(())
+        })
     }
 
     fn forget_account(

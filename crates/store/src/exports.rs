@@ -109,7 +109,8 @@ impl Store {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<()> {
-        sqlx::query("UPDATE exports SET status = 'ready', size = $2, ready_at = $3, expires_at = $4 WHERE id = $1")
+        // Only a pending one: a second builder (a lease that ran out) does not redo it.
+        sqlx::query("UPDATE exports SET status = 'ready', size = $2, ready_at = $3, expires_at = $4 WHERE id = $1 AND status = 'pending'")
             .bind(id)
             .bind(size)
             .bind(now.millis())

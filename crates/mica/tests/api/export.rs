@@ -36,6 +36,24 @@ fn member(zip: &std::path::Path, name: &str) -> String {
     ])
 }
 
+fn member_bytes(zip: &std::path::Path, name: &str) -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
+            zip.to_str().unwrap(),
+            name,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     let t = app.signup_email("kai@example.com").await;
     let c = app.client.with_token(&t.access_token);
@@ -76,6 +94,38 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     c.push(
         "notes",
         serde_json::json!([{"id": "n1", "op": "put", "body": note("Shopping")}]),
+        None,
+    )
+    .await
+    .unwrap();
+    // Files: a photo in the gallery, and a file in a drive folder. Their originals go in.
+    let tus = crate::files::Tus {
+        app,
+        token: t.access_token.clone(),
+        account_id: t.account_id.clone(),
+    };
+    let photo: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let photo_id = tus.upload(&photo, "beach.jpg").await.unwrap();
+    c.push(
+        "gallery",
+        serde_json::json!([{"id": "p1", "op": "put",
+            "body": crate::files::photo(&photo_id, "beach.jpg", photo.len())}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let plan = b"Trip plan: the coast, then the hills.".to_vec();
+    let plan_id = tus
+        .upload_typed(&plan, "plan.txt", "text/plain")
+        .await
+        .unwrap();
+    c.push(
+        "drive",
+        serde_json::json!([
+            {"id": "trips", "op": "put", "body": {"kind": "folder", "name": "Trips"}},
+            {"id": "plan", "op": "put",
+             "body": {"kind": "file", "name": "plan.txt", "parent": "trips", "file_id": plan_id}},
+        ]),
         None,
     )
     .await
@@ -171,6 +221,8 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         "login-records.json",
         "sessions.json",
         "security-events.json",
+        "recovery.json",
+        "app-passwords.json",
     ] {
         assert!(listing.contains(name), "{name} in {listing}");
     }
@@ -189,6 +241,24 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     assert_eq!(member(&file, "calendar/calendar/dentist.ics"), EVENT);
     let notes: Value = serde_json::from_str(&member(&file, "notes/notes.json")).unwrap();
     assert_eq!(notes[0]["item"], note("Shopping"));
+    // The originals, byte for byte, named after their items (a drive file under its folder),
+    // and each record saying where its original is.
+    assert_eq!(
+        member_bytes(&file, "files/gallery/gallery/beach.jpg"),
+        photo
+    );
+    assert_eq!(
+        member_bytes(&file, "files/drive/drive/Trips/plan.txt"),
+        plan
+    );
+    let gallery: Value = serde_json::from_str(&member(&file, "gallery/gallery.json")).unwrap();
+    assert_eq!(gallery[0]["original"], "files/gallery/gallery/beach.jpg");
+    let drive: Value = serde_json::from_str(&member(&file, "drive/drive.json")).unwrap();
+    assert!(drive
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["original"] == "files/drive/drive/Trips/plan.txt"));
     let devices: Value = serde_json::from_str(&member(&file, "devices/devices.json")).unwrap();
     assert_eq!(devices[0]["device"]["name"], "Kai's phone");
     assert_eq!(devices[0]["device"]["hardware"]["serial"], "FP5KAI");

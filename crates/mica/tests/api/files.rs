@@ -52,10 +52,10 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-struct Tus<'a> {
-    app: &'a TestApp,
-    token: String,
-    account_id: String,
+pub(crate) struct Tus<'a> {
+    pub(crate) app: &'a TestApp,
+    pub(crate) token: String,
+    pub(crate) account_id: String,
 }
 
 impl Tus<'_> {
@@ -113,11 +113,15 @@ impl Tus<'_> {
     }
 
     /// Uploads a whole file through tus; returns the file id.
-    async fn upload(&self, data: &[u8], name: &str) -> Result<String, reqwest::Response> {
+    pub(crate) async fn upload(
+        &self,
+        data: &[u8],
+        name: &str,
+    ) -> Result<String, reqwest::Response> {
         self.upload_typed(data, name, "image/jpeg").await
     }
 
-    async fn upload_typed(
+    pub(crate) async fn upload_typed(
         &self,
         data: &[u8],
         name: &str,
@@ -182,7 +186,7 @@ async fn a_stalled_upload_body_is_let_go() {
 }
 
 /// A gallery item that stands for `file`.
-fn photo(file: &str, name: &str, size: usize) -> Value {
+pub(crate) fn photo(file: &str, name: &str, size: usize) -> Value {
     json!({"file_id": file, "name": name, "mime_type": "image/jpeg", "size": size,
            "taken_at": "2026-08-01T10:00:00Z", "albums": ["Summer"]})
 }
