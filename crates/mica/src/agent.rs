@@ -223,9 +223,13 @@ struct ErasedReport {
     command: String,
     credential: String,
     /// Whether the wipe finished. Noted before the erase hook runs, so a machine that stopped
-    /// during it finishes the wipe at its next start before `done` is reported.
-    #[serde(default)]
+    /// during it finishes the wipe at its next start before `done` is reported. (A marker
+    /// without it was written by an agent that noted erases only once wiped.)
+    #[serde(default = "yes")]
     wiped: bool,
+    /// The erase failed, for this reason: that is what is reported, and nothing runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
 }
 
 /// A refusal that sending again will not change (a 4xx other than "too many requests").
@@ -244,7 +248,9 @@ async fn settle_erase(cfg: &AgentConfig) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut body = json!({ "outcome": "done" });
-    if !e.wiped {
+    if let Some(reason) = &e.failed {
+        body = json!({ "outcome": "failed", "reason": reason });
+    } else if !e.wiped {
         match erase(cfg).await {
             Ok(()) => {
                 e.wiped = true;
@@ -1327,7 +1333,7 @@ impl Agent {
 
     /// Notes in the state file that erase `id` is to be reported, and whether its wipe
     /// finished (see [`ErasedReport`]).
-    fn remember_erase(&self, id: &str, wiped: bool) -> anyhow::Result<()> {
+    fn remember_erase(&self, id: &str, wiped: bool, failed: Option<String>) -> anyhow::Result<()> {
         let mut marker = read_json::<Marker>(&self.cfg.state_file)?.unwrap_or(Marker {
             locked: false,
             owner: mask(&self.linked.account_id),
@@ -1338,6 +1344,7 @@ impl Agent {
             command: id.to_owned(),
             credential: self.linked.credential.clone(),
             wiped,
+            failed,
         });
         write_json(&self.cfg.state_file, &marker)
     }
@@ -1563,12 +1570,12 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
 /// data folder (the wipe takes the credential with it), runs the erase hook, wipes the folder,
 /// and reports.
 async fn erase_device(agent: &Agent, id: &str, seq: i64) -> anyhow::Result<RunEnd> {
-    if let Err(e) = agent.remember_erase(id, false) {
+    if let Err(e) = agent.remember_erase(id, false, None) {
         tracing::warn!(error = %e, "keeping the erase to report");
     }
     match erase(&agent.cfg).await {
         Ok(()) => {
-            if let Err(e) = agent.remember_erase(id, true) {
+            if let Err(e) = agent.remember_erase(id, true, None) {
                 tracing::warn!(error = %e, "noting the wipe done");
             }
             if agent.report(id, "done").await {
@@ -1580,6 +1587,11 @@ async fn erase_device(agent: &Agent, id: &str, seq: i64) -> anyhow::Result<RunEn
         Err(e) => {
             let state = format!("failed: {e}");
             agent.record(id, seq, &state).await;
+            // Until the server has the failure, the state file keeps it — to report, not to
+            // erase again.
+            if let Err(err) = agent.remember_erase(id, false, Some(e.chars().take(500).collect())) {
+                tracing::warn!(error = %err, "keeping the erase's failure to report");
+            }
             if agent.report(id, &state).await {
                 agent.forget_erase();
             }
@@ -1770,18 +1782,27 @@ async fn sync_category(user: &Client, sync: &Path, category: &str) -> anyhow::Re
         if mirror.origin.is_empty() {
             mirror.origin = format!("{:016x}", rand::random::<u64>());
         }
-        // A push that fails does not hold back what the server has for this device.
-        if let Err(e) = push_outgoing(user, sync, category, &mut mirror).await {
-            tracing::info!(category, error = %e, "pushing local changes");
-        }
+        // The origin is on disk before the first push uses it (a retry after a crash must
+        // send the same key).
         write_json(&path, &mirror)?;
+        // A push that did not get through ends the category's round: a pull now would move
+        // the mirror's versions under edits still waiting, and the next push would overwrite
+        // another device's change instead of reporting the conflict.
+        let pushed = push_outgoing(user, sync, category, &mut mirror).await;
+        write_json(&path, &mirror)?;
+        pushed?;
         loop {
             let page = match user.pull(category, mirror.token.as_deref(), None).await {
                 Ok(p) => p,
                 Err(ClientError::Api { status, .. }) if status.as_u16() == 404 => break,
                 Err(ClientError::Api { status, .. }) if status.as_u16() == 410 => {
-                    // The token expired: start over.
-                    mirror = Mirror::default();
+                    // The token expired: start over (the mirror's origin and push count stay,
+                    // so its idempotency keys stay its own).
+                    mirror = Mirror {
+                        origin: std::mem::take(&mut mirror.origin),
+                        pushed: mirror.pushed,
+                        ..Mirror::default()
+                    };
                     continue;
                 }
                 Err(e) => bail!("pulling {category}: {}", describe(&e)),
@@ -1887,12 +1908,12 @@ async fn push_outgoing(
     }
     match push_batch(user, category, mirror, &batch).await {
         Ok(results) => settle(sync, category, &dir, mirror, batch, results),
-        Err(ClientError::Api { status, .. }) if refused_for_good(status) => {
+        Err(ClientError::Api { status, .. }) if refused_for_content(status) => {
             // Which write the server minded: each alone.
             for out in batch {
                 match push_batch(user, category, mirror, std::slice::from_ref(&out)).await {
                     Ok(results) => settle(sync, category, &dir, mirror, vec![out], results)?,
-                    Err(ClientError::Api { status, code, .. }) if refused_for_good(status) => {
+                    Err(ClientError::Api { status, code, .. }) if refused_for_content(status) => {
                         set_aside(sync, "rejected", category, &dir, &out.name)?;
                         tracing::warn!(
                             category,
@@ -1908,6 +1929,12 @@ async fn push_outgoing(
         }
         Err(e) => bail!("pushing {category}: {}", describe(&e)),
     }
+}
+
+/// A batch refused for what its writes hold (malformed, invalid for the category, too large)
+/// — not for who sent it (401, 403: the files stay for a later round).
+fn refused_for_content(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 422)
 }
 
 /// Sends writes as one batch; the server's result for each.
