@@ -254,18 +254,21 @@ fn originals_of(
 }
 
 /// A name as one component of a path in a zip: no separators, no control characters, not
-/// `.` or `..`.
+/// `.` or `..`, and at most 200 bytes (a zip entry's whole name must fit 65,535, and file
+/// systems take 255 per component).
 fn safe_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let mut s = String::new();
+    for c in name.chars() {
+        let c = if c == '/' || c == '\\' || c.is_control() {
+            '_'
+        } else {
+            c
+        };
+        if s.len() + c.len_utf8() > 200 {
+            break;
+        }
+        s.push(c);
+    }
     match s.as_str() {
         "" | "." | ".." => "_".to_owned(),
         _ => s,
@@ -847,6 +850,13 @@ impl Cloud {
             Some(c) => Some(Category::parse(c).ok_or(CloudError::UnknownCategory)?),
         };
         let after = cursor.map(media::parse_cursor).transpose()?;
+        // Every bin entry has its time: a cursor without one is not a bin cursor.
+        if after.as_ref().is_some_and(|a| a.at.is_none()) {
+            return Err(CloudError::Invalid {
+                field: "cursor",
+                message: "not a cursor this server gave: pass the `next` of the page before".into(),
+            });
+        }
         let limit = limit.clamp(1, MAX_BIN_PAGE);
         let plan = self.store().cloud_account(account).await?.plan;
         let keep = self.retention(&plan);
@@ -1393,6 +1403,13 @@ mod tests {
                 ),
                 Some("f5".to_owned()),
             ),
+            (
+                view(
+                    "l",
+                    serde_json::json!({"kind": "file", "name": "é".repeat(40_000)}),
+                ),
+                Some("f6".to_owned()),
+            ),
         ];
         let o = originals_of(Category::Drive, "drive", &items);
         let path = |id: &str| o.get(id).map(|(p, _)| p.as_str());
@@ -1403,5 +1420,7 @@ mod tests {
         assert_eq!(path("h"), Some("files/drive/drive/Trips/_/noext (2)"));
         assert_eq!(o.get("c").map(|(_, f)| f.as_str()), Some("f1"));
         assert!(path("a").is_none(), "a folder has no original");
+        let long = path("l").unwrap_or_default();
+        assert_eq!(long, format!("files/drive/drive/{}", "é".repeat(100)));
     }
 }

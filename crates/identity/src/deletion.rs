@@ -71,6 +71,23 @@ impl Identity {
         let mut done = 0;
         let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
         while let Some(job) = self.store().claim_job(self.now(), lease).await? {
+            // The lease is renewed while the job runs (an export of a large account takes
+            // longer than one lease): another node takes the job only if this one died.
+            let renewing = {
+                let me = self.clone();
+                let id = job.id;
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(LEASE / 3);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        let until = me.now().plus(LEASE);
+                        if let Err(e) = me.store().renew_job_lease(id, until).await {
+                            tracing::warn!(error = %e, job = id, "renewing a job's lease");
+                        }
+                    }
+                })
+            };
             let result = match job.kind.as_str() {
                 JOB_DELETE_ACCOUNT => self.run_deletion_job(job.clone()).await,
                 mica_store::JOB_EXPORT => self.run_export_job(&job).await,
@@ -79,6 +96,7 @@ impl Identity {
                     Ok(())
                 }
             };
+            renewing.abort();
             match result {
                 Ok(()) => done += 1,
                 Err(e) => {

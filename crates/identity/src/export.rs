@@ -191,6 +191,14 @@ impl Identity {
                 self.store()
                     .export_ready(&e.id, size, now, now.plus(EXPORT_TTL))
                     .await?;
+                // One archive per account: the new one replaces those before it, so asking
+                // again and again cannot fill the disk with copies of one account.
+                for old in self.store().exports(account).await? {
+                    if old.id != e.id && old.status == "ready" {
+                        remove_if_present(&self.export_path(&old.id))?;
+                        self.store().delete_export(&old.id).await?;
+                    }
+                }
                 tracing::info!(%account, export = %e.id, size, "export ready");
             }
             if self.store().finish_export_job(job.id).await? {
@@ -228,7 +236,8 @@ impl Identity {
             .map_err(|err| IdentityError::Internal(format!("export task: {err}")));
         let size = match (written, zipped) {
             (Ok(()), Ok(Ok(size))) => size,
-            (Err(e), _) | (_, Err(e)) | (_, Ok(Err(e))) => {
+            // The writer's own error first: the parts only see that it stopped.
+            (_, Err(e)) | (_, Ok(Err(e))) | (Err(e), _) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }

@@ -332,11 +332,16 @@ impl mica_identity::export::AccountArea for CloudExport {
                     ExportEntry::Bytes { path, bytes } => sink.file(path, bytes).await?,
                     // An original streams from the blob store a chunk at a time.
                     ExportEntry::Original { path, file_id } => {
-                        let (_, chunks) = self
-                            .0
-                            .read_file(account, &file_id, None)
-                            .await
-                            .map_err(|e| format!("{path}: {e}"))?;
+                        let chunks = match self.0.read_file(account, &file_id, None).await {
+                            Ok((_, chunks)) => chunks,
+                            // Replaced and collected since it was listed: not the account's
+                            // any more.
+                            Err(mica_cloud::CloudError::NotFound) => {
+                                tracing::info!(%account, "export: a file went while it was built");
+                                continue;
+                            }
+                            Err(e) => return Err(format!("{path}: {e}")),
+                        };
                         sink.start_original(path.clone()).await?;
                         let mut chunks = std::pin::pin!(chunks);
                         while let Some(chunk) = chunks.next().await {

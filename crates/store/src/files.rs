@@ -164,18 +164,24 @@ async fn untrash(tx: &mut Transaction<'static, Any>, key: &str) -> Result<()> {
 
 /// Takes over the intent recorded for a written object, in the transaction that references it:
 /// `false` when the intent is gone or due — the collector may have deleted the object, or be
-/// about to — so the caller must not reference it (and writes it again, or gives up).
+/// about to — so the caller must not reference it (and writes it again, or gives up). Only the
+/// account's own intent: one handed to no account by the account's deletion stays for the
+/// collector.
 pub(crate) async fn claim(
     tx: &mut Transaction<'static, Any>,
+    account: AccountId,
     key: &str,
     now: Timestamp,
 ) -> Result<bool> {
-    let n = sqlx::query("DELETE FROM blob_trash WHERE object_key = $1 AND due_at > $2")
-        .bind(key)
-        .bind(now.millis())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+    let n = sqlx::query(
+        "DELETE FROM blob_trash WHERE object_key = $1 AND due_at > $2 AND account_id = $3",
+    )
+    .bind(key)
+    .bind(now.millis())
+    .bind(account.as_i64())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
     Ok(n == 1)
 }
 
@@ -298,7 +304,7 @@ impl Store {
                 }
                 (Some(_), None) => {}
                 (None, Some(written)) => {
-                    if !claim(&mut tx, written, now).await? {
+                    if !claim(&mut tx, account, written, now).await? {
                         return Ok(ProgressOutcome::NeedsWrite);
                     }
                     sqlx::query(
@@ -332,7 +338,7 @@ impl Store {
             }
         }
         if let Some((key, _)) = tail {
-            if !claim(&mut tx, key, now).await? {
+            if !claim(&mut tx, account, key, now).await? {
                 return Ok(ProgressOutcome::NeedsWrite);
             }
         }

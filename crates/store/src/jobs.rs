@@ -290,7 +290,15 @@ impl Store {
             return Ok(true);
         }
         let t = &ACCOUNT_DATA[step];
-        sqlx::query(&format!("DELETE FROM {} WHERE {}", t.table, t.condition))
+        let sql = if t.table == "blob_trash" {
+            // Intents outlive the account, handed to no account (0): an upload in flight when
+            // the account went may store its object after the account's last sweep of the
+            // blob store, and only its intent tells the collector to delete it when due.
+            "UPDATE blob_trash SET account_id = 0 WHERE account_id = $1".to_owned()
+        } else {
+            format!("DELETE FROM {} WHERE {}", t.table, t.condition)
+        };
+        sqlx::query(&sql)
             .bind(account.as_i64())
             .execute(&mut *tx)
             .await?;
@@ -304,6 +312,16 @@ impl Store {
     }
 
     /// Gives a claimed job back with an error, to be retried after `retry_at`.
+    /// Moves a running job's lease on (the node holding it is still at work).
+    pub async fn renew_job_lease(&self, id: i64, until: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE jobs SET lease_until = $2 WHERE id = $1 AND lease_until > 0")
+            .bind(id)
+            .bind(until.millis())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     pub async fn release_job(&self, id: i64, error: &str, retry_at: Timestamp) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET lease_until = 0, run_after = $2, last_error = $3 WHERE id = $1",

@@ -143,7 +143,7 @@ impl Store {
             return Ok(false);
         }
         for key in [&done.thumb_small, &done.thumb_large].into_iter().flatten() {
-            if !crate::files::claim(&mut tx, key, now).await? {
+            if !crate::files::claim(&mut tx, account, key, now).await? {
                 // Written too long ago to be sure it is still there: made again later.
                 return Ok(false);
             }

@@ -292,6 +292,53 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         401
     );
 
+    // Asked for again, a new archive replaces the first: one per account.
+    let resp = app
+        .http
+        .post(url("/api/v1/me/exports"))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let second: Value = resp.json().await.unwrap();
+    let first_archive = app
+        .cfg
+        .blob_dir()
+        .unwrap()
+        .join("exports")
+        .join(format!("{id}.zip"));
+    let mut list = Value::Null;
+    for _ in 0..200 {
+        list = app
+            .http
+            .get(url("/api/v1/me/exports"))
+            .bearer_auth(&t.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list.as_array().unwrap().len() == 1 && list[0]["status"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], second["id"], "{list}");
+    assert!(!first_archive.exists(), "the first archive is gone");
+    let resp = app
+        .http
+        .get(url(&download))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let id = second["id"].as_str().unwrap().to_owned();
+    let download = list[0]["download"].as_str().unwrap().to_owned();
+
     // It expires after seven days.
     let archive = app
         .cfg
