@@ -340,7 +340,11 @@ impl Connected<IncomingStream<'_, Listener>> for Peer {
 
 /// The layer that tells a connection's [`Conn`] when it is busy with a request.
 #[derive(Clone)]
-pub struct HeadDeadline<S>(pub S);
+pub struct HeadDeadline<S> {
+    pub inner: S,
+    /// How long a request body may take before it must keep to [`MIN_BODY_RATE`].
+    pub body_grace: Duration,
+}
 
 impl<S> tower::Service<Request> for HeadDeadline<S>
 where
@@ -352,7 +356,7 @@ where
     type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
@@ -364,10 +368,71 @@ where
                 peer.conn.request_started();
                 peer.conn
             });
+        let req = if http_body::Body::is_end_stream(req.body()) {
+            req
+        } else {
+            let grace = self.body_grace;
+            req.map(|body| {
+                Body::new(MinRate {
+                    body,
+                    started: Instant::now(),
+                    received: 0,
+                    grace,
+                })
+            })
+        };
         Answer {
-            inner: self.0.call(req),
+            inner: self.inner.call(req),
             conn,
         }
+    }
+}
+
+/// The rate a request body must keep to, on average, once past its grace (bytes a second:
+/// Apache's `mod_reqtimeout` default). Each frame may still wait the per-frame timeout; this
+/// ends a body trickled a byte a frame, which that timeout alone would let run for weeks.
+pub const MIN_BODY_RATE: u64 = 500;
+
+/// A request body held to [`MIN_BODY_RATE`] after its grace: each byte received buys 2 ms.
+struct MinRate {
+    body: Body,
+    started: Instant,
+    received: u64,
+    grace: Duration,
+}
+
+impl http_body::Body for MinRate {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(data) = f.data_ref() {
+                this.received += data.len() as u64;
+            }
+            let allowed = this.grace
+                + Duration::from_millis(this.received.saturating_mul(1000) / MIN_BODY_RATE);
+            if this.started.elapsed() > allowed {
+                return Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request body arrives too slowly",
+                )))));
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

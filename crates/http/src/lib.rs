@@ -208,7 +208,10 @@ pub fn app(state: AppState) -> App {
         .service(router);
     // Outermost, so it sees the body that goes out: when it has all gone, the connection
     // waits for its next request head, under that deadline.
-    BoxCloneSyncService::new(conns::HeadDeadline(BoxCloneSyncService::new(svc)))
+    BoxCloneSyncService::new(conns::HeadDeadline {
+        inner: BoxCloneSyncService::new(svc),
+        body_grace: body_idle_timeout,
+    })
 }
 
 /// What a request log line shows of a path: all of it, except below a WebDAV mount

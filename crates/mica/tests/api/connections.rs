@@ -206,3 +206,44 @@ async fn stopping_does_not_wait_for_a_slow_head() {
     let (seen, _) = until_closed(&mut slow, Duration::from_secs(5)).await;
     assert!(seen.is_empty());
 }
+
+/// A request body trickled a byte at a time — each byte well within the per-frame timeout —
+/// is cut off once it falls behind the minimum rate, instead of holding its request for
+/// weeks; the client is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_body_is_let_go() {
+    let app = quick_timeouts().await;
+    let s = connect(&app).await;
+    let (mut reader, mut writer) = s.into_split();
+    writer
+        .write_all(
+            b"POST /api/v1/signup HTTP/1.1\r\nHost: mica\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await {
+            Err(_) => panic!("a trickled body held its request for 10 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    trickle.abort();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "cut off only after {took:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    app.stop().await;
+}
