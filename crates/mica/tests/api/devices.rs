@@ -234,6 +234,21 @@ interval_secs = 5
         self.run_with_password(&["link", "--login", login], PASSWORD)
     }
 
+    /// Links the agent with `login`'s password, starts it, and waits until its owner `c` sees
+    /// it online; its device id.
+    pub(crate) async fn link_and_run(&mut self, c: &Client, login: &str) -> String {
+        let out = self.link(login);
+        assert!(
+            out.status.success(),
+            "link: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = self.linked_id();
+        self.start();
+        until_online(c, &id, self).await;
+        id
+    }
+
     pub(crate) fn linked_id(&self) -> String {
         let v: Value =
             serde_json::from_slice(&std::fs::read(self.data().join("device.json")).unwrap())
@@ -1907,15 +1922,7 @@ async fn a_lost_acknowledgement_answer_still_runs_the_command_once(app: &TestApp
     );
     a.ring_for(1);
     a.through(&eater.url);
-    let out = a.link("ana@example.com");
-    assert!(
-        out.status.success(),
-        "link: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = a.linked_id();
-    a.start();
-    until_online(&ana, &id, &a).await;
+    let id = a.link_and_run(&ana, "ana@example.com").await;
     let ring = send(&ana, &id, json!({ "kind": "ring" })).await;
     let ring = ring["id"].as_str().unwrap().to_owned();
     let done = until_state(&ana, &id, &ring, "done", &a).await;
@@ -1941,15 +1948,7 @@ async fn an_erase_cut_short_is_finished_at_the_next_start(app: &TestApp) {
     let (ana, _) = owner(app, "ana@example.com").await;
     let mut a = Agent::new(app, "laptop", 8, "true");
     a.erase_hook("echo \"$MICA_DATA_DIR\" >> {out}/erase.log; kill -9 $PPID");
-    let out = a.link("ana@example.com");
-    assert!(
-        out.status.success(),
-        "link: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = a.linked_id();
-    a.start();
-    until_online(&ana, &id, &a).await;
+    let id = a.link_and_run(&ana, "ana@example.com").await;
     step_up_by_email(app, &ana, "ana@example.com").await;
     let erase = send(&ana, &id, json!({ "kind": "erase" })).await;
     let erase = erase["id"].as_str().unwrap().to_owned();

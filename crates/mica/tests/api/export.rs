@@ -54,6 +54,43 @@ fn member_bytes(zip: &std::path::Path, name: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// Asks for an archive and waits (10 s at most) until it is the account's one archive, ready;
+/// its entry in the list.
+async fn export_when_ready(app: &TestApp, token: &str) -> Value {
+    let resp = app
+        .http
+        .post(app.url("/api/v1/me/exports"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let asked: Value = resp.json().await.unwrap();
+    let mut list = Value::Null;
+    for _ in 0..200 {
+        list = app
+            .http
+            .get(app.url("/api/v1/me/exports"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list.as_array().unwrap().len() == 1 && list[0]["status"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        list[0]["id"], asked["id"],
+        "export ready within 10 s: {list}"
+    );
+    list[0].clone()
+}
+
 async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     let t = app.signup_email("kai@example.com").await;
     let c = app.client.with_token(&t.access_token);
@@ -160,37 +197,9 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         .unwrap();
     let url = |p: &str| app.url(p);
 
-    let resp = app
-        .http
-        .post(url("/api/v1/me/exports"))
-        .bearer_auth(&t.access_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
-    let e: Value = resp.json().await.unwrap();
-    let id = e["id"].as_str().unwrap().to_owned();
-
     // Built in the background.
-    let mut ready = Value::Null;
-    for _ in 0..200 {
-        let list: Value = app
-            .http
-            .get(url("/api/v1/me/exports"))
-            .bearer_auth(&t.access_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if list[0]["status"] == "ready" {
-            ready = list[0].clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ready["id"], id.as_str(), "export ready within 10 s");
+    let ready = export_when_ready(app, &t.access_token).await;
+    let id = ready["id"].as_str().unwrap().to_owned();
     let download = ready["download"].as_str().unwrap().to_owned();
 
     let resp = app
@@ -293,40 +302,14 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     );
 
     // Asked for again, a new archive replaces the first: one per account.
-    let resp = app
-        .http
-        .post(url("/api/v1/me/exports"))
-        .bearer_auth(&t.access_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
-    let second: Value = resp.json().await.unwrap();
     let first_archive = app
         .cfg
         .blob_dir()
         .unwrap()
         .join("exports")
         .join(format!("{id}.zip"));
-    let mut list = Value::Null;
-    for _ in 0..200 {
-        list = app
-            .http
-            .get(url("/api/v1/me/exports"))
-            .bearer_auth(&t.access_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if list.as_array().unwrap().len() == 1 && list[0]["status"] == "ready" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["id"], second["id"], "{list}");
+    let second = export_when_ready(app, &t.access_token).await;
+    assert_ne!(second["id"], id.as_str());
     assert!(!first_archive.exists(), "the first archive is gone");
     let resp = app
         .http
@@ -337,7 +320,7 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     let id = second["id"].as_str().unwrap().to_owned();
-    let download = list[0]["download"].as_str().unwrap().to_owned();
+    let download = second["download"].as_str().unwrap().to_owned();
 
     // It expires after seven days.
     let archive = app
