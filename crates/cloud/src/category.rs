@@ -119,7 +119,7 @@ impl Category {
 }
 
 /// A validated item, ready to seal and store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     /// What is stored and served back.
     pub text: String,

@@ -940,22 +940,28 @@ impl Cloud {
                     }
                 }
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
-                // event's uid, an event's or a photo's time): index it again from the body.
+                // event's uid, an event's or a photo's time): index it again from the body. A
+                // photo is placed on the timeline even if its body no longer reads (undated).
                 let view = self.item(account, &collection_id, &item_id).await?;
-                if let Some(body) = &view.body {
-                    if let Ok(p) = category::prepare(category, body) {
-                        self.store()
-                            .reindex_item(
-                                account,
-                                &collection_id,
-                                &item_id,
-                                version,
-                                p.uid.as_deref(),
-                                p.starts_at,
-                                p.ends_at,
-                            )
-                            .await?;
-                    }
+                let rules = category.rules();
+                let indexed = view
+                    .body
+                    .as_ref()
+                    .and_then(|body| category::prepare(category, body).ok());
+                if indexed.is_some() || rules.media {
+                    let p = indexed.unwrap_or_default();
+                    self.store()
+                        .reindex_item(
+                            account,
+                            &collection_id,
+                            &item_id,
+                            version,
+                            rules,
+                            p.uid.as_deref(),
+                            p.starts_at,
+                            p.ends_at,
+                        )
+                        .await?;
                 }
                 self.inner.hub.publish(
                     account,

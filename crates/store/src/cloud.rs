@@ -708,8 +708,8 @@ impl Store {
                 WriteOp::Delete => {
                     sqlx::query(
                         "UPDATE items SET seq = $4, modified_at = $5, deleted_at = $5, size = 0, body = NULL, \
-                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL, path_key = NULL, path_parent = NULL \
-                         WHERE account_id = $1 AND collection_id = $2 AND id = $3",
+                         summary = NULL, uid = NULL, starts_at = NULL, ends_at = NULL, file_id = NULL, path_key = NULL, path_parent = NULL, \
+                         timeline_at = NULL WHERE account_id = $1 AND collection_id = $2 AND id = $3",
                     )
                     .bind(account.as_i64())
                     .bind(&collection.id)
@@ -788,6 +788,11 @@ impl Store {
                     .bind(op.path_key.as_deref().map(path_parent));
             }
             q.execute(&mut *tx).await?;
+        }
+        if rules.media {
+            if let Some(first) = puts.iter().map(|(_, seq)| *seq).min() {
+                crate::media::place_on_timeline(&mut tx, account, &collection.id, first).await?;
+            }
         }
         if rules.tree {
             if let Some((id, problem)) = self
@@ -1063,9 +1068,10 @@ impl Store {
         .is_some())
     }
 
-    /// Sets what is indexed from a live item's body (its `uid`, `starts_at`, `ends_at`), if the
-    /// item is still at `version`: for an item restored from the recycle bin, which keeps bodies
-    /// only. Not a change of the item: its version stays.
+    /// Sets what is indexed from a live item's body (its `uid`, `starts_at`, `ends_at`, and its
+    /// place on the gallery timeline when `rules` say it is a photo), if the item is still at
+    /// `version`: for an item restored from the recycle bin, which keeps bodies only. Not a
+    /// change of the item: its version stays.
     #[allow(clippy::too_many_arguments)]
     pub async fn reindex_item(
         &self,
@@ -1073,11 +1079,15 @@ impl Store {
         collection: &str,
         id: &str,
         version: i64,
+        rules: CategoryRules,
         uid: Option<&str>,
         starts_at: Option<i64>,
         ends_at: Option<i64>,
     ) -> Result<()> {
-        sqlx::query(
+        let mut tx = self.writer.begin().await?;
+        // The account's lock, as every placing on the timeline takes (see `place_on_timeline`).
+        lock_account(&mut tx, account, 0).await?;
+        let r = sqlx::query(
             "UPDATE items SET uid = $5, starts_at = $6, ends_at = $7 \
              WHERE account_id = $1 AND collection_id = $2 AND id = $3 AND seq = $4 AND deleted_at IS NULL",
         )
@@ -1088,8 +1098,12 @@ impl Store {
         .bind(uid)
         .bind(starts_at)
         .bind(ends_at)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        if rules.media && r.rows_affected() == 1 {
+            crate::media::place_on_timeline(&mut tx, account, collection, version).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -52,6 +52,34 @@ pub struct TimelineRow {
     pub at: Option<i64>,
 }
 
+/// The timeline place of an item with no time (the smallest BIGINT: after every dated one).
+const UNDATED: i64 = i64::MIN;
+
+/// Gives the collection's live items written at `from_seq` or later their place on the gallery
+/// timeline (`items.timeline_at`): the time the device recorded, else the one the media worker
+/// read from the file, else [`UNDATED`]. Run in the transaction that wrote them, under the
+/// account's lock, as [`Store::finish_media`] is: whichever of the two commits second sees the
+/// other's row, so no photo keeps a stale place.
+pub(crate) async fn place_on_timeline(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    account: AccountId,
+    collection: &str,
+    from_seq: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE items SET timeline_at = COALESCE(starts_at, \
+         (SELECT m.taken_at FROM media m WHERE m.account_id = items.account_id AND m.file_id = items.file_id), $4) \
+         WHERE account_id = $1 AND collection_id = $2 AND seq >= $3 AND deleted_at IS NULL",
+    )
+    .bind(account.as_i64())
+    .bind(collection)
+    .bind(from_seq)
+    .bind(UNDATED)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 const COLUMNS: &str = "account_id, file_id, status, attempts, taken_at, place, width, height, thumb_small, thumb_large, error";
 
 fn row(r: &AnyRow) -> Result<MediaRow> {
@@ -142,6 +170,17 @@ impl Store {
         if r.rows_affected() != 1 {
             return Ok(false);
         }
+        // The photos showing this file move to the time read from it (unless the device said).
+        sqlx::query(
+            "UPDATE items SET timeline_at = COALESCE(starts_at, $3, $4) \
+             WHERE account_id = $1 AND file_id = $2 AND timeline_at IS NOT NULL",
+        )
+        .bind(account.as_i64())
+        .bind(file_id)
+        .bind(done.taken_at.map(|t| t.millis()))
+        .bind(UNDATED)
+        .execute(&mut *tx)
+        .await?;
         for key in [&done.thumb_small, &done.thumb_large].into_iter().flatten() {
             if !crate::files::claim(&mut tx, account, key, now).await? {
                 // Written too long ago to be sure it is still there: made again later.
@@ -165,23 +204,13 @@ impl Store {
         .transpose()
     }
 
-    /// Every media row of an account (for the gallery timeline).
-    pub async fn account_media(&self, account: AccountId) -> Result<Vec<MediaRow>> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM media WHERE account_id = $1"
-        ))
-        .bind(account.as_i64())
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(row)
-        .collect()
-    }
-
     /// A page of the gallery's timeline: its live items, newest first by the time the device
     /// recorded (the item's `starts_at`) or else the one the media worker read from the file,
     /// undated ones last, ties in id order; after `after` (the last entry of the page before),
     /// at most `limit`. Each comes with its file's media row and its time in that order.
+    ///
+    /// A range of the `items_timeline` index (each item's place is kept in `timeline_at`, see
+    /// [`place_on_timeline`]): a page costs its own rows, whatever the gallery's size.
     pub async fn timeline_page(
         &self,
         account: AccountId,
@@ -189,30 +218,24 @@ impl Store {
         after: Option<&TimelineCursor>,
         limit: i64,
     ) -> Result<Vec<TimelineRow>> {
-        const AT: &str = "COALESCE(i.starts_at, m.taken_at)";
-        // Only the parameters a statement uses are bound (PostgreSQL must type each one).
-        let (from, limit_at) = match after {
-            None => (String::new(), 3),
-            Some(TimelineCursor { at: Some(_), .. }) => (
-                format!("AND ({AT} < $3 OR ({AT} = $3 AND i.id > $4) OR {AT} IS NULL)"),
-                5,
-            ),
-            Some(TimelineCursor { at: None, .. }) => (format!("AND {AT} IS NULL AND i.id > $3"), 4),
+        // `timeline_at <= $3 AND (…)`, not a bare OR, so that the index gives the range.
+        let from = if after.is_some() {
+            "AND i.timeline_at <= $3 AND (i.timeline_at < $3 OR i.id > $4)"
+        } else {
+            ""
         };
+        let limit_at = if after.is_some() { 5 } else { 3 };
         let sql = format!(
             "SELECT i.id, i.seq, i.modified_at, i.deleted_at, i.size, i.body, i.summary, \
-             i.file_id, i.path_key, {AT} AS sort_at, m.account_id, m.status, m.attempts, \
+             i.file_id, i.path_key, i.timeline_at, m.account_id, m.status, m.attempts, \
              m.taken_at, m.place, m.width, m.height, m.thumb_small, m.thumb_large, m.error \
              FROM items i LEFT JOIN media m ON m.account_id = i.account_id AND m.file_id = i.file_id \
-             WHERE i.account_id = $1 AND i.collection_id = $2 AND i.deleted_at IS NULL {from} \
-             ORDER BY ({AT} IS NULL), {AT} DESC, i.id LIMIT ${limit_at}"
+             WHERE i.account_id = $1 AND i.collection_id = $2 AND i.timeline_at IS NOT NULL {from} \
+             ORDER BY i.timeline_at DESC, i.id LIMIT ${limit_at}"
         );
         let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
         if let Some(a) = after {
-            if let Some(at) = a.at {
-                q = q.bind(at);
-            }
-            q = q.bind(a.id.as_str());
+            q = q.bind(a.at.unwrap_or(UNDATED)).bind(a.id.as_str());
         }
         let rows = q.bind(limit).fetch_all(&self.reader).await?;
         rows.iter()
@@ -223,7 +246,7 @@ impl Store {
                     None => None,
                     Some(_) => Some(row(r)?),
                 };
-                let at = r.try_get::<Option<i64>, _>("sort_at")?;
+                let at = Some(r.try_get::<i64, _>("timeline_at")?).filter(|t| *t != UNDATED);
                 Ok(TimelineRow { item, media, at })
             })
             .collect()

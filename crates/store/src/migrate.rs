@@ -97,6 +97,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0017_recycle_bin_pages.sql"),
         postgres: include_str!("../migrations/postgres/0017_recycle_bin_pages.sql"),
     },
+    Migration {
+        version: 18,
+        sqlite: include_str!("../migrations/sqlite/0018_gallery_timeline.sql"),
+        postgres: include_str!("../migrations/postgres/0018_gallery_timeline.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
@@ -118,7 +123,7 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<i64>> {
         )
         .execute(&mut *conn)
         .await?;
-        apply(&mut conn, backend).await
+        apply(&mut conn, backend, i64::MAX).await
     }
     .await;
     if backend == Backend::Postgres {
@@ -130,7 +135,8 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<i64>> {
     result
 }
 
-async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<Vec<i64>> {
+/// Applies the migrations not yet applied, up to version `upto`.
+async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend, upto: i64) -> Result<Vec<i64>> {
     use sqlx::Connection;
     let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
         .fetch_all(&mut *conn)
@@ -140,7 +146,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<Vec<i
         .collect::<Result<_, _>>()?;
     let mut applied = Vec::new();
     for m in MIGRATIONS {
-        if done.contains(&m.version) {
+        if done.contains(&m.version) || m.version > upto {
             continue;
         }
         let sql = match backend {
@@ -181,7 +187,9 @@ impl NowMillis for mica_core::SystemClock {
 
 #[cfg(test)]
 mod tests {
-    use super::MIGRATIONS;
+    use super::{apply, MIGRATIONS};
+    use crate::Backend;
+    use sqlx::{Connection, Row};
 
     /// A migration file that is not in the list would never run: its change would exist only
     /// in the repository. Every file of each engine is registered, under the version its name
@@ -203,5 +211,68 @@ mod tests {
             let registered: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
             assert_eq!(versions, registered, "{engine}");
         }
+    }
+
+    /// Migration 18 places a database's existing photos on the timeline: by the device's time,
+    /// else the file's, else undated (last); nothing else, and no deleted item, is placed.
+    #[tokio::test]
+    async fn existing_photos_are_placed_on_the_timeline() {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        apply(&mut conn, Backend::Sqlite, 17).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO accounts (id, email_bidx, password_hash, password_changed_at, created_at) \
+               VALUES (1, x'01', 'h', 0, 0); \
+             INSERT INTO collections (account_id, id, kind, name, created_at, purged_seq) VALUES \
+               (1, 'photos', 'gallery', 'Photos', 0, 0), (1, 'notes', 'notes', 'Notes', 0, 0); \
+             INSERT INTO media (account_id, file_id, status, attempts, taken_at, created_at) VALUES \
+               (1, 'f_read', 'done', 1, 50, 0), (1, 'f_waiting', 'pending', 0, NULL, 0); \
+             INSERT INTO items (account_id, collection_id, id, seq, modified_at, deleted_at, size, starts_at, file_id) VALUES \
+               (1, 'photos', 'own_time', 1, 0, NULL, 1, 100, 'f_read'), \
+               (1, 'photos', 'file_time', 2, 0, NULL, 1, NULL, 'f_read'), \
+               (1, 'photos', 'waiting', 3, 0, NULL, 1, NULL, 'f_waiting'), \
+               (1, 'photos', 'no_file', 4, 0, NULL, 1, NULL, NULL), \
+               (1, 'photos', 'deleted', 5, 0, 9, 0, NULL, NULL), \
+               (1, 'notes', 'note', 6, 0, NULL, 1, 70, NULL);",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            apply(&mut conn, Backend::Sqlite, i64::MAX).await.unwrap(),
+            MIGRATIONS
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| *v > 17)
+                .collect::<Vec<_>>()
+        );
+        let placed: Vec<(String, Option<i64>)> =
+            sqlx::query("SELECT id, timeline_at FROM items ORDER BY seq")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get("id"), r.get("timeline_at")))
+                .collect();
+        let expected = [
+            ("own_time", Some(100)),
+            ("file_time", Some(50)),
+            ("waiting", Some(i64::MIN)),
+            ("no_file", Some(i64::MIN)),
+            ("deleted", None),
+            ("note", None),
+        ];
+        assert_eq!(
+            placed,
+            expected.map(|(id, at)| (id.to_owned(), at)).to_vec()
+        );
     }
 }

@@ -1913,8 +1913,11 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     previews_settle(&tus).await;
 
     let timeline = gallery(&tus, "").await;
-    let ids: Vec<&str> = timeline.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["g2", "g1", "g3", "g4"], "newest first: {timeline:?}");
+    assert_eq!(
+        ids(&timeline),
+        ["g2", "g1", "g3", "g4"],
+        "newest first: {timeline:?}"
+    );
     let g1 = &timeline[1];
     // 18:32:05 at +01:00, from DateTimeOriginal and OffsetTimeOriginal.
     taken_in_lisbon(g1);
@@ -1986,6 +1989,45 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     let summer = gallery(&tus, "?album=Summer").await;
     assert_eq!(summer.len(), 1);
     assert_eq!(summer[0]["id"], "g2");
+    // A second entry for the same, already read file, with no time of its own, takes the
+    // file's time at once; one deleted and restored from the bin goes back to that time.
+    c.push("gallery", json!([{"id": "g5", "op": "put", "body": {"file_id": f_photo, "name": "copy.jpg", "mime_type": "image/jpeg", "size": photo.len()}}]), None)
+        .await
+        .unwrap();
+    let order = ["g2", "g1", "g5", "g3", "g4"];
+    assert_eq!(ids(&gallery(&tus, "").await), order);
+    let v = c.item("gallery", "g1").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "g1", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&gallery(&tus, "").await), ["g2", "g5", "g3", "g4"]);
+    let bin = c.recycle_bin(Some("gallery")).await.unwrap();
+    c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    let timeline = gallery(&tus, "").await;
+    assert_eq!(ids(&timeline), order);
+    taken_in_lisbon(&timeline[1]);
+    // The copy goes for good (what follows counts the objects g1 alone keeps).
+    let v = c.item("gallery", "g5").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "g5", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let bin = c.recycle_bin(Some("gallery")).await.unwrap();
+    assert_eq!(bin.len(), 1);
+    c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
     // Another account sees none of it.
     let (other, _, _) = signed_in(app, "mo@example.com").await;
     assert!(gallery(&other, "").await.is_empty());
