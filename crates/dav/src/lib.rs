@@ -72,6 +72,7 @@ impl Dav {
             .filesystem(Box::new(fs))
             .locksystem(self.locks.of(account))
             .strip_prefix(prefix)
+            .read_buf_size(READ_PIECE)
             .build_handler();
         // A PUT (or PATCH) streams its body to the file; every other body is XML, read whole
         // here first and checked.
@@ -316,6 +317,7 @@ impl GuardedFileSystem<AccountId> for DriveFs {
                     file_id,
                     meta: Meta::of(&item),
                     pos: 0,
+                    open: std::sync::Mutex::new(None),
                 });
                 return Ok(f);
             }
@@ -609,7 +611,10 @@ impl GuardedFileSystem<AccountId> for DriveFs {
     }
 }
 
-/// Reads a stored file by ranges.
+/// Reads a stored file: one read of the file from the position on, kept open across
+/// `read_bytes` calls (dav-server asks for `READ_PIECE` at a time) and reopened only when the
+/// client seeks elsewhere (a range request), so a download is one look-up of the file's chunks
+/// and one pass over each, not one per piece.
 #[derive(Debug)]
 struct Reader {
     cloud: Cloud,
@@ -617,7 +622,28 @@ struct Reader {
     file_id: String,
     meta: Meta,
     pos: u64,
+    /// The open read at `pos`. In a mutex only because a `DavFile` must be `Sync`: it is
+    /// reached through `&mut self`, never locked.
+    open: std::sync::Mutex<Option<OpenRead>>,
 }
+
+/// A read of a file in progress: what is left of its last piece, then the rest.
+struct OpenRead {
+    held: Bytes,
+    rest: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, CloudError>> + Send>>,
+}
+
+impl std::fmt::Debug for OpenRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRead")
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How much dav-server asks a file for at a time when it answers a GET (its default, 16 KiB,
+/// made a download of a large file thousands of calls).
+const READ_PIECE: usize = 256 * 1024;
 
 impl DavFile for Reader {
     fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
@@ -636,18 +662,46 @@ impl DavFile for Reader {
             if end <= self.pos {
                 return Ok(Bytes::new());
             }
-            let (_, stream) = self
-                .cloud
-                .read_file(self.account, &self.file_id, Some(self.pos..end))
-                .await
-                .map_err(fs_error)?;
-            let mut out =
-                bytes::BytesMut::with_capacity(usize::try_from(end - self.pos).unwrap_or(0));
-            let mut stream = std::pin::pin!(stream);
-            while let Some(piece) = stream.next().await {
-                out.extend_from_slice(&piece.map_err(fs_error)?);
+            let want = usize::try_from(end - self.pos).unwrap_or(usize::MAX);
+            let open = self
+                .open
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if open.is_none() {
+                let (_, stream) = self
+                    .cloud
+                    .read_file(self.account, &self.file_id, Some(self.pos..self.meta.len))
+                    .await
+                    .map_err(fs_error)?;
+                *open = Some(OpenRead {
+                    held: Bytes::new(),
+                    rest: Box::pin(stream),
+                });
             }
-            self.pos = end;
+            let Some(read) = open.as_mut() else {
+                return Err(FsError::GeneralFailure);
+            };
+            let mut out = bytes::BytesMut::new();
+            loop {
+                if read.held.is_empty() {
+                    match read.rest.next().await {
+                        Some(piece) => read.held = piece.map_err(fs_error)?,
+                        None => break,
+                    }
+                }
+                let take = read.held.len().min(want - out.len());
+                let piece = read.held.split_to(take);
+                if out.is_empty() && take == want {
+                    // The whole answer from one piece: handed on without a copy.
+                    self.pos += piece.len() as u64;
+                    return Ok(piece);
+                }
+                out.extend_from_slice(&piece);
+                if out.len() == want {
+                    break;
+                }
+            }
+            self.pos += out.len() as u64;
             Ok(out.freeze())
         }
         .boxed()
@@ -663,7 +717,15 @@ impl DavFile for Reader {
             if at < 0 {
                 return Err(FsError::GeneralFailure);
             }
-            self.pos = u64::try_from(at).unwrap_or(u64::MAX);
+            let at = u64::try_from(at).unwrap_or(u64::MAX);
+            if at != self.pos {
+                // The open read is at the old position: the next read opens one here.
+                *self
+                    .open
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            }
+            self.pos = at;
             Ok(self.pos)
         }
         .boxed()

@@ -15,6 +15,7 @@ on_both_backends!(
     webdav_serves_the_drive_with_app_passwords,
     litmus_passes,
     webdav_refuses_what_it_cannot_do_safely,
+    a_large_file_is_read_whole_and_by_ranges,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,4 +660,88 @@ async fn webdav_refuses_what_it_cannot_do_safely(app: &TestApp) {
     assert!(body.contains("Second-3600"), "{body}");
     let r = dav("PUT", "notes.txt").body("locked").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 423);
+}
+
+/// A file of several 4 MiB chunks, read back whole and by ranges that start inside a chunk,
+/// cross a chunk's end, come from the end, and come several in one request: every byte is the
+/// one written (the reader keeps one read open across dav-server's pieces and reopens it where
+/// a range starts).
+async fn a_large_file_is_read_whole_and_by_ranges(app: &TestApp) {
+    let (account, _, password) = with_app_password(app, "ines@example.com").await;
+    let auth = basic("ines@example.com", &password);
+    let url = app.url(&format!("/dav/files/{account}/big.bin"));
+    // 9 MiB + 7 bytes, no two 4 KiB blocks alike (so a piece put in the wrong place shows).
+    let body: Vec<u8> = (0u32..(9 << 20) + 7)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 12) as u8)
+        .collect();
+    let r = app
+        .http
+        .put(&url)
+        .header("Authorization", &auth)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .http
+        .get(&url)
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let whole = r.bytes().await.unwrap();
+    assert_eq!(whole.len(), body.len());
+    assert!(
+        whole == body,
+        "the file read whole differs from the one written"
+    );
+    let chunk = 4 << 20;
+    for (range, from, to) in [
+        (format!("bytes=100-{}", 100 + 300_000), 100, 300_101),
+        (
+            format!("bytes={}-{}", chunk - 1000, chunk + 1000),
+            chunk - 1000,
+            chunk + 1001,
+        ),
+        ("bytes=-5000".to_owned(), body.len() - 5000, body.len()),
+        (
+            format!("bytes={}-", 2 * chunk + 3),
+            2 * chunk + 3,
+            body.len(),
+        ),
+    ] {
+        let r = app
+            .http
+            .get(&url)
+            .header("Authorization", &auth)
+            .header("Range", &range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        let got = r.bytes().await.unwrap();
+        assert!(got == body[from..to], "{range}: {} bytes", got.len());
+    }
+    // Two ranges in one request, the second before the first: a multipart answer whose parts
+    // are those bytes.
+    let r = app
+        .http
+        .get(&url)
+        .header("Authorization", &auth)
+        .header("Range", format!("bytes={}-{},10-19", chunk + 5, chunk + 14))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let kind = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(kind.starts_with("multipart/byteranges"), "{kind}");
+    let got = r.bytes().await.unwrap();
+    for (from, to) in [(chunk + 5, chunk + 15), (10, 20)] {
+        assert!(
+            got.windows(10).any(|w| w == &body[from..to]),
+            "bytes {from}..{to} are not in the multipart answer"
+        );
+    }
 }
