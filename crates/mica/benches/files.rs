@@ -3,7 +3,9 @@
 //!   and download it again, compared with a plain sequential write (then one fsync) and a plain
 //!   sequential read of the same size in the same folder;
 //! - the server's peak RSS during the upload (`VmHWM` of the `mica serve` process);
-//! - a re-upload of the same content (dedup: nothing new is stored).
+//! - a re-upload of the same content (dedup: nothing new is stored);
+//! - the last file read over WebDAV (`GET /dav/files/…` with an app password), against the API
+//!   download of the same file in the same run, both from the disk.
 //!
 //! The server is the release `mica` binary as a separate process on its embedded defaults
 //! (SQLite + a local blob folder), so its memory is its own.
@@ -173,14 +175,14 @@ async fn upload_file(
 /// (through a pipe; the bytes are never copied into this process), for the same reason as
 /// [`patch_from_file`]: the two cores measure the server, not the load generator's copies.
 /// Returns the number of body bytes received.
-fn get_to_null(addr: &str, token: &str, file: &str) -> u64 {
+fn get_to_null(addr: &str, path: &str, authorization: &str) -> u64 {
     use rustix::pipe::{splice, SpliceFlags};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
     write!(
         stream,
-        "GET /api/v1/files/{file}/content HTTP/1.1\r\nhost: {addr}\r\n\
-         authorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: {authorization}\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     let head = read_head(&mut stream);
@@ -210,10 +212,79 @@ fn get_to_null(addr: &str, token: &str, file: &str) -> u64 {
 
 /// [`get_to_null`] off the async runtime (it blocks on the socket).
 async fn download(addr: &str, token: &str, file: &str) -> u64 {
-    let (addr, token, file) = (addr.to_owned(), token.to_owned(), file.to_owned());
-    tokio::task::spawn_blocking(move || get_to_null(&addr, &token, &file))
+    get(
+        addr,
+        &format!("/api/v1/files/{file}/content"),
+        &format!("Bearer {token}"),
+    )
+    .await
+}
+
+/// `GET path` to `/dev/null`, off the async runtime.
+async fn get(addr: &str, path: &str, authorization: &str) -> u64 {
+    let (addr, path, authorization) = (addr.to_owned(), path.to_owned(), authorization.to_owned());
+    tokio::task::spawn_blocking(move || get_to_null(&addr, &path, &authorization))
         .await
         .unwrap()
+}
+
+/// Puts `file` in the drive as `big.bin` and makes an app password (after a step-up whose
+/// code comes from the outbox): the `Authorization` a WebDAV client sends, and the file's path.
+async fn on_webdav(
+    (http, base, token): (&reqwest::Client, &str, &str),
+    data: &Path,
+    email: &str,
+    account: &str,
+    file: &str,
+) -> (String, String) {
+    use base64::Engine;
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/api/v1/drive",
+        serde_json::json!({"kind": "file", "name": "big.bin", "file_id": file}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let client = mica_client::Client::new(base.to_owned()).with_token(token);
+    let outbox = data.join("outbox.jsonl");
+    let sent = std::fs::read_to_string(&outbox)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let challenge = client.step_up_send("email").await.unwrap();
+    let code = loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if text.lines().count() > sent {
+            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            break v["subject"].as_str().unwrap()[..6].to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client
+        .step_up_with_code(&challenge.challenge_id, &code)
+        .await
+        .unwrap();
+    let made: serde_json::Value = post(
+        "/api/v1/me/app-passwords",
+        serde_json::json!({"name": "bench"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{email}:{}", made["password"].as_str().unwrap()));
+    (
+        format!("Basic {basic}"),
+        format!("/dav/files/{account}/big.bin"),
+    )
 }
 
 async fn create_upload(http: &reqwest::Client, base: &str, token: &str, len: u64) -> String {
@@ -271,7 +342,7 @@ fn main() {
     let bytes = size as u64;
     let mut cold = true;
     let mut rows = Vec::new();
-    let (again, first_up, rss_idle, peak) = rt.block_on(async {
+    let (again, first_up, rss_idle, peak, dav) = rt.block_on(async {
         let http = reqwest::Client::new();
         common::wait_ready(&http, &base).await;
         let client = mica_client::Client::new(base.clone());
@@ -281,6 +352,7 @@ fn main() {
         let mut peak = 0;
         let mut first_up = Duration::ZERO;
         let mut source = dir.join("source-0.bin");
+        let mut last_file = None;
         // Rounds alternate the reference and Mica on new content each time (so no upload is
         // deduplicated), and the ratios are taken per round: the disk is shared and noisy.
         for round in 0..rounds {
@@ -299,6 +371,7 @@ fn main() {
                 peak = vm_hwm_kib(pid);
             }
             let file = file.expect("a file id");
+            last_file = Some(file.clone());
             // Reads come from the disk (their bytes evicted from the page cache), for the
             // reference and Mica.
             cold &= evict(&source);
@@ -313,13 +386,36 @@ fn main() {
             assert_eq!(got, bytes);
             rows.push((wrote, up, read, down, up_cpu, down_cpu));
         }
+        // The last file over WebDAV and over the API, each from the disk, twice in turn.
+        let (auth, path) = on_webdav(
+            (&http, &base, &token),
+            &data,
+            "bench@example.com",
+            &t.account_id,
+            last_file.as_deref().unwrap(),
+        )
+        .await;
+        let mut dav = Vec::new();
+        for _ in 0..2 {
+            cold &= evict(&data.join("blobs"));
+            let start = Instant::now();
+            let got = get(&addr, &path, &auth).await;
+            let by_dav = start.elapsed();
+            assert_eq!(got, bytes);
+            cold &= evict(&data.join("blobs"));
+            let start = Instant::now();
+            let got = download(&addr, &token, last_file.as_deref().unwrap()).await;
+            let by_api = start.elapsed();
+            assert_eq!(got, bytes);
+            dav.push((by_dav, by_api));
+        }
         // The same content again: every chunk is already there.
         let loc = create_upload(&http, &base, &token, bytes).await;
         let start = Instant::now();
         let (status, _) = upload_file(&addr, &token, &loc, &source).await;
         let again = start.elapsed();
         assert_eq!(status, 204);
-        (again, first_up, rss_idle, (peak, vm_hwm_kib(pid)))
+        (again, first_up, rss_idle, (peak, vm_hwm_kib(pid)), dav)
     });
     let (peak, overall) = peak;
     let _ = child.kill();
@@ -363,6 +459,14 @@ fn main() {
         mb_s(bytes, again),
         100.0 * again.as_secs_f64() / first_up.as_secs_f64()
     );
+    for (by_dav, by_api) in &dav {
+        println!(
+            "WebDAV GET: {:.0} MB/s, API download {:.0} MB/s: WebDAV at {:.1} % of the API",
+            mb_s(bytes, *by_dav),
+            mb_s(bytes, *by_api),
+            100.0 * by_api.as_secs_f64() / by_dav.as_secs_f64()
+        );
+    }
     println!(
         "server RSS: {:.1} MB idle, peak {:.1} MB during the first upload, {:.1} MB over the whole run (VmHWM)",
         rss_idle as f64 / 1024.0,
