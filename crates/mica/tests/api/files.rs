@@ -1996,17 +1996,7 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
         .unwrap();
     let order = ["g2", "g1", "g5", "g3", "g4"];
     assert_eq!(ids(&gallery(&tus, "").await), order);
-    let v = c.item("gallery", "g1").await.unwrap()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    c.push(
-        "gallery",
-        json!([{"id": "g1", "op": "delete", "base_version": v}]),
-        None,
-    )
-    .await
-    .unwrap();
+    delete_item(&c, "gallery", "g1").await;
     assert_eq!(ids(&gallery(&tus, "").await), ["g2", "g5", "g3", "g4"]);
     let bin = c.recycle_bin(Some("gallery")).await.unwrap();
     c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
@@ -2014,17 +2004,7 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     assert_eq!(ids(&timeline), order);
     taken_in_lisbon(&timeline[1]);
     // The copy goes for good (what follows counts the objects g1 alone keeps).
-    let v = c.item("gallery", "g5").await.unwrap()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    c.push(
-        "gallery",
-        json!([{"id": "g5", "op": "delete", "base_version": v}]),
-        None,
-    )
-    .await
-    .unwrap();
+    delete_item(&c, "gallery", "g5").await;
     let bin = c.recycle_bin(Some("gallery")).await.unwrap();
     assert_eq!(bin.len(), 1);
     c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
