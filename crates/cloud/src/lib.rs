@@ -20,6 +20,7 @@ pub mod video;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mica_core::archive::{ArchiveWriter, Entry, JsonArray};
 use mica_core::crypto::Keys;
 use mica_core::{AccountId, Clock, SessionId, Timestamp};
 use mica_store::{
@@ -183,54 +184,48 @@ pub struct BinEntry {
     pub expires_at: Timestamp,
 }
 
-/// One entry of an account's data export.
-#[derive(Debug, Clone)]
-pub enum ExportEntry {
-    /// A file made for the archive (JSON, vCard, iCalendar).
-    Bytes { path: String, bytes: Vec<u8> },
-    /// The original of an uploaded file, to be streamed in from the blob store.
-    Original { path: String, file_id: String },
+/// Where the originals of a collection's items go in the archive: named after the item
+/// (`files/<category>/<collection>/<name>`; a drive file under its folders), made safe for a
+/// zip, and numbered when two would share a path.
+struct Originals<'a> {
+    category: Category,
+    collection: &'a str,
+    /// A drive's folders, by id: (parent, name).
+    folders: std::collections::HashMap<String, (Option<String>, String)>,
+    taken: std::collections::HashSet<String>,
 }
 
-/// Where the originals of a collection's items go in the archive: item id → (path, file id).
-/// Named after the item (`files/<category>/<collection>/<name>`; a drive file under its
-/// folders), made safe for a zip, and numbered when two would share a path.
-fn originals_of(
-    category: Category,
-    collection: &str,
-    items: &[(ItemView, Option<String>)],
-) -> std::collections::HashMap<String, (String, String)> {
-    use std::collections::{HashMap, HashSet};
-    let field = |i: &ItemView, name: &str| {
-        i.body
-            .as_ref()
-            .and_then(|b| b.get(name))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
-    // A drive entry's folders, by id: (parent, name).
-    let folders: HashMap<&str, (Option<String>, String)> = match category {
-        Category::Drive => items
-            .iter()
-            .filter(|(i, _)| field(i, "kind").as_deref() == Some("folder"))
-            .map(|(i, _)| {
-                (
-                    i.id.as_str(),
-                    (field(i, "parent"), field(i, "name").unwrap_or_default()),
-                )
-            })
-            .collect(),
-        _ => HashMap::new(),
-    };
-    let mut taken = HashSet::new();
-    let mut out = HashMap::new();
-    for (i, file_id) in items {
-        let Some(file_id) = file_id else { continue };
-        let mut parts = vec![safe_name(&field(i, "name").unwrap_or_else(|| i.id.clone()))];
-        let mut parent = field(i, "parent");
+impl<'a> Originals<'a> {
+    fn new(category: Category, collection: &'a str) -> Originals<'a> {
+        Originals {
+            category,
+            collection,
+            folders: Default::default(),
+            taken: Default::default(),
+        }
+    }
+
+    /// Learns where a drive folder is, for the paths of the files in it (all of a drive's
+    /// folders before the first file is placed).
+    fn learn_folder(&mut self, item: &ItemView) {
+        if field(item, "kind").as_deref() == Some("folder") {
+            let place = (
+                field(item, "parent"),
+                field(item, "name").unwrap_or_default(),
+            );
+            self.folders.insert(item.id.clone(), place);
+        }
+    }
+
+    /// The path of the original of `item`, not taken by any placed before it.
+    fn place(&mut self, item: &ItemView) -> String {
+        let mut parts = vec![safe_name(
+            &field(item, "name").unwrap_or_else(|| item.id.clone()),
+        )];
+        let mut parent = field(item, "parent");
         // The tree is checked on every write (no loop, at most 64 deep); the bound is a guard.
         for _ in 0..64 {
-            let Some((up, name)) = parent.as_deref().and_then(|p| folders.get(p)) else {
+            let Some((up, name)) = parent.as_deref().and_then(|p| self.folders.get(p)) else {
                 break;
             };
             parts.push(safe_name(name));
@@ -238,19 +233,28 @@ fn originals_of(
         }
         parts.reverse();
         let base = format!(
-            "files/{}/{collection}/{}",
-            category.as_str(),
+            "files/{}/{}/{}",
+            self.category.as_str(),
+            self.collection,
             parts.join("/")
         );
         let mut path = base.clone();
         let mut n = 2;
-        while !taken.insert(path.clone()) {
+        while !self.taken.insert(path.clone()) {
             path = numbered(&base, n);
             n += 1;
         }
-        out.insert(i.id.clone(), (path, file_id.clone()));
+        path
     }
-    out
+}
+
+/// A string field of a JSON item's body.
+fn field(item: &ItemView, name: &str) -> Option<String> {
+    item.body
+        .as_ref()
+        .and_then(|b| b.get(name))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
 }
 
 /// A name as one component of a path in a zip: no separators, no control characters, not
@@ -1066,88 +1070,154 @@ impl Cloud {
         Ok((bin, tombstones, batches))
     }
 
-    /// The account's part of its data export: every collection's items (contacts as vCard,
-    /// events as iCalendar, the rest as JSON) and the original of every file an item stands
-    /// for (drive, gallery, recordings), named after the item — drive files under their
-    /// folders. The originals are named here and streamed by the caller ([`Cloud::read_file`]).
-    pub async fn export_entries(&self, account: AccountId) -> Result<Vec<ExportEntry>, CloudError> {
-        let upto = self.store().cloud_seq(account).await?;
-        let mut out = Vec::new();
+    /// Writes the account's cloud data into its data export: every collection's live items
+    /// (contacts as one vCard file per address book, events as an iCalendar file each, the
+    /// rest as a JSON array per collection) and the original of every file an item stands for
+    /// (drive, gallery, recordings), streamed from the blob store. Items are read a page at a
+    /// time in the order of their ids, so each is written once, as it was when its page was
+    /// read, and an account of any size takes a page of memory (and a path per original).
+    pub async fn export_into<W: ArchiveWriter>(
+        &self,
+        account: AccountId,
+        out: &W,
+    ) -> Result<(), CloudError> {
+        let out_err = |e: String| CloudError::Internal(format!("export: {e}"));
         for c in self.store().collections(account).await? {
             let category = Self::category_of(&c)?;
-            let mut since = 0;
-            let mut items = Vec::new();
-            loop {
-                let rows = self
-                    .store()
-                    .changes(account, &c.id, since, upto, MAX_PAGE)
-                    .await?
-                    .rows;
-                let Some(last) = rows.last() else { break };
-                since = last.seq;
-                for r in rows.iter().filter(|r| r.deleted_at.is_none()) {
-                    items.push((self.view(account, &c, category, r)?, r.file_id.clone()));
-                }
-            }
-            if items.is_empty() {
-                continue;
-            }
+            let mut after = String::new();
             match category.format() {
                 category::Format::VCard => {
-                    let mut all = String::new();
-                    for (i, _) in &items {
-                        all.push_str(i.body.as_ref().and_then(|b| b.as_str()).unwrap_or_default());
-                        if !all.ends_with('\n') {
-                            all.push_str("\r\n");
+                    let Some(mut rows) = self.export_page(account, &c.id, &mut after).await? else {
+                        continue;
+                    };
+                    let mut entry = Entry::start(out, format!("contacts/{}.vcf", c.id))
+                        .await
+                        .map_err(out_err)?;
+                    loop {
+                        for r in &rows {
+                            let item = self.view(account, &c, category, r)?;
+                            let text = item.body.as_ref().and_then(|b| b.as_str());
+                            let text = text.unwrap_or_default();
+                            entry.write(text.as_bytes()).await.map_err(out_err)?;
+                            if !text.ends_with('\n') {
+                                entry.write(b"\r\n").await.map_err(out_err)?;
+                            }
+                        }
+                        match self.export_page(account, &c.id, &mut after).await? {
+                            Some(next) => rows = next,
+                            None => break,
                         }
                     }
-                    out.push(ExportEntry::Bytes {
-                        path: format!("contacts/{}.vcf", c.id),
-                        bytes: all.into_bytes(),
-                    });
+                    entry.finish().await.map_err(out_err)?;
                 }
                 category::Format::ICalendar => {
-                    for (i, _) in &items {
-                        let text = i.body.as_ref().and_then(|b| b.as_str()).unwrap_or_default();
-                        out.push(ExportEntry::Bytes {
-                            path: format!("calendar/{}/{}.ics", c.id, i.id),
-                            bytes: text.as_bytes().to_vec(),
-                        });
+                    while let Some(rows) = self.export_page(account, &c.id, &mut after).await? {
+                        for r in &rows {
+                            let item = self.view(account, &c, category, r)?;
+                            let text = item.body.as_ref().and_then(|b| b.as_str());
+                            out.file(
+                                format!("calendar/{}/{}.ics", c.id, item.id),
+                                text.unwrap_or_default().as_bytes().to_vec(),
+                            )
+                            .await
+                            .map_err(out_err)?;
+                        }
                     }
                 }
                 category::Format::Json => {
-                    let originals = originals_of(category, &c.id, &items);
-                    let list: Vec<serde_json::Value> = items
-                        .into_iter()
-                        .map(|(i, _)| {
-                            let mut v = serde_json::json!({
-                                "id": i.id,
-                                "modified_at": i.modified_at.to_rfc3339(),
-                                "item": i.body,
-                            });
-                            if let Some((path, _)) = originals.get(&i.id) {
-                                v["original"] = serde_json::Value::String(path.clone());
+                    let mut names = Originals::new(category, &c.id);
+                    if category == Category::Drive {
+                        // A file's path takes its folders': all of them first.
+                        while let Some(rows) = self.export_page(account, &c.id, &mut after).await? {
+                            for r in rows.iter().filter(|r| r.file_id.is_none()) {
+                                names.learn_folder(&self.view(account, &c, category, r)?);
                             }
-                            v
-                        })
-                        .collect();
-                    let json = serde_json::to_vec_pretty(&list)
-                        .map_err(|e| CloudError::Internal(format!("export: {e}")))?;
-                    out.push(ExportEntry::Bytes {
-                        path: format!("{}/{}.json", category.as_str(), c.id),
-                        bytes: json,
-                    });
-                    let mut originals: Vec<(String, String)> = originals.into_values().collect();
+                        }
+                        after.clear();
+                    }
+                    let Some(mut rows) = self.export_page(account, &c.id, &mut after).await? else {
+                        continue;
+                    };
+                    let path = format!("{}/{}.json", category.as_str(), c.id);
+                    let mut array = JsonArray::start(out, path).await.map_err(out_err)?;
+                    let mut originals = Vec::new();
+                    loop {
+                        for r in &rows {
+                            let item = self.view(account, &c, category, r)?;
+                            let mut v = serde_json::json!({
+                                "id": item.id,
+                                "modified_at": item.modified_at.to_rfc3339(),
+                            });
+                            if let Some(file_id) = &r.file_id {
+                                let path = names.place(&item);
+                                v["original"] = serde_json::Value::String(path.clone());
+                                originals.push((path, file_id.clone()));
+                            }
+                            v["item"] = item.body.unwrap_or_default();
+                            array.push(&v).await.map_err(out_err)?;
+                        }
+                        match self.export_page(account, &c.id, &mut after).await? {
+                            Some(next) => rows = next,
+                            None => break,
+                        }
+                    }
+                    array.finish().await.map_err(out_err)?;
                     originals.sort();
-                    out.extend(
-                        originals
-                            .into_iter()
-                            .map(|(path, file_id)| ExportEntry::Original { path, file_id }),
-                    );
+                    for (path, file_id) in originals {
+                        self.export_original(account, out, path, &file_id).await?;
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The next page of a collection's live items for the export, after the item `after`
+    /// (moved to this page's last); `None` past the last.
+    async fn export_page(
+        &self,
+        account: AccountId,
+        collection: &str,
+        after: &mut String,
+    ) -> Result<Option<Vec<ItemRow>>, CloudError> {
+        let rows = self
+            .store()
+            .live_items_page(account, collection, after, MAX_PAGE)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(None);
+        };
+        after.clone_from(&last.id);
+        Ok(Some(rows))
+    }
+
+    /// Streams an original into the export as it is stored (photos and videos are
+    /// compressed already), a chunk at a time.
+    async fn export_original<W: ArchiveWriter>(
+        &self,
+        account: AccountId,
+        out: &W,
+        path: String,
+        file_id: &str,
+    ) -> Result<(), CloudError> {
+        use futures_util::StreamExt;
+        let chunks = match self.read_file(account, file_id, None).await {
+            Ok((_, chunks)) => chunks,
+            // Replaced and collected since its item was read: not the account's any more.
+            Err(CloudError::NotFound) => {
+                tracing::info!(%account, "export: a file went while it was built");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let fail = |e: String| CloudError::Internal(format!("export: {path}: {e}"));
+        out.start(path.clone(), false).await.map_err(fail)?;
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+            out.data(chunk.to_vec()).await.map_err(fail)?;
+        }
+        Ok(())
     }
 
     /// Proves that recorded usage equals the bytes stored; returns the disagreements.
@@ -1417,14 +1487,24 @@ mod tests {
                 Some("f6".to_owned()),
             ),
         ];
-        let o = originals_of(Category::Drive, "drive", &items);
+        let mut names = Originals::new(Category::Drive, "drive");
+        for (i, _) in &items {
+            names.learn_folder(i);
+        }
+        let o: std::collections::HashMap<&str, (String, &str)> = items
+            .iter()
+            .filter_map(|(i, f)| {
+                let f = f.as_deref()?;
+                Some((i.id.as_str(), (names.place(i), f)))
+            })
+            .collect();
         let path = |id: &str| o.get(id).map(|(p, _)| p.as_str());
         assert_eq!(path("c"), Some("files/drive/drive/Trips/_/x.txt"));
         assert_eq!(path("e"), Some("files/drive/drive/Trips/_/x (2).txt"));
         assert_eq!(path("d"), Some("files/drive/drive/a_b_.txt"));
         assert_eq!(path("g"), Some("files/drive/drive/Trips/_/noext"));
         assert_eq!(path("h"), Some("files/drive/drive/Trips/_/noext (2)"));
-        assert_eq!(o.get("c").map(|(_, f)| f.as_str()), Some("f1"));
+        assert_eq!(o.get("c").map(|(_, f)| *f), Some("f1"));
         assert!(path("a").is_none(), "a folder has no original");
         let long = path("l").unwrap_or_default();
         assert_eq!(long, format!("files/drive/drive/{}", "é".repeat(100)));

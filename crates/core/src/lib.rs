@@ -4,6 +4,7 @@
 //! normalised and valid, a `PhoneE164` always a valid E.164 number), the injected clock, and the
 //! cryptographic primitives used for personal data at rest and for tokens.
 
+pub mod archive;
 pub mod clock;
 pub mod crypto;
 pub mod ident;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use mica_core::archive::{ArchiveWriter, Entry, JsonArray};
 use mica_core::crypto::{is_issued_id, random_token_string, token_hash, Keys};
 use mica_core::{AccountId, Clock, PhoneE164, SessionId, Timestamp};
 use mica_identity::limits::Limiter;
@@ -1095,18 +1096,49 @@ impl Devices {
         Ok(())
     }
 
-    /// The account's devices for its data export: each as its owner sees it, with its whole
-    /// location and command history.
-    pub async fn export(&self, account: AccountId) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut devices = Vec::new();
-        for row in self.store().devices(account).await? {
-            let locations = self
-                .store()
-                .locations(&row.id, Timestamp(0), Timestamp(i64::MAX), i64::MAX)
-                .await?
-                .iter()
-                .map(|l| self.location_view(l))
-                .collect::<Result<Vec<_>>>()?;
+    /// Writes the account's devices into its data export (`devices/devices.json`): each as
+    /// its owner sees it, with its whole location history (read a page at a time) and its
+    /// commands.
+    pub async fn export_into<W: ArchiveWriter>(&self, account: AccountId, out: &W) -> Result<()> {
+        let out_err = DevicesError::Internal;
+        let devices = self.store().devices(account).await?;
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut entry = Entry::start(out, "devices/devices.json".into())
+            .await
+            .map_err(out_err)?;
+        for (n, row) in devices.iter().enumerate() {
+            let open: &[u8] = if n == 0 {
+                b"[\n{\n\"device\": "
+            } else {
+                b",\n{\n\"device\": "
+            };
+            entry.write(open).await.map_err(out_err)?;
+            entry
+                .write_json(&self.view(row).await?)
+                .await
+                .map_err(out_err)?;
+            entry.write(b",\n\"locations\": ").await.map_err(out_err)?;
+            let mut locations = JsonArray::within(entry);
+            let mut after = None;
+            loop {
+                let page = self
+                    .store()
+                    .locations_after(&row.id, after.as_ref(), EXPORT_PAGE)
+                    .await?;
+                for l in &page {
+                    locations
+                        .push(&self.location_view(l)?)
+                        .await
+                        .map_err(out_err)?;
+                }
+                if page.len() < EXPORT_PAGE as usize {
+                    break;
+                }
+                after = page.into_iter().last();
+            }
+            entry = locations.close().await.map_err(out_err)?;
             let commands = self
                 .store()
                 .commands(account, &row.id, i64::MAX)
@@ -1114,18 +1146,12 @@ impl Devices {
                 .iter()
                 .map(|c| self.command_view(c))
                 .collect::<Result<Vec<_>>>()?;
-            devices.push(serde_json::json!({
-                "device": self.view(&row).await?,
-                "locations": locations,
-                "commands": commands,
-            }));
+            entry.write(b",\n\"commands\": ").await.map_err(out_err)?;
+            entry.write_json(&commands).await.map_err(out_err)?;
+            entry.write(b"\n}").await.map_err(out_err)?;
         }
-        if devices.is_empty() {
-            return Ok(Vec::new());
-        }
-        let json = serde_json::to_vec_pretty(&devices)
-            .map_err(|e| DevicesError::Internal(e.to_string()))?;
-        Ok(vec![("devices/devices.json".into(), json)])
+        entry.write(b"\n]\n").await.map_err(out_err)?;
+        entry.finish().await.map_err(out_err)
     }
 
     /// Relays other nodes' wake-ups to the devices connected here (PostgreSQL; returns `Ok` at
@@ -1484,6 +1510,9 @@ impl Devices {
         Ok(())
     }
 }
+
+/// Locations read at a time for the data export.
+const EXPORT_PAGE: i64 = 1_000;
 
 /// How long after sending a command its delivery is recorded (see
 /// [`ChannelState::record_deliveries`]).

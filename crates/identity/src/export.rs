@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mica_core::archive::ArchiveWriter;
 use mica_core::crypto::random_token_string;
 use mica_store::{ExportRow, JobRow};
 use serde_json::json;
@@ -47,31 +48,21 @@ enum Piece {
     Data(Vec<u8>),
 }
 
-impl ExportSink {
-    /// A whole, small file (JSON, a vCard): compressed.
-    pub async fn file(&self, name: impl Into<String>, bytes: Vec<u8>) -> Result<(), String> {
+impl mica_core::archive::ArchiveWriter for ExportSink {
+    async fn start(&self, path: String, compress: bool) -> Result<(), String> {
         self.send(Piece::Start {
-            name: name.into(),
-            compress: true,
-        })
-        .await?;
-        self.send(Piece::Data(bytes)).await
-    }
-
-    /// Starts an original file, stored as it is; its bytes follow with [`ExportSink::data`].
-    pub async fn start_original(&self, name: impl Into<String>) -> Result<(), String> {
-        self.send(Piece::Start {
-            name: name.into(),
-            compress: false,
+            name: path,
+            compress,
         })
         .await
     }
 
-    /// More bytes of the file started last.
-    pub async fn data(&self, bytes: Vec<u8>) -> Result<(), String> {
+    async fn data(&self, bytes: Vec<u8>) -> Result<(), String> {
         self.send(Piece::Data(bytes)).await
     }
+}
 
+impl ExportSink {
     async fn send(&self, piece: Piece) -> Result<(), String> {
         self.tx
             .send(piece)

@@ -319,39 +319,11 @@ impl mica_identity::export::AccountArea for CloudExport {
         account: mica_core::AccountId,
         sink: &'a mica_identity::export::ExportSink,
     ) -> mica_identity::export::AreaFuture<'a, ()> {
-        use futures_util::StreamExt;
-        use mica_cloud::ExportEntry;
         Box::pin(async move {
-            let entries = self
-                .0
-                .export_entries(account)
+            self.0
+                .export_into(account, sink)
                 .await
-                .map_err(|e| e.to_string())?;
-            for entry in entries {
-                match entry {
-                    ExportEntry::Bytes { path, bytes } => sink.file(path, bytes).await?,
-                    // An original streams from the blob store a chunk at a time.
-                    ExportEntry::Original { path, file_id } => {
-                        let chunks = match self.0.read_file(account, &file_id, None).await {
-                            Ok((_, chunks)) => chunks,
-                            // Replaced and collected since it was listed: not the account's
-                            // any more.
-                            Err(mica_cloud::CloudError::NotFound) => {
-                                tracing::info!(%account, "export: a file went while it was built");
-                                continue;
-                            }
-                            Err(e) => return Err(format!("{path}: {e}")),
-                        };
-                        sink.start_original(path.clone()).await?;
-                        let mut chunks = std::pin::pin!(chunks);
-                        while let Some(chunk) = chunks.next().await {
-                            let chunk = chunk.map_err(|e| format!("{path}: {e}"))?;
-                            sink.data(chunk.to_vec()).await?;
-                        }
-                    }
-                }
-            }
-            Ok(())
+                .map_err(|e| e.to_string())
         })
     }
 
@@ -379,10 +351,10 @@ impl mica_identity::export::AccountArea for DevicesExport {
         sink: &'a mica_identity::export::ExportSink,
     ) -> mica_identity::export::AreaFuture<'a, ()> {
         Box::pin(async move {
-            for (path, bytes) in self.0.export(account).await.map_err(|e| e.to_string())? {
-                sink.file(path, bytes).await?;
-            }
-            Ok(())
+            self.0
+                .export_into(account, sink)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 

@@ -946,6 +946,34 @@ impl Store {
             .await
     }
 
+    /// A page of a collection's live items in the order of their ids, after `after` (""
+    /// for the first page), at most `limit`. Each item is in exactly one page, whatever is
+    /// written meanwhile (an item changed after its page was read is not seen again): for
+    /// reading a whole collection a page at a time (the data export), where the change feed's
+    /// order would move a changed item past the end or into a second page.
+    pub async fn live_items_page(
+        &self,
+        account: AccountId,
+        collection: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<ItemRow>> {
+        sqlx::query(
+            "SELECT id, seq, modified_at, deleted_at, size, body, file_id, path_key FROM items \
+             WHERE account_id = $1 AND collection_id = $2 AND id > $3 AND deleted_at IS NULL \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(account.as_i64())
+        .bind(collection)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| item_from(r, false))
+        .collect()
+    }
+
     /// One item (or its tombstone).
     pub async fn item(
         &self,
@@ -1007,7 +1035,6 @@ impl Store {
         .transpose()
     }
 
-    /// The recycle bin, newest first, without what was deleted before `since`.
     /// A page of the recycle bin, newest first: what was deleted at `since` or later, of one
     /// kind or all, after the cursor (the last entry of the page before).
     pub async fn recycle_bin(

@@ -595,6 +595,37 @@ impl Store {
         .collect()
     }
 
+    /// A device's whole location history a page at a time, oldest first: at most `limit`
+    /// after `after` (the last row of the page before; `None` for the first page).
+    pub async fn locations_after(
+        &self,
+        device: &str,
+        after: Option<&LocationRow>,
+        limit: i64,
+    ) -> Result<Vec<LocationRow>> {
+        // (at, received_at, place) orders every row: two reports can share both times, but a
+        // sealed place is unique (its nonce is random).
+        let (at, received_at, place) = match after {
+            Some(l) => (l.at.millis(), l.received_at.millis(), l.place.clone()),
+            None => (i64::MIN, i64::MIN, Vec::new()),
+        };
+        sqlx::query(
+            "SELECT at, received_at, place FROM device_locations WHERE device_id = $1 \
+             AND at >= $2 AND (at, received_at, place) > ($2, $3, $4) \
+             ORDER BY at, received_at, place LIMIT $5",
+        )
+        .bind(device)
+        .bind(at)
+        .bind(received_at)
+        .bind(place)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(location_row)
+        .collect()
+    }
+
     /// The newest reported location.
     pub async fn last_location(&self, device: &str) -> Result<Option<LocationRow>> {
         sqlx::query(

@@ -12,7 +12,10 @@ use crate::sync::{note, vcard};
 
 const EVENT: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Mica//Test//EN\r\nBEGIN:VEVENT\r\nUID:dentist\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20261201T090000Z\r\nSUMMARY:Dentist\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
 
-on_both_backends!(export_holds_the_account_data_and_expires);
+on_both_backends!(
+    export_holds_the_account_data_and_expires,
+    a_large_account_is_exported_whole_a_page_at_a_time,
+);
 
 fn python(args: &[&str]) -> String {
     let out = std::process::Command::new("python3")
@@ -353,4 +356,121 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         !archive.exists(),
         "the archive file is gone with the account"
     );
+}
+
+/// More contacts, notes and locations than a page holds: the export reads them a page at a
+/// time, and every one is in the archive exactly once, in a valid file.
+async fn a_large_account_is_exported_whole_a_page_at_a_time(app: &TestApp) {
+    let t = app.signup_email("mo@example.com").await;
+    let c = app.client.with_token(&t.access_token);
+    const CONTACTS: usize = 2_300;
+    const NOTES: usize = 1_200;
+    const LOCATIONS: usize = 1_050;
+    for first in (0..CONTACTS).step_by(500) {
+        let writes: Vec<Value> = (first..(first + 500).min(CONTACTS))
+            .map(|i| {
+                let id = format!("c{i:05}");
+                serde_json::json!({"id": id, "op": "put", "body": vcard(&id, &format!("Person {i}"))})
+            })
+            .collect();
+        c.push("contacts", Value::Array(writes), None)
+            .await
+            .unwrap();
+    }
+    for first in (0..NOTES).step_by(500) {
+        let writes: Vec<Value> = (first..(first + 500).min(NOTES))
+            .map(|i| serde_json::json!({"id": format!("n{i}"), "op": "put", "body": note(&format!("Note {i}"))}))
+            .collect();
+        c.push("notes", Value::Array(writes), None).await.unwrap();
+    }
+    let linked: Value = c
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/devices",
+            Some(serde_json::json!({
+                "name": "Mo's phone", "model": "Pixel 9", "os_version": "15", "app_version": "1",
+                "hardware": { "serial": "PX9MO" }, "find_device": true,
+            })),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device = app
+        .client
+        .with_token(linked["credential"].as_str().unwrap());
+    let start = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+    for first in (0..LOCATIONS).step_by(100) {
+        // Every tenth report shares its time with the one before: both are kept and exported.
+        let reports: Vec<Value> = (first..(first + 100).min(LOCATIONS))
+            .map(|i| {
+                let at = start + time::Duration::seconds((i - usize::from(i % 10 == 9)) as i64);
+                serde_json::json!({ "lat": 10.0 + i as f64 / 10_000.0, "lon": 20.0, "accuracy": 5.0,
+                    "source": "gps", "at": at.format(&time::format_description::well_known::Rfc3339).unwrap() })
+            })
+            .collect();
+        let resp = device
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/device/locations",
+                Some(serde_json::json!({ "locations": reports })),
+            )
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
+    let ready = export_when_ready(app, &t.access_token).await;
+    let bytes = app
+        .http
+        .get(app.url(ready["download"].as_str().unwrap()))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let file = std::env::temp_dir().join(format!("{}.zip", ready["id"].as_str().unwrap()));
+    std::fs::write(&file, &bytes).unwrap();
+    python(&["-m", "zipfile", "-t", file.to_str().unwrap()]);
+
+    // Every contact once, byte for byte, in the order of their ids.
+    let cards = member(&file, "contacts/contacts.vcf");
+    let expected: String = (0..CONTACTS)
+        .map(|i| vcard(&format!("c{i:05}"), &format!("Person {i}")))
+        .collect();
+    assert_eq!(cards.len(), expected.len());
+    assert!(cards == expected, "the address book is exported whole");
+    // Every note once.
+    let notes: Value = serde_json::from_str(&member(&file, "notes/notes.json")).unwrap();
+    let mut ids: Vec<&str> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), NOTES);
+    assert_eq!(notes[0]["item"]["title"], "Note 0");
+    // Every location once, oldest first, those sharing a time included.
+    let devices: Value = serde_json::from_str(&member(&file, "devices/devices.json")).unwrap();
+    assert_eq!(devices.as_array().unwrap().len(), 1);
+    assert_eq!(devices[0]["device"]["name"], "Mo's phone");
+    let locations = devices[0]["locations"].as_array().unwrap();
+    assert_eq!(locations.len(), LOCATIONS);
+    let mut lats: Vec<i64> = locations
+        .iter()
+        .map(|l| (l["lat"].as_f64().unwrap() * 10_000.0).round() as i64 - 100_000)
+        .collect();
+    let times: Vec<&str> = locations
+        .iter()
+        .map(|l| l["at"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+    lats.sort_unstable();
+    assert_eq!(lats, (0..LOCATIONS as i64).collect::<Vec<_>>());
+    let _ = std::fs::remove_file(&file);
 }
