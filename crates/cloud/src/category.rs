@@ -132,7 +132,13 @@ pub struct Prepared {
     pub file_id: Option<String>,
     /// A drive entry's place: `<parent id>/<name>`.
     pub path_key: Option<String>,
+    /// The albums a gallery item is in, each once.
+    pub albums: Vec<String>,
 }
+
+/// The most albums one photo is in, and the longest album name.
+pub const MAX_ALBUMS: usize = 100;
+pub const MAX_ALBUM_NAME: usize = 200;
 
 fn invalid(category: Category, why: impl std::fmt::Display) -> CloudError {
     CloudError::InvalidItem(format!("not a valid {} item: {why}", category.as_str()))
@@ -234,6 +240,7 @@ fn prepare_vcard(text: &str) -> Result<Prepared, CloudError> {
         ends_at: None,
         file_id: None,
         path_key: None,
+        albums: Vec::new(),
     })
 }
 
@@ -332,6 +339,7 @@ fn prepare_icalendar(text: &str) -> Result<Prepared, CloudError> {
         text: text.to_owned(),
         file_id: None,
         path_key: None,
+        albums: Vec::new(),
     })
 }
 
@@ -569,6 +577,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
     let mut file_id: Option<String> = None;
     // A gallery item's capture time as its device recorded it: the timeline's order.
     let mut starts_at: Option<i64> = None;
+    let mut albums: Vec<String> = Vec::new();
     if category == Category::Drive {
         return prepare_drive(body);
     }
@@ -664,6 +673,19 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
                 }
             }
             file_id = g.file_id.clone();
+            if g.albums.len() > MAX_ALBUMS {
+                return Err(invalid(
+                    c,
+                    format!("a photo is in at most {MAX_ALBUMS} albums"),
+                ));
+            }
+            for a in &g.albums {
+                check_nonempty(c, "an album name", a)?;
+                check_len(c, "an album name", a, MAX_ALBUM_NAME)?;
+                if !albums.contains(a) {
+                    albums.push(a.clone());
+                }
+            }
             g.name
         }
         Category::Recordings => {
@@ -695,6 +717,7 @@ fn prepare_json(category: Category, body: &serde_json::Value) -> Result<Prepared
         ends_at: None,
         file_id,
         path_key: None,
+        albums,
     })
 }
 
@@ -856,6 +879,7 @@ fn prepare_drive(body: &serde_json::Value) -> Result<Prepared, CloudError> {
         ends_at: None,
         path_key: Some(format!("{}/{}", e.parent.as_deref().unwrap_or(""), e.name)),
         file_id: e.file_id,
+        albums: Vec::new(),
     })
 }
 

@@ -944,7 +944,7 @@ impl Cloud {
                     }
                 }
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
-                // event's uid, an event's or a photo's time): index it again from the body. A
+                // event's uid, an event's or a photo's time, a photo's albums): index it again from the body. A
                 // photo is placed on the timeline even if its body no longer reads (undated).
                 let view = self.item(account, &collection_id, &item_id).await?;
                 let rules = category.rules();
@@ -954,6 +954,11 @@ impl Cloud {
                     .and_then(|body| category::prepare(category, body).ok());
                 if indexed.is_some() || rules.media {
                     let p = indexed.unwrap_or_default();
+                    let albums: Vec<Vec<u8>> = p
+                        .albums
+                        .iter()
+                        .map(|a| media::album_index(&self.inner.keys, account, a))
+                        .collect();
                     self.store()
                         .reindex_item(
                             account,
@@ -964,6 +969,7 @@ impl Cloud {
                             p.uid.as_deref(),
                             p.starts_at,
                             p.ends_at,
+                            &albums,
                         )
                         .await?;
                 }
@@ -1347,6 +1353,11 @@ fn check_write(
                 ends_at: p.ends_at,
                 file_id: p.file_id,
                 path_key: p.path_key,
+                albums: p
+                    .albums
+                    .iter()
+                    .map(|a| media::album_index(keys, account, a))
+                    .collect(),
             };
             Ok((op, Some(p.text)))
         }
@@ -1375,6 +1386,7 @@ fn check_write(
                 ends_at: None,
                 file_id: None,
                 path_key: None,
+                albums: Vec::new(),
             };
             Ok((op, None))
         }

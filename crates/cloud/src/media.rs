@@ -16,8 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use image::{DynamicImage, ImageDecoder};
+use mica_core::crypto::Keys;
 use mica_core::{AccountId, Timestamp};
-use mica_store::{MediaDone, MediaRow, TimelineCursor};
+use mica_store::{ItemAlbums, MediaDone, MediaRow, TimelineCursor};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -563,19 +564,22 @@ impl Cloud {
         let c = self.resolve(account, Category::Gallery.as_str()).await?;
         let mut after = cursor.map(parse_cursor).transpose()?;
         let limit = limit.clamp(1, MAX_GALLERY_PAGE);
+        let album_key = match album {
+            Some(a) => {
+                if self.store().albums_unindexed(account, &c.id).await? {
+                    self.index_albums(account, &c).await?;
+                }
+                Some(album_index(&self.inner.keys, account, a))
+            }
+            None => None,
+        };
         // One more than the page, to know whether another follows.
         let mut out: Vec<(GalleryEntry, TimelineCursor)> = Vec::with_capacity(limit + 1);
-        // An album's items may be far apart on the timeline: a filtered read scans wider pages.
-        let scan = if album.is_some() {
-            1000
-        } else {
-            (limit + 1).max(100)
-        };
-        let scan = i64::try_from(scan).unwrap_or(100);
+        let scan = i64::try_from((limit + 1).max(100)).unwrap_or(100);
         'pages: loop {
             let rows = self
                 .store()
-                .timeline_page(account, &c.id, after.as_ref(), scan)
+                .timeline_page(account, &c.id, album_key.as_deref(), after.as_ref(), scan)
                 .await?;
             let exhausted = rows.len() < usize::try_from(scan).unwrap_or(0);
             for r in rows {
@@ -587,6 +591,7 @@ impl Cloud {
                 let Some(e) = self.gallery_entry(account, &c, &r.item, r.media.as_ref())? else {
                     continue;
                 };
+                // The index said so; the sealed body is what the owner wrote.
                 if album.is_some_and(|a| !e.albums.iter().any(|x| x == a)) {
                     continue;
                 }
@@ -609,6 +614,54 @@ impl Cloud {
             entries: out.into_iter().map(|(e, _)| e).collect(),
             next,
         })
+    }
+
+    /// Indexes the albums of a gallery written before albums were indexed (they were only in
+    /// its sealed bodies), a page at a time, each item at the version read: an item written
+    /// meanwhile was indexed by its write. Done once per gallery, on the first album asked for.
+    async fn index_albums(
+        &self,
+        account: AccountId,
+        c: &mica_store::CollectionRow,
+    ) -> Result<(), CloudError> {
+        const PAGE: i64 = 500;
+        let mut after = String::new();
+        loop {
+            let rows = self
+                .store()
+                .live_items_page(account, &c.id, &after, PAGE)
+                .await?;
+            let done = rows.len() < usize::try_from(PAGE).unwrap_or(0);
+            let mut items = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let mut names: Vec<String> = Vec::new();
+                if let Some(body) = self.view(account, c, Category::Gallery, r)?.body {
+                    let g: GalleryItem = serde_json::from_value(body)
+                        .map_err(|e| CloudError::Internal(format!("gallery item {}: {e}", r.id)))?;
+                    names = g.albums;
+                    names.sort_unstable();
+                    names.dedup();
+                }
+                items.push(ItemAlbums {
+                    id: r.id.clone(),
+                    version: r.seq,
+                    albums: names
+                        .iter()
+                        .map(|a| album_index(&self.inner.keys, account, a))
+                        .collect(),
+                });
+            }
+            if let Some(last) = rows.last() {
+                after.clone_from(&last.id);
+            }
+            self.store()
+                .index_albums(account, &c.id, &items, done)
+                .await?;
+            if done {
+                tracing::info!(account = %account, "gallery albums indexed");
+                return Ok(());
+            }
+        }
     }
 
     fn gallery_entry(
@@ -653,6 +706,12 @@ impl Cloud {
             preview_error,
         }))
     }
+}
+
+/// An album name's blind index, what the database compares (the name stays sealed in the
+/// item's body); keyed by the account too, so two accounts' albums of one name do not match.
+pub(crate) fn album_index(keys: &Keys, account: AccountId, name: &str) -> Vec<u8> {
+    keys.blind_index("album", &format!("{}\u{0}{name}", account.as_i64()))
 }
 
 /// The most entries on one page of the timeline.

@@ -73,6 +73,8 @@ pub struct ItemWrite {
     pub file_id: Option<String>,
     /// A drive entry's place, `<parent>/<name>`: unique among the collection's live items.
     pub path_key: Option<String>,
+    /// A gallery item's albums, as blind indexes of their names.
+    pub albums: Vec<Vec<u8>>,
 }
 
 /// How the collection's category behaves.
@@ -267,12 +269,12 @@ impl Store {
     /// linear scan of the statement's names, once per parameter as sqlx binds them — quadratic
     /// in a statement of hundreds; anonymous ones are bound in order and have no name to find.
     /// Such a statement must use these for every parameter, in order, each once.
-    fn mark(&self, n: usize) -> String {
+    pub(crate) fn mark(&self, n: usize) -> String {
         self.marks(n, 1)
     }
 
     /// `count` placeholders from parameter `first` on, comma-separated (see [`Store::mark`]).
-    fn marks(&self, first: usize, count: usize) -> String {
+    pub(crate) fn marks(&self, first: usize, count: usize) -> String {
         use std::fmt::Write as _;
         let mut out = String::with_capacity(count * 6);
         for n in first..first + count {
@@ -793,6 +795,18 @@ impl Store {
             if let Some(first) = puts.iter().map(|(_, seq)| *seq).min() {
                 crate::media::place_on_timeline(&mut tx, account, &collection.id, first).await?;
             }
+            let albums: Vec<(&str, &[Vec<u8>])> = plan
+                .iter()
+                .map(|(op, _, _)| {
+                    let albums: &[Vec<u8>] = match op.op {
+                        WriteOp::Put => &op.albums,
+                        WriteOp::Delete => &[],
+                    };
+                    (op.id.as_str(), albums)
+                })
+                .collect();
+            self.replace_albums(&mut tx, account, &collection.id, &albums)
+                .await?;
         }
         if rules.tree {
             if let Some((id, problem)) = self
@@ -1096,7 +1110,7 @@ impl Store {
     }
 
     /// Sets what is indexed from a live item's body (its `uid`, `starts_at`, `ends_at`, and its
-    /// place on the gallery timeline when `rules` say it is a photo), if the item is still at
+    /// place on the gallery timeline and its albums when `rules` say it is a photo), if the item is still at
     /// `version`: for an item restored from the recycle bin, which keeps bodies only. Not a
     /// change of the item: its version stays.
     #[allow(clippy::too_many_arguments)]
@@ -1110,6 +1124,7 @@ impl Store {
         uid: Option<&str>,
         starts_at: Option<i64>,
         ends_at: Option<i64>,
+        albums: &[Vec<u8>],
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         // The account's lock, as every placing on the timeline takes (see `place_on_timeline`).
@@ -1129,6 +1144,8 @@ impl Store {
         .await?;
         if rules.media && r.rows_affected() == 1 {
             crate::media::place_on_timeline(&mut tx, account, collection, version).await?;
+            self.replace_albums(&mut tx, account, collection, &[(id, albums)])
+                .await?;
         }
         tx.commit().await?;
         Ok(())

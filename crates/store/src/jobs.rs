@@ -109,6 +109,15 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "recycle_bin",
         condition: "account_id = $1",
     },
+    // A gallery's album rows before its items (they refer to them).
+    AccountTable {
+        table: "item_albums",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "album_backfill",
+        condition: "account_id = $1",
+    },
     AccountTable {
         table: "items",
         condition: "account_id = $1",

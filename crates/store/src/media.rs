@@ -52,6 +52,14 @@ pub struct TimelineRow {
     pub at: Option<i64>,
 }
 
+/// The albums of one item at one version, as blind indexes of their names.
+#[derive(Debug, Clone)]
+pub struct ItemAlbums {
+    pub id: String,
+    pub version: i64,
+    pub albums: Vec<Vec<u8>>,
+}
+
 /// The timeline place of an item with no time (the smallest BIGINT: after every dated one).
 const UNDATED: i64 = i64::MIN;
 
@@ -181,6 +189,17 @@ impl Store {
         .bind(UNDATED)
         .execute(&mut *tx)
         .await?;
+        // And their albums' rows with them.
+        sqlx::query(
+            "UPDATE item_albums SET timeline_at = (SELECT i.timeline_at FROM items i \
+             WHERE i.account_id = item_albums.account_id AND i.collection_id = item_albums.collection_id \
+             AND i.id = item_albums.item_id) \
+             WHERE account_id = $1 AND item_id IN (SELECT id FROM items WHERE account_id = $1 AND file_id = $2)",
+        )
+        .bind(account.as_i64())
+        .bind(file_id)
+        .execute(&mut *tx)
+        .await?;
         for key in [&done.thumb_small, &done.thumb_large].into_iter().flatten() {
             if !crate::files::claim(&mut tx, account, key, now).await? {
                 // Written too long ago to be sure it is still there: made again later.
@@ -204,36 +223,136 @@ impl Store {
         .transpose()
     }
 
+    /// Replaces the albums each item is in (blind indexes of their names; none for a deleted
+    /// item), each row with the item's place on the timeline: run after the items were placed.
+    /// A few multi-row statements for a whole batch, with anonymous placeholders throughout
+    /// (see `Store::mark`).
+    pub(crate) async fn replace_albums(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        account: AccountId,
+        collection: &str,
+        items: &[(&str, &[Vec<u8>])],
+    ) -> Result<()> {
+        for chunk in items.chunks(100) {
+            let sql = format!(
+                "DELETE FROM item_albums WHERE account_id = {} AND collection_id = {} \
+                 AND item_id IN ({})",
+                self.mark(1),
+                self.mark(2),
+                self.marks(3, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
+            for (id, _) in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let rows: Vec<(&str, &[u8])> = items
+            .iter()
+            .flat_map(|(id, albums)| albums.iter().map(move |a| (*id, a.as_slice())))
+            .collect();
+        for chunk in rows.chunks(200) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", self.marks(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO item_albums (account_id, collection_id, album, item_id) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, album) in chunk {
+                q = q
+                    .bind(account.as_i64())
+                    .bind(collection)
+                    .bind(album.to_vec())
+                    .bind(*id);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        // Their place on the timeline, as the item has it (placed before this runs).
+        for chunk in items.chunks(100) {
+            let sql = format!(
+                "UPDATE item_albums SET timeline_at = (SELECT i.timeline_at FROM items i \
+                 WHERE i.account_id = item_albums.account_id AND i.collection_id = item_albums.collection_id \
+                 AND i.id = item_albums.item_id) \
+                 WHERE account_id = {} AND collection_id = {} AND item_id IN ({})",
+                self.mark(1),
+                self.mark(2),
+                self.marks(3, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
+            for (id, _) in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     /// A page of the gallery's timeline: its live items, newest first by the time the device
     /// recorded (the item's `starts_at`) or else the one the media worker read from the file,
     /// undated ones last, ties in id order; after `after` (the last entry of the page before),
-    /// at most `limit`. Each comes with its file's media row and its time in that order.
+    /// at most `limit`; with `album` (an album name's blind index), only that album's items.
+    /// Each comes with its file's media row and its time in that order.
     ///
     /// A range of the `items_timeline` index (each item's place is kept in `timeline_at`, see
-    /// [`place_on_timeline`]): a page costs its own rows, whatever the gallery's size.
+    /// [`place_on_timeline`]): a page costs its own rows, whatever the gallery's size; so does
+    /// an album's, a range of `item_albums_timeline`.
     pub async fn timeline_page(
         &self,
         account: AccountId,
         collection: &str,
+        album: Option<&[u8]>,
         after: Option<&TimelineCursor>,
         limit: i64,
     ) -> Result<Vec<TimelineRow>> {
-        // `timeline_at <= $3 AND (…)`, not a bare OR, so that the index gives the range.
-        let from = if after.is_some() {
-            "AND i.timeline_at <= $3 AND (i.timeline_at < $3 OR i.id > $4)"
-        } else {
-            ""
+        // `timeline_at <= $3 AND (…)`, not a bare OR, so that the index gives the range. An
+        // album's page is a range of `item_albums_timeline` in the same order (its rows carry
+        // the item's place), joined to the items.
+        let (from, key, id) = match album {
+            None => ("items i", "i.timeline_at", "i.id"),
+            Some(_) => (
+                "item_albums a JOIN items i ON i.account_id = a.account_id \
+                 AND i.collection_id = a.collection_id AND i.id = a.item_id",
+                "a.timeline_at",
+                "a.item_id",
+            ),
         };
-        let limit_at = if after.is_some() { 5 } else { 3 };
+        let (account_col, collection_col) = match album {
+            None => ("i.account_id", "i.collection_id"),
+            Some(_) => ("a.account_id", "a.collection_id"),
+        };
+        let mut next = 3;
+        let mut filter = String::new();
+        if album.is_some() {
+            filter.push_str(&format!(
+                " AND a.album = ${next} AND i.timeline_at IS NOT NULL"
+            ));
+            next += 1;
+        }
+        if after.is_some() {
+            filter.push_str(&format!(
+                " AND {key} <= ${a} AND ({key} < ${a} OR {id} > ${b})",
+                a = next,
+                b = next + 1
+            ));
+            next += 2;
+        }
         let sql = format!(
             "SELECT i.id, i.seq, i.modified_at, i.deleted_at, i.size, i.body, i.summary, \
-             i.file_id, i.path_key, i.timeline_at, m.account_id, m.status, m.attempts, \
+             i.file_id, i.path_key, {key} AS timeline_at, m.account_id, m.status, m.attempts, \
              m.taken_at, m.place, m.width, m.height, m.thumb_small, m.thumb_large, m.error \
-             FROM items i LEFT JOIN media m ON m.account_id = i.account_id AND m.file_id = i.file_id \
-             WHERE i.account_id = $1 AND i.collection_id = $2 AND i.timeline_at IS NOT NULL {from} \
-             ORDER BY i.timeline_at DESC, i.id LIMIT ${limit_at}"
+             FROM {from} \
+             LEFT JOIN media m ON m.account_id = i.account_id AND m.file_id = i.file_id \
+             WHERE {account_col} = $1 AND {collection_col} = $2 AND {key} IS NOT NULL{filter} \
+             ORDER BY {key} DESC, {id} LIMIT ${next}"
         );
         let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
+        if let Some(album) = album {
+            q = q.bind(album.to_vec());
+        }
         if let Some(a) = after {
             q = q.bind(a.at.unwrap_or(UNDATED)).bind(a.id.as_str());
         }
@@ -250,6 +369,65 @@ impl Store {
                 Ok(TimelineRow { item, media, at })
             })
             .collect()
+    }
+
+    /// Whether the collection's albums are still only in its sealed bodies (a gallery written
+    /// before albums were indexed): see [`Store::index_albums`].
+    pub async fn albums_unindexed(&self, account: AccountId, collection: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 AS one FROM album_backfill WHERE account_id = $1 AND collection_id = $2",
+        )
+        .bind(account.as_i64())
+        .bind(collection)
+        .fetch_optional(&self.reader)
+        .await?
+        .is_some())
+    }
+
+    /// Indexes the albums of items read from their bodies (`items`, in id order, as one page of
+    /// the collection), each only if it is still at the version read: a later write indexed it
+    /// itself. `done` ends the collection's backfill. Under the account's lock, as every write
+    /// of the collection is; a few statements a page, not a few an item.
+    pub async fn index_albums(
+        &self,
+        account: AccountId,
+        collection: &str,
+        items: &[ItemAlbums],
+        done: bool,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        crate::cloud::lock_account(&mut tx, account, 0).await?;
+        if let (Some(first), Some(last)) = (items.first(), items.last()) {
+            let current: std::collections::HashMap<String, i64> = sqlx::query(
+                "SELECT id, seq FROM items WHERE account_id = $1 AND collection_id = $2 \
+                 AND id >= $3 AND id <= $4 AND deleted_at IS NULL",
+            )
+            .bind(account.as_i64())
+            .bind(collection)
+            .bind(&first.id)
+            .bind(&last.id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("seq")?)))
+            .collect::<Result<_>>()?;
+            let still: Vec<(&str, &[Vec<u8>])> = items
+                .iter()
+                .filter(|it| current.get(&it.id) == Some(&it.version))
+                .map(|it| (it.id.as_str(), it.albums.as_slice()))
+                .collect();
+            self.replace_albums(&mut tx, account, collection, &still)
+                .await?;
+        }
+        if done {
+            sqlx::query("DELETE FROM album_backfill WHERE account_id = $1 AND collection_id = $2")
+                .bind(account.as_i64())
+                .bind(collection)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The live items of a collection (for listings that need all of them).

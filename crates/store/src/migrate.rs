@@ -102,6 +102,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0018_gallery_timeline.sql"),
         postgres: include_str!("../migrations/postgres/0018_gallery_timeline.sql"),
     },
+    Migration {
+        version: 19,
+        sqlite: include_str!("../migrations/sqlite/0019_gallery_albums.sql"),
+        postgres: include_str!("../migrations/postgres/0019_gallery_albums.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.
@@ -215,6 +220,7 @@ mod tests {
 
     /// Migration 18 places a database's existing photos on the timeline: by the device's time,
     /// else the file's, else undated (last); nothing else, and no deleted item, is placed.
+    /// Migration 19 marks the existing gallery for its albums to be indexed.
     #[tokio::test]
     async fn existing_photos_are_placed_on_the_timeline() {
         sqlx::any::install_default_drivers();
@@ -274,5 +280,14 @@ mod tests {
             placed,
             expected.map(|(id, at)| (id.to_owned(), at)).to_vec()
         );
+        // Migration 19: the existing gallery's albums wait to be read from its bodies.
+        let pending: Vec<String> = sqlx::query("SELECT collection_id FROM album_backfill")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("collection_id"))
+            .collect();
+        assert_eq!(pending, ["photos"]);
     }
 }

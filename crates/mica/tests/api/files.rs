@@ -27,6 +27,7 @@ on_both_backends!(
     the_drive_stays_a_tree_whatever_the_batches,
     the_gallery_reads_exif_and_makes_previews,
     the_timeline_comes_newest_first_a_page_at_a_time,
+    an_album_is_read_from_its_index_and_follows_its_photos,
     the_gallery_reads_a_videos_container_and_previews_a_frame,
     call_recordings_sync_and_play_back_with_ranges,
     purging_spares_the_chunks_an_upload_in_progress_shares,
@@ -1762,6 +1763,152 @@ async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
     assert!(gallery(&other, "").await.is_empty());
 }
 
+/// An album's page is read from the album's index, not by opening the whole gallery: the
+/// index follows every write (a photo moved to another album, deleted, restored), names stay
+/// sealed (another account's album of the same name is its own), bad album lists are refused,
+/// and a gallery written before albums were indexed is indexed on the first album asked for.
+async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "ana@example.com").await;
+    // 600 photos a minute apart, newest last; every hundredth (from the 7th) in "Trip", one of
+    // them twice over, and one in "Trip" and "Home".
+    let photo = |i: usize, albums: Value| {
+        json!({"id": format!("p{i:03}"), "op": "put", "body": {"name": format!("IMG_{i:04}.jpg"),
+            "mime_type": "image/jpeg", "size": 1,
+            "taken_at": format!("2026-07-01T{:02}:{:02}:00Z", i / 60, i % 60), "albums": albums}})
+    };
+    let writes: Vec<Value> = (0..600)
+        .map(|i| match i {
+            107 => photo(i, json!(["Trip", "Trip"])),
+            307 => photo(i, json!(["Trip", "Home"])),
+            i if i % 100 == 7 => photo(i, json!(["Trip"])),
+            i => photo(i, json!([])),
+        })
+        .collect();
+    for batch in writes.chunks(300) {
+        c.push("gallery", Value::Array(batch.to_vec()), None)
+            .await
+            .unwrap();
+    }
+    let album = |name: &'static str| {
+        let tus = &tus;
+        async move {
+            ids(&gallery_pages(tus, &format!("?album={name}"), 2, None)
+                .await
+                .concat())
+        }
+    };
+    assert_eq!(
+        album("Trip").await,
+        ["p507", "p407", "p307", "p207", "p107", "p007"]
+    );
+    assert_eq!(album("Home").await, ["p307"]);
+    assert!(album("Nowhere").await.is_empty());
+    // Moved out of "Trip" into "Home" by an edit.
+    let v = c.item("gallery", "p207").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut moved = photo(207, json!(["Home"]));
+    moved["base_version"] = json!(v);
+    c.push("gallery", json!([moved]), None).await.unwrap();
+    assert_eq!(
+        album("Trip").await,
+        ["p507", "p407", "p307", "p107", "p007"]
+    );
+    assert_eq!(album("Home").await, ["p307", "p207"]);
+    // Deleted: out of its album; restored from the bin: back in it.
+    let v = c.item("gallery", "p407").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.push(
+        "gallery",
+        json!([{"id": "p407", "op": "delete", "base_version": v}]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(album("Trip").await, ["p507", "p307", "p107", "p007"]);
+    let bin = c.recycle_bin(Some("gallery")).await.unwrap();
+    c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        album("Trip").await,
+        ["p507", "p407", "p307", "p107", "p007"]
+    );
+
+    // Another account's "Trip" is its own.
+    let (other, oc, _) = signed_in(app, "ben@example.com").await;
+    assert!(ids(&gallery(&other, "?album=Trip").await).is_empty());
+    oc.push("gallery", json!([photo(1, json!(["Trip"]))]), None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&gallery(&other, "?album=Trip").await), ["p001"]);
+    assert_eq!(
+        album("Trip").await,
+        ["p507", "p407", "p307", "p107", "p007"]
+    );
+
+    // Album lists that are not ones: refused with a reason, nothing stored.
+    let too_many: Vec<String> = (0..101).map(|i| format!("A{i}")).collect();
+    for albums in [
+        json!(too_many),
+        json!([""]),
+        json!(["  "]),
+        json!(["x".repeat(201)]),
+        json!("Trip"),
+        json!([7]),
+    ] {
+        let r = app
+            .http
+            .post(app.url("/api/v1/collections/gallery/batch"))
+            .bearer_auth(&tus.token)
+            .json(&json!({"writes": [photo(999, albums.clone())]}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, &e["error"]["code"]),
+            (422, &json!("invalid_item")),
+            "{albums}: {e}"
+        );
+        assert!(e["error"]["message"].as_str().is_some(), "{e}");
+    }
+    assert!(c.item("gallery", "p999").await.is_err(), "nothing stored");
+
+    // A gallery written before albums were indexed: its albums are only in the sealed bodies
+    // until one is asked for, then indexed once, and the answer is the same.
+    let pool = sqlx::AnyPool::connect(&app.cfg.database_url())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM item_albums")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO album_backfill (account_id, collection_id) SELECT account_id, id FROM collections WHERE kind = 'gallery'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(album("Home").await, ["p307", "p207"]);
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM album_backfill")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1, "only the gallery asked about is indexed");
+    assert_eq!(
+        album("Trip").await,
+        ["p507", "p407", "p307", "p107", "p007"]
+    );
+    assert_eq!(ids(&gallery(&other, "?album=Trip").await), ["p001"]);
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM album_backfill")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    pool.close().await;
+}
+
 /// Runs the media worker until the file's preview is decided (ready or refused).
 async fn previews_settle(tus: &Tus<'_>) {
     for _ in 0..200 {
@@ -1890,7 +2037,7 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     let photo = include_bytes!("../fixtures/photo.jpg").to_vec();
     let f_photo = tus.upload(&photo, "IMG_0001.jpg").await.unwrap();
     // The device says nothing of time or place: the photo's EXIF does.
-    c.push("gallery", json!([{"id": "g1", "op": "put", "body": {"file_id": f_photo, "name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size": photo.len()}}]), None)
+    c.push("gallery", json!([{"id": "g1", "op": "put", "body": {"file_id": f_photo, "name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size": photo.len(), "albums": ["Summer"]}}]), None)
         .await
         .unwrap();
     // A later photo whose device recorded its time, in an album.
@@ -1905,7 +2052,7 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     let bomb = png_bomb(50_000, 50_000);
     let f_bomb = tus.upload(&bomb, "bomb.png").await.unwrap();
     c.push("gallery", json!([
-        {"id": "g3", "op": "put", "body": {"file_id": f_trunc, "name": "broken.jpg", "mime_type": "image/jpeg", "size": truncated.len(), "taken_at": "2020-01-01T00:00:00Z"}},
+        {"id": "g3", "op": "put", "body": {"file_id": f_trunc, "name": "broken.jpg", "mime_type": "image/jpeg", "size": truncated.len(), "taken_at": "2020-01-01T00:00:00Z", "albums": ["Summer"]}},
         {"id": "g4", "op": "put", "body": {"file_id": f_bomb, "name": "bomb.png", "mime_type": "image/png", "size": bomb.len(), "taken_at": "2019-01-01T00:00:00Z"}}
     ]), None)
     .await
@@ -1985,10 +2132,10 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     }
     let original = tus.download(&f_photo, None).await.bytes().await.unwrap();
     assert_eq!(blake3::hash(&original), blake3::hash(&photo));
-    // Albums.
+    // An album is in the timeline's order, the photo whose time came from its file included
+    // (undated until the media worker read it, then at its place in the album too).
     let summer = gallery(&tus, "?album=Summer").await;
-    assert_eq!(summer.len(), 1);
-    assert_eq!(summer[0]["id"], "g2");
+    assert_eq!(ids(&summer), ["g2", "g1", "g3"], "{summer:?}");
     // A second entry for the same, already read file, with no time of its own, takes the
     // file's time at once; one deleted and restored from the bin goes back to that time.
     c.push("gallery", json!([{"id": "g5", "op": "put", "body": {"file_id": f_photo, "name": "copy.jpg", "mime_type": "image/jpeg", "size": photo.len()}}]), None)
@@ -2003,6 +2150,11 @@ async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
     let timeline = gallery(&tus, "").await;
     assert_eq!(ids(&timeline), order);
     taken_in_lisbon(&timeline[1]);
+    // Restored, it is back in its album at the file's time.
+    assert_eq!(
+        ids(&gallery(&tus, "?album=Summer").await),
+        ["g2", "g1", "g3"]
+    );
     // The copy goes for good (what follows counts the objects g1 alone keeps).
     delete_item(&c, "gallery", "g5").await;
     let bin = c.recycle_bin(Some("gallery")).await.unwrap();
