@@ -252,41 +252,31 @@ impl Store {
             .iter()
             .flat_map(|(id, albums)| albums.iter().map(move |a| (*id, a.as_slice())))
             .collect();
+        // Each row with its item's place on the timeline, read as it is inserted.
         for chunk in rows.chunks(200) {
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", self.marks(i * 4 + 1, 4)))
+                .map(|i| format!("({})", self.marks(i * 2 + 1, 2)))
                 .collect();
+            let n = chunk.len() * 2;
+            // `CROSS JOIN`: SQLite then reads the values first and looks each item up by its key
+            // (as a plain join it may walk the account's items once per value instead).
             let sql = format!(
-                "INSERT INTO item_albums (account_id, collection_id, album, item_id) VALUES {} \
-                 ON CONFLICT DO NOTHING",
-                values.join(", ")
+                "INSERT INTO item_albums (account_id, collection_id, album, item_id, timeline_at) \
+                 SELECT i.account_id, i.collection_id, v.column1, i.id, i.timeline_at \
+                 FROM (VALUES {}) AS v CROSS JOIN items i WHERE i.account_id = {} \
+                 AND i.collection_id = {} AND i.id = v.column2 ON CONFLICT DO NOTHING",
+                values.join(", "),
+                self.mark(n + 1),
+                self.mark(n + 2)
             );
             let mut q = sqlx::query(&sql);
             for (id, album) in chunk {
-                q = q
-                    .bind(account.as_i64())
-                    .bind(collection)
-                    .bind(album.to_vec())
-                    .bind(*id);
+                q = q.bind(album.to_vec()).bind(*id);
             }
-            q.execute(&mut **tx).await?;
-        }
-        // Their place on the timeline, as the item has it (placed before this runs).
-        for chunk in items.chunks(100) {
-            let sql = format!(
-                "UPDATE item_albums SET timeline_at = (SELECT i.timeline_at FROM items i \
-                 WHERE i.account_id = item_albums.account_id AND i.collection_id = item_albums.collection_id \
-                 AND i.id = item_albums.item_id) \
-                 WHERE account_id = {} AND collection_id = {} AND item_id IN ({})",
-                self.mark(1),
-                self.mark(2),
-                self.marks(3, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(account.as_i64()).bind(collection);
-            for (id, _) in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&mut **tx).await?;
+            q.bind(account.as_i64())
+                .bind(collection)
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }

@@ -38,17 +38,23 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
 
-/// Signs `email` up on a server without SMTP, reading the code from `<data_dir>/outbox.jsonl`.
+/// Signs `email` up on a server without SMTP, reading the code from `<data_dir>/outbox.jsonl`
+/// (one sign-up at a time).
 pub async fn sign_up(
     client: &mica_client::Client,
     data_dir: &Path,
     email: &str,
 ) -> mica_client::Tokens {
-    let s = client.signup_email(email, PASSWORD).await.unwrap();
     let outbox = data_dir.join("outbox.jsonl");
+    let sent = std::fs::read_to_string(&outbox)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let s = client.signup_email(email, PASSWORD).await.unwrap();
+    // This sign-up's mail: the first line after those already there.
     let code = loop {
         let text = std::fs::read_to_string(&outbox).unwrap_or_default();
-        if let Some(line) = text.lines().last() {
+        if let Some(line) = text.lines().nth(sent) {
             let v: Value = serde_json::from_str(line).unwrap();
             break v["subject"].as_str().unwrap()[..6].to_owned();
         }
