@@ -954,10 +954,10 @@ impl Cloud {
                     .and_then(|body| category::prepare(category, body).ok());
                 if indexed.is_some() || rules.media {
                     let p = indexed.unwrap_or_default();
-                    let albums: Vec<Vec<u8>> = p
+                    let albums: Vec<mica_store::Album> = p
                         .albums
                         .iter()
-                        .map(|a| media::album_index(&self.inner.keys, account, a))
+                        .map(|a| media::album(&self.inner.keys, account, &collection_id, a))
                         .collect();
                     self.store()
                         .reindex_item(
@@ -1356,7 +1356,7 @@ fn check_write(
                 albums: p
                     .albums
                     .iter()
-                    .map(|a| media::album_index(keys, account, a))
+                    .map(|a| media::album(keys, account, collection, a))
                     .collect(),
             };
             Ok((op, Some(p.text)))

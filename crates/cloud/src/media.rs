@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use image::{DynamicImage, ImageDecoder};
 use mica_core::crypto::Keys;
 use mica_core::{AccountId, Timestamp};
-use mica_store::{ItemAlbums, MediaDone, MediaRow, TimelineCursor};
+use mica_store::{Album, ItemAlbums, MediaDone, MediaRow, TimelineCursor};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -616,6 +616,38 @@ impl Cloud {
         })
     }
 
+    /// The gallery's albums that hold at least one photo or video, in the order of their names
+    /// (ignoring case), each with its size and its newest entry.
+    pub async fn albums(&self, account: AccountId) -> Result<Vec<AlbumSummary>, CloudError> {
+        let c = self.resolve(account, Category::Gallery.as_str()).await?;
+        if self.store().albums_unindexed(account, &c.id).await? {
+            self.index_albums(account, &c).await?;
+        }
+        let mut out = Vec::new();
+        for row in self.store().album_list(account, &c.id).await? {
+            let name = self
+                .inner
+                .keys
+                .open(&album_aad(account, &c.id, &row.key), &row.name)
+                .map_err(|e| CloudError::Internal(format!("an album's name: {e}")))?;
+            let newest = self
+                .store()
+                .timeline_page(account, &c.id, Some(&row.key), None, 1)
+                .await?;
+            let cover = match newest.first() {
+                Some(r) => self.gallery_entry(account, &c, &r.item, r.media.as_ref())?,
+                None => None,
+            };
+            out.push(AlbumSummary {
+                name,
+                photos: u64::try_from(row.photos).unwrap_or(0),
+                cover,
+            });
+        }
+        out.sort_by_cached_key(|a| (a.name.to_lowercase(), a.name.clone()));
+        Ok(out)
+    }
+
     /// Indexes the albums of a gallery written before albums were indexed (they were only in
     /// its sealed bodies), a page at a time, each item at the version read: an item written
     /// meanwhile was indexed by its write. Done once per gallery, on the first album asked for.
@@ -647,7 +679,7 @@ impl Cloud {
                     version: r.seq,
                     albums: names
                         .iter()
-                        .map(|a| album_index(&self.inner.keys, account, a))
+                        .map(|a| album(&self.inner.keys, account, &c.id, a))
                         .collect(),
                 });
             }
@@ -712,6 +744,34 @@ impl Cloud {
 /// item's body); keyed by the account too, so two accounts' albums of one name do not match.
 pub(crate) fn album_index(keys: &Keys, account: AccountId, name: &str) -> Vec<u8> {
     keys.blind_index("album", &format!("{}\u{0}{name}", account.as_i64()))
+}
+
+/// What sealing an album's name is bound to: the account, the gallery and the blind index.
+fn album_aad(account: AccountId, collection: &str, key: &[u8]) -> String {
+    use base64::Engine;
+    Cloud::aad(
+        "album",
+        account,
+        collection,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key),
+    )
+}
+
+/// An album as the store keeps it: its blind index and its sealed name.
+pub(crate) fn album(keys: &Keys, account: AccountId, collection: &str, name: &str) -> Album {
+    let key = album_index(keys, account, name);
+    let name = keys.seal(&album_aad(account, collection, &key), name);
+    Album { key, name }
+}
+
+/// An album of the gallery, as its list shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AlbumSummary {
+    pub name: String,
+    /// Its live photos and videos.
+    pub photos: u64,
+    /// Its newest photo or video on the timeline.
+    pub cover: Option<GalleryEntry>,
 }
 
 /// The most entries on one page of the timeline.

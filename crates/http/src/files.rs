@@ -41,6 +41,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(file_content))
         .routes(routes!(file_preview))
         .routes(routes!(gallery))
+        .routes(routes!(gallery_albums))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -118,6 +119,18 @@ async fn gallery(
             .gallery(p.account, q.album.as_deref(), q.cursor.as_deref(), limit)
             .await?,
     ))
+}
+
+/// The gallery's albums that hold at least one photo or video, by name: each with how many it
+/// holds and its newest (whose `file_id` gives the preview to show). Open one with
+/// `GET /gallery?album=<name>`.
+#[utoipa::path(get, path = "/gallery/albums", tag = "files", security(("bearer" = [])),
+    responses((status = 200, body = Vec<mica_cloud::media::AlbumSummary>)))]
+async fn gallery_albums(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<Vec<mica_cloud::media::AlbumSummary>>, ApiError> {
+    Ok(Json(app.cloud.albums(p.account).await?))
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {

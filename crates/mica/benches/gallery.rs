@@ -1,7 +1,9 @@
 //! The gallery's pages, in a large gallery against a small one in the same run: a page should
 //! cost its own entries, whatever the gallery's size.
 //! - the timeline's first page (100 entries, newest first);
-//! - a page of an album of 10 photos spread across the whole gallery.
+//! - a page of an album of 10 photos spread across the whole gallery;
+//! - a page of an album that holds every photo;
+//! - the list of albums (this server only: an older one has none).
 //!
 //! Both galleries (two accounts of one server) hold photo records without files, a minute
 //! apart; every tenth of the gallery one is in the album "Rare". The reference is the small
@@ -158,6 +160,34 @@ fn main() {
         if std::env::var_os("MICA_BENCH_SERVER").is_some() {
             return;
         }
+        // The list of albums (two: "All" and "Rare"), which counts each album's rows.
+        let list = |t: &str| {
+            let (http, base, t) = (&http, &base, t.to_owned());
+            async move {
+                let start = Instant::now();
+                let r = http
+                    .get(format!("{base}/api/v1/gallery/albums"))
+                    .bearer_auth(&t)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v.as_array().unwrap().len(), 2);
+                start.elapsed()
+            }
+        };
+        let (mut small, mut big) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            small.push(list(&tokens[0]).await);
+            big.push(list(&tokens[1]).await);
+        }
+        let (s50, s99) = (quantile(&mut small, 0.5), quantile(&mut small, 0.99));
+        let (b50, b99) = (quantile(&mut big, 0.5), quantile(&mut big, 0.99));
+        println!(
+            "| list of albums | {s50:.2} / {s99:.2} ms | {b50:.2} / {b99:.2} ms | {:.2}× |",
+            b50 / s50
+        );
         // A gallery written before albums were indexed (as after migration 19): the first
         // album asked for reads and indexes every photo once; the next is a range again.
         sqlx::any::install_default_drivers();

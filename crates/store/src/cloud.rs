@@ -73,8 +73,8 @@ pub struct ItemWrite {
     pub file_id: Option<String>,
     /// A drive entry's place, `<parent>/<name>`: unique among the collection's live items.
     pub path_key: Option<String>,
-    /// A gallery item's albums, as blind indexes of their names.
-    pub albums: Vec<Vec<u8>>,
+    /// A gallery item's albums.
+    pub albums: Vec<crate::media::Album>,
 }
 
 /// How the collection's category behaves.
@@ -795,10 +795,10 @@ impl Store {
             if let Some(first) = puts.iter().map(|(_, seq)| *seq).min() {
                 crate::media::place_on_timeline(&mut tx, account, &collection.id, first).await?;
             }
-            let albums: Vec<(&str, &[Vec<u8>])> = plan
+            let albums: Vec<(&str, &[crate::media::Album])> = plan
                 .iter()
                 .map(|(op, _, _)| {
-                    let albums: &[Vec<u8>] = match op.op {
+                    let albums: &[crate::media::Album] = match op.op {
                         WriteOp::Put => &op.albums,
                         WriteOp::Delete => &[],
                     };
@@ -1124,7 +1124,7 @@ impl Store {
         uid: Option<&str>,
         starts_at: Option<i64>,
         ends_at: Option<i64>,
-        albums: &[Vec<u8>],
+        albums: &[crate::media::Album],
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         // The account's lock, as every placing on the timeline takes (see `place_on_timeline`).

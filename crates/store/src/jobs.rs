@@ -119,6 +119,10 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "albums",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "items",
         condition: "account_id = $1",
     },

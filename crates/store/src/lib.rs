@@ -59,7 +59,7 @@ pub use files::{
 };
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
 pub use link_requests::{LinkPoll, LinkRequestRow, NewLinkRequest};
-pub use media::{ItemAlbums, MediaDone, MediaRow, TimelineCursor, TimelineRow};
+pub use media::{Album, AlbumRow, ItemAlbums, MediaDone, MediaRow, TimelineCursor, TimelineRow};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;
 pub use recovery::RecoveryFactorRow;

@@ -52,12 +52,28 @@ pub struct TimelineRow {
     pub at: Option<i64>,
 }
 
-/// The albums of one item at one version, as blind indexes of their names.
+/// An album a photo is in: the blind index of its name (what look-ups compare) and the name,
+/// sealed (what a listing shows).
+#[derive(Debug, Clone)]
+pub struct Album {
+    pub key: Vec<u8>,
+    pub name: Vec<u8>,
+}
+
+/// The albums of one item at one version.
 #[derive(Debug, Clone)]
 pub struct ItemAlbums {
     pub id: String,
     pub version: i64,
-    pub albums: Vec<Vec<u8>>,
+    pub albums: Vec<Album>,
+}
+
+/// One album of a gallery: its sealed name and how many live photos it holds.
+#[derive(Debug, Clone)]
+pub struct AlbumRow {
+    pub key: Vec<u8>,
+    pub name: Vec<u8>,
+    pub photos: i64,
 }
 
 /// The timeline place of an item with no time (the smallest BIGINT: after every dated one).
@@ -232,7 +248,7 @@ impl Store {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         account: AccountId,
         collection: &str,
-        items: &[(&str, &[Vec<u8>])],
+        items: &[(&str, &[Album])],
     ) -> Result<()> {
         for chunk in items.chunks(100) {
             let sql = format!(
@@ -250,8 +266,31 @@ impl Store {
         }
         let rows: Vec<(&str, &[u8])> = items
             .iter()
-            .flat_map(|(id, albums)| albums.iter().map(move |a| (*id, a.as_slice())))
+            .flat_map(|(id, albums)| albums.iter().map(move |a| (*id, a.key.as_slice())))
             .collect();
+        // Each album's name, the first time the gallery has it.
+        let mut names: Vec<&Album> = items.iter().flat_map(|(_, a)| a.iter()).collect();
+        names.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        names.dedup_by(|a, b| a.key == b.key);
+        for chunk in names.chunks(200) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", self.marks(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO albums (account_id, collection_id, album, name) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for a in chunk {
+                q = q
+                    .bind(account.as_i64())
+                    .bind(collection)
+                    .bind(a.key.clone())
+                    .bind(a.name.clone());
+            }
+            q.execute(&mut **tx).await?;
+        }
         // Each row with its item's place on the timeline, read as it is inserted.
         for chunk in rows.chunks(200) {
             let values: Vec<String> = (0..chunk.len())
@@ -361,6 +400,32 @@ impl Store {
             .collect()
     }
 
+    /// The albums that hold at least one live photo, with their sealed names and sizes: one
+    /// pass over the gallery's album rows (counted within `item_albums_timeline`), then one
+    /// name looked up per album.
+    pub async fn album_list(&self, account: AccountId, collection: &str) -> Result<Vec<AlbumRow>> {
+        sqlx::query(
+            "SELECT g.album, n.name, g.photos FROM \
+             (SELECT album, COUNT(*) AS photos FROM item_albums \
+              WHERE account_id = $1 AND collection_id = $2 AND timeline_at IS NOT NULL \
+              GROUP BY album) g \
+             JOIN albums n ON n.account_id = $1 AND n.collection_id = $2 AND n.album = g.album",
+        )
+        .bind(account.as_i64())
+        .bind(collection)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AlbumRow {
+                key: r.try_get("album")?,
+                name: r.try_get("name")?,
+                photos: r.try_get("photos")?,
+            })
+        })
+        .collect()
+    }
+
     /// Whether the collection's albums are still only in its sealed bodies (a gallery written
     /// before albums were indexed): see [`Store::index_albums`].
     pub async fn albums_unindexed(&self, account: AccountId, collection: &str) -> Result<bool> {
@@ -401,7 +466,7 @@ impl Store {
             .iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("seq")?)))
             .collect::<Result<_>>()?;
-            let still: Vec<(&str, &[Vec<u8>])> = items
+            let still: Vec<(&str, &[Album])> = items
                 .iter()
                 .filter(|it| current.get(&it.id) == Some(&it.version))
                 .map(|it| (it.id.as_str(), it.albums.as_slice()))

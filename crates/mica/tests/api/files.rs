@@ -1763,6 +1763,35 @@ async fn the_timeline_comes_newest_first_a_page_at_a_time(app: &TestApp) {
     assert!(gallery(&other, "").await.is_empty());
 }
 
+/// The gallery's albums as (name, photos, newest photo's id).
+async fn albums(tus: &Tus<'_>) -> Vec<(String, u64, String)> {
+    let r = tus
+        .app
+        .http
+        .get(tus.app.url("/api/v1/gallery/albums"))
+        .bearer_auth(&tus.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["photos"].as_u64().unwrap(),
+                a["cover"]["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn owned((name, photos, cover): (&str, u64, &str)) -> (String, u64, String) {
+    (name.to_owned(), photos, cover.to_owned())
+}
+
 /// An album's page is read from the album's index, not by opening the whole gallery: the
 /// index follows every write (a photo moved to another album, deleted, restored), names stay
 /// sealed (another account's album of the same name is its own), bad album lists are refused,
@@ -1803,6 +1832,11 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
     );
     assert_eq!(album("Home").await, ["p307"]);
     assert!(album("Nowhere").await.is_empty());
+    // The list of albums: by name, each with its size and its newest photo.
+    assert_eq!(
+        albums(&tus).await,
+        [("Home", 1, "p307"), ("Trip", 6, "p507")].map(owned)
+    );
     // Moved out of "Trip" into "Home" by an edit.
     let v = c.item("gallery", "p207").await.unwrap()["version"]
         .as_str()
@@ -1816,6 +1850,10 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
         ["p507", "p407", "p307", "p107", "p007"]
     );
     assert_eq!(album("Home").await, ["p307", "p207"]);
+    assert_eq!(
+        albums(&tus).await,
+        [("Home", 2, "p307"), ("Trip", 5, "p507")].map(owned)
+    );
     // Deleted: out of its album; restored from the bin: back in it.
     let v = c.item("gallery", "p407").await.unwrap()["version"]
         .as_str()
@@ -1829,6 +1867,10 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
     .await
     .unwrap();
     assert_eq!(album("Trip").await, ["p507", "p307", "p107", "p007"]);
+    assert_eq!(
+        albums(&tus).await,
+        [("Home", 2, "p307"), ("Trip", 4, "p507")].map(owned)
+    );
     let bin = c.recycle_bin(Some("gallery")).await.unwrap();
     c.restore(bin[0]["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(
@@ -1836,13 +1878,38 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
         ["p507", "p407", "p307", "p107", "p007"]
     );
 
+    // An album whose last photo goes is no longer listed.
+    c.push(
+        "gallery",
+        json!([photo(600, json!(["gone", "Trip"]))]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        albums(&tus).await,
+        [
+            ("gone", 1, "p600"),
+            ("Home", 2, "p307"),
+            ("Trip", 6, "p600")
+        ]
+        .map(owned)
+    );
+    delete_item(&c, "gallery", "p600").await;
+    assert_eq!(
+        albums(&tus).await,
+        [("Home", 2, "p307"), ("Trip", 5, "p507")].map(owned)
+    );
+
     // Another account's "Trip" is its own.
     let (other, oc, _) = signed_in(app, "ben@example.com").await;
     assert!(ids(&gallery(&other, "?album=Trip").await).is_empty());
+    assert!(albums(&other).await.is_empty());
     oc.push("gallery", json!([photo(1, json!(["Trip"]))]), None)
         .await
         .unwrap();
     assert_eq!(ids(&gallery(&other, "?album=Trip").await), ["p001"]);
+    assert_eq!(albums(&other).await, [("Trip", 1, "p001")].map(owned));
     assert_eq!(
         album("Trip").await,
         ["p507", "p407", "p307", "p107", "p007"]
@@ -1850,7 +1917,7 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
 
     // Album lists that are not ones: refused with a reason, nothing stored.
     let too_many: Vec<String> = (0..101).map(|i| format!("A{i}")).collect();
-    for albums in [
+    for bad in [
         json!(too_many),
         json!([""]),
         json!(["  "]),
@@ -1862,7 +1929,7 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
             .http
             .post(app.url("/api/v1/collections/gallery/batch"))
             .bearer_auth(&tus.token)
-            .json(&json!({"writes": [photo(999, albums.clone())]}))
+            .json(&json!({"writes": [photo(999, bad.clone())]}))
             .send()
             .await
             .unwrap();
@@ -1871,7 +1938,7 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
         assert_eq!(
             (status, &e["error"]["code"]),
             (422, &json!("invalid_item")),
-            "{albums}: {e}"
+            "{bad}: {e}"
         );
         assert!(e["error"]["message"].as_str().is_some(), "{e}");
     }
@@ -1882,10 +1949,12 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
     let pool = sqlx::AnyPool::connect(&app.cfg.database_url())
         .await
         .unwrap();
-    sqlx::query("DELETE FROM item_albums")
-        .execute(&pool)
-        .await
-        .unwrap();
+    for table in ["item_albums", "albums"] {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     sqlx::query("INSERT INTO album_backfill (account_id, collection_id) SELECT account_id, id FROM collections WHERE kind = 'gallery'")
         .execute(&pool)
         .await
@@ -1901,6 +1970,11 @@ async fn an_album_is_read_from_its_index_and_follows_its_photos(app: &TestApp) {
         ["p507", "p407", "p307", "p107", "p007"]
     );
     assert_eq!(ids(&gallery(&other, "?album=Trip").await), ["p001"]);
+    assert_eq!(albums(&other).await, [("Trip", 1, "p001")].map(owned));
+    assert_eq!(
+        albums(&tus).await,
+        [("Home", 2, "p307"), ("Trip", 5, "p507")].map(owned)
+    );
     let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM album_backfill")
         .fetch_one(&pool)
         .await

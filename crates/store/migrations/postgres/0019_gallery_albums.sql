@@ -17,6 +17,16 @@ CREATE TABLE item_albums (
 );
 CREATE INDEX item_albums_timeline ON item_albums (account_id, collection_id, album, timeline_at DESC, item_id);
 
+-- The name of each album a gallery has had, sealed (bound to the account, the gallery and the
+-- blind index), so that its albums can be listed. A name whose last photo left stays, unlisted.
+CREATE TABLE albums (
+    account_id     BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    collection_id  TEXT   NOT NULL,
+    album          BYTEA  NOT NULL,
+    name           BYTEA  NOT NULL,
+    PRIMARY KEY (account_id, collection_id, album)
+);
+
 -- Galleries written before this table: their albums are only in the sealed bodies, which the
 -- server reads (and indexes) the first time one of their albums is asked for. Galleries made
 -- from now on never appear here.
