@@ -37,14 +37,6 @@ mod common;
 
 use common::{env_n, vm_rss_kib};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An IMEI with a valid check digit, different for each `n`.
 fn imei(n: usize) -> String {
     let body = format!("35{n:012}");
@@ -132,18 +124,11 @@ fn main() {
     let rings = env_n("MICA_BENCH_RINGS", 500);
     let dir = std::env::temp_dir().join(format!("mica-bench-devices-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let data = dir.join("data");
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_mica"))
-        .arg("serve")
-        .env("MICA_LISTEN", &addr)
-        .env("MICA_DATA_DIR", &data)
-        .env("MICA_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = common::server(&addr, &data).spawn().unwrap();
     let pid = server.id();
-    let mqtt_port = free_port();
+    let mqtt_port = common::free_port();
     // Mosquitto tuned for latency like the server (no Nagle delay on either side).
     let mqtt_conf = dir.join("mosquitto.conf");
     std::fs::write(

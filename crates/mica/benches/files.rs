@@ -313,23 +313,13 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
 
     // The server: the release binary, its own process, on its embedded defaults in `dir`.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let data = dir.join("data");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mica"))
-        .arg("serve")
-        .env("MICA_LISTEN", &addr)
-        .env("MICA_DATA_DIR", &data)
-        .env("MICA_LOG", "warn")
+    let mut child = common::server(&addr, &data)
         .env(
             "MICA_CLOUD__QUOTA_BYTES",
             ((rounds as i64 + 2) * size as i64 + (1 << 30)).to_string(),
         )
-        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();

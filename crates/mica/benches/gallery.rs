@@ -95,23 +95,10 @@ fn main() {
     let rounds = env_n("MICA_BENCH_ROUNDS", 100).max(2);
     let dir = std::env::temp_dir().join(format!("mica-bench-gallery-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let data = dir.join("data");
-    let server =
-        std::env::var("MICA_BENCH_SERVER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mica").into());
-    let mut child = std::process::Command::new(&server)
-        .arg("serve")
-        .env("MICA_LISTEN", &addr)
-        .env("MICA_DATA_DIR", &data)
-        .env("MICA_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = common::server_binary();
+    let mut child = common::server(&addr, &data).spawn().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

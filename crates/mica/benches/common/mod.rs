@@ -1,5 +1,5 @@
-//! What the benchmarks share: settings from the environment, a process's memory, and signing an
-//! account up through the development outbox.
+//! What the benchmarks share: settings from the environment, starting the server, a process's
+//! memory, and signing an account up through the development outbox.
 
 // Each benchmark uses part of this.
 #![allow(dead_code)]
@@ -64,6 +64,33 @@ pub async fn sign_up(
         .signup_verify(&s.signup_id, &code, None)
         .await
         .unwrap()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The server binary: the release `mica` built with the benchmark, or the one named by
+/// MICA_BENCH_SERVER (an older build, for a before and after on the same benchmark).
+pub fn server_binary() -> String {
+    std::env::var("MICA_BENCH_SERVER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mica").into())
+}
+
+/// `mica serve` on `addr`, on its embedded defaults in `data`, logging warnings only; the
+/// caller adds its own settings and spawns it.
+pub fn server(addr: &str, data: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(server_binary());
+    c.arg("serve")
+        .env("MICA_LISTEN", addr)
+        .env("MICA_DATA_DIR", data)
+        .env("MICA_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    c
 }
 
 /// Waits until the server at `base` answers `/healthz` (at most ten seconds).
