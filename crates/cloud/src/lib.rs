@@ -944,8 +944,9 @@ impl Cloud {
                     }
                 }
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
-                // event's uid, an event's or a photo's time, a photo's albums): index it again from the body. A
-                // photo is placed on the timeline even if its body no longer reads (undated).
+                // event's uid, an event's or a photo's time, a photo's albums): index it again
+                // from the body. A photo is placed on the timeline even if its body no longer
+                // reads (undated).
                 let view = self.item(account, &collection_id, &item_id).await?;
                 let rules = category.rules();
                 let indexed = view

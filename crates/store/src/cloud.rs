@@ -1110,9 +1110,9 @@ impl Store {
     }
 
     /// Sets what is indexed from a live item's body (its `uid`, `starts_at`, `ends_at`, and its
-    /// place on the gallery timeline and its albums when `rules` say it is a photo), if the item is still at
-    /// `version`: for an item restored from the recycle bin, which keeps bodies only. Not a
-    /// change of the item: its version stays.
+    /// place on the gallery timeline and its albums when `rules` say it is a photo), if the
+    /// item is still at `version`: for an item restored from the recycle bin, which keeps
+    /// bodies only. Not a change of the item: its version stays.
     #[allow(clippy::too_many_arguments)]
     pub async fn reindex_item(
         &self,
