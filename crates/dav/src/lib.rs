@@ -68,6 +68,14 @@ impl Dav {
         let fs = DriveFs {
             cloud: self.cloud.clone(),
         };
+        if req.method() == http::Method::DELETE {
+            if let Some(done) = self
+                .delete_folder(&fs, req.uri(), req.headers(), &prefix, account)
+                .await
+            {
+                return done;
+            }
+        }
         let handler: DavHandler<AccountId> = DavHandler::builder()
             .filesystem(Box::new(fs))
             .locksystem(self.locks.of(account))
@@ -115,6 +123,55 @@ impl Dav {
         }
         let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
         handler.handle_guarded(req, principal, account).await
+    }
+}
+
+impl Dav {
+    /// A DELETE of a folder as the API deletes one: the folder and everything in it go to the
+    /// recycle bin in one transaction (up to `cloud.max_tree` entries), where dav-server would
+    /// remove each entry in a transaction of its own, deepest first. Only when nothing else
+    /// could change the answer: no live lock in the account's drive, no precondition (`If`,
+    /// `If-Match`, …), and the depth infinity that a folder's DELETE means. Anything else, and
+    /// any refusal (a folder past the bound included), is left to dav-server, which then does
+    /// what it always did.
+    async fn delete_folder(
+        &self,
+        fs: &DriveFs,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        prefix: &str,
+        account: AccountId,
+    ) -> Option<http::Response<dav_server::body::Body>> {
+        use http::header;
+        let preconditions = [
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+        ];
+        if headers.contains_key("if") || preconditions.iter().any(|h| headers.contains_key(h)) {
+            return None;
+        }
+        if headers
+            .get("depth")
+            .is_some_and(|d| !d.as_bytes().eq_ignore_ascii_case(b"infinity"))
+        {
+            return None;
+        }
+        if self.locks.of(account).holds_live_locks() {
+            return None;
+        }
+        let mut path = DavPath::new(uri.path()).ok()?;
+        path.set_prefix(prefix).ok()?;
+        let item = fs.lookup(account, &path).await.ok()??;
+        if item.kind != "folder" {
+            return None;
+        }
+        let n = self.cloud.drive_delete(account, &item.id).await.ok()?;
+        tracing::debug!(entries = n, "webdav: a folder deleted whole");
+        let mut r = http::Response::new(dav_server::body::Body::empty());
+        *r.status_mut() = http::StatusCode::NO_CONTENT;
+        Some(r)
     }
 }
 

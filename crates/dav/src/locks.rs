@@ -123,11 +123,14 @@ impl AccountLocks {
 
     /// Whether the node must keep the table: a request is using it, or it holds a live lock.
     fn wanted(&self) -> bool {
-        Arc::strong_count(&self.users) > 1
-            || self
-                .held()
-                .values()
-                .any(|(_, until)| until.is_none_or(|at| at > SystemTime::now()))
+        Arc::strong_count(&self.users) > 1 || self.holds_live_locks()
+    }
+
+    /// Whether the table holds a lock that has not timed out (one a request could be refused by).
+    pub(crate) fn holds_live_locks(&self) -> bool {
+        self.held()
+            .values()
+            .any(|(_, until)| until.is_none_or(|at| at > SystemTime::now()))
     }
 
     fn granted(&self, lock: &DavLock) {

@@ -475,6 +475,62 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     assert_eq!((s, &v["deleted"]), (200, &json!(1_101)), "{v}");
     let (_, top) = api(Method::GET, "", None).await;
     assert_eq!(top.as_array().unwrap().len(), 1, "{top}");
+    // Copied again (over the API) and deleted over WebDAV, within the bound: the folder goes
+    // whole, in one step, as over the API, and all of it can be had back from the bin.
+    let (s, v) = api(
+        Method::POST,
+        &format!("/{big}/copy"),
+        Some(json!({"name": "Again"})),
+    )
+    .await;
+    assert!((200..300).contains(&s), "{s} {v}");
+    let binned = c.recycle_bin(Some("drive")).await.unwrap().len();
+    let r = app
+        .http
+        .delete(format!("{root}Again"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (_, top) = api(Method::GET, "", None).await;
+    assert_eq!(top.as_array().unwrap().len(), 1, "{top}");
+    assert_eq!(
+        c.recycle_bin(Some("drive")).await.unwrap().len(),
+        binned + 1_101
+    );
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+    // A locked folder is not deleted without its lock's token, and is with it.
+    let dav = |method: &[u8], path: &str| {
+        app.http
+            .request(Method::from_bytes(method).unwrap(), format!("{root}{path}"))
+            .header("Authorization", &auth)
+    };
+    for path in ["Locked", "Locked/inner"] {
+        let r = dav(b"MKCOL", path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{path}");
+    }
+    let r = dav(b"LOCK", "Locked")
+        .header("Depth", "infinity")
+        .header("Content-Type", "application/xml")
+        .body(r#"<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = r.headers()["lock-token"].to_str().unwrap().to_owned();
+    let r = dav(b"DELETE", "Locked").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::LOCKED);
+    let (_, top) = api(Method::GET, "", None).await;
+    assert_eq!(top.as_array().unwrap().len(), 2, "{top}");
+    let r = dav(b"DELETE", "Locked")
+        .header("If", format!("({token})"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (_, top) = api(Method::GET, "", None).await;
+    assert_eq!(top.as_array().unwrap().len(), 1, "{top}");
 
     // Past the bound, the API refuses the whole and leaves the folder as it was.
     fill(1_100, 1_600).await;
