@@ -68,13 +68,17 @@ impl Dav {
         let fs = DriveFs {
             cloud: self.cloud.clone(),
         };
-        if req.method() == http::Method::DELETE {
-            if let Some(done) = self
-                .delete_folder(&fs, req.uri(), req.headers(), &prefix, account)
+        let whole = if req.method() == http::Method::DELETE {
+            self.delete_folder(&fs, req.uri(), req.headers(), &prefix, account)
                 .await
-            {
-                return done;
-            }
+        } else if req.method().as_str() == "COPY" {
+            self.copy_folder(&fs, req.uri(), req.headers(), &prefix, account)
+                .await
+        } else {
+            None
+        };
+        if let Some(done) = whole {
+            return done;
         }
         let handler: DavHandler<AccountId> = DavHandler::builder()
             .filesystem(Box::new(fs))
@@ -127,13 +131,30 @@ impl Dav {
 }
 
 impl Dav {
+    /// Whether a request on a folder can be answered as the API would, in one transaction:
+    /// no live lock in the account's drive, no precondition (`If`, `If-Match`, …), and the
+    /// depth infinity that a folder's DELETE or COPY means when none is given.
+    fn plain(&self, headers: &http::HeaderMap, account: AccountId) -> bool {
+        use http::header;
+        let preconditions = [
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+        ];
+        !(headers.contains_key("if")
+            || preconditions.iter().any(|h| headers.contains_key(h))
+            || headers
+                .get("depth")
+                .is_some_and(|d| !d.as_bytes().eq_ignore_ascii_case(b"infinity"))
+            || self.locks.of(account).holds_live_locks())
+    }
+
     /// A DELETE of a folder as the API deletes one: the folder and everything in it go to the
     /// recycle bin in one transaction (up to `cloud.max_tree` entries), where dav-server would
-    /// remove each entry in a transaction of its own, deepest first. Only when nothing else
-    /// could change the answer: no live lock in the account's drive, no precondition (`If`,
-    /// `If-Match`, …), and the depth infinity that a folder's DELETE means. Anything else, and
-    /// any refusal (a folder past the bound included), is left to dav-server, which then does
-    /// what it always did.
+    /// remove each entry in a transaction of its own, deepest first. Only for a [`Dav::plain`]
+    /// request; anything else, and any refusal (a folder past the bound included), is left to
+    /// dav-server, which then does what it always did.
     async fn delete_folder(
         &self,
         fs: &DriveFs,
@@ -142,23 +163,7 @@ impl Dav {
         prefix: &str,
         account: AccountId,
     ) -> Option<http::Response<dav_server::body::Body>> {
-        use http::header;
-        let preconditions = [
-            header::IF_MATCH,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_UNMODIFIED_SINCE,
-        ];
-        if headers.contains_key("if") || preconditions.iter().any(|h| headers.contains_key(h)) {
-            return None;
-        }
-        if headers
-            .get("depth")
-            .is_some_and(|d| !d.as_bytes().eq_ignore_ascii_case(b"infinity"))
-        {
-            return None;
-        }
-        if self.locks.of(account).holds_live_locks() {
+        if !self.plain(headers, account) {
             return None;
         }
         let mut path = DavPath::new(uri.path()).ok()?;
@@ -169,10 +174,55 @@ impl Dav {
         }
         let n = self.cloud.drive_delete(account, &item.id).await.ok()?;
         tracing::debug!(entries = n, "webdav: a folder deleted whole");
-        let mut r = http::Response::new(dav_server::body::Body::empty());
-        *r.status_mut() = http::StatusCode::NO_CONTENT;
-        Some(r)
+        Some(empty(http::StatusCode::NO_CONTENT))
     }
+
+    /// A COPY of a folder to a place where nothing is, as the API copies one: in one
+    /// transaction (up to `cloud.max_tree` entries), where dav-server would make each folder
+    /// and copy each file in a transaction of its own. Only for a [`Dav::plain`] request whose
+    /// `Destination` is in the same drive, not inside the folder, free, and in a folder that
+    /// exists; anything else (an overwrite, a shallow copy, a refusal) is left to dav-server.
+    async fn copy_folder(
+        &self,
+        fs: &DriveFs,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        prefix: &str,
+        account: AccountId,
+    ) -> Option<http::Response<dav_server::body::Body>> {
+        if !self.plain(headers, account) {
+            return None;
+        }
+        let mut from = DavPath::new(uri.path()).ok()?;
+        from.set_prefix(prefix).ok()?;
+        let destination = headers.get("destination")?.to_str().ok()?;
+        let destination: http::Uri = destination.parse().ok()?;
+        let mut to = DavPath::new(destination.path()).ok()?;
+        to.set_prefix(prefix).ok()?;
+        let (from_names, to_names) = (names(&from).ok()?, names(&to).ok()?);
+        if to_names.is_empty() || to_names.starts_with(&from_names) {
+            return None;
+        }
+        let item = fs.lookup(account, &from).await.ok()??;
+        if item.kind != "folder" || !matches!(fs.lookup(account, &to).await, Err(FsError::NotFound))
+        {
+            return None;
+        }
+        let (parent, name) = fs.place(account, &to).await.ok()?;
+        self.cloud
+            .drive_copy(account, &item.id, parent.as_deref(), Some(&name))
+            .await
+            .ok()?;
+        tracing::debug!("webdav: a folder copied whole");
+        Some(empty(http::StatusCode::CREATED))
+    }
+}
+
+/// An answer with no body.
+fn empty(status: http::StatusCode) -> http::Response<dav_server::body::Body> {
+    let mut r = http::Response::new(dav_server::body::Body::empty());
+    *r.status_mut() = status;
+    r
 }
 
 /// An answer in the API's error shape.
