@@ -150,6 +150,23 @@ impl Dav {
             || self.locks.of(account).holds_live_locks())
     }
 
+    /// The folder a [`Dav::plain`] request names, if it names one.
+    async fn plain_folder(
+        &self,
+        fs: &DriveFs,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        prefix: &str,
+        account: AccountId,
+    ) -> Option<(DavPath, DriveItem)> {
+        if !self.plain(headers, account) {
+            return None;
+        }
+        let path = in_drive(uri, prefix)?;
+        let item = fs.lookup(account, &path).await.ok()??;
+        (item.kind == "folder").then_some((path, item))
+    }
+
     /// A DELETE of a folder as the API deletes one: the folder and everything in it go to the
     /// recycle bin in one transaction (up to `cloud.max_tree` entries), where dav-server would
     /// remove each entry in a transaction of its own, deepest first. Only for a [`Dav::plain`]
@@ -163,15 +180,7 @@ impl Dav {
         prefix: &str,
         account: AccountId,
     ) -> Option<http::Response<dav_server::body::Body>> {
-        if !self.plain(headers, account) {
-            return None;
-        }
-        let mut path = DavPath::new(uri.path()).ok()?;
-        path.set_prefix(prefix).ok()?;
-        let item = fs.lookup(account, &path).await.ok()??;
-        if item.kind != "folder" {
-            return None;
-        }
+        let (_, item) = self.plain_folder(fs, uri, headers, prefix, account).await?;
         let n = self.cloud.drive_delete(account, &item.id).await.ok()?;
         tracing::debug!(entries = n, "webdav: a folder deleted whole");
         Some(empty(http::StatusCode::NO_CONTENT))
@@ -190,22 +199,14 @@ impl Dav {
         prefix: &str,
         account: AccountId,
     ) -> Option<http::Response<dav_server::body::Body>> {
-        if !self.plain(headers, account) {
-            return None;
-        }
-        let mut from = DavPath::new(uri.path()).ok()?;
-        from.set_prefix(prefix).ok()?;
-        let destination = headers.get("destination")?.to_str().ok()?;
-        let destination: http::Uri = destination.parse().ok()?;
-        let mut to = DavPath::new(destination.path()).ok()?;
-        to.set_prefix(prefix).ok()?;
+        let (from, item) = self.plain_folder(fs, uri, headers, prefix, account).await?;
+        let destination: http::Uri = headers.get("destination")?.to_str().ok()?.parse().ok()?;
+        let to = in_drive(&destination, prefix)?;
         let (from_names, to_names) = (names(&from).ok()?, names(&to).ok()?);
         if to_names.is_empty() || to_names.starts_with(&from_names) {
             return None;
         }
-        let item = fs.lookup(account, &from).await.ok()??;
-        if item.kind != "folder" || !matches!(fs.lookup(account, &to).await, Err(FsError::NotFound))
-        {
+        if !matches!(fs.lookup(account, &to).await, Err(FsError::NotFound)) {
             return None;
         }
         let (parent, name) = fs.place(account, &to).await.ok()?;
@@ -216,6 +217,13 @@ impl Dav {
         tracing::debug!("webdav: a folder copied whole");
         Some(empty(http::StatusCode::CREATED))
     }
+}
+
+/// The path of `uri` in the drive mounted at `prefix`, if it is in it.
+fn in_drive(uri: &http::Uri, prefix: &str) -> Option<DavPath> {
+    let mut path = DavPath::new(uri.path()).ok()?;
+    path.set_prefix(prefix).ok()?;
+    Some(path)
 }
 
 /// An answer with no body.

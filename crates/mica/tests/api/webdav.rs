@@ -401,6 +401,11 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     let auth = basic(email, &password);
     let root = app.url(&format!("/dav/files/{account}/"));
     let c = app.client.with_token(&token);
+    let dav = |method: &[u8], path: &str| {
+        app.http
+            .request(Method::from_bytes(method).unwrap(), format!("{root}{path}"))
+            .header("Authorization", &auth)
+    };
     let api = |method: Method, path: &str, body: Option<Value>| {
         let mut r = app
             .http
@@ -450,10 +455,7 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     assert_eq!(listed(big.clone()).await, 1_100);
 
     // Copied over WebDAV (1,101 entries): all of it arrives.
-    let r = app
-        .http
-        .request(Method::from_bytes(b"COPY").unwrap(), format!("{root}Big"))
-        .header("Authorization", &auth)
+    let r = dav(b"COPY", "Big")
         .header("Destination", format!("{root}Big%20copy"))
         .send()
         .await
@@ -485,13 +487,7 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     .await;
     assert!((200..300).contains(&s), "{s} {v}");
     let binned = c.recycle_bin(Some("drive")).await.unwrap().len();
-    let r = app
-        .http
-        .delete(format!("{root}Again"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
+    let r = dav(b"DELETE", "Again").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (_, top) = api(Method::GET, "", None).await;
     assert_eq!(top.as_array().unwrap().len(), 1, "{top}");
@@ -501,11 +497,6 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     );
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
     // A locked folder is not deleted without its lock's token, and is with it.
-    let dav = |method: &[u8], path: &str| {
-        app.http
-            .request(Method::from_bytes(method).unwrap(), format!("{root}{path}"))
-            .header("Authorization", &auth)
-    };
     for path in ["Locked", "Locked/inner"] {
         let r = dav(b"MKCOL", path).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED, "{path}");
@@ -553,15 +544,9 @@ async fn a_large_folder_is_copied_and_deleted_whole(backend: Backend) {
     assert_eq!(listed(big.clone()).await, 1_600);
     let (_, top) = api(Method::GET, "", None).await;
     assert_eq!(top.as_array().unwrap().len(), 1, "{top}");
-    // WebDAV's DELETE walks the folder itself (dav-server removes what is inside first, one
-    // entry at a time), so there it has no bound: everything goes to the bin.
-    let r = app
-        .http
-        .delete(format!("{root}Big"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
+    // Past the bound, WebDAV's DELETE walks the folder (dav-server removes what is inside
+    // first, one entry at a time), so there it has no bound: everything goes to the bin.
+    let r = dav(b"DELETE", "Big").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (_, top) = api(Method::GET, "", None).await;
     assert_eq!(top, json!([]));
