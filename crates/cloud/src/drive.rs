@@ -371,6 +371,51 @@ impl Cloud {
         self.drive_entry(account, &top).await
     }
 
+    /// Puts the file `id` — moved, or a copy of it when `copy` — where the file `replaced` is,
+    /// and `replaced` into the recycle bin, in one transaction: either both happen or neither
+    /// (a copy past the quota leaves `replaced` where it was). What WebDAV's overwriting
+    /// `MOVE` and `COPY` of one file onto another mean.
+    pub async fn drive_replace(
+        &self,
+        account: AccountId,
+        id: &str,
+        replaced: &str,
+        copy: bool,
+    ) -> Result<DriveItem, CloudError> {
+        let c = self.drive(account).await?;
+        let (row, mut e) = self.live_entry(account, &c, id).await?;
+        let (old, there) = self.live_entry(account, &c, replaced).await?;
+        if id == replaced || e.kind != "file" || there.kind != "file" {
+            return Err(CloudError::DriveConflict);
+        }
+        e.parent = there.parent;
+        e.name = there.name;
+        let (target, base) = if copy {
+            (new_id(), None)
+        } else {
+            (id.to_owned(), Some(row.seq.to_string()))
+        };
+        let body =
+            serde_json::value::to_raw_value(&e).map_err(|e| CloudError::Internal(e.to_string()))?;
+        // The batch deletes before it puts, so the name is free when the file takes it.
+        let writes = vec![
+            Write {
+                id: replaced.to_owned(),
+                op: "delete".into(),
+                base_version: Some(old.seq.to_string()),
+                body: None,
+            },
+            Write {
+                id: target.clone(),
+                op: "put".into(),
+                base_version: base,
+                body: Some(body),
+            },
+        ];
+        self.apply(account, DRIVE, writes, None, true).await?;
+        self.drive_entry(account, &target).await
+    }
+
     /// A drive entry just restored from the bin into a folder that is gone for good (neither
     /// live nor in the bin to come back) returns at the top level — with " (restored)" after its
     /// name if the name is taken there — rather than where no listing reaches it. One whose

@@ -12,6 +12,8 @@
 //! parses it.
 
 use std::io::SeekFrom;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -68,16 +70,21 @@ impl Dav {
         let fs = DriveFs {
             cloud: self.cloud.clone(),
         };
-        let whole = if req.method() == http::Method::DELETE {
-            self.delete_folder(&fs, req.uri(), req.headers(), &prefix, account)
-                .await
-        } else if req.method().as_str() == "COPY" {
-            self.copy_folder(&fs, req.uri(), req.headers(), &prefix, account)
-                .await
-        } else {
-            None
+        // What dav-server would do wrongly (delete the whole drive, or a destination that
+        // holds the source, before failing) is refused here; what can be done in one
+        // transaction is done here.
+        let early = match req.method().as_str() {
+            "DELETE" => {
+                self.delete(&fs, req.uri(), req.headers(), &prefix, account)
+                    .await
+            }
+            m @ ("COPY" | "MOVE") => {
+                self.copy_or_move(&fs, m == "MOVE", req.uri(), req.headers(), &prefix, account)
+                    .await
+            }
+            _ => None,
         };
-        if let Some(done) = whole {
+        if let Some(done) = early {
             return done;
         }
         let handler: DavHandler<AccountId> = DavHandler::builder()
@@ -89,7 +96,27 @@ impl Dav {
         // A PUT (or PATCH) streams its body to the file; every other body is XML, read whole
         // here first and checked.
         if req.method() == http::Method::PUT || req.method().as_str() == "PATCH" {
-            return handler.handle_guarded(req, principal, account).await;
+            let Some(declared) = expected_length(req.headers()) else {
+                return handler.handle_guarded(req, principal, account).await;
+            };
+            // hyper holds a body to its Content-Length; a chunked body to the length it
+            // declared is held here, so that a longer one fails before dav-server stores the
+            // part that fitted (it stops reading at the declared length, then keeps what came).
+            let mismatch = Arc::new(AtomicBool::new(false));
+            let req = req.map(|body| Declared {
+                inner: Box::pin(body),
+                left: declared,
+                mismatch: mismatch.clone(),
+            });
+            let answer = handler.handle_guarded(req, principal, account).await;
+            if mismatch.load(Ordering::Relaxed) {
+                return refusal(
+                    http::StatusCode::BAD_REQUEST,
+                    "length_mismatch",
+                    "the body is not the length its X-Expected-Entity-Length header declared; nothing was stored",
+                );
+            }
+            return answer;
         }
         let (mut parts, body) = req.into_parts();
         // dav-server walks a whole tree for a Depth: infinity PROPFIND when the request carries
@@ -135,6 +162,15 @@ impl Dav {
     /// no live lock in the account's drive, no precondition (`If`, `If-Match`, …), and the
     /// depth infinity that a folder's DELETE or COPY means when none is given.
     fn plain(&self, headers: &http::HeaderMap, account: AccountId) -> bool {
+        self.unconditional(headers, account)
+            && headers
+                .get("depth")
+                .is_none_or(|d| d.as_bytes().eq_ignore_ascii_case(b"infinity"))
+    }
+
+    /// Whether a request leaves nothing for dav-server's lock and precondition checks to
+    /// decide: no live lock in the account's drive and no `If`, `If-Match`, … header.
+    fn unconditional(&self, headers: &http::HeaderMap, account: AccountId) -> bool {
         use http::header;
         let preconditions = [
             header::IF_MATCH,
@@ -144,10 +180,97 @@ impl Dav {
         ];
         !(headers.contains_key("if")
             || preconditions.iter().any(|h| headers.contains_key(h))
-            || headers
-                .get("depth")
-                .is_some_and(|d| !d.as_bytes().eq_ignore_ascii_case(b"infinity"))
             || self.locks.of(account).holds_live_locks())
+    }
+
+    /// A DELETE: of the top of the drive, refused (dav-server would empty the drive entry by
+    /// entry and only then refuse to remove the top); of a folder, whole when it can be.
+    async fn delete(
+        &self,
+        fs: &DriveFs,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        prefix: &str,
+        account: AccountId,
+    ) -> Option<http::Response<dav_server::body::Body>> {
+        let path = in_drive(uri, prefix)?;
+        if names(&path).ok()?.is_empty() {
+            return Some(refusal(
+                http::StatusCode::FORBIDDEN,
+                "drive_top",
+                "the top of the drive cannot be deleted; delete the entries in it instead",
+            ));
+        }
+        self.delete_folder(fs, uri, headers, prefix, account).await
+    }
+
+    /// A COPY or MOVE whose two paths are both in the drive. Refused when the destination is
+    /// the top of the drive, or when the two overlap — the same entry (names compare in NFC,
+    /// as the drive stores them), or one inside the other — where dav-server would first
+    /// delete the destination, and with it the source. A file onto a file is done in one
+    /// transaction when nothing else has to be checked; so is a folder's COPY to a free place.
+    async fn copy_or_move(
+        &self,
+        fs: &DriveFs,
+        is_move: bool,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        prefix: &str,
+        account: AccountId,
+    ) -> Option<http::Response<dav_server::body::Body>> {
+        use unicode_normalization::UnicodeNormalization;
+        let from = in_drive(uri, prefix)?;
+        let destination: http::Uri = headers.get("destination")?.to_str().ok()?.parse().ok()?;
+        let to = in_drive(&destination, prefix)?;
+        let nfc = |p: &DavPath| -> Option<Vec<String>> {
+            Some(names(p).ok()?.iter().map(|n| n.nfc().collect()).collect())
+        };
+        let (from_names, to_names) = (nfc(&from)?, nfc(&to)?);
+        if to_names.is_empty() {
+            return Some(refusal(
+                http::StatusCode::FORBIDDEN,
+                "drive_top",
+                "nothing can be copied or moved onto the top of the drive",
+            ));
+        }
+        if to_names.starts_with(&from_names) || from_names.starts_with(&to_names) {
+            return Some(refusal(
+                http::StatusCode::FORBIDDEN,
+                "overlapping_paths",
+                "the source and the destination overlap: they are the same entry, or one is inside the other",
+            ));
+        }
+        let overwrite = !headers
+            .get("overwrite")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"F"));
+        if overwrite && self.unconditional(headers, account) {
+            if let (Ok(Some(item)), Ok(Some(there))) = (
+                fs.lookup(account, &from).await,
+                fs.lookup(account, &to).await,
+            ) {
+                if item.kind == "file" && there.kind == "file" {
+                    return match self
+                        .cloud
+                        .drive_replace(account, &item.id, &there.id, !is_move)
+                        .await
+                        .map_err(fs_error)
+                    {
+                        Ok(_) => Some(empty(http::StatusCode::NO_CONTENT)),
+                        Err(FsError::InsufficientStorage) => Some(refusal(
+                            http::StatusCode::INSUFFICIENT_STORAGE,
+                            "quota_exceeded",
+                            "the copy does not fit in the account's storage; nothing was changed",
+                        )),
+                        // Changed meanwhile: dav-server decides, as it always did.
+                        Err(_) => None,
+                    };
+                }
+            }
+        }
+        if is_move {
+            return None;
+        }
+        self.copy_folder(fs, uri, headers, prefix, account).await
     }
 
     /// The folder a [`Dav::plain`] request names, if it names one.
@@ -189,8 +312,9 @@ impl Dav {
     /// A COPY of a folder to a place where nothing is, as the API copies one: in one
     /// transaction (up to `cloud.max_tree` entries), where dav-server would make each folder
     /// and copy each file in a transaction of its own. Only for a [`Dav::plain`] request whose
-    /// `Destination` is in the same drive, not inside the folder, free, and in a folder that
-    /// exists; anything else (an overwrite, a shallow copy, a refusal) is left to dav-server.
+    /// `Destination` is in the same drive, free, and in a folder that exists (the caller has
+    /// refused one inside the folder); anything else (an overwrite, a shallow copy, a
+    /// refusal) is left to dav-server.
     async fn copy_folder(
         &self,
         fs: &DriveFs,
@@ -199,13 +323,9 @@ impl Dav {
         prefix: &str,
         account: AccountId,
     ) -> Option<http::Response<dav_server::body::Body>> {
-        let (from, item) = self.plain_folder(fs, uri, headers, prefix, account).await?;
+        let (_, item) = self.plain_folder(fs, uri, headers, prefix, account).await?;
         let destination: http::Uri = headers.get("destination")?.to_str().ok()?.parse().ok()?;
         let to = in_drive(&destination, prefix)?;
-        let (from_names, to_names) = (names(&from).ok()?, names(&to).ok()?);
-        if to_names.is_empty() || to_names.starts_with(&from_names) {
-            return None;
-        }
         if !matches!(fs.lookup(account, &to).await, Err(FsError::NotFound)) {
             return None;
         }
@@ -216,6 +336,85 @@ impl Dav {
             .ok()?;
         tracing::debug!("webdav: a folder copied whole");
         Some(empty(http::StatusCode::CREATED))
+    }
+}
+
+/// The length a chunked PUT declares in `X-Expected-Entity-Length` (macOS Finder's), when it
+/// has no `Content-Length`.
+fn expected_length(headers: &http::HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::CONTENT_LENGTH) {
+        return None;
+    }
+    headers
+        .get("x-expected-entity-length")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A PUT's body held to the length it declared: a frame past it is an error (so dav-server
+/// stops before storing anything), and an end before it is noted. Either sets `mismatch`.
+struct Declared<B> {
+    inner: std::pin::Pin<Box<B>>,
+    left: u64,
+    mismatch: Arc<AtomicBool>,
+}
+
+/// Why a [`Declared`] body failed.
+#[derive(Debug)]
+enum DeclaredError<E> {
+    Body(E),
+    TooLong,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for DeclaredError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeclaredError::Body(e) => e.fmt(f),
+            DeclaredError::TooLong => f.write_str("the body is longer than it declared"),
+        }
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for DeclaredError<E> {}
+
+impl<B: http_body::Body> http_body::Body for Declared<B> {
+    type Data = B::Data;
+    type Error = DeclaredError<B::Error>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.remaining() as u64;
+                    if n > this.left {
+                        this.mismatch.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(DeclaredError::TooLong)));
+                    }
+                    this.left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(DeclaredError::Body(e)))),
+            Poll::Ready(None) => {
+                if this.left > 0 {
+                    this.mismatch.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 }
 

@@ -15,6 +15,7 @@ on_both_backends!(
     webdav_serves_the_drive_with_app_passwords,
     litmus_passes,
     webdav_refuses_what_it_cannot_do_safely,
+    webdav_never_deletes_on_the_way_to_failing,
     a_large_file_is_read_whole_and_by_ranges,
 );
 
@@ -652,7 +653,7 @@ async fn webdav_refuses_what_it_cannot_do_safely(app: &TestApp) {
         )
     };
     assert_eq!(raw_status(app, &put("huge.bin", 6_000_000_000)).await, 507);
-    assert_eq!(raw_status(app, &put("short.bin", 100)).await, 403);
+    assert_eq!(raw_status(app, &put("short.bin", 100)).await, 400);
     for name in ["huge.bin", "short.bin"] {
         let r = dav("GET", name).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{name}");
@@ -701,6 +702,195 @@ async fn webdav_refuses_what_it_cannot_do_safely(app: &TestApp) {
     assert!(body.contains("Second-3600"), "{body}");
     let r = dav("PUT", "notes.txt").body("locked").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 423);
+}
+
+/// Requests that dav-server would carry out by deleting first and failing after (the whole
+/// drive emptied by a DELETE of its top; a destination deleted, and the source inside it, by a
+/// MOVE that cannot then happen; a file replaced by the part of a body that fitted) are refused
+/// before anything changes; a file onto a file is one transaction.
+async fn webdav_never_deletes_on_the_way_to_failing(app: &TestApp) {
+    let (account, token, password) = with_app_password(app, "kim@example.com").await;
+    let c = app.client.with_token(&token);
+    let auth = basic("kim@example.com", &password);
+    let root = app.url(&format!("/dav/files/{account}/"));
+    let dav = |method: &str, path: &str| {
+        app.http
+            .request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{root}{path}"),
+            )
+            .header("Authorization", &auth)
+    };
+    let get = |path: &'static str| {
+        let r = dav("GET", path).send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let code = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    for folder in ["A", "A/B"] {
+        let r = dav("MKCOL", folder).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{folder}");
+    }
+    for (path, body) in [
+        ("A/B/x.txt", "inside"),
+        ("keep.txt", "keep"),
+        ("old.txt", "old"),
+        ("new.txt", "new"),
+        ("other.txt", "other"),
+        ("Cafe%CC%81.txt", "café"),
+    ] {
+        let r = dav("PUT", path).body(body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{path}");
+    }
+    let everything = |expect: [(&'static str, &'static str); 3]| async move {
+        for (path, body) in expect {
+            assert_eq!(get(path).await, (200, body.to_owned()), "{path}");
+        }
+    };
+
+    // DELETE of the top of the drive, however it is spelled: refused, and nothing is gone.
+    for url in [root.clone(), root.trim_end_matches('/').to_owned()] {
+        let r = app
+            .http
+            .delete(&url)
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code(r).await, (403, "drive_top".into()), "{url}");
+    }
+    everything([
+        ("A/B/x.txt", "inside"),
+        ("keep.txt", "keep"),
+        ("old.txt", "old"),
+    ])
+    .await;
+
+    // Onto the top of the drive: refused (it once panicked inside dav-server: a 500).
+    let top = format!("/dav/files/{account}");
+    for destination in [
+        format!("{top}/"),
+        top.clone(),
+        root.clone(),
+        format!("{top}/A/.."),
+    ] {
+        for method in ["MOVE", "COPY"] {
+            let r = dav(method, "keep.txt")
+                .header("Destination", &destination)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            assert!(
+                status.is_client_error(),
+                "{method} to {destination}: {status}"
+            );
+        }
+    }
+    let r = dav("MOVE", "keep.txt")
+        .header("Destination", format!("{top}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (403, "drive_top".into()));
+    everything([
+        ("A/B/x.txt", "inside"),
+        ("keep.txt", "keep"),
+        ("old.txt", "old"),
+    ])
+    .await;
+
+    // Onto a folder that holds the source, into itself, or onto itself spelled in another
+    // Unicode form: refused before dav-server deletes the destination (and the source in it).
+    for (method, from, to) in [
+        ("MOVE", "A/B/x.txt", "A"),
+        ("COPY", "A/B/x.txt", "A/B"),
+        ("MOVE", "A", "A/B/C"),
+        ("COPY", "A", "A/B/A"),
+        ("MOVE", "Caf%C3%A9.txt", "Cafe%CC%81.txt"),
+    ] {
+        let r = dav(method, from)
+            .header("Destination", format!("{top}/{to}"))
+            .header("Overwrite", "T")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code(r).await,
+            (403, "overlapping_paths".into()),
+            "{method} {from} → {to}"
+        );
+    }
+    everything([
+        ("A/B/x.txt", "inside"),
+        ("Caf%C3%A9.txt", "café"),
+        ("old.txt", "old"),
+    ])
+    .await;
+    assert!(c.recycle_bin(Some("drive")).await.unwrap().is_empty());
+
+    // A file moved or copied onto a file: done in one transaction, the replaced one in the bin.
+    let r = dav("MOVE", "new.txt")
+        .header("Destination", format!("{top}/old.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get("old.txt").await, (200, "new".into()));
+    assert_eq!(get("new.txt").await.0, 404);
+    let r = dav("COPY", "keep.txt")
+        .header("Destination", format!("{top}/old.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    everything([
+        ("A/B/x.txt", "inside"),
+        ("keep.txt", "keep"),
+        ("old.txt", "keep"),
+    ])
+    .await;
+    let bin = c.recycle_bin(Some("drive")).await.unwrap();
+    assert_eq!(bin.len(), 2, "{bin:?}");
+    assert!(
+        bin.iter()
+            .all(|e| e["summary"] == "old.txt" || e["name"] == "old.txt"),
+        "{bin:?}"
+    );
+
+    // A chunked body longer than it declared: refused, and the file keeps what it held (the
+    // declared length's worth used to be stored, and the file's old contents dropped).
+    let put = format!(
+        "PUT /dav/files/{account}/other.txt HTTP/1.1\r\nHost: mica\r\nAuthorization: {auth}\r\n\
+         X-Expected-Entity-Length: 10\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\na\r\n0123456789\r\n5\r\nabcde\r\n0\r\n\r\n"
+    );
+    assert_eq!(raw_status(app, &put).await, 400);
+    assert_eq!(get("other.txt").await, (200, "other".into()));
+
+    // A copy onto a file that does not fit: refused, and the file it would replace stays.
+    let used = c.usage().await.unwrap()["used_bytes"].as_i64().unwrap();
+    app.store()
+        .set_cloud_plan(account.parse().unwrap(), "free", Some(used))
+        .await
+        .unwrap();
+    let r = dav("COPY", "keep.txt")
+        .header("Destination", format!("{top}/other.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (507, "quota_exceeded".into()));
+    assert_eq!(get("other.txt").await, (200, "other".into()));
+    assert_eq!(c.recycle_bin(Some("drive")).await.unwrap().len(), 2);
 }
 
 /// A file of several 4 MiB chunks, read back whole and by ranges that start inside a chunk,
