@@ -146,12 +146,25 @@ impl Cloud {
         base: Option<String>,
         e: &DriveEntry,
     ) -> Result<DriveItem, CloudError> {
+        self.put_entry_in(account, DRIVE, id, base, e).await?;
+        self.drive_entry(account, id).await
+    }
+
+    /// Puts one entry into a drive collection, on condition of `base` (its version).
+    async fn put_entry_in(
+        &self,
+        account: AccountId,
+        collection: &str,
+        id: &str,
+        base: Option<String>,
+        e: &DriveEntry,
+    ) -> Result<(), CloudError> {
         let body =
             serde_json::value::to_raw_value(e).map_err(|e| CloudError::Internal(e.to_string()))?;
         let out = self
             .push(
                 account,
-                DRIVE,
+                collection,
                 vec![Write {
                     id: id.to_owned(),
                     op: "put".into(),
@@ -168,7 +181,7 @@ impl Cloud {
         if r.status != mica_store::OpStatus::Applied {
             return Err(CloudError::DriveConflict);
         }
-        self.drive_entry(account, id).await
+        Ok(())
     }
 
     /// Creates a folder.
@@ -416,32 +429,36 @@ impl Cloud {
         self.drive_entry(account, &target).await
     }
 
-    /// A drive entry just restored from the bin into a folder that is gone for good (neither
-    /// live nor in the bin to come back) returns at the top level — with " (restored)" after its
-    /// name if the name is taken there — rather than where no listing reaches it. One whose
-    /// folder waits in the bin stays in it, and shows again when the folder is restored.
+    /// A drive entry just restored from the bin (into the drive collection `c`) into a folder
+    /// that is gone for good (neither live nor in the bin to come back) returns at the top
+    /// level — with " (restored)" after its name if the name is taken there — rather than where
+    /// no listing reaches it. One whose folder waits in the bin stays in it, and shows again
+    /// when the folder is restored. So does one whose folders lead back to itself (an old place
+    /// given back by the bin, where a later entry reusing an id had taken the folder above it)
+    /// or nest deeper than a drive allows.
     pub(crate) async fn drive_rehome(
         &self,
         account: AccountId,
+        c: &CollectionRow,
         id: &str,
         bin_since: Timestamp,
     ) -> Result<(), CloudError> {
-        let c = self.drive(account).await?;
-        let (row, mut e) = self.live_entry(account, &c, id).await?;
+        let (row, mut e) = self.live_entry(account, c, id).await?;
         let Some(parent) = e.parent.clone() else {
             return Ok(());
         };
-        if let Ok((_, p)) = self.live_entry(account, &c, &parent).await {
-            if p.kind == "folder" {
+        if let Ok((_, p)) = self.live_entry(account, c, &parent).await {
+            if p.kind == "folder" && parent != id && !self.leads_back(account, c, id, p).await? {
                 return Ok(());
             }
-        }
-        let waiting = self
-            .store()
-            .bin_holds(account, &c.id, &parent, bin_since)
-            .await?;
-        if waiting {
-            return Ok(());
+        } else {
+            let waiting = self
+                .store()
+                .bin_holds(account, &c.id, &parent, bin_since)
+                .await?;
+            if waiting {
+                return Ok(());
+            }
         }
         e.parent = None;
         let base = Some(row.seq.to_string());
@@ -452,12 +469,41 @@ impl Cloud {
                 1 => restored_name(&name, " (restored)"),
                 n => restored_name(&name, &format!(" (restored {n})")),
             };
-            match self.put_entry(account, id, base.clone(), &e).await {
+            match self
+                .put_entry_in(account, &c.id, id, base.clone(), &e)
+                .await
+            {
                 Err(CloudError::NameTaken) => continue,
-                r => return r.map(|_| ()),
+                r => return r,
             }
         }
         Err(CloudError::NameTaken)
+    }
+
+    /// Whether the folders above `id`, from its parent `first`, come back to it or go deeper
+    /// than [`mica_store::MAX_TREE_DEPTH`] before they reach the top level.
+    async fn leads_back(
+        &self,
+        account: AccountId,
+        c: &CollectionRow,
+        id: &str,
+        first: DriveEntry,
+    ) -> Result<bool, CloudError> {
+        let mut up = first.parent;
+        for _ in 0..mica_store::MAX_TREE_DEPTH {
+            let Some(p) = up else {
+                return Ok(false);
+            };
+            if p == id {
+                return Ok(true);
+            }
+            up = match self.live_entry(account, c, &p).await {
+                Ok((_, e)) => e.parent,
+                // A gone folder further up: not this entry's to fix here.
+                Err(_) => return Ok(false),
+            };
+        }
+        Ok(true)
     }
 
     /// Moves an entry (a folder with everything in it) to the recycle bin.
@@ -493,9 +539,12 @@ impl Cloud {
 }
 
 /// `name` with `suffix` before its extension ("Report (restored).pdf"), shortened to fit.
+/// An extension is what follows the last dot when that is short (a name like "a." followed by
+/// 250 letters has none): the suffix goes before it, and the rest of the name is shortened.
 fn restored_name(name: &str, suffix: &str) -> String {
+    const MAX_EXT: usize = 32;
     let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => name.split_at(i),
+        Some(i) if i > 0 && name.len() - i <= MAX_EXT => name.split_at(i),
         _ => (name, ""),
     };
     let room = crate::category::MAX_NAME_BYTES.saturating_sub(suffix.len() + ext.len());
@@ -529,5 +578,12 @@ mod tests {
         let r = restored_name(&long, " (restored)");
         assert!(r.len() <= MAX_NAME_BYTES, "{}", r.len());
         assert!(r.ends_with(" (restored).txt"), "{r}");
+        // A "name.extension" that is nearly all extension: no extension, and still a name.
+        let odd = format!("a.{}", "x".repeat(250));
+        for suffix in [" (restored)", " (restored 9)"] {
+            let r = restored_name(&odd, suffix);
+            assert!(crate::category::drive_name(&r).is_ok(), "{r}");
+            assert!(r.starts_with("a.xxx") && r.ends_with(suffix), "{r}");
+        }
     }
 }

@@ -939,7 +939,7 @@ impl Cloud {
                 // The restore has committed: a drive entry that cannot be moved out of a gone
                 // folder is left where it is (and said so in the log), not reported as failed.
                 if category == Category::Drive {
-                    if let Err(e) = self.drive_rehome(account, &item_id, since).await {
+                    if let Err(e) = self.drive_rehome(account, &c, &item_id, since).await {
                         tracing::warn!(error = %e, "a restored drive entry stays in its gone folder");
                     }
                 }
