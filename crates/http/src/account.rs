@@ -127,8 +127,10 @@ fn export_view(e: mica_store::ExportRow) -> ExportView {
 }
 
 /// Asks for an archive (zip) of everything the account holds; it is built in the background.
+/// Needs a fresh step-up (`403 step_up_required`), and the owner is told by mail.
 #[utoipa::path(post, path = "/me/exports", tag = "account", security(("bearer" = [])),
-    responses((status = 202, body = ExportView), (status = 401, body = ErrorBody)))]
+    responses((status = 202, body = ExportView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 async fn request_export(
     State(app): State<AppState>,
     Auth(p): Auth,

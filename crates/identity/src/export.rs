@@ -102,13 +102,16 @@ impl Identity {
         self.inner.exports_dir.join(format!("{id}.zip"))
     }
 
-    /// Asks for an archive of the account's data; it is built in the background. While one is
-    /// being built, asking again returns it.
+    /// Asks for an archive of the account's data (step-up required: it is everything the
+    /// account holds, and a session alone — on a stolen phone, say — must not take it away;
+    /// the owner is told); it is built in the background. While one is being built, asking
+    /// again returns it.
     pub async fn request_export(
         &self,
         p: &Principal,
         client: &ClientInfo,
     ) -> Result<ExportRow, IdentityError> {
+        self.require_step_up(p).await?;
         if let Some(pending) = self
             .store()
             .pending_exports(p.account)

@@ -110,6 +110,7 @@ impl Identity {
         session: Option<&SessionId>,
         detail: Option<String>,
     ) -> Result<(), IdentityError> {
+        let notice = notice(kind, detail.as_deref());
         self.store()
             .record_security_event(
                 account,
@@ -123,7 +124,56 @@ impl Identity {
                 },
             )
             .await?;
+        if let Some((subject, what)) = notice {
+            self.notify_owner(account, subject, &what, client).await;
+        }
         Ok(())
+    }
+
+    /// Tells the owner of `account` — by mail, by SMS when it has no email — of a change to
+    /// what protects it, so that one they did not make (a stolen, unlocked phone; a session
+    /// taken over) does not go unnoticed. Best effort: the change is made and logged whatever
+    /// becomes of the message.
+    async fn notify_owner(
+        &self,
+        account: AccountId,
+        subject: &str,
+        what: &str,
+        client: &ClientInfo,
+    ) {
+        let view = match self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await
+        {
+            Ok(Some(row)) => match self.view(&row) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the account to send a notice");
+                    return;
+                }
+            },
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the account to send a notice");
+                return;
+            }
+        };
+        let name = &self.inner.cfg.service_name;
+        let text = format!(
+            "{what} on your {name} account {account}, from the address {}. If this was not you, \
+             change your password now, then review your devices and your security settings.",
+            client.ip
+        );
+        if let Some(e) = view.email {
+            self.inner.notifier.dispatch(Message::Email {
+                to: e,
+                subject: format!("{name}: {subject}"),
+                body: text,
+            });
+        } else if let Some(ph) = view.phone {
+            self.inner.notifier.dispatch(Message::Sms { to: ph, text });
+        }
     }
 
     /// The account's security events, newest first.
@@ -831,4 +881,84 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, IdentityError> {
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(s)
         .map_err(|_| IdentityError::Internal("stored TOTP secret is corrupt".into()))
+}
+
+/// The security events whose owner is told (a subject, and what happened): changes to the
+/// factors and ways back into the account, to what can reach its data, and to the devices
+/// that Find Device protects. Password changes and resets, new sign-ins and new addresses
+/// send their own messages; a step-up or a sign-out tells nothing an attacker could hide.
+fn notice(kind: &str, detail: Option<&str>) -> Option<(&'static str, String)> {
+    let device = || match detail {
+        Some(d) if !d.is_empty() => format!("the device \"{d}\""),
+        _ => "a device".to_owned(),
+    };
+    Some(match kind {
+        "two_step_enabled" => (
+            "two-step verification turned on",
+            "Two-step verification was turned on".to_owned(),
+        ),
+        "two_step_disabled" => (
+            "two-step verification turned off",
+            "Two-step verification was turned off".to_owned(),
+        ),
+        "recovery_factor_added" => (
+            "a recovery address was added",
+            "A recovery email or phone number was added".to_owned(),
+        ),
+        "recovery_factor_removed" => (
+            "a recovery address was removed",
+            "A recovery email or phone number was removed".to_owned(),
+        ),
+        "recovery_codes_regenerated" => (
+            "new recovery codes",
+            "New recovery codes were made, and the old ones no longer work".to_owned(),
+        ),
+        "security_questions_set" => (
+            "security questions changed",
+            "The security questions were set".to_owned(),
+        ),
+        "passkey_added" => ("a passkey was added", "A passkey was added".to_owned()),
+        "passkey_removed" => ("a passkey was removed", "A passkey was removed".to_owned()),
+        "app_password_created" => (
+            "an app password was created",
+            "An app password, which opens your files to a program such as a file manager, was created"
+                .to_owned(),
+        ),
+        "export_requested" => (
+            "a copy of your data was requested",
+            "A copy of all the data in your account was requested".to_owned(),
+        ),
+        "find_device_off" => (
+            "Find Device turned off",
+            format!("Find Device was turned off for {}", device()),
+        ),
+        "device_removed" => (
+            "a device was removed",
+            format!(
+                "{} was removed from your account, and is no longer bound to it",
+                capitalised(&device())
+            ),
+        ),
+        "device_erase_requested" => (
+            "a device will be erased",
+            format!("An erase was sent to {}", device()),
+        ),
+        "device_erase_cancelled" => (
+            "an erase was cancelled",
+            format!("The erase sent to {} was cancelled", device()),
+        ),
+        "device_lost_mode_cancelled" => (
+            "lost mode was cancelled",
+            format!("Lost mode sent to {} was cancelled", device()),
+        ),
+        _ => return None,
+    })
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }

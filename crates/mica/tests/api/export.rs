@@ -59,7 +59,11 @@ fn member_bytes(zip: &std::path::Path, name: &str) -> Vec<u8> {
 
 /// Asks for an archive and waits (10 s at most) until it is the account's one archive, ready;
 /// its entry in the list.
-async fn export_when_ready(app: &TestApp, token: &str) -> Value {
+async fn export_when_ready(app: &TestApp, token: &str, email: &str) -> Value {
+    // The whole account leaves with it: a fresh step-up first (a minute after any code
+    // asked for before).
+    app.advance(std::time::Duration::from_secs(61));
+    crate::security::step_up_by_email(app, &app.client.with_token(token), email).await;
     let resp = app
         .http
         .post(app.url("/api/v1/me/exports"))
@@ -200,8 +204,28 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         .unwrap();
     let url = |p: &str| app.url(p);
 
-    // Built in the background.
-    let ready = export_when_ready(app, &t.access_token).await;
+    // The whole account in one file: not for a session alone (a stolen phone's, say).
+    let resp = app
+        .http
+        .post(url("/api/v1/me/exports"))
+        .bearer_auth(&t.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "step_up_required");
+    // Built in the background; the owner is told it was asked for.
+    let ready = export_when_ready(app, &t.access_token, "kai@example.com").await;
+    let notice = app
+        .smtp
+        .nth_with(
+            "kai@example.com",
+            "A copy of all the data in your account was requested",
+            1,
+        )
+        .await;
+    assert_eq!(notice.subject(), "Mica: a copy of your data was requested");
     let id = ready["id"].as_str().unwrap().to_owned();
     let download = ready["download"].as_str().unwrap().to_owned();
 
@@ -311,7 +335,7 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         .unwrap()
         .join("exports")
         .join(format!("{id}.zip"));
-    let second = export_when_ready(app, &t.access_token).await;
+    let second = export_when_ready(app, &t.access_token, "kai@example.com").await;
     assert_ne!(second["id"], id.as_str());
     assert!(!first_archive.exists(), "the first archive is gone");
     let resp = app
@@ -421,7 +445,7 @@ async fn a_large_account_is_exported_whole_a_page_at_a_time(app: &TestApp) {
         assert!(resp.status().is_success(), "{}", resp.status());
     }
 
-    let ready = export_when_ready(app, &t.access_token).await;
+    let ready = export_when_ready(app, &t.access_token, "mo@example.com").await;
     let bytes = app
         .http
         .get(app.url(ready["download"].as_str().unwrap()))

@@ -67,6 +67,20 @@ async fn recovery_email_rescues_a_phone_account(app: &TestApp) {
             .unwrap(),
         before + 10
     );
+    // The account has no email: the notice of the change goes to its phone.
+    let notice = app
+        .sms
+        .nth_with(
+            "+351912345678",
+            "A recovery email or phone number was added",
+            1,
+        )
+        .await;
+    assert!(
+        notice.text.contains("If this was not you"),
+        "{}",
+        notice.text
+    );
 
     // The phone is lost: "forgot password" with the recovery email reaches the person there.
     let r = app
@@ -103,7 +117,13 @@ async fn phone_account_again(app: &TestApp) -> mica_client::Client {
     let c = app.client.with_token(&t.access_token);
     app.advance(std::time::Duration::from_secs(61));
     let sent = c.step_up_send("sms").await.unwrap();
-    let code = six_digits(&app.sms.nth_to("+351912345678", 4).await.text).unwrap();
+    let code = six_digits(
+        &app.sms
+            .nth_with("+351912345678", "confirm a change", 2)
+            .await
+            .text,
+    )
+    .unwrap();
     c.step_up_with_code(&sent.challenge_id, &code)
         .await
         .unwrap();

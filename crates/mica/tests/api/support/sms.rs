@@ -54,15 +54,28 @@ impl SmsSink {
 
     /// Waits (at most 10 s of real time) for the `n`-th SMS (1-based) to `to`.
     pub async fn nth_to(&self, to: &str, n: usize) -> Sms {
+        self.nth_with(to, "", n).await
+    }
+
+    /// Waits (at most 10 s of real time) for the `n`-th SMS (1-based) to `to` whose text
+    /// contains `needle` — robust against other messages to the same number (notices).
+    pub async fn nth_with(&self, to: &str, needle: &str, n: usize) -> Sms {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let notified = self.inbox.notify.notified();
-            let found: Vec<Sms> = self.all().into_iter().filter(|m| m.to == to).collect();
+            let found: Vec<Sms> = self
+                .all()
+                .into_iter()
+                .filter(|m| m.to == to && m.text.contains(needle))
+                .collect();
             if found.len() >= n {
                 return found[n - 1].clone();
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("no SMS #{n} to {to} within 10 s; got {:?}", self.all());
+                panic!(
+                    "no SMS #{n} to {to} containing {needle:?} within 10 s; got {:?}",
+                    self.all()
+                );
             }
         }
     }
