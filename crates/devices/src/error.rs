@@ -22,6 +22,10 @@ pub enum DevicesError {
     CommandExpired,
     #[error("this command has already finished")]
     CommandFinished,
+    #[error("the owner cancelled this command")]
+    CommandCancelled,
+    #[error("the device has already taken this command, so it can no longer be cancelled")]
+    NotCancellable,
     #[error("this command was acknowledged already; it runs only after its first acknowledgement")]
     AlreadyAcknowledged,
     #[error("acknowledge the command before reporting its result")]
@@ -75,6 +79,8 @@ impl DevicesError {
             DevicesError::BadCredential => "invalid_device_credential",
             DevicesError::CommandExpired => "command_expired",
             DevicesError::CommandFinished => "command_finished",
+            DevicesError::CommandCancelled => "command_cancelled",
+            DevicesError::NotCancellable => "command_not_cancellable",
             DevicesError::AlreadyAcknowledged => "command_already_acknowledged",
             DevicesError::NotAcknowledged => "command_not_acknowledged",
             DevicesError::LinkCodeUnknown => "link_code_unknown",
@@ -98,6 +104,8 @@ impl DevicesError {
             DevicesError::BadCredential => 401,
             DevicesError::CommandExpired => 410,
             DevicesError::CommandFinished
+            | DevicesError::CommandCancelled
+            | DevicesError::NotCancellable
             | DevicesError::AlreadyAcknowledged
             | DevicesError::NotAcknowledged => 409,
             DevicesError::LinkCodeUnknown => 404,

@@ -45,8 +45,12 @@ pub type Result<T, E = DevicesError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevicesConfig {
-    /// How long a command waits for its device before it expires.
+    /// How long a locate or a ring waits for its device before it expires.
     pub command_ttl_hours: u64,
+    /// How long lost mode and erase wait for their device: unset (the default), as long as
+    /// the device stays linked — a thief who keeps a phone off for a week must not find it
+    /// unlocked and unerased when it comes back on. The owner can cancel either meanwhile.
+    pub protective_command_ttl_hours: Option<u64>,
     /// How long reported locations are kept.
     pub location_retention_days: u64,
     /// First gap before an unacknowledged command is sent again; it doubles each time.
@@ -73,6 +77,7 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         DevicesConfig {
             command_ttl_hours: 7 * 24,
+            protective_command_ttl_hours: None,
             location_retention_days: 30,
             resend_after_ms: 1_000,
             resend_max_ms: 30_000,
@@ -286,7 +291,8 @@ struct Payload {
 }
 
 /// A command and where it is in its life: `queued` → `delivered` → `acknowledged` → `done` /
-/// `failed` (with a reason), or `expired`.
+/// `failed` (with a reason); or, before its device acknowledged it, `expired` or `cancelled`
+/// (by the owner).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CommandView {
     pub id: String,
@@ -301,7 +307,9 @@ pub struct CommandView {
     pub message: Option<String>,
     pub phone: Option<String>,
     pub created_at: String,
-    pub expires_at: String,
+    /// When it expires if its device has not acknowledged it; none for lost mode and erase,
+    /// which wait for the device as long as it is linked (unless the operator set a limit).
+    pub expires_at: Option<String>,
     pub delivered_at: Option<String>,
     pub acknowledged_at: Option<String>,
     pub finished_at: Option<String>,
@@ -317,7 +325,7 @@ pub struct CommandFrame {
     pub message: Option<String>,
     pub phone: Option<String>,
     pub issued_at: String,
-    pub expires_at: String,
+    pub expires_at: Option<String>,
     /// Already acknowledged (sent again after a reconnect): the device only reports how it
     /// ended, it does not run it again.
     pub acknowledged: bool,
@@ -409,6 +417,9 @@ fn text_field(field: &'static str, value: &str, max: usize, required: bool) -> R
 fn unlock_key(hardware_bidx: &[u8]) -> String {
     format!("{hardware_bidx:02x?}")
 }
+
+/// The expiry of a command that waits for its device as long as it is linked.
+const NEVER: Timestamp = Timestamp(i64::MAX);
 
 fn rfc3339(t: Timestamp) -> String {
     t.to_rfc3339()
@@ -568,7 +579,7 @@ impl Devices {
             message: payload.message,
             phone: payload.phone,
             created_at: rfc3339(c.created_at),
-            expires_at: rfc3339(c.expires_at),
+            expires_at: (c.expires_at != NEVER).then(|| rfc3339(c.expires_at)),
             delivered_at: c.delivered_at.map(rfc3339),
             acknowledged_at: c.acknowledged_at.map(rfc3339),
             finished_at: c.finished_at.map(rfc3339),
@@ -990,6 +1001,20 @@ impl Devices {
         self.command_view(&c)
     }
 
+    /// When a command of `kind` issued `now` expires.
+    fn expiry(&self, kind: CommandKind, now: Timestamp) -> Timestamp {
+        let hours = match kind {
+            CommandKind::LostMode | CommandKind::Erase => {
+                match self.0.cfg.protective_command_ttl_hours {
+                    Some(h) => h,
+                    None => return NEVER,
+                }
+            }
+            CommandKind::Locate | CommandKind::Ring => self.0.cfg.command_ttl_hours,
+        };
+        now.plus(Duration::from_secs(hours.saturating_mul(3600)))
+    }
+
     /// Queues a command for `account`'s linked device `id` with Find Device on (`None` when it
     /// is not one), tells the owner's feed, and hands it to the device now if it is connected —
     /// to this node or, through the database's notification, to another.
@@ -1010,7 +1035,7 @@ impl Devices {
                 .map(|pl| self.seal_json("device_command", pl))
                 .transpose()?,
             created_at: now,
-            expires_at: now.plus(Duration::from_secs(self.0.cfg.command_ttl_hours * 3600)),
+            expires_at: self.expiry(kind, now),
         };
         let Some(c) = self.store().create_command(&new).await? else {
             return Ok(None);
@@ -1039,6 +1064,66 @@ impl Devices {
             .iter()
             .map(|c| self.command_view(c))
             .collect()
+    }
+
+    /// Cancels a command its device has not acknowledged: the device is no longer sent it,
+    /// and its acknowledgement, should the frame already be on its way, is refused
+    /// (`command_cancelled`), so it never runs. Once acknowledged it cannot be
+    /// (`command_not_cancellable`): the device may be running it. Cancelling lost mode or an
+    /// erase needs a fresh step-up, as sending an erase does — a stolen session must not call
+    /// off what protects the device — and goes in the security log. Cancelling again answers
+    /// the cancelled command.
+    pub async fn cancel_command(
+        &self,
+        p: &Principal,
+        id: &str,
+        command: &str,
+        client: &ClientInfo,
+    ) -> Result<CommandView> {
+        if !is_issued_id(command) {
+            return Err(DevicesError::NotFound);
+        }
+        let c = self
+            .store()
+            .command(p.account, command)
+            .await?
+            .filter(|c| c.device_id == id)
+            .ok_or(DevicesError::NotFound)?;
+        let protective = matches!(c.kind.as_str(), "lost_mode" | "erase");
+        if protective && matches!(c.state.as_str(), "queued" | "delivered") {
+            self.0.identity.require_step_up(p).await?;
+        }
+        let Some(cancelled) = self
+            .store()
+            .cancel_command(p.account, command, self.now())
+            .await?
+        else {
+            let c = self.command_state(p, command).await?;
+            return match c.state.as_str() {
+                "cancelled" => Ok(c),
+                "expired" => Err(DevicesError::CommandExpired),
+                _ => Err(DevicesError::NotCancellable),
+            };
+        };
+        self.publish_command(&cancelled);
+        if protective {
+            let name = self.owned(p, id).await.ok().map(|d| d.name);
+            self.0
+                .identity
+                .record_event(
+                    p.account,
+                    if c.kind == "erase" {
+                        "device_erase_cancelled"
+                    } else {
+                        "device_lost_mode_cancelled"
+                    },
+                    client,
+                    Some(&p.session),
+                    name,
+                )
+                .await?;
+        }
+        self.command_view(&cancelled)
     }
 
     pub async fn command_state(&self, p: &Principal, command: &str) -> Result<CommandView> {
@@ -1279,6 +1364,7 @@ impl Devices {
                 Err(DevicesError::CommandExpired)
             }
             AckOutcome::Finished(_) => Err(DevicesError::CommandFinished),
+            AckOutcome::Cancelled(_) => Err(DevicesError::CommandCancelled),
             AckOutcome::NotFound => Err(DevicesError::NotFound),
         }
     }
@@ -1365,6 +1451,7 @@ impl Devices {
             FinishOutcome::WrongState(c) => Err(match c.state.as_str() {
                 "queued" | "delivered" => DevicesError::NotAcknowledged,
                 "expired" => DevicesError::CommandExpired,
+                "cancelled" => DevicesError::CommandCancelled,
                 _ => DevicesError::CommandFinished,
             }),
             FinishOutcome::NotFound => Err(DevicesError::NotFound),

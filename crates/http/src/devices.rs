@@ -42,7 +42,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_device, update_device, remove_device))
         .routes(routes!(locations, delete_locations))
         .routes(routes!(list_commands, send_command))
-        .routes(routes!(get_command))
+        .routes(routes!(get_command, cancel_command))
         .routes(routes!(command_channel))
         .routes(routes!(acknowledge))
         .routes(routes!(report_result))
@@ -288,6 +288,28 @@ async fn get_command(
     if c.device_id != id {
         return Err(ApiError::from(DevicesError::NotFound));
     }
+    Ok(Json(c))
+}
+
+/// Cancels a command the device has not acknowledged yet: it is no longer sent, and never
+/// runs. Cancelling lost mode or an erase needs a fresh step-up. Once the device has
+/// acknowledged a command it cannot be cancelled (`409 command_not_cancellable`); an expired
+/// one is `410 command_expired`; cancelling twice answers the cancelled command.
+#[utoipa::path(delete, path = "/devices/{id}/commands/{command}", tag = "devices",
+    security(("bearer" = [])),
+    responses((status = 200, body = CommandView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 410, body = ErrorBody)))]
+async fn cancel_command(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    client: Client,
+    Path((id, command)): Path<(String, String)>,
+) -> Result<Json<CommandView>, ApiError> {
+    let c = app
+        .devices
+        .cancel_command(&p, &id, &command, &client.info(None))
+        .await?;
     Ok(Json(c))
 }
 

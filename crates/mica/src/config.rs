@@ -143,7 +143,7 @@ impl Config {
             Ok(())
         }
         let (i, c, d) = (&self.identity, &self.cloud, &self.devices);
-        let checks: [(&str, i128, i128); 20] = [
+        let checks: [(&str, i128, i128); 21] = [
             ("client_timeout_secs", self.client_timeout_secs.into(), 1),
             ("identity.code_ttl_secs", i.code_ttl_secs.into(), 60),
             ("identity.code_max_attempts", i.code_max_attempts.into(), 1),
@@ -189,6 +189,11 @@ impl Config {
             ("cloud.pending_file_hours", c.pending_file_hours.into(), 1),
             ("cloud.ffmpeg_timeout_secs", c.ffmpeg_timeout_secs.into(), 1),
             ("devices.command_ttl_hours", d.command_ttl_hours.into(), 1),
+            (
+                "devices.protective_command_ttl_hours",
+                d.protective_command_ttl_hours.map_or(1, i128::from),
+                1,
+            ),
             ("devices.resend_after_ms", d.resend_after_ms.into(), 100),
             (
                 "devices.resend_max_ms",

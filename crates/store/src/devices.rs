@@ -168,6 +168,8 @@ pub enum AckOutcome {
     Expired(CommandRow),
     /// The command is already done or failed.
     Finished(CommandRow),
+    /// The owner cancelled it first.
+    Cancelled(CommandRow),
     NotFound,
 }
 
@@ -804,6 +806,29 @@ impl Store {
         Ok(moved)
     }
 
+    /// The owner cancels a command its device has not acknowledged (nor let expire); `None`
+    /// when it is not such a command (any more).
+    pub async fn cancel_command(
+        &self,
+        account: AccountId,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<CommandRow>> {
+        sqlx::query(&format!(
+            "UPDATE device_commands SET state = 'cancelled', finished_at = $3, \
+             reason = 'cancelled by the owner' WHERE account_id = $1 AND id = $2 \
+             AND state IN ('queued', 'delivered') AND expires_at > $3 RETURNING {COMMAND_COLUMNS}"
+        ))
+        .bind(account.as_i64())
+        .bind(id)
+        .bind(now.millis())
+        .fetch_optional(&self.writer)
+        .await?
+        .as_ref()
+        .map(command_row)
+        .transpose()
+    }
+
     /// Commands a device still has to act on (queued, delivered, or acknowledged but not
     /// finished), oldest first. Expired ones are not included.
     pub async fn open_commands(&self, device: &str, now: Timestamp) -> Result<Vec<CommandRow>> {
@@ -868,6 +893,7 @@ impl Store {
         Ok(match c.state.as_str() {
             "acknowledged" => AckOutcome::Again(c),
             "done" | "failed" => AckOutcome::Finished(c),
+            "cancelled" => AckOutcome::Cancelled(c),
             // Open and in time: the device was unlinked (its channel may outlive that on
             // another node); it has no command to run.
             _ if c.expires_at > now => AckOutcome::NotFound,

@@ -28,6 +28,7 @@ on_both_backends!(
     a_lost_acknowledgement_answer_still_runs_the_command_once,
     an_erase_cut_short_is_finished_at_the_next_start,
     the_owners_feed_ends_with_the_session,
+    protective_commands_wait_for_the_device_and_can_be_cancelled,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -1972,4 +1973,122 @@ async fn an_erase_cut_short_is_finished_at_the_next_start(app: &TestApp) {
     );
     let view = get(&ana, &format!("/api/v1/devices/{id}")).await;
     assert_eq!(view["state"], "erased");
+}
+
+/// Lost mode and erase wait for a device kept off (a thief's best move) as long as it stays
+/// linked, where a locate or a ring expires; the owner can cancel what the device has not
+/// taken (lost mode and erase only after a step-up), and the acknowledgement of a cancelled
+/// command is refused, so the device never runs it.
+async fn protective_commands_wait_for_the_device_and_can_be_cancelled(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (id, device) = link_http(app, &ana, 31).await;
+    let command = |c: &Value| {
+        format!(
+            "/api/v1/devices/{id}/commands/{}",
+            c["id"].as_str().unwrap()
+        )
+    };
+    let ack = |c: &Value| format!("/api/v1/device/commands/{}/ack", c["id"].as_str().unwrap());
+    let lost = send(
+        &ana,
+        &id,
+        json!({ "kind": "lost_mode", "message": "Please return me", "phone": "+442079460958" }),
+    )
+    .await;
+    assert!(lost["expires_at"].is_null(), "{lost}");
+    let ring = send(&ana, &id, json!({ "kind": "ring" })).await;
+    assert!(ring["expires_at"].is_string(), "{ring}");
+    // A locate the owner no longer wants: cancelled without a step-up, and again the same.
+    let locate = send(&ana, &id, json!({ "kind": "locate" })).await;
+    for _ in 0..2 {
+        let v: Value = ana
+            .raw(Method::DELETE, &command(&locate), None)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["state"], "cancelled", "{v}");
+        assert_eq!(v["reason"], "cancelled by the owner");
+    }
+
+    // Eight days later the device comes back on: the ring has expired, lost mode still waits.
+    app.advance(Duration::from_secs(8 * 24 * 3600));
+    let ana = sign_in(app, "ana@example.com").await;
+    assert_eq!(get(&ana, &command(&ring)).await["state"], "expired");
+    assert_eq!(get(&ana, &command(&lost)).await["state"], "queued");
+    let e = refused(&device, Method::POST, &ack(&locate), Some(json!({}))).await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(409));
+    assert_eq!(e.code(), Some("command_cancelled"));
+    post(&device, &ack(&lost), json!({})).await;
+    post(
+        &device,
+        &format!(
+            "/api/v1/device/commands/{}/result",
+            lost["id"].as_str().unwrap()
+        ),
+        json!({ "outcome": "done" }),
+    )
+    .await;
+    let view = get(&ana, &format!("/api/v1/devices/{id}")).await;
+    assert_eq!(view["lost_mode"]["message"], "Please return me");
+
+    // An erase is called off once the phone turns up: only after a step-up, as it was sent.
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    let erase = send(&ana, &id, json!({ "kind": "erase" })).await;
+    assert!(erase["expires_at"].is_null(), "{erase}");
+    let ana = sign_in(app, "ana@example.com").await;
+    let e = refused(&ana, Method::DELETE, &command(&erase), None).await;
+    assert_eq!(e.code(), Some("step_up_required"));
+    // Nor can another account touch it.
+    let (bob, _) = owner(app, "bob@example.com").await;
+    let e = refused(&bob, Method::DELETE, &command(&erase), None).await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+    app.advance(Duration::from_secs(61)); // a new code may be asked for after a minute
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    let v: Value = ana
+        .raw(Method::DELETE, &command(&erase), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let e = refused(&device, Method::POST, &ack(&erase), Some(json!({}))).await;
+    assert_eq!(e.code(), Some("command_cancelled"));
+    assert_eq!(
+        get(&ana, &format!("/api/v1/devices/{id}")).await["state"],
+        "linked"
+    );
+    let events = get(&ana, "/api/v1/me/security-events").await.to_string();
+    assert!(events.contains("device_erase_cancelled"), "{events}");
+    // The owner is told of both, by mail, as of every change to what protects the account.
+    for (subject, what) in [
+        (
+            "a device will be erased",
+            "An erase was sent to the device \"bench\"",
+        ),
+        (
+            "an erase was cancelled",
+            "The erase sent to the device \"bench\" was cancelled",
+        ),
+    ] {
+        let mail = app.smtp.nth_with("ana@example.com", what, 1).await;
+        assert_eq!(mail.subject(), format!("Mica: {subject}"));
+    }
+
+    // What the device has taken can no longer be cancelled.
+    let ring = send(&ana, &id, json!({ "kind": "ring" })).await;
+    post(&device, &ack(&ring), json!({})).await;
+    let e = refused(&ana, Method::DELETE, &command(&ring), None).await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(409));
+    assert_eq!(e.code(), Some("command_not_cancellable"));
+    let e = refused(
+        &ana,
+        Method::DELETE,
+        &format!("/api/v1/devices/{id}/commands/cmd_nope"),
+        None,
+    )
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
 }
