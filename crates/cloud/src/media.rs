@@ -44,8 +44,11 @@ pub struct Analysis {
     pub large: Vec<u8>,
 }
 
+/// What a photo's EXIF says: when it was taken, and where (latitude, longitude).
+pub type Exif = (Option<Timestamp>, Option<(f64, f64)>);
+
 /// EXIF capture time (with its offset when recorded; UTC otherwise) and GPS place.
-pub fn read_exif(bytes: &[u8]) -> (Option<Timestamp>, Option<(f64, f64)>) {
+pub fn read_exif(bytes: &[u8]) -> Exif {
     use exif::{In, Tag, Value};
     // Tolerant: cameras and tools write quirky EXIF; what can be read is used.
     let ex = match exif::Reader::new()
@@ -231,6 +234,13 @@ pub fn analyse(bytes: &[u8], max_megapixels: u64) -> Result<Analysis, String> {
     })
 }
 
+/// A photo's previews, or why there are none — with what its EXIF still says of when and where
+/// it was taken: an iPhone's HEIC (or a TIFF, an AVIF) that this server cannot decode keeps
+/// its place on the timeline and on the map.
+pub fn examine(bytes: &[u8], max_megapixels: u64) -> Result<Analysis, (String, Exif)> {
+    analyse(bytes, max_megapixels).map_err(|why| (why, read_exif(bytes)))
+}
+
 /// A photo or video of the gallery, as the timeline shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct GalleryEntry {
@@ -327,11 +337,15 @@ impl Cloud {
                 bytes.extend_from_slice(&piece?);
             }
             let max = cfg.max_preview_megapixels;
-            let result = tokio::task::spawn_blocking(move || analyse(&bytes, max))
+            let result = tokio::task::spawn_blocking(move || examine(&bytes, max))
                 .await
                 .map_err(|e| CloudError::Internal(format!("media task: {e}")))?;
             match result {
-                Err(why) => fail(why),
+                Err((why, (taken_at, place))) => MediaDone {
+                    taken_at,
+                    place: place.map(|p| self.seal_place(account, &file.id, p)),
+                    ..fail(why)
+                },
                 Ok(a) => self.store_previews(account, &file.id, a).await?,
             }
         };
@@ -906,6 +920,29 @@ mod tests {
         );
         let bytes = std::fs::read(path).unwrap_or_default();
         let (t, p) = read_exif(&bytes);
+        assert_eq!(
+            t.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-07-14T17:32:05Z")
+        );
+        let (lat, lon) = p.unwrap_or_default();
+        assert!(
+            (lat - 38.7139).abs() < 1e-4 && (lon + 9.1334).abs() < 1e-4,
+            "{lat} {lon}"
+        );
+    }
+
+    #[test]
+    fn a_heic_photo_gets_no_preview_but_keeps_its_time_and_place() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../mica/tests/fixtures/photo.heic"
+        );
+        let bytes = std::fs::read(path).unwrap_or_default();
+        assert!(bytes.len() > 1000, "fixture missing");
+        let Err((why, (t, p))) = examine(&bytes, 40) else {
+            panic!("HEIC decoded: the image crate is built for JPEG, PNG and WebP only");
+        };
+        assert!(why.contains("JPEG, PNG or WebP"), "{why}");
         assert_eq!(
             t.map(|t| t.to_rfc3339()).as_deref(),
             Some("2026-07-14T17:32:05Z")

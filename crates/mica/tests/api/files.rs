@@ -26,6 +26,7 @@ on_both_backends!(
     the_drive_holds_folders_and_files,
     the_drive_stays_a_tree_whatever_the_batches,
     the_gallery_reads_exif_and_makes_previews,
+    an_iphone_photo_keeps_its_time_and_place_without_a_preview,
     the_timeline_comes_newest_first_a_page_at_a_time,
     an_album_is_read_from_its_index_and_follows_its_photos,
     the_gallery_reads_a_videos_container_and_previews_a_frame,
@@ -2218,6 +2219,34 @@ async fn the_gallery_reads_a_videos_container_and_previews_a_frame(app: &TestApp
     assert_eq!(&r.bytes().await.unwrap()[..], &clip[..12]);
     let original = tus.download(&f_clip, None).await.bytes().await.unwrap();
     assert_eq!(blake3::hash(&original), blake3::hash(&clip));
+}
+
+/// An iPhone's HEIC: this server makes no preview of it (its image library reads JPEG, PNG and
+/// WebP), but the photo still takes its place on the timeline and the map from its EXIF.
+async fn an_iphone_photo_keeps_its_time_and_place_without_a_preview(app: &TestApp) {
+    let (tus, c, _) = signed_in(app, "ivy@example.com").await;
+    let photo = include_bytes!("../fixtures/photo.heic").to_vec();
+    let f = tus.upload(&photo, "IMG_4032.HEIC").await.unwrap();
+    c.push("gallery", json!([{"id": "h1", "op": "put", "body": {"file_id": f, "name": "IMG_4032.HEIC", "mime_type": "image/heic", "size": photo.len(), "albums": ["Lisbon"]}}]), None)
+        .await
+        .unwrap();
+    previews_settle(&tus).await;
+    let timeline = gallery(&tus, "").await;
+    assert_eq!(ids(&timeline), ["h1"]);
+    let h1 = &timeline[0];
+    taken_in_lisbon(h1);
+    assert_eq!(h1["preview"], "failed");
+    assert!(
+        h1["preview_error"]
+            .as_str()
+            .unwrap()
+            .contains("JPEG, PNG or WebP"),
+        "{h1}"
+    );
+    // Dated, so it is in its album at its time, and the original is there byte for byte.
+    assert_eq!(ids(&gallery(&tus, "?album=Lisbon").await), ["h1"]);
+    let original = tus.download(&f, None).await.bytes().await.unwrap();
+    assert_eq!(original.as_ref(), photo.as_slice());
 }
 
 async fn the_gallery_reads_exif_and_makes_previews(app: &TestApp) {
