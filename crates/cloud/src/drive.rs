@@ -8,7 +8,7 @@
 //! writes: each is one batch, atomic.
 
 use mica_core::{AccountId, Timestamp};
-use mica_store::{CollectionRow, ItemRow};
+use mica_store::{CollectionRow, ItemRow, RestoreOutcome};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -478,6 +478,48 @@ impl Cloud {
             }
         }
         Err(CloudError::NameTaken)
+    }
+
+    /// After the folder `folder` came back from the bin: the entries deleted with it (a
+    /// folder's deletion bins everything in it at one moment, `deleted_at`) come back into it,
+    /// folders with their own contents, up to `cloud.max_tree` entries. Each is its own restore,
+    /// so one whose name was taken meanwhile stays in the bin and the rest still come back.
+    /// Returns the newest version written (0 when nothing was).
+    pub(crate) async fn drive_restore_contents(
+        &self,
+        account: AccountId,
+        c: &CollectionRow,
+        folder: &str,
+        deleted_at: Timestamp,
+        since: Timestamp,
+    ) -> Result<i64, CloudError> {
+        let max = self.inner.cfg.max_tree;
+        let mut newest = 0;
+        let mut restored = 0usize;
+        let mut queue = vec![folder.to_owned()];
+        while let Some(parent) = queue.pop() {
+            let left = i64::try_from(max.saturating_sub(restored)).unwrap_or(i64::MAX);
+            if left == 0 {
+                tracing::info!(folder, max, "a restored folder's contents stop at max_tree");
+                break;
+            }
+            for (bin_id, item_id) in self
+                .store()
+                .bin_children(account, &c.id, &parent, deleted_at, left)
+                .await?
+            {
+                if let RestoreOutcome::Restored { version, .. } = self
+                    .store()
+                    .restore_from_bin(account, &bin_id, since, self.now())
+                    .await?
+                {
+                    newest = newest.max(version);
+                    restored += 1;
+                    queue.push(item_id);
+                }
+            }
+        }
+        Ok(newest)
     }
 
     /// Whether the folders above `id`, from its parent `first`, come back to it or go deeper

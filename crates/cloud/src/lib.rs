@@ -932,7 +932,8 @@ impl Cloud {
             RestoreOutcome::Restored {
                 collection_id,
                 item_id,
-                version,
+                mut version,
+                deleted_at,
             } => {
                 let c = self.resolve(account, &collection_id).await?;
                 let category = Self::category_of(&c)?;
@@ -942,6 +943,11 @@ impl Cloud {
                     if let Err(e) = self.drive_rehome(account, &c, &item_id, since).await {
                         tracing::warn!(error = %e, "a restored drive entry stays in its gone folder");
                     }
+                    // A folder brings back what was deleted with it.
+                    version = version.max(
+                        self.drive_restore_contents(account, &c, &item_id, deleted_at, since)
+                            .await?,
+                    );
                 }
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
                 // event's uid, an event's or a photo's time, a photo's albums): index it again

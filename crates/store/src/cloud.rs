@@ -186,6 +186,8 @@ pub enum RestoreOutcome {
         collection_id: String,
         item_id: String,
         version: i64,
+        /// When it had been deleted (what was deleted with it shares the moment).
+        deleted_at: Timestamp,
     },
     NotFound,
     /// A live item has the same id again.
@@ -1162,8 +1164,8 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let acct = lock_account(&mut tx, account, 1).await?;
         let Some(r) = sqlx::query(
-            "SELECT collection_id, item_id, kind, body, summary, size, file_id, path_key FROM recycle_bin \
-             WHERE account_id = $1 AND id = $2 AND deleted_at >= $3",
+            "SELECT collection_id, item_id, kind, body, summary, size, file_id, path_key, deleted_at \
+             FROM recycle_bin WHERE account_id = $1 AND id = $2 AND deleted_at >= $3",
         )
         .bind(account.as_i64())
         .bind(bin_id)
@@ -1177,6 +1179,7 @@ impl Store {
         let item_id: String = r.try_get("item_id")?;
         let kind: String = r.try_get("kind")?;
         let size: i64 = r.try_get("size")?;
+        let deleted_at = Timestamp(r.try_get("deleted_at")?);
         let live: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT deleted_at FROM items WHERE account_id = $1 AND collection_id = $2 AND id = $3",
         )
@@ -1237,7 +1240,37 @@ impl Store {
             collection_id,
             item_id,
             version: acct.seq,
+            deleted_at,
         })
+    }
+
+    /// The bin entries of a drive collection that were in the folder `parent` when they were
+    /// deleted at `deleted_at` (with it, when the folder's deletion took them), at most
+    /// `limit`: `(bin id, item id)`. A range of `recycle_bin_account_age`.
+    pub async fn bin_children(
+        &self,
+        account: AccountId,
+        collection: &str,
+        parent: &str,
+        deleted_at: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let prefix = format!("{parent}/");
+        let rows = sqlx::query(
+            "SELECT id, item_id FROM recycle_bin WHERE account_id = $1 AND deleted_at = $2 \
+             AND collection_id = $3 AND substr(path_key, 1, CAST($4 AS INTEGER)) = $5 ORDER BY id LIMIT $6",
+        )
+        .bind(account.as_i64())
+        .bind(deleted_at.millis())
+        .bind(collection)
+        .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+        .bind(&prefix)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("item_id")?)))
+            .collect()
     }
 
     /// Deletes recycle-bin entries for good (all of the account's when `bin_id` is `None`);

@@ -1328,11 +1328,77 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     );
     let bin = c.recycle_bin(None).await.unwrap();
     assert_eq!(bin.len(), 3);
-    for e in &bin {
-        c.restore(e["id"].as_str().unwrap()).await.unwrap();
-    }
+    // Restoring the folder brings back what was deleted with it.
+    let folder = bin
+        .iter()
+        .find(|e| e["item_id"] == docs_id.as_str())
+        .unwrap();
+    c.restore(folder["id"].as_str().unwrap()).await.unwrap();
+    assert!(c.recycle_bin(None).await.unwrap().is_empty());
     let (_, inside) = drive(&tus, Method::GET, &format!("?parent={docs_id}"), None).await;
     assert_eq!(inside.as_array().unwrap().len(), 2);
+    assert_eq!(
+        drive(&tus, Method::GET, &format!("/{report_id}"), None)
+            .await
+            .0,
+        200
+    );
+    // But not what had been deleted from it before: that stays in the bin.
+    let folder = |name: &str, parent: Option<&str>| json!({"kind": "folder", "name": name, "parent": parent});
+    let (_, trip) = drive(&tus, Method::POST, "", Some(folder("Trip", None))).await;
+    let trip_id = trip["id"].as_str().unwrap().to_owned();
+    let (_, day1) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(folder("Day 1", Some(&trip_id))),
+    )
+    .await;
+    let day1_id = day1["id"].as_str().unwrap().to_owned();
+    drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(folder("Morning", Some(&day1_id))),
+    )
+    .await;
+    let (_, day2) = drive(
+        &tus,
+        Method::POST,
+        "",
+        Some(folder("Day 2", Some(&trip_id))),
+    )
+    .await;
+    drive(
+        &tus,
+        Method::DELETE,
+        &format!("/{}", day2["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    app.advance(Duration::from_secs(5));
+    let (s, d) = drive(&tus, Method::DELETE, &format!("/{trip_id}"), None).await;
+    assert_eq!((s, d["deleted"].as_u64()), (200, Some(3)));
+    let bin = c.recycle_bin(Some("drive")).await.unwrap();
+    let trip_bin = bin
+        .iter()
+        .find(|e| e["item_id"] == trip_id.as_str())
+        .unwrap();
+    c.restore(trip_bin["id"].as_str().unwrap()).await.unwrap();
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, in_trip) = drive(&tus, Method::GET, &format!("?parent={trip_id}"), None).await;
+    assert_eq!(names(&in_trip), ["Day 1"]);
+    let (_, in_day1) = drive(&tus, Method::GET, &format!("?parent={day1_id}"), None).await;
+    assert_eq!(names(&in_day1), ["Morning"]);
+    let bin = c.recycle_bin(Some("drive")).await.unwrap();
+    assert_eq!(bin.len(), 1, "{bin:?}");
+    assert_eq!(bin[0]["summary"], "Day 2");
     // An entry restored into a folder that is gone for good comes back at the top level,
     // where a listing reaches it.
     let (_, tmp) = drive(
@@ -1399,6 +1465,7 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     );
     let (s, _) = drive(&tus, Method::DELETE, "/loop-y", None).await;
     assert_eq!(s, 200);
+    app.advance(Duration::from_secs(5));
     let x_version = c.item("drive", "loop-x").await.unwrap()["version"]
         .as_str()
         .unwrap()
