@@ -484,7 +484,7 @@ impl Cloud {
     /// folder's deletion bins everything in it at one moment, `deleted_at`) come back into it,
     /// folders with their own contents, up to `cloud.max_tree` entries. Each is its own restore,
     /// so one whose name was taken meanwhile stays in the bin and the rest still come back.
-    /// Returns the newest version written (0 when nothing was).
+    /// Returns the newest version written (0 when nothing was) and how many came back.
     pub(crate) async fn drive_restore_contents(
         &self,
         account: AccountId,
@@ -492,7 +492,7 @@ impl Cloud {
         folder: &str,
         deleted_at: Timestamp,
         since: Timestamp,
-    ) -> Result<i64, CloudError> {
+    ) -> Result<(i64, u64), CloudError> {
         let max = self.inner.cfg.max_tree;
         let mut newest = 0;
         let mut restored = 0usize;
@@ -519,7 +519,7 @@ impl Cloud {
                 }
             }
         }
-        Ok(newest)
+        Ok((newest, restored as u64))
     }
 
     /// Whether the folders above `id`, from its parent `first`, come back to it or go deeper

@@ -292,6 +292,22 @@ fn numbered(path: &str, n: u32) -> String {
 /// The most recycle-bin entries in one page.
 pub const MAX_BIN_PAGE: usize = 1000;
 
+/// The most entries one "restore everything deleted since" brings back; the answer says
+/// whether more are left for the next call.
+pub const MAX_BULK_RESTORE: usize = 5000;
+
+/// What a restore of everything deleted since a moment did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BulkRestore {
+    /// Entries back where they were (a folder's contents included).
+    pub restored: u64,
+    /// Entries left in the bin because their place is taken again (an item with the same id,
+    /// a drive entry with the same name in the same folder).
+    pub kept: u64,
+    /// More entries deleted since then are still in the bin: call again.
+    pub more: bool,
+}
+
 /// A page of the recycle bin.
 #[derive(Debug, Clone)]
 pub struct BinPage {
@@ -917,8 +933,66 @@ impl Cloud {
         Ok(BinPage { entries, next })
     }
 
-    /// Puts a deleted item back; every device gets it on its next pull.
+    /// Puts back everything of a category (every category when `None`) deleted at `since` or
+    /// later and still in the bin — a sync gone wrong that deleted a whole address book, say —
+    /// at most [`MAX_BULK_RESTORE`] entries a call. Each entry is its own restore: one whose
+    /// place is taken again stays in the bin, and the rest still come back.
+    pub async fn restore_since(
+        &self,
+        account: AccountId,
+        category: Option<&str>,
+        since: Timestamp,
+    ) -> Result<BulkRestore, CloudError> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut more = false;
+        'pages: loop {
+            let page = self
+                .recycle_bin(account, category, cursor.as_deref(), MAX_BIN_PAGE)
+                .await?;
+            for e in page.entries {
+                if e.deleted_at < since {
+                    break 'pages;
+                }
+                if ids.len() == MAX_BULK_RESTORE {
+                    more = true;
+                    break 'pages;
+                }
+                ids.push(e.id);
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let mut out = BulkRestore {
+            more,
+            ..BulkRestore::default()
+        };
+        for id in ids {
+            match self.restore_entry(account, &id).await {
+                Ok((_, contents)) => out.restored += 1 + contents,
+                Err(CloudError::RestoreConflict) => out.kept += 1,
+                // Came back with its folder, earlier in this loop.
+                Err(CloudError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts a deleted item back; every device gets it on its next pull. A drive folder brings
+    /// back what was deleted with it.
     pub async fn restore(&self, account: AccountId, bin_id: &str) -> Result<ItemView, CloudError> {
+        Ok(self.restore_entry(account, bin_id).await?.0)
+    }
+
+    /// [`Cloud::restore`], and how many entries came back with a folder.
+    async fn restore_entry(
+        &self,
+        account: AccountId,
+        bin_id: &str,
+    ) -> Result<(ItemView, u64), CloudError> {
         check_id("id", bin_id, 64)?;
         let plan = self.store().cloud_account(account).await?.plan;
         let since = self.now().minus(self.retention(&plan));
@@ -932,11 +1006,13 @@ impl Cloud {
             RestoreOutcome::Restored {
                 collection_id,
                 item_id,
-                mut version,
+                version,
                 deleted_at,
             } => {
                 let c = self.resolve(account, &collection_id).await?;
                 let category = Self::category_of(&c)?;
+                // What devices are told to pull up to: a folder's contents come after it.
+                let (mut newest, mut contents) = (version, 0);
                 // The restore has committed: a drive entry that cannot be moved out of a gone
                 // folder is left where it is (and said so in the log), not reported as failed.
                 if category == Category::Drive {
@@ -944,10 +1020,11 @@ impl Cloud {
                         tracing::warn!(error = %e, "a restored drive entry stays in its gone folder");
                     }
                     // A folder brings back what was deleted with it.
-                    version = version.max(
-                        self.drive_restore_contents(account, &c, &item_id, deleted_at, since)
-                            .await?,
-                    );
+                    let (last, n) = self
+                        .drive_restore_contents(account, &c, &item_id, deleted_at, since)
+                        .await?;
+                    newest = newest.max(last);
+                    contents = n;
                 }
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
                 // event's uid, an event's or a photo's time, a photo's albums): index it again
@@ -985,10 +1062,10 @@ impl Cloud {
                     Change {
                         collection: c.id.clone(),
                         category,
-                        version,
+                        version: newest,
                     },
                 );
-                Ok(view)
+                Ok((view, contents))
             }
         }
     }

@@ -35,6 +35,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_item))
         .routes(routes!(recycle_bin, empty_bin))
         .routes(routes!(restore))
+        .routes(routes!(restore_since))
         .routes(routes!(purge))
         .routes(routes!(usage))
         .routes(routes!(get_device_sync, put_device_sync))
@@ -406,6 +407,64 @@ async fn restore(
     Path(id): Path<String>,
 ) -> Result<Json<ItemBody>, ApiError> {
     Ok(Json(app.cloud.restore(p.account, &id).await?.into()))
+}
+
+/// What to put back from the recycle bin at once.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSinceRequest {
+    /// Only this category (`contacts`, `notes`, `drive`, …); every one when absent.
+    pub category: Option<String>,
+    /// Everything deleted at this moment or later (RFC 3339) and still in the bin.
+    pub deleted_since: String,
+}
+
+/// What a restore of everything deleted since a moment did.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RestoreSinceResponse {
+    /// Entries back where they were (a drive folder's contents included).
+    pub restored: u64,
+    /// Entries left in the bin because their place is taken again.
+    pub kept: u64,
+    /// More entries deleted since then are still in the bin (5,000 come back per call): call
+    /// again.
+    pub more: bool,
+}
+
+/// Undoes deletions: puts back everything (of a category) deleted since a moment — a device
+/// whose sync went wrong and deleted a whole address book, say. Every entry comes back to every
+/// device on their next pull; one whose place is taken again stays in the bin.
+#[utoipa::path(post, path = "/recycle-bin/restore", tag = "sync", security(("bearer" = [])),
+    request_body = RestoreSinceRequest,
+    responses((status = 200, body = RestoreSinceResponse), (status = 422, body = ErrorBody)))]
+async fn restore_since(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<RestoreSinceRequest>,
+) -> Result<Json<RestoreSinceResponse>, ApiError> {
+    let since = time::OffsetDateTime::parse(
+        &req.deleted_since,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "deleted_since: give the time as RFC 3339, e.g. 2026-11-30T10:00:00Z",
+        )
+    })?;
+    let since = mica_core::Timestamp(
+        i64::try_from(since.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+    );
+    let done = app
+        .cloud
+        .restore_since(p.account, req.category.as_deref(), since)
+        .await?;
+    Ok(Json(RestoreSinceResponse {
+        restored: done.restored,
+        kept: done.kept,
+        more: done.more,
+    }))
 }
 
 /// Deletes one recycle-bin entry for good, freeing its space.

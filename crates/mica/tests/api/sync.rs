@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mica_client::Client;
+use mica_core::Clock;
 use serde_json::{json, Value};
 
 use crate::on_both_backends;
@@ -25,6 +26,7 @@ on_both_backends!(
     bad_items_are_refused_and_nothing_is_stored,
     the_usage_check_command_proves_usage,
     the_recycle_bin_comes_a_page_at_a_time,
+    a_sync_gone_wrong_is_undone_at_once,
 );
 
 pub(crate) fn vcard(uid: &str, name: &str) -> String {
@@ -1472,4 +1474,120 @@ async fn the_recycle_bin_comes_a_page_at_a_time(app: &TestApp) {
         assert_eq!(e.status().map(|s| s.as_u16()), Some(422), "{e:?}");
         assert_eq!(e.code(), Some("invalid_input"), "{e:?}");
     }
+}
+
+/// A device's sync goes wrong and deletes most of the address book: one request puts back
+/// everything of the category deleted since just before, and the other device gets it all
+/// back; what was deleted earlier, in another category, or whose place is taken again stays
+/// in the bin.
+async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
+    let (a, b) = two_devices(app, "gil@example.com").await;
+    let writes: Vec<Value> = (0..60)
+        .map(|i| {
+            put(
+                &format!("c{i}"),
+                json!(vcard(&format!("u{i}"), &format!("Friend {i}"))),
+            )
+        })
+        .collect();
+    let r = a.push("contacts", json!(writes), None).await.unwrap();
+    let versions: Vec<String> = (0..60).map(|i| version(&r, i)).collect();
+    a.push("notes", json!([put("n1", note("Keep"))]), None)
+        .await
+        .unwrap();
+    // Deleted on purpose, a few minutes before.
+    a.push("contacts", json!([delete("c0", &versions[0])]), None)
+        .await
+        .unwrap();
+    app.advance(Duration::from_secs(5 * 60));
+    let (_, token) = pull_all(&b, "contacts", None).await;
+
+    // The bad sync: 50 contacts and the note gone.
+    let before = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(app.clock.now().millis()) * 1_000_000,
+    )
+    .unwrap()
+    .format(&time::format_description::well_known::Rfc3339)
+    .unwrap();
+    app.advance(Duration::from_secs(60));
+    let gone: Vec<Value> = (1..51)
+        .map(|i| delete(&format!("c{i}"), &versions[i]))
+        .collect();
+    a.push("contacts", json!(gone), None).await.unwrap();
+    let nv = a.item("notes", "n1").await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.push("notes", json!([delete("n1", &nv)]), None)
+        .await
+        .unwrap();
+    // Meanwhile the person re-typed one of them.
+    a.push(
+        "contacts",
+        json!([put("c7", json!(vcard("u7", "Friend 7, again")))]),
+        None,
+    )
+    .await
+    .unwrap();
+    let (changes, token) = pull_all(&b, "contacts", Some(&token)).await;
+    assert_eq!(changes.iter().filter(|c| c["deleted"] == true).count(), 49);
+
+    let raw = |body: Value| {
+        let a = a.clone();
+        async move {
+            a.raw(
+                reqwest::Method::POST,
+                "/api/v1/recycle-bin/restore",
+                Some(body),
+            )
+            .await
+        }
+    };
+    let done: Value = raw(json!({"category": "contacts", "deleted_since": before}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done, json!({"restored": 49, "kept": 1, "more": false}));
+    let (changes, _) = pull_all(&b, "contacts", Some(&token)).await;
+    assert_eq!(changes.len(), 49, "{changes:?}");
+    assert!(changes.iter().all(|c| c["deleted"] == false));
+    assert_eq!(
+        a.item("contacts", "c1").await.unwrap()["body"],
+        json!(vcard("u1", "Friend 1"))
+    );
+    assert_eq!(
+        a.item("contacts", "c7").await.unwrap()["body"],
+        json!(vcard("u7", "Friend 7, again"))
+    );
+    // Still in the bin: the one whose id is taken again, the one deleted before, the note.
+    let left: Vec<String> = a
+        .recycle_bin(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e["item_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    for id in ["c7", "c0", "n1"] {
+        assert!(left.iter().any(|l| l == id), "{id} in {left:?}");
+    }
+    assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
+
+    // Bad input: a clear 4xx, nothing restored.
+    for (body, status, code) in [
+        (json!({"deleted_since": "yesterday"}), 422, "invalid_input"),
+        (
+            json!({"category": "spells", "deleted_since": before}),
+            422,
+            "unknown_category",
+        ),
+        (json!({"since": before}), 422, "invalid_body"),
+    ] {
+        let e = raw(body.clone()).await.unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(status), "{body}");
+        assert_eq!(e.code(), Some(code), "{body}");
+    }
+    assert_eq!(a.recycle_bin(None).await.unwrap().len(), 3);
 }
