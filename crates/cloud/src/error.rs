@@ -170,6 +170,7 @@ impl From<mica_store::StoreError> for CloudError {
                 field: "text",
                 message: e.to_string(),
             },
+            mica_store::StoreError::Gone => CloudError::NotFound,
             e => CloudError::Internal(e.to_string()),
         }
     }

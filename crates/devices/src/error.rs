@@ -55,6 +55,7 @@ impl From<mica_store::StoreError> for DevicesError {
                 field: "text",
                 message: e.to_string(),
             },
+            mica_store::StoreError::Gone => DevicesError::NotFound,
             e => DevicesError::Internal(e.to_string()),
         }
     }

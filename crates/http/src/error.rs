@@ -116,6 +116,9 @@ impl From<mica_store::StoreError> for ApiError {
                 e.to_string(),
             );
         }
+        if matches!(e, mica_store::StoreError::Gone) {
+            return ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string());
+        }
         tracing::error!(error = %e, "storage error");
         ApiError::internal()
     }

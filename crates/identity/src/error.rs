@@ -141,6 +141,7 @@ impl From<mica_store::StoreError> for IdentityError {
                 field: "text",
                 message: e.to_string(),
             },
+            mica_store::StoreError::Gone => IdentityError::NotFound,
             e => IdentityError::Internal(e.to_string()),
         }
     }

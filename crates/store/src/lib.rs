@@ -78,6 +78,11 @@ pub enum StoreError {
     /// crates refuse such values first; this keeps one they missed a 4xx rather than a 500.
     #[error("a text field holds a character that cannot be stored (such as NUL)")]
     UnstorableText,
+    /// What the write refers to is no longer there (a foreign key found no row): a device
+    /// removed, an account deleted, between the request's checks and its write. The domain
+    /// crates answer it as not found, not as a server fault.
+    #[error("what this refers to no longer exists")]
+    Gone,
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     #[error("database error reading a page: {0}")]
@@ -94,6 +99,7 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::Gone,
             // character_not_in_repertoire, untranslatable_character
             sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>

@@ -29,6 +29,7 @@ on_both_backends!(
     an_erase_cut_short_is_finished_at_the_next_start,
     the_owners_feed_ends_with_the_session,
     protective_commands_wait_for_the_device_and_can_be_cancelled,
+    a_write_for_a_device_removed_meanwhile_is_not_found,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -2091,4 +2092,28 @@ async fn protective_commands_wait_for_the_device_and_can_be_cancelled(app: &Test
     )
     .await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+}
+
+/// A device removed between a request's checks and its write (locations reported while the
+/// owner removes it): the database's refusal is "not found", not a server fault, on both
+/// engines — and nothing is written.
+async fn a_write_for_a_device_removed_meanwhile_is_not_found(app: &TestApp) {
+    let (ana, account) = owner(app, "ana@example.com").await;
+    let (id, _) = link_http(app, &ana, 41).await;
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    ana.raw(Method::DELETE, &format!("/api/v1/devices/{id}"), None)
+        .await
+        .unwrap();
+    let row = mica_store::LocationRow {
+        at: mica_core::Timestamp(1_000),
+        received_at: mica_core::Timestamp(1_000),
+        place: vec![1, 2, 3],
+    };
+    let e = app
+        .store()
+        .add_locations(account.parse().unwrap(), &id, &[row])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, mica_store::StoreError::Gone), "{e:?}");
+    assert_eq!(mica_devices::DevicesError::from(e).code(), "not_found");
 }
