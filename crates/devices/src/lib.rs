@@ -381,6 +381,8 @@ pub struct DeviceCaller {
     pub id: String,
     pub account: AccountId,
     pub find_enabled: bool,
+    /// In lost mode when its credential was checked.
+    pub lost: bool,
 }
 
 /// Account numbers are shown with their middle hidden: `12••••••90`.
@@ -417,6 +419,9 @@ fn text_field(field: &'static str, value: &str, max: usize, required: bool) -> R
 fn unlock_key(hardware_bidx: &[u8]) -> String {
     format!("{hardware_bidx:02x?}")
 }
+
+/// How often the owner of a device in lost mode is told where it is, at most.
+const LOCATED_NOTICE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The expiry of a command that waits for its device as long as it is linked.
 const NEVER: Timestamp = Timestamp(i64::MAX);
@@ -1288,6 +1293,7 @@ impl Devices {
             id: row.id,
             account: row.account_id,
             find_enabled: row.find_enabled,
+            lost: row.lost_mode.is_some(),
         })
     }
 
@@ -1546,6 +1552,9 @@ impl Devices {
         let battery = newest.as_ref().and_then(|(_, l)| l.battery);
         self.store().touch_device(&d.id, battery, now).await?;
         if let Some((_, location)) = newest {
+            if d.lost {
+                self.tell_located(d, &location, now).await?;
+            }
             self.0.registry.publish(
                 d.account,
                 OwnerEvent::Location {
@@ -1555,6 +1564,32 @@ impl Devices {
             );
         }
         Ok(rows.len())
+    }
+
+    /// A device in lost mode said where it is: its owner is told by mail (by SMS without
+    /// email), at most once an hour — what a person who lost a phone waits for.
+    async fn tell_located(&self, d: &DeviceCaller, l: &LocationView, now: Timestamp) -> Result<()> {
+        let Some(name) = self
+            .store()
+            .claim_located_notice(&d.id, now, LOCATED_NOTICE_EVERY)
+            .await?
+        else {
+            return Ok(());
+        };
+        let battery = l
+            .battery
+            .map(|b| format!(", battery {b}%"))
+            .unwrap_or_default();
+        let text = format!(
+            "Your device \"{name}\", in lost mode, was located at {}: latitude {:.5}, longitude \
+             {:.5} (within {:.0} m{battery}). Map: https://www.openstreetmap.org/?mlat={:.5}&mlon={:.5}#map=17/{:.5}/{:.5}",
+            l.at, l.lat, l.lon, l.accuracy, l.lat, l.lon, l.lat, l.lon
+        );
+        self.0
+            .identity
+            .tell_owner(d.account, "your lost device was located", text)
+            .await;
+        Ok(())
     }
 
     /// A device says it is alive (and how charged it is).

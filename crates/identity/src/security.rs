@@ -141,6 +141,18 @@ impl Identity {
         what: &str,
         client: &ClientInfo,
     ) {
+        let name = &self.inner.cfg.service_name;
+        let text = format!(
+            "{what} on your {name} account {account}, from the address {}. If this was not you, \
+             change your password now, then review your devices and your security settings.",
+            client.ip
+        );
+        self.tell_owner(account, subject, text).await;
+    }
+
+    /// Sends the owner of `account` a message: by mail (subject prefixed with the service's
+    /// name), by SMS when the account has no email. Best effort: a failure is logged.
+    pub async fn tell_owner(&self, account: AccountId, subject: &str, text: String) {
         let view = match self
             .store()
             .account(mica_store::LookupBy::Id(account))
@@ -160,11 +172,6 @@ impl Identity {
             }
         };
         let name = &self.inner.cfg.service_name;
-        let text = format!(
-            "{what} on your {name} account {account}, from the address {}. If this was not you, \
-             change your password now, then review your devices and your security settings.",
-            client.ip
-        );
         if let Some(e) = view.email {
             self.inner.notifier.dispatch(Message::Email {
                 to: e,

@@ -539,12 +539,35 @@ impl Store {
     }
 
     pub async fn set_lost_mode(&self, id: &str, sealed: Option<Vec<u8>>) -> Result<()> {
-        sqlx::query("UPDATE devices SET lost_mode = $2 WHERE id = $1")
+        // Entering or leaving lost mode: the next place it reports is news to its owner.
+        sqlx::query("UPDATE devices SET lost_mode = $2, located_notice_at = NULL WHERE id = $1")
             .bind(id)
             .bind(sealed)
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    /// Whether the owner of a device in lost mode is to be told where it was just located:
+    /// yes (its name) at most once per `every`, decided by one conditional update, so two
+    /// reports at once — on two nodes — tell once.
+    pub async fn claim_located_notice(
+        &self,
+        id: &str,
+        now: Timestamp,
+        every: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let due = now.minus(every);
+        Ok(sqlx::query_scalar(
+            "UPDATE devices SET located_notice_at = $2 WHERE id = $1 AND lost_mode IS NOT NULL \
+             AND unlinked_at IS NULL AND (located_notice_at IS NULL OR located_notice_at <= $3) \
+             RETURNING name",
+        )
+        .bind(id)
+        .bind(now.millis())
+        .bind(due.millis())
+        .fetch_optional(&self.writer)
+        .await?)
     }
 
     /// Stores reported locations (all or none) of a linked device.

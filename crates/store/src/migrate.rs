@@ -107,6 +107,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0019_gallery_albums.sql"),
         postgres: include_str!("../migrations/postgres/0019_gallery_albums.sql"),
     },
+    Migration {
+        version: 20,
+        sqlite: include_str!("../migrations/sqlite/0020_lost_device_located.sql"),
+        postgres: include_str!("../migrations/postgres/0020_lost_device_located.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

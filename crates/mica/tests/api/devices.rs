@@ -30,6 +30,7 @@ on_both_backends!(
     the_owners_feed_ends_with_the_session,
     protective_commands_wait_for_the_device_and_can_be_cancelled,
     a_write_for_a_device_removed_meanwhile_is_not_found,
+    a_lost_device_that_reports_its_place_is_news_to_its_owner,
 );
 
 /// An IMEI with a valid check digit, different for each `n`.
@@ -2116,4 +2117,104 @@ async fn a_write_for_a_device_removed_meanwhile_is_not_found(app: &TestApp) {
         .unwrap_err();
     assert!(matches!(e, mica_store::StoreError::Gone), "{e:?}");
     assert_eq!(mica_devices::DevicesError::from(e).code(), "not_found");
+}
+
+/// A device in lost mode that reports where it is: its owner is told by mail, with the place
+/// and a map link, at most once an hour; a device not in lost mode tells nobody.
+async fn a_lost_device_that_reports_its_place_is_news_to_its_owner(app: &TestApp) {
+    let (ana, _) = owner(app, "ana@example.com").await;
+    let (id, device) = link_http(app, &ana, 51).await;
+    let report = |lat: f64, lon: f64| {
+        let device = device.clone();
+        async move {
+            let at = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            let r = device
+                .raw(
+                    Method::POST,
+                    "/api/v1/device/locations",
+                    Some(
+                        json!({ "locations": [{ "lat": lat, "lon": lon, "accuracy": 12.0,
+                            "source": "gps", "at": at, "battery": 42 }] }),
+                    ),
+                )
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    let lose = |message: &'static str| {
+        let (ana, device, id) = (ana.clone(), device.clone(), id.clone());
+        async move {
+            let c = send(
+                &ana,
+                &id,
+                json!({ "kind": "lost_mode", "message": message }),
+            )
+            .await;
+            let cid = c["id"].as_str().unwrap().to_owned();
+            post(
+                &device,
+                &format!("/api/v1/device/commands/{cid}/ack"),
+                json!({}),
+            )
+            .await;
+            post(
+                &device,
+                &format!("/api/v1/device/commands/{cid}/result"),
+                json!({ "outcome": "done" }),
+            )
+            .await;
+        }
+    };
+    const LOCATED: &str = "in lost mode, was located";
+    // Not lost: a report is no one's news.
+    report(1.11111, 2.22222).await;
+    lose("Please return me").await;
+    report(38.7139, -9.1334).await;
+    let mail = app.smtp.nth_with("ana@example.com", LOCATED, 1).await;
+    assert_eq!(mail.subject(), "Mica: your lost device was located");
+    let body = mail.body();
+    for part in [
+        "Your device \"bench\"",
+        "latitude 38.71390, longitude -9.13340",
+        "within 12 m, battery 42%",
+        "https://www.openstreetmap.org/?mlat=38.71390&mlon=-9.13340",
+    ] {
+        assert!(body.contains(part), "{part} in {body}");
+    }
+    // Within the hour: no second message; an hour later: the new place.
+    report(38.7200, -9.1400).await;
+    app.advance(Duration::from_secs(3601));
+    let ana = sign_in(app, "ana@example.com").await;
+    report(38.7300, -9.1500).await;
+    let second = app.smtp.nth_with("ana@example.com", LOCATED, 2).await;
+    assert!(
+        second.body().contains("latitude 38.73000"),
+        "{}",
+        second.body()
+    );
+    assert_eq!(app.smtp.count_with("ana@example.com", LOCATED), 2);
+    assert_eq!(
+        app.smtp.count_with("ana@example.com", "latitude 1.11111"),
+        0
+    );
+    // Found and unlocked with the password: a report is no one's news again.
+    device
+        .raw(
+            Method::POST,
+            "/api/v1/device/lost-mode/exit",
+            Some(json!({ "password": PASSWORD })),
+        )
+        .await
+        .unwrap();
+    report(40.0, -8.0).await;
+    assert!(get(&ana, &format!("/api/v1/devices/{id}")).await["lost_mode"].is_null());
+    // A message sent after the report has arrived: one about the report would have too.
+    step_up_by_email(app, &ana, "ana@example.com").await;
+    assert_eq!(
+        app.smtp.count_with("ana@example.com", "latitude 40.00000"),
+        0
+    );
 }
