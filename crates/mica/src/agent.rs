@@ -102,6 +102,14 @@ pub struct LocationConfig {
     /// Report this often (0: only when asked to locate).
     #[serde(default = "default_location_interval")]
     pub interval_secs: u64,
+    /// While in lost mode, report this often instead (0: as usual): the owner is told where
+    /// the device turns up.
+    #[serde(default = "default_lost_interval")]
+    pub lost_interval_secs: u64,
+}
+
+fn default_lost_interval() -> u64 {
+    120
 }
 
 fn fixed() -> String {
@@ -121,6 +129,7 @@ impl Default for LocationConfig {
             accuracy: None,
             command: None,
             interval_secs: default_location_interval(),
+            lost_interval_secs: default_lost_interval(),
         }
     }
 }
@@ -783,6 +792,8 @@ struct Agent {
     ringing: std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<&'static str>)>>,
     /// The newest ring's task (it records and reports how the ring ended).
     ring_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Wakes the location reports (lost mode began: report now, and more often).
+    reports: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -992,6 +1003,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         journal: Mutex::new(journal),
         ringing: std::sync::Mutex::new(None),
         ring_task: std::sync::Mutex::new(None),
+        reports: tokio::sync::Notify::new(),
     });
     let control = control_socket(&agent.cfg.data_dir).with_context(|| {
         format!(
@@ -1539,14 +1551,17 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                 let lost = json!({ "message": frame["message"], "phone": frame["phone"] });
                 match write_json(&agent.cfg.data_dir.join("lost_mode.json"), &lost) {
                     Err(e) => Err(format!("saving lost mode: {e}")),
-                    Ok(()) => match &agent.cfg.hooks.lock {
-                        Some(h) => {
-                            let mut env = lost_env(&lost);
-                            env.push(("MICA_COMMAND_ID", id.clone()));
-                            run_hook(h, env).await
+                    Ok(()) => {
+                        agent.reports.notify_one();
+                        match &agent.cfg.hooks.lock {
+                            Some(h) => {
+                                let mut env = lost_env(&lost);
+                                env.push(("MICA_COMMAND_ID", id.clone()));
+                                run_hook(h, env).await
+                            }
+                            None => Err("no lock hook is configured".into()),
                         }
-                        None => Err("no lock hook is configured".into()),
-                    },
+                    }
                 }
             }
             "erase" => {
@@ -1703,10 +1718,17 @@ fn parse_where_am_i(text: &str) -> Option<(f64, f64, f64, &'static str)> {
     ))
 }
 
-/// Reports the location periodically (and a heartbeat with the battery level).
+/// Reports the location periodically (and a heartbeat with the battery level) — more often
+/// while in lost mode, starting the moment it begins.
 async fn report_loop(agent: Arc<Agent>) {
-    let every = agent.cfg.location.interval_secs;
+    let cfg = &agent.cfg.location;
     loop {
+        let lost = agent.cfg.data_dir.join("lost_mode.json").exists();
+        let every = if lost && cfg.lost_interval_secs > 0 {
+            cfg.lost_interval_secs
+        } else {
+            cfg.interval_secs
+        };
         if every > 0 {
             if let Err(e) = agent.locate().await {
                 tracing::info!(error = %e, "location report");
@@ -1716,7 +1738,11 @@ async fn report_loop(agent: Arc<Agent>) {
                 .post("/api/v1/device/heartbeat", json!({ "battery": battery() }))
                 .await;
         }
-        tokio::time::sleep(Duration::from_secs(if every > 0 { every } else { 300 })).await;
+        let pause = Duration::from_secs(if every > 0 { every } else { 300 });
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = agent.reports.notified() => {}
+        }
     }
 }
 

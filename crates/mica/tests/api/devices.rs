@@ -147,6 +147,19 @@ interval_secs = 5
         std::fs::write(&self.config, toml).unwrap();
     }
 
+    /// Keeps the agent from reporting its place on its own in lost mode: the places it
+    /// reports are then only those a locate asked for.
+    fn no_lost_reports(&self) {
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        let toml = toml.replacen(
+            "interval_secs = 0\n",
+            "interval_secs = 0\nlost_interval_secs = 0\n",
+            1,
+        );
+        assert!(toml.contains("lost_interval_secs = 0"));
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
     /// Makes the lock hook take three seconds: the agent is busy while it runs.
     fn slow_lock(&self) {
         let log = self.root.join("out").join("lock.log");
@@ -424,6 +437,7 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
         "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log; sleep 30 & echo $! >> {out}/ring.pids; wait",
     );
     b.slow_lock();
+    b.no_lost_reports();
     b.ring_for(5);
     // A holds its command channel as a WebSocket, B as Server-Sent Events: both must work.
     b.use_sse();
@@ -560,6 +574,19 @@ async fn agents_run_the_owners_commands(app: &TestApp) {
     );
     let view = get(&ana, &format!("/api/v1/devices/{ida}")).await;
     assert_eq!(view["lost_mode"]["message"], "Please return me");
+    // The agent reports where it is the moment lost mode begins (it reports no place
+    // otherwise here), and the owner is told.
+    let located = app
+        .smtp
+        .nth_with("ana@example.com", "in lost mode, was located", 1)
+        .await;
+    assert!(
+        located
+            .body()
+            .contains("latitude 48.85840, longitude 2.29450"),
+        "{}",
+        located.body()
+    );
     let wrong = a.run_with_password(&["unlock"], "not-the-password-1!");
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid_credentials"));
