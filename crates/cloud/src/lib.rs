@@ -344,6 +344,8 @@ struct Inner {
     /// How many threads a large batch's checks or a page's opening is spread over (the
     /// machine's cores; see [`on_cores`]).
     cores: usize,
+    /// Who writes to an account's owner (storage running out), once set at start-up.
+    notices: std::sync::OnceLock<Arc<dyn mica_core::notices::OwnerNotices>>,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -351,6 +353,32 @@ impl std::fmt::Debug for Cloud {
         f.debug_struct("Cloud")
             .field("config", &self.inner.cfg)
             .finish_non_exhaustive()
+    }
+}
+
+/// The owner's message when their storage reached `level` % of its quota.
+fn storage_notice(level: i64, used: i64, quota: i64) -> (&'static str, String) {
+    let gb = |b: i64| format!("{:.1} GB", b as f64 / 1e9);
+    let amount = format!("{} of {} used", gb(used), gb(quota));
+    if level >= 100 {
+        (
+            "your storage is full",
+            format!(
+                "Your storage is full ({amount}). New photos, files, backups and changes from \
+                 your devices are no longer saved until you free space: delete what you no \
+                 longer need and empty the recycle bin, which counts too."
+            ),
+        )
+    } else {
+        (
+            "your storage is almost full",
+            format!(
+                "Your storage is {}% full ({amount}). When it is full, new photos, files, \
+                 backups and changes from your devices stop being saved. Delete what you no \
+                 longer need, and empty the recycle bin, which counts too.",
+                (used.saturating_mul(100) / quota.max(1)).clamp(level, 99)
+            ),
+        )
     }
 }
 
@@ -416,8 +444,14 @@ impl Cloud {
                 media: Arc::default(),
                 held: files::Held::default(),
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                notices: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Who tells an account's owner that their storage runs out (the identity service).
+    pub fn set_owner_notices(&self, n: Arc<dyn mica_core::notices::OwnerNotices>) {
+        let _ = self.inner.notices.set(n);
     }
 
     pub fn config(&self) -> &CloudConfig {
@@ -1152,12 +1186,45 @@ impl Cloud {
             .await?;
         let batches = self.store().purge_batches(now.minus(BATCH_MEMORY)).await?;
         let gc = self.collect_garbage().await?;
+        self.storage_notices().await?;
         if bin + tombstones + batches + gc.files_removed + gc.chunks_removed + gc.uploads_expired
             > 0
         {
             tracing::info!(bin, tombstones, batches, ?gc, "cloud maintenance purged");
         }
         Ok((bin, tombstones, batches))
+    }
+
+    /// Tells owners whose storage reached 90 % of their quota, and again those whose storage
+    /// is full, once each until their usage falls below 80 % (a claim in `cloud_accounts`, so
+    /// two nodes' maintenance tell once). Run with the maintenance, every few minutes.
+    pub async fn storage_notices(&self) -> Result<u64, CloudError> {
+        let default_quota = self.inner.cfg.quota_bytes;
+        self.store()
+            .reset_storage_notices(default_quota, 80)
+            .await?;
+        let Some(notices) = self.inner.notices.get() else {
+            return Ok(0);
+        };
+        let mut told = 0;
+        for level in [100, 90] {
+            loop {
+                let due = self
+                    .store()
+                    .claim_storage_notices(level, default_quota, 100)
+                    .await?;
+                let n = due.len();
+                for (account, used, quota) in due {
+                    let (subject, text) = storage_notice(level, used, quota);
+                    notices.tell(account, subject, text).await;
+                    told += 1;
+                }
+                if n < 100 {
+                    break;
+                }
+            }
+        }
+        Ok(told)
     }
 
     /// Writes the account's cloud data into its data export: every collection's live items

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod crypto;
 pub mod ident;
 pub mod ids;
+pub mod notices;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use ident::{Email, IdentError, Login, PhoneE164};

@@ -890,6 +890,17 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, IdentityError> {
         .map_err(|_| IdentityError::Internal("stored TOTP secret is corrupt".into()))
 }
 
+impl mica_core::notices::OwnerNotices for Identity {
+    fn tell<'a>(
+        &'a self,
+        account: AccountId,
+        subject: &'a str,
+        text: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.tell_owner(account, subject, text))
+    }
+}
+
 /// The security events whose owner is told (a subject, and what happened): changes to the
 /// factors and ways back into the account, to what can reach its data, and to the devices
 /// that Find Device protects. Password changes and resets, new sign-ins and new addresses

@@ -134,6 +134,7 @@ impl Server {
             c
         });
         identity.add_area(Arc::new(CloudExport(cloud.clone())));
+        cloud.set_owner_notices(Arc::new(identity.clone()));
         let devices = Devices::new(
             store.clone(),
             identity.clone(),

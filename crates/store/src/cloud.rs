@@ -468,6 +468,53 @@ impl Store {
     }
 
     /// The account's cloud row (defaults before its first write).
+    /// Claims up to `limit` accounts whose usage reached `percent` of their quota
+    /// (`default_quota` when they have none of their own) and whose owner was not told of that
+    /// level or a higher one: `(account, used, quota)`. One statement, so nodes never tell
+    /// twice.
+    pub async fn claim_storage_notices(
+        &self,
+        percent: i64,
+        default_quota: i64,
+        limit: i64,
+    ) -> Result<Vec<(AccountId, i64, i64)>> {
+        sqlx::query(
+            "UPDATE cloud_accounts SET storage_notice = $1 WHERE account_id IN \
+             (SELECT account_id FROM cloud_accounts WHERE storage_notice < $1 \
+             AND used_bytes * 100 >= COALESCE(quota_bytes, $2) * $1 LIMIT $3) \
+             RETURNING account_id, used_bytes, COALESCE(quota_bytes, $2) AS quota",
+        )
+        .bind(percent)
+        .bind(default_quota)
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                AccountId::from_i64(r.try_get("account_id")?)
+                    .ok_or_else(|| StoreError::Corrupt("an account id out of range".into()))?,
+                r.try_get("used_bytes")?,
+                r.try_get("quota")?,
+            ))
+        })
+        .collect()
+    }
+
+    /// Forgets the storage level owners were told of once their usage is below `percent` of
+    /// their quota again (so filling up again is news again).
+    pub async fn reset_storage_notices(&self, default_quota: i64, percent: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE cloud_accounts SET storage_notice = 0 WHERE storage_notice > 0 \
+             AND used_bytes * 100 < COALESCE(quota_bytes, $1) * $2",
+        )
+        .bind(default_quota)
+        .bind(percent)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
     pub async fn cloud_account(&self, account: AccountId) -> Result<CloudAccount> {
         let r = sqlx::query(
             "SELECT seq, used_bytes, plan, quota_bytes FROM cloud_accounts WHERE account_id = $1",

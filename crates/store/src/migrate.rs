@@ -112,6 +112,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0020_lost_device_located.sql"),
         postgres: include_str!("../migrations/postgres/0020_lost_device_located.sql"),
     },
+    Migration {
+        version: 21,
+        sqlite: include_str!("../migrations/sqlite/0021_storage_notices.sql"),
+        postgres: include_str!("../migrations/postgres/0021_storage_notices.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

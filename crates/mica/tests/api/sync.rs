@@ -27,6 +27,7 @@ on_both_backends!(
     the_usage_check_command_proves_usage,
     the_recycle_bin_comes_a_page_at_a_time,
     a_sync_gone_wrong_is_undone_at_once,
+    the_owner_is_told_when_storage_runs_out,
 );
 
 pub(crate) fn vcard(uid: &str, name: &str) -> String {
@@ -1590,4 +1591,53 @@ async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
         assert_eq!(e.code(), Some(code), "{body}");
     }
     assert_eq!(a.recycle_bin(None).await.unwrap().len(), 3);
+}
+
+/// An account nearing its quota: the owner is told at 90 % and again when it is full, once
+/// each (however often the maintenance runs), and again after usage fell below 80 % and rose.
+async fn the_owner_is_told_when_storage_runs_out(app: &TestApp) {
+    let t = app.signup_email("ida@example.com").await;
+    let a = app.client.with_token(&t.access_token);
+    let account: mica_core::AccountId = t.account_id.parse().unwrap();
+    let writes: Vec<Value> = (0..20)
+        .map(|i| put(&format!("n{i}"), note(&format!("Note {i}"))))
+        .collect();
+    a.push("notes", json!(writes), None).await.unwrap();
+    let used = a.usage().await.unwrap()["used_bytes"].as_i64().unwrap();
+    let cloud = app.server_cloud();
+    let quota = |q: i64| async move {
+        app.store()
+            .set_cloud_plan(account, "free", Some(q))
+            .await
+            .unwrap();
+    };
+    const ALMOST: &str = "When it is full, new photos";
+    const FULL: &str = "Your storage is full";
+    // Below 90 %: nothing to tell.
+    quota(used * 2).await;
+    assert_eq!(cloud.storage_notices().await.unwrap(), 0);
+    // 95 %: told once, with the figures.
+    quota(used * 100 / 95).await;
+    assert_eq!(cloud.storage_notices().await.unwrap(), 1);
+    assert_eq!(cloud.storage_notices().await.unwrap(), 0);
+    let mail = app.smtp.nth_with("ida@example.com", ALMOST, 1).await;
+    assert_eq!(mail.subject(), "Mica: your storage is almost full");
+    assert!(
+        mail.body().contains("Your storage is 95% full"),
+        "{}",
+        mail.body()
+    );
+    // Full (the plan shrank under it): told again, once.
+    quota(used - 1).await;
+    assert_eq!(cloud.storage_notices().await.unwrap(), 1);
+    assert_eq!(cloud.storage_notices().await.unwrap(), 0);
+    let mail = app.smtp.nth_with("ida@example.com", FULL, 1).await;
+    assert_eq!(mail.subject(), "Mica: your storage is full");
+    // Room again (under 80 %), then nearly full again: news again.
+    quota(used * 2).await;
+    assert_eq!(cloud.storage_notices().await.unwrap(), 0);
+    quota(used * 100 / 91).await;
+    assert_eq!(cloud.storage_notices().await.unwrap(), 1);
+    app.smtp.nth_with("ida@example.com", ALMOST, 2).await;
+    assert_eq!(app.smtp.count_with("ida@example.com", FULL), 1);
 }
