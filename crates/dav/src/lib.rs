@@ -220,8 +220,7 @@ impl Dav {
     ) -> Option<http::Response<dav_server::body::Body>> {
         use unicode_normalization::UnicodeNormalization;
         let from = in_drive(uri, prefix)?;
-        let destination: http::Uri = headers.get("destination")?.to_str().ok()?.parse().ok()?;
-        let to = in_drive(&destination, prefix)?;
+        let to = destination_in_drive(headers, prefix)?;
         let nfc = |p: &DavPath| -> Option<Vec<String>> {
             Some(names(p).ok()?.iter().map(|n| n.nfc().collect()).collect())
         };
@@ -324,8 +323,7 @@ impl Dav {
         account: AccountId,
     ) -> Option<http::Response<dav_server::body::Body>> {
         let (_, item) = self.plain_folder(fs, uri, headers, prefix, account).await?;
-        let destination: http::Uri = headers.get("destination")?.to_str().ok()?.parse().ok()?;
-        let to = in_drive(&destination, prefix)?;
+        let to = destination_in_drive(headers, prefix)?;
         if !matches!(fs.lookup(account, &to).await, Err(FsError::NotFound)) {
             return None;
         }
@@ -416,6 +414,21 @@ impl<B: http_body::Body> http_body::Body for Declared<B> {
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
+}
+
+/// The `Destination` of a COPY or MOVE in the drive mounted at `prefix`, read exactly as
+/// dav-server reads it — the path as sent when it starts with `/` (raw spaces included), else
+/// a URL's path — so that what is checked here is the place dav-server would act on.
+fn destination_in_drive(headers: &http::HeaderMap, prefix: &str) -> Option<DavPath> {
+    let sent = headers.get("destination")?.to_str().ok()?;
+    let path = if sent.starts_with('/') {
+        sent.to_owned()
+    } else {
+        url::Url::parse(sent).ok()?.path().to_owned()
+    };
+    let mut path = DavPath::new(&path).ok()?;
+    path.set_prefix(prefix).ok()?;
+    Some(path)
 }
 
 /// The path of `uri` in the drive mounted at `prefix`, if it is in it.

@@ -736,12 +736,13 @@ async fn webdav_never_deletes_on_the_way_to_failing(app: &TestApp) {
             v["error"]["code"].as_str().unwrap_or_default().to_owned(),
         )
     };
-    for folder in ["A", "A/B"] {
+    for folder in ["A", "A/B", "A%20B"] {
         let r = dav("MKCOL", folder).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED, "{folder}");
     }
     for (path, body) in [
         ("A/B/x.txt", "inside"),
+        ("A%20B/y.txt", "spaced"),
         ("keep.txt", "keep"),
         ("old.txt", "old"),
         ("new.txt", "new"),
@@ -817,6 +818,8 @@ async fn webdav_never_deletes_on_the_way_to_failing(app: &TestApp) {
         ("MOVE", "A", "A/B/C"),
         ("COPY", "A", "A/B/A"),
         ("MOVE", "Caf%C3%A9.txt", "Cafe%CC%81.txt"),
+        // A Destination with a raw space, as dav-server accepts it.
+        ("MOVE", "A%20B/y.txt", "A B"),
     ] {
         let r = dav(method, from)
             .header("Destination", format!("{top}/{to}"))
@@ -833,7 +836,7 @@ async fn webdav_never_deletes_on_the_way_to_failing(app: &TestApp) {
     everything([
         ("A/B/x.txt", "inside"),
         ("Caf%C3%A9.txt", "café"),
-        ("old.txt", "old"),
+        ("A%20B/y.txt", "spaced"),
     ])
     .await;
     assert!(c.recycle_bin(Some("drive")).await.unwrap().is_empty());
