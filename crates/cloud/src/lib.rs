@@ -304,8 +304,10 @@ pub struct BulkRestore {
     /// Entries left in the bin because their place is taken again (an item with the same id,
     /// a drive entry with the same name in the same folder).
     pub kept: u64,
-    /// More entries deleted since then are still in the bin: call again.
+    /// More entries deleted since then are still in the bin: call again with `next`.
     pub more: bool,
+    /// Where the next call goes on (present when `more`).
+    pub next: Option<String>,
 }
 
 /// A page of the recycle bin.
@@ -969,47 +971,73 @@ impl Cloud {
 
     /// Puts back everything of a category (every category when `None`) deleted at `since` or
     /// later and still in the bin — a sync gone wrong that deleted a whole address book, say —
-    /// at most [`MAX_BULK_RESTORE`] entries a call. Each entry is its own restore: one whose
-    /// place is taken again stays in the bin, and the rest still come back.
+    /// newest deletions first, at most [`MAX_BULK_RESTORE`] entries a call; `cursor` (the
+    /// `next` of the call before) goes on where it stopped, past what was kept. Each entry is
+    /// its own restore: one whose place is taken again stays in the bin, and the rest still
+    /// come back. A drive entry whose folder stayed in the bin (kept, or deleted before
+    /// `since`) comes back at the top level rather than out of reach.
     pub async fn restore_since(
         &self,
         account: AccountId,
         category: Option<&str>,
         since: Timestamp,
+        cursor: Option<&str>,
     ) -> Result<BulkRestore, CloudError> {
-        let mut ids = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut more = false;
+        let mut out = BulkRestore::default();
+        let mut cursor = cursor.map(str::to_owned);
+        let mut attempts = 0;
+        let mut drive_entries = Vec::new();
         'pages: loop {
+            // Restored entries leave the bin; the cursor is strictly after the page's last
+            // entry, so neither they nor the kept ones are met twice.
             let page = self
                 .recycle_bin(account, category, cursor.as_deref(), MAX_BIN_PAGE)
                 .await?;
-            for e in page.entries {
+            for e in &page.entries {
                 if e.deleted_at < since {
                     break 'pages;
                 }
-                if ids.len() == MAX_BULK_RESTORE {
-                    more = true;
+                if attempts == MAX_BULK_RESTORE {
+                    out.more = true;
                     break 'pages;
                 }
-                ids.push(e.id);
+                attempts += 1;
+                out.next = Some(media::cursor_text(&TimelineCursor {
+                    at: Some(e.deleted_at.millis()),
+                    id: e.id.clone(),
+                }));
+                match self.restore_entry(account, &e.id).await {
+                    Ok((_, contents)) => {
+                        out.restored += 1 + contents;
+                        if e.category == Category::Drive {
+                            drive_entries.push((e.collection_id.clone(), e.item_id.clone()));
+                        }
+                    }
+                    Err(CloudError::RestoreConflict) => out.kept += 1,
+                    // Came back with its folder, earlier in this call.
+                    Err(CloudError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
             }
             match page.next {
                 Some(n) => cursor = Some(n),
                 None => break,
             }
         }
-        let mut out = BulkRestore {
-            more,
-            ..BulkRestore::default()
-        };
-        for id in ids {
-            match self.restore_entry(account, &id).await {
-                Ok((_, contents)) => out.restored += 1 + contents,
-                Err(CloudError::RestoreConflict) => out.kept += 1,
-                // Came back with its folder, earlier in this loop.
-                Err(CloudError::NotFound) => {}
-                Err(e) => return Err(e),
+        if !out.more {
+            out.next = None;
+        }
+        // A drive entry restored before its folder came up, whose folder then stayed in the
+        // bin: nothing more comes back in this call, so it moves to the top level now.
+        for (collection, id) in drive_entries {
+            let c = self.resolve(account, &collection).await?;
+            if let Err(e) = self
+                .drive_rehome(account, &c, &id, Timestamp(i64::MAX))
+                .await
+            {
+                if !matches!(e, CloudError::NotFound) {
+                    tracing::warn!(error = %e, "a restored drive entry stays in its folder");
+                }
             }
         }
         Ok(out)
@@ -1053,12 +1081,20 @@ impl Cloud {
                     if let Err(e) = self.drive_rehome(account, &c, &item_id, since).await {
                         tracing::warn!(error = %e, "a restored drive entry stays in its gone folder");
                     }
-                    // A folder brings back what was deleted with it.
-                    let (last, n) = self
+                    // A folder brings back what was deleted with it; what could not come back
+                    // stays in the bin (the folder's own restore has committed).
+                    match self
                         .drive_restore_contents(account, &c, &item_id, deleted_at, since)
-                        .await?;
-                    newest = newest.max(last);
-                    contents = n;
+                        .await
+                    {
+                        Ok((last, n)) => {
+                            newest = newest.max(last);
+                            contents = n;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a restored folder's contents stay in the bin");
+                        }
+                    }
                 }
                 // The bin keeps an item's body, not what is indexed from it (a contact's or an
                 // event's uid, an event's or a photo's time, a photo's albums): index it again

@@ -1110,6 +1110,8 @@ impl Devices {
                 _ => Err(DevicesError::NotCancellable),
             };
         };
+        // A connected device is not sent it again (its acknowledgement would be refused).
+        self.0.registry.acknowledged(id, &cancelled.id);
         self.publish_command(&cancelled);
         if protective {
             let name = self.owned(p, id).await.ok().map(|d| d.name);
@@ -1566,8 +1568,9 @@ impl Devices {
         Ok(rows.len())
     }
 
-    /// A device in lost mode said where it is: its owner is told by mail (by SMS without
-    /// email), at most once an hour — what a person who lost a phone waits for.
+    /// A device in lost mode said where it is: its owner is told by mail (never by SMS, which
+    /// could reach the lost phone itself), at most once an hour — what a person who lost a
+    /// phone waits for.
     async fn tell_located(&self, d: &DeviceCaller, l: &LocationView, now: Timestamp) -> Result<()> {
         let Some(name) = self
             .store()
@@ -1587,7 +1590,7 @@ impl Devices {
         );
         self.0
             .identity
-            .tell_owner(d.account, "your lost device was located", text)
+            .mail_owner(d.account, "your lost device was located", text)
             .await;
         Ok(())
     }

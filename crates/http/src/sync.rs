@@ -417,6 +417,8 @@ pub struct RestoreSinceRequest {
     pub category: Option<String>,
     /// Everything deleted at this moment or later (RFC 3339) and still in the bin.
     pub deleted_since: String,
+    /// The `next` of the call before, to go on where it stopped.
+    pub cursor: Option<String>,
 }
 
 /// What a restore of everything deleted since a moment did.
@@ -426,9 +428,10 @@ pub struct RestoreSinceResponse {
     pub restored: u64,
     /// Entries left in the bin because their place is taken again.
     pub kept: u64,
-    /// More entries deleted since then are still in the bin (5,000 come back per call): call
-    /// again.
+    /// More entries deleted since then are still in the bin (5,000 are tried per call): call
+    /// again with `next` as `cursor`.
     pub more: bool,
+    pub next: Option<String>,
 }
 
 /// Undoes deletions: puts back everything (of a category) deleted since a moment — a device
@@ -458,12 +461,18 @@ async fn restore_since(
     );
     let done = app
         .cloud
-        .restore_since(p.account, req.category.as_deref(), since)
+        .restore_since(
+            p.account,
+            req.category.as_deref(),
+            since,
+            req.cursor.as_deref(),
+        )
         .await?;
     Ok(Json(RestoreSinceResponse {
         restored: done.restored,
         kept: done.kept,
         more: done.more,
+        next: done.next,
     }))
 }
 

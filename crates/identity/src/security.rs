@@ -111,6 +111,7 @@ impl Identity {
         detail: Option<String>,
     ) -> Result<(), IdentityError> {
         let notice = notice(kind, detail.as_deref());
+        let by_mail_only = MAIL_ONLY.contains(&kind);
         self.store()
             .record_security_event(
                 account,
@@ -125,7 +126,8 @@ impl Identity {
             )
             .await?;
         if let Some((subject, what)) = notice {
-            self.notify_owner(account, subject, &what, client).await;
+            self.notify_owner(account, subject, &what, client, by_mail_only)
+                .await;
         }
         Ok(())
     }
@@ -140,6 +142,7 @@ impl Identity {
         subject: &str,
         what: &str,
         client: &ClientInfo,
+        by_mail_only: bool,
     ) {
         let name = &self.inner.cfg.service_name;
         let text = format!(
@@ -147,7 +150,59 @@ impl Identity {
              change your password now, then review your devices and your security settings.",
             client.ip
         );
-        self.tell_owner(account, subject, text).await;
+        if by_mail_only {
+            self.mail_owner(account, subject, text).await;
+        } else {
+            self.tell_owner(account, subject, text).await;
+        }
+    }
+
+    /// Sends the owner of `account` a message about a lost device — by mail only: to the
+    /// account's email, else its recovery email, else not at all. An SMS would go to the
+    /// account's phone number, quite possibly in the lost phone, telling whoever holds it that
+    /// it was located or is about to be erased.
+    pub async fn mail_owner(&self, account: AccountId, subject: &str, text: String) {
+        let name = &self.inner.cfg.service_name;
+        let to = match self.mail_address(account).await {
+            Ok(Some(to)) => to,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find where to send a notice");
+                return;
+            }
+        };
+        self.inner.notifier.dispatch(Message::Email {
+            to,
+            subject: format!("{name}: {subject}"),
+            body: text,
+        });
+    }
+
+    /// The account's email, else its recovery email.
+    async fn mail_address(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<mica_core::Email>, IdentityError> {
+        if let Some(row) = self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await?
+        {
+            if let Some(e) = self.view(&row)?.email {
+                return Ok(Some(e));
+            }
+        }
+        for f in self.store().recovery_factors(account).await? {
+            if f.kind == "email" {
+                let value = self.keys().open("recovery_email", &f.value_enc)?;
+                if let crate::signup::SignupTarget::Email(e) =
+                    crate::signup::SignupTarget::from_stored(&f.kind, &value)?
+                {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Sends the owner of `account` a message: by mail (subject prefixed with the service's
@@ -900,6 +955,13 @@ impl mica_core::notices::OwnerNotices for Identity {
         Box::pin(self.tell_owner(account, subject, text))
     }
 }
+
+/// Notices about a lost device that go by mail only (see [`Identity::mail_owner`]).
+const MAIL_ONLY: &[&str] = &[
+    "device_erase_requested",
+    "device_erase_cancelled",
+    "device_lost_mode_cancelled",
+];
 
 /// The security events whose owner is told (a subject, and what happened): changes to the
 /// factors and ways back into the account, to what can reach its data, and to the devices

@@ -102,7 +102,7 @@ pub struct LocationConfig {
     /// Report this often (0: only when asked to locate).
     #[serde(default = "default_location_interval")]
     pub interval_secs: u64,
-    /// While in lost mode, report this often instead (0: as usual): the owner is told where
+    /// While in lost mode, report at least this often (0: as usual): the owner is told where
     /// the device turns up.
     #[serde(default = "default_lost_interval")]
     pub lost_interval_secs: u64,
@@ -1551,17 +1551,14 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
                 let lost = json!({ "message": frame["message"], "phone": frame["phone"] });
                 match write_json(&agent.cfg.data_dir.join("lost_mode.json"), &lost) {
                     Err(e) => Err(format!("saving lost mode: {e}")),
-                    Ok(()) => {
-                        agent.reports.notify_one();
-                        match &agent.cfg.hooks.lock {
-                            Some(h) => {
-                                let mut env = lost_env(&lost);
-                                env.push(("MICA_COMMAND_ID", id.clone()));
-                                run_hook(h, env).await
-                            }
-                            None => Err("no lock hook is configured".into()),
+                    Ok(()) => match &agent.cfg.hooks.lock {
+                        Some(h) => {
+                            let mut env = lost_env(&lost);
+                            env.push(("MICA_COMMAND_ID", id.clone()));
+                            run_hook(h, env).await
                         }
-                    }
+                        None => Err("no lock hook is configured".into()),
+                    },
                 }
             }
             "erase" => {
@@ -1578,6 +1575,11 @@ async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Se
         };
         agent.record(&id, seq, &state).await;
         agent.report(&id, &state).await;
+        if kind == "lost_mode" {
+            // The server holds the device lost once it has the result: where it is now is
+            // news to its owner, and the reports come more often from here on.
+            agent.reports.notify_one();
+        }
     }
 }
 
@@ -1724,10 +1726,10 @@ async fn report_loop(agent: Arc<Agent>) {
     let cfg = &agent.cfg.location;
     loop {
         let lost = agent.cfg.data_dir.join("lost_mode.json").exists();
-        let every = if lost && cfg.lost_interval_secs > 0 {
-            cfg.lost_interval_secs
-        } else {
-            cfg.interval_secs
+        let every = match (lost, cfg.lost_interval_secs, cfg.interval_secs) {
+            (true, l, 0) if l > 0 => l,
+            (true, l, usual) if l > 0 => l.min(usual),
+            (_, _, usual) => usual,
         };
         if every > 0 {
             if let Err(e) = agent.locate().await {

@@ -1550,7 +1550,10 @@ async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
         .json()
         .await
         .unwrap();
-    assert_eq!(done, json!({"restored": 49, "kept": 1, "more": false}));
+    assert_eq!(
+        done,
+        json!({"restored": 49, "kept": 1, "more": false, "next": null})
+    );
     let (changes, _) = pull_all(&b, "contacts", Some(&token)).await;
     assert_eq!(changes.len(), 49, "{changes:?}");
     assert!(changes.iter().all(|c| c["deleted"] == false));
@@ -1576,6 +1579,58 @@ async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
     }
     assert!(app.server_cloud().check_usage().await.unwrap().is_empty());
 
+    // In the drive: a folder whose name was taken again meanwhile stays in the bin, and what
+    // was in it comes back at the top level rather than inside a folder no listing reaches.
+    let folder = |id: &str, name: &str, parent: Option<&str>| {
+        put(
+            id,
+            json!({"kind": "folder", "name": name, "parent": parent}),
+        )
+    };
+    let r = a
+        .push(
+            "drive",
+            json!([
+                folder("photos", "Photos", None),
+                folder("y2026", "2026", Some("photos"))
+            ]),
+            None,
+        )
+        .await
+        .unwrap();
+    app.advance(Duration::from_secs(60));
+    let drive_since = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(app.clock.now().millis()) * 1_000_000,
+    )
+    .unwrap()
+    .format(&time::format_description::well_known::Rfc3339)
+    .unwrap();
+    a.push(
+        "drive",
+        json!([
+            delete("y2026", &version(&r, 1)),
+            delete("photos", &version(&r, 0))
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    a.push("drive", json!([folder("photos-new", "Photos", None)]), None)
+        .await
+        .unwrap();
+    let done: Value = raw(json!({"category": "drive", "deleted_since": drive_since}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        json!({"restored": 1, "kept": 1, "more": false, "next": null})
+    );
+    let y = a.item("drive", "y2026").await.unwrap();
+    assert!(y["body"]["parent"].is_null(), "{y}");
+
     // Bad input: a clear 4xx, nothing restored.
     for (body, status, code) in [
         (json!({"deleted_since": "yesterday"}), 422, "invalid_input"),
@@ -1590,7 +1645,7 @@ async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
         assert_eq!(e.status().map(|s| s.as_u16()), Some(status), "{body}");
         assert_eq!(e.code(), Some(code), "{body}");
     }
-    assert_eq!(a.recycle_bin(None).await.unwrap().len(), 3);
+    assert_eq!(a.recycle_bin(None).await.unwrap().len(), 4);
 }
 
 /// An account nearing its quota: the owner is told at 90 % and again when it is full, once
