@@ -81,6 +81,20 @@ async fn recovery_email_rescues_a_phone_account(app: &TestApp) {
         "{}",
         notice.text
     );
+    // But news of an erase goes to the recovery email, never by SMS: the account's number may
+    // well be in the lost phone itself.
+    let (device, _) = crate::devices::link_http(app, &c, 61).await;
+    crate::devices::send(&c, &device, json!({ "kind": "erase" })).await;
+    let mail = app
+        .smtp
+        .nth_with(
+            "backup.me@example.com",
+            "An erase was sent to the device",
+            1,
+        )
+        .await;
+    assert_eq!(mail.subject(), "Mica: a device will be erased");
+    assert!(!app.sms.all().iter().any(|m| m.text.contains("erase")));
 
     // The phone is lost: "forgot password" with the recovery email reaches the person there.
     let r = app
@@ -88,7 +102,10 @@ async fn recovery_email_rescues_a_phone_account(app: &TestApp) {
         .forgot_password("backup.me@example.com")
         .await
         .unwrap();
-    let mail = app.smtp.nth_to("backup.me@example.com", 2).await;
+    let mail = app
+        .smtp
+        .nth_with("backup.me@example.com", "password reset code", 1)
+        .await;
     let code = six_digits(&mail.subject()).unwrap();
     app.client
         .reset_password(&r.reset_id, &code, "Another-long-Secret-42")
