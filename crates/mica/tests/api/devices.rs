@@ -1430,6 +1430,23 @@ pub(crate) async fn refused(
     }
 }
 
+/// The device (through HTTP, as a client without the channel would) takes a command and
+/// reports it done.
+pub(crate) async fn run_on_device(device: &Client, command: &str) {
+    post(
+        device,
+        &format!("/api/v1/device/commands/{command}/ack"),
+        json!({}),
+    )
+    .await;
+    post(
+        device,
+        &format!("/api/v1/device/commands/{command}/result"),
+        json!({ "outcome": "done" }),
+    )
+    .await;
+}
+
 /// A POST that must succeed; its JSON answer.
 pub(crate) async fn post(c: &Client, path: &str, body: Value) -> Value {
     c.raw(Method::POST, path, Some(body))
@@ -1694,19 +1711,7 @@ async fn a_relink_cannot_weaken_the_devices_protection(app: &TestApp) {
         json!({ "kind": "lost_mode", "message": "Please call me", "phone": "+351912345678" }),
     )
     .await;
-    let lost = lost["id"].as_str().unwrap().to_owned();
-    post(
-        &old,
-        &format!("/api/v1/device/commands/{lost}/ack"),
-        json!({}),
-    )
-    .await;
-    post(
-        &old,
-        &format!("/api/v1/device/commands/{lost}/result"),
-        json!({ "outcome": "done" }),
-    )
-    .await;
+    run_on_device(&old, lost["id"].as_str().unwrap()).await;
     let ring = send(&ana, &first, json!({ "kind": "ring" })).await;
     assert_eq!(ring["state"], "queued");
     let hardware = json!({ "imeis": [imei(81)], "serial": "S81" });
@@ -2049,16 +2054,7 @@ async fn protective_commands_wait_for_the_device_and_can_be_cancelled(app: &Test
     let e = refused(&device, Method::POST, &ack(&locate), Some(json!({}))).await;
     assert_eq!(e.status().map(|s| s.as_u16()), Some(409));
     assert_eq!(e.code(), Some("command_cancelled"));
-    post(&device, &ack(&lost), json!({})).await;
-    post(
-        &device,
-        &format!(
-            "/api/v1/device/commands/{}/result",
-            lost["id"].as_str().unwrap()
-        ),
-        json!({ "outcome": "done" }),
-    )
-    .await;
+    run_on_device(&device, lost["id"].as_str().unwrap()).await;
     let view = get(&ana, &format!("/api/v1/devices/{id}")).await;
     assert_eq!(view["lost_mode"]["message"], "Please return me");
 
@@ -2180,19 +2176,7 @@ async fn a_lost_device_that_reports_its_place_is_news_to_its_owner(app: &TestApp
                 json!({ "kind": "lost_mode", "message": message }),
             )
             .await;
-            let cid = c["id"].as_str().unwrap().to_owned();
-            post(
-                &device,
-                &format!("/api/v1/device/commands/{cid}/ack"),
-                json!({}),
-            )
-            .await;
-            post(
-                &device,
-                &format!("/api/v1/device/commands/{cid}/result"),
-                json!({ "outcome": "done" }),
-            )
-            .await;
+            run_on_device(&device, c["id"].as_str().unwrap()).await;
         }
     };
     const LOCATED: &str = "in lost mode, was located";

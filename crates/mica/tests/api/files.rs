@@ -1119,6 +1119,28 @@ async fn drive(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The id of the recycle-bin entry named `name`.
+fn bin_entry(bin: &[Value], name: &str) -> String {
+    bin.iter()
+        .find(|e| e["name"] == name || e["summary"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {bin:?}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every write of a pushed batch was applied.
+fn all_applied(done: &Value) {
+    assert!(
+        done["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "applied"),
+        "{done}"
+    );
+}
+
 async fn the_drive_holds_folders_and_files(app: &TestApp) {
     use reqwest::Method;
     let (tus, c, _) = signed_in(app, "jan@example.com").await;
@@ -1419,14 +1441,7 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     assert_eq!(s, 201);
     drive(&tus, Method::DELETE, &format!("/{tmp_id}"), None).await;
     let bin = c.recycle_bin(Some("drive")).await.unwrap();
-    let entry = |name: &str| {
-        bin.iter()
-            .find(|e| e["name"] == name || e["summary"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {bin:?}"))["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let entry = |name: &str| bin_entry(&bin, name);
     c.purge(&entry("Tmp")).await.unwrap();
     c.restore(&entry("Inner")).await.unwrap();
     let (_, top) = drive(&tus, Method::GET, "", None).await;
@@ -1455,14 +1470,7 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
         )
         .await
         .unwrap();
-    assert!(
-        done["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["status"] == "applied"),
-        "{done}"
-    );
+    all_applied(&done);
     let (s, _) = drive(&tus, Method::DELETE, "/loop-y", None).await;
     assert_eq!(s, 200);
     app.advance(Duration::from_secs(5));
@@ -1481,25 +1489,11 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
         )
         .await
         .unwrap();
-    assert!(
-        done["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["status"] == "applied"),
-        "{done}"
-    );
+    all_applied(&done);
     let (s, _) = drive(&tus, Method::DELETE, "/loop-y", None).await;
     assert_eq!(s, 200);
     let bin = c.recycle_bin(Some("drive")).await.unwrap();
-    let entry = |name: &str| {
-        bin.iter()
-            .find(|e| e["name"] == name || e["summary"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {bin:?}"))["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let entry = |name: &str| bin_entry(&bin, name);
     c.restore(&entry("Old Y")).await.unwrap();
     c.restore(&entry("X")).await.unwrap();
     let (_, x) = drive(&tus, Method::GET, "/loop-x", None).await;
@@ -1540,14 +1534,7 @@ async fn the_drive_holds_folders_and_files(app: &TestApp) {
     .await
     .unwrap();
     let bin = c.recycle_bin(Some("drive")).await.unwrap();
-    let entry = |name: &str| {
-        bin.iter()
-            .find(|e| e["name"] == name || e["summary"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {bin:?}"))["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let entry = |name: &str| bin_entry(&bin, name);
     c.purge(&entry("Z")).await.unwrap();
     c.restore(&entry("Inside Z")).await.unwrap();
     let back = c.item("drive-2", "z-in").await.unwrap();
