@@ -479,9 +479,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(AccountId, i64, i64)>> {
         sqlx::query(
+            // The level is checked again outside the subquery: PostgreSQL re-evaluates only
+            // the outer conditions on a row another node's maintenance claimed meanwhile.
             "UPDATE cloud_accounts SET storage_notice = $1 WHERE account_id IN \
              (SELECT account_id FROM cloud_accounts WHERE storage_notice < $1 \
              AND used_bytes * 100 >= COALESCE(quota_bytes, $2) * $1 LIMIT $3) \
+             AND storage_notice < $1 \
              RETURNING account_id, used_bytes, COALESCE(quota_bytes, $2) AS quota",
         )
         .bind(percent)
