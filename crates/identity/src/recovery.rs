@@ -157,15 +157,14 @@ impl Identity {
             "The password of your {name} account {account_id} was just reset and every device was signed out. \
              If this was not you, reset it again now and check your recovery options."
         );
-        if let Some(e) = view.email {
-            self.inner.notifier.dispatch(Message::Email {
-                to: e,
-                subject: format!("Your {name} password was reset"),
-                body: text,
-            });
-        } else if let Some(p) = view.phone {
-            self.inner.notifier.dispatch(Message::Sms { to: p, text });
-        }
+        // At every address the account knows: a reset through one of them (a recovery address
+        // an attacker added, a swapped SIM) is seen at the others.
+        self.tell_everywhere(
+            account_id,
+            &format!("Your {name} password was reset"),
+            &text,
+        )
+        .await;
         Ok(())
     }
 }

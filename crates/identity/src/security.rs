@@ -178,6 +178,62 @@ impl Identity {
         });
     }
 
+    /// Tells the owner at every address the account knows — its email and phone, and its
+    /// recovery email and phone — so that a change made through one of them (a recovery
+    /// address an attacker added, a SIM swapped) is seen at the others. Best effort.
+    pub(crate) async fn tell_everywhere(&self, account: AccountId, subject: &str, text: &str) {
+        let mut to: Vec<SignupTarget> = Vec::new();
+        match self
+            .store()
+            .account(mica_store::LookupBy::Id(account))
+            .await
+            .map_err(IdentityError::from)
+            .and_then(|row| row.map(|r| self.view(&r)).transpose())
+        {
+            Ok(Some(view)) => {
+                to.extend(view.email.map(SignupTarget::Email));
+                to.extend(view.phone.map(SignupTarget::Phone));
+            }
+            Ok(None) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot read the account to send a notice"),
+        }
+        match self.store().recovery_factors(account).await {
+            Ok(factors) => {
+                for f in factors {
+                    let field = if f.kind == "email" {
+                        "recovery_email"
+                    } else {
+                        "recovery_phone"
+                    };
+                    match self
+                        .keys()
+                        .open(field, &f.value_enc)
+                        .map_err(IdentityError::from)
+                        .and_then(|v| SignupTarget::from_stored(&f.kind, &v))
+                    {
+                        Ok(t) if !to.iter().any(|o| o.value() == t.value()) => to.push(t),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot open a recovery address"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the recovery addresses"),
+        }
+        for target in to {
+            self.inner.notifier.dispatch(match target {
+                SignupTarget::Email(e) => Message::Email {
+                    to: e,
+                    subject: subject.to_owned(),
+                    body: text.to_owned(),
+                },
+                SignupTarget::Phone(p) => Message::Sms {
+                    to: p,
+                    text: text.to_owned(),
+                },
+            });
+        }
+    }
+
     /// The account's email, else its recovery email.
     async fn mail_address(
         &self,
@@ -559,15 +615,12 @@ impl Identity {
              If this was not you, reset your password now.",
             p.account
         );
-        if let Some(e) = view.email {
-            self.inner.notifier.dispatch(Message::Email {
-                to: e,
-                subject: format!("Your {name} password was changed"),
-                body: text,
-            });
-        } else if let Some(ph) = view.phone {
-            self.inner.notifier.dispatch(Message::Sms { to: ph, text });
-        }
+        self.tell_everywhere(
+            p.account,
+            &format!("Your {name} password was changed"),
+            &text,
+        )
+        .await;
         Ok(())
     }
 

@@ -111,6 +111,12 @@ async fn recovery_email_rescues_a_phone_account(app: &TestApp) {
         .reset_password(&r.reset_id, &code, "Another-long-Secret-42")
         .await
         .unwrap();
+    // The reset is told at every address the account knows: the recovery email it went
+    // through, and the phone — where the owner would see a reset they did not make.
+    app.smtp
+        .nth_with("backup.me@example.com", "was just reset", 1)
+        .await;
+    app.sms.nth_with("+351912345678", "was just reset", 1).await;
     app.client
         .sign_in("+351912345678", "Another-long-Secret-42", None)
         .await
