@@ -189,7 +189,7 @@ impl Store {
                 // No ping before each use (`test_before_acquire`): a SQLite connection is a
                 // thread of this process, not a socket that can go stale, and the ping is a
                 // round trip to that thread in front of every statement.
-                let writer = AnyPoolOptions::new()
+                let writer = pool_options()
                     .max_connections(1)
                     .test_before_acquire(false)
                     .acquire_timeout(opts.acquire_timeout.max(Duration::from_secs(30)))
@@ -198,7 +198,7 @@ impl Store {
                     .await?;
                 // WAL lets readers proceed while the single writer commits; it is persistent.
                 writer.execute("PRAGMA journal_mode = WAL").await?;
-                let reader = AnyPoolOptions::new()
+                let reader = pool_options()
                     .max_connections(opts.max_connections.clamp(1, 8))
                     .test_before_acquire(false)
                     .acquire_timeout(opts.acquire_timeout)
@@ -226,7 +226,7 @@ impl Store {
                 })
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
+                let pool = pool_options()
                     .max_connections(opts.max_connections)
                     .acquire_timeout(opts.acquire_timeout)
                     .connect(url)
@@ -442,6 +442,16 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The options every pool starts from: no idle timeout and no maximum lifetime, so sqlx runs
+/// no reaper task. sqlx 0.8's reaper can read an idle count that wrapped below zero and then
+/// loop without yielding, holding a runtime thread at 100 % and stranding the tasks queued
+/// behind it — a server that hangs (sqlx issue #3645, fixed in 0.9; seen here as a test that
+/// hung for five minutes). A SQLite connection is part of the process and never goes stale; a
+/// PostgreSQL one is pinged before each use, so a dropped one is replaced then.
+fn pool_options() -> AnyPoolOptions {
+    AnyPoolOptions::new().idle_timeout(None).max_lifetime(None)
 }
 
 #[cfg(test)]
