@@ -40,6 +40,10 @@ impl Timestamp {
     pub fn until(self, later: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
     }
+    /// The millisecond of a date-time (saturating far outside the representable range).
+    pub fn from_offset(t: OffsetDateTime) -> Self {
+        Timestamp(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+    }
     pub fn to_offset(self) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -67,8 +71,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let now = OffsetDateTime::now_utc();
-        Timestamp(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        Timestamp::from_offset(OffsetDateTime::now_utc())
     }
 }
 

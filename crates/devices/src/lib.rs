@@ -1520,8 +1520,7 @@ impl Devices {
                             "give the time as RFC 3339, e.g. 2026-11-30T10:00:00Z",
                         )
                     })?;
-            let at =
-                Timestamp(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
+            let at = Timestamp::from_offset(at);
             if at > now.plus(Duration::from_secs(300)) {
                 return Err(DevicesError::invalid(
                     "at",

@@ -114,9 +114,7 @@ fn parse_time(field: &str, v: Option<&str>) -> Result<Option<Timestamp>, ApiErro
                 format!("{field}: give the time as RFC 3339, e.g. 2026-11-30T10:00:00Z"),
             )
         })?;
-    Ok(Some(Timestamp(
-        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
-    )))
+    Ok(Some(Timestamp::from_offset(t)))
 }
 
 /// The devices linked to the account (and erased ones whose history is kept).

@@ -456,9 +456,7 @@ async fn restore_since(
             "deleted_since: give the time as RFC 3339, e.g. 2026-11-30T10:00:00Z",
         )
     })?;
-    let since = mica_core::Timestamp(
-        i64::try_from(since.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
-    );
+    let since = mica_core::Timestamp::from_offset(since);
     let done = app
         .cloud
         .restore_since(

@@ -1504,12 +1504,7 @@ async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
     let (_, token) = pull_all(&b, "contacts", None).await;
 
     // The bad sync: 50 contacts and the note gone.
-    let before = time::OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(app.clock.now().millis()) * 1_000_000,
-    )
-    .unwrap()
-    .format(&time::format_description::well_known::Rfc3339)
-    .unwrap();
+    let before = app.clock.now().to_rfc3339();
     app.advance(Duration::from_secs(60));
     let gone: Vec<Value> = (1..51)
         .map(|i| delete(&format!("c{i}"), &versions[i]))
@@ -1599,12 +1594,7 @@ async fn a_sync_gone_wrong_is_undone_at_once(app: &TestApp) {
         .await
         .unwrap();
     app.advance(Duration::from_secs(60));
-    let drive_since = time::OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(app.clock.now().millis()) * 1_000_000,
-    )
-    .unwrap()
-    .format(&time::format_description::well_known::Rfc3339)
-    .unwrap();
+    let drive_since = app.clock.now().to_rfc3339();
     a.push(
         "drive",
         json!([
