@@ -5,6 +5,7 @@
 //! and never touch SQL; every error leaves as [`error::ApiError`] in one JSON shape.
 
 pub mod account;
+pub mod account_recovery;
 pub mod auth;
 pub mod conns;
 pub mod devices;
@@ -138,6 +139,7 @@ impl Modify for BearerAuth {
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(auth::router())
+        .merge(account_recovery::router())
         .merge(account::router())
         .merge(security::router())
         .merge(passkeys::router())

@@ -56,6 +56,12 @@ pub enum IdentityError {
     PasskeysUnavailable,
     #[error("not found")]
     NotFound,
+    #[error("this recovery request is still in its waiting period, until {until}")]
+    RecoveryWaiting { until: mica_core::Timestamp },
+    #[error("this recovery request is not approved (it is {state})")]
+    RecoveryNotApproved { state: String },
+    #[error("this recovery request is already closed or decided")]
+    RecoveryClosed,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -88,6 +94,9 @@ impl IdentityError {
             IdentityError::NoPasskey => "no_passkey",
             IdentityError::PasskeysUnavailable => "passkeys_unavailable",
             IdentityError::NotFound => "not_found",
+            IdentityError::RecoveryWaiting { .. } => "recovery_waiting",
+            IdentityError::RecoveryNotApproved { .. } => "recovery_not_approved",
+            IdentityError::RecoveryClosed => "recovery_closed",
             IdentityError::Internal(_) => "internal",
         }
     }
@@ -114,6 +123,9 @@ impl IdentityError {
             | IdentityError::InvalidRefreshToken
             | IdentityError::RefreshTokenReused => 401,
             IdentityError::IdentifierTaken
+            | IdentityError::RecoveryWaiting { .. }
+            | IdentityError::RecoveryNotApproved { .. }
+            | IdentityError::RecoveryClosed
             | IdentityError::TwoStepEnabled
             | IdentityError::TwoStepNotEnabled => 409,
             IdentityError::StepUpRequired => 403,

@@ -9,6 +9,7 @@
 //! - secrets exist in plaintext only in memory: codes and tokens are stored as hashes, passwords as
 //!   argon2id, email and phone sealed with a blind index.
 
+pub mod account_recovery;
 pub mod agent;
 pub mod app_passwords;
 mod cache;
@@ -34,6 +35,9 @@ use mica_core::{AccountId, Clock, Email, Login, PhoneE164, Timestamp};
 use mica_notify::Notifier;
 use mica_store::{AccountRow, LookupBy, Store};
 
+pub use account_recovery::{
+    FinishStarted, RecoveryRequestView, RecoveryReview, RecoveryStarted, RecoveryStatus,
+};
 pub use error::IdentityError;
 pub use factors::RecoveryOverview;
 pub use limits::Rate;
@@ -88,6 +92,13 @@ pub struct IdentityConfig {
     pub refresh_per_ip: Rate,
     /// Name shown in messages.
     pub service_name: String,
+    /// How long a request to recover an account whose every factor is lost waits (while the
+    /// owner is told and can cancel it) before an operator may approve it, in hours.
+    pub recovery_wait_hours: u64,
+    /// Days an approved recovery can be finished in.
+    pub recovery_finish_days: u64,
+    /// Where to tell operators that recovery requests are ready for review (none: the log).
+    pub recovery_review_email: Option<String>,
 }
 
 impl Default for IdentityConfig {
@@ -106,6 +117,9 @@ impl Default for IdentityConfig {
             signups_per_ip: Rate::new(10, Duration::from_secs(3600)),
             refresh_per_ip: Rate::new(120, Duration::from_secs(60)),
             service_name: "Mica".into(),
+            recovery_wait_hours: 168,
+            recovery_finish_days: 14,
+            recovery_review_email: None,
         }
     }
 }
@@ -332,17 +346,25 @@ impl Identity {
         Ok(view)
     }
 
+    /// Waits (at most `limit`) for the messages queued so far to be delivered or given up
+    /// on; whether all were. For a process about to exit.
+    pub async fn flush_messages(&self, limit: Duration) -> bool {
+        self.inner.notifier.flush(limit).await
+    }
+
     /// Forgets the cached view of an account after it changed.
     pub(crate) fn account_changed(&self, id: AccountId) {
         self.inner.views.remove(id);
     }
 
-    /// Deletes expired codes; run periodically.
+    /// Deletes expired codes and moves recovery requests whose wait is over to review; run
+    /// periodically.
     pub async fn purge_expired(&self) -> Result<u64, IdentityError> {
         // Keep expired codes a day: they still count towards per-destination limits.
         let cutoff = self.now().minus(Duration::from_secs(86_400));
         let codes = self.store().purge_codes(cutoff).await?;
         let codes = codes + self.store().purge_webauthn_challenges(self.now()).await?;
-        Ok(codes + self.purge_exports().await?)
+        let codes = codes + self.purge_exports().await?;
+        Ok(codes + self.recovery_maintenance().await?)
     }
 }

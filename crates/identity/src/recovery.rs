@@ -21,6 +21,26 @@ pub struct ResetStarted {
 }
 
 impl Identity {
+    /// The account behind what a person who cannot sign in types: its number, email or phone,
+    /// or one of its verified recovery addresses.
+    pub(crate) async fn account_for_login(
+        &self,
+        login: &Login,
+    ) -> Result<Option<mica_store::AccountRow>, IdentityError> {
+        if let Some(a) = self.find_account(login).await? {
+            return Ok(Some(a));
+        }
+        let by_recovery = match login {
+            Login::Email(e) => self.keys().blind_index("email", e.as_str()),
+            Login::Phone(p) => self.keys().blind_index("phone", p.as_str()),
+            Login::Id(_) => return Ok(None),
+        };
+        match self.store().account_by_recovery(&by_recovery).await? {
+            Some((id, _)) => Ok(self.store().account(mica_store::LookupBy::Id(id)).await?),
+            None => Ok(None),
+        }
+    }
+
     /// Sends a reset code to the account behind `login`, if there is one.
     pub async fn forgot_password(
         &self,
@@ -34,20 +54,7 @@ impl Identity {
         self.check_destination_limits(&bidx, PURPOSE_RESET).await?;
         self.limit(&self.inner.limits.codes_ip, &client.ip)?;
 
-        let mut account = self.find_account(&login).await?;
-        // Not an account's own address: maybe one's verified recovery address.
-        if account.is_none() {
-            let by_recovery = match &login {
-                Login::Email(e) => Some(self.keys().blind_index("email", e.as_str())),
-                Login::Phone(p) => Some(self.keys().blind_index("phone", p.as_str())),
-                Login::Id(_) => None,
-            };
-            if let Some(b) = by_recovery {
-                if let Some((id, _)) = self.store().account_by_recovery(&b).await? {
-                    account = self.store().account(mica_store::LookupBy::Id(id)).await?;
-                }
-            }
-        }
+        let account = self.account_for_login(&login).await?;
         let destination = match (&account, &login) {
             (None, _) => None,
             (Some(_), Login::Email(e)) => Some(SignupTarget::Email(e.clone())),

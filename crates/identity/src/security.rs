@@ -1080,6 +1080,11 @@ fn notice(kind: &str, detail: Option<&str>) -> Option<(&'static str, String)> {
             "an erase was cancelled",
             format!("The erase sent to {} was cancelled", device()),
         ),
+        "recovery_cancelled" => (
+            "a request to recover your account was cancelled",
+            "A request to recover your account without its sign-in factors was cancelled"
+                .to_owned(),
+        ),
         "device_lost_mode_cancelled" => (
             "lost mode was cancelled",
             format!("Lost mode sent to {} was cancelled", device()),

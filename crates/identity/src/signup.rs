@@ -43,6 +43,21 @@ impl SignupTarget {
             SignupTarget::Phone(p) => p.as_str(),
         }
     }
+    /// A message to this address: an email with `subject`, or an SMS of `text` alone.
+    pub(crate) fn message(&self, subject: &str, text: &str) -> mica_notify::Message {
+        match self {
+            SignupTarget::Email(e) => mica_notify::Message::Email {
+                to: e.clone(),
+                subject: subject.to_owned(),
+                body: text.to_owned(),
+            },
+            SignupTarget::Phone(p) => mica_notify::Message::Sms {
+                to: p.clone(),
+                text: text.to_owned(),
+            },
+        }
+    }
+
     pub(crate) fn masked(&self) -> String {
         match self {
             SignupTarget::Email(e) => e.masked(),

@@ -143,7 +143,7 @@ impl Config {
             Ok(())
         }
         let (i, c, d) = (&self.identity, &self.cloud, &self.devices);
-        let checks: [(&str, i128, i128); 21] = [
+        let checks: [(&str, i128, i128); 23] = [
             ("client_timeout_secs", self.client_timeout_secs.into(), 1),
             ("identity.code_ttl_secs", i.code_ttl_secs.into(), 60),
             ("identity.code_max_attempts", i.code_max_attempts.into(), 1),
@@ -166,6 +166,18 @@ impl Config {
             (
                 "identity.signin_failures_before_backoff",
                 i.signin_failures_before_backoff.into(),
+                1,
+            ),
+            // A request to recover an account waits at least a day: the owner must have time
+            // to see the notice and cancel it.
+            (
+                "identity.recovery_wait_hours",
+                i.recovery_wait_hours.into(),
+                24,
+            ),
+            (
+                "identity.recovery_finish_days",
+                i.recovery_finish_days.into(),
                 1,
             ),
             ("cloud.quota_bytes", c.quota_bytes.into(), 0),

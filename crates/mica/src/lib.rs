@@ -34,6 +34,8 @@ pub struct Server {
     pub cloud: Cloud,
     /// Linked devices, for operator tasks and tests.
     pub devices: Devices,
+    /// Accounts, for operator tasks and tests.
+    pub identity: Identity,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -51,6 +53,59 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Refuses a key that cannot open what the database holds (the key file lost and a new one
+/// generated, or another server's key): every stored email and phone would read as garbage,
+/// sign-in by them would fail, and they could sign up again.
+async fn check_key(cfg: &Config, store: &Store, keys: &Keys) -> anyhow::Result<()> {
+    if let Some((field, sealed)) = store.sealed_sample().await? {
+        if keys.open(field, &sealed).is_err() {
+            anyhow::bail!(
+                "the master key does not open this database's data: start with the key it \
+                 was written with (secret_key, secret_key_file, or {}); if that file was \
+                 just created, the original was missing",
+                cfg.data_dir.join("secret.key").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Email and SMS as configured (the development outbox otherwise).
+fn notifier(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Notifier> {
+    Ok(Notifier::new(
+        &NotifyConfig {
+            smtp_url: cfg.smtp_url.as_ref().map(|s| s.expose_secret().to_owned()),
+            email_from: cfg.email_from.clone(),
+            sms_webhook_url: cfg
+                .sms_webhook_url
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            outbox_file: cfg.data_dir.join("outbox.jsonl"),
+        },
+        clock,
+    )?)
+}
+
+/// The identity service without a server, for operator tasks (`mica admin`): the configured
+/// database, key and messages.
+pub async fn operator_identity(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Identity> {
+    let keys = Arc::new(Keys::from_master(&cfg.master_key()?));
+    let store = open_store(cfg).await?;
+    check_key(cfg, &store, &keys).await?;
+    let identity = Identity::new(IdentitySetup {
+        store,
+        keys,
+        notifier: notifier(cfg, clock.clone())?,
+        clock,
+        cfg: cfg.identity.clone(),
+        hash_slots: 1,
+        exports_dir: cfg.blob_dir()?.join("exports"),
+        relying_party: None,
+    })
+    .await?;
+    Ok(identity)
+}
+
 impl Server {
     /// Starts serving: creates the data folder, loads the key, migrates the database, binds.
     pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
@@ -64,32 +119,8 @@ impl Server {
         let device_keys = keys.clone();
 
         let store = open_store(cfg).await?;
-        // A key that cannot open what the database holds (the key file lost and a new one
-        // generated, or another server's key) must not start: every stored email and phone
-        // would read as garbage, sign-in by them would fail, and they could sign up again.
-        if let Some((field, sealed)) = store.sealed_sample().await? {
-            if keys.open(field, &sealed).is_err() {
-                anyhow::bail!(
-                    "the master key does not open this database's data: start with the key it \
-                     was written with (secret_key, secret_key_file, or {}); if that file was \
-                     just created, the original was missing",
-                    cfg.data_dir.join("secret.key").display()
-                );
-            }
-        }
-
-        let notifier = Notifier::new(
-            &NotifyConfig {
-                smtp_url: cfg.smtp_url.as_ref().map(|s| s.expose_secret().to_owned()),
-                email_from: cfg.email_from.clone(),
-                sms_webhook_url: cfg
-                    .sms_webhook_url
-                    .as_ref()
-                    .map(|s| s.expose_secret().to_owned()),
-                outbox_file: cfg.data_dir.join("outbox.jsonl"),
-            },
-            clock.clone(),
-        )?;
+        check_key(cfg, &store, &keys).await?;
+        let notifier = notifier(cfg, clock.clone())?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -213,6 +244,7 @@ impl Server {
                 }
             });
         }
+        let identity_handle = identity.clone();
         let maintenance = cloud.clone();
         let device_maintenance = devices.clone();
         tokio::spawn(async move {
@@ -283,6 +315,7 @@ impl Server {
             store,
             cloud,
             devices,
+            identity: identity_handle,
             shutdown: tx,
             task,
         })

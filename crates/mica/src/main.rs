@@ -75,6 +75,39 @@ enum Admin {
     /// Prove that every account's recorded storage usage equals the bytes it stores (per
     /// category, recycle bin and total). Exits non-zero on any difference.
     CheckUsage,
+    /// Review requests to recover accounts whose every factor is lost.
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
+}
+
+#[derive(Subcommand)]
+enum RecoveryCommand {
+    /// Requests waiting or ready for review (`--all`: every request).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One request, with everything known about it.
+    Show { id: String },
+    /// Approve a request whose waiting period is over: its requester can then set a new
+    /// password.
+    Approve {
+        id: String,
+        /// Who decides (kept with the request and in the account's security log).
+        #[arg(long)]
+        operator: String,
+        /// A note kept with the decision.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a request; the requester is told `--reason`.
+    Deny {
+        id: String,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -109,6 +142,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Admin(Admin::CheckUsage) => check_usage(&cfg).await,
+            Command::Admin(Admin::Recovery(r)) => recovery(&cfg, r).await,
             Command::Agent(a) => agent(a).await,
         }
     });
@@ -173,6 +207,97 @@ async fn check_usage(cfg: &Config) -> anyhow::Result<()> {
         "{} usage record(s) disagree with what is stored",
         problems.len()
     )
+}
+
+async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> {
+    let identity = mica::operator_identity(cfg, std::sync::Arc::new(SystemClock)).await?;
+    match command {
+        RecoveryCommand::List { all } => {
+            let list = identity.recovery_reviews(all).await?;
+            if list.is_empty() {
+                println!(
+                    "no account recovery requests{}",
+                    if all { "" } else { " to review" }
+                );
+            }
+            for r in &list {
+                println!(
+                    "{}  {:<10} account {:<12} since {}  waits until {}",
+                    r.id,
+                    r.state,
+                    r.account
+                        .map_or_else(|| "(none)".to_owned(), |a| a.to_string()),
+                    r.created_at.to_rfc3339(),
+                    r.wait_until
+                        .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
+                );
+            }
+        }
+        RecoveryCommand::Show { id } => print_review(&identity.recovery_review(&id).await?),
+        RecoveryCommand::Approve { id, operator, note } => {
+            let r = identity
+                .decide_recovery(&id, true, &operator, note.as_deref())
+                .await?;
+            print_review(&r);
+        }
+        RecoveryCommand::Deny {
+            id,
+            operator,
+            reason,
+        } => {
+            let r = identity
+                .decide_recovery(&id, false, &operator, Some(&reason))
+                .await?;
+            print_review(&r);
+        }
+    }
+    if !identity
+        .flush_messages(std::time::Duration::from_secs(60))
+        .await
+    {
+        anyhow::bail!("the decision is recorded, but a message could not be delivered in time");
+    }
+    Ok(())
+}
+
+fn print_review(r: &mica_identity::RecoveryReview) {
+    let time =
+        |t: Option<mica_core::Timestamp>| t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+    println!("request          {}", r.id);
+    println!("state            {}", r.state);
+    match r.account {
+        Some(a) => println!("account          {a}"),
+        None => println!("account          none matches the login given: deny it"),
+    }
+    println!("account created  {}", time(r.account_created_at));
+    println!("last sign-in     {}", time(r.last_sign_in));
+    println!("contact          {}", r.contact);
+    println!("from             {} ({})", r.ip, r.user_agent);
+    println!(
+        "known address    {}",
+        if r.known_ip {
+            "yes: the account signed in from it"
+        } else {
+            "no"
+        }
+    );
+    println!(
+        "security answers {} right of {} given ({} questions set; a weak signal only)",
+        r.answers_right, r.answers_given, r.questions_set
+    );
+    println!("made             {}", r.created_at.to_rfc3339());
+    println!("waits until      {}", time(r.wait_until));
+    println!("other requests   {}", r.other_requests);
+    if let Some(by) = &r.decided_by {
+        println!("decided          {} by {by}", time(r.decided_at));
+    }
+    if let Some(reason) = &r.reason {
+        println!("reason           {reason}");
+    }
+    println!("statement:");
+    for line in r.statement.lines() {
+        println!("  {line}");
+    }
 }
 
 fn toml_like(cfg: &Config) -> String {

@@ -71,6 +71,8 @@ pub struct Notifier {
     sms: SmsRoute,
     outbox: Outbox,
     clock: Arc<dyn Clock>,
+    /// Messages dispatched and not yet delivered or given up on.
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -144,6 +146,7 @@ impl Notifier {
             sms,
             outbox: Outbox::new(cfg.outbox_file.clone()),
             clock,
+            in_flight: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -166,27 +169,44 @@ impl Notifier {
     /// Queues a message for delivery in the background, with retries.
     pub fn dispatch(&self, msg: Message) {
         let this = self.clone();
+        self.in_flight.send_modify(|n| *n += 1);
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
-            for attempt in 1..=5u32 {
-                match this.send(&msg).await {
-                    Ok(()) => return,
-                    Err(e @ NotifyError::Refused(_)) => {
-                        tracing::warn!(attempt, error = %e, channel = msg.channel(), "message refused; not retrying");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(attempt, error = %e, channel = msg.channel(), "message delivery failed");
-                        tokio::time::sleep(delay).await;
-                        delay = delay.saturating_mul(3);
-                    }
+            this.deliver(msg).await;
+            this.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+        });
+    }
+
+    /// Waits until every dispatched message is delivered or given up on, for at most
+    /// `limit`; whether none is left. For a process that exits once its work is done (an
+    /// operator command).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let mut rx = self.in_flight.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Delivers with retries (five tries, the gap tripling from half a second).
+    async fn deliver(&self, msg: Message) {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=5u32 {
+            match self.send(&msg).await {
+                Ok(()) => return,
+                Err(e @ NotifyError::Refused(_)) => {
+                    tracing::warn!(attempt, error = %e, channel = msg.channel(), "message refused; not retrying");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, channel = msg.channel(), "message delivery failed");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(3);
                 }
             }
-            tracing::error!(
-                channel = msg.channel(),
-                "message dropped after 5 failed deliveries"
-            );
-        });
+        }
+        tracing::error!(
+            channel = msg.channel(),
+            "message dropped after 5 failed deliveries"
+        );
     }
 
     /// Delivers one message now.

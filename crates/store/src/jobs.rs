@@ -58,6 +58,10 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "recovery_requests",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "recovery_factors",
         condition: "account_id = $1",
     },

@@ -17,6 +17,7 @@
 //! (the sync feed) go through read-only connections of SQLite's own C API on a blocking thread
 //! (see [`PageReaders`]); the SQL is the same on both engines.
 
+mod account_recovery;
 mod accounts;
 mod app_passwords;
 mod cloud;
@@ -40,6 +41,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use account_recovery::{
+    NewRecoveryRequest, RecoveryCompleted, RecoveryCompletion, RecoveryRequestRow, RECOVERY_OPEN,
+};
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use app_passwords::AppPasswordRow;
 pub use cloud::{

@@ -117,6 +117,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0021_storage_notices.sql"),
         postgres: include_str!("../migrations/postgres/0021_storage_notices.sql"),
     },
+    Migration {
+        version: 22,
+        sqlite: include_str!("../migrations/sqlite/0022_recovery_requests.sql"),
+        postgres: include_str!("../migrations/postgres/0022_recovery_requests.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

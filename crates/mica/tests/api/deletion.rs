@@ -116,6 +116,8 @@ async fn populated_account(app: &TestApp, email: &str) -> (AccountId, mica_clien
     .unwrap();
     // A device that asked to be linked by code, which the account declined.
     crate::link_codes::declined_request(app, &c).await;
+    // A stranger's request to recover the account, waiting.
+    crate::account_recovery::file_request(app, email, &format!("rescue.{email}"), &["x"]).await;
     app.client.forgot_password(email).await.unwrap();
     (t.account_id.parse().unwrap(), c)
 }

@@ -12,6 +12,7 @@
 
 mod support;
 
+mod account_recovery;
 mod bad_input;
 mod connections;
 mod deletion;

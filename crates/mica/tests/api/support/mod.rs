@@ -119,6 +119,15 @@ impl TestApp {
             .expect("server running")
     }
 
+    /// The running server's identity service (operator tasks, maintenance now rather than on
+    /// its timer).
+    pub fn server_identity(&self) -> mica_identity::Identity {
+        self.server
+            .as_ref()
+            .map(|s| s.identity.clone())
+            .expect("server running")
+    }
+
     /// The URL the server says it is reached at: the origin its passkeys belong to.
     pub fn public_url(&self) -> String {
         self.server

@@ -1,0 +1,478 @@
+//! Recovery when every factor is lost (ID-18): a request proven from a new address waits a
+//! week while the owner is told everywhere and can cancel it, then an operator (the real
+//! `mica admin recovery` command) decides, and only then can a new password be set.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::on_both_backends;
+use crate::support::{six_digits, TestApp, PASSWORD};
+
+const NEW_PASSWORD: &str = "Found-my-way-back-77";
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+const STATEMENT: &str = "My phone was stolen in Porto and the email provider closed my old \
+                         address. I opened the account in 2024 and my photos are on it.";
+
+on_both_backends!(
+    an_account_whose_every_factor_is_lost_is_recovered_after_review,
+    the_owner_stops_a_stranger_s_recovery,
+    recovery_requests_do_not_reveal_accounts,
+    bad_recovery_requests_are_refused,
+);
+
+async fn post(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = app
+        .http
+        .post(app.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Files a request for `login`, confirmed from `contact` (an email); returns its id.
+pub(crate) async fn file_request(
+    app: &TestApp,
+    login: &str,
+    contact: &str,
+    answers: &[&str],
+) -> String {
+    let before = app.smtp.count_with(contact, "confirms this address");
+    let (status, r) = post(
+        app,
+        "/api/v1/account-recovery",
+        json!({ "login": login, "contact": contact, "statement": STATEMENT, "answers": answers }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+    let id = r["request_id"].as_str().unwrap().to_owned();
+    let mail = app
+        .smtp
+        .nth_with(contact, "confirms this address", before + 1)
+        .await;
+    let code = six_digits(&mail.subject()).unwrap();
+    let (status, s) = post(
+        app,
+        "/api/v1/account-recovery/verify",
+        json!({ "request_id": id, "code": code }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(s["state"], "waiting");
+    id
+}
+
+async fn requests_of(c: &mica_client::Client) -> Value {
+    c.raw(
+        reqwest::Method::GET,
+        "/api/v1/security/recovery-requests",
+        None,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
+async fn state_of(app: &TestApp, id: &str) -> Value {
+    let (status, s) = post(
+        app,
+        "/api/v1/account-recovery/status",
+        json!({ "request_id": id }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    s
+}
+
+/// Runs `mica admin recovery …` (the real binary) on the test's database, its mail to the
+/// test's SMTP sink.
+fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
+    use secrecy::ExposeSecret;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mica"));
+    cmd.args(["admin", "recovery"])
+        .args(args)
+        .env("MICA_DATA_DIR", &app.cfg.data_dir)
+        .env("MICA_SMTP_URL", app.smtp.url())
+        .env("MICA_EMAIL_FROM", "Mica <no-reply@mica.test>")
+        .env("MICA_LOG", "warn");
+    if let Some(url) = &app.cfg.database_url {
+        cmd.env("MICA_DATABASE_URL", url.expose_secret());
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The waiting period passes and the server's maintenance runs.
+async fn wait_out(app: &TestApp) {
+    app.advance(WEEK + Duration::from_secs(60));
+    app.server_identity().purge_expired().await.unwrap();
+}
+
+async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &TestApp) {
+    let email = "ana@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    crate::security::enable_totp(app, &c, email).await;
+    app.advance(Duration::from_secs(61));
+    crate::security::step_up_by_email(app, &c, email).await;
+    c.set_security_questions(&[
+        ("Name of your first pet?", "Rex the Dog"),
+        ("City where you were born?", "Lisboa"),
+        ("Your childhood best friend?", "Maria Santos"),
+    ])
+    .await
+    .unwrap();
+
+    // Phone and mailbox gone: from a new address, with two answers of three right.
+    let contact = "ana.again@example.net";
+    let id = file_request(
+        app,
+        email,
+        contact,
+        &["rex the dog", "Lisbon", "maria santos"],
+    )
+    .await;
+
+    // The owner is told at once, with a code that cancels it, and sees it when signed in.
+    let notice = app
+        .smtp
+        .nth_with(email, "Someone asked to recover", 1)
+        .await;
+    assert!(notice.body().contains(&id), "{}", notice.body());
+    assert!(notice.body().contains("cancel code"), "{}", notice.body());
+    assert!(!notice.body().contains(contact), "the contact is masked");
+    let mine = requests_of(&c).await;
+    assert_eq!(mine[0]["id"], id.as_str());
+    assert_eq!(mine[0]["state"], "waiting");
+
+    // Nothing can be finished, nor approved, during the wait.
+    let (status, e) = post(
+        app,
+        "/api/v1/account-recovery/finish",
+        json!({ "request_id": id }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(e["error"]["code"], "recovery_not_approved");
+    let (ok, out) = admin(app, &["approve", &id, "--operator", "olga"]);
+    assert!(!ok, "approved during the wait: {out}");
+    assert!(out.contains("waiting period"), "{out}");
+
+    wait_out(app).await;
+    assert_eq!(state_of(app, &id).await["state"], "in_review");
+    let (ok, out) = admin(app, &["list"]);
+    assert!(
+        ok && out.contains(&id) && out.contains("in_review"),
+        "{out}"
+    );
+    let (ok, out) = admin(app, &["show", &id]);
+    assert!(ok, "{out}");
+    assert!(out.contains("2 right of 3 given (3 questions set"), "{out}");
+    assert!(out.contains(contact), "{out}");
+    assert!(out.contains("stolen in Porto"), "{out}");
+    assert!(out.contains(&t.account_id), "{out}");
+
+    let (ok, out) = admin(app, &["approve", &id, "--operator", "olga"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("approved"), "{out}");
+    app.smtp.nth_with(contact, "was approved", 1).await;
+    app.smtp.nth_with(email, "Until", 1).await;
+    assert_eq!(state_of(app, &id).await["state"], "approved");
+
+    // The requester asks for a code at the proven address and sets a new password.
+    let (status, f) = post(
+        app,
+        "/api/v1/account-recovery/finish",
+        json!({ "request_id": id }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{f}");
+    let mail = app.smtp.nth_with(contact, "finishes your", 1).await;
+    let code = six_digits(&mail.subject()).unwrap();
+    let complete = |password: &str| json!({ "challenge_id": f["challenge_id"], "code": code, "new_password": password });
+    let (status, e) = post(
+        app,
+        "/api/v1/account-recovery/complete",
+        complete("password1!"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(e["error"]["code"], "weak_password");
+    let (status, e) = post(
+        app,
+        "/api/v1/account-recovery/complete",
+        complete(NEW_PASSWORD),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{e}");
+
+    // The new address and password sign in, without the lost authenticator; nothing old does.
+    let fresh = app
+        .client
+        .sign_in(contact, NEW_PASSWORD, None)
+        .await
+        .unwrap();
+    assert_eq!(fresh.account_id, t.account_id);
+    let me = app.client.with_token(&fresh.access_token);
+    assert_eq!(me.me().await.unwrap().email.as_deref(), Some(contact));
+    assert_eq!(me.two_step_status().await.unwrap()["totp"], false);
+    assert_eq!(
+        app.client
+            .sign_in(email, NEW_PASSWORD, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_credentials")
+    );
+    assert_eq!(
+        app.client
+            .refresh(&t.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_refresh_token")
+    );
+    // Told at the old address as well as the new one; logged.
+    app.smtp.nth_with(email, "was recovered", 1).await;
+    app.smtp.nth_with(contact, "was recovered", 1).await;
+    let kinds: Vec<String> = me
+        .security_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    for k in [
+        "recovery_requested",
+        "recovery_approved",
+        "account_recovered",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} not in {kinds:?}");
+    }
+    // Used up: no second password from the same approval.
+    assert_eq!(state_of(app, &id).await["state"], "completed");
+    let (status, _) = post(app, "/api/v1/account-recovery/complete", complete(PASSWORD)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(
+        app,
+        "/api/v1/account-recovery/finish",
+        json!({ "request_id": id }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+async fn the_owner_stops_a_stranger_s_recovery(app: &TestApp) {
+    let email = "bo@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    let thief = "not.bo@example.org";
+
+    // With the code from the notice, without signing in.
+    let id = file_request(app, &t.account_id, thief, &[]).await;
+    let notice = app
+        .smtp
+        .nth_with(email, "Someone asked to recover", 1)
+        .await;
+    let body = notice.body();
+    let cancel = body
+        .split("cancel code ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let (status, e) = post(
+        app,
+        "/api/v1/account-recovery/cancel",
+        json!({ "request_id": id, "cancel_code": "wrong-code" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(e["error"]["code"], "invalid_input");
+    assert_eq!(state_of(app, &id).await["state"], "waiting");
+    let (status, _) = post(
+        app,
+        "/api/v1/account-recovery/cancel",
+        json!({ "request_id": id, "cancel_code": cancel }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let s = state_of(app, &id).await;
+    assert_eq!(s["state"], "cancelled");
+    app.smtp.nth_with(thief, "was cancelled", 1).await;
+
+    // Signed in; another account cannot see or cancel it.
+    app.advance(Duration::from_secs(61));
+    let id2 = file_request(app, email, thief, &[]).await;
+    let other = app.signup_email("eve@example.com").await;
+    let eve = app.client.with_token(&other.access_token);
+    let path = format!("/api/v1/security/recovery-requests/{id2}");
+    assert_eq!(requests_of(&eve).await, json!([]));
+    assert_eq!(
+        eve.raw(reqwest::Method::DELETE, &path, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not_found")
+    );
+    c.raw(reqwest::Method::DELETE, &path, None).await.unwrap();
+    assert_eq!(state_of(app, &id2).await["state"], "cancelled");
+    assert_eq!(
+        c.raw(reqwest::Method::DELETE, &path, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("recovery_closed")
+    );
+
+    // A cancelled request never reaches review, and cannot be approved.
+    wait_out(app).await;
+    assert_eq!(state_of(app, &id2).await["state"], "cancelled");
+    let (ok, out) = admin(app, &["approve", &id2, "--operator", "olga"]);
+    assert!(!ok, "{out}");
+    let (status, _) = post(
+        app,
+        "/api/v1/account-recovery/finish",
+        json!({ "request_id": id2 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // The password never changed.
+    app.client.sign_in(email, PASSWORD, None).await.unwrap();
+}
+
+async fn recovery_requests_do_not_reveal_accounts(app: &TestApp) {
+    app.signup_email("cy@example.com").await;
+    let real = post(
+        app,
+        "/api/v1/account-recovery",
+        json!({ "login": "cy@example.com", "contact": "a@example.net", "statement": STATEMENT }),
+    )
+    .await;
+    let ghost = post(
+        app,
+        "/api/v1/account-recovery",
+        json!({ "login": "ghost@example.com", "contact": "b@example.net", "statement": STATEMENT }),
+    )
+    .await;
+    assert_eq!(real.0, ghost.0);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&real.1), keys(&ghost.1));
+    assert_eq!(real.1["message"], ghost.1["message"]);
+
+    let id = file_request(app, "ghost@example.com", "c@example.net", &["rex"]).await;
+    wait_out(app).await;
+    assert_eq!(state_of(app, &id).await["state"], "in_review");
+    let (ok, out) = admin(app, &["show", &id]);
+    assert!(ok && out.contains("none matches"), "{out}");
+    let (ok, out) = admin(app, &["approve", &id, "--operator", "olga"]);
+    assert!(!ok, "{out}");
+    let (ok, out) = admin(
+        app,
+        &[
+            "deny",
+            &id,
+            "--operator",
+            "olga",
+            "--reason",
+            "no account matches what was given",
+        ],
+    );
+    assert!(ok, "{out}");
+    let mail = app.smtp.nth_with("c@example.net", "not approved", 1).await;
+    assert!(mail.body().contains("no account matches what was given"));
+    let s = state_of(app, &id).await;
+    assert_eq!(s["state"], "denied");
+    assert_eq!(s["reason"], "no account matches what was given");
+}
+
+async fn bad_recovery_requests_are_refused(app: &TestApp) {
+    let t = app.signup_email("di@example.com").await;
+    let cases = [
+        (
+            json!({ "login": "not a login", "contact": "x@example.net", "statement": STATEMENT }),
+            422,
+        ),
+        (
+            json!({ "login": t.account_id, "contact": "12345678", "statement": STATEMENT }),
+            422,
+        ),
+        (
+            json!({ "login": t.account_id, "contact": "x@example.net", "statement": "help" }),
+            422,
+        ),
+        (
+            json!({ "login": t.account_id, "contact": "x@example.net", "statement": "a\u{0}b is not a statement" }),
+            422,
+        ),
+        (
+            json!({ "login": t.account_id, "contact": "x@example.net", "statement": STATEMENT, "answers": ["a", "b", "c", "d"] }),
+            422,
+        ),
+        (
+            json!({ "login": t.account_id, "contact": "x@example.net", "statement": STATEMENT, "admin": true }),
+            422,
+        ),
+        (json!({ "login": t.account_id }), 422),
+    ];
+    for (body, want) in cases {
+        let (status, e) = post(app, "/api/v1/account-recovery", body.clone()).await;
+        assert_eq!(status.as_u16(), want, "{body} → {e}");
+        assert!(e["error"]["code"].is_string(), "{e}");
+    }
+    for id in ["ar_unknown", "../../etc/passwd", ""] {
+        let (status, e) = post(
+            app,
+            "/api/v1/account-recovery/status",
+            json!({ "request_id": id }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {e}");
+    }
+    // A wrong code files nothing; the owner hears nothing.
+    let (_, r) = post(
+        app,
+        "/api/v1/account-recovery",
+        json!({ "login": "di@example.com", "contact": "y@example.net", "statement": STATEMENT }),
+    )
+    .await;
+    let (status, e) = post(
+        app,
+        "/api/v1/account-recovery/verify",
+        json!({ "request_id": r["request_id"], "code": "000000" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["error"]["code"], "invalid_code");
+    assert_eq!(
+        state_of(app, r["request_id"].as_str().unwrap()).await["state"],
+        "unverified"
+    );
+    assert_eq!(
+        app.smtp
+            .count_with("di@example.com", "Someone asked to recover"),
+        0
+    );
+    // Never proven, it is forgotten once its code has expired.
+    app.advance(Duration::from_secs(3600));
+    app.server_identity().purge_expired().await.unwrap();
+    let (status, _) = post(
+        app,
+        "/api/v1/account-recovery/status",
+        json!({ "request_id": r["request_id"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
