@@ -1,4 +1,5 @@
-//! Tells the devices connected to this node that a collection changed.
+//! Tells the devices connected to this node that a collection changed, or something their user
+//! should see (a [`DeviceNotice`]).
 //!
 //! One broadcast channel per account with a connected device, created by the first subscriber
 //! and dropped with the last. A device that falls behind loses only wake-ups, never data: it is
@@ -7,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use mica_core::notices::DeviceNotice;
 use mica_core::AccountId;
 use tokio::sync::broadcast;
 
@@ -20,12 +22,19 @@ pub struct Change {
     pub version: i64,
 }
 
+/// What goes out on an account's channel.
+#[derive(Debug, Clone)]
+pub enum Wake {
+    Changed(Change),
+    Notice(DeviceNotice),
+}
+
 /// Wake-ups buffered per account before a slow device starts missing them.
 const BUFFER: usize = 256;
 
 #[derive(Default)]
 pub struct Hub {
-    accounts: Mutex<HashMap<AccountId, broadcast::Sender<Change>>>,
+    accounts: Mutex<HashMap<AccountId, broadcast::Sender<Wake>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -36,7 +45,7 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     /// Starts listening to an account's changes.
-    pub fn subscribe(&self, account: AccountId) -> broadcast::Receiver<Change> {
+    pub fn subscribe(&self, account: AccountId) -> broadcast::Receiver<Wake> {
         let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(account)
             .or_insert_with(|| broadcast::channel(BUFFER).0)
@@ -45,9 +54,18 @@ impl Hub {
 
     /// Tells the account's connected devices.
     pub fn publish(&self, account: AccountId, change: Change) {
+        self.send(account, Wake::Changed(change));
+    }
+
+    /// Tells the account's connected devices something to show their user.
+    pub fn notify(&self, account: AccountId, notice: &DeviceNotice) {
+        self.send(account, Wake::Notice(notice.clone()));
+    }
+
+    fn send(&self, account: AccountId, wake: Wake) {
         let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = map.get(&account) {
-            if tx.send(change).is_err() {
+            if tx.send(wake).is_err() {
                 // Nobody listens any more.
                 map.remove(&account);
             }

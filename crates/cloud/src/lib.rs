@@ -34,7 +34,7 @@ pub use category::Category;
 pub use drive::DriveItem;
 pub use error::CloudError;
 pub use files::{Checksum, FileInfo, UploadInfo, CHECKSUM_ALGORITHMS};
-pub use hub::{Change, Hub};
+pub use hub::{Change, Hub, Wake};
 pub use mica_blobs::BlobStore;
 
 /// Tunables.
@@ -425,6 +425,13 @@ fn tree_error(problem: TreeProblem) -> CloudError {
 
 fn version_text(seq: i64) -> String {
     seq.to_string()
+}
+
+/// Signed-in apps connected to this node's sync channel get a `notice` event.
+impl mica_core::notices::DeviceNotices for Cloud {
+    fn tell_devices(&self, account: AccountId, notice: &mica_core::notices::DeviceNotice) {
+        self.inner.hub.notify(account, notice);
+    }
 }
 
 impl Cloud {

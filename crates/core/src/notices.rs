@@ -1,7 +1,9 @@
 //! How a domain writes to an account's owner without knowing how their addresses are kept:
 //! the identity crate implements [`OwnerNotices`] (mail, or SMS to an account without email),
 //! and the crates that have something to tell — the cloud when storage runs out — are handed
-//! it at start-up.
+//! it at start-up. The other way, [`DeviceNotices`] reaches the account's connected devices:
+//! the devices crate (linked devices' command channels) and the cloud (signed-in apps' sync
+//! channels) implement it, and identity is handed them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,4 +19,21 @@ pub trait OwnerNotices: Send + Sync {
         subject: &'a str,
         text: String,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Something an account's devices should show their user now (a request to recover the
+/// account, say), sent over the channels they keep open.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DeviceNotice {
+    /// What it is about, for software: e.g. `recovery_requested`.
+    pub kind: String,
+    /// A title, for a person.
+    pub title: String,
+    pub text: String,
+}
+
+/// Tells every device of an account that is connected to this node now. Best effort, not
+/// stored: a device not connected is not told, so what matters also goes by mail or SMS.
+pub trait DeviceNotices: Send + Sync {
+    fn tell_devices(&self, account: AccountId, notice: &DeviceNotice);
 }

@@ -23,6 +23,8 @@ pub(crate) enum Wire {
     Command(CommandFrame),
     /// The device acknowledged this command, or it is no longer open: stop re-sending it.
     Acked(String),
+    /// Show this to the device's user (sent once, not stored).
+    Notice(mica_core::notices::DeviceNotice),
 }
 
 /// Commands queued per connection before the connection is dropped (the device then
@@ -123,6 +125,7 @@ impl Mailbox {
 struct Conn {
     mailbox: Arc<Mailbox>,
     generation: u64,
+    account: AccountId,
 }
 
 #[derive(Default)]
@@ -158,7 +161,11 @@ impl Drop for ConnGuard {
 
 impl Registry {
     /// Registers a device's new connection (replacing, and so ending, an earlier one).
-    pub(crate) fn connect(self: &Arc<Self>, device: &str) -> (Arc<Mailbox>, ConnGuard) {
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+        device: &str,
+        account: AccountId,
+    ) -> (Arc<Mailbox>, ConnGuard) {
         let mailbox = Arc::new(Mailbox::default());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let earlier = self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -166,6 +173,7 @@ impl Registry {
             Conn {
                 mailbox: mailbox.clone(),
                 generation,
+                account,
             },
         );
         if let Some(c) = earlier {
@@ -205,6 +213,21 @@ impl Registry {
             c.mailbox.close();
         }
         false
+    }
+
+    /// Hands a notice to every connection of the account's devices; how many took it. A full
+    /// queue skips its device (a notice is not worth dropping a connection for).
+    pub(crate) fn notify_account(
+        &self,
+        account: AccountId,
+        notice: &mica_core::notices::DeviceNotice,
+    ) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .values()
+            .filter(|c| c.account == account)
+            .filter(|c| c.mailbox.push(Wire::Notice(notice.clone())))
+            .count()
     }
 
     /// Ends the device's connection (it was unlinked).

@@ -340,6 +340,8 @@ pub enum ChannelFrame {
         server_time: String,
     },
     Command(CommandFrame),
+    /// Something to show the device's user (see [`mica_core::notices::DeviceNotices`]).
+    Notice(mica_core::notices::DeviceNotice),
 }
 
 /// How a command ended on the device.
@@ -1307,7 +1309,7 @@ impl Devices {
         self.expire(Some(&d.id)).await?;
         // Register before reading the open commands, so one issued in between is not missed
         // (at worst it arrives twice, which the device tolerates).
-        let (mailbox, guard) = self.0.registry.connect(&d.id);
+        let (mailbox, guard) = self.0.registry.connect(&d.id, d.account);
         let pending = self
             .store()
             .open_commands(&d.id, now)
@@ -1642,6 +1644,14 @@ const EXPORT_PAGE: i64 = 1_000;
 /// [`ChannelState::record_deliveries`]).
 const RECORD_DELIVERY_AFTER: Duration = Duration::from_millis(20);
 
+impl mica_core::notices::DeviceNotices for Devices {
+    /// Linked devices connected to this node get a `notice` frame on their command channel.
+    fn tell_devices(&self, account: AccountId, notice: &mica_core::notices::DeviceNotice) {
+        let told = self.0.registry.notify_account(account, notice);
+        tracing::debug!(%account, told, kind = %notice.kind, "notice to linked devices");
+    }
+}
+
 impl ChannelState {
     fn backoff(&self, sends: u32) -> Duration {
         let cfg = &self.devices.0.cfg;
@@ -1739,6 +1749,7 @@ impl ChannelState {
                     None => return None,
                     Some(Wire::Command(frame)) => self.pending.push_back(frame),
                     Some(Wire::Acked(id)) => self.outstanding.retain(|o| o.frame.id != id),
+                    Some(Wire::Notice(n)) => return Some(ChannelFrame::Notice(n)),
                 },
                 () = async {
                     match due {

@@ -367,7 +367,9 @@ async fn owner_events(
 /// `Upgrade: websocket`) or as Server-Sent Events (any other `GET`). First a `hello`; then a
 /// `command` per command (every open one at connect, new ones as they are issued). Acknowledge
 /// each by id; one not acknowledged is sent again with doubling gaps (1 s, 2 s, 4 s … up to
-/// 30 s). Every 25 s a ping (WebSocket) or a comment (SSE) shows the connection is alive.
+/// 30 s). Every 25 s a ping (WebSocket) or a comment (SSE) shows the connection is alive. A
+/// `notice` (`{"kind", "title", "text"}`, e.g. a request to recover the account) is for the
+/// device's user to see; it needs no acknowledgement and is not sent again.
 ///
 /// On a WebSocket every message is a JSON text: the server sends `{"type": "hello", …}` and
 /// `{"type": "command", …}` (the fields of a command frame), and the device may acknowledge
@@ -421,6 +423,7 @@ async fn command_channel(
                 serde_json::json!({ "device_id": device_id, "server_time": server_time }),
             ),
             ChannelFrame::Command(c) => Event::default().event("command").json_data(&c),
+            ChannelFrame::Notice(n) => Event::default().event("notice").json_data(&n),
         };
         Ok::<_, Infallible>(ev.unwrap_or_default())
     });
@@ -503,14 +506,18 @@ fn channel_json(f: ChannelFrame) -> serde_json::Value {
         } => {
             serde_json::json!({ "type": "hello", "device_id": device_id, "server_time": server_time })
         }
-        ChannelFrame::Command(c) => {
-            let mut v = serde_json::to_value(&c).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("type".into(), "command".into());
-            }
-            v
-        }
+        ChannelFrame::Command(c) => typed("command", serde_json::to_value(&c)),
+        ChannelFrame::Notice(n) => typed("notice", serde_json::to_value(&n)),
     }
+}
+
+/// A frame's fields with its `type` added.
+fn typed(kind: &str, v: serde_json::Result<serde_json::Value>) -> serde_json::Value {
+    let mut v = v.unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), kind.into());
+    }
+    v
 }
 
 fn ws_json(v: &serde_json::Value) -> Message {

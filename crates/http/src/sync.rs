@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use mica_cloud::{BinEntry, Category, CloudError, CollectionInfo, ItemView, WriteResult};
+use mica_cloud::{BinEntry, Category, CloudError, CollectionInfo, ItemView, Wake, WriteResult};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
@@ -568,7 +568,8 @@ async fn put_device_sync(
 /// The device channel (Server-Sent Events). First a `ready` event; then a `changed` event
 /// (`{"collection", "category", "version"}`) whenever a collection of a category this device
 /// syncs changes — pull it then; `resync` if the device fell behind and should pull everything
-/// it syncs. A comment every 15 seconds keeps the connection open. The channel lasts as long
+/// it syncs; `notice` (`{"kind", "title", "text"}`) for the user to see, e.g. a request to
+/// recover the account. A comment every 15 seconds keeps the connection open. The channel lasts as long
 /// as its access token: signed out, revoked or expired, it ends with `ended`
 /// (`{"reason": "signed_out" | "token_expired"}`; reconnect with a fresh token).
 #[utoipa::path(get, path = "/device/channel", tag = "sync", security(("bearer" = [])),
@@ -600,12 +601,18 @@ async fn channel(
             }
             let ev = match received {
                 None => continue,
-                Some(Ok(change)) if categories.contains(&change.category) => Event::default()
-                    .event("changed")
-                    .id(change.version.to_string())
-                    .json_data(&change)
+                Some(Ok(Wake::Changed(change))) if categories.contains(&change.category) => {
+                    Event::default()
+                        .event("changed")
+                        .id(change.version.to_string())
+                        .json_data(&change)
+                        .unwrap_or_default()
+                }
+                Some(Ok(Wake::Changed(_))) => continue,
+                Some(Ok(Wake::Notice(n))) => Event::default()
+                    .event("notice")
+                    .json_data(&n)
                     .unwrap_or_default(),
-                Some(Ok(_)) => continue,
                 Some(Err(RecvError::Lagged(_))) => Event::default().event("resync").data("{}"),
                 Some(Err(RecvError::Closed)) => return None,
             };

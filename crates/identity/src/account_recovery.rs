@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use mica_core::crypto::{random_digits, random_token_string};
+use mica_core::notices::DeviceNotice;
 use mica_core::{AccountId, Login, Timestamp};
 use mica_notify::Message;
 use mica_store::{
@@ -315,12 +316,16 @@ impl Identity {
                 until = wait_until.to_rfc3339(),
                 id = row.id,
             );
-            self.tell_everywhere(
+            let subject = format!("{name}: a request to recover your account");
+            self.tell_everywhere(account, &subject, &text).await;
+            self.tell_devices(
                 account,
-                &format!("{name}: a request to recover your account"),
-                &text,
-            )
-            .await;
+                &DeviceNotice {
+                    kind: "recovery_requested".into(),
+                    title: subject,
+                    text,
+                },
+            );
         }
         Ok(self.status_of(&self.recovery_row(request_id).await?))
     }
@@ -605,20 +610,17 @@ impl Identity {
                     Some(row.id.clone()),
                 )
                 .await?;
-                self.tell_everywhere(
-                    account,
-                    &format!("{name}: a request to recover your account was approved"),
-                    &format!(
-                        "An operator approved request {id} to recover your {name} account \
-                         {account}, to be reached at {masked}. Until {until} that person can set \
-                         a new password. If this was not you, cancel it now: sign in and open \
-                         Security, or use the cancel code sent when it was made.",
-                        id = row.id,
-                        masked = contact.masked(),
-                        until = until.to_rfc3339(),
-                    ),
-                )
-                .await;
+                let subject = format!("{name}: a request to recover your account was approved");
+                let text = format!(
+                    "An operator approved request {id} to recover your {name} account {account}, \
+                     to be reached at {masked}. Until {until} that person can set a new password. \
+                     If this was not you, cancel it now: sign in and open Security, or use the \
+                     cancel code sent when it was made.",
+                    id = row.id,
+                    masked = contact.masked(),
+                    until = until.to_rfc3339(),
+                );
+                self.tell_everywhere(account, &subject, &text).await;
             }
             self.inner.notifier.dispatch(contact.message(
                 &format!("{name}: your account recovery request was approved"),

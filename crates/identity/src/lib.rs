@@ -194,6 +194,8 @@ struct Inner {
     exports_dir: std::path::PathBuf,
     relying_party: Option<passkeys::RelyingParty>,
     areas: std::sync::RwLock<Vec<Arc<dyn export::AccountArea>>>,
+    /// Where the account's connected devices are told things (command and sync channels).
+    device_notices: std::sync::RwLock<Vec<Arc<dyn mica_core::notices::DeviceNotices>>>,
 }
 
 struct Limits {
@@ -263,6 +265,7 @@ impl Identity {
                 exports_dir,
                 relying_party,
                 areas: std::sync::RwLock::default(),
+                device_notices: std::sync::RwLock::default(),
             }),
         };
         this.load_revocations().await?;
@@ -344,6 +347,29 @@ impl Identity {
         let view = Arc::new(self.view(&row)?);
         self.inner.views.put(p.account, view.clone(), now);
         Ok(view)
+    }
+
+    /// Adds a way to reach the account's connected devices (wired at start-up).
+    pub fn add_device_notices(&self, n: Arc<dyn mica_core::notices::DeviceNotices>) {
+        if let Ok(mut v) = self.inner.device_notices.write() {
+            v.push(n);
+        }
+    }
+
+    /// Tells every connected device of the account (best effort; see
+    /// [`mica_core::notices::DeviceNotices`]).
+    pub(crate) fn tell_devices(
+        &self,
+        account: AccountId,
+        notice: &mica_core::notices::DeviceNotice,
+    ) {
+        let targets = match self.inner.device_notices.read() {
+            Ok(v) => v.clone(),
+            Err(_) => return,
+        };
+        for t in targets {
+            t.tell_devices(account, notice);
+        }
     }
 
     /// Waits (at most `limit`) for the messages queued so far to be delivered or given up

@@ -147,6 +147,10 @@ pub struct Hooks {
     pub lock: Option<String>,
     pub unlock: Option<String>,
     pub erase: Option<String>,
+    /// Shows a notice from the account to the device's user (a request to recover the account,
+    /// say), with `MICA_NOTICE_KIND`, `MICA_NOTICE_TITLE` and `MICA_NOTICE_TEXT` set. Notices
+    /// are logged whether or not it is set.
+    pub notice: Option<String>,
 }
 
 impl Default for Hooks {
@@ -157,6 +161,7 @@ impl Default for Hooks {
             lock: None,
             unlock: None,
             erase: None,
+            notice: None,
         }
     }
 }
@@ -380,6 +385,26 @@ fn hook_command(cmd: &str) -> std::process::Command {
         .env_remove("MICA_AGENT_PASSWORD")
         .env_remove("MICA_AGENT_TOTP");
     c
+}
+
+/// A notice from the account: logged, and handed to the `notice` hook (in the background:
+/// the channel keeps being read).
+fn show_notice(hooks: &Hooks, v: &Value) {
+    let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let (kind, title, text) = (field("kind"), field("title"), field("text"));
+    tracing::warn!(%kind, %title, "notice from the account: {text}");
+    if let Some(h) = hooks.notice.clone() {
+        tokio::spawn(async move {
+            let env = vec![
+                ("MICA_NOTICE_KIND", kind),
+                ("MICA_NOTICE_TITLE", title),
+                ("MICA_NOTICE_TEXT", text),
+            ];
+            if let Err(e) = run_hook(&h, env).await {
+                tracing::warn!(error = %e, "the notice hook failed");
+            }
+        });
+    }
 }
 
 /// Runs a hook with `sh -c`; `Ok(())` when it exits 0.
@@ -1190,6 +1215,7 @@ async fn ws_attempt(
                     Some("command") => {
                         let _ = tx.send(v).await;
                     }
+                    Some("notice") => show_notice(&agent.cfg.hooks, &v),
                     _ => {}
                 }
             }
@@ -1239,6 +1265,10 @@ async fn sse_attempt(
                     } else if event == "command" {
                         if let Ok(v) = serde_json::from_str::<Value>(&data) {
                             let _ = tx.send(v).await;
+                        }
+                    } else if event == "notice" {
+                        if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                            show_notice(&agent.cfg.hooks, &v);
                         }
                     }
                 }

@@ -174,6 +174,8 @@ impl Server {
             cfg.devices.clone(),
         );
         identity.add_area(Arc::new(DevicesExport(devices.clone())));
+        identity.add_device_notices(Arc::new(devices.clone()));
+        identity.add_device_notices(Arc::new(cloud.clone()));
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),

@@ -20,6 +20,7 @@ on_both_backends!(
     the_owner_stops_a_stranger_s_recovery,
     recovery_requests_do_not_reveal_accounts,
     bad_recovery_requests_are_refused,
+    connected_devices_are_told_of_a_recovery_request,
 );
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
@@ -475,4 +476,65 @@ async fn bad_recovery_requests_are_refused(app: &TestApp) {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Reads a Server-Sent Events response into `seen` until it holds `needle` (10 s at most).
+async fn read_until(resp: &mut reqwest::Response, seen: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} on the channel; got {seen}"))
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+async fn sync_channel(app: &TestApp, token: &str) -> reqwest::Response {
+    let mut resp = app
+        .http
+        .get(app.url("/api/v1/device/channel"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    read_until(&mut resp, &mut String::new(), "event: ready").await;
+    resp
+}
+
+async fn connected_devices_are_told_of_a_recovery_request(app: &TestApp) {
+    let email = "fay@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    // A laptop linked with the agent (its command channel), and an app signed in and
+    // listening on its sync channel.
+    let mut laptop = crate::devices::Agent::new(app, "laptop", 31, "true");
+    laptop.link_and_run(&c, email).await;
+    let mut sync = sync_channel(app, &t.access_token).await;
+    let other = app.signup_email("gus@example.com").await;
+    let mut theirs = sync_channel(app, &other.access_token).await;
+
+    let id = file_request(app, email, "fay.new@example.net", &[]).await;
+
+    let mut seen = String::new();
+    read_until(&mut sync, &mut seen, "event: notice").await;
+    read_until(&mut sync, &mut seen, "\n\n").await;
+    assert!(
+        seen.contains("recovery_requested") && seen.contains(&id),
+        "{seen}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !laptop.out("notice.log").contains("recovery_requested|") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's notice hook never ran:\n{}",
+            laptop.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(laptop.log().contains("notice from the account"));
+    // Another account's devices hear nothing.
+    let more = tokio::time::timeout(Duration::from_millis(500), theirs.chunk()).await;
+    assert!(more.is_err(), "another account's channel got {more:?}");
 }

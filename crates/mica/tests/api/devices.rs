@@ -89,6 +89,7 @@ ring = '{ring_hook}'
 lock = 'echo "$MICA_LOST_MESSAGE|$MICA_LOST_PHONE" >> {out}/lock.log'
 unlock = 'echo unlocked >> {out}/unlock.log'
 erase = 'echo "$MICA_DATA_DIR" >> {out}/erase.log'
+notice = 'echo "$MICA_NOTICE_KIND|$MICA_NOTICE_TITLE" >> {out}/notice.log'
 
 [sync]
 categories = ["notes"]
