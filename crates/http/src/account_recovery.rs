@@ -48,10 +48,9 @@ pub struct RecoveryRequest {
 pub struct RecoveryStartedResponse {
     /// Quote it with the code sent to `contact`, and to follow the request.
     pub request_id: String,
+    /// The code expires then; to get another, file the request again.
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: String,
-    #[schema(value_type = String, format = DateTime)]
-    pub resend_after: String,
     pub message: String,
 }
 
@@ -60,7 +59,6 @@ impl From<RecoveryStarted> for RecoveryStartedResponse {
         RecoveryStartedResponse {
             request_id: r.request_id,
             expires_at: r.expires_at.to_rfc3339(),
-            resend_after: r.resend_after.to_rfc3339(),
             message: "A code was sent to the contact address; confirm it to file the request."
                 .into(),
         }
@@ -108,7 +106,7 @@ pub struct RecoveryStatusResponse {
     /// For an approved request: finish it before this time.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finish_by: Option<String>,
-    /// Why it was denied or cancelled.
+    /// Why it was denied, cancelled or expired.
     pub reason: Option<String>,
 }
 

@@ -22,7 +22,7 @@ use mica_core::{AccountId, Login, Timestamp};
 use mica_notify::Message;
 use mica_store::{
     NewCode, NewRecoveryRequest, RecoveryCompleted, RecoveryCompletion, RecoveryRequestRow,
-    RECOVERY_OPEN,
+    RecoveryStateChange, RECOVERY_OPEN,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -34,13 +34,15 @@ const PURPOSE_FINISH: &str = "recovery_finish";
 const STATEMENT_MAX_CHARS: usize = 2000;
 const STATEMENT_MIN_CHARS: usize = 10;
 const ANSWERS_MAX: usize = 3;
+/// Requests filed a day for one login (as typed): each is told to the owner everywhere.
+const FILINGS_PER_DAY: i64 = 3;
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// The answer to a recovery request: the same whether or not an account matches.
 #[derive(Debug, Clone)]
 pub struct RecoveryStarted {
     pub request_id: String,
     pub expires_at: Timestamp,
-    pub resend_after: Timestamp,
 }
 
 /// Where a request stands, as its requester sees it.
@@ -54,7 +56,7 @@ pub struct RecoveryStatus {
     pub wait_until: Option<Timestamp>,
     /// For an approved request: until when it can be finished.
     pub finish_by: Option<Timestamp>,
-    /// Why it was denied or cancelled.
+    /// Why it was denied, cancelled or expired.
     pub reason: Option<String>,
 }
 
@@ -93,6 +95,9 @@ pub struct RecoveryReview {
     pub wait_until: Option<Timestamp>,
     pub decided_at: Option<Timestamp>,
     pub decided_by: Option<String>,
+    /// The operator's note on an approval (never shown to the requester).
+    pub note: Option<String>,
+    /// Why it was denied, cancelled or expired.
     pub reason: Option<String>,
     /// Other requests for the same account, any state.
     pub other_requests: usize,
@@ -149,7 +154,10 @@ impl Identity {
                         .map(|d| d.plus(self.recovery_finish_window()))
                 })
                 .flatten(),
-            reason: row.reason.clone(),
+            // An operator's note is theirs; only why it ended is the requester's.
+            reason: matches!(row.state.as_str(), "denied" | "cancelled" | "expired")
+                .then(|| row.reason.clone())
+                .flatten(),
         }
     }
 
@@ -201,24 +209,25 @@ impl Identity {
         self.check_destination_limits(&limit_bidx, PURPOSE_CONTACT)
             .await?;
         self.limit(&self.inner.limits.codes_ip, &client.ip)?;
+        // A few filings a day per login typed, whether or not it names an account: each is
+        // told to the owner everywhere, and requests must not flood them.
+        let now = self.now();
+        let login_bidx = self.keys().blind_index("login", &crate::login_key(&login));
+        let (filed, oldest) = self
+            .store()
+            .recovery_filings(&login_bidx, now.minus(DAY))
+            .await?;
+        if filed >= FILINGS_PER_DAY {
+            return Err(IdentityError::RateLimited {
+                retry_after: now.until(oldest.unwrap_or(now).plus(DAY)),
+            });
+        }
 
         let account = self.account_for_login(&login).await?.map(|a| a.id);
-        // Answers are checked whether or not an account matches (the same hashing work, so
-        // the same time): the answer to the requester says nothing either way.
-        let answers_right = match account {
-            Some(a) if !answers.is_empty() => self.check_security_answers(a, answers).await?,
-            _ => {
-                for a in answers {
-                    self.inner.hasher.verify(a, None).await?;
-                }
-                0
-            }
-        };
-        let known_ip = match account {
-            Some(a) => self.store().signed_in_from(a, &client.ip).await?,
-            None => false,
-        };
-        let now = self.now();
+        // The same work whether or not an account matches (every answer hashed, the same
+        // query), so neither the answer nor its time says which.
+        let answers_right = self.check_security_answers(account, answers).await?;
+        let known_ip = self.store().signed_in_from(account, &client.ip).await?;
         let id = format!("ar_{}", random_token_string(18));
         let code = random_digits(6);
         let expires_at = now.plus(self.code_ttl());
@@ -240,6 +249,7 @@ impl Identity {
             .insert_recovery_request(&NewRecoveryRequest {
                 id: id.clone(),
                 account_id: account,
+                login_bidx,
                 contact_kind: contact.kind(),
                 contact_enc: self.keys().seal(contact.kind(), contact.value()),
                 contact_bidx: self.keys().blind_index(contact.kind(), contact.value()),
@@ -266,7 +276,6 @@ impl Identity {
         Ok(RecoveryStarted {
             request_id: id,
             expires_at,
-            resend_after: now.plus(self.resend_cooldown()),
         })
     }
 
@@ -295,39 +304,62 @@ impl Identity {
             return Err(IdentityError::CodeExpired);
         }
         if let Some(account) = row.account_id {
+            // In the background: the answer comes as fast whether or not an account matches.
+            let this = self.clone();
             let contact = self.recovery_contact(&row)?.masked();
-            self.event(
+            let (client, id) = (client.clone(), row.id.clone());
+            tokio::spawn(async move {
+                this.tell_of_request(account, &id, &contact, &cancel_code, wait_until, &client)
+                    .await;
+            });
+        }
+        Ok(self.status_of(&self.recovery_row(request_id).await?))
+    }
+
+    /// Logs a filed request and tells the owner at every address and on every connected
+    /// device, with the code that cancels it.
+    async fn tell_of_request(
+        &self,
+        account: AccountId,
+        id: &str,
+        contact: &str,
+        cancel_code: &str,
+        wait_until: Timestamp,
+        client: &ClientInfo,
+    ) {
+        if let Err(e) = self
+            .event(
                 account,
                 "recovery_requested",
                 client,
                 None,
                 Some(format!("to be reached at {contact}")),
             )
-            .await?;
-            let name = &self.inner.cfg.service_name;
-            let text = format!(
-                "Someone asked to recover your {name} account {account} without any of its sign-in \
-                 factors, from the address {ip}, to be reached at {contact}. Unless it is \
-                 cancelled, an operator will review it after {until}, and if approved that person \
-                 can set a new password and take the account over.\n\n\
-                 If this was not you, cancel it now: sign in and open Security, or quote request \
-                 {id} with cancel code {cancel_code} (POST /api/v1/account-recovery/cancel).",
-                ip = client.ip,
-                until = wait_until.to_rfc3339(),
-                id = row.id,
-            );
-            let subject = format!("{name}: a request to recover your account");
-            self.tell_everywhere(account, &subject, &text).await;
-            self.tell_devices(
-                account,
-                &DeviceNotice {
-                    kind: "recovery_requested".into(),
-                    title: subject,
-                    text,
-                },
-            );
+            .await
+        {
+            tracing::warn!(error = %e, "cannot log a recovery request");
         }
-        Ok(self.status_of(&self.recovery_row(request_id).await?))
+        let name = &self.inner.cfg.service_name;
+        let text = format!(
+            "Someone asked to recover your {name} account {account} without any of its sign-in \
+             factors, from the address {ip}, to be reached at {contact}. Unless it is cancelled, \
+             an operator will review it after {until}, and if approved that person can set a new \
+             password and take the account over.\n\n\
+             If this was not you, cancel it now: sign in and open Security, or quote request {id} \
+             with cancel code {cancel_code} (POST /api/v1/account-recovery/cancel).",
+            ip = client.ip,
+            until = wait_until.to_rfc3339(),
+        );
+        let subject = format!("{name}: a request to recover your account");
+        self.tell_everywhere(account, &subject, &text).await;
+        self.tell_devices(
+            account,
+            &DeviceNotice {
+                kind: "recovery_requested".into(),
+                title: subject,
+                text,
+            },
+        );
     }
 
     /// Where a request stands, for whoever holds its id.
@@ -408,10 +440,13 @@ impl Identity {
             .set_recovery_state(
                 &row.id,
                 RECOVERY_OPEN,
-                "cancelled",
-                self.now(),
-                Some("owner"),
-                Some(reason),
+                &RecoveryStateChange {
+                    to: "cancelled",
+                    at: self.now(),
+                    by: Some("owner"),
+                    note: None,
+                    reason: Some(reason),
+                },
             )
             .await?
         {
@@ -438,8 +473,9 @@ impl Identity {
         Ok(())
     }
 
-    /// Moves requests whose wait is over to review (telling `recovery_review_email`), and
-    /// forgets those whose address was never proven. Run periodically.
+    /// Moves requests whose wait is over to review (telling `recovery_review_email`), expires
+    /// approvals not used in time, and forgets requests whose address was never proven. Run
+    /// periodically.
     pub async fn recovery_maintenance(&self) -> Result<u64, IdentityError> {
         let now = self.now();
         let due = self.store().recovery_requests_due(now).await?;
@@ -469,8 +505,12 @@ impl Identity {
         for r in &due {
             tracing::info!(request = %r.id, "account recovery request ready for review");
         }
+        let expired = self
+            .store()
+            .expire_recovery_approvals(now.minus(self.recovery_finish_window()))
+            .await?;
         let purged = self.store().purge_recovery_requests(now).await?;
-        Ok(due.len() as u64 + purged)
+        Ok(due.len() as u64 + expired + purged)
     }
 
     /// For operators: requests to review (`all`: every request, any state).
@@ -551,26 +591,40 @@ impl Identity {
             wait_until: r.wait_until,
             decided_at: r.decided_at,
             decided_by: r.decided_by.clone(),
+            note: r.note.clone(),
             reason: r.reason.clone(),
             other_requests: others,
         })
     }
 
     /// An operator's decision. Approval only once the waiting period is over (in review) and
-    /// for a request that names an account; a denial at any time before approval.
+    /// for a request that names an account, with an optional note kept from the requester; a
+    /// denial at any time before approval, with the reason the requester is told.
     pub async fn decide_recovery(
         &self,
         id: &str,
         approve: bool,
         operator: &str,
-        reason: Option<&str>,
+        text: Option<&str>,
     ) -> Result<RecoveryReview, IdentityError> {
         let operator = operator.trim();
         if operator.is_empty() || operator.len() > 100 {
             return Err(invalid("operator", "say who decides (1 to 100 characters)"));
         }
-        let row = self.recovery_row(id).await?;
+        let text = text.map(str::trim).filter(|r| !r.is_empty());
+        if text.is_some_and(|t| t.chars().count() > 1000) {
+            return Err(invalid("reason", "keep it under 1000 characters"));
+        }
         let now = self.now();
+        // A request whose wait is over is in review now, even before the maintenance says so.
+        self.store().recovery_requests_due(now).await?;
+        let row = self.recovery_row(id).await?;
+        if row.state == "unverified" {
+            return Err(invalid(
+                "id",
+                "this request's contact address was never confirmed: it was not filed",
+            ));
+        }
         let (from, to): (&[&str], &str) = if approve {
             if row.state == "waiting" {
                 return Err(IdentityError::RecoveryWaiting {
@@ -584,10 +638,20 @@ impl Identity {
         } else {
             (&["waiting", "in_review"], "denied")
         };
-        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        let (note, reason) = if approve { (text, None) } else { (None, text) };
         if !self
             .store()
-            .set_recovery_state(&row.id, from, to, now, Some(operator), reason)
+            .set_recovery_state(
+                &row.id,
+                from,
+                &RecoveryStateChange {
+                    to,
+                    at: now,
+                    by: Some(operator),
+                    note,
+                    reason,
+                },
+            )
             .await?
         {
             return Err(IdentityError::RecoveryClosed);
@@ -677,10 +741,13 @@ impl Identity {
                 .set_recovery_state(
                     &row.id,
                     &["approved"],
-                    "expired",
-                    now,
-                    None,
-                    Some("it was not finished in time"),
+                    &RecoveryStateChange {
+                        to: "expired",
+                        at: now,
+                        by: None,
+                        note: None,
+                        reason: Some("it was not finished in time"),
+                    },
                 )
                 .await?;
             return Err(IdentityError::RecoveryNotApproved {
@@ -746,15 +813,12 @@ impl Identity {
         let contact = self.recovery_contact(&row)?;
         let id_text = account.to_string();
         crate::password::check_policy(new_password.expose_secret(), &[&id_text, contact.value()])?;
-        // Who to tell afterwards: the addresses the account had before, as well as after.
-        let before = match self
-            .store()
-            .account(mica_store::LookupBy::Id(account))
-            .await?
-        {
-            Some(a) => self.view(&a)?,
-            None => return Err(IdentityError::CodeExpired),
-        };
+        // Who to tell afterwards: every address the account had (they are removed), and the
+        // new one.
+        let mut told = self.known_addresses(account).await;
+        if !told.iter().any(|t| t.value() == contact.value()) {
+            told.push(contact.clone());
+        }
         let hash = self.inner.hasher.hash(&new_password).await?;
         let now = self.now();
         let sealed = self.keys().seal(contact.kind(), contact.value());
@@ -770,11 +834,19 @@ impl Identity {
                 contact_enc: &sealed,
                 contact_bidx: &bidx,
                 now,
+                approved_since: now.minus(self.recovery_finish_window()),
             })
             .await?
         {
             RecoveryCompleted::Done { revoked } => revoked,
-            RecoveryCompleted::Stale => return Err(IdentityError::CodeExpired),
+            RecoveryCompleted::Stale => {
+                return Err(match self.recovery_row(&row.id).await?.state.as_str() {
+                    "approved" => IdentityError::RecoveryNotApproved {
+                        state: "expired".into(),
+                    },
+                    _ => IdentityError::CodeExpired,
+                })
+            }
             RecoveryCompleted::ContactTaken => return Err(IdentityError::IdentifierTaken),
         };
         self.note_revoked(revoked);
@@ -796,18 +868,14 @@ impl Identity {
         let subject = format!("{name}: your account was recovered");
         let text = format!(
             "Your {name} account {account} was recovered through request {}: its password was \
-             set anew, every device was signed out, two-step verification was turned off and \
-             {} is now its address. If this was not you, contact the operator of {name} at once.",
+             set anew, every device was signed out, two-step verification and the recovery \
+             addresses were removed, and {} is now its only address. If this was not you, contact \
+             the operator of {name} at once.",
             row.id,
             contact.masked()
         );
-        self.tell_everywhere(account, &subject, &text).await;
-        let replaced = match contact {
-            SignupTarget::Email(_) => before.email.map(SignupTarget::Email),
-            SignupTarget::Phone(_) => before.phone.map(SignupTarget::Phone),
-        };
-        if let Some(old) = replaced.filter(|o| o.value() != contact.value()) {
-            self.inner.notifier.dispatch(old.message(&subject, &text));
+        for to in told {
+            self.inner.notifier.dispatch(to.message(&subject, &text));
         }
         Ok(())
     }

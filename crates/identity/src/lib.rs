@@ -372,10 +372,15 @@ impl Identity {
         }
     }
 
-    /// Waits (at most `limit`) for the messages queued so far to be delivered or given up
-    /// on; whether all were. For a process about to exit.
-    pub async fn flush_messages(&self, limit: Duration) -> bool {
+    /// Waits (at most `limit`) for the messages queued so far to be delivered; an error when
+    /// one could not be. For a process about to exit.
+    pub async fn flush_messages(&self, limit: Duration) -> Result<(), mica_notify::NotifyError> {
         self.inner.notifier.flush(limit).await
+    }
+
+    /// Where email and SMS go: `smtp` / `outbox`, `webhook` / `outbox`.
+    pub fn message_routes(&self) -> (&'static str, &'static str) {
+        self.inner.notifier.routes()
     }
 
     /// Forgets the cached view of an account after it changed.
@@ -383,14 +388,12 @@ impl Identity {
         self.inner.views.remove(id);
     }
 
-    /// Deletes expired codes and moves recovery requests whose wait is over to review; run
-    /// periodically.
+    /// Deletes expired codes; run periodically.
     pub async fn purge_expired(&self) -> Result<u64, IdentityError> {
         // Keep expired codes a day: they still count towards per-destination limits.
         let cutoff = self.now().minus(Duration::from_secs(86_400));
         let codes = self.store().purge_codes(cutoff).await?;
         let codes = codes + self.store().purge_webauthn_challenges(self.now()).await?;
-        let codes = codes + self.purge_exports().await?;
-        Ok(codes + self.recovery_maintenance().await?)
+        Ok(codes + self.purge_exports().await?)
     }
 }

@@ -182,6 +182,14 @@ impl Identity {
     /// recovery email and phone — so that a change made through one of them (a recovery
     /// address an attacker added, a SIM swapped) is seen at the others. Best effort.
     pub(crate) async fn tell_everywhere(&self, account: AccountId, subject: &str, text: &str) {
+        for target in self.known_addresses(account).await {
+            self.inner.notifier.dispatch(target.message(subject, text));
+        }
+    }
+
+    /// Every address the account knows: its email and phone, its recovery email and phone
+    /// (each once). What cannot be read is logged and left out.
+    pub(crate) async fn known_addresses(&self, account: AccountId) -> Vec<SignupTarget> {
         let mut to: Vec<SignupTarget> = Vec::new();
         match self
             .store()
@@ -194,7 +202,7 @@ impl Identity {
                 to.extend(view.email.map(SignupTarget::Email));
                 to.extend(view.phone.map(SignupTarget::Phone));
             }
-            Ok(None) => return,
+            Ok(None) => return to,
             Err(e) => tracing::warn!(error = %e, "cannot read the account to send a notice"),
         }
         match self.store().recovery_factors(account).await {
@@ -219,19 +227,7 @@ impl Identity {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the recovery addresses"),
         }
-        for target in to {
-            self.inner.notifier.dispatch(match target {
-                SignupTarget::Email(e) => Message::Email {
-                    to: e,
-                    subject: subject.to_owned(),
-                    body: text.to_owned(),
-                },
-                SignupTarget::Phone(p) => Message::Sms {
-                    to: p,
-                    text: text.to_owned(),
-                },
-            });
-        }
+        to
     }
 
     /// The account's email, else its recovery email.

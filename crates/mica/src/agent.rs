@@ -392,7 +392,8 @@ fn hook_command(cmd: &str) -> std::process::Command {
 fn show_notice(hooks: &Hooks, v: &Value) {
     let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let (kind, title, text) = (field("kind"), field("title"), field("text"));
-    tracing::warn!(%kind, %title, "notice from the account: {text}");
+    // The text may hold a code (a recovery request's cancel code): not for the log.
+    tracing::warn!(%kind, %title, "notice from the account");
     if let Some(h) = hooks.notice.clone() {
         tokio::spawn(async move {
             let env = vec![

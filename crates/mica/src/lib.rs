@@ -257,6 +257,9 @@ impl Server {
                         if let Err(e) = identity.purge_expired().await {
                             tracing::warn!(error = %e, "purging expired codes failed");
                         }
+                        if let Err(e) = identity.recovery_maintenance().await {
+                            tracing::warn!(error = %e, "account recovery maintenance failed");
+                        }
                         if let Err(e) = maintenance.maintenance().await {
                             tracing::warn!(error = %e, "cloud maintenance failed");
                         }

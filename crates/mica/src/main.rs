@@ -211,6 +211,13 @@ async fn check_usage(cfg: &Config) -> anyhow::Result<()> {
 
 async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> {
     let identity = mica::operator_identity(cfg, std::sync::Arc::new(SystemClock)).await?;
+    let (email, sms) = identity.message_routes();
+    if email == "outbox" || sms == "outbox" {
+        eprintln!(
+            "note: with no SMTP server or SMS gateway configured here, messages go to {}",
+            cfg.data_dir.join("outbox.jsonl").display()
+        );
+    }
     match command {
         RecoveryCommand::List { all } => {
             let list = identity.recovery_reviews(all).await?;
@@ -251,11 +258,11 @@ async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> 
             print_review(&r);
         }
     }
-    if !identity
+    if let Err(e) = identity
         .flush_messages(std::time::Duration::from_secs(60))
         .await
     {
-        anyhow::bail!("the decision is recorded, but a message could not be delivered in time");
+        anyhow::bail!("done, but the messages about it were not all delivered: {e}");
     }
     Ok(())
 }
@@ -290,6 +297,9 @@ fn print_review(r: &mica_identity::RecoveryReview) {
     println!("other requests   {}", r.other_requests);
     if let Some(by) = &r.decided_by {
         println!("decided          {} by {by}", time(r.decided_at));
+    }
+    if let Some(note) = &r.note {
+        println!("note             {note}");
     }
     if let Some(reason) = &r.reason {
         println!("reason           {reason}");

@@ -73,6 +73,8 @@ pub struct Notifier {
     clock: Arc<dyn Clock>,
     /// Messages dispatched and not yet delivered or given up on.
     in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Messages given up on since this notifier was made.
+    failed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -147,6 +149,7 @@ impl Notifier {
             outbox: Outbox::new(cfg.outbox_file.clone()),
             clock,
             in_flight: Arc::new(tokio::sync::watch::Sender::new(0)),
+            failed: Arc::default(),
         })
     }
 
@@ -171,30 +174,46 @@ impl Notifier {
         let this = self.clone();
         self.in_flight.send_modify(|n| *n += 1);
         tokio::spawn(async move {
-            this.deliver(msg).await;
+            if !this.deliver(msg).await {
+                this.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             this.in_flight.send_modify(|n| *n = n.saturating_sub(1));
         });
     }
 
-    /// Waits until every dispatched message is delivered or given up on, for at most
-    /// `limit`; whether none is left. For a process that exits once its work is done (an
-    /// operator command).
-    pub async fn flush(&self, limit: Duration) -> bool {
+    /// Waits (at most `limit`) until every dispatched message is delivered or given up on.
+    /// An error when one was given up on or is still on its way. For a process that exits
+    /// once its work is done (an operator command).
+    pub async fn flush(&self, limit: Duration) -> Result<(), NotifyError> {
         let mut rx = self.in_flight.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+        let settled = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .is_ok_and(|r| r.is_ok());
+        if !settled {
+            return Err(NotifyError::Delivery(format!(
+                "messages still undelivered after {} s",
+                limit.as_secs()
+            )));
+        }
+        match self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Ok(()),
+            failed => Err(NotifyError::Delivery(format!(
+                "{failed} message(s) could not be delivered"
+            ))),
+        }
     }
 
-    /// Delivers with retries (five tries, the gap tripling from half a second).
-    async fn deliver(&self, msg: Message) {
+    /// Delivers with retries (five tries, the gap tripling from half a second); whether it
+    /// was delivered.
+    async fn deliver(&self, msg: Message) -> bool {
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=5u32 {
             match self.send(&msg).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e @ NotifyError::Refused(_)) => {
                     tracing::warn!(attempt, error = %e, channel = msg.channel(), "message refused; not retrying");
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, channel = msg.channel(), "message delivery failed");
@@ -207,6 +226,7 @@ impl Notifier {
             channel = msg.channel(),
             "message dropped after 5 failed deliveries"
         );
+        false
     }
 
     /// Delivers one message now.

@@ -34,6 +34,9 @@ pub struct RecoveryRequestRow {
     pub wait_until: Option<Timestamp>,
     pub decided_at: Option<Timestamp>,
     pub decided_by: Option<String>,
+    /// The operator's note, never shown to the requester.
+    pub note: Option<String>,
+    /// Why it was denied, cancelled or expired.
     pub reason: Option<String>,
 }
 
@@ -41,6 +44,7 @@ pub struct RecoveryRequestRow {
 pub struct NewRecoveryRequest {
     pub id: String,
     pub account_id: Option<AccountId>,
+    pub login_bidx: Vec<u8>,
     pub contact_kind: &'static str,
     pub contact_enc: Vec<u8>,
     pub contact_bidx: Vec<u8>,
@@ -52,6 +56,19 @@ pub struct NewRecoveryRequest {
     pub user_agent: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+/// A request's move to another state.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryStateChange<'a> {
+    pub to: &'a str,
+    pub at: Timestamp,
+    /// Who decided (an operator's name, `owner`).
+    pub by: Option<&'a str>,
+    /// An operator's note, not for the requester.
+    pub note: Option<&'a str>,
+    /// Why it ended, for the requester.
+    pub reason: Option<&'a str>,
 }
 
 /// What a completed recovery changes, in one transaction.
@@ -66,6 +83,8 @@ pub struct RecoveryCompletion<'a> {
     pub contact_enc: &'a [u8],
     pub contact_bidx: &'a [u8],
     pub now: Timestamp,
+    /// The approval must be at least this recent.
+    pub approved_since: Timestamp,
 }
 
 /// How a completion ended.
@@ -82,7 +101,7 @@ pub enum RecoveryCompleted {
 
 const COLUMNS: &str = "id, account_id, contact_kind, contact_enc, contact_bidx, statement_enc, \
      answers_given, answers_right, known_ip, ip, user_agent, state, cancel_hash, created_at, \
-     expires_at, wait_until, decided_at, decided_by, reason";
+     expires_at, wait_until, decided_at, decided_by, note, reason";
 
 fn from_row(r: &AnyRow) -> Result<RecoveryRequestRow> {
     Ok(RecoveryRequestRow {
@@ -106,6 +125,7 @@ fn from_row(r: &AnyRow) -> Result<RecoveryRequestRow> {
         wait_until: r.try_get::<Option<i64>, _>("wait_until")?.map(Timestamp),
         decided_at: r.try_get::<Option<i64>, _>("decided_at")?.map(Timestamp),
         decided_by: r.try_get("decided_by")?,
+        note: r.try_get("note")?,
         reason: r.try_get("reason")?,
     })
 }
@@ -120,12 +140,14 @@ fn in_list(states: &[&str], first: usize) -> String {
 impl Store {
     pub async fn insert_recovery_request(&self, r: &NewRecoveryRequest) -> Result<()> {
         sqlx::query(
-            "INSERT INTO recovery_requests (id, account_id, contact_kind, contact_enc, contact_bidx, \
-             statement_enc, answers_given, answers_right, known_ip, ip, user_agent, state, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'unverified', $12, $13)",
+            "INSERT INTO recovery_requests (id, account_id, login_bidx, contact_kind, contact_enc, \
+             contact_bidx, statement_enc, answers_given, answers_right, known_ip, ip, user_agent, state, \
+             created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'unverified', $13, $14)",
         )
         .bind(r.id.clone())
         .bind(r.account_id.map(AccountId::as_i64))
+        .bind(r.login_bidx.clone())
         .bind(r.contact_kind)
         .bind(r.contact_enc.clone())
         .bind(r.contact_bidx.clone())
@@ -213,28 +235,28 @@ impl Store {
         Ok(true)
     }
 
-    /// Moves a request from one of `from` to `to`, recording who decided and why; false when
-    /// it was no longer in any of `from`.
+    /// Moves a request from one of `from` to `to`; false when it was no longer in any of
+    /// `from`. The first decision is kept (who, when: an approval's time bounds its use), a
+    /// later one (a cancellation after approval) adds its `reason`.
     pub async fn set_recovery_state(
         &self,
         id: &str,
         from: &[&str],
-        to: &str,
-        now: Timestamp,
-        by: Option<&str>,
-        reason: Option<&str>,
+        change: &RecoveryStateChange<'_>,
     ) -> Result<bool> {
         let sql = format!(
-            "UPDATE recovery_requests SET state = $2, decided_at = $3, decided_by = $4, reason = $5 \
-             WHERE id = $1 AND state IN ({})",
-            in_list(from, 6)
+            "UPDATE recovery_requests SET state = $2, decided_at = COALESCE(decided_at, $3), \
+             decided_by = COALESCE(decided_by, $4), note = COALESCE($5, note), \
+             reason = COALESCE($6, reason) WHERE id = $1 AND state IN ({})",
+            in_list(from, 7)
         );
         let mut q = sqlx::query(&sql)
             .bind(id)
-            .bind(to)
-            .bind(now.millis())
-            .bind(by.map(str::to_owned))
-            .bind(reason.map(str::to_owned));
+            .bind(change.to)
+            .bind(change.at.millis())
+            .bind(change.by.map(str::to_owned))
+            .bind(change.note.map(str::to_owned))
+            .bind(change.reason.map(str::to_owned));
         for s in from {
             q = q.bind(*s);
         }
@@ -251,6 +273,18 @@ impl Store {
         .fetch_all(&self.writer)
         .await?;
         due.iter().map(from_row).collect()
+    }
+
+    /// Approvals older than `before` that were never used expire.
+    pub async fn expire_recovery_approvals(&self, before: Timestamp) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE recovery_requests SET state = 'expired', reason = 'it was not finished in time' \
+             WHERE state = 'approved' AND decided_at < $1",
+        )
+        .bind(before.millis())
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
     }
 
     /// Forgets requests whose contact was never proven, once their code has expired.
@@ -280,10 +314,11 @@ impl Store {
         .rows_affected();
         let completed = sqlx::query(
             "UPDATE recovery_requests SET state = 'completed' \
-             WHERE id = $1 AND account_id = $2 AND state = 'approved'",
+             WHERE id = $1 AND account_id = $2 AND state = 'approved' AND decided_at >= $3",
         )
         .bind(c.request_id)
         .bind(c.account.as_i64())
+        .bind(c.approved_since.millis())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -291,9 +326,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(RecoveryCompleted::Stale);
         }
-        let (enc_col, bidx_col) = match c.contact_kind {
-            "email" => ("email_enc", "email_bidx"),
-            _ => ("phone_enc", "phone_bidx"),
+        let (enc_col, bidx_col, other_enc, other_bidx) = match c.contact_kind {
+            "email" => ("email_enc", "email_bidx", "phone_enc", "phone_bidx"),
+            _ => ("phone_enc", "phone_bidx", "email_enc", "email_bidx"),
         };
         let taken = sqlx::query(&format!(
             "SELECT id FROM accounts WHERE {bidx_col} = $1 AND id <> $2"
@@ -306,9 +341,12 @@ impl Store {
             tx.rollback().await?;
             return Ok(RecoveryCompleted::ContactTaken);
         }
-        sqlx::query(&format!(
+        // The lost email or phone goes too: whoever holds it now (a recycled number, a mailbox
+        // taken over) must not reset the password again once two-step is off.
+        let set = sqlx::query(&format!(
             "UPDATE accounts SET password_hash = $2, password_changed_at = $3, failed_logins = 0, \
-             locked_until = 0, {enc_col} = $4, {bidx_col} = $5 WHERE id = $1"
+             locked_until = 0, {enc_col} = $4, {bidx_col} = $5, {other_enc} = NULL, \
+             {other_bidx} = NULL WHERE id = $1"
         ))
         .bind(c.account.as_i64())
         .bind(c.password_hash)
@@ -316,20 +354,34 @@ impl Store {
         .bind(c.contact_enc.to_vec())
         .bind(c.contact_bidx.to_vec())
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match set.map_err(crate::StoreError::from) {
+            Ok(_) => {}
+            // Taken by a sign-up between the check and the write (PostgreSQL).
+            Err(crate::StoreError::Conflict) => {
+                tx.rollback().await?;
+                return Ok(RecoveryCompleted::ContactTaken);
+            }
+            Err(e) => return Err(e),
+        }
         let revoked = crate::sessions::revoke_all_in(&mut tx, c.account, c.now).await?;
         crate::app_passwords::revoke_all_app_passwords_in(&mut tx, c.account).await?;
-        for table in ["totp_factors", "recovery_codes", "passkeys"] {
+        // Every factor was lost, or is in someone else's hands: two-step (authenticator,
+        // recovery codes, passkeys) and the recovery addresses go, and so do codes still
+        // pending (a reset code sent to the old address).
+        for table in [
+            "totp_factors",
+            "recovery_codes",
+            "passkeys",
+            "recovery_factors",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE account_id = $1"))
                 .bind(c.account.as_i64())
                 .execute(&mut *tx)
                 .await?;
         }
-        // The proven contact is the account's own now; a recovery factor holding the same
-        // address would only repeat it.
-        sqlx::query("DELETE FROM recovery_factors WHERE account_id = $1 AND value_bidx = $2")
+        sqlx::query("DELETE FROM verification_codes WHERE account_id = $1 AND consumed_at IS NULL")
             .bind(c.account.as_i64())
-            .bind(c.contact_bidx.to_vec())
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!(
@@ -349,12 +401,34 @@ impl Store {
         Ok(RecoveryCompleted::Done { revoked })
     }
 
+    /// Requests filed (their contact proven) for what was typed as `login_bidx` since `since`:
+    /// their number and the oldest one's time.
+    pub async fn recovery_filings(
+        &self,
+        login_bidx: &[u8],
+        since: Timestamp,
+    ) -> Result<(i64, Option<Timestamp>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM recovery_requests \
+             WHERE login_bidx = $1 AND created_at >= $2 AND state <> 'unverified'",
+        )
+        .bind(login_bidx.to_vec())
+        .bind(since.millis())
+        .fetch_one(&self.writer)
+        .await?;
+        Ok((
+            row.try_get("n")?,
+            row.try_get::<Option<i64>, _>("oldest")?.map(Timestamp),
+        ))
+    }
+
     /// Whether the account has signed in from `ip` (evidence for an operator, never proof).
-    pub async fn signed_in_from(&self, account: AccountId, ip: &str) -> Result<bool> {
+    /// With no account, the same query finds nothing in the same time.
+    pub async fn signed_in_from(&self, account: Option<AccountId>, ip: &str) -> Result<bool> {
         Ok(sqlx::query(
             "SELECT 1 AS x FROM login_events WHERE account_id = $1 AND ip = $2 AND outcome = 'success' LIMIT 1",
         )
-        .bind(account.as_i64())
+        .bind(account.map_or(-1, AccountId::as_i64))
         .bind(ip)
         .fetch_optional(&self.reader)
         .await?

@@ -42,7 +42,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use account_recovery::{
-    NewRecoveryRequest, RecoveryCompleted, RecoveryCompletion, RecoveryRequestRow, RECOVERY_OPEN,
+    NewRecoveryRequest, RecoveryCompleted, RecoveryCompletion, RecoveryRequestRow,
+    RecoveryStateChange, RECOVERY_OPEN,
 };
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use app_passwords::AppPasswordRow;

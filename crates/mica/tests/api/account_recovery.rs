@@ -21,6 +21,7 @@ on_both_backends!(
     recovery_requests_do_not_reveal_accounts,
     bad_recovery_requests_are_refused,
     connected_devices_are_told_of_a_recovery_request,
+    requests_cannot_flood_an_owner,
 );
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
@@ -118,7 +119,7 @@ fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
 /// The waiting period passes and the server's maintenance runs.
 async fn wait_out(app: &TestApp) {
     app.advance(WEEK + Duration::from_secs(60));
-    app.server_identity().purge_expired().await.unwrap();
+    app.server_identity().recovery_maintenance().await.unwrap();
 }
 
 async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &TestApp) {
@@ -135,6 +136,10 @@ async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &T
     ])
     .await
     .unwrap();
+    let backup = "ana.backup@example.org";
+    let sent = c.recovery_add(json!({ "email": backup })).await.unwrap();
+    let code = six_digits(&app.smtp.nth_to(backup, 1).await.subject()).unwrap();
+    c.recovery_confirm(&sent.challenge_id, &code).await.unwrap();
 
     // Phone and mailbox gone: from a new address, with two answers of three right.
     let contact = "ana.again@example.net";
@@ -185,12 +190,32 @@ async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &T
     assert!(out.contains("stolen in Porto"), "{out}");
     assert!(out.contains(&t.account_id), "{out}");
 
-    let (ok, out) = admin(app, &["approve", &id, "--operator", "olga"]);
+    let (ok, out) = admin(
+        app,
+        &[
+            "approve",
+            &id,
+            "--operator",
+            "olga",
+            "--note",
+            "called her back",
+        ],
+    );
     assert!(ok, "{out}");
-    assert!(out.contains("approved"), "{out}");
+    assert!(
+        out.contains("approved") && out.contains("called her back"),
+        "{out}"
+    );
     app.smtp.nth_with(contact, "was approved", 1).await;
     app.smtp.nth_with(email, "Until", 1).await;
-    assert_eq!(state_of(app, &id).await["state"], "approved");
+    app.smtp.nth_with(backup, "Until", 1).await;
+    let s = state_of(app, &id).await;
+    assert_eq!(s["state"], "approved");
+    assert_eq!(
+        s["reason"],
+        Value::Null,
+        "the operator's note is not the requester's"
+    );
 
     // The requester asks for a code at the proven address and sets a new password.
     let (status, f) = post(
@@ -245,9 +270,20 @@ async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &T
             .code(),
         Some("invalid_refresh_token")
     );
-    // Told at the old address as well as the new one; logged.
+    // Told at the old addresses as well as the new one; logged. The old addresses no longer
+    // reach the account: whoever holds them now cannot reset the password.
     app.smtp.nth_with(email, "was recovered", 1).await;
+    app.smtp.nth_with(backup, "was recovered", 1).await;
     app.smtp.nth_with(contact, "was recovered", 1).await;
+    assert_eq!(me.recovery().await.unwrap()["recovery_email"], Value::Null);
+    let before = app.smtp.count_to(backup);
+    app.client.forgot_password(backup).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.smtp.count_to(backup),
+        before,
+        "no reset code to a removed address"
+    );
     let kinds: Vec<String> = me
         .security_events()
         .await
@@ -468,7 +504,7 @@ async fn bad_recovery_requests_are_refused(app: &TestApp) {
     );
     // Never proven, it is forgotten once its code has expired.
     app.advance(Duration::from_secs(3600));
-    app.server_identity().purge_expired().await.unwrap();
+    app.server_identity().recovery_maintenance().await.unwrap();
     let (status, _) = post(
         app,
         "/api/v1/account-recovery/status",
@@ -537,4 +573,36 @@ async fn connected_devices_are_told_of_a_recovery_request(app: &TestApp) {
     // Another account's devices hear nothing.
     let more = tokio::time::timeout(Duration::from_millis(500), theirs.chunk()).await;
     assert!(more.is_err(), "another account's channel got {more:?}");
+}
+
+async fn requests_cannot_flood_an_owner(app: &TestApp) {
+    let email = "hal@example.com";
+    app.signup_email(email).await;
+    let file = |login: &'static str, n: u32| {
+        post(
+            app,
+            "/api/v1/account-recovery",
+            json!({ "login": login, "contact": format!("flood{n}@example.net"), "statement": STATEMENT }),
+        )
+    };
+    // Three filings a day per login, each told to the owner; then 429 — the same for a login
+    // that matches no account.
+    for login in [email, "nobody@example.com"] {
+        for n in 0..3 {
+            let contact = format!("{}{n}@example.net", &login[..3]);
+            file_request(app, login, &contact, &[]).await;
+        }
+        let (status, e) = file(login, 9).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{e}");
+        assert_eq!(e["error"]["code"], "rate_limited");
+    }
+    app.smtp
+        .nth_with(email, "Someone asked to recover", 3)
+        .await;
+    // A day later, again.
+    app.advance(Duration::from_secs(86_400 + 60));
+    file_request(app, email, "later@example.net", &[]).await;
+    app.smtp
+        .nth_with(email, "Someone asked to recover", 4)
+        .await;
 }

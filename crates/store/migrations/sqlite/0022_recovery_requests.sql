@@ -6,6 +6,9 @@
 CREATE TABLE recovery_requests (
     id             TEXT   NOT NULL PRIMARY KEY,
     account_id     BIGINT REFERENCES accounts(id) ON DELETE CASCADE,
+    -- What was typed to name the account (a blind index): filings are limited per login, the
+    -- same whether or not it matches an account.
+    login_bidx     BLOB  NOT NULL,
     contact_kind   TEXT   NOT NULL,
     contact_enc    BLOB  NOT NULL,
     contact_bidx   BLOB  NOT NULL,
@@ -23,7 +26,11 @@ CREATE TABLE recovery_requests (
     wait_until     BIGINT,
     decided_at     BIGINT,
     decided_by     TEXT,
+    -- The operator's note (never shown to the requester).
+    note           TEXT,
+    -- Why it was denied, cancelled or expired (shown to the requester).
     reason         TEXT
 );
 CREATE INDEX recovery_requests_account ON recovery_requests (account_id, state);
 CREATE INDEX recovery_requests_state ON recovery_requests (state, wait_until);
+CREATE INDEX recovery_requests_login ON recovery_requests (login_bidx, created_at);
