@@ -213,15 +213,7 @@ impl Identity {
         // told to the owner everywhere, and requests must not flood them.
         let now = self.now();
         let login_bidx = self.keys().blind_index("login", &crate::login_key(&login));
-        let (filed, oldest) = self
-            .store()
-            .recovery_filings(&login_bidx, now.minus(DAY))
-            .await?;
-        if filed >= FILINGS_PER_DAY {
-            return Err(IdentityError::RateLimited {
-                retry_after: now.until(oldest.unwrap_or(now).plus(DAY)),
-            });
-        }
+        self.check_filings(&login_bidx).await?;
 
         let account = self.account_for_login(&login).await?.map(|a| a.id);
         // The same work whether or not an account matches (every answer hashed, the same
@@ -290,6 +282,8 @@ impl Identity {
         let code_row = self.pending_code(request_id, PURPOSE_CONTACT).await?;
         self.check_code(&code_row, code).await?;
         let row = self.recovery_row(request_id).await?;
+        // Again here: requests started together must not all be filed.
+        self.check_filings(&row.login_bidx).await?;
         let now = self.now();
         let wait_until = now.plus(self.recovery_wait());
         let cancel_code = random_token_string(12);
@@ -360,6 +354,21 @@ impl Identity {
                 text,
             },
         );
+    }
+
+    /// At most [`FILINGS_PER_DAY`] requests filed for one login (as typed) in a day.
+    async fn check_filings(&self, login_bidx: &[u8]) -> Result<(), IdentityError> {
+        let now = self.now();
+        let (filed, oldest) = self
+            .store()
+            .recovery_filings(login_bidx, now.minus(DAY))
+            .await?;
+        if filed >= FILINGS_PER_DAY {
+            return Err(IdentityError::RateLimited {
+                retry_after: now.until(oldest.unwrap_or(now).plus(DAY)),
+            });
+        }
+        Ok(())
     }
 
     /// Where a request stands, for whoever holds its id.

@@ -215,6 +215,11 @@ impl Identity {
             .store()
             .checkup_facts(p.account, now, now.minus(day * 90), now.minus(day * 30))
             .await?;
+        let recovery_requests = self
+            .store()
+            .recovery_requests(Some(p.account), mica_store::RECOVERY_OPEN)
+            .await?
+            .len();
         let steps = vec![
             CheckupStep { id: "email", done: row.email_enc.is_some(), points: 10, advice: "Add an email address, so you can recover the account by email." },
             CheckupStep { id: "phone", done: row.phone_enc.is_some(), points: 10, advice: "Add a phone number, so you can recover the account by SMS." },
@@ -237,12 +242,18 @@ impl Identity {
                 points: 10,
                 advice: "Your password is more than a year old: change it.",
             },
-            CheckupStep { id: "no_stale_sessions", done: stale == 0, points: 10, advice: "Sign out sessions you have not used for 90 days." },
+            CheckupStep { id: "no_stale_sessions", done: stale == 0, points: 5, advice: "Sign out sessions you have not used for 90 days." },
             CheckupStep {
                 id: "no_failed_sign_ins",
                 done: failed == 0,
-                points: 10,
+                points: 5,
                 advice: "Someone typed a wrong password for your account in the last 30 days: if it was not you, change your password.",
+            },
+            CheckupStep {
+                id: "no_recovery_requests",
+                done: recovery_requests == 0,
+                points: 10,
+                advice: "Someone asked to recover your account without its sign-in factors: if it was not you, cancel the request (recovery requests, in Security).",
             },
         ];
         let score = steps.iter().filter(|s| s.done).map(|s| s.points).sum();

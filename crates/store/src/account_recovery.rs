@@ -18,6 +18,7 @@ pub const RECOVERY_OPEN: &[&str] = &["waiting", "in_review", "approved"];
 pub struct RecoveryRequestRow {
     pub id: String,
     pub account_id: Option<AccountId>,
+    pub login_bidx: Vec<u8>,
     pub contact_kind: String,
     pub contact_enc: Vec<u8>,
     pub contact_bidx: Vec<u8>,
@@ -99,7 +100,8 @@ pub enum RecoveryCompleted {
     ContactTaken,
 }
 
-const COLUMNS: &str = "id, account_id, contact_kind, contact_enc, contact_bidx, statement_enc, \
+const COLUMNS: &str =
+    "id, account_id, login_bidx, contact_kind, contact_enc, contact_bidx, statement_enc, \
      answers_given, answers_right, known_ip, ip, user_agent, state, cancel_hash, created_at, \
      expires_at, wait_until, decided_at, decided_by, note, reason";
 
@@ -109,6 +111,7 @@ fn from_row(r: &AnyRow) -> Result<RecoveryRequestRow> {
         account_id: r
             .try_get::<Option<i64>, _>("account_id")?
             .and_then(AccountId::from_i64),
+        login_bidx: r.try_get("login_bidx")?,
         contact_kind: r.try_get("contact_kind")?,
         contact_enc: r.try_get("contact_enc")?,
         contact_bidx: r.try_get("contact_bidx")?,

@@ -162,6 +162,15 @@ async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &T
     let mine = requests_of(&c).await;
     assert_eq!(mine[0]["id"], id.as_str());
     assert_eq!(mine[0]["state"], "waiting");
+    let checkup = c.security_checkup().await.unwrap();
+    let step = checkup["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "no_recovery_requests")
+        .cloned()
+        .unwrap();
+    assert_eq!(step["done"], false, "{checkup}");
 
     // Nothing can be finished, nor approved, during the wait.
     let (status, e) = post(
@@ -599,6 +608,37 @@ async fn requests_cannot_flood_an_owner(app: &TestApp) {
     app.smtp
         .nth_with(email, "Someone asked to recover", 3)
         .await;
+    // Started together and confirmed later, they are held to the same limit.
+    let login = "ivy@example.com";
+    app.signup_email(login).await;
+    let mut started = Vec::new();
+    for n in 0..4 {
+        let contact = format!("ivy{n}@example.net");
+        let (status, r) = post(
+            app,
+            "/api/v1/account-recovery",
+            json!({ "login": login, "contact": contact, "statement": STATEMENT }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+        let code = six_digits(&app.smtp.nth_to(&contact, 1).await.subject()).unwrap();
+        started.push((r["request_id"].as_str().unwrap().to_owned(), code));
+    }
+    let mut filed = 0;
+    for (id, code) in &started {
+        let (status, _) = post(
+            app,
+            "/api/v1/account-recovery/verify",
+            json!({ "request_id": id, "code": code }),
+        )
+        .await;
+        if status == StatusCode::OK {
+            filed += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
+    assert_eq!(filed, 3);
     // A day later, again.
     app.advance(Duration::from_secs(86_400 + 60));
     file_request(app, email, "later@example.net", &[]).await;
