@@ -142,6 +142,37 @@ impl Identity {
         SignupTarget::from_stored(&row.contact_kind, &value)
     }
 
+    /// Stores a new code for `purpose`, to be sent to the requester's contact address; the
+    /// code and when it expires.
+    async fn contact_code(
+        &self,
+        id: &str,
+        purpose: &'static str,
+        account: Option<AccountId>,
+        contact: &SignupTarget,
+        limit_bidx: Vec<u8>,
+        payload: Option<String>,
+    ) -> Result<(String, Timestamp), IdentityError> {
+        let code = random_digits(6);
+        let now = self.now();
+        let expires_at = now.plus(self.code_ttl());
+        self.store()
+            .insert_code(&NewCode {
+                id: id.to_owned(),
+                purpose,
+                account_id: account,
+                target_kind: contact.kind(),
+                target_enc: Some(self.keys().seal("destination", contact.value())),
+                target_bidx: limit_bidx,
+                code_hash: self.keys().code_hash(id, &code),
+                payload,
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        Ok((code, expires_at))
+    }
+
     fn status_of(&self, row: &RecoveryRequestRow) -> RecoveryStatus {
         RecoveryStatus {
             request_id: row.id.clone(),
@@ -221,21 +252,8 @@ impl Identity {
         let answers_right = self.check_security_answers(account, answers).await?;
         let known_ip = self.store().signed_in_from(account, &client.ip).await?;
         let id = format!("ar_{}", random_token_string(18));
-        let code = random_digits(6);
-        let expires_at = now.plus(self.code_ttl());
-        self.store()
-            .insert_code(&NewCode {
-                id: id.clone(),
-                purpose: PURPOSE_CONTACT,
-                account_id: account,
-                target_kind: contact.kind(),
-                target_enc: Some(self.keys().seal("destination", contact.value())),
-                target_bidx: limit_bidx,
-                code_hash: self.keys().code_hash(&id, &code),
-                payload: None,
-                created_at: now,
-                expires_at,
-            })
+        let (code, expires_at) = self
+            .contact_code(&id, PURPOSE_CONTACT, account, &contact, limit_bidx, None)
             .await?;
         self.store()
             .insert_recovery_request(&NewRecoveryRequest {
@@ -771,21 +789,15 @@ impl Identity {
             .await?;
         self.limit(&self.inner.limits.codes_ip, &client.ip)?;
         let id = format!("rf_{}", random_token_string(18));
-        let code = random_digits(6);
-        let expires_at = now.plus(self.code_ttl());
-        self.store()
-            .insert_code(&NewCode {
-                id: id.clone(),
-                purpose: PURPOSE_FINISH,
-                account_id: row.account_id,
-                target_kind: contact.kind(),
-                target_enc: Some(self.keys().seal("destination", contact.value())),
-                target_bidx: limit_bidx,
-                code_hash: self.keys().code_hash(&id, &code),
-                payload: Some(row.id.clone()),
-                created_at: now,
-                expires_at,
-            })
+        let (code, expires_at) = self
+            .contact_code(
+                &id,
+                PURPOSE_FINISH,
+                row.account_id,
+                &contact,
+                limit_bidx,
+                Some(row.id.clone()),
+            )
             .await?;
         let name = &self.inner.cfg.service_name;
         let mins = self.code_ttl().as_secs() / 60;
