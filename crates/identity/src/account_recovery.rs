@@ -37,6 +37,9 @@ const ANSWERS_MAX: usize = 3;
 /// Requests filed a day for one login (as typed): each is told to the owner everywhere.
 const FILINGS_PER_DAY: i64 = 3;
 const DAY: Duration = Duration::from_secs(86_400);
+/// How long a closed request is kept (for the owner's and the operator's history; it holds
+/// the requester's address and statement): a year.
+const CLOSED_KEPT: Duration = Duration::from_secs(365 * 86_400);
 
 /// The answer to a recovery request: the same whether or not an account matches.
 #[derive(Debug, Clone)]
@@ -501,8 +504,8 @@ impl Identity {
     }
 
     /// Moves requests whose wait is over to review (telling `recovery_review_email`), expires
-    /// approvals not used in time, and forgets requests whose address was never proven. Run
-    /// periodically.
+    /// approvals not used in time, and forgets requests whose address was never proven and
+    /// closed ones after a year. Run periodically.
     pub async fn recovery_maintenance(&self) -> Result<u64, IdentityError> {
         let now = self.now();
         let due = self.store().recovery_requests_due(now).await?;
@@ -536,7 +539,10 @@ impl Identity {
             .store()
             .expire_recovery_approvals(now.minus(self.recovery_finish_window()))
             .await?;
-        let purged = self.store().purge_recovery_requests(now).await?;
+        let purged = self
+            .store()
+            .purge_recovery_requests(now, now.minus(CLOSED_KEPT))
+            .await?;
         Ok(due.len() as u64 + expired + purged)
     }
 
@@ -734,8 +740,9 @@ impl Identity {
                 )
                 .await?;
             }
-            let why =
-                reason.unwrap_or("the request could not be confirmed as the account's owner's");
+            let why = reason
+                .unwrap_or("the request could not be confirmed as the account's owner's")
+                .trim_end_matches('.');
             self.inner.notifier.dispatch(contact.message(
                 &format!("{name}: your account recovery request was not approved"),
                 &format!(

@@ -290,12 +290,19 @@ impl Store {
         .rows_affected())
     }
 
-    /// Forgets requests whose contact was never proven, once their code has expired.
-    pub async fn purge_recovery_requests(&self, before: Timestamp) -> Result<u64> {
+    /// Forgets requests whose contact was never proven, once their code has expired
+    /// (`before`), and closed requests made before `closed_before`.
+    pub async fn purge_recovery_requests(
+        &self,
+        before: Timestamp,
+        closed_before: Timestamp,
+    ) -> Result<u64> {
         Ok(sqlx::query(
-            "DELETE FROM recovery_requests WHERE state = 'unverified' AND expires_at < $1",
+            "DELETE FROM recovery_requests WHERE (state = 'unverified' AND expires_at < $1) \
+             OR (state IN ('completed', 'cancelled', 'denied', 'expired') AND created_at < $2)",
         )
         .bind(before.millis())
+        .bind(closed_before.millis())
         .execute(&self.writer)
         .await?
         .rows_affected())

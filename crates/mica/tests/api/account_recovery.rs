@@ -442,6 +442,16 @@ async fn recovery_requests_do_not_reveal_accounts(app: &TestApp) {
     let s = state_of(app, &id).await;
     assert_eq!(s["state"], "denied");
     assert_eq!(s["reason"], "no account matches what was given");
+    // Closed requests are forgotten after a year: they hold someone's address and statement.
+    app.advance(Duration::from_secs(366 * 86_400));
+    app.server_identity().recovery_maintenance().await.unwrap();
+    let (status, _) = post(
+        app,
+        "/api/v1/account-recovery/status",
+        json!({ "request_id": id }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 async fn bad_recovery_requests_are_refused(app: &TestApp) {
