@@ -22,7 +22,7 @@ use mica_core::{AccountId, Login, Timestamp};
 use mica_notify::Message;
 use mica_store::{
     NewCode, NewRecoveryRequest, RecoveryCompleted, RecoveryCompletion, RecoveryRequestRow,
-    RecoveryStateChange, RECOVERY_OPEN,
+    RecoveryStateChange, RECOVERY_ANY, RECOVERY_FILED, RECOVERY_OPEN,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -548,16 +548,11 @@ impl Identity {
 
     /// For operators: requests to review (`all`: every request, any state).
     pub async fn recovery_reviews(&self, all: bool) -> Result<Vec<RecoveryReview>, IdentityError> {
-        const ALL: &[&str] = &[
-            "waiting",
-            "in_review",
-            "approved",
-            "completed",
-            "cancelled",
-            "denied",
-            "expired",
-        ];
-        let states: &[&str] = if all { ALL } else { &["waiting", "in_review"] };
+        let states: &[&str] = if all {
+            RECOVERY_FILED
+        } else {
+            &["waiting", "in_review"]
+        };
         let rows = self.store().recovery_requests(None, states).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -588,19 +583,9 @@ impl Identity {
                 .find(|e| e.outcome == "success")
                 .map(|e| e.at);
             questions = self.store().security_questions(a).await?.len() as i64;
-            const ANY: &[&str] = &[
-                "unverified",
-                "waiting",
-                "in_review",
-                "approved",
-                "completed",
-                "cancelled",
-                "denied",
-                "expired",
-            ];
             others = self
                 .store()
-                .recovery_requests(Some(a), ANY)
+                .recovery_requests(Some(a), RECOVERY_ANY)
                 .await?
                 .iter()
                 .filter(|o| o.id != r.id)

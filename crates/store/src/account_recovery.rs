@@ -13,6 +13,29 @@ use crate::{Result, Store};
 /// States in which a request is still alive: the owner can cancel it, and it holds back
 /// nothing else.
 pub const RECOVERY_OPEN: &[&str] = &["waiting", "in_review", "approved"];
+/// States a request ends in.
+pub const RECOVERY_CLOSED: &[&str] = &["completed", "cancelled", "denied", "expired"];
+/// Every state of a filed request (its contact proven): open, then closed.
+pub const RECOVERY_FILED: &[&str] = &[
+    "waiting",
+    "in_review",
+    "approved",
+    "completed",
+    "cancelled",
+    "denied",
+    "expired",
+];
+/// Every state, a request not filed yet included.
+pub const RECOVERY_ANY: &[&str] = &[
+    "unverified",
+    "waiting",
+    "in_review",
+    "approved",
+    "completed",
+    "cancelled",
+    "denied",
+    "expired",
+];
 
 #[derive(Debug, Clone)]
 pub struct RecoveryRequestRow {
@@ -297,15 +320,18 @@ impl Store {
         before: Timestamp,
         closed_before: Timestamp,
     ) -> Result<u64> {
-        Ok(sqlx::query(
+        let sql = format!(
             "DELETE FROM recovery_requests WHERE (state = 'unverified' AND expires_at < $1) \
-             OR (state IN ('completed', 'cancelled', 'denied', 'expired') AND created_at < $2)",
-        )
-        .bind(before.millis())
-        .bind(closed_before.millis())
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
+             OR (state IN ({}) AND created_at < $2)",
+            in_list(RECOVERY_CLOSED, 3)
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(before.millis())
+            .bind(closed_before.millis());
+        for s in RECOVERY_CLOSED {
+            q = q.bind(*s);
+        }
+        Ok(q.execute(&self.writer).await?.rows_affected())
     }
 
     /// Carries out an approved recovery: the code is consumed, the request completed, the

@@ -43,7 +43,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use account_recovery::{
     NewRecoveryRequest, RecoveryCompleted, RecoveryCompletion, RecoveryRequestRow,
-    RecoveryStateChange, RECOVERY_OPEN,
+    RecoveryStateChange, RECOVERY_ANY, RECOVERY_CLOSED, RECOVERY_FILED, RECOVERY_OPEN,
 };
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use app_passwords::AppPasswordRow;
