@@ -25,15 +25,31 @@ pub trait OwnerNotices: Send + Sync {
 /// account, say), sent over the channels they keep open.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct DeviceNotice {
+    /// `ntc_…`: a linked device says it has shown the notice (`seen`), and is not sent it
+    /// again; a device shows each id once.
+    pub id: String,
     /// What it is about, for software: e.g. `recovery_requested`.
     pub kind: String,
     /// A title, for a person.
     pub title: String,
     pub text: String,
+    /// When it was sent (RFC 3339).
+    pub sent_at: String,
 }
 
-/// Tells every device of an account that is connected to this node now. Best effort, not
-/// stored: a device not connected is not told, so what matters also goes by mail or SMS.
+/// What a stored notice keeps sealed (under [`NOTICE_FIELD`]): its title and text.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NoticeBody {
+    pub title: String,
+    pub text: String,
+}
+
+/// The field name a stored notice's body is sealed under.
+pub const NOTICE_FIELD: &str = "device_notice";
+
+/// Tells every device of an account that is connected to this node now. The sender stores the
+/// notice first (`device_notices`), so a linked device that is not connected is sent it when
+/// it next connects, until the notice expires or is withdrawn.
 pub trait DeviceNotices: Send + Sync {
     fn tell_devices(&self, account: AccountId, notice: &DeviceNotice);
 }

@@ -23,7 +23,8 @@ pub(crate) enum Wire {
     Command(CommandFrame),
     /// The device acknowledged this command, or it is no longer open: stop re-sending it.
     Acked(String),
-    /// Show this to the device's user (sent once, not stored).
+    /// Show this to the device's user (stored by its sender: a device that misses it here,
+    /// its queue full or itself away, is sent it when it next connects).
     Notice(mica_core::notices::DeviceNotice),
 }
 

@@ -27,7 +27,7 @@ use mica_identity::limits::Limiter;
 use mica_identity::{ClientInfo, Identity, Principal, Rate};
 use mica_store::{
     AckOutcome, CommandRow, DeviceRow, FindOutcome, FinishOutcome, LinkOutcome, LocationRow,
-    NewCommand, NewDevice, Store,
+    NewCommand, NewDevice, NoticeRow, Store,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -471,6 +471,8 @@ struct ChannelState {
     device: String,
     hello: Option<ChannelFrame>,
     pending: VecDeque<CommandFrame>,
+    /// Stored notices the device has not shown yet, sent after the hello.
+    notices: VecDeque<mica_core::notices::DeviceNotice>,
     /// Commands sent whose delivery is not recorded yet (and whether the stream re-sends them
     /// until acknowledged).
     unrecorded: Vec<(String, bool)>,
@@ -1187,6 +1189,7 @@ impl Devices {
         self.store().purge_link_requests(self.now()).await?;
         let keep = Duration::from_secs(self.0.cfg.location_retention_days * 86_400);
         self.store().purge_locations(self.now().minus(keep)).await?;
+        self.store().purge_device_notices(self.now()).await?;
         Ok(())
     }
 
@@ -1317,6 +1320,15 @@ impl Devices {
             .iter()
             .map(|c| self.frame(c))
             .collect::<Result<VecDeque<_>>>()?;
+        // Notices sent while the device was away (one sent since it registered may come
+        // twice; the device shows an id once).
+        let notices = self
+            .store()
+            .unseen_device_notices(d.account, &d.id, now)
+            .await?
+            .iter()
+            .map(|n| self.notice(n))
+            .collect::<Result<VecDeque<_>>>()?;
         let state = ChannelState {
             devices: self.clone(),
             device: d.id.clone(),
@@ -1325,6 +1337,7 @@ impl Devices {
                 server_time: rfc3339(now),
             }),
             pending,
+            notices,
             unrecorded: Vec::new(),
             outstanding: Vec::new(),
             mailbox,
@@ -1334,6 +1347,36 @@ impl Devices {
             let frame = st.next().await?;
             Some((frame, st))
         }))
+    }
+
+    /// A stored notice as the device is sent it.
+    fn notice(&self, n: &NoticeRow) -> Result<mica_core::notices::DeviceNotice> {
+        let body: mica_core::notices::NoticeBody =
+            self.open_json(mica_core::notices::NOTICE_FIELD, &n.body)?;
+        Ok(mica_core::notices::DeviceNotice {
+            id: n.id.clone(),
+            kind: n.kind.clone(),
+            title: body.title,
+            text: body.text,
+            sent_at: rfc3339(n.created_at),
+        })
+    }
+
+    /// The device has shown a notice: it is not sent it again. Saying so twice is fine; a
+    /// notice of another account, or one withdrawn or expired and forgotten, is `not_found`.
+    pub async fn notice_seen(&self, d: &DeviceCaller, notice: &str) -> Result<()> {
+        if !is_issued_id(notice) {
+            return Err(DevicesError::NotFound);
+        }
+        let known = self
+            .store()
+            .mark_device_notice_seen(d.account, &d.id, notice, self.now())
+            .await?;
+        if known {
+            Ok(())
+        } else {
+            Err(DevicesError::NotFound)
+        }
     }
 
     /// A device acknowledges a command: the first acknowledgement lets it run it, once. A
@@ -1645,7 +1688,8 @@ const EXPORT_PAGE: i64 = 1_000;
 const RECORD_DELIVERY_AFTER: Duration = Duration::from_millis(20);
 
 impl mica_core::notices::DeviceNotices for Devices {
-    /// Linked devices connected to this node get a `notice` frame on their command channel.
+    /// Linked devices connected to this node get a `notice` frame on their command channel
+    /// (the others get the stored notice when they connect; see [`Devices::connect`]).
     fn tell_devices(&self, account: AccountId, notice: &mica_core::notices::DeviceNotice) {
         let told = self.0.registry.notify_account(account, notice);
         tracing::debug!(%account, told, kind = %notice.kind, "notice to linked devices");
@@ -1716,6 +1760,9 @@ impl ChannelState {
     async fn next(&mut self) -> Option<ChannelFrame> {
         if let Some(h) = self.hello.take() {
             return Some(h);
+        }
+        if let Some(n) = self.notices.pop_front() {
+            return Some(ChannelFrame::Notice(n));
         }
         loop {
             if let Some(frame) = self.pending.pop_front() {

@@ -45,6 +45,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_command, cancel_command))
         .routes(routes!(command_channel))
         .routes(routes!(acknowledge))
+        .routes(routes!(notice_seen))
         .routes(routes!(report_result))
         .routes(routes!(report_locations))
         .routes(routes!(heartbeat))
@@ -368,8 +369,10 @@ async fn owner_events(
 /// `command` per command (every open one at connect, new ones as they are issued). Acknowledge
 /// each by id; one not acknowledged is sent again with doubling gaps (1 s, 2 s, 4 s … up to
 /// 30 s). Every 25 s a ping (WebSocket) or a comment (SSE) shows the connection is alive. A
-/// `notice` (`{"kind", "title", "text"}`, e.g. a request to recover the account) is for the
-/// device's user to see; it needs no acknowledgement and is not sent again.
+/// `notice` (`{"id", "kind", "title", "text", "sent_at"}`, e.g. a request to recover the
+/// account) is for the device's user to see: at connect the device is sent every notice it has
+/// not said it showed (`POST /device/notices/{id}/seen`, or `{"type": "seen", "id"}` on a
+/// WebSocket), then new ones as they come. A notice may come twice; show each id once.
 ///
 /// On a WebSocket every message is a JSON text: the server sends `{"type": "hello", …}` and
 /// `{"type": "command", …}` (the fields of a command frame), and the device may acknowledge
@@ -447,6 +450,8 @@ const WS_CLOSE_ENDED: u16 = 4000;
 enum DeviceMessage {
     /// Acknowledge a command (as `POST /device/commands/{id}/ack`).
     Ack { id: String },
+    /// A notice was shown (as `POST /device/notices/{id}/seen`).
+    Seen { id: String },
 }
 
 /// One device's WebSocket: frames from its stream out, acknowledgements in, a ping every
@@ -537,7 +542,7 @@ async fn device_message(app: &AppState, d: &DeviceCaller, text: &str) -> serde_j
             return ws_error(
                 None,
                 "bad_message",
-                &format!("expected {{\"type\": \"ack\", \"id\": \"…\"}}: {e}"),
+                &format!("expected {{\"type\": \"ack\" or \"seen\", \"id\": \"…\"}}: {e}"),
             )
         }
     };
@@ -549,7 +554,29 @@ async fn device_message(app: &AppState, d: &DeviceCaller, text: &str) -> serde_j
                 ws_error(Some(&id), e.code, &e.message)
             }
         },
+        DeviceMessage::Seen { id } => match app.devices.notice_seen(d, &id).await {
+            Ok(()) => serde_json::json!({ "type": "seen", "id": id }),
+            Err(e) => {
+                let e = ApiError::from(e);
+                serde_json::json!({ "type": "seen", "id": id,
+                    "error": { "code": e.code, "message": e.message } })
+            }
+        },
     }
+}
+
+/// The device has shown a notice to its user: it is not sent it again. Saying so twice is
+/// fine; an id that is not one of the account's notices (or one withdrawn since) is `404`.
+#[utoipa::path(post, path = "/device/notices/{id}/seen", tag = "devices",
+    security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn notice_seen(
+    State(app): State<AppState>,
+    DeviceAuth(d): DeviceAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.devices.notice_seen(&d, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The device acknowledges a command; only a `200` lets it run it (once). A repeated

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use mica_core::crypto::{random_digits, random_token_string};
-use mica_core::notices::DeviceNotice;
+use mica_core::notices::NoticeBody;
 use mica_core::{AccountId, Login, Timestamp};
 use mica_notify::Message;
 use mica_store::{
@@ -367,14 +367,37 @@ impl Identity {
         );
         let subject = format!("{name}: a request to recover your account");
         self.tell_everywhere(account, &subject, &text).await;
+        // The devices are told without the cancel code: it is kept only as a hash, and a
+        // linked device's user can sign in to cancel.
+        let text = format!(
+            "Someone asked to recover your {name} account {account} without any of its sign-in \
+             factors, from the address {ip}, to be reached at {contact}. Unless it is cancelled, \
+             an operator will review it after {until}, and if approved that person can set a new \
+             password and take the account over.\n\n\
+             If this was not you, cancel it now: sign in and open Security, or use the cancel \
+             code sent to your email and phone with request {id}.",
+            ip = client.ip,
+            until = wait_until.to_rfc3339(),
+        );
         self.tell_devices(
             account,
-            &DeviceNotice {
-                kind: "recovery_requested".into(),
+            "recovery_requested",
+            NoticeBody {
                 title: subject,
                 text,
             },
-        );
+            Some(id),
+            wait_until,
+        )
+        .await;
+    }
+
+    /// Withdraws the devices' notices about a request that closed (best effort: a notice left
+    /// behind only tells a device of a request that no longer stands, until it expires).
+    async fn withdraw_device_notices(&self, request_id: &str) {
+        if let Err(e) = self.store().withdraw_device_notices(request_id).await {
+            tracing::warn!(error = %e, "cannot withdraw the devices' notices of a recovery request");
+        }
     }
 
     /// At most [`FILINGS_PER_DAY`] requests filed for one login (as typed) in a day.
@@ -482,6 +505,7 @@ impl Identity {
         {
             return Err(IdentityError::RecoveryClosed);
         }
+        self.withdraw_device_notices(&row.id).await;
         self.event(
             account,
             "recovery_cancelled",
@@ -703,6 +727,17 @@ impl Identity {
                     until = until.to_rfc3339(),
                 );
                 self.tell_everywhere(account, &subject, &text).await;
+                self.tell_devices(
+                    account,
+                    "recovery_approved",
+                    NoticeBody {
+                        title: subject,
+                        text,
+                    },
+                    Some(&row.id),
+                    until,
+                )
+                .await;
             }
             self.inner.notifier.dispatch(contact.message(
                 &format!("{name}: your account recovery request was approved"),
@@ -715,6 +750,7 @@ impl Identity {
                 ),
             ));
         } else {
+            self.withdraw_device_notices(&row.id).await;
             if let Some(account) = row.account_id {
                 self.event(
                     account,
@@ -864,6 +900,8 @@ impl Identity {
         };
         self.note_revoked(revoked);
         self.account_changed(account);
+        // The notices asking the owner to act on it no longer hold.
+        self.withdraw_device_notices(&row.id).await;
         self.event(
             account,
             "account_recovered",

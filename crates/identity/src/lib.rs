@@ -356,19 +356,55 @@ impl Identity {
         }
     }
 
-    /// Tells every connected device of the account (best effort; see
-    /// [`mica_core::notices::DeviceNotices`]).
-    pub(crate) fn tell_devices(
+    /// Tells the account's devices: the notice is stored (sealed) for its linked devices,
+    /// each sent it when it next connects until `until` or until what it is `about` is
+    /// withdrawn ([`Store::withdraw_device_notices`]), then sent at once to every device and
+    /// app connected now (see [`mica_core::notices::DeviceNotices`]). Best effort: a notice
+    /// that cannot be stored is still sent live, and what matters also goes by mail or SMS.
+    pub(crate) async fn tell_devices(
         &self,
         account: AccountId,
-        notice: &mica_core::notices::DeviceNotice,
+        kind: &str,
+        body: mica_core::notices::NoticeBody,
+        about: Option<&str>,
+        until: Timestamp,
     ) {
+        let now = self.now();
+        let id = format!("ntc_{}", mica_core::crypto::random_token_string(16));
+        match serde_json::to_string(&body) {
+            Ok(json) => {
+                let sealed = self.keys().seal(mica_core::notices::NOTICE_FIELD, &json);
+                let stored = self
+                    .store()
+                    .insert_device_notice(&mica_store::NewNotice {
+                        id: &id,
+                        account,
+                        kind,
+                        body: &sealed,
+                        about,
+                        created_at: now,
+                        expires_at: until,
+                    })
+                    .await;
+                if let Err(e) = stored {
+                    tracing::warn!(error = %e, %account, "cannot store a notice for the devices");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode a notice for the devices"),
+        }
+        let notice = mica_core::notices::DeviceNotice {
+            id,
+            kind: kind.to_owned(),
+            title: body.title,
+            text: body.text,
+            sent_at: now.to_rfc3339(),
+        };
         let targets = match self.inner.device_notices.read() {
             Ok(v) => v.clone(),
             Err(_) => return,
         };
         for t in targets {
-            t.tell_devices(account, notice);
+            t.tell_devices(account, &notice);
         }
     }
 

@@ -149,7 +149,8 @@ pub struct Hooks {
     pub erase: Option<String>,
     /// Shows a notice from the account to the device's user (a request to recover the account,
     /// say), with `MICA_NOTICE_KIND`, `MICA_NOTICE_TITLE` and `MICA_NOTICE_TEXT` set. Notices
-    /// are logged whether or not it is set.
+    /// are logged whether or not it is set; once it exits 0 (or without one) the server is
+    /// told the notice was shown, and a hook that fails sees it again at the next connection.
     pub notice: Option<String>,
 }
 
@@ -388,24 +389,50 @@ fn hook_command(cmd: &str) -> std::process::Command {
 }
 
 /// A notice from the account: logged, and handed to the `notice` hook (in the background:
-/// the channel keeps being read).
-fn show_notice(hooks: &Hooks, v: &Value) {
+/// the channel keeps being read); once shown — the hook exited 0, or there is none — the
+/// server is told, and does not send it again. Each id is shown once per run (the server may
+/// send one twice around a reconnect); a notice whose hook failed is shown again when it next
+/// comes.
+fn show_notice(agent: &Arc<Agent>, v: Value) {
     let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    let (kind, title, text) = (field("kind"), field("title"), field("text"));
-    // The text may hold a code (a recovery request's cancel code): not for the log.
+    let (id, kind, title, text) = (field("id"), field("kind"), field("title"), field("text"));
+    let first = agent
+        .notices_shown
+        .lock()
+        .map(|mut shown| shown.insert(id.clone()))
+        .unwrap_or(true);
+    if !first {
+        return;
+    }
     tracing::warn!(%kind, %title, "notice from the account");
-    if let Some(h) = hooks.notice.clone() {
-        tokio::spawn(async move {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        if let Some(h) = &agent.cfg.hooks.notice {
             let env = vec![
                 ("MICA_NOTICE_KIND", kind),
                 ("MICA_NOTICE_TITLE", title),
                 ("MICA_NOTICE_TEXT", text),
             ];
-            if let Err(e) = run_hook(&h, env).await {
+            if let Err(e) = run_hook(h, env).await {
                 tracing::warn!(error = %e, "the notice hook failed");
+                if let Ok(mut shown) = agent.notices_shown.lock() {
+                    shown.remove(&id);
+                }
+                return;
             }
-        });
-    }
+        }
+        if id.is_empty() {
+            return;
+        }
+        match agent
+            .post(&format!("/api/v1/device/notices/{id}/seen"), json!({}))
+            .await
+        {
+            Ok(_) => tracing::info!(notice = %id, "notice shown; the server knows"),
+            // Sent again at the next connection, and not shown twice in this run.
+            Err(e) => tracing::info!(error = %e, "could not tell the server a notice was shown"),
+        }
+    });
 }
 
 /// Runs a hook with `sh -c`; `Ok(())` when it exits 0.
@@ -820,6 +847,8 @@ struct Agent {
     ring_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Wakes the location reports (lost mode began: report now, and more often).
     reports: tokio::sync::Notify,
+    /// The notices shown (or being shown) in this run, by id.
+    notices_shown: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Agent {
@@ -1030,6 +1059,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         ringing: std::sync::Mutex::new(None),
         ring_task: std::sync::Mutex::new(None),
         reports: tokio::sync::Notify::new(),
+        notices_shown: std::sync::Mutex::new(std::collections::HashSet::new()),
     });
     let control = control_socket(&agent.cfg.data_dir).with_context(|| {
         format!(
@@ -1216,7 +1246,9 @@ async fn ws_attempt(
                     Some("command") => {
                         let _ = tx.send(v).await;
                     }
-                    Some("notice") => show_notice(&agent.cfg.hooks, &v),
+                    Some("notice") => {
+                        let _ = tx.send(v).await;
+                    }
                     _ => {}
                 }
             }
@@ -1268,8 +1300,9 @@ async fn sse_attempt(
                             let _ = tx.send(v).await;
                         }
                     } else if event == "notice" {
-                        if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                            show_notice(&agent.cfg.hooks, &v);
+                        if let Ok(mut v) = serde_json::from_str::<Value>(&data) {
+                            v["type"] = "notice".into();
+                            let _ = tx.send(v).await;
                         }
                     }
                 }
@@ -1501,6 +1534,10 @@ async fn acknowledge(agent: &Agent, id: &str, seq: i64, mut own: bool) -> bool {
 /// Runs commands one after another, each at most once.
 async fn execute(agent: Arc<Agent>, mut rx: mpsc::Receiver<Value>, end: mpsc::Sender<Ending>) {
     while let Some(frame) = rx.recv().await {
+        if frame["type"].as_str() == Some("notice") {
+            show_notice(&agent, frame);
+            continue;
+        }
         let id = frame["id"].as_str().unwrap_or_default().to_owned();
         let seq = frame["seq"].as_i64().unwrap_or(0);
         let kind = frame["kind"].as_str().unwrap_or_default().to_owned();

@@ -150,7 +150,16 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         table: "passkeys",
         condition: "account_id = $1",
     },
-    // Devices: commands and locations before the devices; activation locks are released.
+    // Devices: notices, commands and locations before the devices; activation locks are
+    // released.
+    AccountTable {
+        table: "device_notices_seen",
+        condition: "notice_id IN (SELECT id FROM device_notices WHERE account_id = $1)",
+    },
+    AccountTable {
+        table: "device_notices",
+        condition: "account_id = $1",
+    },
     AccountTable {
         table: "device_commands",
         condition: "account_id = $1",

@@ -29,6 +29,7 @@ mod jobs;
 mod link_requests;
 mod media;
 mod migrate;
+mod notices;
 mod passkeys;
 mod profile;
 mod recovery;
@@ -65,6 +66,7 @@ pub use files::{
 pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
 pub use link_requests::{LinkPoll, LinkRequestRow, NewLinkRequest};
 pub use media::{Album, AlbumRow, ItemAlbums, MediaDone, MediaRow, TimelineCursor, TimelineRow};
+pub use notices::{NewNotice, NoticeRow};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;
 pub use recovery::RecoveryFactorRow;

@@ -122,6 +122,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0022_recovery_requests.sql"),
         postgres: include_str!("../migrations/postgres/0022_recovery_requests.sql"),
     },
+    Migration {
+        version: 23,
+        sqlite: include_str!("../migrations/sqlite/0023_device_notices.sql"),
+        postgres: include_str!("../migrations/postgres/0023_device_notices.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

@@ -21,6 +21,7 @@ on_both_backends!(
     recovery_requests_do_not_reveal_accounts,
     bad_recovery_requests_are_refused,
     connected_devices_are_told_of_a_recovery_request,
+    devices_away_are_told_when_they_connect,
     requests_cannot_flood_an_owner,
 );
 
@@ -592,6 +593,168 @@ async fn connected_devices_are_told_of_a_recovery_request(app: &TestApp) {
     // Another account's devices hear nothing.
     let more = tokio::time::timeout(Duration::from_millis(500), theirs.chunk()).await;
     assert!(more.is_err(), "another account's channel got {more:?}");
+}
+
+/// Opens a device's command channel (Server-Sent Events, read raw) and reads it until its
+/// `hello`; then rings the device, and reads until the ring arrives. Stored notices come right
+/// after the hello, before any command: what the channel said by then.
+async fn notices_at_connect(
+    app: &TestApp,
+    owner: &mica_client::Client,
+    device: &str,
+    credential: &str,
+) -> String {
+    let mut channel = app
+        .http
+        .get(app.url("/api/v1/device/command-channel"))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(channel.status(), StatusCode::OK);
+    let mut seen = String::new();
+    read_until(&mut channel, &mut seen, "event: hello").await;
+    crate::devices::send(owner, device, json!({ "kind": "ring" })).await;
+    read_until(&mut channel, &mut seen, "event: command").await;
+    seen
+}
+
+/// The next message of a device's WebSocket that is not a command (re-sent ones come too).
+async fn next_answer(ws: &mut crate::devices::Ws) -> Value {
+    loop {
+        let frame = crate::devices::next_json(ws).await;
+        if frame["type"] != "command" {
+            return frame;
+        }
+    }
+}
+
+async fn devices_away_are_told_when_they_connect(app: &TestApp) {
+    let email = "ida@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    // Two linked laptops, both off when a request is filed.
+    let mut tab = crate::devices::Agent::new(app, "tab", 41, "true");
+    let tab_id = tab.link_and_run(&c, email).await;
+    tab.kill();
+    let desk = crate::devices::Agent::new(app, "desk", 42, "true");
+    assert!(desk.link(email).status.success(), "{}", desk.log());
+    let desk_id = desk.linked_id();
+    let id = file_request(app, email, "ida.new@example.net", &[]).await;
+    app.smtp
+        .nth_with(email, "Someone asked to recover", 1)
+        .await;
+
+    // Turned on, the first laptop shows the notice (its hook runs, once) and says so.
+    tab.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tab.log().contains("notice shown; the server knows") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never showed the notice:\n{}",
+            tab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shown = tab.out("notice.log");
+    assert_eq!(
+        shown
+            .lines()
+            .filter(|l| l.starts_with("recovery_requested|"))
+            .count(),
+        1,
+        "{shown}"
+    );
+    tab.kill();
+    // Shown once, it is not sent to that laptop again.
+    let again = notices_at_connect(app, &c, &tab_id, &tab.credential()).await;
+    assert!(!again.contains("event: notice"), "{again}");
+
+    // The second laptop has not connected: the notice waits for it — without the cancel
+    // code, which is kept only as a hash.
+    let waiting = notices_at_connect(app, &c, &desk_id, &desk.credential()).await;
+    assert!(waiting.contains("event: notice"), "{waiting}");
+    assert!(
+        waiting.contains("recovery_requested") && waiting.contains(&id),
+        "{waiting}"
+    );
+    let mail = app
+        .smtp
+        .nth_with(email, "Someone asked to recover", 1)
+        .await
+        .body();
+    let cancel = mail
+        .split("cancel code ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(!waiting.contains(&cancel), "{waiting}");
+    // Only the account's own notices can be marked shown, and only by a real device.
+    let device = app.client.with_token(desk.credential());
+    for bogus in ["ntc_nothing", "ntc_%2e%2e", "x"] {
+        let e = device
+            .raw(
+                reqwest::Method::POST,
+                &format!("/api/v1/device/notices/{bogus}/seen"),
+                Some(json!({})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("not_found"), "{bogus}");
+    }
+    let forged = app.client.with_token("mdc_forged");
+    let e = forged
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/device/notices/ntc_nothing/seen",
+            Some(json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_device_credential"));
+
+    // The owner cancels the request: a device that had not shown it is no longer told.
+    app.advance(Duration::from_secs(61));
+    c.raw(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/security/recovery-requests/{id}"),
+        None,
+    )
+    .await
+    .unwrap();
+    let after = notices_at_connect(app, &c, &desk_id, &desk.credential()).await;
+    assert!(!after.contains("event: notice"), "{after}");
+
+    // On a WebSocket the device says it showed a notice on the socket itself.
+    use crate::devices::{next_json, open_ws, ws_send, ws_text};
+
+    let mut ws = open_ws(app, &desk.credential()).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    app.advance(Duration::from_secs(61));
+    let id2 = file_request(app, email, "ida.other@example.net", &[]).await;
+    // (The rings above, never acknowledged, come again first.)
+    let notice = next_answer(&mut ws).await;
+    assert_eq!(notice["type"], "notice", "{notice}");
+    assert_eq!(notice["kind"], "recovery_requested");
+    assert!(notice["text"].as_str().unwrap().contains(&id2), "{notice}");
+    ws_send(
+        &mut ws,
+        ws_text(json!({ "type": "seen", "id": "ntc_nothing" })),
+    )
+    .await;
+    let reply = next_answer(&mut ws).await;
+    assert_eq!(reply["error"]["code"], "not_found", "{reply}");
+    ws_send(
+        &mut ws,
+        ws_text(json!({ "type": "seen", "id": notice["id"] })),
+    )
+    .await;
+    let reply = next_answer(&mut ws).await;
+    assert_eq!(reply, json!({ "type": "seen", "id": notice["id"] }));
+    drop(ws);
+    let after = notices_at_connect(app, &c, &desk_id, &desk.credential()).await;
+    assert!(!after.contains("event: notice"), "{after}");
 }
 
 async fn requests_cannot_flood_an_owner(app: &TestApp) {

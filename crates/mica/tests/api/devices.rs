@@ -1507,7 +1507,7 @@ async fn commands_reach_a_device_connected_to_another_node(app: &TestApp) {
     other.stop().await.unwrap();
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens a device's command channel as a WebSocket.
@@ -1547,12 +1547,12 @@ pub(crate) async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
-async fn ws_send(ws: &mut Ws, msg: tokio_tungstenite::tungstenite::Message) {
+pub(crate) async fn ws_send(ws: &mut Ws, msg: tokio_tungstenite::tungstenite::Message) {
     use futures_util::SinkExt;
     ws.send(msg).await.unwrap();
 }
 
-fn ws_text(v: Value) -> tokio_tungstenite::tungstenite::Message {
+pub(crate) fn ws_text(v: Value) -> tokio_tungstenite::tungstenite::Message {
     tokio_tungstenite::tungstenite::Message::Text(v.to_string().into())
 }
 
