@@ -72,6 +72,12 @@ impl Hub {
         }
     }
 
+    /// Devices connected on this node, every account's.
+    pub fn listeners(&self) -> usize {
+        let map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|tx| tx.receiver_count()).sum()
+    }
+
     /// Devices connected for this account on this node.
     pub fn connected(&self, account: AccountId) -> usize {
         let map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());

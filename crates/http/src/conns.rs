@@ -77,6 +77,16 @@ impl Connections {
         conn
     }
 
+    /// Connections open now (those that ended are forgotten at the next sweep).
+    pub fn open_count(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|c| c.strong_count() > 0)
+            .count()
+    }
+
     /// Closes every connection that has waited longer than the deadline for a request head, or
     /// for its writes to move; forgets those that ended. Returns how many it closed.
     pub fn sweep(&self) -> usize {

@@ -13,6 +13,7 @@ pub mod drive;
 pub mod error;
 pub mod extract;
 pub mod files;
+pub mod metrics;
 pub mod passkeys;
 mod profile;
 pub mod security;
@@ -78,6 +79,11 @@ pub struct AppInner {
     pub public_url: String,
     /// How long a request's body may wait for its next bytes before the request fails.
     pub body_idle_timeout: std::time::Duration,
+    /// The open connections (shared with the listener), for the metrics.
+    pub connections: Arc<conns::Connections>,
+    pub metrics: metrics::Metrics,
+    /// The bearer token that opens `/metrics` to clients other than loopback ones.
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 /// Largest JSON body the API accepts.
@@ -167,12 +173,16 @@ pub type App = BoxCloneSyncService<axum::extract::Request, Response, Infallible>
 /// around each route, so a request does not clone the middleware stack).
 pub fn app(state: AppState) -> App {
     let body_idle_timeout = state.body_idle_timeout;
+    let tracked = state.clone();
     let (api, doc) = api();
     let router = api
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
         .route("/", get(index))
         .route("/link", get(link_page))
         .merge(webdav::routes())
+        .route("/metrics", get(metrics::scrape))
+        // Every route tags its answer with its pattern, for the metrics.
+        .route_layer(axum::middleware::from_fn(metrics::tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_control_characters))
@@ -197,6 +207,7 @@ pub fn app(state: AppState) -> App {
                 ),
         )
         .layer(PropagateRequestIdLayer::new(x_request_id))
+        .layer(axum::middleware::from_fn_with_state(tracked, metrics::track))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| -> Response {
             tracing::error!("a request handler panicked");
             ApiError::internal().into_response()

@@ -48,6 +48,9 @@ pub struct Config {
     pub client_timeout_secs: u64,
     /// `text` or `json`.
     pub log_format: String,
+    /// A bearer token that lets Prometheus (or anyone holding it) read `GET /metrics` from
+    /// any address. Unset: only clients on a loopback address may.
+    pub metrics_token: Option<SecretString>,
     /// Run background jobs (account deletion, …) on this node.
     pub run_jobs: bool,
     pub identity: IdentityConfig,
@@ -71,6 +74,7 @@ impl Default for Config {
             trust_forwarded: false,
             client_timeout_secs: 60,
             log_format: "text".into(),
+            metrics_token: None,
             run_jobs: true,
             identity: IdentityConfig::default(),
             cloud: mica_cloud::CloudConfig::default(),

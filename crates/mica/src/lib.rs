@@ -176,6 +176,10 @@ impl Server {
         identity.add_area(Arc::new(DevicesExport(devices.clone())));
         identity.add_device_notices(Arc::new(devices.clone()));
         identity.add_device_notices(Arc::new(cloud.clone()));
+        // A connection gets `client_timeout_secs` to deliver each request head (and no more
+        // to sit idle between requests, or to leave its answer unread): the sweeper (below)
+        // closes what waited longer, once a second.
+        let connections = Connections::new(Duration::from_secs(cfg.client_timeout_secs));
         let state = AppState::new(mica_http::AppInner {
             identity: identity.clone(),
             cloud: cloud.clone(),
@@ -186,6 +190,9 @@ impl Server {
             trust_forwarded: cfg.trust_forwarded,
             public_url: public_url.clone(),
             body_idle_timeout: Duration::from_secs(cfg.client_timeout_secs),
+            connections: connections.clone(),
+            metrics: mica_http::metrics::Metrics::new(),
+            metrics_token: cfg.metrics_token.clone(),
         });
         let app = mica_http::app(state);
         let (tx, rx) = watch::channel(false);
@@ -271,11 +278,8 @@ impl Server {
                 }
             }
         });
-        // A connection gets `client_timeout_secs` to deliver each request head (and no more
-        // to sit idle between requests, or to leave its answer unread): the sweeper closes
-        // what waited longer, once a second. Once the server stops, connections waiting for
-        // a head are closed at once, for as long as the shutdown lasts.
-        let connections = Connections::new(Duration::from_secs(cfg.client_timeout_secs));
+        // The connections' sweeper: once the server stops, connections waiting for a head are
+        // closed at once, for as long as the shutdown lasts.
         {
             let connections = connections.clone();
             let mut stop = tx.subscribe();

@@ -250,6 +250,33 @@ impl Store {
         }
     }
 
+    /// The connection pools, for the operator's metrics: name, connections open, idle ones.
+    pub fn pool_stats(&self) -> [(&'static str, u32, usize); 2] {
+        [
+            ("writer", self.writer.size(), self.writer.num_idle()),
+            ("reader", self.reader.size(), self.reader.num_idle()),
+        ]
+    }
+
+    /// Work waiting, for the operator's metrics: jobs queued per kind, and account recovery
+    /// requests per open state (`in_review` ones wait for an operator).
+    pub async fn backlog(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT 'job' AS what, kind AS name, COUNT(*) AS n FROM jobs GROUP BY kind \
+             UNION ALL SELECT 'recovery' AS what, state AS name, COUNT(*) AS n \
+             FROM recovery_requests WHERE state IN ('waiting', 'in_review', 'approved') \
+             GROUP BY state",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                Ok((r.try_get("what")?, r.try_get("name")?, r.try_get("n")?))
+            })
+            .collect()
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -22,6 +22,7 @@ mod factors;
 mod files;
 mod limits;
 mod link_codes;
+mod metrics;
 mod passkeys;
 mod profile;
 mod recovery;
