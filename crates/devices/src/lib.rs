@@ -1327,8 +1327,15 @@ impl Devices {
             .unseen_device_notices(d.account, &d.id, now)
             .await?
             .iter()
-            .map(|n| self.notice(n))
-            .collect::<Result<VecDeque<_>>>()?;
+            .filter_map(|n| match self.notice(n) {
+                Ok(n) => Some(n),
+                // Never let one notice keep the channel (and lock or erase with it) down.
+                Err(e) => {
+                    tracing::warn!(error = %e, notice = %n.id, "a stored notice cannot be opened");
+                    None
+                }
+            })
+            .collect::<VecDeque<_>>();
         let state = ChannelState {
             devices: self.clone(),
             device: d.id.clone(),

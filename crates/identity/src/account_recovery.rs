@@ -366,10 +366,10 @@ impl Identity {
             until = wait_until.to_rfc3339(),
         );
         let subject = format!("{name}: a request to recover your account");
-        self.tell_everywhere(account, &subject, &text).await;
         // The devices are told without the cancel code: it is kept only as a hash, and a
-        // linked device's user can sign in to cancel.
-        let text = format!(
+        // linked device's user can sign in to cancel. Their notice is stored before the mail
+        // goes, so a cancel made with the mail's code finds it to withdraw.
+        let device_text = format!(
             "Someone asked to recover your {name} account {account} without any of its sign-in \
              factors, from the address {ip}, to be reached at {contact}. Unless it is cancelled, \
              an operator will review it after {until}, and if approved that person can set a new \
@@ -383,13 +383,25 @@ impl Identity {
             account,
             "recovery_requested",
             NoticeBody {
-                title: subject,
-                text,
+                title: subject.clone(),
+                text: device_text,
             },
             Some(id),
             wait_until,
         )
         .await;
+        self.withdraw_if_closed(id).await;
+        self.tell_everywhere(account, &subject, &text).await;
+    }
+
+    /// After a notice about a request is stored: withdraws it if the request closed in the
+    /// meantime (a cancel between the request's change and the notice's insert withdrew
+    /// nothing).
+    async fn withdraw_if_closed(&self, request_id: &str) {
+        match self.store().recovery_request(request_id).await {
+            Ok(Some(r)) if RECOVERY_OPEN.contains(&r.state.as_str()) => {}
+            _ => self.withdraw_device_notices(request_id).await,
+        }
     }
 
     /// Withdraws the devices' notices about a request that closed (best effort: a notice left
@@ -738,6 +750,7 @@ impl Identity {
                     until,
                 )
                 .await;
+                self.withdraw_if_closed(&row.id).await;
             }
             self.inner.notifier.dispatch(contact.message(
                 &format!("{name}: your account recovery request was approved"),

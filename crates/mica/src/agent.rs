@@ -10,7 +10,7 @@
 //! `journal.json` of commands run, `lost_mode.json`, `sync/`); `state_file` is the stand-in
 //! for the partition that survives a reset, and holds the activation-lock marker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -388,21 +388,45 @@ fn hook_command(cmd: &str) -> std::process::Command {
     c
 }
 
+/// Where a notice stands in this run of the agent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NoticeState {
+    /// Its hook is running.
+    Showing,
+    /// Shown; the server has not confirmed it knows.
+    Shown,
+    /// Shown, and the server knows.
+    Confirmed,
+}
+
 /// A notice from the account: logged, and handed to the `notice` hook (in the background:
 /// the channel keeps being read); once shown — the hook exited 0, or there is none — the
 /// server is told, and does not send it again. Each id is shown once per run (the server may
-/// send one twice around a reconnect); a notice whose hook failed is shown again when it next
-/// comes.
+/// send one twice around a reconnect); one shown whose `seen` did not get through is only
+/// confirmed again when it comes back, and one whose hook failed is shown again.
 fn show_notice(agent: &Arc<Agent>, v: Value) {
     let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let (id, kind, title, text) = (field("id"), field("kind"), field("title"), field("text"));
-    let first = agent
-        .notices_shown
-        .lock()
-        .map(|mut shown| shown.insert(id.clone()))
-        .unwrap_or(true);
-    if !first {
-        return;
+    let before = if id.is_empty() {
+        // From a server that does not number its notices: nothing to keep or confirm.
+        None
+    } else {
+        agent.notices.lock().ok().and_then(|mut states| {
+            let before = states.get(&id).copied();
+            if before.is_none() {
+                states.insert(id.clone(), NoticeState::Showing);
+            }
+            before
+        })
+    };
+    match before {
+        Some(NoticeState::Showing | NoticeState::Confirmed) => return,
+        Some(NoticeState::Shown) => {
+            let agent = agent.clone();
+            tokio::spawn(async move { confirm_notice(&agent, &id).await });
+            return;
+        }
+        None => {}
     }
     tracing::warn!(%kind, %title, "notice from the account");
     let agent = agent.clone();
@@ -415,24 +439,38 @@ fn show_notice(agent: &Arc<Agent>, v: Value) {
             ];
             if let Err(e) = run_hook(h, env).await {
                 tracing::warn!(error = %e, "the notice hook failed");
-                if let Ok(mut shown) = agent.notices_shown.lock() {
-                    shown.remove(&id);
+                if let Ok(mut states) = agent.notices.lock() {
+                    states.remove(&id);
                 }
                 return;
             }
         }
-        if id.is_empty() {
-            return;
-        }
-        match agent
-            .post(&format!("/api/v1/device/notices/{id}/seen"), json!({}))
-            .await
-        {
-            Ok(_) => tracing::info!(notice = %id, "notice shown; the server knows"),
-            // Sent again at the next connection, and not shown twice in this run.
-            Err(e) => tracing::info!(error = %e, "could not tell the server a notice was shown"),
+        if !id.is_empty() {
+            confirm_notice(&agent, &id).await;
         }
     });
+}
+
+/// Tells the server a notice was shown (it is not sent again).
+async fn confirm_notice(agent: &Agent, id: &str) {
+    let state = match agent
+        .post(&format!("/api/v1/device/notices/{id}/seen"), json!({}))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(notice = %id, "notice shown; the server knows");
+            NoticeState::Confirmed
+        }
+        // Withdrawn or expired since: nothing more to say about it.
+        Err(ClientError::Api { code, .. }) if code == "not_found" => NoticeState::Confirmed,
+        Err(e) => {
+            tracing::info!(error = %e, "could not tell the server a notice was shown");
+            NoticeState::Shown
+        }
+    };
+    if let Ok(mut states) = agent.notices.lock() {
+        states.insert(id.to_owned(), state);
+    }
 }
 
 /// Runs a hook with `sh -c`; `Ok(())` when it exits 0.
@@ -847,8 +885,8 @@ struct Agent {
     ring_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Wakes the location reports (lost mode began: report now, and more often).
     reports: tokio::sync::Notify,
-    /// The notices shown (or being shown) in this run, by id.
-    notices_shown: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The notices of this run, by id.
+    notices: std::sync::Mutex<HashMap<String, NoticeState>>,
 }
 
 impl Agent {
@@ -1059,7 +1097,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<RunEnd> {
         ringing: std::sync::Mutex::new(None),
         ring_task: std::sync::Mutex::new(None),
         reports: tokio::sync::Notify::new(),
-        notices_shown: std::sync::Mutex::new(std::collections::HashSet::new()),
+        notices: std::sync::Mutex::new(HashMap::new()),
     });
     let control = control_socket(&agent.cfg.data_dir).with_context(|| {
         format!(
