@@ -81,7 +81,7 @@ pub struct AppInner {
     pub body_idle_timeout: std::time::Duration,
     /// The open connections (shared with the listener), for the metrics.
     pub connections: Arc<conns::Connections>,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     /// The bearer token that opens `/metrics` to clients other than loopback ones.
     pub metrics_token: Option<secrecy::SecretString>,
 }
@@ -173,7 +173,6 @@ pub type App = BoxCloneSyncService<axum::extract::Request, Response, Infallible>
 /// around each route, so a request does not clone the middleware stack).
 pub fn app(state: AppState) -> App {
     let body_idle_timeout = state.body_idle_timeout;
-    let tracked = state.clone();
     let (api, doc) = api();
     let router = api
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
@@ -181,11 +180,11 @@ pub fn app(state: AppState) -> App {
         .route("/link", get(link_page))
         .merge(webdav::routes())
         .route("/metrics", get(metrics::scrape))
-        // Every route tags its answer with its pattern, for the metrics.
-        .route_layer(axum::middleware::from_fn(metrics::tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_control_characters))
+        // Around each route and the fallback: counted by the pattern the route matched.
+        .layer(metrics::Track(state.metrics.clone()))
         .with_state(state);
     let x_request_id = HeaderName::from_static("x-request-id");
     let svc = ServiceBuilder::new()
@@ -207,7 +206,6 @@ pub fn app(state: AppState) -> App {
                 ),
         )
         .layer(PropagateRequestIdLayer::new(x_request_id))
-        .layer(axum::middleware::from_fn_with_state(tracked, metrics::track))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| -> Response {
             tracing::error!("a request handler panicked");
             ApiError::internal().into_response()

@@ -5,20 +5,18 @@
 //! (jobs, account recovery requests), and the process's memory and file descriptors.
 //!
 //! A route is the pattern it matched (`/api/v1/devices/{id}`), never the path a client sent, so
-//! no id or name reaches the metrics and their number stays bounded. Without
-//! `metrics_token` the endpoint answers only a client on a loopback address (a Prometheus on
-//! the same host); with one, any client holding it as a bearer token.
+//! no id or name reaches the metrics and their number stays bounded. The endpoint answers only
+//! a client holding `metrics_token` as a bearer token; without one configured it is off. (Not
+//! "loopback clients only": behind a reverse proxy on the same host every client is loopback,
+//! and a proxy need not say it forwarded.)
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -33,12 +31,6 @@ struct RequestLabels {
     method: &'static str,
     route: String,
     status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    method: &'static str,
-    route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,8 +62,8 @@ fn latency_histogram() -> Histogram {
 /// The server's metrics: what requests update as they go, and what a scrape reads.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// One histogram per method, route and status: its `_count` counts the requests.
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     connections: Gauge,
     device_channels: Gauge,
@@ -81,6 +73,8 @@ pub struct Metrics {
     recovery_requests: Family<StateLabels, Gauge>,
     resident_memory: Gauge,
     open_fds: Gauge,
+    /// One scrape at a time: each resets and refills the gauges it reads.
+    scraping: tokio::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -92,8 +86,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut m = Metrics {
-            requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
+            requests: Family::new_with_constructor(latency_histogram),
             in_flight: Gauge::default(),
             connections: Gauge::default(),
             device_channels: Gauge::default(),
@@ -104,17 +97,14 @@ impl Metrics {
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             registry: Registry::default(),
+            scraping: tokio::sync::Mutex::new(()),
         };
-        m.registry.register(
-            "mica_http_requests",
-            "HTTP requests answered, by method, matched route and status",
-            m.requests.clone(),
-        );
         m.registry.register_with_unit(
             "mica_http_request_duration",
-            "Time from a request's arrival to its answer's head, by method and matched route",
+            "HTTP requests answered (`_count`) and the time from a request reaching its route to \
+             its answer's head, by method, matched route and status",
             Unit::Seconds,
-            m.latency.clone(),
+            m.requests.clone(),
         );
         m.registry.register(
             "mica_http_requests_in_flight",
@@ -188,6 +178,7 @@ impl Metrics {
 
     /// Reads what is measured at scrape time, then writes everything out.
     async fn render(&self, app: &AppState) -> Result<String, ApiError> {
+        let _one = self.scraping.lock().await;
         self.connections.set(gauge(app.connections.open_count()));
         self.device_channels.set(gauge(app.devices.connections()));
         self.sync_channels.set(gauge(app.cloud.hub().listeners()));
@@ -279,68 +270,110 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// The route a request matched, carried on its answer from inside the router to [`track`].
+/// Counts and times every request by method, the route it matched and its answer's status.
+/// Applied with `Router::layer`, so it wraps each route (where the router has put the route's
+/// [`MatchedPath`] in the request) and the fallback (`unmatched`). A hand-written service
+/// rather than `from_fn`: one boxed future and one small string a request, nothing more.
 #[derive(Clone)]
-pub(crate) struct RouteTag(MatchedPath);
+pub(crate) struct Track(pub(crate) std::sync::Arc<Metrics>);
 
-/// Inside the router (a route layer): tags the answer with the route that matched.
-pub(crate) async fn tag_route(path: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
-    if let Some(p) = path {
-        res.extensions_mut().insert(RouteTag(p));
+impl<S> tower::Layer<S> for Track {
+    type Service = TrackService<S>;
+
+    fn layer(&self, inner: S) -> TrackService<S> {
+        TrackService {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
-    res
 }
 
-/// Around the router: counts each request by method, route and status, and times it.
-pub(crate) async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let m = &app.metrics;
-    let method = method_label(req.method());
-    let start = Instant::now();
-    m.in_flight.inc();
-    let res = next.run(req).await;
-    m.in_flight.dec();
-    let route = res
-        .extensions()
-        .get::<RouteTag>()
-        .map_or("unmatched", |t| t.0.as_str())
-        .to_owned();
-    m.latency
-        .get_or_create(&RouteLabels {
-            method,
-            route: route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    m.requests
-        .get_or_create(&RequestLabels {
-            method,
-            route,
-            status: res.status().as_u16(),
-        })
-        .inc();
-    res
+#[derive(Clone)]
+pub(crate) struct TrackService<S> {
+    inner: S,
+    metrics: std::sync::Arc<Metrics>,
 }
 
-/// `GET /metrics`: the OpenMetrics text format. Only a loopback client, or one with the
-/// configured `metrics_token`; anyone else gets `404` (nothing here for them).
+impl<S> tower::Service<Request> for TrackService<S>
+where
+    S: tower::Service<Request, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let method = method_label(req.method());
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+            .to_owned();
+        let metrics = self.metrics.clone();
+        let start = Instant::now();
+        let in_flight = InFlight::start(metrics.in_flight.clone());
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let res = answer.await?;
+            drop(in_flight);
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    method,
+                    route,
+                    status: res.status().as_u16(),
+                })
+                .observe(start.elapsed().as_secs_f64());
+            Ok(res)
+        })
+    }
+}
+
+/// A request being handled: counted in flight until it is answered or dropped (a client that
+/// went away, a connection closed under it).
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn start(g: Gauge) -> InFlight {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `GET /metrics`: the OpenMetrics text format, for a client with the configured
+/// `metrics_token`; anyone else (and everyone, when no token is configured) gets `404`.
 pub(crate) async fn scrape(
     State(app): State<AppState>,
-    req: Request,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let headers = req.headers();
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>();
-    let allowed = match &app.metrics_token {
-        Some(token) => headers
+    let allowed = app.metrics_token.as_ref().is_some_and(|token| {
+        headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| {
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .is_some_and(|(_, given)| {
                 // Compared as hashes: the time taken says nothing about the token.
                 mica_core::crypto::token_hash(given.trim())
                     == mica_core::crypto::token_hash(token.expose_secret())
-            }),
-        None => peer.is_some_and(|p| p.0.ip().is_loopback()) && !forwarded(headers),
-    };
+            })
+    });
     if !allowed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -355,11 +388,6 @@ pub(crate) async fn scrape(
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(res)
-}
-
-/// Whether a proxy passed the request on (then the loopback peer is the proxy, not the client).
-fn forwarded(headers: &axum::http::HeaderMap) -> bool {
-    headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED)
 }
 
 #[cfg(test)]
@@ -388,12 +416,12 @@ mod tests {
                 route: "/healthz".into(),
                 status: 200,
             })
-            .inc();
+            .observe(0.001);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap_or_default();
         assert!(
             out.contains(
-                "mica_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+                "mica_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
             ),
             "{out}"
         );

@@ -62,6 +62,8 @@ pub enum IdentityError {
     RecoveryNotApproved { state: String },
     #[error("this recovery request is already closed or decided")]
     RecoveryClosed,
+    #[error("this account is suspended by the operator of this service; ask them to reinstate it")]
+    AccountSuspended,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,6 +99,7 @@ impl IdentityError {
             IdentityError::RecoveryWaiting { .. } => "recovery_waiting",
             IdentityError::RecoveryNotApproved { .. } => "recovery_not_approved",
             IdentityError::RecoveryClosed => "recovery_closed",
+            IdentityError::AccountSuspended => "account_suspended",
             IdentityError::Internal(_) => "internal",
         }
     }
@@ -128,7 +131,7 @@ impl IdentityError {
             | IdentityError::RecoveryClosed
             | IdentityError::TwoStepEnabled
             | IdentityError::TwoStepNotEnabled => 409,
-            IdentityError::StepUpRequired => 403,
+            IdentityError::StepUpRequired | IdentityError::AccountSuspended => 403,
             IdentityError::FactorMissing(_) => 422,
             IdentityError::NotFound => 404,
             IdentityError::Internal(_) => 500,

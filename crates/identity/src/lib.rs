@@ -19,6 +19,7 @@ pub mod export;
 pub mod factors;
 mod identifiers;
 pub mod limits;
+pub mod operator;
 pub mod passkeys;
 pub mod password;
 pub mod profile;

@@ -153,10 +153,16 @@ impl Identity {
         Ok(())
     }
 
+    /// Reads the sessions revoked within an access token's lifetime — by this process or any
+    /// other — so their tokens stop working here. Run every few seconds by the server.
+    pub async fn refresh_revocations(&self) -> Result<(), IdentityError> {
+        self.load_revocations().await
+    }
+
     pub(crate) async fn load_revocations(&self) -> Result<(), IdentityError> {
         let keep = self.access_ttl();
         let since = self.now().minus(keep);
-        let (sessions, _) = self.store().recent_revocations(since).await?;
+        let sessions = self.store().recent_revocations(since).await?;
         let map = &self.inner.revoked;
         for (id, at) in sessions {
             map.add([id], at, keep);
@@ -222,6 +228,25 @@ impl Identity {
                     .await
                     .map(crate::SignInOutcome::SignedIn)
             }
+            Some(a) if ok && a.status == "suspended" => {
+                // Said only to the right password; not a failure that builds a back-off.
+                self.store()
+                    .record_login_event(
+                        a.id,
+                        &LoginEventRow {
+                            at: now,
+                            outcome: "account_suspended".into(),
+                            ip: client.ip.clone(),
+                            user_agent: client.user_agent.clone(),
+                            device_model: client.device.model.clone(),
+                            os_version: client.device.os_version.clone(),
+                            client: client.device.client.clone(),
+                            session_id: None,
+                        },
+                    )
+                    .await?;
+                Err(IdentityError::AccountSuspended)
+            }
             Some(a) => {
                 let outcome = if ok {
                     "account_inactive"
@@ -281,7 +306,7 @@ impl Identity {
             .is_some())
     }
 
-    /// Whether the account exists and is active (not being deleted).
+    /// Whether the account exists and is active (not suspended, not being deleted).
     pub(crate) async fn is_active(&self, account: AccountId) -> Result<bool, IdentityError> {
         Ok(self
             .store()

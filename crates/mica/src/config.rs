@@ -116,6 +116,13 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(t) = &self.metrics_token {
+            use secrecy::ExposeSecret;
+            let t = t.expose_secret();
+            if t.chars().count() < 16 || t.trim() != t || t.contains(char::is_whitespace) {
+                bail!("metrics_token must be at least 16 characters, without spaces");
+            }
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!(
                 "log_format must be \"text\" or \"json\", not {:?}",

@@ -191,7 +191,7 @@ impl Server {
             public_url: public_url.clone(),
             body_idle_timeout: Duration::from_secs(cfg.client_timeout_secs),
             connections: connections.clone(),
-            metrics: mica_http::metrics::Metrics::new(),
+            metrics: Arc::new(mica_http::metrics::Metrics::new()),
             metrics_token: cfg.metrics_token.clone(),
         });
         let app = mica_http::app(state);
@@ -250,6 +250,26 @@ impl Server {
                         _ = stop.changed() => break,
                     }
                     tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            });
+        }
+        {
+            // Sessions revoked elsewhere — by another node, or by `mica admin` suspending an
+            // account — stop this node's access tokens within seconds, not when they expire.
+            let identity = identity.clone();
+            let mut stop = tx.subscribe();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(REVOCATIONS_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = identity.refresh_revocations().await {
+                                tracing::warn!(error = %e, "reading revoked sessions failed");
+                            }
+                        }
+                        _ = stop.changed() => break,
+                    }
                 }
             });
         }
@@ -417,3 +437,5 @@ impl mica_identity::export::AccountArea for DevicesExport {
 /// How long requests in flight (and open event streams, which end only when their client
 /// goes) get to end once the server is told to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often a node reads the sessions revoked elsewhere.
+const REVOCATIONS_EVERY: Duration = Duration::from_secs(2);

@@ -78,6 +78,31 @@ enum Admin {
     /// Review requests to recover accounts whose every factor is lost.
     #[command(subcommand)]
     Recovery(RecoveryCommand),
+    /// Look up an account by its number, email or phone number; suspend or reinstate it.
+    #[command(subcommand)]
+    Account(AccountCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// The account: state, addresses (masked), two-step, sessions, last sign-in.
+    Show { login: String },
+    /// Suspend an active account: its sessions end now, nobody can sign in, app passwords
+    /// stop; its data, devices and activation locks stay. The owner is told `--reason`.
+    Suspend {
+        login: String,
+        /// Who decides (kept in the account's security log).
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Make a suspended account active again.
+    Reinstate {
+        login: String,
+        #[arg(long)]
+        operator: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +168,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Admin(Admin::CheckUsage) => check_usage(&cfg).await,
             Command::Admin(Admin::Recovery(r)) => recovery(&cfg, r).await,
+            Command::Admin(Admin::Account(a)) => account(&cfg, a).await,
             Command::Agent(a) => agent(a).await,
         }
     });
@@ -257,6 +283,43 @@ async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> 
                 .await?;
             print_review(&r);
         }
+    }
+    if let Err(e) = identity
+        .flush_messages(std::time::Duration::from_secs(60))
+        .await
+    {
+        anyhow::bail!("done, but the messages about it were not all delivered: {e}");
+    }
+    Ok(())
+}
+
+async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
+    let identity = mica::operator_identity(cfg, std::sync::Arc::new(SystemClock)).await?;
+    let summary = match command {
+        AccountCommand::Show { login } => identity.operator_account(&login).await?,
+        AccountCommand::Suspend {
+            login,
+            operator,
+            reason,
+        } => identity.suspend_account(&login, &operator, &reason).await?,
+        AccountCommand::Reinstate { login, operator } => {
+            identity.reinstate_account(&login, &operator).await?
+        }
+    };
+    let time =
+        |t: Option<mica_core::Timestamp>| t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+    println!("account          {}", summary.id);
+    println!("state            {}", summary.status);
+    println!("created          {}", summary.created_at.to_rfc3339());
+    println!("addresses        {}", summary.addresses.join(", "));
+    println!(
+        "two-step         {}",
+        if summary.two_step { "on" } else { "off" }
+    );
+    println!("sessions         {}", summary.sessions);
+    println!("last sign-in     {}", time(summary.last_sign_in));
+    if summary.locked_until.is_some() {
+        println!("sign-in held     until {}", time(summary.locked_until));
     }
     if let Err(e) = identity
         .flush_messages(std::time::Duration::from_secs(60))

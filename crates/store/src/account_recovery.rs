@@ -156,7 +156,7 @@ fn from_row(r: &AnyRow) -> Result<RecoveryRequestRow> {
     })
 }
 
-fn in_list(states: &[&str], first: usize) -> String {
+pub(crate) fn in_list(states: &[&str], first: usize) -> String {
     (0..states.len())
         .map(|i| format!("${}", first + i))
         .collect::<Vec<_>>()

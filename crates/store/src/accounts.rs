@@ -1,6 +1,6 @@
 //! Accounts.
 
-use mica_core::{AccountId, Timestamp};
+use mica_core::{AccountId, SessionId, Timestamp};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -71,6 +71,41 @@ pub enum LookupBy<'a> {
 }
 
 impl Store {
+    /// Suspends an active account (an operator's decision) and revokes every session of it in
+    /// the same transaction: the sessions revoked, or `None` when the account was not active.
+    pub async fn suspend_account(
+        &self,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<Option<Vec<SessionId>>> {
+        let mut tx = self.writer.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE accounts SET status = 'suspended' WHERE id = $1 AND status = 'active'",
+        )
+        .bind(account.as_i64())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(None);
+        }
+        let ids = crate::sessions::revoke_all_in(&mut tx, account, now).await?;
+        tx.commit().await?;
+        Ok(Some(ids))
+    }
+
+    /// Makes a suspended account active again; whether it was suspended.
+    pub async fn reinstate_account(&self, account: AccountId) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE accounts SET status = 'active' WHERE id = $1 AND status = 'suspended'",
+        )
+        .bind(account.as_i64())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
     pub async fn account(&self, by: LookupBy<'_>) -> Result<Option<AccountRow>> {
         let q = match by {
             LookupBy::Id(id) => sqlx::query(select_account_where!("id")).bind(id.as_i64()),

@@ -246,11 +246,11 @@ impl Store {
     /// account.
     pub async fn link_device(&self, d: &NewDevice) -> Result<LinkOutcome> {
         let mut tx = self.writer.begin().await?;
-        // Locks held by accounts that are no longer active do not bind.
+        // Locks held by accounts being deleted (or gone) do not bind; a suspended account's do.
         for bidx in &d.hardware_id_bidxs {
             sqlx::query(
                 "DELETE FROM activation_locks WHERE hardware_id_bidx = $1 AND account_id NOT IN \
-                 (SELECT id FROM accounts WHERE status = 'active')",
+                 (SELECT id FROM accounts WHERE status <> 'deleting')",
             )
             .bind(bidx.clone())
             .execute(&mut *tx)
@@ -360,7 +360,7 @@ impl Store {
         for bidx in hardware_id_bidxs {
             let owner: Option<i64> = sqlx::query_scalar(
                 "SELECT l.account_id FROM activation_locks l JOIN accounts a ON a.id = l.account_id \
-                 WHERE l.hardware_id_bidx = $1 AND a.status = 'active'",
+                 WHERE l.hardware_id_bidx = $1 AND a.status <> 'deleting'",
             )
             .bind(bidx.clone())
             .fetch_optional(&self.reader)
@@ -378,7 +378,7 @@ impl Store {
     pub async fn device_by_credential(&self, credential_hash: &[u8]) -> Result<Option<DeviceRow>> {
         sqlx::query(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE credential_hash = $1 AND unlinked_at IS NULL \
-             AND account_id IN (SELECT id FROM accounts WHERE status = 'active')"
+             AND account_id IN (SELECT id FROM accounts WHERE status <> 'deleting')"
         ))
         .bind(credential_hash.to_vec())
         .fetch_optional(&self.reader)
@@ -1044,7 +1044,7 @@ async fn lock_hardware(
     for bidx in bidxs {
         sqlx::query(
             "DELETE FROM activation_locks WHERE hardware_id_bidx = $1 AND account_id <> $2 \
-             AND account_id NOT IN (SELECT id FROM accounts WHERE status = 'active')",
+             AND account_id NOT IN (SELECT id FROM accounts WHERE status <> 'deleting')",
         )
         .bind(bidx.clone())
         .bind(account.as_i64())

@@ -261,14 +261,17 @@ impl Store {
     /// Work waiting, for the operator's metrics: jobs queued per kind, and account recovery
     /// requests per open state (`in_review` ones wait for an operator).
     pub async fn backlog(&self) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
+        let open = account_recovery::in_list(RECOVERY_OPEN, 1);
+        let sql = format!(
             "SELECT 'job' AS what, kind AS name, COUNT(*) AS n FROM jobs GROUP BY kind \
              UNION ALL SELECT 'recovery' AS what, state AS name, COUNT(*) AS n \
-             FROM recovery_requests WHERE state IN ('waiting', 'in_review', 'approved') \
-             GROUP BY state",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+             FROM recovery_requests WHERE state IN ({open}) GROUP BY state"
+        );
+        let mut q = sqlx::query(&sql);
+        for s in RECOVERY_OPEN {
+            q = q.bind(*s);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
         rows.iter()
             .map(|r| {
                 use sqlx::Row;

@@ -127,6 +127,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0023_device_notices.sql"),
         postgres: include_str!("../migrations/postgres/0023_device_notices.sql"),
     },
+    Migration {
+        version: 24,
+        sqlite: include_str!("../migrations/sqlite/0024_sessions_revoked.sql"),
+        postgres: include_str!("../migrations/postgres/0024_sessions_revoked.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

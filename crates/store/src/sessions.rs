@@ -260,13 +260,13 @@ impl Store {
         Ok(ids)
     }
 
-    /// Sessions revoked and accounts signed out everywhere since `since`: what a node needs to
-    /// reject still-unexpired access tokens after a restart.
+    /// Sessions revoked since `since` (signing out everywhere revokes each one): what a node
+    /// needs to reject still-unexpired access tokens, at start and every few seconds.
     pub async fn recent_revocations(
         &self,
         since: Timestamp,
-    ) -> Result<(Vec<(SessionId, Timestamp)>, Vec<(AccountId, Timestamp)>)> {
-        let sessions = sqlx::query("SELECT id, revoked_at FROM sessions WHERE revoked_at >= $1")
+    ) -> Result<Vec<(SessionId, Timestamp)>> {
+        sqlx::query("SELECT id, revoked_at FROM sessions WHERE revoked_at >= $1")
             .bind(since.millis())
             .fetch_all(&self.reader)
             .await?
@@ -277,21 +277,7 @@ impl Store {
                     Timestamp(r.try_get("revoked_at")?),
                 ))
             })
-            .collect::<Result<Vec<_>>>()?;
-        let accounts = sqlx::query(
-            "SELECT id, sessions_valid_after FROM accounts WHERE sessions_valid_after >= $1",
-        )
-        .bind(since.millis())
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .filter_map(|r| {
-            let id: i64 = r.try_get("id").ok()?;
-            let t: i64 = r.try_get("sessions_valid_after").ok()?;
-            Some((AccountId::from_i64(id)?, Timestamp(t)))
-        })
-        .collect();
-        Ok((sessions, accounts))
+            .collect()
     }
 
     /// Whether the account has signed in before from this client (same user agent and declared

@@ -94,27 +94,9 @@ async fn state_of(app: &TestApp, id: &str) -> Value {
     s
 }
 
-/// Runs `mica admin recovery …` (the real binary) on the test's database, its mail to the
-/// test's SMTP sink.
+/// Runs `mica admin recovery …` (the real binary) on the test's database.
 fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
-    use secrecy::ExposeSecret;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mica"));
-    cmd.args(["admin", "recovery"])
-        .args(args)
-        .env("MICA_DATA_DIR", &app.cfg.data_dir)
-        .env("MICA_SMTP_URL", app.smtp.url())
-        .env("MICA_EMAIL_FROM", "Mica <no-reply@mica.test>")
-        .env("MICA_LOG", "warn");
-    if let Some(url) = &app.cfg.database_url {
-        cmd.env("MICA_DATABASE_URL", url.expose_secret());
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    app.admin(&[&["recovery"], args].concat())
 }
 
 /// The waiting period passes and the server's maintenance runs.

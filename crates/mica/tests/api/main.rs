@@ -23,6 +23,7 @@ mod files;
 mod limits;
 mod link_codes;
 mod metrics;
+mod operator;
 mod passkeys;
 mod profile;
 mod recovery;

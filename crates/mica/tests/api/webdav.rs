@@ -33,7 +33,7 @@ async fn a_large_folder_is_copied_and_deleted_whole_postgres() {
     a_large_folder_is_copied_and_deleted_whole(Backend::Postgres).await;
 }
 
-fn basic(user: &str, password: &str) -> String {
+pub(crate) fn basic(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
@@ -41,7 +41,7 @@ fn basic(user: &str, password: &str) -> String {
 }
 
 /// Signs up, steps up and creates an app password; returns (account id, access token, password).
-async fn with_app_password(app: &TestApp, email: &str) -> (String, String, String) {
+pub(crate) async fn with_app_password(app: &TestApp, email: &str) -> (String, String, String) {
     let t = app.signup_email(email).await;
     let c = app.client.with_token(&t.access_token);
     step_up_by_email(app, &c, email).await;

@@ -204,6 +204,29 @@ impl TestApp {
         }
     }
 
+    /// Runs `mica admin …` (the real binary) on the test's database, its mail to the test's
+    /// SMTP sink; whether it succeeded, and what it printed.
+    pub fn admin(&self, args: &[&str]) -> (bool, String) {
+        use secrecy::ExposeSecret;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mica"));
+        cmd.arg("admin")
+            .args(args)
+            .env("MICA_DATA_DIR", &self.cfg.data_dir)
+            .env("MICA_SMTP_URL", self.smtp.url())
+            .env("MICA_EMAIL_FROM", "Mica <no-reply@mica.test>")
+            .env("MICA_LOG", "warn");
+        if let Some(url) = &self.cfg.database_url {
+            cmd.env("MICA_DATABASE_URL", url.expose_secret());
+        }
+        let out = cmd.output().expect("mica admin runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     pub fn store(&self) -> &mica_store::Store {
         &self.server.as_ref().expect("running").store
     }

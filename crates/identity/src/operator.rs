@@ -1,0 +1,182 @@
+//! What the operator does to an account (OP-4, through `mica admin account`): look it up, and
+//! suspend or reinstate it. A suspension is a decision about an account, never a deletion: its
+//! data, devices and activation locks stay; its sessions end at once and nobody can sign in
+//! (nor use an app password) until it is reinstated. Each decision names its operator and goes
+//! into the account's security log, and the owner is told at every address.
+
+use mica_core::{AccountId, Login, Timestamp};
+
+use crate::{ClientInfo, Identity, IdentityError};
+
+/// What an operator sees of an account (addresses masked).
+#[derive(Debug, Clone)]
+pub struct AccountSummary {
+    pub id: AccountId,
+    /// `active`, `suspended`, or `deleting`.
+    pub status: String,
+    pub created_at: Timestamp,
+    /// The account's addresses and recovery addresses, masked.
+    pub addresses: Vec<String>,
+    pub two_step: bool,
+    pub sessions: usize,
+    pub last_sign_in: Option<Timestamp>,
+    /// Signing in is held back until then (too many wrong passwords).
+    pub locked_until: Option<Timestamp>,
+}
+
+/// How an operator's decisions appear in the security log and to the notifier.
+fn operator_client(operator: &str) -> ClientInfo {
+    ClientInfo {
+        ip: "operator".into(),
+        user_agent: format!("mica admin ({operator})"),
+        ..ClientInfo::default()
+    }
+}
+
+fn check_operator(operator: &str) -> Result<&str, IdentityError> {
+    let operator = operator.trim();
+    if operator.is_empty() || operator.chars().count() > 100 {
+        return Err(IdentityError::Invalid {
+            field: "operator",
+            message: "say who decides (1 to 100 characters)".into(),
+        });
+    }
+    Ok(operator)
+}
+
+impl Identity {
+    /// The account behind an account number, email or phone number (its recovery addresses
+    /// included), as the operator sees it.
+    pub async fn operator_account(&self, login: &str) -> Result<AccountSummary, IdentityError> {
+        let login = Login::parse(login)?;
+        let row = self
+            .account_for_login(&login)
+            .await?
+            .ok_or_else(|| IdentityError::Invalid {
+                field: "login",
+                message: "no account has this number, email or phone number".into(),
+            })?;
+        let account = row.id;
+        let now = self.now();
+        let last_sign_in = self
+            .store()
+            .login_events(account, 200)
+            .await?
+            .iter()
+            .find(|e| e.outcome == "success")
+            .map(|e| e.at);
+        Ok(AccountSummary {
+            id: account,
+            status: row.status.clone(),
+            created_at: row.created_at,
+            addresses: self
+                .known_addresses(account)
+                .await
+                .iter()
+                .map(|t| t.masked())
+                .collect(),
+            two_step: self
+                .store()
+                .totp_factor(account)
+                .await?
+                .is_some_and(|f| f.confirmed_at.is_some()),
+            sessions: self.store().active_sessions(account, now).await?.len(),
+            last_sign_in,
+            locked_until: Some(row.locked_until).filter(|t| *t > now),
+        })
+    }
+
+    /// Suspends an active account: every session ends now, signing in answers
+    /// `account_suspended` (to the right password only), app passwords stop working. Devices
+    /// stay linked and locked to it.
+    pub async fn suspend_account(
+        &self,
+        login: &str,
+        operator: &str,
+        reason: &str,
+    ) -> Result<AccountSummary, IdentityError> {
+        let operator = check_operator(operator)?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 1000 {
+            return Err(IdentityError::Invalid {
+                field: "reason",
+                message: "say why (1 to 1000 characters); the owner is told".into(),
+            });
+        }
+        let account = self.operator_account(login).await?.id;
+        let revoked = self
+            .store()
+            .suspend_account(account, self.now())
+            .await?
+            .ok_or_else(|| IdentityError::Invalid {
+                field: "account",
+                message: "only an active account can be suspended".into(),
+            })?;
+        self.note_revoked(revoked);
+        self.account_changed(account);
+        self.decided(account, "account_suspended", operator, reason)
+            .await?;
+        let name = &self.inner.cfg.service_name;
+        self.tell_everywhere(
+            account,
+            &format!("{name}: your account was suspended"),
+            &format!(
+                "The operator of {name} suspended your account {account}: {reason}. You are \
+                 signed out everywhere and cannot sign in until it is reinstated; your data and \
+                 devices are kept. Reply to the operator if you think this is a mistake."
+            ),
+        )
+        .await;
+        self.operator_account(&account.to_string()).await
+    }
+
+    /// Makes a suspended account active again (its owner signs in anew).
+    pub async fn reinstate_account(
+        &self,
+        login: &str,
+        operator: &str,
+    ) -> Result<AccountSummary, IdentityError> {
+        let operator = check_operator(operator)?;
+        let account = self.operator_account(login).await?.id;
+        if !self.store().reinstate_account(account).await? {
+            return Err(IdentityError::Invalid {
+                field: "account",
+                message: "this account is not suspended".into(),
+            });
+        }
+        self.account_changed(account);
+        self.decided(account, "account_reinstated", operator, "")
+            .await?;
+        let name = &self.inner.cfg.service_name;
+        self.tell_everywhere(
+            account,
+            &format!("{name}: your account was reinstated"),
+            &format!("Your {name} account {account} is active again: you can sign in."),
+        )
+        .await;
+        self.operator_account(&account.to_string()).await
+    }
+
+    /// Records an operator's decision in the account's security log.
+    async fn decided(
+        &self,
+        account: AccountId,
+        kind: &str,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), IdentityError> {
+        let detail = if reason.is_empty() {
+            format!("by {operator}")
+        } else {
+            format!("by {operator}: {reason}")
+        };
+        self.event(
+            account,
+            kind,
+            &operator_client(operator),
+            None,
+            Some(detail),
+        )
+        .await
+    }
+}

@@ -1,0 +1,163 @@
+//! What the operator does to an account with the real `mica admin account` command: look it
+//! up, suspend it (its sessions end within seconds on the running server, nobody signs in,
+//! app passwords stop, devices and activation locks stay), and reinstate it.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::devices::link_http;
+use crate::on_both_backends;
+use crate::support::{TestApp, PASSWORD};
+use crate::webdav::{basic, with_app_password};
+
+on_both_backends!(an_operator_suspends_and_reinstates_an_account);
+
+async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
+    let email = "sue@example.com";
+    let (account, token, app_password) = with_app_password(app, email).await;
+    let c = app.client.with_token(&token);
+    let signed_in = app.client.sign_in(email, PASSWORD, None).await.unwrap();
+    let (device_id, device) = link_http(app, &c, 95).await;
+    let dav = app.url(&format!("/dav/files/{account}/"));
+    let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+    let webdav = || {
+        app.http
+            .request(propfind.clone(), &dav)
+            .header("authorization", basic(&account, &app_password))
+            .header("depth", "0")
+            .send()
+    };
+    assert_eq!(webdav().await.unwrap().status().as_u16(), 207);
+
+    // The operator finds the account by any of its identifiers; addresses are masked.
+    let (ok, out) = app.admin(&["account", "show", email]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("account          {account}")),
+        "{out}"
+    );
+    assert!(out.contains("state            active"), "{out}");
+    assert!(!out.contains(email), "the address is masked: {out}");
+    let (ok, out) = app.admin(&["account", "show", "nobody@example.com"]);
+    assert!(!ok && out.contains("no account"), "{out}");
+
+    // A suspension needs a reason (the owner is told it) and an operator.
+    let (ok, out) = app.admin(&[
+        "account",
+        "suspend",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        " ",
+    ]);
+    assert!(!ok && out.contains("reason"), "{out}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "suspend",
+        &account,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "it sent spam through shared links",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("state            suspended"), "{out}");
+    assert!(out.contains("sessions         0"), "{out}");
+    let mail = app.smtp.nth_with(email, "suspended your account", 1).await;
+    assert!(mail.body().contains("it sent spam through shared links"));
+
+    // The running server stops the account's access tokens within seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.me().await {
+            Err(e) if e.code() == Some("unauthenticated") => break,
+            other => {
+                assert!(Instant::now() < deadline, "still signed in: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let e = app
+        .client
+        .refresh(&signed_in.refresh_token)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_refresh_token"), "{e:?}");
+    // Only the right password learns why; a wrong one is told nothing more.
+    let e = app.client.sign_in(email, PASSWORD, None).await.unwrap_err();
+    assert_eq!(e.code(), Some("account_suspended"), "{e:?}");
+    let e = app
+        .client
+        .sign_in(email, "Wrong-password-1!", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_credentials"), "{e:?}");
+    assert_eq!(webdav().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The device stays linked, and bound to the account: nobody else can take it.
+    device
+        .raw(Method::POST, "/api/v1/device/heartbeat", Some(json!({})))
+        .await
+        .unwrap();
+    let thief = app.signup_email("thief@example.com").await;
+    let thief = app.client.with_token(&thief.access_token);
+    let e = thief
+        .raw(
+            Method::POST,
+            "/api/v1/devices",
+            Some(json!({
+                "name": "mine now", "model": "Pixel", "os_version": "15", "app_version": "1",
+                "hardware": { "imeis": [crate::devices::imei(95)], "serial": "S95" },
+                "find_device": true,
+            })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("activation_locked"), "{e:?}");
+    // Suspending it again says what is wrong.
+    let (ok, out) = app.admin(&[
+        "account",
+        "suspend",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "again",
+    ]);
+    assert!(!ok && out.contains("only an active account"), "{out}");
+
+    // Reinstated: the owner signs in again, everything is where it was, and the security log
+    // names who decided what.
+    let (ok, out) = app.admin(&["account", "reinstate", email, "--operator", "ops-bo"]);
+    assert!(ok && out.contains("state            active"), "{out}");
+    app.smtp.nth_with(email, "is active again", 1).await;
+    let t = app.client.sign_in(email, PASSWORD, None).await.unwrap();
+    let c = app.client.with_token(&t.access_token);
+    assert_eq!(
+        c.raw(Method::GET, &format!("/api/v1/devices/{device_id}"), None)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(webdav().await.unwrap().status().as_u16(), 207);
+    let log = c
+        .raw(Method::GET, "/api/v1/me/security-events", None)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("account_suspended") && log.contains("by ops-ann: it sent spam"),
+        "{log}"
+    );
+    assert!(
+        log.contains("account_reinstated") && log.contains("by ops-bo"),
+        "{log}"
+    );
+    let (ok, out) = app.admin(&["account", "reinstate", email, "--operator", "ops-bo"]);
+    assert!(!ok && out.contains("not suspended"), "{out}");
+}
