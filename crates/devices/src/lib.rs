@@ -1263,7 +1263,22 @@ impl Devices {
             let Some((node, device)) = payload.split_once(':') else {
                 continue;
             };
-            if node == self.0.node || !self.0.registry.is_connected(device) {
+            if node == self.0.node {
+                continue;
+            }
+            // A notice for an account's devices (its id), stored by the node that sent it.
+            if device.starts_with("ntc_") {
+                if let Some(row) = self.store().device_notice(device, self.now()).await? {
+                    match self.notice(&row) {
+                        Ok(n) => {
+                            self.0.registry.notify_account(row.account_id, &n);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "a stored notice cannot be opened"),
+                    }
+                }
+                continue;
+            }
+            if !self.0.registry.is_connected(device) {
                 continue;
             }
             for c in self.store().open_commands(device, self.now()).await? {
@@ -1697,9 +1712,18 @@ const RECORD_DELIVERY_AFTER: Duration = Duration::from_millis(20);
 impl mica_core::notices::DeviceNotices for Devices {
     /// Linked devices connected to this node get a `notice` frame on their command channel
     /// (the others get the stored notice when they connect; see [`Devices::connect`]).
+    /// Other nodes (PostgreSQL) are woken with the notice's id and send the stored notice to
+    /// the account's devices connected to them.
     fn tell_devices(&self, account: AccountId, notice: &mica_core::notices::DeviceNotice) {
         let told = self.0.registry.notify_account(account, notice);
         tracing::debug!(%account, told, kind = %notice.kind, "notice to linked devices");
+        let devices = self.clone();
+        let payload = format!("{}:{}", self.0.node, notice.id);
+        tokio::spawn(async move {
+            if let Err(e) = devices.store().notify_device(&payload).await {
+                tracing::warn!(error = %e, "cannot wake the other nodes for a notice");
+            }
+        });
     }
 }
 

@@ -197,9 +197,10 @@ pub struct LocationRow {
 }
 
 impl Store {
-    /// Tells every node that a device has a new command (PostgreSQL `NOTIFY`, after the
-    /// command committed; one SQLite node needs nothing). `payload` is made of URL-safe
-    /// characters and colons only (node and device ids); anything else is not sent.
+    /// Tells every node that a device has a new command, or an account's devices a new notice
+    /// (PostgreSQL `NOTIFY`, after the command or notice committed; one SQLite node needs
+    /// nothing). `payload` is made of URL-safe characters and colons only (a node id, then a
+    /// device or notice id); anything else is not sent.
     pub async fn notify_device(&self, payload: &str) -> Result<()> {
         if self.backend != Backend::Postgres
             || payload.len() > 200
@@ -352,7 +353,8 @@ impl Store {
         Ok(LinkOutcome::Linked { replaced_sessions })
     }
 
-    /// The active account an activation lock binds any of these hardware ids to.
+    /// The account (not being deleted; a suspended one binds) an activation lock binds any of
+    /// these hardware ids to.
     pub async fn activation_lock(
         &self,
         hardware_id_bidxs: &[Vec<u8>],
@@ -1029,8 +1031,8 @@ fn location_row(r: &AnyRow) -> Result<LocationRow> {
     })
 }
 
-/// Binds hardware ids to the account. An id another active account holds stays that
-/// account's, and is returned: the caller rolls back. (A lock of an account being deleted no
+/// Binds hardware ids to the account. An id another account holds (unless it is being
+/// deleted) stays that account's, and is returned: the caller rolls back. (A lock of an account being deleted no
 /// longer binds and is taken over.) On PostgreSQL the insert waits for a concurrent link of the
 /// same hardware and then sees its lock, so of two accounts racing to link one device only
 /// the first to commit gets it.

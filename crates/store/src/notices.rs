@@ -62,6 +62,21 @@ impl Store {
         Ok(())
     }
 
+    /// One notice, if it is still kept and has not expired.
+    pub async fn device_notice(&self, id: &str, now: Timestamp) -> Result<Option<NoticeRow>> {
+        sqlx::query(
+            "SELECT id, account_id, kind, body, created_at FROM device_notices \
+             WHERE id = $1 AND expires_at > $2",
+        )
+        .bind(id)
+        .bind(now.millis())
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(notice_row)
+        .transpose()
+    }
+
     /// The account's notices that have not expired and that this device has not shown yet,
     /// oldest first.
     pub async fn unseen_device_notices(

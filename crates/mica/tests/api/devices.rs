@@ -1503,6 +1503,15 @@ async fn commands_reach_a_device_connected_to_another_node(app: &TestApp) {
     let c = send(&ana, &id, json!({ "kind": "ring" })).await;
     let frame = read_until(&mut channel, "event: command").await;
     assert!(frame.contains(c["id"].as_str().unwrap()), "{frame}");
+    // So does a notice for the account's devices (a request to recover it, filed on the first).
+    let request =
+        crate::account_recovery::file_request(app, "ana@example.com", "ana.new@example.net", &[])
+            .await;
+    let frame = read_until(&mut channel, &request).await;
+    assert!(
+        frame.contains("event: notice") && frame.contains("recovery_requested"),
+        "{frame}"
+    );
     drop(channel);
     other.stop().await.unwrap();
 }
