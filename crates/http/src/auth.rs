@@ -213,6 +213,7 @@ pub struct TwoStepChallengeResponse {
         (status = 201, description = "Signed in", body = TokenResponse),
         (status = 202, description = "Password right; a second factor is needed", body = TwoStepChallengeResponse),
         (status = 401, description = "Wrong identifier or password", body = ErrorBody),
+        (status = 403, description = "Right password, but the operator suspended the account (`account_suspended`)", body = ErrorBody),
         (status = 429, description = "Too many attempts; see Retry-After", body = ErrorBody),
     ))]
 async fn sign_in(

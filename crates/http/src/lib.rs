@@ -170,7 +170,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub type App = BoxCloneSyncService<axum::extract::Request, Response, Infallible>;
 
 /// The whole application: the routes, wrapped once in the middleware (around the router, not
-/// around each route, so a request does not clone the middleware stack).
+/// around each route, so a request does not clone the middleware stack) — except two small
+/// layers that must see the route a request matched, or its decoded path: the address check
+/// and the metrics' [`metrics::Track`].
 pub fn app(state: AppState) -> App {
     let body_idle_timeout = state.body_idle_timeout;
     let (api, doc) = api();

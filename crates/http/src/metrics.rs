@@ -201,10 +201,10 @@ impl Metrics {
         }
         // Kinds and states that emptied read 0 rather than keep their last count.
         self.jobs.clear();
-        for state in ["waiting", "in_review", "approved"] {
+        for state in mica_store::RECOVERY_OPEN {
             self.recovery_requests
                 .get_or_create(&StateLabels {
-                    state: state.into(),
+                    state: (*state).into(),
                 })
                 .set(0);
         }
@@ -319,40 +319,51 @@ where
             .get::<MatchedPath>()
             .map_or("unmatched", MatchedPath::as_str)
             .to_owned();
-        let metrics = self.metrics.clone();
-        let start = Instant::now();
-        let in_flight = InFlight::start(metrics.in_flight.clone());
+        let mut pending = Pending {
+            metrics: self.metrics.clone(),
+            labels: Some((method, route)),
+            start: Instant::now(),
+        };
+        pending.metrics.in_flight.inc();
         let answer = self.inner.call(req);
         Box::pin(async move {
             let res = answer.await?;
-            drop(in_flight);
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    method,
-                    route,
-                    status: res.status().as_u16(),
-                })
-                .observe(start.elapsed().as_secs_f64());
+            pending.done(res.status().as_u16());
             Ok(res)
         })
     }
 }
 
-/// A request being handled: counted in flight until it is answered or dropped (a client that
-/// went away, a connection closed under it).
-struct InFlight(Gauge);
+/// A request being handled: in flight until it is answered or dropped (a client that went
+/// away, a connection closed under it: not counted), and counted as a `500` when its handler
+/// panics (the panic catcher outside the router answers it so).
+struct Pending {
+    metrics: std::sync::Arc<Metrics>,
+    labels: Option<(&'static str, String)>,
+    start: Instant,
+}
 
-impl InFlight {
-    fn start(g: Gauge) -> InFlight {
-        g.inc();
-        InFlight(g)
+impl Pending {
+    fn done(&mut self, status: u16) {
+        if let Some((method, route)) = self.labels.take() {
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    method,
+                    route,
+                    status,
+                })
+                .observe(self.start.elapsed().as_secs_f64());
+        }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.dec();
+        self.metrics.in_flight.dec();
+        if std::thread::panicking() {
+            self.done(500);
+        }
     }
 }
 

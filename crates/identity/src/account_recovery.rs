@@ -84,6 +84,8 @@ pub struct RecoveryReview {
     /// `None`: the login given matches no account (deny it).
     pub account: Option<AccountId>,
     pub account_created_at: Option<Timestamp>,
+    /// `active`, `suspended` (by an operator) or `deleting`.
+    pub account_status: Option<String>,
     pub last_sign_in: Option<Timestamp>,
     pub contact: String,
     pub statement: String,
@@ -604,13 +606,13 @@ impl Identity {
     }
 
     async fn review_of(&self, r: &RecoveryRequestRow) -> Result<RecoveryReview, IdentityError> {
-        let (mut created, mut last, mut questions, mut others) = (None, None, 0, 0);
+        let (mut created, mut status, mut last, mut questions, mut others) =
+            (None, None, None, 0, 0);
         if let Some(a) = r.account_id {
-            created = self
-                .store()
-                .account(mica_store::LookupBy::Id(a))
-                .await?
-                .map(|row| row.created_at);
+            if let Some(row) = self.store().account(mica_store::LookupBy::Id(a)).await? {
+                created = Some(row.created_at);
+                status = Some(row.status);
+            }
             last = self
                 .store()
                 .login_events(a, 200)
@@ -632,6 +634,7 @@ impl Identity {
             state: r.state.clone(),
             account: r.account_id,
             account_created_at: created,
+            account_status: status,
             last_sign_in: last,
             contact: self.recovery_contact(r)?.value().to_owned(),
             statement: self.keys().open("recovery_statement", &r.statement_enc)?,

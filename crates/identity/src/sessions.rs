@@ -61,12 +61,21 @@ pub(crate) struct Revocations {
 
 impl Revocations {
     fn add(&self, ids: impl IntoIterator<Item = SessionId>, at: Timestamp, keep: Duration) {
+        self.add_at(ids.into_iter().map(|id| (id, at)), at, keep);
+    }
+
+    /// Adds sessions revoked at their own times, under one lock; forgets those older than
+    /// `keep` before `now` once the set grows large.
+    fn add_at(
+        &self,
+        revoked: impl IntoIterator<Item = (SessionId, Timestamp)>,
+        now: Timestamp,
+        keep: Duration,
+    ) {
         let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            map.insert(id, at);
-        }
+        map.extend(revoked);
         if map.len() > 10_000 {
-            let cutoff = at.minus(keep);
+            let cutoff = now.minus(keep);
             map.retain(|_, t| *t >= cutoff);
         }
     }
@@ -163,10 +172,7 @@ impl Identity {
         let keep = self.access_ttl();
         let since = self.now().minus(keep);
         let sessions = self.store().recent_revocations(since).await?;
-        let map = &self.inner.revoked;
-        for (id, at) in sessions {
-            map.add([id], at, keep);
-        }
+        self.inner.revoked.add_at(sessions, self.now(), keep);
         Ok(())
     }
 
@@ -386,7 +392,8 @@ impl Identity {
         let expires_at = now.plus(Duration::from_secs(
             self.inner.cfg.session_ttl_days * 86_400,
         ));
-        self.store()
+        let opened = self
+            .store()
             .create_session(
                 &NewSession {
                     id: session.clone(),
@@ -402,6 +409,20 @@ impl Identity {
                 &token_hash(&refresh),
             )
             .await?;
+        if !opened {
+            // Suspended or being deleted since the caller looked (a two-step challenge can
+            // outlive a suspension; a sign-in can race one).
+            let suspended = self
+                .store()
+                .account(mica_store::LookupBy::Id(account))
+                .await?
+                .is_some_and(|a| a.status == "suspended");
+            return Err(if suspended {
+                IdentityError::AccountSuspended
+            } else {
+                IdentityError::Unauthenticated
+            });
+        }
         Ok(self.tokens(account, session, refresh, expires_at))
     }
 
@@ -592,7 +613,8 @@ impl Identity {
             .store()
             .account(mica_store::LookupBy::Id(account))
             .await?
-            .filter(|a| a.status == "active")
+            // A suspended owner still unlocks their own device; a deleted account has none.
+            .filter(|a| a.status != "deleting")
             .ok_or(IdentityError::InvalidCredentials)?;
         let now = self.now();
         if row.locked_until > now {

@@ -340,6 +340,16 @@ fn print_review(r: &mica_identity::RecoveryReview) {
         None => println!("account          none matches the login given: deny it"),
     }
     println!("account created  {}", time(r.account_created_at));
+    if let Some(status) = &r.account_status {
+        println!(
+            "account state    {status}{}",
+            if status == "suspended" {
+                " (suspended by an operator: see `mica admin account show`)"
+            } else {
+                ""
+            }
+        );
+    }
     println!("last sign-in     {}", time(r.last_sign_in));
     println!("contact          {}", r.contact);
     println!("from             {} ({})", r.ip, r.user_agent);

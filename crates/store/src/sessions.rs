@@ -84,9 +84,23 @@ const SESSION_COLUMNS: &str =
      s.ip, s.user_agent, s.device_model, s.os_version, s.client";
 
 impl Store {
-    /// Opens a session with its first refresh token and records the successful sign-in, atomically.
-    pub async fn create_session(&self, s: &NewSession, refresh_hash: &[u8]) -> Result<()> {
+    /// Opens a session with its first refresh token and records the successful sign-in,
+    /// atomically — only while the account is active: `false` when it is not (suspended or
+    /// being deleted meanwhile). The account's row is written first, so a suspension or a
+    /// deletion that runs at the same time either comes first (and this opens nothing) or
+    /// waits for this commit (and its revocation then sees the new session).
+    pub async fn create_session(&self, s: &NewSession, refresh_hash: &[u8]) -> Result<bool> {
         let mut tx = self.writer.begin().await?;
+        let active =
+            sqlx::query("UPDATE accounts SET status = status WHERE id = $1 AND status = 'active'")
+                .bind(s.account_id.as_i64())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if active == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO sessions (id, account_id, created_at, last_used_at, expires_at, ip, user_agent, \
              device_model, os_version, client) VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9)",
@@ -126,7 +140,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Rotates a refresh token. Reuse of a spent token revokes the whole family, and two
@@ -142,7 +156,7 @@ impl Store {
         let sql = format!(
             "SELECT {SESSION_COLUMNS}, t.used_at AS token_used_at, a.sessions_valid_after \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN accounts a ON a.id = s.account_id \
-             WHERE t.token_hash = $1"
+             WHERE t.token_hash = $1 AND a.status = 'active'"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(old_hash.to_vec())

@@ -12,7 +12,10 @@ use crate::on_both_backends;
 use crate::support::{TestApp, PASSWORD};
 use crate::webdav::{basic, with_app_password};
 
-on_both_backends!(an_operator_suspends_and_reinstates_an_account);
+on_both_backends!(
+    an_operator_suspends_and_reinstates_an_account,
+    a_sign_in_half_done_cannot_outlive_a_suspension,
+);
 
 async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
     let email = "sue@example.com";
@@ -160,4 +163,32 @@ async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
     );
     let (ok, out) = app.admin(&["account", "reinstate", email, "--operator", "ops-bo"]);
     assert!(!ok && out.contains("not suspended"), "{out}");
+}
+
+/// A two-step sign-in begun before the suspension (its challenge lives ten minutes) does not
+/// open a session after it.
+async fn a_sign_in_half_done_cannot_outlive_a_suspension(app: &TestApp) {
+    use crate::security::{challenge, enable_totp, totp_at};
+    let email = "tom@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    let (secret, _) = enable_totp(app, &c, email).await;
+    let (id, _) = challenge(app.client.sign_in(email, PASSWORD, None).await.unwrap_err());
+    let (ok, out) = app.admin(&[
+        "account",
+        "suspend",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "abuse reports",
+    ]);
+    assert!(ok, "{out}");
+    app.advance(Duration::from_secs(30));
+    let e = app
+        .client
+        .sign_in_second_factor(&id, "totp", &totp_at(app, &secret, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("account_suspended"), "{e:?}");
 }

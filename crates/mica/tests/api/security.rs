@@ -55,7 +55,7 @@ pub(crate) async fn enable_totp(app: &TestApp, c: &Client, email: &str) -> (Stri
     (secret, codes)
 }
 
-fn challenge(err: ClientError) -> (String, Vec<String>) {
+pub(crate) fn challenge(err: ClientError) -> (String, Vec<String>) {
     match err {
         ClientError::TwoStepRequired {
             challenge_id,
