@@ -112,6 +112,31 @@ impl Identity {
             .await
     }
 
+    /// Puts a sign-in that opened no session in the account's sign-in history.
+    async fn record_refused_sign_in(
+        &self,
+        account: AccountId,
+        outcome: &str,
+        client: &ClientInfo,
+    ) -> Result<(), IdentityError> {
+        self.store()
+            .record_login_event(
+                account,
+                &LoginEventRow {
+                    at: self.now(),
+                    outcome: outcome.into(),
+                    ip: client.ip.clone(),
+                    user_agent: client.user_agent.clone(),
+                    device_model: client.device.model.clone(),
+                    os_version: client.device.os_version.clone(),
+                    client: client.device.client.clone(),
+                    session_id: None,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records a failed sign-in of the account (`outcome` in its sign-in history) and starts
     /// or lengthens its back-off once the failures reach the threshold.
     async fn sign_in_failed(
@@ -122,20 +147,7 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         let now = self.now();
         let n = self.store().record_login_failure(account).await?;
-        self.store()
-            .record_login_event(
-                account,
-                &LoginEventRow {
-                    at: now,
-                    outcome: outcome.into(),
-                    ip: client.ip.clone(),
-                    user_agent: client.user_agent.clone(),
-                    device_model: client.device.model.clone(),
-                    os_version: client.device.os_version.clone(),
-                    client: client.device.client.clone(),
-                    session_id: None,
-                },
-            )
+        self.record_refused_sign_in(account, outcome, client)
             .await?;
         if let Some(d) = backoff(n, self.inner.cfg.signin_failures_before_backoff) {
             self.store()
@@ -236,20 +248,7 @@ impl Identity {
             }
             Some(a) if ok && a.status == "suspended" => {
                 // Said only to the right password; not a failure that builds a back-off.
-                self.store()
-                    .record_login_event(
-                        a.id,
-                        &LoginEventRow {
-                            at: now,
-                            outcome: "account_suspended".into(),
-                            ip: client.ip.clone(),
-                            user_agent: client.user_agent.clone(),
-                            device_model: client.device.model.clone(),
-                            os_version: client.device.os_version.clone(),
-                            client: client.device.client.clone(),
-                            session_id: None,
-                        },
-                    )
+                self.record_refused_sign_in(a.id, "account_suspended", client)
                     .await?;
                 Err(IdentityError::AccountSuspended)
             }
