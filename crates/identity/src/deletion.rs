@@ -53,7 +53,8 @@ impl Identity {
         let revoked = self
             .store()
             .schedule_account_deletion(p.account, self.now())
-            .await?;
+            .await?
+            .ok_or(IdentityError::Unauthenticated)?;
         self.note_revoked(revoked);
         self.account_changed(p.account);
         tracing::info!(account = %p.account, "account deletion scheduled");

@@ -1,5 +1,5 @@
-//! What the operator does to an account (OP-4, through `mica admin account`): look it up, and
-//! suspend or reinstate it. A suspension is a decision about an account, never a deletion: its
+//! What the operator does to an account (OP-4, through `mica admin account`): look it up,
+//! suspend or reinstate it, or delete it for good. A suspension is a decision about an account, never a deletion: its
 //! data, devices and activation locks stay; its sessions end at once and nobody can sign in
 //! (nor use an app password) until it is reinstated. Each decision names its operator and goes
 //! into the account's security log, and the owner is told at every address.
@@ -30,6 +30,24 @@ fn operator_client(operator: &str) -> ClientInfo {
         ip: "operator".into(),
         user_agent: format!("mica admin ({operator})"),
         ..ClientInfo::default()
+    }
+}
+
+fn check_reason(reason: &str) -> Result<&str, IdentityError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        return Err(IdentityError::Invalid {
+            field: "reason",
+            message: "say why (1 to 1000 characters); the owner is told".into(),
+        });
+    }
+    Ok(reason)
+}
+
+fn already_deleting() -> IdentityError {
+    IdentityError::Invalid {
+        field: "account",
+        message: "this account is already being deleted".into(),
     }
 }
 
@@ -96,13 +114,7 @@ impl Identity {
         reason: &str,
     ) -> Result<AccountSummary, IdentityError> {
         let operator = check_operator(operator)?;
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > 1000 {
-            return Err(IdentityError::Invalid {
-                field: "reason",
-                message: "say why (1 to 1000 characters); the owner is told".into(),
-            });
-        }
+        let reason = check_reason(reason)?;
         let account = self.operator_account(login).await?.id;
         let revoked = self
             .store()
@@ -155,6 +167,51 @@ impl Identity {
         )
         .await;
         self.operator_account(&account.to_string()).await
+    }
+
+    /// Deletes an account for good (an erasure request, or an account closed for abuse): the
+    /// owner is told why at every address first, then it is marked as being deleted — every
+    /// session ends, its devices' activation locks are released — and the deletion job removes
+    /// all its data (run by the server's job runner). The decision goes to the log, not to the
+    /// account's security log, which goes with it.
+    pub async fn delete_account_by_operator(
+        &self,
+        login: &str,
+        operator: &str,
+        reason: &str,
+    ) -> Result<AccountSummary, IdentityError> {
+        let operator = check_operator(operator)?;
+        let reason = check_reason(reason)?;
+        let summary = self.operator_account(login).await?;
+        let account = summary.id;
+        if summary.status == "deleting" {
+            return Err(already_deleting());
+        }
+        // Told while its addresses are still known.
+        let name = &self.inner.cfg.service_name;
+        self.tell_everywhere(
+            account,
+            &format!("{name}: your account is being deleted"),
+            &format!(
+                "The operator of {name} is deleting your account {account} and all its data: \
+                 {reason}. This cannot be undone."
+            ),
+        )
+        .await;
+        let revoked = self
+            .store()
+            .schedule_account_deletion(account, self.now())
+            .await?
+            .ok_or_else(already_deleting)?;
+        self.note_revoked(revoked);
+        self.account_changed(account);
+        tracing::warn!(%account, %operator, %reason, "account deletion scheduled by the operator");
+        self.inner.jobs.notify_one();
+        Ok(AccountSummary {
+            status: "deleting".into(),
+            sessions: 0,
+            ..summary
+        })
     }
 
     /// Records an operator's decision in the account's security log.

@@ -103,6 +103,15 @@ enum AccountCommand {
         #[arg(long)]
         operator: String,
     },
+    /// Delete an account and all its data for good (the running server's job does the work);
+    /// the owner is told `--reason` first. Its devices' activation locks are released.
+    Delete {
+        login: String,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -304,6 +313,15 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
         } => identity.suspend_account(&login, &operator, &reason).await?,
         AccountCommand::Reinstate { login, operator } => {
             identity.reinstate_account(&login, &operator).await?
+        }
+        AccountCommand::Delete {
+            login,
+            operator,
+            reason,
+        } => {
+            identity
+                .delete_account_by_operator(&login, &operator, &reason)
+                .await?
         }
     };
     let time =

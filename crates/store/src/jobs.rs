@@ -213,17 +213,25 @@ pub struct JobRow {
 
 impl Store {
     /// Marks the account as being deleted, revokes every session (ids returned) and queues the
-    /// deletion job, atomically. Asking twice queues one job.
+    /// deletion job, atomically; `None` when the account is already being deleted, or gone.
     pub async fn schedule_account_deletion(
         &self,
         account: AccountId,
         now: Timestamp,
-    ) -> Result<Vec<SessionId>> {
+    ) -> Result<Option<Vec<SessionId>>> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("UPDATE accounts SET status = 'deleting' WHERE id = $1")
-            .bind(account.as_i64())
-            .execute(&mut *tx)
-            .await?;
+        let marked = sqlx::query(
+            "UPDATE accounts SET status = 'deleting' WHERE id = $1 \
+             AND status IN ('active', 'suspended')",
+        )
+        .bind(account.as_i64())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let revoked = crate::sessions::revoke_all_in(&mut tx, account, now).await?;
         crate::app_passwords::revoke_all_app_passwords_in(&mut tx, account).await?;
         sqlx::query(
@@ -236,7 +244,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 
     /// Queues a job of `kind` for an account; `false` when one is already queued.

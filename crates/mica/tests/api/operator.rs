@@ -15,6 +15,7 @@ use crate::webdav::{basic, with_app_password};
 on_both_backends!(
     an_operator_suspends_and_reinstates_an_account,
     a_sign_in_half_done_cannot_outlive_a_suspension,
+    an_operator_deletes_an_account_for_good,
 );
 
 async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
@@ -191,4 +192,64 @@ async fn a_sign_in_half_done_cannot_outlive_a_suspension(app: &TestApp) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("account_suspended"), "{e:?}");
+}
+
+/// An erasure request (or an account closed for abuse), suspended or not: the owner is told,
+/// the running server's job removes everything, the address can sign up again and the device
+/// is free.
+async fn an_operator_deletes_an_account_for_good(app: &TestApp) {
+    let email = "ulla@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+    link_http(app, &c, 96).await;
+    let (ok, out) = app.admin(&[
+        "account",
+        "suspend",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "asked to be erased",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = app.admin(&["account", "delete", email, "--operator", "ops-ann"]);
+    assert!(!ok, "a deletion needs a reason: {out}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "delete",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "the owner asked us to erase it (ticket 4411)",
+    ]);
+    assert!(ok && out.contains("state            deleting"), "{out}");
+    let mail = app.smtp.nth_with(email, "is deleting your account", 1).await;
+    assert!(mail.body().contains("ticket 4411"));
+    let (ok, out) = app.admin(&[
+        "account",
+        "delete",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "again",
+    ]);
+    assert!(!ok && out.contains("already being deleted"), "{out}");
+    // The command ran on the machine's own clock; the server's job runner finds the job due.
+    app.advance(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out) = app.admin(&["account", "show", email]);
+        if out.contains("no account") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there: {out}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The address is free again, and so is the device.
+    let again = app.signup_email(email).await;
+    assert_ne!(again.account_id, t.account_id);
+    let c = app.client.with_token(&again.access_token);
+    link_http(app, &c, 96).await;
 }
