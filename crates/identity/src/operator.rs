@@ -33,15 +33,29 @@ fn operator_client(operator: &str) -> ClientInfo {
     }
 }
 
-fn check_reason(reason: &str) -> Result<&str, IdentityError> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > 1000 {
+/// `text` trimmed, when it holds 1 to `max` characters; else `field`'s error, saying `what`.
+fn required<'a>(
+    field: &'static str,
+    text: &'a str,
+    max: usize,
+    what: &str,
+) -> Result<&'a str, IdentityError> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > max {
         return Err(IdentityError::Invalid {
-            field: "reason",
-            message: "say why (1 to 1000 characters); the owner is told".into(),
+            field,
+            message: format!("{what} (1 to {max} characters)"),
         });
     }
-    Ok(reason)
+    Ok(text)
+}
+
+fn check_reason(reason: &str) -> Result<&str, IdentityError> {
+    required("reason", reason, 1000, "say why; the owner is told")
+}
+
+fn check_operator(operator: &str) -> Result<&str, IdentityError> {
+    required("operator", operator, 100, "say who decides")
 }
 
 fn already_deleting() -> IdentityError {
@@ -49,17 +63,6 @@ fn already_deleting() -> IdentityError {
         field: "account",
         message: "this account is already being deleted".into(),
     }
-}
-
-fn check_operator(operator: &str) -> Result<&str, IdentityError> {
-    let operator = operator.trim();
-    if operator.is_empty() || operator.chars().count() > 100 {
-        return Err(IdentityError::Invalid {
-            field: "operator",
-            message: "say who decides (1 to 100 characters)".into(),
-        });
-    }
-    Ok(operator)
 }
 
 impl Identity {

@@ -224,7 +224,10 @@ async fn an_operator_deletes_an_account_for_good(app: &TestApp) {
         "the owner asked us to erase it (ticket 4411)",
     ]);
     assert!(ok && out.contains("state            deleting"), "{out}");
-    let mail = app.smtp.nth_with(email, "is deleting your account", 1).await;
+    let mail = app
+        .smtp
+        .nth_with(email, "is deleting your account", 1)
+        .await;
     assert!(mail.body().contains("ticket 4411"));
     let (ok, out) = app.admin(&[
         "account",
