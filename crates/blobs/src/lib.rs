@@ -433,6 +433,68 @@ pub fn chunk_name(hasher: &blake3::Hasher) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
+/// A file's content id: BLAKE3 over its chunks' hashes and sizes, in order. Two files with the
+/// same bytes have the same id; a client computes it with [`ContentHasher`] before uploading, to
+/// learn whether the server already holds those bytes (an incremental backup).
+pub fn content_id<'a>(chunks: impl IntoIterator<Item = (&'a str, i64)>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mica-file-v1\0");
+    for (hash, size) in chunks {
+        h.update(hash.as_bytes());
+        h.update(&size.to_le_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Computes a file's [`content_id`] from its bytes, given in pieces of any size: they are cut
+/// into chunks of [`CHUNK_SIZE`] as the server cuts an upload.
+#[derive(Default)]
+pub struct ContentHasher {
+    chunk: blake3::Hasher,
+    in_chunk: usize,
+    chunks: Vec<(String, i64)>,
+    size: u64,
+}
+
+impl ContentHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let take = (CHUNK_SIZE - self.in_chunk).min(bytes.len());
+            self.chunk.update(&bytes[..take]);
+            self.in_chunk += take;
+            bytes = &bytes[take..];
+            if self.in_chunk == CHUNK_SIZE {
+                self.cut();
+            }
+        }
+    }
+
+    fn cut(&mut self) {
+        let name = chunk_name(&self.chunk);
+        self.chunks.push((name, self.in_chunk as i64));
+        self.chunk = blake3::Hasher::new();
+        self.in_chunk = 0;
+    }
+
+    /// The bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The content id of the bytes given.
+    pub fn finish(mut self) -> String {
+        if self.in_chunk > 0 {
+            self.cut();
+        }
+        content_id(self.chunks.iter().map(|(h, s)| (h.as_str(), *s)))
+    }
+}
+
 /// Where a chunk of an account lives. `suffix` is random and unique to the database row that
 /// owns the object, so a key is never written twice by different rows.
 pub fn chunk_key(account: i64, hash: &str, suffix: &str) -> String {
@@ -448,6 +510,33 @@ pub fn account_prefix(account: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ids_do_not_depend_on_how_the_bytes_arrive() {
+        let data: Vec<u8> = (0..CHUNK_SIZE * 2 + 1000)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let whole = content_id([
+            (chunk_hash(&data[..CHUNK_SIZE]).as_str(), CHUNK_SIZE as i64),
+            (
+                chunk_hash(&data[CHUNK_SIZE..CHUNK_SIZE * 2]).as_str(),
+                CHUNK_SIZE as i64,
+            ),
+            (chunk_hash(&data[CHUNK_SIZE * 2..]).as_str(), 1000),
+        ]);
+        for piece in [1000, 65_536, CHUNK_SIZE, CHUNK_SIZE + 7] {
+            let mut h = ContentHasher::new();
+            for p in data.chunks(piece) {
+                h.update(p);
+            }
+            assert_eq!(h.size(), data.len() as u64);
+            assert_eq!(h.finish(), whole, "pieces of {piece}");
+        }
+        assert_eq!(ContentHasher::new().finish(), content_id([]));
+        let mut other = ContentHasher::new();
+        other.update(&data[1..]);
+        assert_ne!(other.finish(), whole);
+    }
 
     #[tokio::test]
     async fn local_put_get_range_delete() -> Result<()> {

@@ -611,6 +611,137 @@ impl Client {
         .await
     }
 
+    /// Starts a resumable upload (tus) of `length` bytes; returns its id.
+    pub async fn create_upload(&self, length: u64) -> Result<String> {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/uploads", self.base))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", length.to_string());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = Self::check(req.send().await?).await?;
+        let status = resp.status();
+        resp.headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.rsplit('/').next())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or(ClientError::Unexpected {
+                status,
+                body: "an upload without a Location".into(),
+            })
+    }
+
+    /// Sends `bytes` at `offset` of an upload; returns the new offset.
+    pub async fn upload_bytes(&self, id: &str, offset: u64, bytes: Vec<u8>) -> Result<u64> {
+        let mut req = self
+            .http
+            .patch(format!("{}/api/v1/uploads/{id}", self.base))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset.to_string())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/offset+octet-stream",
+            )
+            .body(bytes);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = Self::check(req.send().await?).await?;
+        Self::offset_of(&resp)
+    }
+
+    /// Where an upload stands (to resume after a failed request).
+    pub async fn upload_offset(&self, id: &str) -> Result<u64> {
+        let mut req = self
+            .http
+            .head(format!("{}/api/v1/uploads/{id}", self.base))
+            .header("Tus-Resumable", "1.0.0");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = Self::check(req.send().await?).await?;
+        Self::offset_of(&resp)
+    }
+
+    fn offset_of(resp: &reqwest::Response) -> Result<u64> {
+        resp.headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or(ClientError::Unexpected {
+                status: resp.status(),
+                body: "no Upload-Offset".into(),
+            })
+    }
+
+    /// An upload as JSON: `file_id` is set once it is complete.
+    pub async fn upload_info(&self, id: &str) -> Result<Value> {
+        self.call(Method::GET, &format!("/api/v1/uploads/{id}"), None)
+            .await
+    }
+
+    /// A file's bytes from `offset` on, as a response to read piece by piece.
+    pub async fn file_content(&self, file_id: &str, offset: u64) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .get(format!("{}/api/v1/files/{file_id}/content", self.base))
+            .timeout(Duration::from_secs(3600));
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        Self::check(req.send().await?).await
+    }
+
+    /// Which parts of a backup to upload first (`upload`) and which the account holds (`held`).
+    pub async fn plan_backup(&self, parts: &Value) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/backups/plan",
+            Some(json!({ "parts": parts })),
+        )
+        .await
+    }
+
+    /// Creates a backup of this (linked) device from its parts.
+    pub async fn create_backup(&self, parts: &Value) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/api/v1/backups",
+            Some(json!({ "parts": parts })),
+        )
+        .await
+    }
+
+    /// The account's backups, newest first.
+    pub async fn backups(&self) -> Result<Vec<Value>> {
+        self.call(Method::GET, "/api/v1/backups", None).await
+    }
+
+    /// A backup with its parts (`part_list`).
+    pub async fn backup(&self, id: &str) -> Result<Value> {
+        self.call(Method::GET, &format!("/api/v1/backups/{id}"), None)
+            .await
+    }
+
+    pub async fn delete_backup(&self, id: &str) -> Result<()> {
+        self.call::<Option<()>>(Method::DELETE, &format!("/api/v1/backups/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Asks for a backup to be read back and checked now.
+    pub async fn verify_backup(&self, id: &str) -> Result<Value> {
+        self.call(Method::POST, &format!("/api/v1/backups/{id}/verify"), None)
+            .await
+    }
+
     pub async fn usage(&self) -> Result<Value> {
         self.call(Method::GET, "/api/v1/usage", None).await
     }

@@ -70,10 +70,21 @@ pub enum CloudError {
     IncompleteBody,
     #[error("the range is outside the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
+    #[error("upload these parts first, then name their files: {}", missing_list(.0))]
+    BackupPartsMissing(Vec<String>),
     #[error("file storage is unavailable: {0}")]
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The first names of a list, for a message.
+fn missing_list(names: &[String]) -> String {
+    let mut out: Vec<String> = names.iter().take(10).map(|n| format!("{n:?}")).collect();
+    if names.len() > 10 {
+        out.push(format!("and {} more", names.len() - 10));
+    }
+    out.join(", ")
 }
 
 impl CloudError {
@@ -118,6 +129,7 @@ impl CloudError {
             CloudError::PastUploadLength => "past_upload_length",
             CloudError::IncompleteBody => "incomplete_body",
             CloudError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            CloudError::BackupPartsMissing(_) => "backup_parts_missing",
             CloudError::Storage(_) => "storage_unavailable",
             CloudError::Internal(_) => "internal",
         }
@@ -145,7 +157,7 @@ impl CloudError {
             | CloudError::FolderNotEmpty(_)
             | CloudError::PreviewPending => 409,
             CloudError::NoPreview(_) => 404,
-            CloudError::OffsetMismatch(_) => 409,
+            CloudError::OffsetMismatch(_) | CloudError::BackupPartsMissing(_) => 409,
             // The tus checksum extension's status for a mismatch.
             CloudError::ChecksumMismatch => 460,
             CloudError::UnsupportedChecksum | CloudError::IncompleteBody => 400,

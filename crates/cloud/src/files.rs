@@ -216,14 +216,8 @@ fn check_metadata(metadata: &str) -> Result<(), CloudError> {
 }
 
 /// The content id of a file: BLAKE3 over its chunks' hashes and sizes, in order.
-fn content_hash(parts: &[(String, i64)]) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"mica-file-v1\0");
-    for (hash, size) in parts {
-        h.update(hash.as_bytes());
-        h.update(&size.to_le_bytes());
-    }
-    h.finalize().to_hex().to_string()
+pub(crate) fn content_hash(parts: &[(String, i64)]) -> String {
+    mica_blobs::content_id(parts.iter().map(|(h, s)| (h.as_str(), *s)))
 }
 
 fn random_suffix() -> String {

@@ -9,6 +9,7 @@
 //! their first run. Deleted items go to the recycle bin; one quota counts every stored byte.
 //! After each commit, devices connected to this node are told through the [`hub::Hub`].
 
+pub mod backups;
 pub mod category;
 pub mod drive;
 mod error;
@@ -30,6 +31,7 @@ use mica_store::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use backups::{BackupDetail, BackupPlan, BackupSource, BackupView, PartSpec};
 pub use category::Category;
 pub use drive::DriveItem;
 pub use error::CloudError;
@@ -78,6 +80,10 @@ pub struct CloudConfig {
     /// Where a video is copied while its metadata and frame are read: the data folder's `tmp`
     /// unless set (not `TMPDIR`, which is often memory).
     pub scratch_dir: Option<std::path::PathBuf>,
+    /// How many backups of each device are kept; a new one deletes the oldest past this.
+    pub backups_per_device: usize,
+    /// How often every backup is read back and checked, in days.
+    pub backup_verify_days: u64,
 }
 
 impl Default for CloudConfig {
@@ -100,6 +106,8 @@ impl Default for CloudConfig {
             ffmpeg: "ffmpeg".into(),
             ffmpeg_timeout_secs: 60,
             scratch_dir: None,
+            backups_per_device: 3,
+            backup_verify_days: 30,
         }
     }
 }
@@ -1368,6 +1376,50 @@ impl Cloud {
                     }
                 }
             }
+        }
+        self.export_backups(account, out).await
+    }
+
+    /// The device backups: `backups.json` (each backup, its device and parts, each part saying
+    /// where its bytes are) and the parts' bytes once per content, `backups/parts/<content id>`.
+    async fn export_backups<W: ArchiveWriter>(
+        &self,
+        account: AccountId,
+        out: &W,
+    ) -> Result<(), CloudError> {
+        let out_err = |e: String| CloudError::Internal(format!("export: {e}"));
+        let list = self.backups(account).await?;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let mut files = std::collections::BTreeMap::new();
+        let mut array = JsonArray::start(out, "backups.json".into())
+            .await
+            .map_err(out_err)?;
+        for b in list {
+            let detail = match self.backup(account, &b.id).await {
+                Ok(d) => d,
+                // Deleted while the archive was built.
+                Err(CloudError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut v = serde_json::to_value(&detail.backup)
+                .map_err(|e| CloudError::Internal(e.to_string()))?;
+            v["parts"] = detail
+                .part_list
+                .iter()
+                .map(|p| {
+                    let path = format!("backups/parts/{}", p.content_hash);
+                    files.insert(path.clone(), p.file_id.clone());
+                    serde_json::json!({ "name": p.name, "kind": p.kind, "size": p.size,
+                                        "content_hash": p.content_hash, "original": path })
+                })
+                .collect();
+            array.push(&v).await.map_err(out_err)?;
+        }
+        array.finish().await.map_err(out_err)?;
+        for (path, file_id) in files {
+            self.export_original(account, out, path, &file_id).await?;
         }
         Ok(())
     }

@@ -797,6 +797,15 @@ impl Devices {
         Ok(out)
     }
 
+    /// The linked device whose session `p` is — who a backup is of: `(id, name, model)`.
+    pub async fn of_session(&self, p: &Principal) -> Result<Option<(String, String, String)>> {
+        Ok(self
+            .store()
+            .device_of_session(p.account, &p.session.0)
+            .await?
+            .map(|d| (d.id, d.name, d.model)))
+    }
+
     pub async fn get(&self, p: &Principal, id: &str) -> Result<DeviceView> {
         let row = self.owned(p, id).await?;
         self.view(&row).await

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod account_recovery;
 pub mod auth;
+mod backups;
 pub mod conns;
 pub mod devices;
 pub mod drive;
@@ -118,6 +119,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "passkeys", description = "Passkeys (WebAuthn): adding, listing and removing them, and signing in with one"),
         (name = "sync", description = "The personal cloud: collections, pull and push, the recycle bin, usage, the device channel (see docs/design/sync.md)"),
         (name = "files", description = "Files: resumable uploads (tus 1.0), single-request uploads, downloads with Range (see docs/design/files.md)"),
+        (name = "backups", description = "Device backups: incremental, kept per device, verified, restored wholly or in part onto a new device (see docs/design/backups.md)"),
         (name = "devices", description = "Linked devices and Find Device: locations, commands (locate, ring, lost mode, erase), the device's command channel, activation lock (see docs/design/devices.md)"),
         (name = "health", description = "Probes")
     )
@@ -151,6 +153,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(passkeys::router())
         .merge(sync::router())
         .merge(files::router())
+        .merge(backups::router())
         .merge(drive::router())
         .merge(devices::router())
         .merge(profile::router());

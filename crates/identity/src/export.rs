@@ -30,7 +30,9 @@ calendar/             your calendars, one folder each with an iCalendar (.ics) f
 <category>/           notes, messages, call history, bookmarks, browser history, Wi-Fi networks,\n\
                       app settings, gallery and recording records, as JSON\n\n\
 files/                the original files of your drive, gallery and recordings, by category\n\
-                      and collection (drive files keep their folders)\n";
+                      and collection (drive files keep their folders)\n\
+backups.json          your devices' backups: when, from which device, and their parts\n\
+backups/parts/        the bytes of those parts, once each, named by content id\n";
 
 /// Where the parts of an account write their files into its archive. Entries stream to the
 /// zip, written on a blocking thread, a piece at a time through a short queue: an archive of

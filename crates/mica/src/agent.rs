@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub hooks: Hooks,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub backup: crate::backup::BackupConfig,
     /// Reconnect when the channel is silent this long (the server pings every 25 s).
     #[serde(default = "default_silence")]
     pub silence_secs: u64,
@@ -202,7 +204,7 @@ impl AgentConfig {
         Ok(cfg)
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         self.server.trim_end_matches('/').to_owned()
     }
 
@@ -213,8 +215,8 @@ impl AgentConfig {
 
 /// What linking left in the data folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Linked {
-    device_id: String,
+pub(crate) struct Linked {
+    pub(crate) device_id: String,
     credential: String,
     account_id: String,
     refresh_token: String,
@@ -346,7 +348,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(
             serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
@@ -370,7 +372,7 @@ fn password() -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn describe(e: &ClientError) -> String {
+pub(crate) fn describe(e: &ClientError) -> String {
     match e {
         ClientError::Api { code, message, .. } => format!("{message} ({code})"),
         other => other.to_string(),
@@ -708,7 +710,7 @@ pub async fn link_by_code(cfg: &AgentConfig) -> anyhow::Result<()> {
 /// Refreshes this device's session. Holds `session.lock` in the data folder meanwhile, so two
 /// processes of this device (the running agent's sync, `mica agent approve`) never spend one
 /// refresh token twice: the server takes a second use for a stolen token and ends the session.
-async fn refresh_session(
+pub(crate) async fn refresh_session(
     cfg: &AgentConfig,
     client: &Client,
 ) -> anyhow::Result<mica_client::Tokens> {

@@ -154,7 +154,7 @@ impl Config {
             Ok(())
         }
         let (i, c, d) = (&self.identity, &self.cloud, &self.devices);
-        let checks: [(&str, i128, i128); 23] = [
+        let checks: [(&str, i128, i128); 25] = [
             ("client_timeout_secs", self.client_timeout_secs.into(), 1),
             ("identity.code_ttl_secs", i.code_ttl_secs.into(), 60),
             ("identity.code_max_attempts", i.code_max_attempts.into(), 1),
@@ -210,6 +210,12 @@ impl Config {
             ("cloud.max_file_bytes", c.max_file_bytes.into(), 1),
             ("cloud.upload_ttl_hours", c.upload_ttl_hours.into(), 1),
             ("cloud.pending_file_hours", c.pending_file_hours.into(), 1),
+            (
+                "cloud.backups_per_device",
+                i128::try_from(c.backups_per_device).unwrap_or(i128::MAX),
+                1,
+            ),
+            ("cloud.backup_verify_days", c.backup_verify_days.into(), 1),
             ("cloud.ffmpeg_timeout_secs", c.ffmpeg_timeout_secs.into(), 1),
             ("devices.command_ttl_hours", d.command_ttl_hours.into(), 1),
             (

@@ -2,6 +2,7 @@
 //! the integration tests (which start the real server on a random port).
 
 pub mod agent;
+pub mod backup;
 pub mod config;
 
 use std::net::SocketAddr;
@@ -217,8 +218,9 @@ impl Server {
             });
         }
         if cfg.run_jobs {
-            // The gallery's media worker: woken when a photo is queued, and every few seconds
-            // for work whose lease ran out on a node that died.
+            // The gallery's media worker, which also verifies backups: woken when a photo or a
+            // backup is queued, and every few seconds for work whose lease ran out on a node
+            // that died.
             let cloud = cloud.clone();
             let waker = cloud.media_waker();
             let mut stop = tx.subscribe();
@@ -227,6 +229,9 @@ impl Server {
                     cloud.remove_stale_scratch().await;
                     if let Err(e) = cloud.run_media().await {
                         tracing::warn!(error = %e, "media worker failed");
+                    }
+                    if let Err(e) = cloud.run_backup_checks().await {
+                        tracing::warn!(error = %e, "verifying backups failed");
                     }
                     tokio::select! {
                         () = waker.notified() => {}

@@ -68,6 +68,27 @@ enum AgentCommand {
     Unlock { agent_config: PathBuf },
     /// Stop the ring the running agent is playing, as a person holding the device would.
     StopRing { agent_config: PathBuf },
+    /// Back up the device's backup folder: only what no backup of the account holds is sent.
+    Backup { agent_config: PathBuf },
+    /// List the account's backups, from every device.
+    Backups { agent_config: PathBuf },
+    /// Restore a backup into the backup folder: the newest of this device (else of the
+    /// account) unless `--backup`; every part unless `--part` or `--kind` choose some.
+    Restore {
+        agent_config: PathBuf,
+        #[arg(long)]
+        backup: Option<String>,
+        /// A part's name, or a folder of parts (repeatable).
+        #[arg(long = "part")]
+        parts: Vec<String>,
+        /// apps, home_screen, wallpaper, alarms, notifications, settings, app_data or other
+        /// (repeatable).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Write the parts here instead of the backup folder.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +242,31 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::StopRing { agent_config } => {
             agent::stop_ring(&AgentConfig::load(&agent_config)?).await
+        }
+        AgentCommand::Backup { agent_config } => {
+            mica::backup::backup(&AgentConfig::load(&agent_config)?)
+                .await
+                .map(|_| ())
+        }
+        AgentCommand::Backups { agent_config } => {
+            mica::backup::list(&AgentConfig::load(&agent_config)?).await
+        }
+        AgentCommand::Restore {
+            agent_config,
+            backup,
+            parts,
+            kinds,
+            into,
+        } => {
+            let opts = mica::backup::RestoreOptions {
+                backup,
+                parts,
+                kinds,
+                into,
+            };
+            mica::backup::restore(&AgentConfig::load(&agent_config)?, &opts)
+                .await
+                .map(|_| ())
         }
     }
 }

@@ -1456,7 +1456,8 @@ impl Store {
     }
 
     /// Proves that recorded usage equals what is stored, for every account: per category against
-    /// the live items and the recycle bin, and the total against the categories.
+    /// the live items, the recycle bin, uploads and the files backups hold (each once), and the
+    /// total against the categories.
     pub async fn check_usage(&self) -> Result<Vec<UsageMismatch>> {
         let actual_rows = sqlx::query(
             "SELECT i.account_id AS account_id, c.kind AS category, \
@@ -1471,7 +1472,11 @@ impl Store {
              FROM files WHERE pending_since IS NOT NULL GROUP BY account_id \
              UNION ALL \
              SELECT account_id, 'uploads' AS category, CAST(COALESCE(SUM(committed + tail_len), 0) AS BIGINT) AS bytes \
-             FROM uploads WHERE file_id IS NULL GROUP BY account_id",
+             FROM uploads WHERE file_id IS NULL GROUP BY account_id \
+             UNION ALL \
+             SELECT f.account_id AS account_id, 'backups' AS category, CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS bytes \
+             FROM files f WHERE EXISTS (SELECT 1 FROM backup_parts p WHERE p.account_id = f.account_id AND p.file_id = f.id) \
+             GROUP BY f.account_id",
         )
         .fetch_all(&self.reader)
         .await?;

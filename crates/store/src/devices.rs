@@ -405,6 +405,25 @@ impl Store {
         .collect()
     }
 
+    /// The linked device a session belongs to (the session its linking gave it).
+    pub async fn device_of_session(
+        &self,
+        account: AccountId,
+        session: &str,
+    ) -> Result<Option<DeviceRow>> {
+        sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE account_id = $1 AND session_id = $2 \
+             AND unlinked_at IS NULL"
+        ))
+        .bind(account.as_i64())
+        .bind(session)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(device_row)
+        .transpose()
+    }
+
     pub async fn device(&self, account: AccountId, id: &str) -> Result<Option<DeviceRow>> {
         sqlx::query(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE account_id = $1 AND id = $2"

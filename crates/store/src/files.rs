@@ -545,11 +545,13 @@ impl Store {
             add_usage(&mut tx, account, UPLOADS_CATEGORY, -size, -1).await?;
             doomed.push(r.try_get("id")?);
         }
-        // Attached files that no item, live or in the recycle bin, references any more.
+        // Attached files that no item, live or in the recycle bin, and no backup references any
+        // more.
         for r in sqlx::query(
             "SELECT f.id AS id FROM files f WHERE f.account_id = $1 AND f.pending_since IS NULL \
              AND NOT EXISTS (SELECT 1 FROM items i WHERE i.account_id = f.account_id AND i.file_id = f.id) \
-             AND NOT EXISTS (SELECT 1 FROM recycle_bin b WHERE b.account_id = f.account_id AND b.file_id = f.id)",
+             AND NOT EXISTS (SELECT 1 FROM recycle_bin b WHERE b.account_id = f.account_id AND b.file_id = f.id) \
+             AND NOT EXISTS (SELECT 1 FROM backup_parts p WHERE p.account_id = f.account_id AND p.file_id = f.id)",
         )
         .bind(account.as_i64())
         .fetch_all(&mut *tx)

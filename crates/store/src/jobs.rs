@@ -86,6 +86,14 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "backup_parts",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "backups",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "upload_parts",
         condition: "account_id = $1",
     },

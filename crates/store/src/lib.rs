@@ -20,6 +20,7 @@
 mod account_recovery;
 mod accounts;
 mod app_passwords;
+mod backups;
 mod cloud;
 mod codes;
 mod devices;
@@ -48,6 +49,9 @@ pub use account_recovery::{
 };
 pub use accounts::{AccountRow, LookupBy, NewAccount};
 pub use app_passwords::AppPasswordRow;
+pub use backups::{
+    BackupOutcome, BackupPartRow, BackupRow, NewBackup, NewBackupPart, BACKUPS_CATEGORY,
+};
 pub use cloud::{
     BatchOutcome, BinRow, CategoryRules, Changes, CloudAccount, CollectionRow, ItemRow, ItemWrite,
     OpResult, OpStatus, RestoreOutcome, TreeProblem, UsageMismatch, WriteOp, BIN_CATEGORY,

@@ -132,6 +132,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0024_sessions_revoked.sql"),
         postgres: include_str!("../migrations/postgres/0024_sessions_revoked.sql"),
     },
+    Migration {
+        version: 25,
+        sqlite: include_str!("../migrations/sqlite/0025_backups.sql"),
+        postgres: include_str!("../migrations/postgres/0025_backups.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

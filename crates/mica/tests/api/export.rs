@@ -202,6 +202,18 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         )
         .await
         .unwrap();
+    // A backup of that device (its session is the one that linked it).
+    let alarms = br#"[{"at":"07:00"}]"#.to_vec();
+    let alarms_file = tus.upload(&alarms, "alarms.json").await.unwrap();
+    let mut h = mica_blobs::ContentHasher::new();
+    h.update(&alarms);
+    let alarms_id = h.finish();
+    c.create_backup(
+        &serde_json::json!([{ "name": "alarms.json", "kind": "alarms",
+        "size": alarms.len(), "content_hash": alarms_id, "file_id": alarms_file }]),
+    )
+    .await
+    .unwrap();
     let url = |p: &str| app.url(p);
 
     // The whole account in one file: not for a session alone (a stolen phone's, say).
@@ -299,6 +311,12 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
     assert_eq!(devices[0]["device"]["name"], "Kai's phone");
     assert_eq!(devices[0]["device"]["hardware"]["serial"], "FP5KAI");
     assert_eq!(devices[0]["locations"][0]["lat"], 52.52);
+    let backups: Value = serde_json::from_str(&member(&file, "backups.json")).unwrap();
+    assert_eq!(backups[0]["device"]["name"], "Kai's phone");
+    assert_eq!(backups[0]["parts"][0]["name"], "alarms.json");
+    let original = backups[0]["parts"][0]["original"].as_str().unwrap();
+    assert_eq!(original, format!("backups/parts/{alarms_id}"));
+    assert_eq!(member_bytes(&file, original), alarms);
     let logins: Value = serde_json::from_str(&member(&file, "login-records.json")).unwrap();
     assert!(logins
         .as_array()

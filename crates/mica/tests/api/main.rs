@@ -13,6 +13,7 @@
 mod support;
 
 mod account_recovery;
+mod backups;
 mod bad_input;
 mod connections;
 mod deletion;
