@@ -72,6 +72,8 @@ pub enum CloudError {
     RangeNotSatisfiable(u64),
     #[error("upload these parts first, then name their files: {}", missing_list(.0))]
     BackupPartsMissing(Vec<String>),
+    #[error("part of this file's bytes were lost on the server; upload the file again to mend it")]
+    Damaged,
     #[error("file storage is unavailable: {0}")]
     Storage(String),
     #[error("internal error: {0}")]
@@ -130,6 +132,7 @@ impl CloudError {
             CloudError::IncompleteBody => "incomplete_body",
             CloudError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             CloudError::BackupPartsMissing(_) => "backup_parts_missing",
+            CloudError::Damaged => "file_damaged",
             CloudError::Storage(_) => "storage_unavailable",
             CloudError::Internal(_) => "internal",
         }
@@ -164,6 +167,8 @@ impl CloudError {
             CloudError::UploadTooLarge(_) | CloudError::PastUploadLength => 413,
             CloudError::RangeNotSatisfiable(_) => 416,
             CloudError::Storage(_) => 503,
+            // The server lost data: not the client's doing, and not worth retrying.
+            CloudError::Damaged => 500,
             CloudError::Internal(_) => 500,
         }
     }

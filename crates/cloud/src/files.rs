@@ -595,9 +595,8 @@ impl Cloud {
             pieces.push((c, from..to));
         }
         if at != size {
-            return Err(CloudError::Internal(format!(
-                "file {id}: chunks do not add up to its size"
-            )));
+            // A chunk a backup's verification found damaged and forgot, not stored again yet.
+            return Err(CloudError::Damaged);
         }
         let blobs = self.blobs().clone();
         // The next chunks are read while this one is sent (the disk sees several reads at once),

@@ -349,6 +349,8 @@ struct Inner {
     hub: Hub,
     blobs: BlobStore,
     media: Arc<tokio::sync::Notify>,
+    /// Wakes the loop that verifies backups.
+    backups: Arc<tokio::sync::Notify>,
     /// Upload bytes held for a checksum on this node (see [`files::Held`]).
     held: files::Held,
     /// How many threads a large batch's checks or a page's opening is spread over (the
@@ -459,6 +461,7 @@ impl Cloud {
                 hub: Hub::default(),
                 blobs,
                 media: Arc::default(),
+                backups: Arc::default(),
                 held: files::Held::default(),
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 notices: std::sync::OnceLock::new(),

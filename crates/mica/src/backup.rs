@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mica_blobs::ContentHasher;
 use mica_client::{Client, ClientError};
+use mica_cloud::backups::{valid_part_name, MAX_PARTS, PART_KINDS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -24,8 +26,10 @@ use crate::agent::{describe, read_json, refresh_session, AgentConfig, Linked};
 
 /// Bytes sent per upload request; a failed request resumes from the server's offset.
 const UPLOAD_PIECE: usize = 8 << 20;
-/// Attempts at one piece before the backup gives up.
-const UPLOAD_ATTEMPTS: u32 = 5;
+/// Attempts at one piece of an upload or download before it gives up.
+const ATTEMPTS: u32 = 5;
+/// What a part being restored is called until it is checked: `.<name>.restoring`.
+const RESTORING: &str = ".restoring";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,19 +62,50 @@ fn api(e: ClientError) -> anyhow::Error {
     anyhow::anyhow!("{}", describe(&e))
 }
 
-async fn session(cfg: &AgentConfig) -> anyhow::Result<(Client, Linked)> {
-    let linked: Linked = read_json(&cfg.data_dir.join("device.json"))?
-        .context("this device is not linked: run `mica agent link` first")?;
-    let client = Client::new(cfg.base());
-    let tokens = refresh_session(cfg, &client).await?;
-    Ok((client.with_token(&tokens.access_token), linked))
+/// How long an access token is used before the session is refreshed (tokens live 15 minutes
+/// by default): a backup or restore of many gigabytes outlasts several.
+const TOKEN_USE: Duration = Duration::from_secs(5 * 60);
+
+/// This device's session, refreshed as a long backup or restore goes on.
+struct Session<'a> {
+    cfg: &'a AgentConfig,
+    client: Client,
+    user: Client,
+    since: Instant,
+    linked: Linked,
+}
+
+impl<'a> Session<'a> {
+    async fn open(cfg: &'a AgentConfig) -> anyhow::Result<Session<'a>> {
+        let linked: Linked = read_json(&cfg.data_dir.join("device.json"))?
+            .context("this device is not linked: run `mica agent link` first")?;
+        let client = Client::new(cfg.base());
+        let tokens = refresh_session(cfg, &client).await?;
+        Ok(Session {
+            cfg,
+            user: client.with_token(&tokens.access_token),
+            client,
+            since: Instant::now(),
+            linked,
+        })
+    }
+
+    /// The signed-in client, with a token young enough for the next request.
+    async fn user(&mut self) -> anyhow::Result<&Client> {
+        if self.since.elapsed() > TOKEN_USE {
+            let tokens = refresh_session(self.cfg, &self.client).await?;
+            self.user = self.client.with_token(&tokens.access_token);
+            self.since = Instant::now();
+        }
+        Ok(&self.user)
+    }
 }
 
 /// The kind of a part, from its name.
 pub fn kind_of(name: &str) -> &'static str {
     let first = name.split('/').next().unwrap_or("");
     let stem = first.split('.').next().unwrap_or("");
-    mica_cloud::backups::PART_KINDS
+    PART_KINDS
         .iter()
         .find(|k| **k == stem)
         .copied()
@@ -85,9 +120,17 @@ struct Local {
     content: String,
 }
 
+/// A restore's file being written, not yet in place.
+fn is_restoring(name: &str) -> bool {
+    name.rsplit('/')
+        .next()
+        .is_some_and(|f| f.starts_with('.') && f.ends_with(RESTORING))
+}
+
 /// Every regular file under `root`, by name (symbolic links are not followed: a backup holds
-/// what is in the folder, not what it points at).
-fn scan(root: &Path) -> anyhow::Result<Vec<Local>> {
+/// what is in the folder, not what it points at). Files whose name cannot be a part's are left
+/// out and named in `skipped`.
+fn scan(root: &Path, skipped: &mut Vec<String>) -> anyhow::Result<Vec<Local>> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -106,19 +149,28 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Local>> {
                     .map(|c| c.as_os_str().to_str())
                     .collect::<Option<Vec<_>>>()
                     .map(|v| v.join("/"));
-                let Some(name) = name else {
-                    tracing::warn!(path = %path.display(), "not backed up: the name is not UTF-8");
-                    continue;
-                };
-                let (size, content) = hash_file(&path)?;
-                out.push(Local {
-                    name,
-                    path,
-                    size,
-                    content,
-                });
+                match name {
+                    Some(n) if is_restoring(&n) => {}
+                    Some(n) if valid_part_name(&n) => out.push(Local {
+                        name: n,
+                        path,
+                        size: 0,
+                        content: String::new(),
+                    }),
+                    _ => skipped.push(rel.display().to_string()),
+                }
             }
         }
+        if out.len() > MAX_PARTS {
+            bail!(
+                "{} holds more than {MAX_PARTS} files: a backup holds at most that many parts; \
+                 put small files together in an archive",
+                root.display()
+            );
+        }
+    }
+    for f in &mut out {
+        (f.size, f.content) = hash_file(&f.path)?;
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -138,14 +190,30 @@ fn hash_file(path: &Path) -> anyhow::Result<(u64, String)> {
     Ok((h.size(), h.finish()))
 }
 
-/// Uploads a file as a resumable upload, resuming after a failed request; returns the file's id.
-async fn upload(user: &Client, path: &Path, size: u64) -> anyhow::Result<String> {
-    let id = user.create_upload(size).await.map_err(api)?;
+/// A file as uploaded: its id, and the size and content id of the bytes that were sent (the
+/// file may have changed since it was first read).
+struct Uploaded {
+    file_id: String,
+    size: u64,
+    content: String,
+}
+
+/// Uploads a file as a resumable upload, resuming after a failed request, hashing what it
+/// sends.
+async fn upload(session: &mut Session<'_>, path: &Path) -> anyhow::Result<Uploaded> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let id = session
+        .user()
+        .await?
+        .create_upload(size)
+        .await
+        .map_err(api)?;
+    let mut hasher = ContentHasher::new();
     let mut offset = 0u64;
     let mut failures = 0;
     while offset < size {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let want = usize::try_from(size - offset)
             .unwrap_or(UPLOAD_PIECE)
             .min(UPLOAD_PIECE);
@@ -153,8 +221,14 @@ async fn upload(user: &Client, path: &Path, size: u64) -> anyhow::Result<String>
         file.seek(std::io::SeekFrom::Start(offset)).await?;
         file.read_exact(&mut piece)
             .await
-            .with_context(|| format!("{} changed while it was backed up", path.display()))?;
-        match user.upload_bytes(&id, offset, piece).await {
+            .with_context(|| format!("{} shrank while it was backed up", path.display()))?;
+        // Each byte is hashed once, even when a failed request sends it again.
+        let hashed = hasher.size();
+        if offset + want as u64 > hashed {
+            let from = usize::try_from(hashed.saturating_sub(offset)).unwrap_or(0);
+            hasher.update(&piece[from..]);
+        }
+        match session.user().await?.upload_bytes(&id, offset, piece).await {
             Ok(o) => {
                 offset = o;
                 failures = 0;
@@ -167,19 +241,29 @@ async fn upload(user: &Client, path: &Path, size: u64) -> anyhow::Result<String>
             }
             Err(e) => {
                 failures += 1;
-                if failures >= UPLOAD_ATTEMPTS {
+                if failures >= ATTEMPTS {
                     return Err(api(e));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(500 << failures)).await;
-                offset = user.upload_offset(&id).await.map_err(api)?;
+                tokio::time::sleep(Duration::from_millis(500 << failures)).await;
+                offset = session
+                    .user()
+                    .await?
+                    .upload_offset(&id)
+                    .await
+                    .map_err(api)?;
             }
         }
     }
-    let info = user.upload_info(&id).await.map_err(api)?;
-    info["file_id"]
+    let info = session.user().await?.upload_info(&id).await.map_err(api)?;
+    let file_id = info["file_id"]
         .as_str()
         .map(str::to_owned)
-        .context("the server did not finish the upload")
+        .context("the server did not finish the upload")?;
+    Ok(Uploaded {
+        file_id,
+        size,
+        content: hasher.finish(),
+    })
 }
 
 /// `mica agent backup`: backs up the folder; returns the backup as the server describes it.
@@ -188,48 +272,71 @@ pub async fn backup(cfg: &AgentConfig) -> anyhow::Result<Value> {
     if !root.is_dir() {
         bail!("nothing to back up: {} is not a folder", root.display());
     }
-    let (user, _) = session(cfg).await?;
+    let mut session = Session::open(cfg).await?;
     let scan_root = root.clone();
-    let files = tokio::task::spawn_blocking(move || scan(&scan_root)).await??;
-    if files.is_empty() {
-        bail!("nothing to back up: {} is empty", root.display());
+    let (files, skipped) = tokio::task::spawn_blocking(move || {
+        let mut skipped = Vec::new();
+        scan(&scan_root, &mut skipped).map(|f| (f, skipped))
+    })
+    .await??;
+    for s in &skipped {
+        eprintln!("not backed up: {s:?} (a part's name is made of letters, digits and . _ - + @)");
     }
-    let parts: Vec<Value> = files
+    if files.is_empty() {
+        bail!("nothing to back up: {} holds no file", root.display());
+    }
+    let mut parts: Vec<Value> = files
         .iter()
         .map(|f| {
             json!({ "name": f.name, "kind": kind_of(&f.name), "size": f.size,
                     "content_hash": f.content })
         })
         .collect();
+    // One upload per content, even when two parts hold the same bytes, kept across attempts.
+    let mut uploaded: HashMap<String, (String, u64, String)> = HashMap::new();
     // Twice at most: a part the plan said was held can have been deleted meanwhile (its last
     // backup removed), and the server then names it missing.
     for attempt in 0..2 {
-        let plan = user
+        let plan = session
+            .user()
+            .await?
             .plan_backup(&Value::from(parts.clone()))
             .await
             .map_err(api)?;
-        let upload_names: Vec<&str> = plan["upload"]
+        let upload_names: Vec<String> = plan["upload"]
             .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
-        // One upload per content, even when two parts hold the same bytes.
-        let mut uploaded: HashMap<&str, String> = HashMap::new();
-        let mut with_files = parts.clone();
-        for (f, part) in files.iter().zip(with_files.iter_mut()) {
-            if !upload_names.contains(&f.name.as_str()) {
+        for (f, part) in files.iter().zip(parts.iter_mut()) {
+            if !upload_names.contains(&f.name) {
                 continue;
             }
-            let file_id = match uploaded.get(f.content.as_str()) {
-                Some(id) => id.clone(),
+            let (file_id, size, content) = match uploaded.get(&f.content) {
+                Some(u) => u.clone(),
                 None => {
-                    let id = upload(&user, &f.path, f.size).await?;
-                    uploaded.insert(&f.content, id.clone());
-                    id
+                    let u = upload(&mut session, &f.path).await?;
+                    let u = (u.file_id, u.size, u.content);
+                    uploaded.insert(f.content.clone(), u.clone());
+                    u
                 }
             };
+            // What was sent is what the part holds, should the file have changed since it
+            // was first read.
             part["file_id"] = json!(file_id);
+            part["size"] = json!(size);
+            part["content_hash"] = json!(content);
         }
-        match user.create_backup(&Value::from(with_files)).await {
+        match session
+            .user()
+            .await?
+            .create_backup(&Value::from(parts.clone()))
+            .await
+        {
             Ok(b) => {
                 println!(
                     "backed up {} parts ({} bytes) as {}; {} bytes were new",
@@ -249,13 +356,13 @@ pub async fn backup(cfg: &AgentConfig) -> anyhow::Result<Value> {
 
 /// `mica agent backups`: the account's backups, from every device.
 pub async fn list(cfg: &AgentConfig) -> anyhow::Result<()> {
-    let (user, linked) = session(cfg).await?;
-    let backups = user.backups().await.map_err(api)?;
+    let mut session = Session::open(cfg).await?;
+    let backups = session.user().await?.backups().await.map_err(api)?;
     if backups.is_empty() {
         println!("no backups");
     }
     for b in backups {
-        let this = if b["device"]["id"].as_str() == Some(linked.device_id.as_str()) {
+        let this = if b["device"]["id"].as_str() == Some(session.linked.device_id.as_str()) {
             " (this device)"
         } else {
             ""
@@ -284,61 +391,93 @@ fn destination(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(root.join(rel))
 }
 
+fn matches(name: &str, wanted: &str) -> bool {
+    let w = wanted.trim_end_matches('/');
+    name == w || name.strip_prefix(w).is_some_and(|r| r.starts_with('/'))
+}
+
 /// `mica agent restore`: writes a backup's parts (all, or those chosen) into the folder.
-/// Returns how many parts were restored.
+/// Every part is downloaded and checked first; only then are they all put in place, so a
+/// failed restore changes nothing. Returns how many parts were restored.
 pub async fn restore(cfg: &AgentConfig, opts: &RestoreOptions) -> anyhow::Result<usize> {
-    let (user, linked) = session(cfg).await?;
+    let mut session = Session::open(cfg).await?;
     let id = match &opts.backup {
         Some(id) => id.clone(),
         None => {
-            let all = user.backups().await.map_err(api)?;
+            // The newest intact backup of this device, else of the account.
+            let all = session.user().await?.backups().await.map_err(api)?;
+            let usable = |b: &&Value| b["state"] != "damaged";
             let mine = all
                 .iter()
-                .find(|b| b["device"]["id"].as_str() == Some(linked.device_id.as_str()));
-            mine.or(all.first())
+                .filter(usable)
+                .find(|b| b["device"]["id"].as_str() == Some(session.linked.device_id.as_str()));
+            mine.or(all.iter().find(usable))
                 .and_then(|b| b["id"].as_str())
                 .map(str::to_owned)
-                .context("the account has no backup to restore")?
+                .context("the account has no intact backup to restore")?
         }
     };
-    let b = user.backup(&id).await.map_err(api)?;
+    let b = session.user().await?.backup(&id).await.map_err(api)?;
     let parts = b["part_list"].as_array().cloned().unwrap_or_default();
+    for w in &opts.parts {
+        if !parts
+            .iter()
+            .any(|p| matches(p["name"].as_str().unwrap_or(""), w))
+        {
+            bail!("backup {id} holds no part {w:?}");
+        }
+    }
     let chosen: Vec<&Value> = parts
         .iter()
         .filter(|p| {
             let name = p["name"].as_str().unwrap_or("");
             let kind = p["kind"].as_str().unwrap_or("");
-            (opts.parts.is_empty()
-                || opts.parts.iter().any(|w| {
-                    name == w || name.starts_with(&format!("{}/", w.trim_end_matches('/')))
-                }))
+            (opts.parts.is_empty() || opts.parts.iter().any(|w| matches(name, w)))
                 && (opts.kinds.is_empty() || opts.kinds.iter().any(|k| k == kind))
         })
         .collect();
     if chosen.is_empty() {
         bail!("backup {id} holds no part that matches");
     }
-    for w in &opts.parts {
-        let w = w.trim_end_matches('/');
-        if !chosen.iter().any(|p| {
-            let n = p["name"].as_str().unwrap_or("");
-            n == w || n.starts_with(&format!("{w}/"))
-        }) {
-            bail!("backup {id} holds no part {w:?}");
-        }
-    }
     let root = opts.into.clone().unwrap_or_else(|| folder(cfg));
+    let mut ready: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut bytes = 0u64;
+    let mut failed = None;
     for p in &chosen {
         let name = p["name"].as_str().unwrap_or("");
-        let dest = destination(&root, name)?;
-        let size = p["size"].as_u64().context("a part without a size")?;
-        let content = p["content_hash"].as_str().unwrap_or("");
-        let file_id = p["file_id"].as_str().context("a part without a file")?;
-        download(&user, file_id, &dest, size, content)
-            .await
-            .with_context(|| format!("restoring {name}"))?;
-        bytes += size;
+        let got = async {
+            let dest = destination(&root, name)?;
+            let size = p["size"].as_u64().context("a part without a size")?;
+            let content = p["content_hash"].as_str().unwrap_or("");
+            let file_id = p["file_id"].as_str().context("a part without a file")?;
+            let tmp = download(&mut session, file_id, &dest, size, content).await?;
+            anyhow::Ok((tmp, dest, size))
+        }
+        .await;
+        match got {
+            Ok((tmp, dest, size)) => {
+                ready.push((tmp, dest));
+                bytes += size;
+            }
+            Err(e) => {
+                failed = Some(e.context(format!("restoring {name}")));
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        for (tmp, _) in &ready {
+            let _ = tokio::fs::remove_file(tmp).await;
+        }
+        return Err(e.context("nothing was restored"));
+    }
+    for (tmp, dest) in &ready {
+        tokio::fs::rename(tmp, dest).await?;
+        if let Some(parent) = dest.parent() {
+            if let Ok(d) = tokio::fs::File::open(parent).await {
+                let _ = d.sync_all().await;
+            }
+        }
     }
     println!(
         "restored {} parts ({bytes} bytes) from backup {id} of {} ({})",
@@ -349,41 +488,79 @@ pub async fn restore(cfg: &AgentConfig, opts: &RestoreOptions) -> anyhow::Result
     Ok(chosen.len())
 }
 
-/// Downloads a part next to `dest`, checks its size and content id, then puts it in place
-/// (fsync, rename): a damaged or cut download never replaces what is there.
+/// Downloads a part next to `dest` (resuming after a failed request) and checks its size and
+/// content id; returns the checked file, fsynced, for the caller to put in place. Nothing is
+/// left behind when it fails.
 async fn download(
-    user: &Client,
+    session: &mut Session<'_>,
     file_id: &str,
     dest: &Path,
     size: u64,
     content: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PathBuf> {
     let parent = dest.parent().context("a part at the root")?;
     tokio::fs::create_dir_all(parent).await?;
     let tmp = dest.with_file_name(format!(
-        ".{}.restoring",
+        ".{}{RESTORING}",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("part")
     ));
-    let mut out = tokio::fs::File::create(&tmp).await?;
-    let mut hasher = ContentHasher::new();
-    let mut resp = user.file_content(file_id, 0).await.map_err(api)?;
-    while let Some(piece) = resp.chunk().await? {
-        hasher.update(&piece);
-        out.write_all(&piece).await?;
+    let result = async {
+        let mut out = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = ContentHasher::new();
+        let mut failures = 0;
+        loop {
+            let at = hasher.size();
+            // Only a server that is unavailable for a moment is asked again; an answer such
+            // as "damaged" or "not found" stands.
+            let got = match session.user().await?.file_content(file_id, at).await {
+                Ok(mut resp) => async {
+                    while let Some(piece) = resp.chunk().await? {
+                        hasher.update(&piece);
+                        out.write_all(&piece).await?;
+                    }
+                    anyhow::Ok(())
+                }
+                .await,
+                Err(e @ ClientError::Api { .. })
+                    if !e.status().is_some_and(|s| matches!(s.as_u16(), 502..=504)) =>
+                {
+                    return Err(api(e));
+                }
+                Err(e) => Err(api(e)),
+            };
+            match got {
+                Ok(()) if hasher.size() >= size => break,
+                Ok(()) => {
+                    failures += 1;
+                    if failures >= ATTEMPTS {
+                        bail!("the server kept ending the download early");
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= ATTEMPTS {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500 << failures)).await;
+                }
+            }
+        }
+        out.sync_all().await?;
+        if hasher.size() != size || hasher.finish() != content {
+            bail!(
+                "the bytes the server sent do not match the backup's content id: this part is damaged"
+            );
+        }
+        anyhow::Ok(())
     }
-    out.sync_all().await?;
-    drop(out);
-    if hasher.size() != size || hasher.finish() != content {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        bail!(
-            "the bytes the server sent do not match the backup's content id: this part is damaged"
-        );
+    .await;
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
     }
-    tokio::fs::rename(&tmp, dest).await?;
-    if let Ok(d) = tokio::fs::File::open(parent).await {
-        let _ = d.sync_all().await;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -218,9 +218,8 @@ impl Server {
             });
         }
         if cfg.run_jobs {
-            // The gallery's media worker, which also verifies backups: woken when a photo or a
-            // backup is queued, and every few seconds for work whose lease ran out on a node
-            // that died.
+            // The gallery's media worker: woken when a photo is queued, and every few seconds
+            // for work whose lease ran out on a node that died.
             let cloud = cloud.clone();
             let waker = cloud.media_waker();
             let mut stop = tx.subscribe();
@@ -230,12 +229,29 @@ impl Server {
                     if let Err(e) = cloud.run_media().await {
                         tracing::warn!(error = %e, "media worker failed");
                     }
+
+                    tokio::select! {
+                        () = waker.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
+        if cfg.run_jobs {
+            // Backups are read back and checked: woken when one is made or a check is asked
+            // for, and every minute for periodic checks and claims that ran out.
+            let cloud = cloud.clone();
+            let waker = cloud.backups_waker();
+            let mut stop = tx.subscribe();
+            tokio::spawn(async move {
+                loop {
                     if let Err(e) = cloud.run_backup_checks().await {
                         tracing::warn!(error = %e, "verifying backups failed");
                     }
                     tokio::select! {
                         () = waker.notified() => {}
-                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = tokio::time::sleep(Duration::from_secs(60)) => {}
                         _ = stop.changed() => break,
                     }
                 }

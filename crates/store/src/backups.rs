@@ -115,9 +115,15 @@ async fn held_contents(
     let mut found = HashMap::new();
     for chunk in hashes.chunks(200) {
         let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        // Only files whose every chunk is stored: a chunk a verification found damaged is
+        // forgotten, and the content must be uploaded again (which stores the chunk anew and
+        // so mends every file made of it).
         let sql = format!(
-            "SELECT content_hash, size, file_id FROM backup_parts \
-             WHERE account_id = $1 AND content_hash IN ({})",
+            "SELECT p.content_hash AS content_hash, p.size AS size, p.file_id AS file_id \
+             FROM backup_parts p WHERE p.account_id = $1 AND p.content_hash IN ({}) \
+             AND NOT EXISTS (SELECT 1 FROM file_chunks fc WHERE fc.account_id = p.account_id \
+               AND fc.file_id = p.file_id AND NOT EXISTS (SELECT 1 FROM blob_chunks bc \
+                 WHERE bc.account_id = fc.account_id AND bc.hash = fc.hash))",
             marks.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(account.as_i64());
@@ -327,21 +333,31 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        // The device's retention: newest first, the ones past `keep` go.
-        let older: Vec<String> = sqlx::query(
-            "SELECT id FROM backups WHERE account_id = $1 AND device_id = $2 \
+        // The device's retention: newest first, the ones past `keep` go — except the newest
+        // backup known to be intact while none of the kept ones is known to be: new backups
+        // that turn out damaged never push out the last good one.
+        let mut rows: Vec<(String, bool)> = Vec::new();
+        for r in sqlx::query(
+            "SELECT id, verified_at, damage FROM backups WHERE account_id = $1 AND device_id = $2 \
              ORDER BY created_at DESC, id DESC",
         )
         .bind(account.as_i64())
         .bind(b.device_id)
         .fetch_all(&mut *tx)
         .await?
-        .iter()
-        .skip(b.keep.max(1))
-        .map(|r| r.try_get("id"))
-        .collect::<std::result::Result<_, _>>()?;
+        {
+            let good = r.try_get::<Option<i64>, _>("verified_at")?.is_some()
+                && r.try_get::<Option<String>, _>("damage")?.is_none();
+            rows.push((r.try_get("id")?, good));
+        }
+        let keep = b.keep.max(1);
+        let mut good_kept = rows.iter().take(keep).any(|(_, good)| *good);
         let mut removed = Vec::new();
-        for id in older {
+        for (id, good) in rows.into_iter().skip(keep) {
+            if good && !good_kept {
+                good_kept = true;
+                continue;
+            }
             if id != b.id && delete_backup_tx(&mut tx, account, &id).await? {
                 removed.push(id);
             }
@@ -444,7 +460,9 @@ impl Store {
     }
 
     /// Claims a backup whose verification is due, until `lease_until` (a conditional update:
-    /// two nodes never check the same backup at once; a dead node's claim runs out).
+    /// two nodes never check the same backup at once). Its next check becomes due when the
+    /// claim runs out, so a dead node's check runs again; a request meanwhile makes it due
+    /// sooner, and [`Store::finish_backup_check`] keeps that.
     pub async fn claim_backup_check(
         &self,
         now: Timestamp,
@@ -461,7 +479,8 @@ impl Store {
             let account: i64 = r.try_get("account_id")?;
             let id: String = r.try_get("id")?;
             let won = sqlx::query(
-                "UPDATE backups SET verify_lease = $3 WHERE account_id = $1 AND id = $2 \
+                "UPDATE backups SET verify_lease = $3, verify_due_at = $3 \
+                 WHERE account_id = $1 AND id = $2 \
                  AND verify_due_at <= $4 AND (verify_lease IS NULL OR verify_lease <= $4)",
             )
             .bind(account)
@@ -480,26 +499,60 @@ impl Store {
     }
 
     /// Records a verification's result (`damage`: what failed, `None` when every part is
-    /// intact) and when the next one is due.
+    /// intact) and when the next one is due — sooner if one was asked for while it ran. Only
+    /// while the claim `lease` still holds; `false` when it ran out and another node took over.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_backup_check(
         &self,
         account: AccountId,
         id: &str,
+        lease: Timestamp,
         damage: Option<&str>,
         now: Timestamp,
         next_due: Timestamp,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE backups SET verified_at = $3, damage = $4, verify_lease = NULL, verify_due_at = $5 \
-             WHERE account_id = $1 AND id = $2",
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE backups SET verified_at = $4, damage = $5, verify_lease = NULL, \
+               verify_due_at = CASE WHEN verify_due_at < $3 THEN verify_due_at ELSE $6 END \
+             WHERE account_id = $1 AND id = $2 AND verify_lease = $3",
         )
         .bind(account.as_i64())
         .bind(id)
+        .bind(lease.millis())
         .bind(now.millis())
         .bind(damage)
         .bind(next_due.millis())
         .execute(&self.writer)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Forgets a chunk whose stored object a verification found missing or changed: files
+    /// made of it read as damaged until its content is uploaded again, which stores the
+    /// chunk anew. Only if `key` is still the chunk's object (not already replaced).
+    pub async fn forget_chunk(
+        &self,
+        account: AccountId,
+        hash: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        lock_account(&mut tx, account, 0).await?;
+        let n = sqlx::query(
+            "DELETE FROM blob_chunks WHERE account_id = $1 AND hash = $2 AND object_key = $3",
+        )
+        .bind(account.as_i64())
+        .bind(hash)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            crate::files::trash(&mut tx, account, key, now).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
     }
 }

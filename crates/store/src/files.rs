@@ -136,7 +136,7 @@ fn file_row(r: &AnyRow) -> Result<FileRow> {
 const UPLOAD_COLUMNS: &str = "id, length, committed, tail_key, tail_len, metadata, mime_type, created_at, expires_at, file_id";
 const FILE_COLUMNS: &str = "id, size, content_hash, mime_type, created_at, pending_since";
 
-async fn trash(
+pub(crate) async fn trash(
     tx: &mut Transaction<'static, Any>,
     account: AccountId,
     key: &str,

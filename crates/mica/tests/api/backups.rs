@@ -134,12 +134,25 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
     for (n, b) in &files {
         put(&folder, n, b);
     }
+    // A name no part can have is left out, and said so; the rest is backed up.
+    put(&folder, "My Notes (1).txt", b"left out");
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
     let total: i64 = files.iter().map(|(_, b)| b.len() as i64).sum();
 
     // The first backup sends everything.
-    let said = run(&old, &["backup"]);
+    let out = old.command(&["backup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("backed up 7 parts"), "{said}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not backed up: \"My Notes (1).txt\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = backups_of(&ana).await;
     assert_eq!(list.len(), 1);
     let first = list[0]["id"].as_str().unwrap().to_owned();
@@ -200,6 +213,11 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
     let said = run(&new, &["restore"]);
     assert!(said.contains("restored 7 parts"), "{said}");
     same_tree(&folder, &target, &names);
+    assert!(!target.join("My Notes (1).txt").exists());
+    // Nothing is left half-written beside the restored files.
+    assert!(objects(&target)
+        .iter()
+        .all(|p| !p.to_string_lossy().ends_with(".restoring")));
     // An earlier backup, one part, somewhere else.
     let elsewhere = new.data().join("elsewhere");
     run(
@@ -283,14 +301,57 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
             .contains("wallpaper.png"),
         "{damaged}"
     );
-    let said = fails(&new, &["restore", "--part", "wallpaper.png"]);
+    // The damaged copy is no longer trusted: downloading it says so, and a restore refuses it
+    // rather than replace a good file.
+    let wall_file = damaged["part_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wallpaper.png")
+        .unwrap()["file_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = ana.file_content(&wall_file, 0).await.unwrap_err();
+    assert_eq!(e.code(), Some("file_damaged"), "{e}");
+    let said = fails(
+        &new,
+        &["restore", "--part", "wallpaper.png", "--backup", &newest],
+    );
     assert!(said.contains("damaged"), "{said}");
+    assert!(said.contains("nothing was restored"), "{said}");
     assert_eq!(
         std::fs::read(target.join("wallpaper.png")).unwrap(),
         wallpaper
     );
+    // A device that still has the wallpaper backs it up: the plan asks for it again (the
+    // damaged copy is not "held"), and storing it mends the old backup too.
+    app.advance(Duration::from_secs(60));
+    let said = run(&new, &["backup"]);
+    assert!(said.contains("backed up 7 parts"), "{said}");
+    ana.verify_backup(&newest).await.unwrap();
+    until_state(&ana, &newest, "verified").await;
+    let mended = new.data().join("mended");
+    run(
+        &new,
+        &[
+            "restore",
+            "--backup",
+            &newest,
+            "--part",
+            "wallpaper.png",
+            "--into",
+            mended.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(mended.join("wallpaper.png")).unwrap(),
+        wallpaper
+    );
 
     // Deleting backups frees their bytes.
+    let list = backups_of(&ana).await;
+    assert_eq!(list.len(), 4);
     for b in &list {
         ana.delete_backup(b["id"].as_str().unwrap()).await.unwrap();
     }
@@ -367,6 +428,11 @@ async fn bad_backups_are_refused_and_nothing_is_stored(app: &TestApp) {
             "not a part name",
         ),
         (json!([good, good]), "named twice"),
+        (
+            json!([{ "name": "a", "kind": "other", "size": 5, "content_hash": hash },
+                { "name": "a/b", "kind": "other", "size": 5, "content_hash": hash }]),
+            "also the folder",
+        ),
         (
             json!([{ "name": "a", "kind": "games", "size": 5, "content_hash": hash }]),
             "kind is one of",
