@@ -261,9 +261,16 @@ async fn run() {
         incremental.push(r);
 
         // The server reads the newest backup back.
+        // First the check every new backup gets, so that the one measured is the one asked for.
         let list = user.backups().await.unwrap();
         let id = list[0]["id"].as_str().unwrap().to_owned();
-        let before = list[0]["verified_at"].clone();
+        let before = loop {
+            let b = user.backup(&id).await.unwrap();
+            if b["state"] == "verified" {
+                break b["verified_at"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         let hashed = hash_reference(&folder);
         let start = Instant::now();
         user.verify_backup(&id).await.unwrap();
