@@ -513,6 +513,7 @@ impl Identity {
                     by: Some("owner"),
                     note: None,
                     reason: Some(reason),
+                    logged: None,
                 },
             )
             .await?
@@ -707,6 +708,17 @@ impl Identity {
                     by: Some(operator),
                     note,
                     reason,
+                    logged: Some(mica_store::OperatorEntry {
+                        operator,
+                        action: if approve {
+                            "recovery_approved"
+                        } else {
+                            "recovery_denied"
+                        },
+                        account: row.account_id,
+                        subject: Some(&row.id),
+                        detail: text.unwrap_or_default(),
+                    }),
                 },
             )
             .await?
@@ -818,6 +830,7 @@ impl Identity {
                         by: None,
                         note: None,
                         reason: Some("it was not finished in time"),
+                        logged: None,
                     },
                 )
                 .await?;

@@ -52,7 +52,7 @@ impl Identity {
         .await?;
         let revoked = self
             .store()
-            .schedule_account_deletion(p.account, self.now())
+            .schedule_account_deletion(p.account, self.now(), None)
             .await?
             .ok_or(IdentityError::Unauthenticated)?;
         self.note_revoked(revoked);

@@ -22,6 +22,9 @@ pub struct AccountSummary {
     pub last_sign_in: Option<Timestamp>,
     /// Signing in is held back until then (too many wrong passwords).
     pub locked_until: Option<Timestamp>,
+    /// Bytes stored, and the account's own quota (`None`: the server's default).
+    pub storage_used: i64,
+    pub storage_quota: Option<i64>,
 }
 
 /// How an operator's decisions appear in the security log and to the notifier.
@@ -79,6 +82,7 @@ impl Identity {
             })?;
         let account = row.id;
         let now = self.now();
+        let storage = self.store().cloud_account(account).await?;
         let last_sign_in = self
             .store()
             .login_events(account, 200)
@@ -104,6 +108,8 @@ impl Identity {
             sessions: self.store().active_sessions(account, now).await?.len(),
             last_sign_in,
             locked_until: Some(row.locked_until).filter(|t| *t > now),
+            storage_used: storage.used_bytes,
+            storage_quota: storage.quota_bytes,
         })
     }
 
@@ -119,9 +125,16 @@ impl Identity {
         let operator = check_operator(operator)?;
         let reason = check_reason(reason)?;
         let account = self.operator_account(login).await?.id;
+        let entry = mica_store::OperatorEntry {
+            operator,
+            action: "account_suspended",
+            account: Some(account),
+            subject: None,
+            detail: reason,
+        };
         let revoked = self
             .store()
-            .suspend_account(account, self.now())
+            .suspend_account(account, self.now(), &entry)
             .await?
             .ok_or_else(|| IdentityError::Invalid {
                 field: "account",
@@ -153,7 +166,18 @@ impl Identity {
     ) -> Result<AccountSummary, IdentityError> {
         let operator = check_operator(operator)?;
         let account = self.operator_account(login).await?.id;
-        if !self.store().reinstate_account(account).await? {
+        let entry = mica_store::OperatorEntry {
+            operator,
+            action: "account_reinstated",
+            account: Some(account),
+            subject: None,
+            detail: "",
+        };
+        if !self
+            .store()
+            .reinstate_account(account, self.now(), &entry)
+            .await?
+        {
             return Err(IdentityError::Invalid {
                 field: "account",
                 message: "this account is not suspended".into(),
@@ -201,20 +225,81 @@ impl Identity {
             ),
         )
         .await;
+        let entry = mica_store::OperatorEntry {
+            operator,
+            action: "account_deleted",
+            account: Some(account),
+            subject: None,
+            detail: reason,
+        };
         let revoked = self
             .store()
-            .schedule_account_deletion(account, self.now())
+            .schedule_account_deletion(account, self.now(), Some(&entry))
             .await?
             .ok_or_else(already_deleting)?;
         self.note_revoked(revoked);
         self.account_changed(account);
-        tracing::warn!(%account, %operator, %reason, "account deletion scheduled by the operator");
+        tracing::warn!(%account, %operator, "account deletion scheduled by the operator");
         self.inner.jobs.notify_one();
         Ok(AccountSummary {
             status: "deleting".into(),
             sessions: 0,
             ..summary
         })
+    }
+
+    /// Sets the account's storage quota in bytes (`None`: back to the server's default). A
+    /// quota below what the account stores refuses new writes until it frees space; nothing
+    /// stored is removed.
+    pub async fn set_quota(
+        &self,
+        login: &str,
+        quota: Option<i64>,
+        operator: &str,
+    ) -> Result<AccountSummary, IdentityError> {
+        let operator = check_operator(operator)?;
+        if quota.is_some_and(|q| q < 0) {
+            return Err(IdentityError::Invalid {
+                field: "bytes",
+                message: "a quota is 0 bytes or more".into(),
+            });
+        }
+        let summary = self.operator_account(login).await?;
+        if summary.status == "deleting" {
+            return Err(already_deleting());
+        }
+        let detail = quota.map_or_else(|| "default".to_owned(), |q| q.to_string());
+        let entry = mica_store::OperatorEntry {
+            operator,
+            action: "quota_set",
+            account: Some(summary.id),
+            subject: None,
+            detail: &detail,
+        };
+        self.store()
+            .set_quota(summary.id, quota, &entry, self.now())
+            .await?;
+        self.operator_account(&summary.id.to_string()).await
+    }
+
+    /// The operator's log, newest first: of one account (its number, even once deleted, or an
+    /// address it has) or of all.
+    pub async fn operator_log(
+        &self,
+        login: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<mica_store::OperatorLogRow>, IdentityError> {
+        let account = match login {
+            None => None,
+            Some(l) => Some(match l.trim().parse::<AccountId>() {
+                Ok(a) => a,
+                Err(_) => self.operator_account(l).await?.id,
+            }),
+        };
+        Ok(self
+            .store()
+            .operator_log(account, limit.clamp(1, 10_000))
+            .await?)
     }
 
     /// Records an operator's decision in the account's security log.

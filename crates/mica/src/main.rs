@@ -99,9 +99,18 @@ enum Admin {
     /// Review requests to recover accounts whose every factor is lost.
     #[command(subcommand)]
     Recovery(RecoveryCommand),
-    /// Look up an account by its number, email or phone number; suspend or reinstate it.
+    /// Look up an account by its number, email or phone number; suspend, reinstate or delete
+    /// it; set its quota.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// What operators did (suspensions, deletions, quotas, recovery decisions), newest first.
+    Log {
+        /// Only this account (its number, even once deleted, or an address it has).
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +141,17 @@ enum AccountCommand {
         operator: String,
         #[arg(long)]
         reason: String,
+    },
+    /// Set the account's storage quota: `--bytes N`, or `--default` for the server's. Below
+    /// what it stores, new writes are refused until it frees space; nothing is removed.
+    Quota {
+        login: String,
+        #[arg(long, required_unless_present = "default", conflicts_with = "default")]
+        bytes: Option<i64>,
+        #[arg(long)]
+        default: bool,
+        #[arg(long)]
+        operator: String,
     },
 }
 
@@ -199,6 +219,9 @@ fn main() -> std::process::ExitCode {
             Command::Admin(Admin::CheckUsage) => check_usage(&cfg).await,
             Command::Admin(Admin::Recovery(r)) => recovery(&cfg, r).await,
             Command::Admin(Admin::Account(a)) => account(&cfg, a).await,
+            Command::Admin(Admin::Log { account, limit }) => {
+                operator_log(&cfg, account.as_deref(), limit).await
+            }
             Command::Agent(a) => agent(a).await,
         }
     });
@@ -369,6 +392,15 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
                 .delete_account_by_operator(&login, &operator, &reason)
                 .await?
         }
+        AccountCommand::Quota {
+            login,
+            bytes,
+            default,
+            operator,
+        } => {
+            let quota = if default { None } else { bytes };
+            identity.set_quota(&login, quota, &operator).await?
+        }
     };
     let time =
         |t: Option<mica_core::Timestamp>| t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
@@ -381,6 +413,16 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
         if summary.two_step { "on" } else { "off" }
     );
     println!("sessions         {}", summary.sessions);
+    println!(
+        "storage          {} of {} bytes{}",
+        summary.storage_used,
+        summary.storage_quota.unwrap_or(cfg.cloud.quota_bytes),
+        if summary.storage_quota.is_none() {
+            " (the default quota)"
+        } else {
+            ""
+        }
+    );
     println!("last sign-in     {}", time(summary.last_sign_in));
     if summary.locked_until.is_some() {
         println!("sign-in held     until {}", time(summary.locked_until));
@@ -390,6 +432,30 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
         .await
     {
         anyhow::bail!("done, but the messages about it were not all delivered: {e}");
+    }
+    Ok(())
+}
+
+async fn operator_log(cfg: &Config, account: Option<&str>, limit: i64) -> anyhow::Result<()> {
+    let identity = mica::operator_identity(cfg, std::sync::Arc::new(SystemClock)).await?;
+    let rows = identity.operator_log(account, limit).await?;
+    if rows.is_empty() {
+        println!("nothing recorded");
+    }
+    for r in rows {
+        println!(
+            "{}  {:<20} account {:<12} {}by {}{}",
+            r.at.to_rfc3339(),
+            r.action,
+            r.account.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            r.subject.map(|s| format!("{s} ")).unwrap_or_default(),
+            r.operator,
+            if r.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.detail)
+            },
+        );
     }
     Ok(())
 }

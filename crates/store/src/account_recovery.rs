@@ -93,6 +93,8 @@ pub struct RecoveryStateChange<'a> {
     pub note: Option<&'a str>,
     /// Why it ended, for the requester.
     pub reason: Option<&'a str>,
+    /// The operator's log entry, when an operator decided (written in the same transaction).
+    pub logged: Option<crate::OperatorEntry<'a>>,
 }
 
 /// What a completed recovery changes, in one transaction.
@@ -286,7 +288,15 @@ impl Store {
         for s in from {
             q = q.bind(*s);
         }
-        Ok(q.execute(&self.writer).await?.rows_affected() == 1)
+        let mut tx = self.writer.begin().await?;
+        if q.execute(&mut *tx).await?.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(e) = &change.logged {
+            crate::operator_log::record(&mut tx, e, change.at).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Waiting requests whose waiting period is over go to review; returns them.

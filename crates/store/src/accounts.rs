@@ -77,6 +77,7 @@ impl Store {
         &self,
         account: AccountId,
         now: Timestamp,
+        entry: &crate::OperatorEntry<'_>,
     ) -> Result<Option<Vec<SessionId>>> {
         let mut tx = self.writer.begin().await?;
         let changed = sqlx::query(
@@ -90,20 +91,32 @@ impl Store {
             return Ok(None);
         }
         let ids = crate::sessions::revoke_all_in(&mut tx, account, now).await?;
+        crate::operator_log::record(&mut tx, entry, now).await?;
         tx.commit().await?;
         Ok(Some(ids))
     }
 
     /// Makes a suspended account active again; whether it was suspended.
-    pub async fn reinstate_account(&self, account: AccountId) -> Result<bool> {
+    pub async fn reinstate_account(
+        &self,
+        account: AccountId,
+        now: Timestamp,
+        entry: &crate::OperatorEntry<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
         let changed = sqlx::query(
             "UPDATE accounts SET status = 'active' WHERE id = $1 AND status = 'suspended'",
         )
         .bind(account.as_i64())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(changed > 0)
+        if changed == 0 {
+            return Ok(false);
+        }
+        crate::operator_log::record(&mut tx, entry, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn account(&self, by: LookupBy<'_>) -> Result<Option<AccountRow>> {

@@ -19,6 +19,11 @@ pub struct AccountTable {
     pub condition: &'static str,
 }
 
+/// Tables that name accounts but are not theirs, so they outlive them: the operator's log, the
+/// record of what operators did (an erasure included, which it then proves). They hold an
+/// account's number and the operator's own words, never the account's data.
+pub const OUTLIVES_ACCOUNTS: &[&str] = &["operator_log"];
+
 pub const ACCOUNT_DATA: &[AccountTable] = &[
     AccountTable {
         table: "verification_codes",
@@ -226,6 +231,7 @@ impl Store {
         &self,
         account: AccountId,
         now: Timestamp,
+        by_operator: Option<&crate::OperatorEntry<'_>>,
     ) -> Result<Option<Vec<SessionId>>> {
         let mut tx = self.writer.begin().await?;
         let marked = sqlx::query(
@@ -251,6 +257,9 @@ impl Store {
         .bind(now.millis())
         .execute(&mut *tx)
         .await?;
+        if let Some(e) = by_operator {
+            crate::operator_log::record(&mut tx, e, now).await?;
+        }
         tx.commit().await?;
         Ok(Some(revoked))
     }

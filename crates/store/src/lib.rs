@@ -31,6 +31,7 @@ mod link_requests;
 mod media;
 mod migrate;
 mod notices;
+mod operator_log;
 mod passkeys;
 mod profile;
 mod recovery;
@@ -67,10 +68,13 @@ pub use files::{
     FileChunk, FileRow, GcReport, NewPart, NewUpload, ProgressOutcome, UploadPosition, UploadRow,
     CHUNK_BYTES, UPLOADS_CATEGORY,
 };
-pub use jobs::{AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT};
+pub use jobs::{
+    AccountTable, JobRow, ACCOUNT_DATA, JOB_DELETE_ACCOUNT, JOB_EXPORT, OUTLIVES_ACCOUNTS,
+};
 pub use link_requests::{LinkPoll, LinkRequestRow, NewLinkRequest};
 pub use media::{Album, AlbumRow, ItemAlbums, MediaDone, MediaRow, TimelineCursor, TimelineRow};
 pub use notices::{NewNotice, NoticeRow};
+pub use operator_log::{OperatorEntry, OperatorLogRow};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;
 pub use recovery::RecoveryFactorRow;

@@ -137,6 +137,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0025_backups.sql"),
         postgres: include_str!("../migrations/postgres/0025_backups.sql"),
     },
+    Migration {
+        version: 26,
+        sqlite: include_str!("../migrations/sqlite/0026_operator_log.sql"),
+        postgres: include_str!("../migrations/postgres/0026_operator_log.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

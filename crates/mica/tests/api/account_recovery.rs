@@ -198,6 +198,15 @@ async fn an_account_whose_every_factor_is_lost_is_recovered_after_review(app: &T
         out.contains("approved") && out.contains("called her back"),
         "{out}"
     );
+    // The decision is in the operator's log, with the request and the note.
+    let (ok, out) = app.admin(&["log", "--account", &t.account_id]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("recovery_approved")
+            && out.contains(&id)
+            && out.contains("by olga: called her back"),
+        "{out}"
+    );
     app.smtp.nth_with(contact, "was approved", 1).await;
     app.smtp.nth_with(email, "Until", 1).await;
     app.smtp.nth_with(backup, "Until", 1).await;

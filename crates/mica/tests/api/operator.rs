@@ -164,6 +164,66 @@ async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
     );
     let (ok, out) = app.admin(&["account", "reinstate", email, "--operator", "ops-bo"]);
     assert!(!ok && out.contains("not suspended"), "{out}");
+    // Refused attempts leave no trace in the operator's log; the decisions do, newest first.
+    let (ok, out) = app.admin(&["log", "--account", &account]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("account_reinstated") && lines[0].contains("by ops-bo"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("account_suspended") && lines[1].contains("by ops-ann: it sent spam"),
+        "{out}"
+    );
+
+    // A quota: set, shown, enforced, and back to the default.
+    let (ok, out) = app.admin(&["account", "quota", email, "--operator", "ops-cy"]);
+    assert!(!ok, "a quota needs --bytes or --default: {out}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "quota",
+        email,
+        "--bytes=-5",
+        "--operator",
+        "ops-cy",
+    ]);
+    assert!(!ok && out.contains("0 bytes or more"), "{out}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "quota",
+        email,
+        "--bytes",
+        "100",
+        "--operator",
+        "ops-cy",
+    ]);
+    assert!(
+        ok && out.contains("storage          0 of 100 bytes"),
+        "{out}"
+    );
+    let big = serde_json::json!([{ "id": "n1", "op": "put",
+        "body": crate::sync::note(&"x".repeat(200)) }]);
+    let e = c.push("notes", big.clone(), None).await.unwrap_err();
+    assert_eq!(e.code(), Some("quota_exceeded"), "{e}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "quota",
+        &account,
+        "--default",
+        "--operator",
+        "ops-cy",
+    ]);
+    assert!(ok && out.contains("(the default quota)"), "{out}");
+    c.push("notes", big, None).await.unwrap();
+    let (_, out) = app.admin(&["log", "--account", email, "--limit", "2"]);
+    assert!(
+        out.lines().next().unwrap_or("").contains("quota_set")
+            && out.contains("default")
+            && out.contains(": 100"),
+        "{out}"
+    );
 }
 
 /// A two-step sign-in begun before the suspension (its challenge lives ten minutes) does not
@@ -255,4 +315,14 @@ async fn an_operator_deletes_an_account_for_good(app: &TestApp) {
     assert_ne!(again.account_id, t.account_id);
     let c = app.client.with_token(&again.access_token);
     link_http(app, &c, 96).await;
+    // The operator's log outlives the account: it proves the erasure was carried out.
+    let (ok, out) = app.admin(&["log", "--account", &t.account_id]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("account_deleted")
+            && out.contains("by ops-ann: the owner asked us to erase it (ticket 4411)"),
+        "{out}"
+    );
+    let (ok, out) = app.admin(&["log"]);
+    assert!(ok && out.contains("account_suspended"), "{out}");
 }
