@@ -275,6 +275,40 @@ impl BlobStore {
         Ok(n)
     }
 
+    /// Every object under `prefix`, with its size.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = ObjectPath::from(prefix);
+        let mut list = self.inner.list(Some(&prefix));
+        let mut out = Vec::new();
+        while let Some(meta) = list.next().await {
+            let meta = meta?;
+            out.push((meta.location.to_string(), meta.size));
+        }
+        Ok(out)
+    }
+
+    /// The names one level below `prefix` (`chunks/` → the accounts that have chunks).
+    pub async fn children(&self, prefix: &str) -> Result<Vec<String>> {
+        let listed = self
+            .inner
+            .list_with_delimiter(Some(&ObjectPath::from(prefix)))
+            .await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// An object's size, or `None` when it is not there.
+    pub async fn size_of(&self, key: &str) -> Result<Option<u64>> {
+        match self.inner.head(&ObjectPath::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Objects under `prefix` and their total size: what storage really holds.
     pub async fn stored(&self, prefix: &str) -> Result<(u64, u64)> {
         let prefix = ObjectPath::from(prefix);

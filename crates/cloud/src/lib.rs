@@ -15,6 +15,7 @@ pub mod drive;
 mod error;
 pub mod files;
 pub mod hub;
+pub mod integrity;
 pub mod media;
 pub mod video;
 

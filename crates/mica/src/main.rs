@@ -96,6 +96,13 @@ enum Admin {
     /// Prove that every account's recorded storage usage equals the bytes it stores (per
     /// category, recycle bin and total). Exits non-zero on any difference.
     CheckUsage,
+    /// Prove that the blob store holds every chunk the database knows, at its size (`--deep`:
+    /// read back and hashed), and nothing else; name files that lost a chunk. Exits non-zero on
+    /// any problem.
+    CheckBlobs {
+        #[arg(long)]
+        deep: bool,
+    },
     /// Review requests to recover accounts whose every factor is lost.
     #[command(subcommand)]
     Recovery(RecoveryCommand),
@@ -217,6 +224,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Admin(Admin::CheckUsage) => check_usage(&cfg).await,
+            Command::Admin(Admin::CheckBlobs { deep }) => check_blobs(&cfg, deep).await,
             Command::Admin(Admin::Recovery(r)) => recovery(&cfg, r).await,
             Command::Admin(Admin::Account(a)) => account(&cfg, a).await,
             Command::Admin(Admin::Log { account, limit }) => {
@@ -292,6 +300,30 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
                 .map(|_| ())
         }
     }
+}
+
+async fn check_blobs(cfg: &Config, deep: bool) -> anyhow::Result<()> {
+    let store = mica::open_store(cfg).await?;
+    let blobs = mica_cloud::BlobStore::open(&cfg.blob_location()?)?;
+    let r = mica_cloud::integrity::check_blobs(&store, &blobs, deep).await?;
+    for p in &r.problems {
+        println!("{p}");
+    }
+    if r.problems.is_empty() {
+        println!(
+            "the blob store agrees with the database: {} chunks ({} bytes) of {} accounts{}",
+            r.chunks,
+            r.bytes,
+            r.accounts,
+            if deep {
+                ", every one read back and hashed"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    anyhow::bail!("{} problem(s) in the blob store", r.problems.len())
 }
 
 async fn check_usage(cfg: &Config) -> anyhow::Result<()> {

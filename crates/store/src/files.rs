@@ -614,6 +614,49 @@ impl Store {
         Ok(report)
     }
 
+    /// An account's chunks: `(hash, object key, size)`.
+    pub async fn account_chunks(&self, account: AccountId) -> Result<Vec<(String, String, i64)>> {
+        sqlx::query("SELECT hash, object_key, size FROM blob_chunks WHERE account_id = $1")
+            .bind(account.as_i64())
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("hash")?,
+                    r.try_get("object_key")?,
+                    r.try_get("size")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `key` waits in `blob_trash` (an object being written, or one to delete).
+    pub async fn blob_pending(&self, key: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM blob_trash WHERE object_key = $1")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// An account's files with a chunk that is not stored (forgotten as damaged): their ids.
+    pub async fn files_missing_chunks(&self, account: AccountId) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT DISTINCT fc.file_id AS file_id FROM file_chunks fc WHERE fc.account_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM blob_chunks bc WHERE bc.account_id = fc.account_id AND bc.hash = fc.hash) \
+             ORDER BY fc.file_id",
+        )
+        .bind(account.as_i64())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get("file_id")?))
+        .collect()
+    }
+
     /// Objects whose deletion is due, at most `limit`.
     pub async fn due_blobs(&self, now: Timestamp, limit: i64) -> Result<Vec<String>> {
         sqlx::query("SELECT object_key FROM blob_trash WHERE due_at <= $1 ORDER BY due_at LIMIT $2")

@@ -291,6 +291,15 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
     let mut bad = wallpaper.clone();
     bad[1000] ^= 0xff;
     std::fs::write(&object, &bad).unwrap();
+    // The operator's check of the blob store: the sizes agree; reading the bytes back does not.
+    let (ok, out) = app.admin(&["check-blobs"]);
+    assert!(ok, "{out}");
+    let (ok, out) = app.admin(&["check-blobs", "--deep"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("chunk {hash}'s bytes have changed")),
+        "{out}"
+    );
     let asked = ana.verify_backup(&newest).await.unwrap();
     assert_eq!(asked["id"], newest.as_str());
     let damaged = until_state(&ana, &newest, "damaged").await;
@@ -314,6 +323,11 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
         .to_owned();
     let e = ana.file_content(&wall_file, 0).await.unwrap_err();
     assert_eq!(e.code(), Some("file_damaged"), "{e}");
+    let (ok, out) = app.admin(&["check-blobs"]);
+    assert!(
+        !ok && out.contains(&format!("file {wall_file} lost a chunk")),
+        "{out}"
+    );
     let said = fails(
         &new,
         &["restore", "--part", "wallpaper.png", "--backup", &newest],
@@ -348,6 +362,17 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
         std::fs::read(mended.join("wallpaper.png")).unwrap(),
         wallpaper
     );
+    let (ok, out) = app.admin(&["check-blobs", "--deep"]);
+    assert!(ok, "{out}");
+    // An object nothing refers to is named.
+    let stray = object.parent().unwrap().join("stray.x");
+    std::fs::write(&stray, b"?").unwrap();
+    let (ok, out) = app.admin(&["check-blobs"]);
+    assert!(
+        !ok && out.contains("stray.x") && out.contains("nothing refers to it"),
+        "{out}"
+    );
+    std::fs::remove_file(&stray).unwrap();
 
     // Deleting backups frees their bytes.
     let list = backups_of(&ana).await;

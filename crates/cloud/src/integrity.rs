@@ -1,0 +1,109 @@
+//! The blob store's integrity check (OP-4, `mica admin check-blobs`): every chunk the database
+//! knows is in the blob store with its size (and, with `deep`, its bytes hash to its name); no
+//! object of the chunk store is unknown to the database unless it waits in `blob_trash` (being
+//! written, or to be deleted); no file is made of a chunk that was forgotten as damaged. Account
+//! by account, so its memory is one account's listing.
+
+use std::collections::{BTreeSet, HashMap};
+
+use mica_blobs::BlobStore;
+use mica_core::AccountId;
+use mica_store::Store;
+
+use crate::CloudError;
+
+/// What a check found.
+#[derive(Debug, Default, Clone)]
+pub struct BlobCheck {
+    pub accounts: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Each problem, for a person.
+    pub problems: Vec<String>,
+}
+
+/// Checks the chunk store against the database (see the module's documentation).
+pub async fn check_blobs(
+    store: &Store,
+    blobs: &BlobStore,
+    deep: bool,
+) -> Result<BlobCheck, CloudError> {
+    let mut report = BlobCheck::default();
+    let mut accounts: BTreeSet<i64> = store
+        .accounts_with_blobs()
+        .await?
+        .into_iter()
+        .map(AccountId::as_i64)
+        .collect();
+    for child in blobs.children("chunks/").await? {
+        match child.parse::<i64>() {
+            Ok(a) => {
+                accounts.insert(a);
+            }
+            Err(_) => report
+                .problems
+                .push(format!("chunks/{child}/ is not an account's folder")),
+        }
+    }
+    for account in accounts {
+        report.accounts += 1;
+        let prefix = mica_blobs::account_prefix(account);
+        let mut objects: HashMap<String, u64> = blobs.list(&prefix).await?.into_iter().collect();
+        let known = match AccountId::from_i64(account) {
+            Some(a) => store.account_chunks(a).await?,
+            None => Vec::new(),
+        };
+        for (hash, key, size) in known {
+            report.chunks += 1;
+            report.bytes += u64::try_from(size).unwrap_or(0);
+            match objects.remove(&key) {
+                None => report.problems.push(format!(
+                    "account {account}: chunk {hash} is missing from the blob store ({key})"
+                )),
+                Some(s) if i64::try_from(s).ok() != Some(size) => report.problems.push(format!(
+                    "account {account}: chunk {hash} holds {s} bytes, not {size} ({key})"
+                )),
+                Some(_) if deep => {
+                    let bytes = match blobs.get(&key).await {
+                        Ok(b) => b,
+                        Err(mica_blobs::BlobError::Missing(_)) => {
+                            report.problems.push(format!(
+                                "account {account}: chunk {hash} went while it was read ({key})"
+                            ));
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let got = tokio::task::spawn_blocking(move || mica_blobs::chunk_hash(&bytes))
+                        .await
+                        .map_err(|e| CloudError::Internal(format!("hashing a chunk: {e}")))?;
+                    if got != hash {
+                        report.problems.push(format!(
+                            "account {account}: chunk {hash}'s bytes have changed ({key})"
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        // What is left is known to no chunk row: an orphan, unless it is being written or
+        // waits for deletion — or went meanwhile (the collector).
+        let mut left: Vec<String> = objects.into_keys().collect();
+        left.sort();
+        for key in left {
+            if !store.blob_pending(&key).await? && blobs.size_of(&key).await?.is_some() {
+                report.problems.push(format!(
+                    "account {account}: {key} is in the blob store, but nothing refers to it"
+                ));
+            }
+        }
+        if let Some(a) = AccountId::from_i64(account) {
+            for f in store.files_missing_chunks(a).await? {
+                report.problems.push(format!(
+                    "account {account}: file {f} lost a chunk (damaged); uploading its content again mends it"
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
