@@ -477,8 +477,9 @@ impl Cloud {
     }
 
     /// Reads every chunk of every part back and hashes it: `None` when all is intact, else what
-    /// is damaged. A blob store that cannot be read is an error (the check runs again), not
-    /// damage.
+    /// is damaged. Every bad chunk is forgotten, not only the first: one upload of the content
+    /// then mends the file. A blob store that cannot be read is an error (the check runs
+    /// again), not damage.
     async fn check_backup(
         &self,
         account: AccountId,
@@ -486,18 +487,18 @@ impl Cloud {
     ) -> Result<Option<String>, CloudError> {
         let parts = self.store().backup_parts(account, id).await?;
         let mut checked: HashSet<String> = HashSet::new();
+        let mut damage: Vec<String> = Vec::new();
         for p in parts {
             if !checked.insert(p.file_id.clone()) {
                 continue;
             }
             let Some(file) = self.store().file(account, &p.file_id).await? else {
-                return Ok(Some(format!("part {:?}: its bytes are gone", p.name)));
+                damage.push(format!("part {:?}: its bytes are gone", p.name));
+                continue;
             };
             let chunks = self.store().file_chunks(account, &p.file_id).await?;
             let total: i64 = chunks.iter().map(|c| c.size).sum();
-            if total != file.size || file.size != p.size {
-                return Ok(Some(format!("part {:?}: chunks are missing", p.name)));
-            }
+            let mut bad = total != file.size || file.size != p.size;
             let mut ids = Vec::with_capacity(chunks.len());
             // Several chunks in flight: one read from the disk while others are hashed, on
             // every core.
@@ -521,30 +522,44 @@ impl Cloud {
                 .buffered(CHECKS_IN_FLIGHT);
             for c in &chunks {
                 let Some(done) = read.next().await else {
-                    return Ok(Some(format!("part {:?}: chunks are missing", p.name)));
+                    break;
                 };
-                let Some((hash, len)) = done? else {
-                    self.forget_chunk(account, c).await?;
-                    return Ok(Some(format!("part {:?}: a chunk is missing", p.name)));
-                };
-                if hash != c.hash || i64::try_from(len).ok() != Some(c.size) {
-                    self.forget_chunk(account, c).await?;
-                    return Ok(Some(format!(
-                        "part {:?}: a chunk's bytes have changed",
-                        p.name
-                    )));
+                match done? {
+                    Some((hash, len))
+                        if hash == c.hash && i64::try_from(len).ok() == Some(c.size) =>
+                    {
+                        ids.push((hash, c.size));
+                    }
+                    _ => {
+                        self.forget_chunk(account, c).await?;
+                        bad = true;
+                    }
                 }
-                ids.push((hash, c.size));
+            }
+            if bad {
+                damage.push(format!(
+                    "part {:?}: chunks are missing or their bytes have changed",
+                    p.name
+                ));
+                continue;
             }
             let content = crate::files::content_hash(&ids);
             if content != file.content_hash || content != p.content_hash {
-                return Ok(Some(format!(
+                damage.push(format!(
                     "part {:?}: its content does not match its content id",
                     p.name
-                )));
+                ));
             }
         }
-        Ok(None)
+        Ok(match damage.len() {
+            0 => None,
+            1..=5 => Some(damage.join("; ")),
+            n => Some(format!(
+                "{}; and {} more parts",
+                damage[..5].join("; "),
+                n - 5
+            )),
+        })
     }
 }
 

@@ -666,12 +666,18 @@ impl Identity {
         text: Option<&str>,
     ) -> Result<RecoveryReview, IdentityError> {
         let operator = operator.trim();
-        if operator.is_empty() || operator.len() > 100 {
-            return Err(invalid("operator", "say who decides (1 to 100 characters)"));
+        if operator.is_empty() || operator.len() > 100 || operator.chars().any(char::is_control) {
+            return Err(invalid(
+                "operator",
+                "say who decides (1 to 100 characters, on one line)",
+            ));
         }
         let text = text.map(str::trim).filter(|r| !r.is_empty());
-        if text.is_some_and(|t| t.chars().count() > 1000) {
-            return Err(invalid("reason", "keep it under 1000 characters"));
+        if text.is_some_and(|t| t.chars().count() > 1000 || t.chars().any(char::is_control)) {
+            return Err(invalid(
+                "reason",
+                "keep it under 1000 characters, on one line",
+            ));
         }
         let now = self.now();
         // A request whose wait is over is in review now, even before the maintenance says so.

@@ -44,14 +44,19 @@ fn required<'a>(
     what: &str,
 ) -> Result<&'a str, IdentityError> {
     let text = text.trim();
-    if text.is_empty() || text.chars().count() > max {
+    // One line: the operator's log prints one entry per line, and nobody may forge another.
+    if text.is_empty() || text.chars().count() > max || text.chars().any(char::is_control) {
         return Err(IdentityError::Invalid {
             field,
-            message: format!("{what} (1 to {max} characters)"),
+            message: format!("{what} (1 to {max} characters, on one line)"),
         });
     }
     Ok(text)
 }
+
+/// The largest quota an operator sets (2⁵³ bytes, 9 PB): the storage notices compute a
+/// percentage of it in SQL, which must stay within a 64-bit integer on PostgreSQL.
+const MAX_QUOTA: i64 = 1 << 53;
 
 fn check_reason(reason: &str) -> Result<&str, IdentityError> {
     required("reason", reason, 1000, "say why; the owner is told")
@@ -258,10 +263,10 @@ impl Identity {
         operator: &str,
     ) -> Result<AccountSummary, IdentityError> {
         let operator = check_operator(operator)?;
-        if quota.is_some_and(|q| q < 0) {
+        if quota.is_some_and(|q| !(0..=MAX_QUOTA).contains(&q)) {
             return Err(IdentityError::Invalid {
                 field: "bytes",
-                message: "a quota is 0 bytes or more".into(),
+                message: format!("a quota is 0 bytes or more, up to {MAX_QUOTA}"),
             });
         }
         let summary = self.operator_account(login).await?;

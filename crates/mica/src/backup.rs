@@ -93,12 +93,23 @@ impl<'a> Session<'a> {
     /// The signed-in client, with a token young enough for the next request.
     async fn user(&mut self) -> anyhow::Result<&Client> {
         if self.since.elapsed() > TOKEN_USE {
-            let tokens = refresh_session(self.cfg, &self.client).await?;
-            self.user = self.client.with_token(&tokens.access_token);
-            self.since = Instant::now();
+            self.refresh().await?;
         }
         Ok(&self.user)
     }
+
+    /// A new access token now (after a 401: a server whose tokens live less than
+    /// [`TOKEN_USE`]).
+    async fn refresh(&mut self) -> anyhow::Result<()> {
+        let tokens = refresh_session(self.cfg, &self.client).await?;
+        self.user = self.client.with_token(&tokens.access_token);
+        self.since = Instant::now();
+        Ok(())
+    }
+}
+
+fn unauthorized(e: &ClientError) -> bool {
+    e.status().is_some_and(|s| s.as_u16() == 401)
 }
 
 /// The kind of a part, from its name.
@@ -235,7 +246,7 @@ async fn upload(session: &mut Session<'_>, path: &Path) -> anyhow::Result<Upload
             }
             Err(e @ ClientError::Api { .. })
                 if e.status()
-                    .is_some_and(|s| s.is_client_error() && s.as_u16() != 409) =>
+                    .is_some_and(|s| s.is_client_error() && !matches!(s.as_u16(), 401 | 409)) =>
             {
                 return Err(api(e));
             }
@@ -243,6 +254,9 @@ async fn upload(session: &mut Session<'_>, path: &Path) -> anyhow::Result<Upload
                 failures += 1;
                 if failures >= ATTEMPTS {
                     return Err(api(e));
+                }
+                if unauthorized(&e) {
+                    session.refresh().await?;
                 }
                 tokio::time::sleep(Duration::from_millis(500 << failures)).await;
                 offset = session
@@ -321,7 +335,11 @@ pub async fn backup(cfg: &AgentConfig) -> anyhow::Result<Value> {
                 None => {
                     let u = upload(&mut session, &f.path).await?;
                     let u = (u.file_id, u.size, u.content);
-                    uploaded.insert(f.content.clone(), u.clone());
+                    // Another part with the bytes first read may share it, unless the file
+                    // changed before it was sent.
+                    if u.2 == f.content {
+                        uploaded.insert(f.content.clone(), u.clone());
+                    }
                     u
                 }
             };
@@ -471,8 +489,27 @@ pub async fn restore(cfg: &AgentConfig, opts: &RestoreOptions) -> anyhow::Result
         }
         return Err(e.context("nothing was restored"));
     }
-    for (tmp, dest) in &ready {
-        tokio::fs::rename(tmp, dest).await?;
+    // A folder where a part goes would stop its rename half-way through: refused first.
+    if let Some((_, dest)) = ready.iter().find(|(_, d)| d.is_dir()) {
+        for (tmp, _) in &ready {
+            let _ = tokio::fs::remove_file(tmp).await;
+        }
+        bail!(
+            "{} is a folder, where the backup has a file: nothing was restored",
+            dest.display()
+        );
+    }
+    for (i, (tmp, dest)) in ready.iter().enumerate() {
+        if let Err(e) = tokio::fs::rename(tmp, dest).await {
+            for (t, _) in &ready[i..] {
+                let _ = tokio::fs::remove_file(t).await;
+            }
+            return Err(anyhow::Error::from(e).context(format!(
+                "putting {} in place ({i} of {} parts were restored before it)",
+                dest.display(),
+                ready.len()
+            )));
+        }
         if let Some(parent) = dest.parent() {
             if let Ok(d) = tokio::fs::File::open(parent).await {
                 let _ = d.sync_all().await;
@@ -510,39 +547,48 @@ async fn download(
         let mut failures = 0;
         loop {
             let at = hasher.size();
-            // Only a server that is unavailable for a moment is asked again; an answer such
-            // as "damaged" or "not found" stands.
+            // Only a server that is unavailable for a moment (or a token that ran out) is
+            // asked again; an answer such as "damaged" or "not found" stands.
             let got = match session.user().await?.file_content(file_id, at).await {
-                Ok(mut resp) => async {
-                    while let Some(piece) = resp.chunk().await? {
-                        hasher.update(&piece);
-                        out.write_all(&piece).await?;
+                Ok(mut resp) => loop {
+                    match resp.chunk().await {
+                        Ok(Some(piece)) => {
+                            // Written, then hashed: a byte is counted only once it is kept.
+                            // A local write that fails is not the server's doing: it ends
+                            // the restore.
+                            out.write_all(&piece).await?;
+                            hasher.update(&piece);
+                        }
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(anyhow::Error::from(e)),
                     }
-                    anyhow::Ok(())
-                }
-                .await,
+                },
                 Err(e @ ClientError::Api { .. })
-                    if !e.status().is_some_and(|s| matches!(s.as_u16(), 502..=504)) =>
+                    if !e
+                        .status()
+                        .is_some_and(|s| matches!(s.as_u16(), 401 | 502..=504)) =>
                 {
                     return Err(api(e));
                 }
-                Err(e) => Err(api(e)),
-            };
-            match got {
-                Ok(()) if hasher.size() >= size => break,
-                Ok(()) => {
-                    failures += 1;
-                    if failures >= ATTEMPTS {
-                        bail!("the server kept ending the download early");
-                    }
-                }
                 Err(e) => {
-                    failures += 1;
-                    if failures >= ATTEMPTS {
-                        return Err(e);
+                    if unauthorized(&e) {
+                        session.refresh().await?;
                     }
-                    tokio::time::sleep(Duration::from_millis(500 << failures)).await;
+                    Err(api(e))
                 }
+            };
+            // A connection that broke after the last byte has all it needs.
+            if hasher.size() >= size {
+                break;
+            }
+            failures += 1;
+            if failures >= ATTEMPTS {
+                return Err(got.err().unwrap_or_else(|| {
+                    anyhow::anyhow!("the server kept ending the download early")
+                }));
+            }
+            if got.is_err() {
+                tokio::time::sleep(Duration::from_millis(500 << failures)).await;
             }
         }
         out.sync_all().await?;

@@ -309,6 +309,12 @@ async fn check_blobs(cfg: &Config, deep: bool) -> anyhow::Result<()> {
     for p in &r.problems {
         println!("{p}");
     }
+    if r.deleting > 0 {
+        println!(
+            "{} account(s) being deleted were left out: their objects go before their rows",
+            r.deleting
+        );
+    }
     if r.problems.is_empty() {
         println!(
             "the blob store agrees with the database: {} chunks ({} bytes) of {} accounts{}",

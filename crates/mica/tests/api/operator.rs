@@ -58,6 +58,17 @@ async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
         " ",
     ]);
     assert!(!ok && out.contains("reason"), "{out}");
+    // One entry per line in the operator's log: a reason cannot start a forged one.
+    let (ok, out) = app.admin(&[
+        "account",
+        "suspend",
+        email,
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "spam\n2026-12-01T00:00:00Z  account_reinstated",
+    ]);
+    assert!(!ok && out.contains("on one line"), "{out}");
     let (ok, out) = app.admin(&[
         "account",
         "suspend",
@@ -190,6 +201,17 @@ async fn an_operator_suspends_and_reinstates_an_account(app: &TestApp) {
         "ops-cy",
     ]);
     assert!(!ok && out.contains("0 bytes or more"), "{out}");
+    let huge = (1i64 << 60).to_string();
+    let (ok, out) = app.admin(&[
+        "account",
+        "quota",
+        email,
+        "--bytes",
+        &huge,
+        "--operator",
+        "ops-cy",
+    ]);
+    assert!(!ok && out.contains("up to"), "{out}");
     let (ok, out) = app.admin(&[
         "account",
         "quota",
