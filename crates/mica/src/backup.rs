@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mica_blobs::ContentHasher;
 use mica_client::{Client, ClientError};
 use mica_cloud::backups::{valid_part_name, MAX_PARTS, PART_KINDS};
@@ -106,6 +107,18 @@ impl<'a> Session<'a> {
         self.since = Instant::now();
         Ok(())
     }
+}
+
+/// A progress bar of bytes on standard error, drawn only when a person watches (a terminal).
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
 }
 
 fn unauthorized(e: &ClientError) -> bool {
@@ -211,7 +224,11 @@ struct Uploaded {
 
 /// Uploads a file as a resumable upload, resuming after a failed request, hashing what it
 /// sends.
-async fn upload(session: &mut Session<'_>, path: &Path) -> anyhow::Result<Uploaded> {
+async fn upload(
+    session: &mut Session<'_>,
+    path: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<Uploaded> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = tokio::fs::File::open(path).await?;
     let size = file.metadata().await?.len();
@@ -241,6 +258,7 @@ async fn upload(session: &mut Session<'_>, path: &Path) -> anyhow::Result<Upload
         }
         match session.user().await?.upload_bytes(&id, offset, piece).await {
             Ok(o) => {
+                bar.inc(o.saturating_sub(offset));
                 offset = o;
                 failures = 0;
             }
@@ -317,6 +335,7 @@ pub async fn backup(cfg: &AgentConfig) -> anyhow::Result<Value> {
             .plan_backup(&Value::from(parts.clone()))
             .await
             .map_err(api)?;
+        let bar = progress(plan["upload_bytes"].as_u64().unwrap_or(0), "uploading");
         let upload_names: Vec<String> = plan["upload"]
             .as_array()
             .map(|a| {
@@ -333,7 +352,7 @@ pub async fn backup(cfg: &AgentConfig) -> anyhow::Result<Value> {
             let (file_id, size, content) = match uploaded.get(&f.content) {
                 Some(u) => u.clone(),
                 None => {
-                    let u = upload(&mut session, &f.path).await?;
+                    let u = upload(&mut session, &f.path, &bar).await?;
                     let u = (u.file_id, u.size, u.content);
                     // Another part with the bytes first read may share it, unless the file
                     // changed before it was sent.
@@ -349,6 +368,7 @@ pub async fn backup(cfg: &AgentConfig) -> anyhow::Result<Value> {
             part["size"] = json!(size);
             part["content_hash"] = json!(content);
         }
+        bar.finish_and_clear();
         match session
             .user()
             .await?
@@ -460,6 +480,10 @@ pub async fn restore(cfg: &AgentConfig, opts: &RestoreOptions) -> anyhow::Result
     let root = opts.into.clone().unwrap_or_else(|| folder(cfg));
     let mut ready: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut bytes = 0u64;
+    let bar = progress(
+        chosen.iter().filter_map(|p| p["size"].as_u64()).sum(),
+        "restoring",
+    );
     let mut failed = None;
     for p in &chosen {
         let name = p["name"].as_str().unwrap_or("");
@@ -468,7 +492,7 @@ pub async fn restore(cfg: &AgentConfig, opts: &RestoreOptions) -> anyhow::Result
             let size = p["size"].as_u64().context("a part without a size")?;
             let content = p["content_hash"].as_str().unwrap_or("");
             let file_id = p["file_id"].as_str().context("a part without a file")?;
-            let tmp = download(&mut session, file_id, &dest, size, content).await?;
+            let tmp = download(&mut session, file_id, &dest, size, content, &bar).await?;
             anyhow::Ok((tmp, dest, size))
         }
         .await;
@@ -483,6 +507,7 @@ pub async fn restore(cfg: &AgentConfig, opts: &RestoreOptions) -> anyhow::Result
             }
         }
     }
+    bar.finish_and_clear();
     if let Some(e) = failed {
         for (tmp, _) in &ready {
             let _ = tokio::fs::remove_file(tmp).await;
@@ -534,6 +559,7 @@ async fn download(
     dest: &Path,
     size: u64,
     content: &str,
+    bar: &ProgressBar,
 ) -> anyhow::Result<PathBuf> {
     let parent = dest.parent().context("a part at the root")?;
     tokio::fs::create_dir_all(parent).await?;
@@ -558,6 +584,7 @@ async fn download(
                             // the restore.
                             out.write_all(&piece).await?;
                             hasher.update(&piece);
+                            bar.inc(piece.len() as u64);
                         }
                         Ok(None) => break Ok(()),
                         Err(e) => break Err(anyhow::Error::from(e)),
