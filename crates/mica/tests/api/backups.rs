@@ -550,4 +550,31 @@ async fn bad_backups_are_refused_and_nothing_is_stored(app: &TestApp) {
     assert_eq!(ana.backups().await.unwrap().len(), 1);
     let (ok, out) = app.admin(&["check-usage"]);
     assert!(ok, "{out}");
+
+    // A backup's own check skips a file read back intact within the period — but not one
+    // that lost a chunk since. Read back once; then its chunk is damaged on disk, and the
+    // check Ana asks for (which reads everything) finds and forgets it.
+    until_state(&ana, id, "verified").await;
+    let hash = blake3::hash(b"hello").to_hex().to_string();
+    let object = objects(&app.cfg.data_dir)
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&hash))
+        })
+        .expect("the part's chunk");
+    std::fs::write(&object, b"jello").unwrap();
+    ana.verify_backup(id).await.unwrap();
+    until_state(&ana, id, "damaged").await;
+    // The plan no longer calls that content held; a backup naming the damaged file itself is
+    // checked, not skipped, and found damaged too.
+    let plan = ana.plan_backup(&json!([good])).await.unwrap();
+    assert_eq!(plan["upload"], json!(["notes.txt"]));
+    let again = ana.create_backup(&json!([fine])).await.unwrap();
+    let damaged = until_state(&ana, again["id"].as_str().unwrap(), "damaged").await;
+    assert!(
+        damaged["damage"].as_str().unwrap().contains("notes.txt"),
+        "{damaged}"
+    );
 }

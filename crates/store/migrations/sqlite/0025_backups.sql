@@ -19,10 +19,12 @@ CREATE TABLE backups (
     size           BIGINT NOT NULL,
     added          BIGINT NOT NULL,
     part_count     BIGINT NOT NULL,
-    -- Verification re-reads every chunk of every part and checks its hash: due at
+    -- Verification re-reads the chunks of the parts and checks their hashes: due at
     -- verify_due_at, claimed by a node until verify_lease; its last result is verified_at and
-    -- damage (NULL when intact).
+    -- damage (NULL when intact). A check reads the files not read back within the verification
+    -- period (files.checked_at), unless verify_full (a check its owner asked for) says all.
     verify_due_at  BIGINT,
+    verify_full    BIGINT NOT NULL,
     verify_lease   BIGINT,
     verified_at    BIGINT,
     damage         TEXT,
@@ -43,3 +45,7 @@ CREATE TABLE backup_parts (
 );
 CREATE INDEX backup_parts_file ON backup_parts (account_id, file_id);
 CREATE INDEX backup_parts_content ON backup_parts (account_id, content_hash);
+
+-- When a file's bytes were last read back and found intact by a backup's check: a file that
+-- several backups hold is read once per verification period, not once per backup.
+ALTER TABLE files ADD COLUMN checked_at BIGINT;
