@@ -69,13 +69,20 @@ pub async fn check_blobs(
             Some(a) => store.account_chunks(a).await?,
             None => Vec::new(),
         };
-        // Whether the chunk's row still names this object (not collected meanwhile).
+        // Whether the chunk's row still names this object (not collected meanwhile), and the
+        // account is not being deleted (its objects go before its rows) since it was listed.
         let still = |hash: String, key: String| async move {
             Ok::<bool, CloudError>(match id {
-                Some(a) => store
-                    .chunk(a, &hash)
-                    .await?
-                    .is_some_and(|c| c.object_key == key),
+                Some(a) => {
+                    store
+                        .chunk(a, &hash)
+                        .await?
+                        .is_some_and(|c| c.object_key == key)
+                        && store
+                            .account(LookupBy::Id(a))
+                            .await?
+                            .is_none_or(|r| r.status != "deleting")
+                }
                 None => false,
             })
         };

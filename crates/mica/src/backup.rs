@@ -576,7 +576,17 @@ async fn download(
             // Only a server that is unavailable for a moment (or a token that ran out) is
             // asked again; an answer such as "damaged" or "not found" stands.
             let got = match session.user().await?.file_content(file_id, at).await {
-                Ok(mut resp) => loop {
+                Ok(mut resp) => {
+                    if at > 0 && resp.status().as_u16() != 206 {
+                        // Something between ignored the range and sends the whole part:
+                        // start the file again.
+                        use tokio::io::AsyncSeekExt;
+                        out.set_len(0).await?;
+                        out.seek(std::io::SeekFrom::Start(0)).await?;
+                        hasher = ContentHasher::new();
+                        bar.set_position(bar.position().saturating_sub(at));
+                    }
+                    loop {
                     match resp.chunk().await {
                         Ok(Some(piece)) => {
                             // Written, then hashed: a byte is counted only once it is kept.
@@ -589,7 +599,8 @@ async fn download(
                         Ok(None) => break Ok(()),
                         Err(e) => break Err(anyhow::Error::from(e)),
                     }
-                },
+                    }
+                }
                 Err(e @ ClientError::Api { .. })
                     if !e
                         .status()
@@ -608,6 +619,11 @@ async fn download(
             if hasher.size() >= size {
                 break;
             }
+            // Only attempts that brought nothing count against the limit: a long download
+            // over a connection that drops now and then goes on.
+            if hasher.size() > at {
+                failures = 0;
+            }
             failures += 1;
             if failures >= ATTEMPTS {
                 return Err(got.err().unwrap_or_else(|| {
@@ -618,7 +634,13 @@ async fn download(
                 tokio::time::sleep(Duration::from_millis(500 << failures)).await;
             }
         }
+        // tokio's file writes in the background: flush reports a write that failed, and the
+        // length on disk must be what was counted.
+        out.flush().await?;
         out.sync_all().await?;
+        if out.metadata().await?.len() != hasher.size() {
+            bail!("the part could not be written whole to {}", tmp.display());
+        }
         if hasher.size() != size || hasher.finish() != content {
             bail!(
                 "the bytes the server sent do not match the backup's content id: this part is damaged"

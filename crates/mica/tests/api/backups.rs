@@ -105,6 +105,21 @@ fn objects(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The chunk holding `bytes` (one chunk's worth) in the server's blob folder: its hash, and
+/// the object's path.
+fn chunk_object(app: &TestApp, bytes: &[u8]) -> (String, PathBuf) {
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    let object = objects(&app.cfg.data_dir)
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&hash))
+        })
+        .expect("the chunk's object");
+    (hash, object)
+}
+
 async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &TestApp) {
     let (ana, _) = owner(app, "ana@example.com").await;
     let old = Agent::new(app, "old-phone", 71, "true");
@@ -279,15 +294,7 @@ async fn backups_are_incremental_verified_and_restored_onto_a_new_phone(app: &Te
     // Damage on the server's disk is found by the check, and a restore refuses the bad bytes
     // rather than replace a good file with them.
     let newest = list[0]["id"].as_str().unwrap().to_owned();
-    let hash = blake3::hash(&wallpaper).to_hex().to_string();
-    let object = objects(&app.cfg.data_dir)
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&hash))
-        })
-        .expect("the wallpaper's chunk");
+    let (hash, object) = chunk_object(app, &wallpaper);
     let mut bad = wallpaper.clone();
     bad[1000] ^= 0xff;
     std::fs::write(&object, &bad).unwrap();
@@ -555,15 +562,7 @@ async fn bad_backups_are_refused_and_nothing_is_stored(app: &TestApp) {
     // that lost a chunk since. Read back once; then its chunk is damaged on disk, and the
     // check Ana asks for (which reads everything) finds and forgets it.
     until_state(&ana, id, "verified").await;
-    let hash = blake3::hash(b"hello").to_hex().to_string();
-    let object = objects(&app.cfg.data_dir)
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&hash))
-        })
-        .expect("the part's chunk");
+    let (_, object) = chunk_object(app, b"hello");
     std::fs::write(&object, b"jello").unwrap();
     ana.verify_backup(id).await.unwrap();
     until_state(&ana, id, "damaged").await;
