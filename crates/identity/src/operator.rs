@@ -130,13 +130,8 @@ impl Identity {
         let operator = check_operator(operator)?;
         let reason = check_reason(reason)?;
         let account = self.operator_account(login).await?.id;
-        let entry = mica_store::OperatorEntry {
-            operator,
-            action: "account_suspended",
-            account: Some(account),
-            subject: None,
-            detail: reason,
-        };
+        let entry =
+            mica_store::OperatorEntry::on_account(operator, "account_suspended", account, reason);
         let revoked = self
             .store()
             .suspend_account(account, self.now(), &entry)
@@ -171,13 +166,8 @@ impl Identity {
     ) -> Result<AccountSummary, IdentityError> {
         let operator = check_operator(operator)?;
         let account = self.operator_account(login).await?.id;
-        let entry = mica_store::OperatorEntry {
-            operator,
-            action: "account_reinstated",
-            account: Some(account),
-            subject: None,
-            detail: "",
-        };
+        let entry =
+            mica_store::OperatorEntry::on_account(operator, "account_reinstated", account, "");
         if !self
             .store()
             .reinstate_account(account, self.now(), &entry)
@@ -230,13 +220,8 @@ impl Identity {
             ),
         )
         .await;
-        let entry = mica_store::OperatorEntry {
-            operator,
-            action: "account_deleted",
-            account: Some(account),
-            subject: None,
-            detail: reason,
-        };
+        let entry =
+            mica_store::OperatorEntry::on_account(operator, "account_deleted", account, reason);
         let revoked = self
             .store()
             .schedule_account_deletion(account, self.now(), Some(&entry))
@@ -274,13 +259,8 @@ impl Identity {
             return Err(already_deleting());
         }
         let detail = quota.map_or_else(|| "default".to_owned(), |q| q.to_string());
-        let entry = mica_store::OperatorEntry {
-            operator,
-            action: "quota_set",
-            account: Some(summary.id),
-            subject: None,
-            detail: &detail,
-        };
+        let entry =
+            mica_store::OperatorEntry::on_account(operator, "quota_set", summary.id, &detail);
         self.store()
             .set_quota(summary.id, quota, &entry, self.now())
             .await?;

@@ -22,6 +22,24 @@ pub struct OperatorEntry<'a> {
     pub detail: &'a str,
 }
 
+impl<'a> OperatorEntry<'a> {
+    /// An action on an account, with the operator's reason or the new value.
+    pub fn on_account(
+        operator: &'a str,
+        action: &'a str,
+        account: AccountId,
+        detail: &'a str,
+    ) -> Self {
+        OperatorEntry {
+            operator,
+            action,
+            account: Some(account),
+            subject: None,
+            detail,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct OperatorLogRow {
     pub id: String,
