@@ -192,21 +192,60 @@ impl Keys {
 
     /// Issues a signed access token: `mat1.<payload>.<signature>`, base64url.
     pub fn sign_access_token(&self, claims: &AccessClaims) -> String {
+        self.sign_claims("mat1.", claims)
+    }
+
+    /// Checks the signature and decodes the claims. Expiry is the caller's business (it owns the clock).
+    pub fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {
+        self.verify_claims("mat1.", token)
+    }
+
+    /// Issues the value of a browser's session cookie: `mws1.<payload>.<signature>`. The prefix
+    /// is under the signature, so a cookie is never an access token, nor the reverse.
+    pub fn sign_web_session(&self, claims: &AccessClaims) -> String {
+        self.sign_claims("mws1.", claims)
+    }
+
+    /// Checks a browser's session cookie and decodes its claims (expiry is the caller's).
+    pub fn verify_web_session(&self, cookie: &str) -> Option<AccessClaims> {
+        self.verify_claims("mws1.", cookie)
+    }
+
+    /// The anti-forgery token of a browser session: what its pages' forms carry back, which a
+    /// page of another site cannot know.
+    pub fn csrf_token(&self, session: &SessionId) -> String {
+        let mut mac = hmac(&self.access);
+        mac.update(b"csrf1.");
+        mac.update(session.0.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `token` is the anti-forgery token of `session` (compared in constant time).
+    pub fn csrf_matches(&self, session: &SessionId, token: &str) -> bool {
+        let Ok(given) = URL_SAFE_NO_PAD.decode(token) else {
+            return false;
+        };
+        let mut mac = hmac(&self.access);
+        mac.update(b"csrf1.");
+        mac.update(session.0.as_bytes());
+        mac.verify_slice(&given).is_ok()
+    }
+
+    fn sign_claims(&self, prefix: &str, claims: &AccessClaims) -> String {
         let payload = claims.encode();
         let mut mac = hmac(&self.access);
-        mac.update(b"mat1.");
+        mac.update(prefix.as_bytes());
         mac.update(&payload);
         let sig = mac.finalize().into_bytes();
         format!(
-            "mat1.{}.{}",
+            "{prefix}{}.{}",
             URL_SAFE_NO_PAD.encode(&payload),
             URL_SAFE_NO_PAD.encode(sig)
         )
     }
 
-    /// Checks the signature and decodes the claims. Expiry is the caller's business (it owns the clock).
-    pub fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {
-        let rest = token.strip_prefix("mat1.")?;
+    fn verify_claims(&self, prefix: &str, token: &str) -> Option<AccessClaims> {
+        let rest = token.strip_prefix(prefix)?;
         let (p, s) = rest.split_once('.')?;
         if p.len() > 256 || s.len() > 64 {
             return None;
@@ -214,7 +253,7 @@ impl Keys {
         let payload = URL_SAFE_NO_PAD.decode(p).ok()?;
         let sig = URL_SAFE_NO_PAD.decode(s).ok()?;
         let mut mac = hmac(&self.access);
-        mac.update(b"mat1.");
+        mac.update(prefix.as_bytes());
         mac.update(&payload);
         mac.verify_slice(&sig).ok()?;
         AccessClaims::decode(&payload)
@@ -353,6 +392,40 @@ mod tests {
         );
         assert_eq!(k.verify_access_token("mat1.."), None);
         assert_eq!(k.verify_access_token("garbage"), None);
+    }
+
+    #[test]
+    fn web_sessions_and_access_tokens_never_pass_for_each_other() {
+        let k = keys();
+        let claims = AccessClaims {
+            account: AccountId::random(),
+            session: SessionId::random(),
+            issued_at: Timestamp(1),
+            expires_at: Timestamp(2),
+        };
+        let cookie = k.sign_web_session(&claims);
+        assert_eq!(k.verify_web_session(&cookie), Some(claims.clone()));
+        assert_eq!(k.verify_access_token(&cookie), None);
+        let as_access = cookie.replacen("mws1.", "mat1.", 1);
+        assert_eq!(k.verify_access_token(&as_access), None);
+        let token = k.sign_access_token(&claims);
+        assert_eq!(k.verify_web_session(&token), None);
+        assert_eq!(
+            k.verify_web_session(&token.replacen("mat1.", "mws1.", 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn csrf_tokens_belong_to_one_session() {
+        let k = keys();
+        let (a, b) = (SessionId::random(), SessionId::random());
+        let t = k.csrf_token(&a);
+        assert!(k.csrf_matches(&a, &t));
+        assert!(!k.csrf_matches(&b, &t));
+        assert!(!keys().csrf_matches(&a, &t));
+        assert!(!k.csrf_matches(&a, ""));
+        assert!(!k.csrf_matches(&a, "not base64 !"));
     }
 
     #[test]

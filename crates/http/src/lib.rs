@@ -19,6 +19,7 @@ pub mod passkeys;
 mod profile;
 pub mod security;
 pub mod sync;
+mod web;
 mod webdav;
 
 use std::convert::Infallible;
@@ -183,6 +184,7 @@ pub fn app(state: AppState) -> App {
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
         .route("/", get(index))
         .route("/link", get(link_page))
+        .merge(web::routes())
         .merge(webdav::routes())
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
@@ -252,10 +254,8 @@ fn security_headers(mut r: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     r
 }
 
@@ -319,13 +319,23 @@ fn not_ready() -> Response {
     .into_response()
 }
 
-async fn index() -> impl IntoResponse {
+/// The server's front door: a browser goes to the portal, a program gets the API's addresses.
+async fn index(headers: axum::http::HeaderMap) -> Response {
+    let browser = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if browser {
+        return axum::response::Redirect::to("/web/").into_response();
+    }
     Json(serde_json::json!({
         "name": "Mica",
         "api": "/api/v1",
         "openapi": "/api/v1/openapi.json",
         "docs": "/api/docs/",
+        "web": "/web/",
     }))
+    .into_response()
 }
 
 /// Where a device being linked by code sends its owner (`verification_uri`): how to approve

@@ -508,6 +508,48 @@ impl Identity {
         })
     }
 
+    /// The value of the cookie that keeps a browser signed in to a session that was just
+    /// opened, until the session expires or ends. Unlike an access token it is long-lived, so
+    /// [`Identity::authenticate_web`] checks its session on every request.
+    pub fn web_session_cookie(&self, s: &SignedIn) -> String {
+        self.keys().sign_web_session(&AccessClaims {
+            account: s.account,
+            session: s.session.clone(),
+            issued_at: self.now(),
+            expires_at: s.session_expires_at,
+        })
+    }
+
+    /// Checks a browser's session cookie: its signature, its expiry, and that its session still
+    /// stands (one database read, so signing out, a revocation from another device or node, a
+    /// password change or a suspension ends the browser's session at once).
+    pub async fn authenticate_web(&self, cookie: &str) -> Result<Principal, IdentityError> {
+        let claims = self
+            .keys()
+            .verify_web_session(cookie)
+            .ok_or(IdentityError::Unauthenticated)?;
+        if claims.expires_at <= self.now() {
+            return Err(IdentityError::TokenExpired);
+        }
+        if !self.session_live(claims.account, &claims.session).await? {
+            return Err(IdentityError::Unauthenticated);
+        }
+        Ok(Principal {
+            account: claims.account,
+            session: claims.session,
+        })
+    }
+
+    /// The anti-forgery token the forms of this browser session carry.
+    pub fn csrf_token(&self, p: &Principal) -> String {
+        self.keys().csrf_token(&p.session)
+    }
+
+    /// Whether a form's anti-forgery token is this session's.
+    pub fn csrf_ok(&self, p: &Principal, token: &str) -> bool {
+        self.keys().csrf_matches(&p.session, token)
+    }
+
     pub async fn sessions(&self, p: &Principal) -> Result<Vec<SessionInfo>, IdentityError> {
         let rows = self.store().active_sessions(p.account, self.now()).await?;
         Ok(rows

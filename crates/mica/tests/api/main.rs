@@ -33,4 +33,5 @@ mod sessions;
 mod signup;
 mod startup;
 mod sync;
+mod web;
 mod webdav;

@@ -2,6 +2,7 @@
 //! PostgreSQL database when `MICA_TEST_POSTGRES_URL` is set), a real SMTP sink, an SMS webhook
 //! sink, and a manual clock.
 
+pub mod browser;
 pub mod sms;
 pub mod smtp;
 

@@ -1,0 +1,435 @@
+//! The web portal: a person whose phone is lost signs in from a real browser (headless
+//! Chromium), finds the phone, rings it, locks it with a message and erases it — the real agent
+//! binary runs each command — and signs out. Then, over plain HTTP, what a browser cannot
+//! show: the cookie's attributes, forged and cross-site forms refused with nothing done,
+//! another account's devices not found, bad forms answered with a page, and a session ended
+//! elsewhere ending the browser's.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::devices::{get, owner, Agent};
+use crate::on_both_backends;
+use crate::support::browser::Browser;
+use crate::support::{six_digits, TestApp, PASSWORD};
+
+on_both_backends!(
+    a_lost_phone_is_found_rung_locked_and_erased_from_a_browser,
+    the_portal_refuses_forgeries_and_strangers,
+);
+
+const STEP_UP: &str = "confirm a change to your account";
+
+async fn a_lost_phone_is_found_rung_locked_and_erased_from_a_browser(app: &TestApp) {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let (ana, account) = owner(app, "ana@example.com").await;
+    let mut phone = Agent::new(
+        app,
+        "ana-phone",
+        61,
+        "echo \"$MICA_COMMAND_ID\" >> {out}/ring.log",
+    );
+    let device = phone.link_and_run(&ana, "ana@example.com").await;
+
+    // The front door sends a browser to the portal, which asks it to sign in first.
+    browser.goto(&app.url("/")).await;
+    assert!(
+        browser.url().await.contains("/web/sign-in"),
+        "{}",
+        browser.url().await
+    );
+    browser.screenshot("sign-in").await;
+    browser.fill("#login", "ana@example.com").await;
+    browser.fill("#password", "not-her-Password-1").await;
+    browser.click("#sign-in").await;
+    browser.until_text("wrong").await;
+    browser.fill("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    let overview = browser.until_text("Account number").await;
+    assert!(overview.contains(&account), "{overview}");
+    assert!(overview.contains("1 linked device"), "{overview}");
+    browser.screenshot("overview").await;
+    let cookies = browser.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "mica_session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_eq!(session["httpOnly"], json!(true));
+    assert_eq!(session["sameSite"], json!("Lax"));
+
+    // The devices, and the phone: online, with its place.
+    browser.click("nav a[href='/web/devices']").await;
+    browser.until_text("ana-phone").await;
+    browser.click("a.device").await;
+    let page = browser.until_text("Online now").await;
+    assert!(page.contains("Test Laptop 14"), "{page}");
+
+    // Ring: the agent plays it; the page follows the command until it is done.
+    browser.click("#ring").await;
+    browser.until_text("Ringing").await;
+    let commands = get(&ana, &format!("/api/v1/devices/{device}/commands")).await;
+    let ring = commands[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(commands[0]["kind"], "ring");
+    phone.until_ringing(&ring).await;
+    browser
+        .until_text("Ringing until stopped on the device")
+        .await;
+    // Whoever finds it stops it on the device.
+    phone.stop_ring();
+    browser.until_text("Done").await;
+
+    // Locate: the fresh place shows on the page.
+    browser.click("#locate").await;
+    browser.until_text("Locating").await;
+    let page = browser.until_text("48.85840, 2.29450").await;
+    assert!(page.contains("within 12 m"), "{page}");
+    browser.until_settled().await;
+    browser.screenshot("device").await;
+
+    // Lost mode: the device shows the message and the number.
+    browser
+        .fill("#message", "This phone is lost. Please call me.")
+        .await;
+    browser.fill("#phone", "+351912345678").await;
+    browser.click("#lost-mode-on").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !phone
+        .out("lock.log")
+        .contains("This phone is lost. Please call me.|+351912345678")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never locked:\n{}",
+            phone.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.until_text("In lost mode").await;
+    browser.until_settled().await;
+
+    // Erase: refused without the box ticked, then only after a fresh code from the email.
+    browser.click("#erase").await;
+    browser.until_text("Tick the box").await;
+    browser.click("#erase-confirm").await;
+    browser.click("#erase").await;
+    browser.until_text("Confirm it's you").await;
+    assert!(browser.url().await.contains("/web/confirm"));
+    assert!(phone.out("erase.log").is_empty(), "erased before step-up");
+    let before = app.smtp.count_with("ana@example.com", STEP_UP);
+    browser.click("#send-email").await;
+    browser.until_text("We sent a code").await;
+    browser.screenshot("confirm").await;
+    let mail = app
+        .smtp
+        .nth_with("ana@example.com", STEP_UP, before + 1)
+        .await;
+    let code = six_digits(&mail.subject()).unwrap();
+    browser.fill("#code", &code).await;
+    browser.click("#confirm").await;
+    browser.until_text("Confirmed").await;
+    browser.click("#erase-confirm").await;
+    browser.click("#erase").await;
+    browser.until_text("The erase is on its way").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while phone.out("erase.log").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never erased:\n{}",
+            phone.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.goto(&app.url("/web/devices")).await;
+    browser.until_text("Erased").await;
+
+    // The browser is one of the account's sessions; signing out ends it.
+    browser.goto(&app.url("/web/sessions")).await;
+    let sessions = browser.until_text("(this browser)").await;
+    assert!(sessions.contains("Web browser"), "{sessions}");
+    browser.click("#sign-out").await;
+    browser.until_text("Sign in to Mica").await;
+    browser.goto(&app.url("/web/devices")).await;
+    browser.until_text("Sign in to Mica").await;
+    assert!(browser.url().await.contains("next=/web/devices"));
+    browser.quit().await;
+    phone.kill();
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in through the portal's form; the session cookie (`name=value`).
+async fn web_sign_in(app: &TestApp, http: &reqwest::Client, login: &str) -> String {
+    let r = http
+        .post(app.url("/web/sign-in"))
+        .form(&[
+            ("login", login),
+            ("password", PASSWORD),
+            ("next", "https://evil.example/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // A `next` off the portal is not followed.
+    assert_eq!(r.headers()[LOCATION], "/web/");
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/web", "Max-Age="] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let pair = set.split(';').next().unwrap().to_owned();
+    assert!(pair.starts_with("mica_session=mws1."), "{pair}");
+    pair
+}
+
+/// The anti-forgery token in a page's forms.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a token")
+        + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn page(http: &reqwest::Client, url: &str, cookie: &str) -> (StatusCode, HeaderMap, String) {
+    let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+    let (s, h) = (r.status(), r.headers().clone());
+    (s, h, r.text().await.unwrap())
+}
+
+async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    extra: &[(&str, &str)],
+    form: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = http.post(url).header("cookie", cookie).form(form);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let (s, h) = (r.status(), r.headers().clone());
+    (s, h, r.text().await.unwrap())
+}
+
+async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
+    let http = no_redirects();
+    let (bea, bea_account) = owner(app, "bea@example.com").await;
+    let (_carl, _) = owner(app, "carl@example.com").await;
+    let mut tablet = Agent::new(app, "bea-tablet", 62, "true");
+    let device = tablet.link_and_run(&bea, "bea@example.com").await;
+    let cookie = web_sign_in(app, &http, "bea@example.com").await;
+
+    // A page: the account, behind a policy that runs no script and forbids framing.
+    let (s, h, html) = page(&http, &app.url("/web/"), &cookie).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains(&bea_account));
+    let csp = h[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    let csrf = csrf_of(&html);
+    let commands = format!("/web/devices/{device}/commands");
+    let no_commands = || async {
+        let list = get(&bea, &format!("/api/v1/devices/{device}/commands")).await;
+        assert_eq!(list, json!([]), "a refused form queued a command");
+    };
+
+    // The cookie is not an access token, and an access token is not a cookie.
+    let r = app
+        .http
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(cookie.trim_start_matches("mica_session="))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let t = app
+        .client
+        .sign_in("bea@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let (s, h, _) = page(
+        &http,
+        &app.url("/web/devices"),
+        &format!("mica_session={}", t.access_token),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/web/sign-in?next=/web/devices");
+
+    // Forms without this session's token, or from another site, do nothing.
+    for (extra, form) in [
+        (vec![], vec![("kind", "ring")]),
+        (vec![], vec![("kind", "ring"), ("csrf", "forged")]),
+        (
+            vec![("origin", "https://evil.example")],
+            vec![("kind", "ring"), ("csrf", csrf.as_str())],
+        ),
+        (
+            vec![("sec-fetch-site", "cross-site")],
+            vec![("kind", "ring"), ("csrf", csrf.as_str())],
+        ),
+    ] {
+        let (s, _, html) = post_form(&http, &app.url(&commands), &cookie, &extra, &form).await;
+        assert!(
+            s == StatusCode::FORBIDDEN || s == StatusCode::UNPROCESSABLE_ENTITY,
+            "{s} {html}"
+        );
+        assert!(html.contains("<h1>"), "answered with a page: {html}");
+    }
+    no_commands().await;
+
+    // Bad forms get a page that says what is wrong, and nothing is stored.
+    let long = "x".repeat(5000);
+    for form in [
+        vec![("csrf", csrf.as_str())],
+        vec![("csrf", csrf.as_str()), ("kind", "explode")],
+        vec![
+            ("csrf", csrf.as_str()),
+            ("kind", "lost_mode"),
+            ("message", long.as_str()),
+        ],
+        vec![
+            ("csrf", csrf.as_str()),
+            ("kind", "lost_mode"),
+            ("phone", "call me maybe"),
+        ],
+        vec![("csrf", csrf.as_str()), ("kind", "erase")],
+    ] {
+        let (s, _, html) = post_form(&http, &app.url(&commands), &cookie, &[], &form).await;
+        assert!(s.is_client_error(), "{form:?}: {s}");
+        assert!(html.contains("class=\"error\""), "{form:?}: {html}");
+    }
+    no_commands().await;
+
+    // An erase needs a fresh step-up: the browser is sent to confirm it's you.
+    let (s, h, _) = post_form(
+        &http,
+        &app.url(&commands),
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("kind", "erase"), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        h[LOCATION],
+        format!("/web/confirm?next=/web/devices/{device}")
+    );
+    no_commands().await;
+
+    // Another account's browser finds nothing of Bea's, and cannot command her tablet.
+    let carl_cookie = web_sign_in(app, &http, "carl@example.com").await;
+    let (s, _, html) = page(
+        &http,
+        &app.url(&format!("/web/devices/{device}")),
+        &carl_cookie,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(!html.contains("bea-tablet"));
+    let (_, _, carl_html) = page(&http, &app.url("/web/"), &carl_cookie).await;
+    let carl_csrf = csrf_of(&carl_html);
+    assert_ne!(carl_csrf, csrf);
+    let (s, _, _) = post_form(
+        &http,
+        &app.url(&commands),
+        &carl_cookie,
+        &[],
+        &[("csrf", &carl_csrf), ("kind", "ring")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Nor does Bea's token pass on Carl's session.
+    let (s, _, _) = post_form(
+        &http,
+        &app.url(&commands),
+        &carl_cookie,
+        &[],
+        &[("csrf", &csrf), ("kind", "ring")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    no_commands().await;
+
+    // A good form does what it says.
+    let (s, h, _) = post_form(
+        &http,
+        &app.url(&commands),
+        &cookie,
+        &[("origin", &app.base)],
+        &[("csrf", &csrf), ("kind", "locate")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{h:?}");
+    let list = get(&bea, &format!("/api/v1/devices/{device}/commands")).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["kind"], "locate");
+
+    // Ending the browser's session from another device ends it in the browser at once.
+    let sessions: Value = bea
+        .raw(reqwest::Method::GET, "/api/v1/sessions", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let web = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["client"] == "Web browser")
+        .unwrap_or_else(|| panic!("the browser's session is listed: {sessions}"));
+    bea.revoke_session(web["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let (s, h, _) = page(&http, &app.url("/web/"), &cookie).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(h[LOCATION].to_str().unwrap().starts_with("/web/sign-in"));
+    assert!(h[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    let (s, _, _) = post_form(
+        &http,
+        &app.url(&commands),
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("kind", "ring")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let list = get(&bea, &format!("/api/v1/devices/{device}/commands")).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "a signed-out form did something"
+    );
+
+    // Sign-in mistakes are said on the page, never a server error.
+    let r = http
+        .post(app.url("/web/sign-in"))
+        .form(&[("login", "bea@example.com"), ("password", "nope-Nope-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("class=\"error\""));
+    let r = http
+        .post(app.url("/web/sign-in"))
+        .form(&[("login", "")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    tablet.kill();
+}
