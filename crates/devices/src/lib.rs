@@ -1476,7 +1476,21 @@ impl Devices {
         let now = self.now();
         match self
             .store()
-            .finish_command(&d.id, command, state, reason.as_deref(), now)
+            .finish_command(&d.id, command, state, reason.as_deref(), now, |c| {
+                let payload: Payload = match &c.payload {
+                    Some(sealed) => self
+                        .open_json("device_command", sealed)
+                        .map_err(|e| mica_store::StoreError::Corrupt(e.to_string()))?,
+                    None => Payload::default(),
+                };
+                let lost = LostModeView {
+                    message: payload.message,
+                    phone: payload.phone,
+                    since: rfc3339(now),
+                };
+                self.seal_json("lost_mode", &lost)
+                    .map_err(|e| mica_store::StoreError::Corrupt(e.to_string()))
+            })
             .await?
         {
             FinishOutcome::Finished {
@@ -1485,18 +1499,6 @@ impl Devices {
             } => {
                 self.publish_command(&command);
                 if command.kind == "lost_mode" && state == "done" {
-                    let payload: Payload = match &command.payload {
-                        Some(sealed) => self.open_json("device_command", sealed)?,
-                        None => Payload::default(),
-                    };
-                    let lost = LostModeView {
-                        message: payload.message,
-                        phone: payload.phone,
-                        since: rfc3339(now),
-                    };
-                    self.store()
-                        .set_lost_mode(&d.id, Some(self.seal_json("lost_mode", &lost)?))
-                        .await?;
                     self.publish_device(d.account, &d.id, "lost_mode");
                 }
                 if let Some(session) = unlinked_session {

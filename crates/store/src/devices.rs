@@ -965,7 +965,8 @@ impl Store {
 
     /// A device reports how an acknowledged command ended. A successful erase unlinks the
     /// device in the same transaction (its credential revoked, Find Device off); the
-    /// activation lock stays.
+    /// activation lock stays. A successful lost mode puts the device in lost mode in the same
+    /// transaction, with the state `lost_mode` seals from the command.
     pub async fn finish_command(
         &self,
         device: &str,
@@ -973,6 +974,7 @@ impl Store {
         state: &str,
         reason: Option<&str>,
         now: Timestamp,
+        lost_mode: impl FnOnce(&CommandRow) -> Result<Vec<u8>> + Send,
     ) -> Result<FinishOutcome> {
         let mut tx = self.writer.begin().await?;
         // A finished erase changes the device too: its row is locked before the commands', in
@@ -1011,6 +1013,18 @@ impl Store {
                 Some(c) => FinishOutcome::WrongState(c),
             });
         };
+        // A lost mode done is the device's state in the same transaction: whoever sees the
+        // command done sees the device in lost mode.
+        if command.kind == "lost_mode" && state == "done" {
+            let sealed = lost_mode(&command)?;
+            sqlx::query(
+                "UPDATE devices SET lost_mode = $2, located_notice_at = NULL WHERE id = $1",
+            )
+            .bind(device)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut unlinked_session = None;
         if command.kind == "erase" && state == "done" {
             let session: Option<Option<String>> = sqlx::query_scalar(
