@@ -42,6 +42,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(file_preview))
         .routes(routes!(gallery))
         .routes(routes!(gallery_albums))
+        .layer(axum::middleware::map_response(crate::user_content_headers))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

@@ -184,7 +184,7 @@ pub fn app(state: AppState) -> App {
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", doc))
         .route("/", get(index))
         .route("/link", get(link_page))
-        .merge(web::routes())
+        .merge(web::routes(&state.public_url))
         .merge(webdav::routes())
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
@@ -256,6 +256,18 @@ fn security_headers(mut r: Response) -> Response {
     );
     h.entry(header::REFERRER_POLICY)
         .or_insert(HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// Headers of responses that carry what users stored (the drive over WebDAV, file downloads):
+/// whatever its type says, an HTML file served from this origin must not run as a page of it,
+/// where it could read the portal's pages and post its forms.
+pub(crate) async fn user_content_headers(mut r: Response) -> Response {
+    r.headers_mut()
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "sandbox; default-src 'none'; frame-ancestors 'none'",
+        ));
     r
 }
 

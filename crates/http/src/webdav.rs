@@ -19,6 +19,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/dav/files/{account}", any(dav))
         .route("/dav/files/{account}/", any(dav))
         .route("/dav/files/{account}/{*rest}", any(dav))
+        .layer(axum::middleware::map_response(crate::user_content_headers))
 }
 
 fn challenge(e: ApiError) -> Response {

@@ -17,6 +17,9 @@ use secrecy::SecretString;
 
 use crate::{ClientInfo, Identity, IdentityError};
 
+/// How long a browser stays signed in at most: a working day, not an app's months.
+pub const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -508,16 +511,26 @@ impl Identity {
         })
     }
 
-    /// The value of the cookie that keeps a browser signed in to a session that was just
-    /// opened, until the session expires or ends. Unlike an access token it is long-lived, so
-    /// [`Identity::authenticate_web`] checks its session on every request.
-    pub fn web_session_cookie(&self, s: &SignedIn) -> String {
-        self.keys().sign_web_session(&AccessClaims {
+    /// Makes a session that was just opened a browser's: it ends within [`WEB_SESSION_TTL`]
+    /// (a browser may be someone else's computer), and it is held by the returned cookie value,
+    /// good until then. Unlike an access token the cookie lives as long as the session, so
+    /// [`Identity::authenticate_web`] checks the session on every request. (The session's
+    /// refresh token is never handed out.)
+    pub async fn open_web_session(
+        &self,
+        s: &SignedIn,
+    ) -> Result<(String, Timestamp), IdentityError> {
+        let expires_at = s.session_expires_at.min(self.now().plus(WEB_SESSION_TTL));
+        self.store()
+            .limit_session_expiry(s.account, &s.session, expires_at)
+            .await?;
+        let cookie = self.keys().sign_web_session(&AccessClaims {
             account: s.account,
             session: s.session.clone(),
             issued_at: self.now(),
-            expires_at: s.session_expires_at,
-        })
+            expires_at,
+        });
+        Ok((cookie, expires_at))
     }
 
     /// Checks a browser's session cookie: its signature, its expiry, and that its session still

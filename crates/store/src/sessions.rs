@@ -243,6 +243,25 @@ impl Store {
             .collect()
     }
 
+    /// Brings a session's expiry forward to `until` (never later): a browser's session is
+    /// shorter than an app's.
+    pub async fn limit_session_expiry(
+        &self,
+        account: AccountId,
+        id: &SessionId,
+        until: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET expires_at = $3 WHERE id = $1 AND account_id = $2 AND expires_at > $3",
+        )
+        .bind(id.0.clone())
+        .bind(account.as_i64())
+        .bind(until.millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Revokes one session of an account. `false` when it is not this account's or already revoked.
     pub async fn revoke_session(
         &self,

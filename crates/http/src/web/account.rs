@@ -1,8 +1,8 @@
 //! Signing in and out, confirming it's you (step-up), the overview and the sessions page.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use mica_identity::{
     CodeChannel, DeviceInfo, Principal, SecondFactor, SignInOutcome, SignedIn, StepUpProof,
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     check_csrf, cleared_cookie, human_bytes, human_time, page, safe_next, session_cookie, Layout,
-    PageError, WebForm, WebSession, COOKIE,
+    PageError, WebForm, WebQuery, WebSession,
 };
 use crate::error::ApiError;
 use crate::extract::Client;
@@ -42,15 +42,13 @@ struct SignInPage {
 
 pub(crate) async fn sign_in_page(
     State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    Query(q): Query<NextQuery>,
+    headers: HeaderMap,
+    WebQuery(q): WebQuery<NextQuery>,
 ) -> Response {
     let next = safe_next(q.next.as_deref());
     // Already signed in: straight on.
-    if let Some(c) = super::cookie(&headers, COOKIE) {
-        if app.identity.authenticate_web(c).await.is_ok() {
-            return Redirect::to(&next).into_response();
-        }
+    if let Ok(Some(_)) = super::web_session(&app, &headers).await {
+        return Redirect::to(&next).into_response();
     }
     page(
         StatusCode::OK,
@@ -83,6 +81,7 @@ struct TwoStepPage {
 
 pub(crate) async fn sign_in(
     State(app): State<AppState>,
+    headers: HeaderMap,
     client: Client,
     WebForm(form): WebForm<SignInForm>,
 ) -> Response {
@@ -92,7 +91,7 @@ pub(crate) async fn sign_in(
         .sign_in(form.login.trim(), form.password, &browser(client))
         .await;
     match outcome {
-        Ok(SignInOutcome::SignedIn(s)) => signed_in(&app, &s, &next),
+        Ok(SignInOutcome::SignedIn(s)) => signed_in(&app, &headers, &s, &next).await,
         Ok(SignInOutcome::TwoStep {
             challenge_id,
             methods,
@@ -124,12 +123,28 @@ pub(crate) async fn sign_in(
     }
 }
 
-/// Sets the session cookie and goes on.
-fn signed_in(app: &AppState, s: &SignedIn, next: &str) -> Response {
-    let max_age = app.clock.now().until(s.session_expires_at).as_secs();
-    let cookie = app.identity.web_session_cookie(s);
+/// Makes the new session the browser's, sets its cookie and goes on. A session the browser
+/// was still signed in with (a second sign-in from a stale tab) is ended: it would otherwise
+/// stay open, unseen, until it expired.
+async fn signed_in(app: &AppState, headers: &HeaderMap, s: &SignedIn, next: &str) -> Response {
+    if let Ok(Some(old)) = super::web_session(app, headers).await {
+        if old.session != s.session {
+            let client = mica_identity::ClientInfo::default();
+            if let Err(e) = app
+                .identity
+                .end_session(old.account, &old.session, "signed_out", &client, None)
+                .await
+            {
+                tracing::warn!(error = %e, "ending the browser's previous session");
+            }
+        }
+    }
+    let cookie = match app.identity.open_web_session(s).await {
+        Ok((cookie, _)) => cookie,
+        Err(e) => return PageError::from(ApiError::from(e)).into_response(),
+    };
     let mut r = Redirect::to(next).into_response();
-    match session_cookie(app, &cookie, i64::try_from(max_age).unwrap_or(i64::MAX)) {
+    match session_cookie(app, &cookie) {
         Some(v) => {
             r.headers_mut().insert(header::SET_COOKIE, v);
             r
@@ -153,6 +168,7 @@ pub(crate) struct TwoStepForm {
 
 pub(crate) async fn two_step(
     State(app): State<AppState>,
+    headers: HeaderMap,
     client: Client,
     WebForm(form): WebForm<TwoStepForm>,
 ) -> Response {
@@ -168,7 +184,7 @@ pub(crate) async fn two_step(
         .complete_two_step(&form.challenge_id, factor, &browser(client))
         .await
     {
-        Ok(s) => signed_in(&app, &s, &next),
+        Ok(s) => signed_in(&app, &headers, &s, &next).await,
         Err(e) => {
             let e = ApiError::from(e);
             let mut layout = Layout::signed_out("Two-step verification");
@@ -241,6 +257,7 @@ pub(crate) async fn two_step_send(
 /// A form that carries nothing but its anti-forgery token.
 #[derive(Deserialize)]
 pub(crate) struct CsrfForm {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -361,7 +378,7 @@ async fn confirm_page_for(
 pub(crate) async fn confirm_page(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Query(q): Query<NextQuery>,
+    WebQuery(q): WebQuery<NextQuery>,
 ) -> Result<Response, PageError> {
     let page_ = confirm_page_for(&app, &p, safe_next(q.next.as_deref()), None).await?;
     Ok(page(StatusCode::OK, &page_))
@@ -369,6 +386,7 @@ pub(crate) async fn confirm_page(
 
 #[derive(Deserialize)]
 pub(crate) struct ConfirmSendForm {
+    #[serde(default)]
     csrf: String,
     channel: String,
     next: Option<String>,
@@ -408,6 +426,7 @@ pub(crate) async fn confirm_send(
 
 #[derive(Deserialize)]
 pub(crate) struct ConfirmForm {
+    #[serde(default)]
     csrf: String,
     /// With `code`: the code that was sent for this challenge…
     challenge_id: Option<String>,
@@ -481,7 +500,7 @@ struct SessionsPage {
 pub(crate) async fn sessions(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Query(q): Query<SignedOutQuery>,
+    WebQuery(q): WebQuery<SignedOutQuery>,
 ) -> Result<Response, PageError> {
     let list = app.identity.sessions(&p).await.map_err(ApiError::from)?;
     let mut layout = Layout::for_session(&app, &p, "Where you're signed in");

@@ -16,6 +16,7 @@
 //!   sees, with the same rules (step-up before an erase, other accounts' ids are not found).
 
 mod account;
+mod backups;
 mod devices;
 
 use askama::Template;
@@ -24,7 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use mica_identity::Principal;
 use serde::de::DeserializeOwned;
@@ -39,7 +40,8 @@ pub(crate) const COOKIE: &str = "mica_session";
 const MAX_NEXT: usize = 200;
 
 /// The portal's routes.
-pub(crate) fn routes() -> Router<AppState> {
+pub(crate) fn routes(public_url: &str) -> Router<AppState> {
+    let app_origin = PublicOrigin(public_origin(public_url));
     Router::new()
         .route("/web", get(|| async { Redirect::to("/web/") }))
         .route("/web/", get(account::overview))
@@ -62,9 +64,35 @@ pub(crate) fn routes() -> Router<AppState> {
             "/web/devices/{id}/commands/{command}/cancel",
             post(devices::cancel),
         )
+        .route("/web/devices/{id}/lost-mode", get(devices::lost_mode_page))
+        .route("/web/devices/{id}/erase", get(devices::erase_page))
+        .route("/web/devices/{id}/manage", get(devices::manage_page))
+        .route("/web/devices/{id}/settings", post(devices::settings))
+        .route(
+            "/web/devices/{id}/places/delete",
+            post(devices::delete_places),
+        )
+        .route("/web/devices/{id}/remove", post(devices::remove))
+        .route("/web/backups", get(backups::list))
+        .route("/web/backups/{id}/verify", post(backups::verify))
+        .route("/web/backups/{id}/delete", post(backups::delete))
         .route("/web/static/mica.css", get(style_sheet))
-        .layer(axum::middleware::from_fn(same_site_posts_only))
+        .route("/web/{*rest}", any(|| async { PageError::not_found() }))
+        .layer(axum::middleware::from_fn_with_state(
+            app_origin,
+            same_site_posts_only,
+        ))
         .layer(axum::middleware::map_response(page_headers))
+}
+
+/// Where the server says it is reached (`scheme://host[:port]` of its public URL).
+#[derive(Clone)]
+struct PublicOrigin(String);
+
+fn public_origin(public_url: &str) -> String {
+    let (scheme, rest) = public_url.split_once("://").unwrap_or(("http", public_url));
+    let authority = rest.split('/').next().unwrap_or("");
+    format!("{scheme}://{authority}").to_ascii_lowercase()
 }
 
 /// Headers every portal response carries: nothing but this server's style sheet and forms,
@@ -92,8 +120,12 @@ async fn page_headers(mut r: Response) -> Response {
 /// (`Sec-Fetch-Site: cross-site`), or its `Origin` is not this server. The anti-forgery token
 /// is the defence that does not depend on the browser; this one also covers the sign-in form,
 /// which has no session yet.
-async fn same_site_posts_only(req: Request, next: Next) -> Response {
-    if req.method() == Method::POST && !same_site(req.headers()) {
+async fn same_site_posts_only(
+    axum::extract::State(origin): axum::extract::State<PublicOrigin>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() == Method::POST && !same_site(req.headers(), &origin.0) {
         return PageError::new(
             StatusCode::FORBIDDEN,
             "This form came from another site",
@@ -105,18 +137,21 @@ async fn same_site_posts_only(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn same_site(h: &HeaderMap) -> bool {
+fn same_site(h: &HeaderMap, public_origin: &str) -> bool {
     let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
     // Set by the browser itself, never by a page: when present it is the answer.
     if let Some(site) = header("sec-fetch-site") {
         return site == "same-origin" || site == "none";
     }
-    match (header("origin"), header("host")) {
-        (None, _) => true,
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
-        (Some(_), None) => false,
+    // Else the `Origin`: the server's public URL, or the host the request was sent to (the
+    // same, unless a proxy in front rewrites `Host`).
+    match header("origin") {
+        None => true,
+        Some(origin) if origin.eq_ignore_ascii_case(public_origin) => true,
+        Some(origin) => match (origin.split_once("://"), header("host")) {
+            (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+            _ => false,
+        },
     }
 }
 
@@ -292,47 +327,64 @@ impl FromRequestParts<AppState> for WebSession {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
         let here = if parts.method == Method::GET {
-            parts.uri.path().to_owned()
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/web/", |pq| pq.as_str())
+                .to_owned()
         } else {
             "/web/".to_owned()
         };
-        let Some(cookie) = cookie(&parts.headers, COOKIE) else {
-            return Err(SignInFirst(here).into_response());
-        };
-        match app.identity.authenticate_web(cookie).await {
-            Ok(p) => Ok(WebSession(p)),
-            Err(e) => {
-                let e = ApiError::from(e);
-                if e.status == StatusCode::UNAUTHORIZED {
-                    Err(SignInFirst(here).into_response())
-                } else {
-                    Err(PageError::from(e).into_response())
-                }
-            }
+        match web_session(app, &parts.headers).await {
+            Ok(Some(p)) => Ok(WebSession(p)),
+            Ok(None) => Err(SignInFirst(here).into_response()),
+            Err(e) => Err(PageError::from(e).into_response()),
         }
     }
 }
 
-/// The value of the cookie `name`, if the request has it.
-fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The session of the first `mica_session` cookie that opens one (a browser may send several
+/// of that name, set for other paths or by a sibling domain); `None` when none does.
+pub(crate) async fn web_session(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, ApiError> {
+    for value in cookies(headers, COOKIE) {
+        match app.identity.authenticate_web(value).await {
+            Ok(p) => return Ok(Some(p)),
+            Err(e) => {
+                let e = ApiError::from(e);
+                if e.status != StatusCode::UNAUTHORIZED {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The values of every cookie named `name` the request has (at most a few are looked at).
+fn cookies<'a>(h: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+        .take(4)
 }
 
-/// The `Set-Cookie` that signs a browser in for `max_age` seconds.
-pub(crate) fn session_cookie(app: &AppState, value: &str, max_age: i64) -> Option<HeaderValue> {
+/// The `Set-Cookie` that signs a browser in. No `Max-Age`: closing the browser forgets it,
+/// and its value stops working when the session ends (within a working day) anyway.
+pub(crate) fn session_cookie(app: &AppState, value: &str) -> Option<HeaderValue> {
     let secure = if app.public_url.starts_with("https://") {
         "; Secure"
     } else {
         ""
     };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/web; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        "{COOKIE}={value}; Path=/web; HttpOnly; SameSite=Lax{secure}"
     ))
     .ok()
 }
@@ -365,6 +417,29 @@ where
     }
 }
 
+/// A query string, with a page that says what was wrong with it instead of the plain-text
+/// rejection.
+pub(crate) struct WebQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for WebQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(WebQuery(v)),
+            Err(e) => Err(PageError::new(
+                e.status(),
+                "That address could not be read",
+                "Something after the `?` in the address was not understood.",
+            )),
+        }
+    }
+}
+
 /// Checks a form's anti-forgery token.
 pub(crate) fn check_csrf(app: &AppState, p: &Principal, token: &str) -> Result<(), PageError> {
     if app.identity.csrf_ok(p, token) {
@@ -385,7 +460,8 @@ pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n)
             if n.starts_with("/web/")
-                && !n.starts_with("//")
+                && !n.contains("//")
+                && !n.split(['/', '?']).any(|seg| seg == "." || seg == "..")
                 && n.len() <= MAX_NEXT
                 && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
         {
@@ -452,12 +528,20 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example/")), "/web/");
         assert_eq!(safe_next(Some("//evil.example/web/")), "/web/");
         assert_eq!(safe_next(Some("/web/\\evil")), "/web/");
+        assert_eq!(safe_next(Some("/web/..//evil.example")), "/web/");
+        assert_eq!(safe_next(Some("/web/../api/v1/me")), "/web/");
+        assert_eq!(
+            safe_next(Some("/web/confirm?next=/web/devices/d1")),
+            "/web/confirm?next=/web/devices/d1"
+        );
         assert_eq!(safe_next(Some("/api/v1/me")), "/web/");
         assert_eq!(safe_next(None), "/web/");
     }
 
     #[test]
     fn only_this_sites_posts_pass() {
+        let public = "https://mica.example";
+        let same_site = |h: &HeaderMap| same_site(h, public);
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("mica.example:8080"));
         assert!(same_site(&h));
@@ -467,6 +551,12 @@ mod tests {
         );
         assert!(same_site(&h));
         h.insert("origin", HeaderValue::from_static("https://evil.example"));
+        assert!(!same_site(&h));
+        // Behind a proxy that rewrites `Host`: the public URL's origin.
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
+        h.insert("origin", HeaderValue::from_static("https://mica.example"));
+        assert!(same_site(&h));
+        h.insert("origin", HeaderValue::from_static("null"));
         assert!(!same_site(&h));
         h.remove("origin");
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));

@@ -91,7 +91,8 @@ async fn a_lost_phone_is_found_rung_locked_and_erased_from_a_browser(app: &TestA
     browser.until_settled().await;
     browser.screenshot("device").await;
 
-    // Lost mode: the device shows the message and the number.
+    // Lost mode, on a page of its own: the device shows the message and the number.
+    browser.click("#to-lost-mode").await;
     browser
         .fill("#message", "This phone is lost. Please call me.")
         .await;
@@ -112,7 +113,41 @@ async fn a_lost_phone_is_found_rung_locked_and_erased_from_a_browser(app: &TestA
     browser.until_text("In lost mode").await;
     browser.until_settled().await;
 
+    // The phone's backup is listed, and can be read back on demand.
+    std::fs::create_dir_all(phone.data().join("backup")).unwrap();
+    std::fs::write(
+        phone.data().join("backup/alarms.json"),
+        br#"[{"at":"07:00"}]"#,
+    )
+    .unwrap();
+    let out = phone.command(&["backup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    browser.click("nav a[href='/web/backups']").await;
+    let backups = browser.until_text("ana-phone").await;
+    assert!(backups.contains("1 part"), "{backups}");
+    browser.click("#backups button").await;
+    browser.until_text("is being read back").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !browser.text().await.contains("Checked intact") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            browser.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.goto(&app.url("/web/backups")).await;
+    }
+    browser
+        .goto(&app.url(&format!("/web/devices/{device}")))
+        .await;
+    browser.until_text("In lost mode").await;
+
     // Erase: refused without the box ticked, then only after a fresh code from the email.
+    browser.click("#to-erase").await;
     browser.click("#erase").await;
     browser.until_text("Tick the box").await;
     browser.click("#erase-confirm").await;
@@ -132,6 +167,7 @@ async fn a_lost_phone_is_found_rung_locked_and_erased_from_a_browser(app: &TestA
     browser.fill("#code", &code).await;
     browser.click("#confirm").await;
     browser.until_text("Confirmed").await;
+    browser.click("#to-erase").await;
     browser.click("#erase-confirm").await;
     browser.click("#erase").await;
     browser.until_text("The erase is on its way").await;
@@ -184,9 +220,14 @@ async fn web_sign_in(app: &TestApp, http: &reqwest::Client, login: &str) -> Stri
     // A `next` off the portal is not followed.
     assert_eq!(r.headers()[LOCATION], "/web/");
     let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
-    for attr in ["HttpOnly", "SameSite=Lax", "Path=/web", "Max-Age="] {
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/web"] {
         assert!(set.contains(attr), "{set}");
     }
+    // Forgotten when the browser closes.
+    assert!(
+        !set.contains("Max-Age") && !set.contains("Expires"),
+        "{set}"
+    );
     let pair = set.split(';').next().unwrap().to_owned();
     assert!(pair.starts_with("mica_session=mws1."), "{pair}");
     pair
@@ -378,6 +419,176 @@ async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["kind"], "locate");
 
+    // Managing the tablet: a rename, its places deleted; turning Find Device off and removing
+    // it need a fresh step-up, made in the browser with the emailed code.
+    let settings = format!("/web/devices/{device}/settings");
+    let tablet_page = app.url(&format!("/web/devices/{device}"));
+    let (s, h, _) = post_form(
+        &http,
+        &app.url(&settings),
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("name", " Bea's <b>tablet</b> ")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], format!("/web/devices/{device}?changed=name"));
+    let (_, _, html) = page(&http, &tablet_page, &cookie).await;
+    assert!(
+        html.contains("Bea&#39;s &#60;b&#62;tablet&#60;/b&#62;"),
+        "the name is text, not markup: {html}"
+    );
+    assert!(!html.contains("<b>tablet</b>"));
+    assert_eq!(
+        get(&bea, &format!("/api/v1/devices/{device}")).await["name"],
+        "Bea's <b>tablet</b>"
+    );
+    let (s, _, html) = post_form(
+        &http,
+        &app.url(&settings),
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("name", "")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    let places = app.url(&format!("/web/devices/{device}/places/delete"));
+    let (s, _, _) = post_form(&http, &places, &cookie, &[], &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, h, _) = post_form(
+        &http,
+        &places,
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], format!("/web/devices/{device}?changed=places"));
+    let remove = app.url(&format!("/web/devices/{device}/remove"));
+    for (url, form) in [
+        (
+            app.url(&settings),
+            [("csrf", csrf.as_str()), ("find_device", "off")],
+        ),
+        (
+            remove.clone(),
+            [("csrf", csrf.as_str()), ("confirm", "yes")],
+        ),
+    ] {
+        let (s, h, _) = post_form(&http, &url, &cookie, &[], &form).await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        assert_eq!(
+            h[LOCATION],
+            format!("/web/confirm?next=/web/devices/{device}")
+        );
+    }
+    let (s, _, _) = post_form(&http, &remove, &cookie, &[], &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    // Carl can neither rename nor remove it.
+    let (s, _, _) = post_form(
+        &http,
+        &app.url(&settings),
+        &carl_cookie,
+        &[],
+        &[("csrf", &carl_csrf), ("name", "mine")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = post_form(
+        &http,
+        &remove,
+        &carl_cookie,
+        &[],
+        &[("csrf", &carl_csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&bea, "/api/v1/devices").await.as_array().unwrap().len(),
+        1
+    );
+    // The step-up, as a browser does it.
+    let before = app.smtp.count_with("bea@example.com", STEP_UP);
+    let next = format!("/web/devices/{device}");
+    let (s, _, html) = post_form(
+        &http,
+        &app.url("/web/confirm/send"),
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("channel", "email"), ("next", &next)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let at = html.find("name=\"challenge_id\" value=\"").unwrap() + 27;
+    let challenge = html[at..].split('"').next().unwrap().to_owned();
+    let mail = app
+        .smtp
+        .nth_with("bea@example.com", STEP_UP, before + 1)
+        .await;
+    let code = six_digits(&mail.subject()).unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (s, _, html) = post_form(
+        &http,
+        &app.url("/web/confirm/verify"),
+        &cookie,
+        &[],
+        &[
+            ("csrf", &csrf),
+            ("challenge_id", &challenge),
+            ("code", wrong),
+            ("next", "/web/"),
+        ],
+    )
+    .await;
+    assert!(s.is_client_error(), "{s}");
+    assert!(html.contains("class=\"error\""));
+    let (s, h, html) = post_form(
+        &http,
+        &app.url("/web/confirm/verify"),
+        &cookie,
+        &[],
+        &[
+            ("csrf", &csrf),
+            ("challenge_id", &challenge),
+            ("code", &code),
+            ("next", "https://evil.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(h[LOCATION], "/web/?confirmed=1");
+    let (s, h, _) = post_form(
+        &http,
+        &app.url(&settings),
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("find_device", "off")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        h[LOCATION],
+        format!("/web/devices/{device}?changed=find_off")
+    );
+    assert_eq!(
+        get(&bea, &format!("/api/v1/devices/{device}")).await["find_device"],
+        json!(false)
+    );
+    let (s, h, _) = post_form(
+        &http,
+        &remove,
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/web/devices?removed=1");
+    assert_eq!(get(&bea, "/api/v1/devices").await, json!([]));
+    let (s, _, _) = page(&http, &tablet_page, &cookie).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
     // Ending the browser's session from another device ends it in the browser at once.
     let sessions: Value = bea
         .raw(reqwest::Method::GET, "/api/v1/sessions", None)
@@ -399,21 +610,16 @@ async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(h[LOCATION].to_str().unwrap().starts_with("/web/sign-in"));
     assert!(h[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
-    let (s, _, _) = post_form(
+    let (s, h, _) = post_form(
         &http,
-        &app.url(&commands),
+        &app.url(&settings),
         &cookie,
         &[],
-        &[("csrf", &csrf), ("kind", "ring")],
+        &[("csrf", &csrf), ("name", "signed out")],
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
-    let list = get(&bea, &format!("/api/v1/devices/{device}/commands")).await;
-    assert_eq!(
-        list.as_array().unwrap().len(),
-        1,
-        "a signed-out form did something"
-    );
+    assert!(h[LOCATION].to_str().unwrap().starts_with("/web/sign-in"));
 
     // Sign-in mistakes are said on the page, never a server error.
     let r = http
@@ -431,5 +637,37 @@ async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
         .await
         .unwrap();
     assert!(r.status().is_client_error());
+
+    // Signing in again from a browser still signed in ends the session it held.
+    let first = web_sign_in(app, &http, "bea@example.com").await;
+    let r = http
+        .post(app.url("/web/sign-in"))
+        .header("cookie", &first)
+        .form(&[("login", "bea@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let second = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (s, _, _) = page(&http, &app.url("/web/"), &first).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "the first session still works");
+    // A browser sending a stale cookie of the same name besides its own is still signed in.
+    let (s, _, _) = page(&http, &app.url("/web/"), &format!("{first}; {second}")).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // A browser's session lasts a working day, not an app's months.
+    app.advance(Duration::from_secs(11 * 3600));
+    let (s, _, _) = page(&http, &app.url("/web/"), &second).await;
+    assert_eq!(s, StatusCode::OK);
+    app.advance(Duration::from_secs(3600 + 60));
+    let (s, h, _) = page(&http, &app.url("/web/"), &second).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(h[LOCATION].to_str().unwrap().starts_with("/web/sign-in"));
     tablet.kill();
 }

@@ -177,6 +177,11 @@ async fn webdav_serves_the_drive_with_app_passwords(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // A stored file never runs as a page of this origin (where the web portal lives).
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("sandbox"));
     assert_eq!(r.bytes().await.unwrap(), &body[..]);
     let r = app
         .http
