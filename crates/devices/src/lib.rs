@@ -911,6 +911,25 @@ impl Devices {
     }
 
     /// Locations in `[from, to)`, oldest first (at most 1,000).
+    /// A device's `n` newest places (at most 1,000), oldest first: what a page shows of its
+    /// history, without reading and opening the rest.
+    pub async fn recent_locations(
+        &self,
+        p: &Principal,
+        id: &str,
+        n: usize,
+    ) -> Result<Vec<LocationView>> {
+        self.owned(p, id).await?;
+        let to = self.now().plus(Duration::from_secs(3600));
+        let n = i64::try_from(n.min(1000)).unwrap_or(1000);
+        self.store()
+            .locations(id, Timestamp(0), to, n)
+            .await?
+            .iter()
+            .map(|l| self.location_view(l))
+            .collect()
+    }
+
     pub async fn locations(
         &self,
         p: &Principal,

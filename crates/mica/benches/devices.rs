@@ -35,26 +35,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{env_n, vm_rss_kib};
+use common::{env_n, imei, percentile, vm_rss_kib};
 
 /// An IMEI with a valid check digit, different for each `n`.
-fn imei(n: usize) -> String {
-    let body = format!("35{n:012}");
-    (0..10)
-        .map(|d| format!("{body}{d}"))
-        .find(|c| mica_devices::hardware::luhn_ok(c))
-        .unwrap()
-}
-
 fn nodelay() -> rumqttc::NetworkOptions {
     let mut n = rumqttc::NetworkOptions::new();
     n.set_tcp_nodelay(true);
     n
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {

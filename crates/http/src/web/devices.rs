@@ -220,7 +220,7 @@ async fn device_page(
     let d = app.devices.get(p, id).await.map_err(ApiError::from)?;
     let mut places = app
         .devices
-        .locations(p, id, None, None)
+        .recent_locations(p, id, SHOWN)
         .await
         .map_err(ApiError::from)?;
     places.reverse();

@@ -17,7 +17,9 @@
 
 mod account;
 mod backups;
+mod bin;
 mod devices;
+mod security;
 
 use askama::Template;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -55,6 +57,8 @@ pub(crate) fn routes(public_url: &str) -> Router<AppState> {
         .route("/web/confirm", get(account::confirm_page))
         .route("/web/confirm/send", post(account::confirm_send))
         .route("/web/confirm/verify", post(account::confirm_verify))
+        .route("/web/security", get(security::show))
+        .route("/web/security/password", post(security::change_password))
         .route("/web/sessions", get(account::sessions))
         .route("/web/sessions/{id}/revoke", post(account::revoke_session))
         .route("/web/devices", get(devices::list))
@@ -76,6 +80,9 @@ pub(crate) fn routes(public_url: &str) -> Router<AppState> {
         .route("/web/backups", get(backups::list))
         .route("/web/backups/{id}/verify", post(backups::verify))
         .route("/web/backups/{id}/delete", post(backups::delete))
+        .route("/web/bin", get(bin::list))
+        .route("/web/bin/{id}/restore", post(bin::restore))
+        .route("/web/bin/{id}/purge", post(bin::purge))
         .route("/web/static/mica.css", get(style_sheet))
         .route("/web/{*rest}", any(|| async { PageError::not_found() }))
         .layer(axum::middleware::from_fn_with_state(

@@ -103,3 +103,18 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
     panic!("the server at {base} did not start");
 }
+
+/// An IMEI with a valid check digit, different for each `n`.
+pub fn imei(n: usize) -> String {
+    let body = format!("35{n:012}");
+    (0..10)
+        .map(|d| format!("{body}{d}"))
+        .find(|c| mica_devices::hardware::luhn_ok(c))
+        .unwrap()
+}
+
+/// The `p` quantile (0…1) of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

@@ -19,6 +19,8 @@ use crate::support::{six_digits, TestApp, PASSWORD};
 on_both_backends!(
     a_lost_phone_is_found_rung_locked_and_erased_from_a_browser,
     the_portal_refuses_forgeries_and_strangers,
+    deleted_notes_come_back_from_the_browsers_recycle_bin,
+    the_password_is_changed_from_a_browser_after_a_step_up,
 );
 
 const STEP_UP: &str = "confirm a change to your account";
@@ -194,6 +196,33 @@ async fn a_lost_phone_is_found_rung_locked_and_erased_from_a_browser(app: &TestA
     assert!(browser.url().await.contains("next=/web/devices"));
     browser.quit().await;
     phone.kill();
+}
+
+/// Asks for a step-up code by email from the confirmation page, as a browser does; the
+/// challenge and the code from the mail.
+async fn emailed_step_up_code(
+    app: &TestApp,
+    http: &reqwest::Client,
+    cookie: &str,
+    csrf: &str,
+    email: &str,
+    next: &str,
+) -> (String, String) {
+    let before = app.smtp.count_with(email, STEP_UP);
+    let (s, _, html) = post_form(
+        http,
+        &app.url("/web/confirm/send"),
+        cookie,
+        &[],
+        &[("csrf", csrf), ("channel", "email"), ("next", next)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let marker = "name=\"challenge_id\" value=\"";
+    let at = html.find(marker).unwrap() + marker.len();
+    let challenge = html[at..].split('"').next().unwrap().to_owned();
+    let mail = app.smtp.nth_with(email, STEP_UP, before + 1).await;
+    (challenge, six_digits(&mail.subject()).unwrap())
 }
 
 /// A client that shows redirects instead of following them.
@@ -509,24 +538,15 @@ async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
         1
     );
     // The step-up, as a browser does it.
-    let before = app.smtp.count_with("bea@example.com", STEP_UP);
-    let next = format!("/web/devices/{device}");
-    let (s, _, html) = post_form(
+    let (challenge, code) = emailed_step_up_code(
+        app,
         &http,
-        &app.url("/web/confirm/send"),
         &cookie,
-        &[],
-        &[("csrf", &csrf), ("channel", "email"), ("next", &next)],
+        &csrf,
+        "bea@example.com",
+        &format!("/web/devices/{device}"),
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{html}");
-    let at = html.find("name=\"challenge_id\" value=\"").unwrap() + 27;
-    let challenge = html[at..].split('"').next().unwrap().to_owned();
-    let mail = app
-        .smtp
-        .nth_with("bea@example.com", STEP_UP, before + 1)
-        .await;
-    let code = six_digits(&mail.subject()).unwrap();
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let (s, _, html) = post_form(
         &http,
@@ -670,4 +690,233 @@ async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(h[LOCATION].to_str().unwrap().starts_with("/web/sign-in"));
     tablet.kill();
+}
+
+/// The bin entries a page lists, in order: the ids in its forms' addresses.
+fn bin_ids(html: &str) -> Vec<String> {
+    html.split("action=\"/web/bin/")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("/restore\""))
+        .map(|(id, _)| id.to_owned())
+        .collect()
+}
+
+async fn deleted_notes_come_back_from_the_browsers_recycle_bin(app: &TestApp) {
+    let http = no_redirects();
+    let (dee, _) = owner(app, "dee@example.com").await;
+    owner(app, "eve@example.com").await;
+    let notes = [
+        ("groceries", "Groceries"),
+        ("evil", "<script>alert(1)</script>"),
+    ];
+    for (id, title) in notes {
+        let note = json!({"title": title, "body": "text", "created_at": "2026-11-01T10:00:00Z",
+            "updated_at": "2026-11-01T10:00:00Z"});
+        let r = dee
+            .push(
+                "notes",
+                json!([{"id": id, "op": "put", "body": note}]),
+                None,
+            )
+            .await
+            .unwrap();
+        let version = r["results"][0]["version"].as_str().unwrap().to_owned();
+        dee.push(
+            "notes",
+            json!([{"id": id, "op": "delete", "base_version": version}]),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let cookie = web_sign_in(app, &http, "dee@example.com").await;
+    let (s, _, html) = page(&http, &app.url("/web/bin"), &cookie).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("Note: <strong>Groceries</strong>"), "{html}");
+    assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+    assert!(!html.contains("<script>"));
+    let ids = bin_ids(&html);
+    assert_eq!(ids.len(), 2, "{html}");
+    let csrf = csrf_of(&html);
+    // Newest first: the script-titled note, then the groceries.
+    let (evil, groceries) = (&ids[0], &ids[1]);
+
+    // Another account's browser cannot touch them.
+    let eve = web_sign_in(app, &http, "eve@example.com").await;
+    let (_, _, eve_html) = page(&http, &app.url("/web/bin"), &eve).await;
+    assert!(eve_html.contains("The recycle bin is empty."));
+    let (s, _, _) = post_form(
+        &http,
+        &app.url(&format!("/web/bin/{groceries}/restore")),
+        &eve,
+        &[],
+        &[("csrf", &csrf_of(&eve_html))],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Put back: the note is there again, for every device.
+    let (s, h, _) = post_form(
+        &http,
+        &app.url(&format!("/web/bin/{groceries}/restore")),
+        &cookie,
+        &[],
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/web/bin?done=restore");
+    let item = dee.item("notes", "groceries").await.unwrap();
+    assert_eq!(item["body"]["title"], "Groceries");
+
+    // Delete for good: only with the box ticked.
+    let purge = app.url(&format!("/web/bin/{evil}/purge"));
+    let (s, _, html) = post_form(&http, &purge, &cookie, &[], &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Tick the box"), "{html}");
+    let (s, _, _) = post_form(
+        &http,
+        &purge,
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (_, _, html) = page(&http, &app.url("/web/bin"), &cookie).await;
+    assert!(html.contains("The recycle bin is empty."), "{html}");
+    assert!(dee.recycle_bin(None).await.unwrap().is_empty());
+    // A cursor this server never gave is a page that says so.
+    let (s, _, html) = page(&http, &app.url("/web/bin?cursor=bogus"), &cookie).await;
+    assert!(s.is_client_error(), "{s}");
+    assert!(html.contains("class=\"error\""));
+}
+
+async fn the_password_is_changed_from_a_browser_after_a_step_up(app: &TestApp) {
+    let http = no_redirects();
+    let (_, _) = owner(app, "fox@example.com").await;
+    // A refused sign-in shows in the history.
+    let r = http
+        .post(app.url("/web/sign-in"))
+        .form(&[
+            ("login", "fox@example.com"),
+            ("password", "not-It-at-all-1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let phone = app
+        .client
+        .sign_in("fox@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let cookie = web_sign_in(app, &http, "fox@example.com").await;
+    let (s, _, html) = page(&http, &app.url("/web/security"), &cookie).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        html.contains("Wrong password") && html.contains("Signed in"),
+        "{html}"
+    );
+    assert!(html.contains("Web browser"), "{html}");
+    let csrf = csrf_of(&html);
+    let change = app.url("/web/security/password");
+    let new = "a-New-password-42!";
+
+    // Typed differently twice: said so, nothing changed.
+    let (s, _, html) = post_form(
+        &http,
+        &change,
+        &cookie,
+        &[],
+        &[
+            ("csrf", &csrf),
+            ("new_password", new),
+            ("repeat", "something else"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("The two passwords differ"), "{html}");
+    // Without a fresh step-up: to the confirmation first.
+    let (s, h, _) = post_form(
+        &http,
+        &change,
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("new_password", new), ("repeat", new)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/web/confirm?next=/web/security");
+    let (challenge, code) = emailed_step_up_code(
+        app,
+        &http,
+        &cookie,
+        &csrf,
+        "fox@example.com",
+        "/web/security",
+    )
+    .await;
+    let (s, h, _) = post_form(
+        &http,
+        &app.url("/web/confirm/verify"),
+        &cookie,
+        &[],
+        &[
+            ("csrf", &csrf),
+            ("challenge_id", &challenge),
+            ("code", &code),
+            ("next", "/web/security"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/web/security?confirmed=1");
+    // A weak password is refused with the reason.
+    let (s, _, html) = post_form(
+        &http,
+        &change,
+        &cookie,
+        &[],
+        &[
+            ("csrf", &csrf),
+            ("new_password", "password"),
+            ("repeat", "password"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("class=\"error\""), "{html}");
+    let (s, h, _) = post_form(
+        &http,
+        &change,
+        &cookie,
+        &[],
+        &[("csrf", &csrf), ("new_password", new), ("repeat", new)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[LOCATION], "/web/security?changed=password");
+    // This browser stays signed in; the phone's session is over; the new password works.
+    let (s, _, html) = page(&http, &app.url("/web/security?changed=password"), &cookie).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("Every other device and browser is signed out"));
+    let r = app
+        .http
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(&phone.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(app
+        .client
+        .sign_in("fox@example.com", PASSWORD, None)
+        .await
+        .is_err());
+    app.client
+        .sign_in("fox@example.com", new, None)
+        .await
+        .unwrap();
 }
