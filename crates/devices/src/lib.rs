@@ -910,7 +910,6 @@ impl Devices {
         Ok(())
     }
 
-    /// Locations in `[from, to)`, oldest first (at most 1,000).
     /// A device's `n` newest places (at most 1,000), oldest first: what a page shows of its
     /// history, without reading and opening the rest.
     pub async fn recent_locations(
@@ -930,6 +929,7 @@ impl Devices {
             .collect()
     }
 
+    /// Locations in `[from, to)`, oldest first (at most 1,000).
     pub async fn locations(
         &self,
         p: &Principal,
@@ -1496,10 +1496,16 @@ impl Devices {
         match self
             .store()
             .finish_command(&d.id, command, state, reason.as_deref(), now, |c| {
+                // A payload that no longer opens must not hold the command open for ever (an
+                // acknowledged command is sent again at every connection): the device is in
+                // lost mode all the same, without the message.
                 let payload: Payload = match &c.payload {
                     Some(sealed) => self
                         .open_json("device_command", sealed)
-                        .map_err(|e| mica_store::StoreError::Corrupt(e.to_string()))?,
+                        .unwrap_or_else(|e| {
+                            tracing::error!(command = %c.id, error = %e, "a lost mode's message does not open");
+                            Payload::default()
+                        }),
                     None => Payload::default(),
                 };
                 let lost = LostModeView {

@@ -977,15 +977,15 @@ impl Store {
         lost_mode: impl FnOnce(&CommandRow) -> Result<Vec<u8>> + Send,
     ) -> Result<FinishOutcome> {
         let mut tx = self.writer.begin().await?;
-        // A finished erase changes the device too: its row is locked before the commands', in
-        // the order every such transaction takes (see `remove_device`).
+        // A finished erase or lost mode changes the device too: its row is locked before the
+        // commands', in the order every such transaction takes (see `remove_device`).
         let kind: Option<String> =
             sqlx::query_scalar("SELECT kind FROM device_commands WHERE device_id = $1 AND id = $2")
                 .bind(device)
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if kind.as_deref() == Some("erase") {
+        if matches!(kind.as_deref(), Some("erase" | "lost_mode")) {
             sqlx::query("UPDATE devices SET id = id WHERE id = $1")
                 .bind(device)
                 .execute(&mut *tx)

@@ -1,7 +1,7 @@
 //! Signing in and out, confirming it's you (step-up), the overview and the sessions page.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use mica_identity::{
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     check_csrf, cleared_cookie, human_bytes, human_time, page, safe_next, session_cookie, Layout,
-    PageError, WebForm, WebQuery, WebSession,
+    PageError, WebForm, WebPath, WebQuery, WebSession,
 };
 use crate::error::ApiError;
 use crate::extract::Client;
@@ -280,7 +280,9 @@ pub(crate) async fn sign_out(
         .await
         .map_err(ApiError::from)?;
     let mut r = Redirect::to("/web/sign-in").into_response();
-    r.headers_mut().insert(header::SET_COOKIE, cleared_cookie());
+    if let Some(v) = cleared_cookie(&app) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     Ok(r)
 }
 
@@ -539,7 +541,7 @@ pub(crate) async fn revoke_session(
     State(app): State<AppState>,
     WebSession(p): WebSession,
     client: Client,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
@@ -553,7 +555,9 @@ pub(crate) async fn revoke_session(
         .map_err(ApiError::from)?;
     if id == p.session {
         let mut r = Redirect::to("/web/sign-in").into_response();
-        r.headers_mut().insert(header::SET_COOKIE, cleared_cookie());
+        if let Some(v) = cleared_cookie(&app) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
         return Ok(r);
     }
     Ok(Redirect::to("/web/sessions?revoked=1").into_response())

@@ -1,7 +1,7 @@
 //! Backups in the browser: what each device keeps, checking one now, deleting one.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use mica_cloud::backups::BackupView;
@@ -9,7 +9,8 @@ use mica_identity::Principal;
 use serde::Deserialize;
 
 use super::{
-    check_csrf, human_bytes, human_time, page, Layout, PageError, WebForm, WebQuery, WebSession,
+    check_csrf, human_bytes, human_time, page, Layout, PageError, WebForm, WebPath, WebQuery,
+    WebSession,
 };
 use crate::error::ApiError;
 use crate::AppState;
@@ -111,7 +112,7 @@ async fn backups_error(app: &AppState, p: &Principal, e: ApiError) -> Result<Res
 pub(crate) async fn verify(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<BackupForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
@@ -129,21 +130,12 @@ pub(crate) async fn verify(
 pub(crate) async fn delete(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<BackupForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
-    if form.confirm.as_deref() != Some("yes") {
-        return backups_error(
-            &app,
-            &p,
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                "tick the box next to the backup to confirm that you want to delete it",
-            ),
-        )
-        .await;
+    if let Err(e) = super::ticked(form.confirm.as_deref(), "you want to delete this backup") {
+        return backups_error(&app, &p, e).await;
     }
     match app
         .cloud

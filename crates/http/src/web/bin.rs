@@ -2,7 +2,7 @@
 //! good; put back one entry, or delete it for good.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use mica_cloud::category::Category;
@@ -11,7 +11,7 @@ use mica_identity::Principal;
 use serde::Deserialize;
 
 use super::{
-    check_csrf, human_bytes, human_time, page, percent_encode, Layout, PageError, WebForm,
+    check_csrf, human_bytes, human_time, page, percent_encode, Layout, PageError, WebForm, WebPath,
     WebQuery, WebSession,
 };
 use crate::error::ApiError;
@@ -132,7 +132,7 @@ async fn bin_error(app: &AppState, p: &Principal, e: ApiError) -> Result<Respons
 pub(crate) async fn restore(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<EntryForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
@@ -150,16 +150,11 @@ pub(crate) async fn restore(
 pub(crate) async fn purge(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<EntryForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
-    if form.confirm.as_deref() != Some("yes") {
-        let e = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            "tick the box next to the entry to confirm that it goes for good",
-        );
+    if let Err(e) = super::ticked(form.confirm.as_deref(), "this entry goes for good") {
         return bin_error(&app, &p, e).await;
     }
     match app

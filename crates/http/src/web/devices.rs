@@ -2,7 +2,7 @@
 //! lost mode, erase — with their progress.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use mica_devices::{CommandKind, CommandRequest, CommandView, DeviceView};
@@ -14,7 +14,8 @@ use std::time::Duration;
 use mica_core::Timestamp;
 
 use super::{
-    check_csrf, human_time, page, percent_encode, Layout, PageError, WebForm, WebQuery, WebSession,
+    check_csrf, human_time, page, percent_encode, Layout, PageError, WebForm, WebPath, WebQuery,
+    WebSession,
 };
 use crate::error::ApiError;
 use crate::extract::Client;
@@ -252,7 +253,7 @@ async fn device_page(
 pub(crate) async fn show(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebQuery(q): WebQuery<ShowQuery>,
 ) -> Result<Response, PageError> {
     let mut layout = Layout::for_session(&app, &p, "Device");
@@ -331,7 +332,7 @@ async fn form_page(
 pub(crate) async fn lost_mode_page(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
 ) -> Result<Response, PageError> {
     form_page(
         &app,
@@ -348,7 +349,7 @@ pub(crate) async fn lost_mode_page(
 pub(crate) async fn erase_page(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
 ) -> Result<Response, PageError> {
     form_page(&app, &p, &id, FormKind::Erase, StatusCode::OK, None, None).await
 }
@@ -356,7 +357,7 @@ pub(crate) async fn erase_page(
 pub(crate) async fn manage_page(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
 ) -> Result<Response, PageError> {
     form_page(&app, &p, &id, FormKind::Manage, StatusCode::OK, None, None).await
 }
@@ -407,15 +408,11 @@ async fn form_error(
     }
 }
 
-fn unprocessable(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
-}
-
 pub(crate) async fn send(
     State(app): State<AppState>,
     WebSession(p): WebSession,
     client: Client,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<CommandForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
@@ -432,9 +429,10 @@ pub(crate) async fn send(
             ))
         }
     };
-    if kind == CommandKind::Erase && form.confirm.as_deref() != Some("yes") {
-        let e = unprocessable("tick the box to confirm that you want to erase this device");
-        return form_error(&app, &p, &id, from, e, None).await;
+    if kind == CommandKind::Erase {
+        if let Err(e) = super::ticked(form.confirm.as_deref(), "you want to erase this device") {
+            return form_error(&app, &p, &id, from, e, None).await;
+        }
     }
     // A message typed on two lines is one line on the device's lock screen.
     let filled = |v: &Option<String>| {
@@ -472,7 +470,7 @@ pub(crate) async fn cancel(
     State(app): State<AppState>,
     WebSession(p): WebSession,
     client: Client,
-    Path((id, command)): Path<(String, String)>,
+    WebPath((id, command)): WebPath<(String, String)>,
     WebForm(form): WebForm<super::account::CsrfForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, form.csrf())?;
@@ -511,7 +509,7 @@ pub(crate) async fn settings(
     State(app): State<AppState>,
     WebSession(p): WebSession,
     client: Client,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<SettingsForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
@@ -524,7 +522,11 @@ pub(crate) async fn settings(
             if on == "on" { "find_on" } else { "find_off" },
         ),
         _ => {
-            let e = unprocessable("give a new name, or turn Find Device on or off");
+            let e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                "give a new name, or turn Find Device on or off",
+            );
             return form_error(&app, &p, &id, Some(FormKind::Manage), e, None).await;
         }
     };
@@ -551,13 +553,14 @@ pub(crate) struct ConfirmedForm {
 pub(crate) async fn delete_places(
     State(app): State<AppState>,
     WebSession(p): WebSession,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<ConfirmedForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
-    if form.confirm.as_deref() != Some("yes") {
-        let e =
-            unprocessable("tick the box to confirm that you want to delete the location history");
+    if let Err(e) = super::ticked(
+        form.confirm.as_deref(),
+        "you want to delete the location history",
+    ) {
         return form_error(&app, &p, &id, Some(FormKind::Manage), e, None).await;
     }
     match app
@@ -581,12 +584,11 @@ pub(crate) async fn remove(
     State(app): State<AppState>,
     WebSession(p): WebSession,
     client: Client,
-    Path(id): Path<String>,
+    WebPath(id): WebPath<String>,
     WebForm(form): WebForm<ConfirmedForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&app, &p, &form.csrf)?;
-    if form.confirm.as_deref() != Some("yes") {
-        let e = unprocessable("tick the box to confirm that you want to remove this device");
+    if let Err(e) = super::ticked(form.confirm.as_deref(), "you want to remove this device") {
         return form_error(&app, &p, &id, Some(FormKind::Manage), e, None).await;
     }
     match app

@@ -35,8 +35,33 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// The cookie that holds a browser's session.
-pub(crate) const COOKIE: &str = "mica_session";
+/// The cookie that holds a browser's session: its name, its path, and its `Secure` attribute.
+/// Behind HTTPS it is `__Host-mica_session` for the whole site: a browser takes a cookie of
+/// that name only from this very host, over HTTPS, without a `Domain`, so no sibling domain
+/// and no plain-HTTP page can plant one in its place (to sign a victim into another account,
+/// or keep them out of theirs). Over plain HTTP (a server on a laptop) the prefix is not
+/// possible, and the cookie is kept to `/web`.
+struct CookieSpec {
+    name: &'static str,
+    path: &'static str,
+    secure: &'static str,
+}
+
+fn cookie_spec(public_url: &str) -> CookieSpec {
+    if public_url.starts_with("https://") {
+        CookieSpec {
+            name: "__Host-mica_session",
+            path: "/",
+            secure: "; Secure",
+        }
+    } else {
+        CookieSpec {
+            name: "mica_session",
+            path: "/web",
+            secure: "",
+        }
+    }
+}
 
 /// Longest `next` address a sign-in or confirmation returns to.
 const MAX_NEXT: usize = 200;
@@ -312,21 +337,15 @@ pub(crate) fn sentence(message: &str) -> String {
 /// A signed-in browser: its session cookie checked against its session.
 pub(crate) struct WebSession(pub Principal);
 
-/// Where a browser without a session goes: the sign-in page, which returns it here.
-pub(crate) struct SignInFirst(String);
-
-impl IntoResponse for SignInFirst {
-    fn into_response(self) -> Response {
-        let mut r =
-            Redirect::to(&format!("/web/sign-in?next={}", percent_encode(&self.0))).into_response();
-        // A cookie that no longer opens anything is cleared.
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "{COOKIE}=; Path=/web; HttpOnly; SameSite=Lax; Max-Age=0"
-        )) {
-            r.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        r
+/// Where a browser without a session goes: the sign-in page, which returns it here. A cookie
+/// that no longer opens anything is cleared.
+fn sign_in_first(app: &AppState, here: &str) -> Response {
+    let mut r =
+        Redirect::to(&format!("/web/sign-in?next={}", percent_encode(here))).into_response();
+    if let Some(v) = cleared_cookie(app) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
     }
+    r
 }
 
 impl FromRequestParts<AppState> for WebSession {
@@ -344,7 +363,7 @@ impl FromRequestParts<AppState> for WebSession {
         };
         match web_session(app, &parts.headers).await {
             Ok(Some(p)) => Ok(WebSession(p)),
-            Ok(None) => Err(SignInFirst(here).into_response()),
+            Ok(None) => Err(sign_in_first(app, &here)),
             Err(e) => Err(PageError::from(e).into_response()),
         }
     }
@@ -356,7 +375,7 @@ pub(crate) async fn web_session(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Principal>, ApiError> {
-    for value in cookies(headers, COOKIE) {
+    for value in cookies(headers, cookie_spec(&app.public_url).name) {
         match app.identity.authenticate_web(value).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => {
@@ -385,20 +404,22 @@ fn cookies<'a>(h: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str>
 /// The `Set-Cookie` that signs a browser in. No `Max-Age`: closing the browser forgets it,
 /// and its value stops working when the session ends (within a working day) anyway.
 pub(crate) fn session_cookie(app: &AppState, value: &str) -> Option<HeaderValue> {
-    let secure = if app.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
+    let c = cookie_spec(&app.public_url);
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/web; HttpOnly; SameSite=Lax{secure}"
+        "{}={value}; Path={}; HttpOnly; SameSite=Lax{}",
+        c.name, c.path, c.secure
     ))
     .ok()
 }
 
 /// The `Set-Cookie` that signs a browser out.
-pub(crate) fn cleared_cookie() -> HeaderValue {
-    HeaderValue::from_static("mica_session=; Path=/web; HttpOnly; SameSite=Lax; Max-Age=0")
+pub(crate) fn cleared_cookie(app: &AppState) -> Option<HeaderValue> {
+    let c = cookie_spec(&app.public_url);
+    HeaderValue::from_str(&format!(
+        "{}=; Path={}; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        c.name, c.path, c.secure
+    ))
+    .ok()
 }
 
 /// A form, with a page that says what was wrong with it instead of the plain-text rejection.
@@ -420,6 +441,25 @@ where
                 "Something in the form was missing or not understood. Go back, reload the page \
                  and try again.",
             )),
+        }
+    }
+}
+
+/// Ids in the address; one that cannot be read (such as an escape that is not UTF-8) names
+/// nothing, so the page says not found.
+pub(crate) struct WebPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for WebPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(WebPath(v)),
+            Err(_) => Err(PageError::not_found()),
         }
     }
 }
@@ -447,6 +487,19 @@ where
     }
 }
 
+/// A destructive form's "I understand" box (`confirm=yes`); refused with what ticking it
+/// confirms.
+pub(crate) fn ticked(confirm: Option<&str>, confirms: &str) -> Result<(), ApiError> {
+    if confirm == Some("yes") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_input",
+        format!("tick the box to confirm that {confirms}"),
+    ))
+}
+
 /// Checks a form's anti-forgery token.
 pub(crate) fn check_csrf(app: &AppState, p: &Principal, token: &str) -> Result<(), PageError> {
     if app.identity.csrf_ok(p, token) {
@@ -469,6 +522,8 @@ pub(crate) fn safe_next(next: Option<&str>) -> String {
             if n.starts_with("/web/")
                 && !n.contains("//")
                 && !n.split(['/', '?']).any(|seg| seg == "." || seg == "..")
+                // Nor an escaped one (`%2e%2e`): the portal's own paths need no escapes.
+                && !n.split('?').next().unwrap_or("").contains('%')
                 && n.len() <= MAX_NEXT
                 && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
         {
@@ -537,6 +592,11 @@ mod tests {
         assert_eq!(safe_next(Some("/web/\\evil")), "/web/");
         assert_eq!(safe_next(Some("/web/..//evil.example")), "/web/");
         assert_eq!(safe_next(Some("/web/../api/v1/me")), "/web/");
+        assert_eq!(safe_next(Some("/web/%2e%2e/api/v1/me")), "/web/");
+        assert_eq!(
+            safe_next(Some("/web/bin?cursor=a%2Fb")),
+            "/web/bin?cursor=a%2Fb"
+        );
         assert_eq!(
             safe_next(Some("/web/confirm?next=/web/devices/d1")),
             "/web/confirm?next=/web/devices/d1"
@@ -573,6 +633,17 @@ mod tests {
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         h.insert("origin", HeaderValue::from_static("null"));
         assert!(same_site(&h));
+    }
+
+    #[test]
+    fn behind_https_the_cookie_is_the_hosts_alone() {
+        let c = cookie_spec("https://mica.example");
+        assert_eq!(
+            (c.name, c.path, c.secure),
+            ("__Host-mica_session", "/", "; Secure")
+        );
+        let c = cookie_spec("http://localhost:8080");
+        assert_eq!((c.name, c.path, c.secure), ("mica_session", "/web", ""));
     }
 
     #[test]

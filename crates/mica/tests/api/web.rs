@@ -384,6 +384,19 @@ async fn the_portal_refuses_forgeries_and_strangers(app: &TestApp) {
     }
     no_commands().await;
 
+    // Addresses that name nothing are pages too.
+    // (An address that is not UTF-8 once decoded is refused for the whole server before any
+    // route, with the API's `400 invalid_address`.)
+    for path in ["/web/nothing/here", "/web/devices/x?sent=a&sent=b"] {
+        let (s, h, html) = page(&http, &app.url(path), &cookie).await;
+        assert!(s.is_client_error(), "{path}: {s}");
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with("text/html"),
+            "{path}"
+        );
+        assert!(html.contains("<h1>"), "{path}: {html}");
+    }
+
     // An erase needs a fresh step-up: the browser is sent to confirm it's you.
     let (s, h, _) = post_form(
         &http,
