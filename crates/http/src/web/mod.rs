@@ -6,9 +6,10 @@
 //! - The pages run no script: every action is a form posted to the server, which answers with a
 //!   redirect (post/redirect/get). The Content-Security-Policy allows only this server's style
 //!   sheet and forms.
-//! - A browser is signed in by one cookie (`HttpOnly`, `SameSite=Lax`, `Secure` behind HTTPS)
-//!   bound to an ordinary session: it is listed with the account's sessions, and signing out,
-//!   revoking it elsewhere, a password change or a suspension ends it at once.
+//! - A browser is signed in by one cookie (`HttpOnly`, `SameSite=Lax`, host-only and `Secure`
+//!   behind HTTPS) bound to an ordinary session of at most 12 hours: it is listed with the
+//!   account's sessions, and signing out, revoking it elsewhere, a password change or a
+//!   suspension ends it at once.
 //! - Every form posted by a signed-in browser carries its session's anti-forgery token, and a
 //!   post from another site (`Sec-Fetch-Site: cross-site`, or another `Origin`) is refused
 //!   before any handler runs.
