@@ -211,6 +211,18 @@ impl Keys {
         self.verify_claims("mws1.", cookie)
     }
 
+    /// Issues an access token for an OpenID client (ID-16): `moa1.<payload>.<signature>`. Under
+    /// another prefix than Mica's own access tokens, so an application the person let know
+    /// who they are can never use it on the API (their files, their devices).
+    pub fn sign_oidc_access(&self, claims: &AccessClaims) -> String {
+        self.sign_claims("moa1.", claims)
+    }
+
+    /// Checks an OpenID client's access token and decodes its claims (expiry is the caller's).
+    pub fn verify_oidc_access(&self, token: &str) -> Option<AccessClaims> {
+        self.verify_claims("moa1.", token)
+    }
+
     /// The anti-forgery token of a browser session: what its pages' forms carry back, which a
     /// page of another site cannot know.
     pub fn csrf_token(&self, session: &SessionId) -> String {

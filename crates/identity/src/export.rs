@@ -25,6 +25,7 @@ security-events.json  changes to your account's security, with when and from whe
 two-step.json         which second factors and passkeys are set up (never the secrets themselves)\n\
 recovery.json         your recovery email and phone, and your security questions (not the answers)\n\
 app-passwords.json    the app passwords you made, with when each was last used (not the passwords)\n\
+apps.json             the apps you signed in to with your account, and what each may see\n\
 contacts/             your address books, one vCard file each (open with any contacts app)\n\
 calendar/             your calendars, one folder each with an iCalendar (.ics) file per event\n\
 <category>/           notes, messages, call history, bookmarks, browser history, Wi-Fi networks,\n\
@@ -259,6 +260,7 @@ impl Identity {
         let profile = self.store().profile(account).await?;
         let logins = self.store().login_events(account, 100_000).await?;
         let sessions = self.store().all_sessions(account).await?;
+        let apps = self.store().oidc_grants(account).await?;
         let events = self.store().security_events(account, 100_000).await?;
         let totp = self
             .store()
@@ -315,6 +317,17 @@ impl Identity {
                         "id": s.id.0, "created_at": ts(s.created_at), "last_used_at": ts(s.last_used_at),
                         "revoked_at": s.revoked_at.map(ts), "ip": s.ip, "user_agent": s.user_agent,
                         "device_model": s.device_model, "os_version": s.os_version, "client": s.client,
+                        "app": s.oidc_client, "app_scope": s.oidc_scope,
+                    }))
+                    .collect::<Vec<_>>())),
+            ),
+            (
+                "apps.json".into(),
+                pretty(json!(apps
+                    .iter()
+                    .map(|g| json!({
+                        "app": g.client_name, "client_id": g.client_id, "scope": g.scope,
+                        "allowed_at": ts(g.granted_at), "last_used_at": ts(g.last_used_at),
                     }))
                     .collect::<Vec<_>>())),
             ),

@@ -19,6 +19,7 @@ pub mod export;
 pub mod factors;
 mod identifiers;
 pub mod limits;
+pub mod oidc;
 pub mod operator;
 pub mod passkeys;
 pub mod password;
@@ -197,6 +198,8 @@ struct Inner {
     areas: std::sync::RwLock<Vec<Arc<dyn export::AccountArea>>>,
     /// Where the account's connected devices are told things (command and sync channels).
     device_notices: std::sync::RwLock<Vec<Arc<dyn mica_core::notices::DeviceNotices>>>,
+    /// The OpenID provider's signing key, as this node last read it.
+    oidc_keys: oidc::KeyCache,
 }
 
 struct Limits {
@@ -267,6 +270,7 @@ impl Identity {
                 relying_party,
                 areas: std::sync::RwLock::default(),
                 device_notices: std::sync::RwLock::default(),
+                oidc_keys: oidc::KeyCache::default(),
             }),
         };
         this.load_revocations().await?;
@@ -431,6 +435,7 @@ impl Identity {
         let cutoff = self.now().minus(Duration::from_secs(86_400));
         let codes = self.store().purge_codes(cutoff).await?;
         let codes = codes + self.store().purge_webauthn_challenges(self.now()).await?;
+        let codes = codes + self.purge_oidc().await?;
         Ok(codes + self.purge_exports().await?)
     }
 }

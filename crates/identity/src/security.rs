@@ -1081,6 +1081,17 @@ fn notice(kind: &str, detail: Option<&str>) -> Option<(&'static str, String)> {
             "A request to recover your account without its sign-in factors was cancelled"
                 .to_owned(),
         ),
+        "app_access_granted" => (
+            "an app can now sign you in",
+            format!(
+                "{} can now sign you in with your account and see what you allowed it. If this \
+                 was not you, take its access away on the Apps page",
+                match detail {
+                    Some(d) if !d.is_empty() => format!("The app \"{d}\""),
+                    _ => "An app".to_owned(),
+                }
+            ),
+        ),
         "device_lost_mode_cancelled" => (
             "lost mode was cancelled",
             format!("Lost mode sent to {} was cancelled", device()),

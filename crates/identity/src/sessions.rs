@@ -82,7 +82,7 @@ impl Revocations {
             map.retain(|_, t| *t >= cutoff);
         }
     }
-    fn contains(&self, id: &SessionId) -> bool {
+    pub(crate) fn contains(&self, id: &SessionId) -> bool {
         self.sessions
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -407,6 +407,7 @@ impl Identity {
                     device_model: client.device.model.clone(),
                     os_version: client.device.os_version.clone(),
                     client: client.device.client.clone(),
+                    oidc: None,
                 },
                 &token_hash(&refresh),
             )
@@ -470,8 +471,10 @@ impl Identity {
             .rotate_refresh(
                 &token_hash(refresh_token),
                 &token_hash(&next),
+                None,
                 now,
                 &client.ip,
+                |_| true,
             )
             .await?
         {
@@ -489,7 +492,9 @@ impl Identity {
                 .await?;
                 Err(IdentityError::RefreshTokenReused)
             }
-            RefreshOutcome::Invalid => Err(IdentityError::InvalidRefreshToken),
+            RefreshOutcome::Invalid | RefreshOutcome::Refused => {
+                Err(IdentityError::InvalidRefreshToken)
+            }
         }
     }
 

@@ -145,7 +145,8 @@ impl Store {
     pub async fn all_sessions(&self, account: AccountId) -> Result<Vec<crate::SessionRow>> {
         let rows = sqlx::query(
             "SELECT s.id, s.account_id, s.created_at, s.last_used_at, s.expires_at, s.revoked_at, s.ip, \
-             s.user_agent, s.device_model, s.os_version, s.client FROM sessions s WHERE s.account_id = $1 \
+             s.user_agent, s.device_model, s.os_version, s.client, s.oidc_client, s.oidc_scope, s.oidc_auth_time \
+             FROM sessions s WHERE s.account_id = $1 \
              ORDER BY s.created_at",
         )
         .bind(account.as_i64())

@@ -21,8 +21,10 @@ pub struct AccountTable {
 
 /// Tables that name accounts but are not theirs, so they outlive them: the operator's log, the
 /// record of what operators did (an erasure included, which it then proves). They hold an
-/// account's number and the operator's own words, never the account's data.
-pub const OUTLIVES_ACCOUNTS: &[&str] = &["operator_log"];
+/// account's number and the operator's own words, never the account's data. Also the tables of
+/// the server's own (the applications registered with its OpenID provider, its signing keys),
+/// which no account owns.
+pub const OUTLIVES_ACCOUNTS: &[&str] = &["operator_log", "oidc_clients", "oidc_keys"];
 
 pub const ACCOUNT_DATA: &[AccountTable] = &[
     AccountTable {
@@ -37,6 +39,18 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
     AccountTable {
         table: "refresh_tokens",
         condition: "session_id IN (SELECT id FROM sessions WHERE account_id = $1)",
+    },
+    AccountTable {
+        table: "oidc_codes",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "oidc_device_codes",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "oidc_grants",
+        condition: "account_id = $1",
     },
     AccountTable {
         table: "sessions",

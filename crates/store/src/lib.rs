@@ -31,6 +31,7 @@ mod link_requests;
 mod media;
 mod migrate;
 mod notices;
+mod oidc;
 mod operator_log;
 mod passkeys;
 mod profile;
@@ -74,12 +75,15 @@ pub use jobs::{
 pub use link_requests::{LinkPoll, LinkRequestRow, NewLinkRequest};
 pub use media::{Album, AlbumRow, ItemAlbums, MediaDone, MediaRow, TimelineCursor, TimelineRow};
 pub use notices::{NewNotice, NoticeRow};
+pub use oidc::{
+    CodeOutcome, DeviceCodeRow, DevicePoll, OidcClientRow, OidcCodeRow, OidcGrantRow, OidcKeyRow,
+};
 pub use operator_log::{OperatorEntry, OperatorLogRow};
 pub use passkeys::{PasskeyInsert, PasskeyRow, WebauthnChallengeRow};
 pub use profile::ProfileRow;
 pub use recovery::RecoveryFactorRow;
 pub use security::{SecurityEventRow, TotpRow};
-pub use sessions::{LoginEventRow, NewSession, RefreshOutcome, SessionRow};
+pub use sessions::{LoginEventRow, NewSession, OidcSession, RefreshOutcome, SessionRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

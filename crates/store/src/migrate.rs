@@ -142,6 +142,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0026_operator_log.sql"),
         postgres: include_str!("../migrations/postgres/0026_operator_log.sql"),
     },
+    Migration {
+        version: 27,
+        sqlite: include_str!("../migrations/sqlite/0027_oidc.sql"),
+        postgres: include_str!("../migrations/postgres/0027_oidc.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

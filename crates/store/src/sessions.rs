@@ -19,6 +19,21 @@ pub struct SessionRow {
     pub device_model: Option<String>,
     pub os_version: Option<String>,
     pub client: Option<String>,
+    /// The OpenID client this session's tokens were given to (ID-16); `None` for Mica's own
+    /// apps and browsers.
+    pub oidc_client: Option<String>,
+    /// What that client may know (its scopes, space-separated).
+    pub oidc_scope: Option<String>,
+    /// When the person signed in to give it (its ID tokens' `auth_time`).
+    pub oidc_auth_time: Option<Timestamp>,
+}
+
+/// What makes a session an OpenID client's.
+#[derive(Debug, Clone)]
+pub struct OidcSession {
+    pub client: String,
+    pub scope: String,
+    pub auth_time: Timestamp,
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +47,9 @@ pub struct NewSession {
     pub device_model: Option<String>,
     pub os_version: Option<String>,
     pub client: Option<String>,
+    /// The OpenID client whose session this is. It is opened only while the account's grant
+    /// to the client stands, and not for a code that was presented twice.
+    pub oidc: Option<OidcSession>,
 }
 
 /// One sign-in attempt or success, as the account's owner sees it.
@@ -51,12 +69,14 @@ pub struct LoginEventRow {
 #[derive(Debug, Clone)]
 pub enum RefreshOutcome {
     /// The token was current: it is now used, and `new_hash` is the session's current token.
-    Rotated(SessionRow),
+    Rotated(Box<SessionRow>),
     /// The token had already been used: the whole session (token family) is now revoked.
     Reused {
         session: SessionId,
         account: AccountId,
     },
+    /// The caller's check refused the presentation; the token is not spent.
+    Refused,
     /// Unknown token, or its session is revoked or expired.
     Invalid,
 }
@@ -76,12 +96,18 @@ pub(crate) fn session_from_row(r: &AnyRow) -> Result<SessionRow> {
         device_model: r.try_get("device_model")?,
         os_version: r.try_get("os_version")?,
         client: r.try_get("client")?,
+        oidc_client: r.try_get("oidc_client")?,
+        oidc_scope: r.try_get("oidc_scope")?,
+        oidc_auth_time: r
+            .try_get::<Option<i64>, _>("oidc_auth_time")?
+            .map(Timestamp),
     })
 }
 
 const SESSION_COLUMNS: &str =
     "s.id, s.account_id, s.created_at, s.last_used_at, s.expires_at, s.revoked_at, \
-     s.ip, s.user_agent, s.device_model, s.os_version, s.client";
+     s.ip, s.user_agent, s.device_model, s.os_version, s.client, s.oidc_client, s.oidc_scope, \
+     s.oidc_auth_time";
 
 impl Store {
     /// Opens a session with its first refresh token and records the successful sign-in,
@@ -101,9 +127,33 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
+        if let Some(o) = &s.oidc {
+            // Under the account row's lock, which taking an app's access away also takes
+            // first: either that comes first and this opens nothing, or it sees this session.
+            let allowed = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM oidc_grants WHERE account_id = $1 AND client_id = $2",
+            )
+            .bind(s.account_id.as_i64())
+            .bind(o.client.clone())
+            .fetch_one(&mut *tx)
+            .await?
+                == 1;
+            let replayed = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM oidc_codes WHERE session_id = $1 AND reused_at IS NOT NULL",
+            )
+            .bind(s.id.0.clone())
+            .fetch_one(&mut *tx)
+            .await?
+                > 0;
+            if !allowed || replayed {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
         sqlx::query(
             "INSERT INTO sessions (id, account_id, created_at, last_used_at, expires_at, ip, user_agent, \
-             device_model, os_version, client) VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9)",
+             device_model, os_version, client, oidc_client, oidc_scope, oidc_auth_time) \
+             VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(s.id.0.clone())
         .bind(s.account_id.as_i64())
@@ -114,6 +164,9 @@ impl Store {
         .bind(s.device_model.clone())
         .bind(s.os_version.clone())
         .bind(s.client.clone())
+        .bind(s.oidc.as_ref().map(|o| o.client.clone()))
+        .bind(s.oidc.as_ref().map(|o| o.scope.clone()))
+        .bind(s.oidc.as_ref().map(|o| o.auth_time.millis()))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -144,19 +197,26 @@ impl Store {
     }
 
     /// Rotates a refresh token. Reuse of a spent token revokes the whole family, and two
-    /// concurrent presentations of the same token cannot both succeed.
+    /// concurrent presentations of the same token cannot both succeed. `oidc_client` is the
+    /// OpenID client presenting it (`None`: one of Mica's own apps): a token of another's
+    /// session is not known (and not spent) — a client cannot use, nor burn, another's tokens;
+    /// nor one whose grant was taken back. `check` sees the session first: a presentation it
+    /// refuses (a client asking for more than it was given) does not spend the token.
     pub async fn rotate_refresh(
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
+        oidc_client: Option<&str>,
         now: Timestamp,
         ip: &str,
+        check: impl FnOnce(&SessionRow) -> bool,
     ) -> Result<RefreshOutcome> {
         let mut tx = self.writer.begin().await?;
         let sql = format!(
             "SELECT {SESSION_COLUMNS}, t.used_at AS token_used_at, a.sessions_valid_after \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN accounts a ON a.id = s.account_id \
-             WHERE t.token_hash = $1 AND a.status = 'active'"
+             WHERE t.token_hash = $1 AND a.status = 'active' AND (s.oidc_client IS NULL OR EXISTS \
+               (SELECT 1 FROM oidc_grants g WHERE g.account_id = s.account_id AND g.client_id = s.oidc_client))"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(old_hash.to_vec())
@@ -169,12 +229,17 @@ impl Store {
         let session = session_from_row(&row)?;
         let used_at: Option<i64> = row.try_get("token_used_at")?;
         let valid_after: i64 = row.try_get("sessions_valid_after")?;
-        if session.revoked_at.is_some()
+        if session.oidc_client.as_deref() != oidc_client
+            || session.revoked_at.is_some()
             || session.expires_at <= now
             || session.created_at.millis() < valid_after
         {
             tx.rollback().await?;
             return Ok(RefreshOutcome::Invalid);
+        }
+        if used_at.is_none() && !check(&session) {
+            tx.rollback().await?;
+            return Ok(RefreshOutcome::Refused);
         }
         let won = used_at.is_none()
             && sqlx::query(
@@ -215,11 +280,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(RefreshOutcome::Rotated(SessionRow {
+        Ok(RefreshOutcome::Rotated(Box::new(SessionRow {
             last_used_at: now,
             ip: ip.to_owned(),
             ..session
-        }))
+        })))
     }
 
     /// Live sessions of an account, newest first.
