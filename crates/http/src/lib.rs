@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod metrics;
+mod oauth;
 pub mod passkeys;
 mod profile;
 pub mod security;
@@ -122,6 +123,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "files", description = "Files: resumable uploads (tus 1.0), single-request uploads, downloads with Range (see docs/design/files.md)"),
         (name = "backups", description = "Device backups: incremental, kept per device, verified, restored wholly or in part onto a new device (see docs/design/backups.md)"),
         (name = "devices", description = "Linked devices and Find Device: locations, commands (locate, ring, lost mode, erase), the device's command channel, activation lock (see docs/design/devices.md)"),
+        (name = "openid", description = "Mica as an OpenID Connect provider for the operator's other products: discovery, keys, tokens, userinfo, revocation, device authorization; the authorization endpoint is the portal page /web/authorize (see docs/design/oidc.md)"),
         (name = "health", description = "Probes")
     )
 )]
@@ -160,6 +162,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(profile::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
+        .merge(oauth::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts()
@@ -190,6 +193,7 @@ pub fn app(state: AppState) -> App {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_control_characters))
+        .layer(axum::middleware::from_fn(oauth::cors))
         // Around each route and the fallback: counted by the pattern the route matched.
         .layer(metrics::Track(state.metrics.clone()))
         .with_state(state);

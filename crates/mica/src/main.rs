@@ -110,6 +110,9 @@ enum Admin {
     /// it; set its quota.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// The apps that sign people in with Mica (OpenID Connect): register, list, remove.
+    #[command(subcommand)]
+    Oidc(OidcCommand),
     /// What operators did (suspensions, deletions, quotas, recovery decisions), newest first.
     Log {
         /// Only this account (its number, even once deleted, or an address it has).
@@ -160,6 +163,28 @@ enum AccountCommand {
         #[arg(long)]
         operator: String,
     },
+}
+
+#[derive(Subcommand)]
+enum OidcCommand {
+    /// Register an app. Prints its client id and — unless `--public` — its secret, shown
+    /// this once.
+    AddClient {
+        /// What people see on the consent page and the Apps page.
+        #[arg(long)]
+        name: String,
+        /// Where the app gets its answer (repeat for several): https, http only to
+        /// localhost, or the app's own scheme (com.example.app:/callback).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// An app on a device or in a browser, which cannot keep a secret: it must use PKCE.
+        #[arg(long)]
+        public: bool,
+    },
+    /// The registered apps.
+    Clients,
+    /// Remove an app: every session it holds ends, and everyone's grant to it goes.
+    RemoveClient { id: String },
 }
 
 #[derive(Subcommand)]
@@ -227,6 +252,7 @@ fn main() -> std::process::ExitCode {
             Command::Admin(Admin::CheckBlobs { deep }) => check_blobs(&cfg, deep).await,
             Command::Admin(Admin::Recovery(r)) => recovery(&cfg, r).await,
             Command::Admin(Admin::Account(a)) => account(&cfg, a).await,
+            Command::Admin(Admin::Oidc(c)) => oidc(&cfg, c).await,
             Command::Admin(Admin::Log { account, limit }) => {
                 operator_log(&cfg, account.as_deref(), limit).await
             }
@@ -349,6 +375,55 @@ async fn check_usage(cfg: &Config) -> anyhow::Result<()> {
         "{} usage record(s) disagree with what is stored",
         problems.len()
     )
+}
+
+async fn oidc(cfg: &Config, command: OidcCommand) -> anyhow::Result<()> {
+    let identity = mica::operator_identity(cfg, std::sync::Arc::new(SystemClock)).await?;
+    match command {
+        OidcCommand::AddClient {
+            name,
+            redirect_uris,
+            public,
+        } => {
+            let (c, secret) = identity
+                .register_oidc_client(&name, &redirect_uris, public)
+                .await?;
+            println!("client_id:     {}", c.id);
+            match secret {
+                Some(s) => println!(
+                    "client_secret: {s}\n(shown this once: keep it in the app's configuration)"
+                ),
+                None => println!("public client: no secret; it must use PKCE (S256)"),
+            }
+            println!(
+                "discovery:     {}/.well-known/openid-configuration",
+                cfg.public_url(cfg.listen).trim_end_matches('/')
+            );
+        }
+        OidcCommand::Clients => {
+            let list = identity.oidc_clients().await?;
+            if list.is_empty() {
+                println!("no apps registered");
+            }
+            for c in &list {
+                println!(
+                    "{}  {:<12} {:<24} {}",
+                    c.id,
+                    if c.public { "public" } else { "confidential" },
+                    c.name,
+                    c.redirect_uris.join(" ")
+                );
+            }
+        }
+        OidcCommand::RemoveClient { id } => {
+            if identity.remove_oidc_client(&id).await? {
+                println!("removed {id}; its sessions are ended");
+            } else {
+                anyhow::bail!("there is no app {id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> {

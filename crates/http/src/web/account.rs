@@ -30,6 +30,8 @@ fn browser(client: Client) -> mica_identity::ClientInfo {
 #[derive(Deserialize)]
 pub(crate) struct NextQuery {
     next: Option<String>,
+    /// Asked to sign in again (an app wants a fresh sign-in), even if signed in.
+    again: Option<String>,
 }
 
 #[derive(Template)]
@@ -47,8 +49,10 @@ pub(crate) async fn sign_in_page(
 ) -> Response {
     let next = safe_next(q.next.as_deref());
     // Already signed in: straight on.
-    if let Ok(Some(_)) = super::web_session(&app, &headers).await {
-        return Redirect::to(&next).into_response();
+    if q.again.is_none() {
+        if let Ok(Some(_)) = super::web_session(&app, &headers).await {
+            return Redirect::to(&next).into_response();
+        }
     }
     page(
         StatusCode::OK,

@@ -17,6 +17,7 @@
 //!   sees, with the same rules (step-up before an erase, other accounts' ids are not found).
 
 mod account;
+mod apps;
 mod backups;
 mod bin;
 mod devices;
@@ -65,7 +66,9 @@ fn cookie_spec(public_url: &str) -> CookieSpec {
 }
 
 /// Longest `next` address a sign-in or confirmation returns to.
-const MAX_NEXT: usize = 200;
+/// (An app's sign-in request — its redirect address, state and nonce of up to 512 bytes each,
+/// escaped — can run to about 5,000 characters.)
+const MAX_NEXT: usize = 8192;
 
 /// The portal's routes.
 pub(crate) fn routes(public_url: &str) -> Router<AppState> {
@@ -109,6 +112,13 @@ pub(crate) fn routes(public_url: &str) -> Router<AppState> {
         .route("/web/bin", get(bin::list))
         .route("/web/bin/{id}/restore", post(bin::restore))
         .route("/web/bin/{id}/purge", post(bin::purge))
+        .route("/web/authorize", get(apps::authorize).post(apps::decide))
+        .route(
+            "/web/device",
+            get(apps::device_page).post(apps::device_decide),
+        )
+        .route("/web/apps", get(apps::apps))
+        .route("/web/apps/{id}/revoke", post(apps::revoke))
         .route("/web/static/mica.css", get(style_sheet))
         .route("/web/{*rest}", any(|| async { PageError::not_found() }))
         .layer(axum::middleware::from_fn_with_state(
@@ -132,13 +142,12 @@ fn public_origin(public_url: &str) -> String {
 /// never in a frame.
 async fn page_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // A page may widen where its forms go (the consent page's answer goes on to the app).
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
              frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+        ));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // Not `no-referrer`, with which a browser sends `Origin: null` on the portal's own forms;
     // other sites still get nothing.
