@@ -271,6 +271,7 @@ async fn export_holds_the_account_data_and_expires(app: &TestApp) {
         "security-events.json",
         "recovery.json",
         "app-passwords.json",
+        "apps.json",
     ] {
         assert!(listing.contains(name), "{name} in {listing}");
     }

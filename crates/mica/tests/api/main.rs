@@ -24,6 +24,7 @@ mod files;
 mod limits;
 mod link_codes;
 mod metrics;
+mod oidc;
 mod operator;
 mod passkeys;
 mod profile;
