@@ -824,6 +824,7 @@ impl Identity {
             &row.scope,
             row.nonce.as_deref(),
             row.auth_time,
+            &row.browser_session,
             from,
         )
         .await
@@ -896,6 +897,7 @@ impl Identity {
             &row.scope,
             None,
             auth_time,
+            &browser,
             from,
         )
         .await
@@ -917,12 +919,16 @@ impl Identity {
         let now = self.now();
         // A narrower scope may be asked for; never a wider one (RFC 6749 §6) — checked before
         // the token is spent, so a client that asks wrong keeps its token.
-        let asked: Option<Vec<String>> = req.scope.as_deref().map(|s| {
-            s.split(' ')
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned)
-                .collect()
-        });
+        let asked: Option<Vec<String>> = req
+            .scope
+            .as_deref()
+            .map(|s| {
+                s.split(' ')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|a| !a.is_empty());
         let within = |s: &mica_store::SessionRow| {
             let granted = s.oidc_scope.as_deref().unwrap_or("");
             asked
@@ -1014,6 +1020,7 @@ impl Identity {
         scope: &str,
         nonce: Option<&str>,
         auth_time: Timestamp,
+        approved_by: &SessionId,
         from: &ClientInfo,
     ) -> Result<TokenResponse, OAuthError> {
         let now = self.now();
@@ -1046,6 +1053,7 @@ impl Identity {
                         client: client.id.clone(),
                         scope: scope.to_owned(),
                         auth_time,
+                        approved_by: approved_by.clone(),
                     }),
                 },
                 &token_hash(refresh.as_deref().unwrap_or(&unused)),
@@ -1475,7 +1483,11 @@ impl Identity {
     /// Forgets spent codes and keys no token can still need.
     pub(crate) async fn purge_oidc(&self) -> Result<u64, IdentityError> {
         let now = self.now();
-        let codes = self.store().purge_oidc_codes(now).await?;
+        let session_ttl = Duration::from_secs(self.inner.cfg.session_ttl_days * 86_400);
+        let codes = self
+            .store()
+            .purge_oidc_codes(now, now.minus(session_ttl))
+            .await?;
         let keys = self
             .store()
             .delete_retired_oidc_keys(now.minus(ID_TOKEN_TTL + KEY_OVERLAP))

@@ -442,16 +442,19 @@ impl Store {
             tx.rollback().await?;
             return Ok(CodeOutcome::Invalid);
         }
+        // Checked first: only a presentation that passes (the right verifier, for a public
+        // client) counts as the code's second use and revokes what the first one opened —
+        // someone who merely saw the code in an address cannot sign the person out of the app.
+        if let Some(reason) = check(&row) {
+            tx.rollback().await?;
+            return Ok(CodeOutcome::Refused(reason));
+        }
         if r.try_get::<Option<i64>, _>("used_at")?.is_some() {
             return reused(tx, code_hash, row.account_id, now).await;
         }
         if row.expires_at <= now {
             tx.rollback().await?;
             return Ok(CodeOutcome::Invalid);
-        }
-        if let Some(reason) = check(&row) {
-            tx.rollback().await?;
-            return Ok(CodeOutcome::Refused(reason));
         }
         let won = sqlx::query(
             "UPDATE oidc_codes SET used_at = $2, session_id = $3 WHERE code_hash = $1 AND used_at IS NULL",
@@ -611,16 +614,23 @@ impl Store {
         Ok(if n == 1 { outcome } else { DevicePoll::Expired })
     }
 
-    /// Forgets codes and device authorizations that expired before `cutoff`.
-    pub async fn purge_oidc_codes(&self, cutoff: Timestamp) -> Result<u64> {
-        let mut n = 0;
-        for table in ["oidc_codes", "oidc_device_codes"] {
-            n += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
-                .bind(cutoff.millis())
-                .execute(&self.writer)
-                .await?
-                .rows_affected();
-        }
+    /// Forgets device authorizations and unused codes that expired before `cutoff`, and
+    /// used codes spent before `used_cutoff` — kept until then so a code presented again
+    /// still finds, and revokes, the session its first use opened.
+    pub async fn purge_oidc_codes(&self, cutoff: Timestamp, used_cutoff: Timestamp) -> Result<u64> {
+        let mut n = sqlx::query(
+            "DELETE FROM oidc_codes WHERE expires_at < $1 AND (used_at IS NULL OR used_at < $2)",
+        )
+        .bind(cutoff.millis())
+        .bind(used_cutoff.millis())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        n += sqlx::query("DELETE FROM oidc_device_codes WHERE expires_at < $1")
+            .bind(cutoff.millis())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
         Ok(n)
     }
 

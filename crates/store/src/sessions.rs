@@ -34,6 +34,8 @@ pub struct OidcSession {
     pub client: String,
     pub scope: String,
     pub auth_time: Timestamp,
+    /// The portal session that approved it, which must still stand.
+    pub approved_by: SessionId,
 }
 
 #[derive(Debug, Clone)]
@@ -138,14 +140,30 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
                 == 1;
-            let replayed = sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM oidc_codes WHERE session_id = $1 AND reused_at IS NOT NULL",
+            // The code's row is locked (a write that changes nothing), so a second
+            // presentation marking it either came first — and this refuses — or waits for this
+            // commit, and then revokes the session it finds.
+            let replayed = sqlx::query_scalar::<_, Option<i64>>(
+                "UPDATE oidc_codes SET reused_at = reused_at WHERE session_id = $1 RETURNING reused_at",
             )
             .bind(s.id.0.clone())
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?
-                > 0;
-            if !allowed || replayed {
+            .iter()
+            .any(Option::is_some);
+            // The approving portal session, locked likewise: signed out (or out everywhere)
+            // before this, nothing opens; after, the sign-out finds this session too.
+            let approver_live = sqlx::query(
+                "UPDATE sessions SET id = id WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL \
+                 AND created_at >= (SELECT sessions_valid_after FROM accounts WHERE id = $2)",
+            )
+            .bind(o.approved_by.0.clone())
+            .bind(s.account_id.as_i64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !allowed || replayed || !approver_live {
                 tx.rollback().await?;
                 return Ok(false);
             }
