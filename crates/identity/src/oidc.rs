@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use crypto_glue::rsa::{RS256PrivateKey, RS256SigningKey};
+use crypto_glue::rsa::RS256PrivateKey;
 use crypto_glue::traits::{
-    LineEndingPem, Pkcs8DecodePrivateKey, Pkcs8EncodePrivateKey, PublicKeyParts, RandomizedSigner,
-    SignatureEncoding,
+    LineEndingPem, Pkcs8DecodePrivateKey, Pkcs8EncodePrivateKey, PublicKeyParts,
 };
 use mica_core::crypto::{is_issued_id, random_token_string, token_hash, AccessClaims};
 use mica_core::{AccountId, SessionId, Timestamp};
@@ -381,7 +380,9 @@ pub struct PendingDevice {
 /// The signing keys a node holds: the one in use and when it was read.
 pub(crate) struct SigningKeys {
     kid: String,
-    key: RS256SigningKey,
+    /// ring's: constant-time, and about five times faster than the `rsa` crate that makes it.
+    key: ring::signature::RsaKeyPair,
+    rng: ring::rand::SystemRandom,
     created_at: Timestamp,
     read_at: Timestamp,
 }
@@ -1162,13 +1163,17 @@ impl Identity {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(serde_json::Value::Object(c).to_string())
         );
-        let mut rng = crypto_glue::rsa::rand::rng();
-        let sig = keys
-            .key
-            .try_sign_with_rng(&mut rng, jwt.as_bytes())
-            .map_err(|e| IdentityError::Internal(format!("signing an ID token: {e}")))?;
+        let mut sig = vec![0u8; keys.key.public().modulus_len()];
+        keys.key
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &keys.rng,
+                jwt.as_bytes(),
+                &mut sig,
+            )
+            .map_err(|_| IdentityError::Internal("signing an ID token failed".into()))?;
         jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+        jwt.push_str(&URL_SAFE_NO_PAD.encode(&sig));
         Ok(jwt)
     }
 
@@ -1419,9 +1424,15 @@ impl Identity {
                 let pem = self.keys().open("oidc_key", &k.private_key)?;
                 let key = RS256PrivateKey::from_pkcs8_pem(&pem)
                     .map_err(|e| IdentityError::Internal(format!("stored signing key: {e}")))?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| IdentityError::Internal(format!("stored signing key: {e}")))?;
+                let key = ring::signature::RsaKeyPair::from_pkcs8(der.as_bytes())
+                    .map_err(|e| IdentityError::Internal(format!("stored signing key: {e}")))?;
                 let keys = Arc::new(SigningKeys {
                     kid: k.kid.clone(),
-                    key: RS256SigningKey::new(key),
+                    key,
+                    rng: ring::rand::SystemRandom::new(),
                     created_at: k.created_at,
                     read_at: now,
                 });
