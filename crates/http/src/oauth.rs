@@ -139,6 +139,39 @@ where
     }
 }
 
+/// A form of an endpoint where clients authenticate (token, revocation, device
+/// authorization): the form, and the client's credentials from it or from HTTP Basic.
+struct ClientForm<T> {
+    form: T,
+    creds: ClientCredentials,
+    /// The client sent HTTP Basic (its failures say `WWW-Authenticate: Basic`).
+    basic: bool,
+}
+
+/// A form that may carry the client's id and secret (`client_secret_post`).
+trait ClientFields {
+    fn client_fields(&self) -> (Option<&str>, Option<&str>);
+}
+
+impl<S, T> FromRequest<S> for ClientForm<T>
+where
+    T: DeserializeOwned + ClientFields,
+    S: Send + Sync,
+{
+    type Rejection = OAuthFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthFailure> {
+        let mut authorization = HeaderMap::new();
+        if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+            authorization.insert(header::AUTHORIZATION, v.clone());
+        }
+        let OAuthForm(form) = OAuthForm::<T>::from_request(req, state).await?;
+        let (id, secret) = form.client_fields();
+        let (creds, basic) = credentials(&authorization, id, secret)?;
+        Ok(ClientForm { form, creds, basic })
+    }
+}
+
 /// The client's credentials: HTTP Basic (`client_secret_basic`), or the form's
 /// `client_id` and `client_secret` (`client_secret_post`, or `none` for a public client) —
 /// one way only (RFC 6749 §2.3).
@@ -275,6 +308,12 @@ pub struct TokenForm {
     client_secret: Option<String>,
 }
 
+impl ClientFields for TokenForm {
+    fn client_fields(&self) -> (Option<&str>, Option<&str>) {
+        (self.client_id.as_deref(), self.client_secret.as_deref())
+    }
+}
+
 /// Exchanges an authorization code, a refresh token or a device code for tokens.
 #[utoipa::path(post, path = "/oauth/token", tag = "openid",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
@@ -286,18 +325,12 @@ pub struct TokenForm {
 async fn token(
     State(app): State<AppState>,
     client: Client,
-    headers: HeaderMap,
-    form: Result<OAuthForm<TokenForm>, OAuthFailure>,
+    ClientForm {
+        form: f,
+        creds,
+        basic,
+    }: ClientForm<TokenForm>,
 ) -> Response {
-    let OAuthForm(f) = match form {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let (creds, basic) =
-        match credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref()) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
     let req = TokenRequest {
         grant_type: f.grant_type,
         code: f.code,
@@ -382,6 +415,12 @@ pub struct RevokeForm {
     client_secret: Option<String>,
 }
 
+impl ClientFields for RevokeForm {
+    fn client_fields(&self) -> (Option<&str>, Option<&str>) {
+        (self.client_id.as_deref(), self.client_secret.as_deref())
+    }
+}
+
 /// Revokes a refresh or access token (RFC 7009): the session it belongs to ends.
 #[utoipa::path(post, path = "/oauth/revoke", tag = "openid",
     request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
@@ -392,19 +431,13 @@ pub struct RevokeForm {
 async fn revoke(
     State(app): State<AppState>,
     client: Client,
-    headers: HeaderMap,
-    form: Result<OAuthForm<RevokeForm>, OAuthFailure>,
+    ClientForm {
+        form: f,
+        creds,
+        basic,
+    }: ClientForm<RevokeForm>,
 ) -> Response {
-    let OAuthForm(f) = match form {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
     let _ = f.token_type_hint;
-    let (creds, basic) =
-        match credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref()) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
     let Some(token) = f.token else {
         return failure("invalid_request", "token is missing").into_response();
     };
@@ -425,6 +458,12 @@ pub struct DeviceForm {
     client_secret: Option<String>,
 }
 
+impl ClientFields for DeviceForm {
+    fn client_fields(&self) -> (Option<&str>, Option<&str>) {
+        (self.client_id.as_deref(), self.client_secret.as_deref())
+    }
+}
+
 /// Starts the device authorization grant (RFC 8628) for a TV or a command line: it shows the
 /// person `user_code` and `verification_uri`, then polls the token endpoint.
 #[utoipa::path(post, path = "/oauth/device_authorization", tag = "openid",
@@ -437,18 +476,12 @@ pub struct DeviceForm {
 async fn device_authorization(
     State(app): State<AppState>,
     client: Client,
-    headers: HeaderMap,
-    form: Result<OAuthForm<DeviceForm>, OAuthFailure>,
+    ClientForm {
+        form: f,
+        creds,
+        basic,
+    }: ClientForm<DeviceForm>,
 ) -> Response {
-    let OAuthForm(f) = match form {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let (creds, basic) =
-        match credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref()) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
     match app
         .identity
         .start_device_authorization(&creds, f.scope.as_deref(), &client.info(None))
