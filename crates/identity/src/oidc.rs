@@ -453,7 +453,8 @@ impl Identity {
         }
         let secret = (!public).then(|| format!("mcs_{}", random_token_string(32)));
         let row = OidcClientRow {
-            id: random_token_string(16),
+            // Prefixed, so an id never begins with '-' (which a command line reads as a flag).
+            id: format!("mci_{}", random_token_string(16)),
             name: name.to_owned(),
             secret_hash: secret.as_deref().map(token_hash),
             redirect_uris: redirect_uris.to_vec(),
