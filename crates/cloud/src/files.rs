@@ -242,7 +242,7 @@ impl Cloud {
 
     async fn quota_left(&self, account: AccountId) -> Result<(i64, i64), CloudError> {
         let acct = self.store().cloud_account(account).await?;
-        let quota = acct.quota_bytes.unwrap_or(self.inner.cfg.quota_bytes);
+        let quota = acct.quota(self.inner.cfg.quota_bytes);
         Ok((acct.used_bytes, quota))
     }
 

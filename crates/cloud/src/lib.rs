@@ -1181,7 +1181,7 @@ impl Cloud {
         let a = self.store().cloud_account(account).await?;
         let categories = self.store().cloud_usage(account).await?;
         Ok(Usage {
-            quota_bytes: a.quota_bytes.unwrap_or(self.inner.cfg.quota_bytes),
+            quota_bytes: a.quota(self.inner.cfg.quota_bytes),
             used_bytes: a.used_bytes,
             plan: a.plan,
             categories,

@@ -166,7 +166,29 @@ pub struct CloudAccount {
     pub seq: i64,
     pub used_bytes: i64,
     pub plan: String,
+    /// The operator's quota for the account (`None`: the server's default).
     pub quota_bytes: Option<i64>,
+    /// The quota of the storage plan the account bought, while it lasts.
+    pub plan_quota_bytes: Option<i64>,
+}
+
+impl CloudAccount {
+    /// The account's quota: the operator's (or the server's default), or its plan's when that
+    /// is larger.
+    pub fn quota(&self, default_quota: i64) -> i64 {
+        self.quota_bytes
+            .unwrap_or(default_quota)
+            .max(self.plan_quota_bytes.unwrap_or(0))
+    }
+}
+
+/// The account's quota in SQL, `$n` being the server's default (see [`CloudAccount::quota`]).
+fn quota_sql(default_param: &str) -> String {
+    format!(
+        "(CASE WHEN COALESCE(plan_quota_bytes, 0) > COALESCE(quota_bytes, {d}) \
+         THEN plan_quota_bytes ELSE COALESCE(quota_bytes, {d}) END)",
+        d = default_param
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -324,7 +346,7 @@ pub(crate) async fn lock_account(
     .await?;
     let r = sqlx::query(
         "UPDATE cloud_accounts SET seq = seq + $2 WHERE account_id = $1 \
-         RETURNING seq, used_bytes, plan, quota_bytes",
+         RETURNING seq, used_bytes, plan, quota_bytes, plan_quota_bytes",
     )
     .bind(account.as_i64())
     .bind(n)
@@ -335,6 +357,7 @@ pub(crate) async fn lock_account(
         used_bytes: r.try_get("used_bytes")?,
         plan: r.try_get("plan")?,
         quota_bytes: r.try_get("quota_bytes")?,
+        plan_quota_bytes: r.try_get("plan_quota_bytes")?,
     })
 }
 
@@ -478,15 +501,16 @@ impl Store {
         default_quota: i64,
         limit: i64,
     ) -> Result<Vec<(AccountId, i64, i64)>> {
-        sqlx::query(
+        let quota = quota_sql("$2");
+        sqlx::query(&format!(
             // The level is checked again outside the subquery: PostgreSQL re-evaluates only
             // the outer conditions on a row another node's maintenance claimed meanwhile.
             "UPDATE cloud_accounts SET storage_notice = $1 WHERE account_id IN \
              (SELECT account_id FROM cloud_accounts WHERE storage_notice < $1 \
-             AND used_bytes * 100 >= COALESCE(quota_bytes, $2) * $1 LIMIT $3) \
+             AND used_bytes * 100 >= {quota} * $1 LIMIT $3) \
              AND storage_notice < $1 \
-             RETURNING account_id, used_bytes, COALESCE(quota_bytes, $2) AS quota",
-        )
+             RETURNING account_id, used_bytes, {quota} AS quota",
+        ))
         .bind(percent)
         .bind(default_quota)
         .bind(limit)
@@ -507,10 +531,11 @@ impl Store {
     /// Forgets the storage level owners were told of once their usage is below `percent` of
     /// their quota again (so filling up again is news again).
     pub async fn reset_storage_notices(&self, default_quota: i64, percent: i64) -> Result<u64> {
-        Ok(sqlx::query(
+        Ok(sqlx::query(&format!(
             "UPDATE cloud_accounts SET storage_notice = 0 WHERE storage_notice > 0 \
-             AND used_bytes * 100 < COALESCE(quota_bytes, $1) * $2",
-        )
+             AND used_bytes * 100 < {} * $2",
+            quota_sql("$1")
+        ))
         .bind(default_quota)
         .bind(percent)
         .execute(&self.writer)
@@ -520,7 +545,8 @@ impl Store {
 
     pub async fn cloud_account(&self, account: AccountId) -> Result<CloudAccount> {
         let r = sqlx::query(
-            "SELECT seq, used_bytes, plan, quota_bytes FROM cloud_accounts WHERE account_id = $1",
+            "SELECT seq, used_bytes, plan, quota_bytes, plan_quota_bytes FROM cloud_accounts \
+             WHERE account_id = $1",
         )
         .bind(account.as_i64())
         .fetch_optional(&self.writer)
@@ -531,12 +557,14 @@ impl Store {
                 used_bytes: r.try_get("used_bytes")?,
                 plan: r.try_get("plan")?,
                 quota_bytes: r.try_get("quota_bytes")?,
+                plan_quota_bytes: r.try_get("plan_quota_bytes")?,
             },
             None => CloudAccount {
                 seq: 0,
                 used_bytes: 0,
                 plan: "free".into(),
                 quota_bytes: None,
+                plan_quota_bytes: None,
             },
         })
     }
@@ -746,7 +774,7 @@ impl Store {
         }
 
         let needed = live_bytes + bin_bytes - released_bytes;
-        let quota = acct.quota_bytes.unwrap_or(default_quota);
+        let quota = acct.quota(default_quota);
         if needed > 0 && acct.used_bytes + needed > quota {
             return Ok(BatchOutcome::QuotaExceeded {
                 used: acct.used_bytes,

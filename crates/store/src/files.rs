@@ -281,7 +281,7 @@ impl Store {
         let part_size = part.as_ref().map_or(0, |p| p.size);
         let tail_len = tail.map_or(0, |t| t.1);
         let needed = part_size + tail_len - up.tail_len;
-        let quota = acct.quota_bytes.unwrap_or(default_quota);
+        let quota = acct.quota(default_quota);
         if needed > 0 && acct.used_bytes + needed > quota {
             return Ok(ProgressOutcome::QuotaExceeded {
                 used: acct.used_bytes,

@@ -53,6 +53,22 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "credit_ledger",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "wallets",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "purchases",
+        condition: "account_id = $1",
+    },
+    AccountTable {
+        table: "subscriptions",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "sessions",
         condition: "account_id = $1",
     },

@@ -23,6 +23,7 @@ mod app_passwords;
 mod backups;
 mod cloud;
 mod codes;
+mod commerce;
 mod devices;
 mod exports;
 mod files;
@@ -60,6 +61,10 @@ pub use cloud::{
     MAX_TREE_DEPTH,
 };
 pub use codes::{CodeRow, NewCode};
+pub use commerce::{
+    BuyOutcome, Credit, CreditOutcome, LedgerRow, NewPurchase, PlanChange, PurchaseRow,
+    RenewOutcome, Renewal, SubscriptionRow,
+};
 pub use devices::{
     AckOutcome, CommandRow, DeviceRow, FindOutcome, FinishOutcome, LinkOutcome, LocationRow,
     NewCommand, NewDevice,

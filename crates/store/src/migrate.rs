@@ -147,6 +147,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0027_oidc.sql"),
         postgres: include_str!("../migrations/postgres/0027_oidc.sql"),
     },
+    Migration {
+        version: 28,
+        sqlite: include_str!("../migrations/sqlite/0028_commerce.sql"),
+        postgres: include_str!("../migrations/postgres/0028_commerce.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

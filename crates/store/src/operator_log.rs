@@ -13,7 +13,7 @@ pub struct OperatorEntry<'a> {
     /// Who decided.
     pub operator: &'a str,
     /// `account_suspended`, `account_reinstated`, `account_deleted`, `quota_set`,
-    /// `recovery_approved`, `recovery_denied`.
+    /// `credits_adjusted`, `recovery_approved`, `recovery_denied`.
     pub action: &'a str,
     pub account: Option<AccountId>,
     /// What else it was about (a recovery request's id).

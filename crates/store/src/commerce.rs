@@ -1,0 +1,711 @@
+//! Commerce (CM-1, CM-2, CM-4): the credits wallet and its ledger, the account's storage plan,
+//! and what it bought.
+//!
+//! A balance never changes without its ledger row, in the same transaction; it never goes
+//! below zero (a conditional update, and the table's CHECK behind it); and every ledger row's
+//! `reference` is unique across the server, so the same top-up, purchase or renewal cannot be
+//! counted twice however often it is delivered, retried or run by several nodes. A purchase
+//! and a renewal take the account's lock (`cloud_accounts`), so the plan they read is the plan
+//! they replace, and the quota they set is the one writes check.
+
+use mica_core::{AccountId, Timestamp};
+use sqlx::{Any, AnyConnection, Row, Transaction};
+
+use crate::operator_log::{self, OperatorEntry};
+use crate::{Result, Store, StoreError};
+
+/// A change to a wallet, to record.
+#[derive(Debug, Clone, Copy)]
+pub struct Credit<'a> {
+    /// Credits added (> 0) or spent (< 0).
+    pub delta: i64,
+    /// `top_up`, `grant`, `purchase`, `renewal`, `refund`.
+    pub kind: &'a str,
+    /// Unique across the server: the same reference is the same change.
+    pub reference: &'a str,
+    /// What the owner reads in the history.
+    pub memo: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub account: AccountId,
+    pub at: Timestamp,
+    pub delta: i64,
+    pub balance_after: i64,
+    pub kind: String,
+    pub reference: String,
+    pub memo: String,
+}
+
+/// What became of a credit.
+#[derive(Debug)]
+pub enum CreditOutcome {
+    Applied(LedgerRow),
+    /// The reference was recorded before (for this account): that change, not a second one.
+    Duplicate(LedgerRow),
+    /// The reference was recorded for another account.
+    ReferenceTaken,
+    /// Spending this would take the balance below zero; nothing changed.
+    Insufficient {
+        balance: i64,
+    },
+}
+
+/// An account's storage plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRow {
+    pub plan_id: String,
+    pub plan_name: String,
+    pub quota_bytes: i64,
+    pub premium: bool,
+    pub price: i64,
+    pub period_days: i64,
+    pub started_at: Timestamp,
+    pub period_start: Timestamp,
+    pub expires_at: Timestamp,
+    pub renewal_off_at: Option<Timestamp>,
+    pub reminded_for: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PurchaseRow {
+    pub id: String,
+    /// Its number among the account's purchases (1, 2, …).
+    pub seq: i64,
+    pub at: Timestamp,
+    /// `plan` or `renewal`.
+    pub kind: String,
+    pub product_id: String,
+    pub product_name: String,
+    pub price: i64,
+    pub credited: i64,
+    pub valid_until: Option<Timestamp>,
+}
+
+/// A purchase of a plan about to be made.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPurchase<'a> {
+    pub id: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub product_id: &'a str,
+}
+
+/// What a purchase of a plan does, decided by the domain on the plan the account has.
+#[derive(Debug, Clone)]
+pub struct PlanChange {
+    /// The account's plan afterwards.
+    pub subscription: SubscriptionRow,
+    /// Credits spent.
+    pub price: i64,
+    pub memo: String,
+    /// Credits given back for the unused time of the plan it replaces, with their memo.
+    pub refund: Option<(i64, String)>,
+}
+
+#[derive(Debug)]
+pub enum BuyOutcome {
+    Bought {
+        purchase: PurchaseRow,
+        subscription: SubscriptionRow,
+        balance: i64,
+    },
+    /// The idempotency key was used before for the same plan: that purchase.
+    Replayed(PurchaseRow),
+    /// The idempotency key was used before for another product.
+    KeyReused,
+    /// The balance (after any refund) does not cover the price; nothing changed.
+    Insufficient { balance: i64, needed: i64 },
+}
+
+/// What a renewal does, decided by the domain on the plan as it is now.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    pub purchase_id: String,
+    pub plan_name: String,
+    pub quota_bytes: i64,
+    pub premium: bool,
+    pub price: i64,
+    pub period_days: i64,
+    pub memo: String,
+}
+
+#[derive(Debug)]
+pub enum RenewOutcome {
+    /// No plan, or it is not due (renewed or bought meanwhile).
+    NotDue,
+    Renewed {
+        subscription: SubscriptionRow,
+        balance: i64,
+    },
+    /// The plan ended: renewal was off, the plan is no longer offered, or the credits did
+    /// not cover it. The account is back on the free plan.
+    Ended {
+        subscription: SubscriptionRow,
+        /// The balance, when credits were short.
+        short: Option<i64>,
+    },
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+const SUBSCRIPTION_COLUMNS: &str = "plan_id, plan_name, quota_bytes, premium, price, \
+     period_days, started_at, period_start, expires_at, renewal_off_at, reminded_for";
+
+fn subscription_of(r: &sqlx::any::AnyRow) -> Result<SubscriptionRow> {
+    Ok(SubscriptionRow {
+        plan_id: r.try_get("plan_id")?,
+        plan_name: r.try_get("plan_name")?,
+        quota_bytes: r.try_get("quota_bytes")?,
+        premium: r.try_get::<i64, _>("premium")? != 0,
+        price: r.try_get("price")?,
+        period_days: r.try_get("period_days")?,
+        started_at: Timestamp(r.try_get("started_at")?),
+        period_start: Timestamp(r.try_get("period_start")?),
+        expires_at: Timestamp(r.try_get("expires_at")?),
+        renewal_off_at: r
+            .try_get::<Option<i64>, _>("renewal_off_at")?
+            .map(Timestamp),
+        reminded_for: r.try_get::<Option<i64>, _>("reminded_for")?.map(Timestamp),
+    })
+}
+
+fn ledger_of(r: &sqlx::any::AnyRow) -> Result<LedgerRow> {
+    Ok(LedgerRow {
+        id: r.try_get("id")?,
+        account: AccountId::from_i64(r.try_get("account_id")?)
+            .ok_or_else(|| StoreError::Corrupt("a ledger row without an account".into()))?,
+        at: Timestamp(r.try_get("at")?),
+        delta: r.try_get("delta")?,
+        balance_after: r.try_get("balance_after")?,
+        kind: r.try_get("kind")?,
+        reference: r.try_get("reference")?,
+        memo: r.try_get("memo")?,
+    })
+}
+
+fn purchase_of(r: &sqlx::any::AnyRow) -> Result<PurchaseRow> {
+    Ok(PurchaseRow {
+        id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
+        at: Timestamp(r.try_get("at")?),
+        kind: r.try_get("kind")?,
+        product_id: r.try_get("product_id")?,
+        product_name: r.try_get("product_name")?,
+        price: r.try_get("price")?,
+        credited: r.try_get("credited")?,
+        valid_until: r.try_get::<Option<i64>, _>("valid_until")?.map(Timestamp),
+    })
+}
+
+const PURCHASE_COLUMNS: &str =
+    "id, seq, at, kind, product_id, product_name, price, credited, valid_until";
+
+const LEDGER_COLUMNS: &str = "id, account_id, at, delta, balance_after, kind, reference, memo";
+
+/// Why a credit was not applied inside a transaction (which the caller then rolls back).
+enum Refused {
+    Duplicate(LedgerRow),
+    Insufficient { balance: i64 },
+}
+
+/// Records `c` and moves the balance, or refuses. On a refusal the ledger row may have been
+/// written: the caller must roll back.
+async fn apply(
+    conn: &mut AnyConnection,
+    account: AccountId,
+    c: &Credit<'_>,
+    now: Timestamp,
+) -> Result<std::result::Result<LedgerRow, Refused>> {
+    // The reference first: a delivery of the same reference waits here for the first one's
+    // transaction, then finds its row.
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO credit_ledger (account_id, at, delta, balance_after, kind, reference, memo) \
+         VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT (reference) DO NOTHING RETURNING id",
+    )
+    .bind(account.as_i64())
+    .bind(now.millis())
+    .bind(c.delta)
+    .bind(c.kind)
+    .bind(c.reference)
+    .bind(c.memo)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(id) = id else {
+        let r = sqlx::query(&format!(
+            "SELECT {LEDGER_COLUMNS} FROM credit_ledger WHERE reference = $1"
+        ))
+        .bind(c.reference)
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok(Err(Refused::Duplicate(ledger_of(&r)?)));
+    };
+    sqlx::query(
+        "INSERT INTO wallets (account_id, balance, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (account_id) DO NOTHING",
+    )
+    .bind(account.as_i64())
+    .bind(now.millis())
+    .execute(&mut *conn)
+    .await?;
+    let balance: Option<i64> = sqlx::query_scalar(
+        "UPDATE wallets SET balance = balance + $2, updated_at = $3 \
+         WHERE account_id = $1 AND balance + $2 >= 0 RETURNING balance",
+    )
+    .bind(account.as_i64())
+    .bind(c.delta)
+    .bind(now.millis())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(balance) = balance else {
+        let balance: i64 = sqlx::query_scalar("SELECT balance FROM wallets WHERE account_id = $1")
+            .bind(account.as_i64())
+            .fetch_one(&mut *conn)
+            .await?;
+        return Ok(Err(Refused::Insufficient { balance }));
+    };
+    sqlx::query("UPDATE credit_ledger SET balance_after = $2 WHERE id = $1")
+        .bind(id)
+        .bind(balance)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(LedgerRow {
+        id,
+        account,
+        at: now,
+        delta: c.delta,
+        balance_after: balance,
+        kind: c.kind.to_owned(),
+        reference: c.reference.to_owned(),
+        memo: c.memo.to_owned(),
+    }))
+}
+
+async fn subscription_in(
+    conn: &mut AnyConnection,
+    account: AccountId,
+) -> Result<Option<SubscriptionRow>> {
+    sqlx::query(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1"
+    ))
+    .bind(account.as_i64())
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(subscription_of)
+    .transpose()
+}
+
+/// Writes the account's plan and the quota and perks it gives (`None`: back to free).
+async fn set_plan(
+    tx: &mut Transaction<'static, Any>,
+    account: AccountId,
+    s: Option<&SubscriptionRow>,
+) -> Result<()> {
+    sqlx::query("DELETE FROM subscriptions WHERE account_id = $1")
+        .bind(account.as_i64())
+        .execute(&mut **tx)
+        .await?;
+    if let Some(s) = s {
+        sqlx::query(&format!(
+            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(&s.plan_id)
+        .bind(&s.plan_name)
+        .bind(s.quota_bytes)
+        .bind(i64::from(s.premium))
+        .bind(s.price)
+        .bind(s.period_days)
+        .bind(s.started_at.millis())
+        .bind(s.period_start.millis())
+        .bind(s.expires_at.millis())
+        .bind(s.renewal_off_at.map(Timestamp::millis))
+        .bind(s.reminded_for.map(Timestamp::millis))
+        .bind(account.as_i64())
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("UPDATE cloud_accounts SET plan = $2, plan_quota_bytes = $3 WHERE account_id = $1")
+        .bind(account.as_i64())
+        .bind(match s {
+            Some(s) if s.premium => "premium",
+            _ => "free",
+        })
+        .bind(s.map(|s| s.quota_bytes))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_purchase(
+    tx: &mut Transaction<'static, Any>,
+    account: AccountId,
+    id: &str,
+    kind: &str,
+    product_id: &str,
+    product_name: &str,
+    price: i64,
+    credited: i64,
+    valid_until: Option<Timestamp>,
+    idempotency_key: Option<&str>,
+    now: Timestamp,
+) -> Result<PurchaseRow> {
+    // The caller holds the account's lock: the next number is this one's.
+    let seq: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM purchases WHERE account_id = $1")
+            .bind(account.as_i64())
+            .fetch_one(&mut **tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO purchases (id, account_id, at, kind, product_id, product_name, price, \
+         credited, valid_until, idempotency_key, seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(id)
+    .bind(account.as_i64())
+    .bind(now.millis())
+    .bind(kind)
+    .bind(product_id)
+    .bind(product_name)
+    .bind(price)
+    .bind(credited)
+    .bind(valid_until.map(Timestamp::millis))
+    .bind(idempotency_key)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    Ok(PurchaseRow {
+        id: id.to_owned(),
+        seq,
+        at: now,
+        kind: kind.to_owned(),
+        product_id: product_id.to_owned(),
+        product_name: product_name.to_owned(),
+        price,
+        credited,
+        valid_until,
+    })
+}
+
+impl Store {
+    /// Adds or spends credits (an operator's adjustment is recorded in the operator's log in
+    /// the same transaction).
+    pub async fn credit(
+        &self,
+        account: AccountId,
+        c: &Credit<'_>,
+        operator: Option<&OperatorEntry<'_>>,
+        now: Timestamp,
+    ) -> Result<CreditOutcome> {
+        let mut tx = self.writer.begin().await?;
+        match apply(&mut tx, account, c, now).await? {
+            Ok(row) => {
+                if let Some(e) = operator {
+                    operator_log::record(&mut tx, e, now).await?;
+                }
+                tx.commit().await?;
+                Ok(CreditOutcome::Applied(row))
+            }
+            Err(Refused::Duplicate(row)) if row.account == account => {
+                Ok(CreditOutcome::Duplicate(row))
+            }
+            Err(Refused::Duplicate(_)) => Ok(CreditOutcome::ReferenceTaken),
+            Err(Refused::Insufficient { balance }) => Ok(CreditOutcome::Insufficient { balance }),
+        }
+    }
+
+    /// The account's balance (0 before its first credit).
+    pub async fn balance(&self, account: AccountId) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT balance FROM wallets WHERE account_id = $1")
+                .bind(account.as_i64())
+                .fetch_optional(&self.reader)
+                .await?
+                .unwrap_or(0),
+        )
+    }
+
+    /// The account's ledger, newest first, older than the row `before` when given.
+    pub async fn ledger(
+        &self,
+        account: AccountId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<LedgerRow>> {
+        sqlx::query(&format!(
+            "SELECT {LEDGER_COLUMNS} FROM credit_ledger WHERE account_id = $1 AND id < $2 \
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(account.as_i64())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(ledger_of)
+        .collect()
+    }
+
+    /// What the account bought, newest first, before the purchase numbered `before`.
+    pub async fn purchases(
+        &self,
+        account: AccountId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<PurchaseRow>> {
+        sqlx::query(&format!(
+            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE account_id = $1 AND seq < $2 \
+             ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(account.as_i64())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(purchase_of)
+        .collect()
+    }
+
+    pub async fn subscription(&self, account: AccountId) -> Result<Option<SubscriptionRow>> {
+        let mut conn = self.reader.acquire().await?;
+        subscription_in(&mut conn, account).await
+    }
+
+    /// Buys a plan: `decide` sees the account's plan as it is under the account's lock and
+    /// says what the purchase does; the refund, the spending, the plan, the quota and the
+    /// purchase are one transaction.
+    pub async fn buy_plan(
+        &self,
+        account: AccountId,
+        p: &NewPurchase<'_>,
+        decide: impl FnOnce(Option<&SubscriptionRow>) -> PlanChange,
+        now: Timestamp,
+    ) -> Result<BuyOutcome> {
+        let mut tx = self.writer.begin().await?;
+        crate::cloud::lock_account(&mut tx, account, 0).await?;
+        if let Some(key) = p.idempotency_key {
+            let earlier = sqlx::query(&format!(
+                "SELECT {PURCHASE_COLUMNS} FROM purchases \
+                 WHERE account_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(account.as_i64())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = earlier {
+                let earlier = purchase_of(&r)?;
+                return Ok(if earlier.product_id == p.product_id {
+                    BuyOutcome::Replayed(earlier)
+                } else {
+                    BuyOutcome::KeyReused
+                });
+            }
+        }
+        let current = subscription_in(&mut tx, account).await?;
+        let change = decide(current.as_ref());
+        let mut credited = 0;
+        if let Some((refund, memo)) = change.refund.as_ref().filter(|(n, _)| *n > 0) {
+            let reference = format!("refund:{}", p.id);
+            let c = Credit {
+                delta: *refund,
+                kind: "refund",
+                reference: &reference,
+                memo,
+            };
+            if let Err(Refused::Duplicate(_)) = apply(&mut tx, account, &c, now).await? {
+                return Err(StoreError::Conflict);
+            }
+            credited = *refund;
+        }
+        let reference = format!("purchase:{}", p.id);
+        let c = Credit {
+            delta: -change.price,
+            kind: "purchase",
+            reference: &reference,
+            memo: &change.memo,
+        };
+        let balance = match apply(&mut tx, account, &c, now).await? {
+            Ok(row) => row.balance_after,
+            Err(Refused::Insufficient { balance }) => {
+                return Ok(BuyOutcome::Insufficient {
+                    balance: balance - credited,
+                    needed: change.price - credited,
+                })
+            }
+            Err(Refused::Duplicate(_)) => return Err(StoreError::Conflict),
+        };
+        set_plan(&mut tx, account, Some(&change.subscription)).await?;
+        let purchase = insert_purchase(
+            &mut tx,
+            account,
+            p.id,
+            "plan",
+            p.product_id,
+            &change.subscription.plan_name,
+            change.price,
+            credited,
+            Some(change.subscription.expires_at),
+            p.idempotency_key,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(BuyOutcome::Bought {
+            purchase,
+            subscription: change.subscription,
+            balance,
+        })
+    }
+
+    /// Turns the plan's renewal on or off; `None` when the account has no plan.
+    pub async fn set_renewal(
+        &self,
+        account: AccountId,
+        on: bool,
+        now: Timestamp,
+    ) -> Result<Option<SubscriptionRow>> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE subscriptions SET renewal_off_at = $2, reminded_for = NULL \
+             WHERE account_id = $1",
+        )
+        .bind(account.as_i64())
+        .bind((!on).then_some(now.millis()))
+        .execute(&mut *tx)
+        .await?;
+        let s = subscription_in(&mut tx, account).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    /// Accounts whose plan expired by `now`.
+    pub async fn due_subscriptions(&self, now: Timestamp, limit: i64) -> Result<Vec<AccountId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT account_id FROM subscriptions WHERE expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now.millis())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids.into_iter().filter_map(AccountId::from_i64).collect())
+    }
+
+    /// Renews the account's plan if it is due: `decide` sees the plan under the account's
+    /// lock and returns the renewal (`None`: it ends). The spending is recorded under the
+    /// period it pays for, so two nodes renewing at once charge once.
+    pub async fn renew_subscription(
+        &self,
+        account: AccountId,
+        decide: impl FnOnce(&SubscriptionRow) -> Option<Renewal>,
+        now: Timestamp,
+    ) -> Result<RenewOutcome> {
+        let mut tx = self.writer.begin().await?;
+        crate::cloud::lock_account(&mut tx, account, 0).await?;
+        let Some(sub) = subscription_in(&mut tx, account).await? else {
+            return Ok(RenewOutcome::NotDue);
+        };
+        if sub.expires_at > now {
+            return Ok(RenewOutcome::NotDue);
+        }
+        let mut short = None;
+        if let Some(r) = decide(&sub).filter(|_| sub.renewal_off_at.is_none()) {
+            let reference = format!("renewal:{}:{}", account, sub.expires_at.millis());
+            let c = Credit {
+                delta: -r.price,
+                kind: "renewal",
+                reference: &reference,
+                memo: &r.memo,
+            };
+            let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+            match apply(&mut sp, account, &c, now).await? {
+                Ok(row) => {
+                    sp.commit().await?;
+                    let renewed = SubscriptionRow {
+                        plan_name: r.plan_name.clone(),
+                        quota_bytes: r.quota_bytes,
+                        premium: r.premium,
+                        price: r.price,
+                        period_days: r.period_days,
+                        period_start: sub.expires_at,
+                        expires_at: Timestamp(
+                            sub.expires_at.millis() + r.period_days.saturating_mul(DAY_MS),
+                        ),
+                        reminded_for: None,
+                        ..sub.clone()
+                    };
+                    set_plan(&mut tx, account, Some(&renewed)).await?;
+                    insert_purchase(
+                        &mut tx,
+                        account,
+                        &r.purchase_id,
+                        "renewal",
+                        &sub.plan_id,
+                        &r.plan_name,
+                        r.price,
+                        0,
+                        Some(renewed.expires_at),
+                        None,
+                        now,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(RenewOutcome::Renewed {
+                        subscription: renewed,
+                        balance: row.balance_after,
+                    });
+                }
+                Err(Refused::Insufficient { balance }) => {
+                    sp.rollback().await?;
+                    short = Some(balance);
+                }
+                // This period was paid already (its plan row was then moved on, so this
+                // cannot be): leave it to the next run rather than end a paid plan.
+                Err(Refused::Duplicate(_)) => return Ok(RenewOutcome::NotDue),
+            }
+        }
+        set_plan(&mut tx, account, None).await?;
+        tx.commit().await?;
+        Ok(RenewOutcome::Ended {
+            subscription: sub,
+            short,
+        })
+    }
+
+    /// Claims the plans that expire by `horizon` and whose owner was not told of that expiry
+    /// yet (renewal on); each is returned once.
+    pub async fn claim_renewal_reminders(
+        &self,
+        now: Timestamp,
+        horizon: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<(AccountId, SubscriptionRow)>> {
+        let rows = sqlx::query(&format!(
+            "UPDATE subscriptions SET reminded_for = expires_at WHERE account_id IN \
+             (SELECT account_id FROM subscriptions WHERE expires_at > $1 AND expires_at <= $2 \
+              AND renewal_off_at IS NULL \
+              AND (reminded_for IS NULL OR reminded_for <> expires_at) LIMIT $3) \
+             AND (reminded_for IS NULL OR reminded_for <> expires_at) \
+             RETURNING account_id, {SUBSCRIPTION_COLUMNS}"
+        ))
+        .bind(now.millis())
+        .bind(horizon.millis())
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    AccountId::from_i64(r.try_get("account_id")?).ok_or_else(|| {
+                        StoreError::Corrupt("a subscription without an account".into())
+                    })?,
+                    subscription_of(r)?,
+                ))
+            })
+            .collect()
+    }
+}
