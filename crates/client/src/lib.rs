@@ -746,6 +746,48 @@ impl Client {
         self.call(Method::GET, "/api/v1/usage", None).await
     }
 
+    /// The credits wallet: `{"balance", "entries": [...], "next"}`, newest first.
+    pub async fn wallet(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/wallet", None).await
+    }
+
+    /// The plans on offer and the account's own: `{"plans", "current", "free_quota_bytes"}`.
+    pub async fn plans(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/plans", None).await
+    }
+
+    /// Buys a period of a plan with credits, optionally with an idempotency key (a retry with
+    /// the same key answers the first purchase, with `"replayed": true`).
+    pub async fn buy_plan(&self, plan: &str, key: Option<&str>) -> Result<Value> {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/subscription", self.base))
+            .json(&json!({ "plan": plan }));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await?;
+        Self::decode(resp).await
+    }
+
+    /// Turns the plan's renewal on or off.
+    pub async fn set_auto_renew(&self, on: bool) -> Result<Value> {
+        self.call(
+            Method::PATCH,
+            "/api/v1/subscription",
+            Some(json!({ "auto_renew": on })),
+        )
+        .await
+    }
+
+    /// What the account bought, newest first: `{"purchases": [...], "next"}`.
+    pub async fn purchases(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/purchases", None).await
+    }
+
     /// Chooses the categories this device syncs.
     pub async fn set_device_sync(&self, categories: &[&str]) -> Result<Value> {
         self.call(

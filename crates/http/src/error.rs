@@ -107,6 +107,16 @@ impl From<IdentityError> for ApiError {
     }
 }
 
+impl From<mica_commerce::CommerceError> for ApiError {
+    fn from(e: mica_commerce::CommerceError) -> Self {
+        if let mica_commerce::CommerceError::Store(e) = e {
+            return ApiError::from(e);
+        }
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
 impl From<mica_store::StoreError> for ApiError {
     fn from(e: mica_store::StoreError) -> Self {
         if matches!(e, mica_store::StoreError::UnstorableText) {

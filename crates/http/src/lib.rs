@@ -8,6 +8,7 @@ pub mod account;
 pub mod account_recovery;
 pub mod auth;
 mod backups;
+mod commerce;
 pub mod conns;
 pub mod devices;
 pub mod drive;
@@ -74,6 +75,8 @@ pub struct AppInner {
     pub dav: mica_dav::Dav,
     /// Linked devices and Find Device.
     pub devices: mica_devices::Devices,
+    /// Credits, plans and purchases.
+    pub commerce: mica_commerce::Commerce,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
@@ -123,6 +126,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "files", description = "Files: resumable uploads (tus 1.0), single-request uploads, downloads with Range (see docs/design/files.md)"),
         (name = "backups", description = "Device backups: incremental, kept per device, verified, restored wholly or in part onto a new device (see docs/design/backups.md)"),
         (name = "devices", description = "Linked devices and Find Device: locations, commands (locate, ring, lost mode, erase), the device's command channel, activation lock (see docs/design/devices.md)"),
+        (name = "commerce", description = "Credits and storage plans: the wallet and its history, the plans on offer, buying and renewing one, purchases; the payment provider's webhook (see docs/design/commerce.md)"),
         (name = "openid", description = "Mica as an OpenID Connect provider for the operator's other products: discovery, keys, tokens, userinfo, revocation, device authorization; the authorization endpoint is the portal page /web/authorize (see docs/design/oidc.md)"),
         (name = "health", description = "Probes")
     )
@@ -157,6 +161,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(sync::router())
         .merge(files::router())
         .merge(backups::router())
+        .merge(commerce::router())
         .merge(drive::router())
         .merge(devices::router())
         .merge(profile::router());

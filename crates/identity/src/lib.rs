@@ -285,7 +285,8 @@ impl Identity {
         self.inner.clock.now()
     }
 
-    fn store(&self) -> &Store {
+    /// The database, for the operator's tools that work beside identity (`mica admin`).
+    pub fn store(&self) -> &Store {
         &self.inner.store
     }
 

@@ -56,6 +56,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub cloud: mica_cloud::CloudConfig,
     pub devices: mica_devices::DevicesConfig,
+    pub commerce: mica_commerce::CommerceConfig,
 }
 
 impl Default for Config {
@@ -79,6 +80,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             cloud: mica_cloud::CloudConfig::default(),
             devices: mica_devices::DevicesConfig::default(),
+            commerce: mica_commerce::CommerceConfig::default(),
         }
     }
 }
@@ -135,6 +137,7 @@ impl Config {
                 "identity.hash_cost is below OWASP's minimum for argon2id (19 MiB, 2 iterations)"
             );
         }
+        self.commerce.check().map_err(|e| anyhow::anyhow!(e))?;
         self.check_ranges()
     }
 

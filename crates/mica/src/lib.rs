@@ -37,6 +37,8 @@ pub struct Server {
     pub devices: Devices,
     /// Accounts, for operator tasks and tests.
     pub identity: Identity,
+    /// Credits and plans, for operator tasks and tests.
+    pub commerce: mica_commerce::Commerce,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -177,6 +179,9 @@ impl Server {
         identity.add_area(Arc::new(DevicesExport(devices.clone())));
         identity.add_device_notices(Arc::new(devices.clone()));
         identity.add_device_notices(Arc::new(cloud.clone()));
+        let commerce =
+            mica_commerce::Commerce::new(store.clone(), clock.clone(), cfg.commerce.clone());
+        commerce.set_owner_notices(Arc::new(identity.clone()));
         // A connection gets `client_timeout_secs` to deliver each request head (and no more
         // to sit idle between requests, or to leave its answer unread): the sweeper (below)
         // closes what waited longer, once a second.
@@ -186,6 +191,7 @@ impl Server {
             cloud: cloud.clone(),
             dav: mica_dav::Dav::new(cloud.clone()),
             devices: devices.clone(),
+            commerce: commerce.clone(),
             store: store.clone(),
             clock,
             trust_forwarded: cfg.trust_forwarded,
@@ -297,6 +303,7 @@ impl Server {
         let identity_handle = identity.clone();
         let maintenance = cloud.clone();
         let device_maintenance = devices.clone();
+        let commerce_maintenance = commerce.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
@@ -313,6 +320,9 @@ impl Server {
                         }
                         if let Err(e) = device_maintenance.maintenance().await {
                             tracing::warn!(error = %e, "device maintenance failed");
+                        }
+                        if let Err(e) = commerce_maintenance.maintenance().await {
+                            tracing::warn!(error = %e, "renewing plans failed");
                         }
                     }
                     _ = rx2.changed() => break,
@@ -366,6 +376,7 @@ impl Server {
             cloud,
             devices,
             identity: identity_handle,
+            commerce,
             shutdown: tx,
             task,
         })

@@ -163,6 +163,20 @@ enum AccountCommand {
         #[arg(long)]
         operator: String,
     },
+    /// Add credits to the account's wallet (`--add N`) or take some back (`--take N`, never
+    /// below zero). The owner reads `--reason` in the wallet's history; the operator's log
+    /// keeps who did it.
+    Credits {
+        login: String,
+        #[arg(long, required_unless_present = "take", conflicts_with = "take")]
+        add: Option<i64>,
+        #[arg(long)]
+        take: Option<i64>,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -485,7 +499,10 @@ async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> 
 }
 
 async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
-    let identity = mica::operator_identity(cfg, std::sync::Arc::new(SystemClock)).await?;
+    let clock: std::sync::Arc<dyn mica_core::Clock> = std::sync::Arc::new(SystemClock);
+    let identity = mica::operator_identity(cfg, clock.clone()).await?;
+    let commerce =
+        mica_commerce::Commerce::new(identity.store().clone(), clock, cfg.commerce.clone());
     let summary = match command {
         AccountCommand::Show { login } => identity.operator_account(&login).await?,
         AccountCommand::Suspend {
@@ -514,6 +531,28 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
             let quota = if default { None } else { bytes };
             identity.set_quota(&login, quota, &operator).await?
         }
+        AccountCommand::Credits {
+            login,
+            add,
+            take,
+            operator,
+            reason,
+        } => {
+            let summary = identity.operator_account(&login).await?;
+            let credits = match (add, take) {
+                (Some(n), _) if n > 0 => n,
+                (None, Some(n)) if n > 0 => -n,
+                _ => anyhow::bail!("give a number of credits above 0"),
+            };
+            let entry = commerce
+                .adjust_credits(summary.id, credits, &operator, &reason)
+                .await?;
+            println!(
+                "credits          {:+} (balance {})",
+                entry.credits, entry.balance
+            );
+            summary
+        }
     };
     let time =
         |t: Option<mica_core::Timestamp>| t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
@@ -536,6 +575,22 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
             ""
         }
     );
+    let wallet = commerce.wallet(summary.id, None, 1).await?;
+    println!("credits          {}", wallet.balance);
+    match commerce.subscription(summary.id).await? {
+        Some(s) => println!(
+            "plan             {} ({} bytes) until {}{}",
+            s.name,
+            s.quota_bytes,
+            s.expires_at,
+            if s.auto_renew {
+                ", renews"
+            } else {
+                ", ends then"
+            }
+        ),
+        None => println!("plan             free"),
+    }
     println!("last sign-in     {}", time(summary.last_sign_in));
     if summary.locked_until.is_some() {
         println!("sign-in held     until {}", time(summary.locked_until));

@@ -21,6 +21,7 @@ mod apps;
 mod backups;
 mod bin;
 mod devices;
+mod plan;
 mod security;
 
 use askama::Template;
@@ -109,6 +110,9 @@ pub(crate) fn routes(public_url: &str) -> Router<AppState> {
         .route("/web/backups", get(backups::list))
         .route("/web/backups/{id}/verify", post(backups::verify))
         .route("/web/backups/{id}/delete", post(backups::delete))
+        .route("/web/plan", get(plan::show))
+        .route("/web/plan/buy", post(plan::buy))
+        .route("/web/plan/renewal", post(plan::renewal))
         .route("/web/bin", get(bin::list))
         .route("/web/bin/{id}/restore", post(bin::restore))
         .route("/web/bin/{id}/purge", post(bin::purge))

@@ -15,6 +15,7 @@ mod support;
 mod account_recovery;
 mod backups;
 mod bad_input;
+mod commerce;
 mod connections;
 mod deletion;
 mod devices;

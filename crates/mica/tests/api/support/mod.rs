@@ -20,6 +20,8 @@ pub use sms::SmsSink;
 pub use smtp::{six_digits, SmtpSink};
 
 pub const PASSWORD: &str = "correct-Horse-battery-9";
+/// The secret the payment provider's webhook is signed with in the tests.
+pub const WEBHOOK_SECRET: &str = "whsec_mica-test-0f3c9a71d2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -75,6 +77,8 @@ impl TestApp {
         cfg.email_from = "Mica <no-reply@mica.test>".into();
         // A device waiting for its link code's approval polls every second, not every five.
         cfg.devices.link_poll_secs = 1;
+        // The payment provider's webhook is on, with a secret the tests sign with.
+        cfg.commerce.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
         let mut pg = None;
         if backend == Backend::Postgres {
             let admin = postgres_url()?;
@@ -117,6 +121,14 @@ impl TestApp {
         self.server
             .as_ref()
             .map(|s| s.cloud.clone())
+            .expect("server running")
+    }
+
+    /// The running server's commerce (to renew plans now rather than on its timer).
+    pub fn server_commerce(&self) -> mica_commerce::Commerce {
+        self.server
+            .as_ref()
+            .map(|s| s.commerce.clone())
             .expect("server running")
     }
 

@@ -1,0 +1,551 @@
+//! Credits and storage plans (CM-1, CM-2, CM-4), driven the way an owner, the operator and a
+//! payment provider do: the wallet fills from the real `mica admin` command and from signed
+//! webhooks, never counting a credit twice; a plan bought with credits raises the quota at
+//! once, renews from the wallet or ends, and an account over its quota then keeps everything
+//! but stores nothing new until it frees space.
+
+use std::time::Duration;
+
+use mica_client::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::on_both_backends;
+use crate::support::browser::Browser;
+use crate::support::{TestApp, PASSWORD, WEBHOOK_SECRET};
+use crate::sync::note;
+
+on_both_backends!(
+    credits_buy_a_plan_once_however_often_it_is_asked,
+    a_payment_webhook_credits_each_payment_once,
+    a_plan_renews_from_the_wallet_or_ends,
+    the_plan_page_buys_and_stops_a_plan_in_a_browser,
+);
+
+const GB: i64 = 1_000_000_000;
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn grant(app: &TestApp, login: &str, credits: i64, reason: &str) -> String {
+    let (ok, out) = app.admin(&[
+        "account",
+        "credits",
+        login,
+        "--add",
+        &credits.to_string(),
+        "--operator",
+        "ops-ann",
+        "--reason",
+        reason,
+    ]);
+    assert!(ok, "{out}");
+    out
+}
+
+async fn balance(c: &Client) -> i64 {
+    c.wallet().await.unwrap()["balance"].as_i64().unwrap()
+}
+
+async fn quota(c: &Client) -> i64 {
+    c.usage().await.unwrap()["quota_bytes"].as_i64().unwrap()
+}
+
+async fn credits_buy_a_plan_once_however_often_it_is_asked(app: &TestApp) {
+    let email = "paula@example.com";
+    let t = app.signup_email(email).await;
+    let c = app.client.with_token(&t.access_token);
+
+    // The catalogue, and the free plan.
+    let plans = c.plans().await.unwrap();
+    let ids: Vec<&str> = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["plus-50-month", "plus-50", "plus-200", "plus-2000"]);
+    assert_eq!(plans["current"], Value::Null);
+    assert_eq!(plans["free_quota_bytes"], json!(5 * GB));
+    assert_eq!(quota(&c).await, 5 * GB);
+
+    // Nothing to spend: refused, and nothing changes.
+    let e = c.buy_plan("plus-50", Some("first-try")).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::PAYMENT_REQUIRED));
+    assert_eq!(e.code(), Some("insufficient_credits"));
+    assert!(e.to_string().contains("needs 100"), "{e}");
+    assert_eq!(quota(&c).await, 5 * GB);
+    assert_eq!(
+        c.wallet().await.unwrap()["entries"],
+        json!([]),
+        "a refused purchase leaves no trace in the wallet"
+    );
+    assert_eq!(c.purchases().await.unwrap()["purchases"], json!([]));
+
+    // The operator grants credits with a reason the owner reads; the log keeps who did it.
+    let out = grant(app, email, 150, "Welcome to Mica");
+    assert!(out.contains("+150 (balance 150)"), "{out}");
+    assert!(out.contains("credits          150"), "{out}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "credits",
+        email,
+        "--take",
+        "1000",
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "oops",
+    ]);
+    assert!(!ok && out.contains("not enough credits"), "{out}");
+    let (ok, out) = app.admin(&[
+        "account",
+        "credits",
+        email,
+        "--add",
+        "0",
+        "--operator",
+        "ops-ann",
+        "--reason",
+        "x",
+    ]);
+    assert!(!ok, "{out}");
+    let (ok, out) = app.admin(&["log", "--account", email]);
+    assert!(ok && out.contains("credits_adjusted"), "{out}");
+    assert!(out.contains("+150 credits: Welcome to Mica"), "{out}");
+    let wallet = c.wallet().await.unwrap();
+    assert_eq!(wallet["balance"], 150);
+    assert_eq!(wallet["entries"][0]["credits"], 150);
+    assert_eq!(wallet["entries"][0]["kind"], "grant");
+    assert_eq!(
+        wallet["entries"][0]["memo"],
+        "From the operator: Welcome to Mica"
+    );
+
+    // A year of 50 GB: the quota rises at once, with the premium recycle bin.
+    let bought = c.buy_plan("plus-50", Some("buy-1")).await.unwrap();
+    assert_eq!(bought["replayed"], false);
+    assert_eq!(bought["balance"], 50);
+    assert_eq!(bought["purchase"]["price"], 100);
+    assert_eq!(bought["subscription"]["plan"], "plus-50");
+    assert_eq!(bought["subscription"]["auto_renew"], true);
+    let until = bought["subscription"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let usage = c.usage().await.unwrap();
+    assert_eq!(usage["quota_bytes"], json!(50 * GB));
+    assert_eq!(usage["plan"], "premium");
+
+    // A retry (a lost answer) is the same purchase: nothing is spent twice.
+    let again = c.buy_plan("plus-50", Some("buy-1")).await.unwrap();
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["purchase"]["id"], bought["purchase"]["id"]);
+    assert_eq!(balance(&c).await, 50);
+    let e = c.buy_plan("plus-200", Some("buy-1")).await.unwrap_err();
+    assert_eq!(e.code(), Some("idempotency_key_reused"));
+    let e = c.buy_plan("plus-9000", None).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(StatusCode::NOT_FOUND), Some("unknown_plan"))
+    );
+    let e = c.buy_plan("plus-50", Some("two words")).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+    assert_eq!(
+        c.purchases().await.unwrap()["purchases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Six devices buy the same plan at once with credits for one: one wins, none overdraws.
+    grant(app, email, 100, "Top-up by hand");
+    let tries: Vec<_> = (0..6)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.buy_plan("plus-50", Some(&format!("race-{i}"))).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.code(), Some("insufficient_credits"), "{e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(balance(&c).await, 50);
+    let sub = c.plans().await.unwrap()["current"].clone();
+    let added = time::OffsetDateTime::parse(
+        sub["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+        - time::OffsetDateTime::parse(&until, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    assert_eq!(added.whole_days(), 365, "one more year, once");
+
+    // A bigger plan replaces it now and gives back the two unused years (200) — still short
+    // of 300 with 50 in the wallet: refused, and the plan stays as it was.
+    let e = c.buy_plan("plus-200", Some("up-1")).await.unwrap_err();
+    assert_eq!(e.code(), Some("insufficient_credits"));
+    assert!(
+        e.to_string().contains("needs 100 and the balance is 50"),
+        "{e}"
+    );
+    assert_eq!(c.plans().await.unwrap()["current"], sub);
+    assert_eq!(balance(&c).await, 50);
+    grant(app, email, 50, "Loyalty");
+    let up = c.buy_plan("plus-200", Some("up-2")).await.unwrap();
+    assert_eq!(up["purchase"]["credited"], 200);
+    assert_eq!(up["balance"], 0);
+    assert_eq!(quota(&c).await, 200 * GB);
+    let kinds: Vec<String> = c.wallet().await.unwrap()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{:+}",
+                e["kind"].as_str().unwrap(),
+                e["credits"].as_i64().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "purchase-300",
+            "refund+200",
+            "grant+50",
+            "purchase-100",
+            "grant+100",
+            "purchase-100",
+            "grant+150"
+        ]
+    );
+    // Each line's balance follows from the one before: the ledger adds up.
+    let entries = c.wallet().await.unwrap()["entries"].clone();
+    let entries = entries.as_array().unwrap();
+    for w in entries.windows(2) {
+        assert_eq!(
+            w[1]["balance"].as_i64().unwrap() + w[0]["credits"].as_i64().unwrap(),
+            w[0]["balance"].as_i64().unwrap()
+        );
+    }
+    let history = c.purchases().await.unwrap();
+    let names: Vec<&str> = history["purchases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Mica+ 200 GB", "Mica+ 50 GB", "Mica+ 50 GB"]);
+
+    // Another account sees none of it.
+    let other = app.signup_email("otto@example.com").await;
+    let o = app.client.with_token(&other.access_token);
+    assert_eq!(balance(&o).await, 0);
+    assert_eq!(o.purchases().await.unwrap()["purchases"], json!([]));
+    assert_eq!(o.plans().await.unwrap()["current"], Value::Null);
+    assert_eq!(quota(&o).await, 5 * GB);
+}
+
+/// Posts an event to the webhook, signed at `t` (Unix seconds) with `secret`.
+async fn deliver(app: &TestApp, body: &Value, t: i64, secret: &str) -> reqwest::Response {
+    let body = serde_json::to_vec(body).unwrap();
+    app.http
+        .post(app.url("/api/v1/commerce/webhook"))
+        .header("content-type", "application/json")
+        .header(
+            "mica-signature",
+            mica_commerce::webhook::sign(secret, t, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
+}
+
+async fn a_payment_webhook_credits_each_payment_once(app: &TestApp) {
+    let t = app.signup_email("wanda@example.com").await;
+    let c = app.client.with_token(&t.access_token);
+    let account = t.account_id.clone();
+    let now = app.clock_secs();
+    let paid = |id: &str, credits: i64| {
+        json!({"id": id, "type": "credits.paid",
+               "data": {"account": account, "credits": credits, "memo": "500 credits, 4.99 EUR"}})
+    };
+
+    let r = deliver(app, &paid("evt_1", 500), now, WEBHOOK_SECRET).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let receipt: Value = r.json().await.unwrap();
+    assert_eq!(
+        receipt,
+        json!({"event": "evt_1", "applied": true, "duplicate": false})
+    );
+    let wallet = c.wallet().await.unwrap();
+    assert_eq!(wallet["balance"], 500);
+    assert_eq!(wallet["entries"][0]["kind"], "top_up");
+    assert_eq!(wallet["entries"][0]["memo"], "500 credits, 4.99 EUR");
+
+    // The provider delivers again (it did not see the answer): acknowledged, not counted.
+    let r = deliver(app, &paid("evt_1", 500), now + 30, WEBHOOK_SECRET).await;
+    let receipt: Value = r.json().await.unwrap();
+    assert_eq!(receipt["duplicate"], true);
+    assert_eq!(balance(&c).await, 500);
+
+    // Five deliveries of one event at once: counted once.
+    let body = paid("evt_2", 70);
+    let all: Vec<_> = (0..5)
+        .map(|_| deliver(app, &body, now, WEBHOOK_SECRET))
+        .collect();
+    for r in futures_util::future::join_all(all).await {
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(balance(&c).await, 570);
+    assert_eq!(
+        c.wallet().await.unwrap()["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Forged, replayed later, or about something else: refused with a reason, nothing counted.
+    let r = deliver(app, &paid("evt_3", 1000), now, "not-the-secret").await;
+    assert_eq!(error_code(r).await, (401, "bad_signature".into()));
+    let r = deliver(app, &paid("evt_3", 1000), now - 301, WEBHOOK_SECRET).await;
+    assert_eq!(error_code(r).await, (401, "bad_signature".into()));
+    let r = app
+        .http
+        .post(app.url("/api/v1/commerce/webhook"))
+        .body(serde_json::to_vec(&paid("evt_3", 1000)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, "bad_signature".into()));
+    // A valid signature over a changed body.
+    let body = serde_json::to_vec(&paid("evt_3", 1000)).unwrap();
+    let sig = mica_commerce::webhook::sign(WEBHOOK_SECRET, now, &body);
+    let tampered = serde_json::to_vec(&paid("evt_3", 100_000)).unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/v1/commerce/webhook"))
+        .header("mica-signature", sig)
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, "bad_signature".into()));
+    // The same event id with another amount is not a second payment.
+    let r = deliver(app, &paid("evt_1", 900), now, WEBHOOK_SECRET).await;
+    assert_eq!(error_code(r).await, (409, "event_reused".into()));
+    let r = deliver(
+        app,
+        &json!({"id": "evt_4", "type": "credits.paid", "data": {"account": "1000000001", "credits": 5}}),
+        now,
+        WEBHOOK_SECRET,
+    )
+    .await;
+    assert_eq!(error_code(r).await, (422, "unknown_account".into()));
+    for bad in [
+        json!({"id": "evt_5", "type": "credits.paid", "data": {"account": t.account_id, "credits": -5}}),
+        json!({"id": "evt_5", "type": "credits.paid", "data": {"account": "me", "credits": 5}}),
+        json!({"type": "credits.paid"}),
+        json!([1, 2]),
+    ] {
+        let r = deliver(app, &bad, now, WEBHOOK_SECRET).await;
+        assert_eq!(error_code(r).await, (422, "invalid_input".into()), "{bad}");
+    }
+    // Events of other kinds are acknowledged and change nothing.
+    let r = deliver(
+        app,
+        &json!({"id": "evt_6", "type": "charge.refunded", "data": {"account": t.account_id}}),
+        now,
+        WEBHOOK_SECRET,
+    )
+    .await;
+    let receipt: Value = r.json().await.unwrap();
+    assert_eq!(receipt["applied"], false);
+    assert_eq!(balance(&c).await, 570);
+}
+
+async fn a_plan_renews_from_the_wallet_or_ends(app: &TestApp) {
+    let email = "renata@example.com";
+    app.signup_email(email).await;
+    let commerce = app.server_commerce();
+    let sign_in = || async {
+        let t = app.client.sign_in(email, PASSWORD, None).await.unwrap();
+        app.client.with_token(t.access_token)
+    };
+    // The operator's quota is small; the plan's is larger and wins while it lasts.
+    let (ok, out) = app.admin(&[
+        "account",
+        "quota",
+        email,
+        "--bytes",
+        "3000",
+        "--operator",
+        "ops-ann",
+    ]);
+    assert!(ok, "{out}");
+    grant(app, email, 15, "Trial");
+    let c = sign_in().await;
+    assert_eq!(quota(&c).await, 3000);
+    let bought = c.buy_plan("plus-50-month", None).await.unwrap();
+    assert_eq!(bought["balance"], 5);
+    assert_eq!(quota(&c).await, 50 * GB);
+    let big = json!({"title": "Novel", "body": "x".repeat(6000), "created_at": "2026-11-01T10:00:00Z", "updated_at": "2026-11-01T10:00:00Z"});
+    let r = c
+        .push(
+            "notes",
+            json!([{"id": "novel", "op": "put", "body": big}]),
+            None,
+        )
+        .await
+        .unwrap();
+    let novel_version = r["results"][0]["version"].as_str().unwrap().to_owned();
+
+    // A week before the end, the owner is told: the credits are short of the renewal.
+    assert_eq!(commerce.maintenance().await.unwrap().reminded, 0);
+    app.advance(DAY * 24);
+    let done = commerce.maintenance().await.unwrap();
+    assert_eq!((done.reminded, done.renewed, done.ended), (1, 0, 0));
+    let mail = app
+        .smtp
+        .nth_with(email, "unless it can renew", 1)
+        .await
+        .body();
+    assert!(
+        mail.contains("takes 10 credits and your balance is 5"),
+        "{mail}"
+    );
+    // Told once.
+    assert_eq!(commerce.maintenance().await.unwrap().reminded, 0);
+
+    // Credits arrive; at the end of the month the plan renews from them.
+    grant(app, email, 10, "Top-up by hand");
+    app.advance(DAY * 7);
+    let done = commerce.maintenance().await.unwrap();
+    assert_eq!((done.renewed, done.ended), (1, 0));
+    // A second run (another node) charges nothing more.
+    assert_eq!(commerce.maintenance().await.unwrap().renewed, 0);
+    let mail = app
+        .smtp
+        .nth_with(email, "was renewed until", 1)
+        .await
+        .body();
+    assert!(
+        mail.contains("for 10 credits. Your balance is 5 credits"),
+        "{mail}"
+    );
+    let c = sign_in().await;
+    assert_eq!(balance(&c).await, 5);
+    let history = c.purchases().await.unwrap();
+    assert_eq!(history["purchases"][0]["kind"], "renewal");
+    assert_eq!(history["purchases"][0]["price"], 10);
+    assert_eq!(quota(&c).await, 50 * GB);
+
+    // The owner turns renewal off: at the end of the period it ends, and the account is
+    // back on its operator's 3000 bytes, holding 6000+.
+    let sub = c.set_auto_renew(false).await.unwrap();
+    assert_eq!(sub["auto_renew"], false);
+    app.advance(DAY * 31);
+    let done = commerce.maintenance().await.unwrap();
+    assert_eq!((done.reminded, done.renewed, done.ended), (0, 0, 1));
+    let mail = app
+        .smtp
+        .nth_with(email, "You turned its renewal off", 1)
+        .await
+        .body();
+    assert!(mail.contains("You turned its renewal off"), "{mail}");
+    let c = sign_in().await;
+    let usage = c.usage().await.unwrap();
+    assert_eq!(usage["quota_bytes"], 3000);
+    assert_eq!(usage["plan"], "free");
+    assert_eq!(c.plans().await.unwrap()["current"], Value::Null);
+    assert_eq!(balance(&c).await, 5, "an ended plan costs nothing");
+
+    // Over quota: everything is kept and readable, nothing new is stored…
+    assert_eq!(
+        c.item("notes", "novel").await.unwrap()["version"],
+        json!(novel_version)
+    );
+    let e = c
+        .push(
+            "notes",
+            json!([{"id": "more", "op": "put", "body": note("More")}]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("quota_exceeded"));
+    assert_eq!(e.status(), Some(StatusCode::INSUFFICIENT_STORAGE));
+    // …until space is freed: deleted, then emptied from the recycle bin.
+    c.push(
+        "notes",
+        json!([{"id": "novel", "op": "delete", "base_version": novel_version}]),
+        None,
+    )
+    .await
+    .unwrap();
+    let bin = c.recycle_bin(Some("notes")).await.unwrap();
+    c.purge(bin[0]["id"].as_str().unwrap()).await.unwrap();
+    c.push(
+        "notes",
+        json!([{"id": "more", "op": "put", "body": note("More")}]),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+async fn the_plan_page_buys_and_stops_a_plan_in_a_browser(app: &TestApp) {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let email = "bea@example.com";
+    app.signup_email(email).await;
+    browser.goto(&app.url("/web/plan")).await;
+    browser.fill("#login", email).await;
+    browser.fill("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    let page = browser.until_text("Plan and credits").await;
+    assert!(page.contains("Free plan: 5.0 GB"), "{page}");
+    assert!(page.contains("Balance: 0 credits"), "{page}");
+
+    // Without credits, choosing a plan says why it cannot be bought.
+    browser.click("#buy-plus-50").await;
+    let page = browser.until_text("Not enough credits").await;
+    assert!(page.contains("needs 100 and the balance is 0"), "{page}");
+
+    grant(app, email, 120, "Welcome to Mica");
+    browser.goto(&app.url("/web/plan")).await;
+    let page = browser.until_text("Balance: 120 credits").await;
+    assert!(
+        page.contains("From the operator: Welcome to Mica"),
+        "{page}"
+    );
+    browser.click("#buy-plus-50").await;
+    let page = browser.until_text("your new storage is ready").await;
+    assert!(page.contains("Mica+ 50 GB, 50.0 GB, paid until"), "{page}");
+    assert!(page.contains("It renews then for 100 credits"), "{page}");
+    assert!(page.contains("Balance: 20 credits"), "{page}");
+    assert!(page.contains("of 50.0 GB used"), "{page}");
+    browser.screenshot("plan").await;
+
+    browser.click("#renew-off").await;
+    let page = browser.until_text("will not renew").await;
+    assert!(page.contains("It ends then."), "{page}");
+    let t = app.client.sign_in(email, PASSWORD, None).await.unwrap();
+    let c = app.client.with_token(t.access_token);
+    assert_eq!(c.plans().await.unwrap()["current"]["auto_renew"], false);
+    assert_eq!(balance(&c).await, 20);
+    browser.quit().await;
+}
