@@ -183,10 +183,19 @@ impl TestApp {
     pub async fn dump(&self) -> String {
         match self.backend {
             Backend::Sqlite => {
+                // Read by another process: closing a descriptor of the database file in this
+                // one would drop every POSIX lock the server's SQLite connections hold on it
+                // (locks are per process), and the next `mica admin` would then take itself
+                // for the last user, checkpoint and drop the WAL the server still reads.
                 let mut all = Vec::new();
                 for f in ["mica.db", "mica.db-wal"] {
-                    if let Ok(b) = std::fs::read(self.dir.join(f)) {
-                        all.extend(b);
+                    let path = self.dir.join(f);
+                    if path.exists() {
+                        let out = std::process::Command::new("cat")
+                            .arg(&path)
+                            .output()
+                            .expect("cat runs");
+                        all.extend(out.stdout);
                     }
                 }
                 String::from_utf8_lossy(&all).into_owned()
