@@ -1177,6 +1177,12 @@ impl Cloud {
         Ok(n)
     }
 
+    /// The account's storage without a plan: the operator's quota for it, or the server's.
+    pub async fn base_quota(&self, account: AccountId) -> Result<i64, CloudError> {
+        let a = self.store().cloud_account(account).await?;
+        Ok(a.quota_bytes.unwrap_or(self.inner.cfg.quota_bytes))
+    }
+
     pub async fn usage(&self, account: AccountId) -> Result<Usage, CloudError> {
         let a = self.store().cloud_account(account).await?;
         let categories = self.store().cloud_usage(account).await?;

@@ -60,7 +60,7 @@ pub struct PlansView {
     pub plans: Vec<Plan>,
     /// The account's plan; absent on the free plan.
     pub current: Option<Subscription>,
-    /// The storage of the free plan, in bytes.
+    /// The account's storage without a plan, in bytes.
     pub free_quota_bytes: i64,
 }
 
@@ -71,7 +71,7 @@ async fn plans(State(app): State<AppState>, Auth(p): Auth) -> Result<Json<PlansV
     Ok(Json(PlansView {
         plans: app.commerce.plans().to_vec(),
         current: app.commerce.subscription(p.account).await?,
-        free_quota_bytes: app.cloud.config().quota_bytes,
+        free_quota_bytes: app.cloud.base_quota(p.account).await?,
     }))
 }
 

@@ -218,15 +218,33 @@ async fn apply(
     c: &Credit<'_>,
     now: Timestamp,
 ) -> Result<std::result::Result<LedgerRow, Refused>> {
-    // The reference first: a delivery of the same reference waits here for the first one's
-    // transaction, then finds its row.
+    // The wallet's row first, locked for the rest of the transaction: the changes of one
+    // wallet are recorded one after another, each row's balance following the one before.
+    sqlx::query(
+        "INSERT INTO wallets (account_id, balance, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (account_id) DO NOTHING",
+    )
+    .bind(account.as_i64())
+    .bind(now.millis())
+    .execute(&mut *conn)
+    .await?;
+    let before: i64 = sqlx::query_scalar(
+        "UPDATE wallets SET updated_at = updated_at WHERE account_id = $1 RETURNING balance",
+    )
+    .bind(account.as_i64())
+    .fetch_one(&mut *conn)
+    .await?;
+    let balance = before.saturating_add(c.delta);
+    // Then the reference: a second delivery of it (waiting for the first's transaction, when
+    // of another wallet) finds its row.
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO credit_ledger (account_id, at, delta, balance_after, kind, reference, memo) \
-         VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT (reference) DO NOTHING RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (reference) DO NOTHING RETURNING id",
     )
     .bind(account.as_i64())
     .bind(now.millis())
     .bind(c.delta)
+    .bind(balance)
     .bind(c.kind)
     .bind(c.reference)
     .bind(c.memo)
@@ -241,33 +259,14 @@ async fn apply(
         .await?;
         return Ok(Err(Refused::Duplicate(ledger_of(&r)?)));
     };
-    sqlx::query(
-        "INSERT INTO wallets (account_id, balance, updated_at) VALUES ($1, 0, $2) \
-         ON CONFLICT (account_id) DO NOTHING",
-    )
-    .bind(account.as_i64())
-    .bind(now.millis())
-    .execute(&mut *conn)
-    .await?;
-    let balance: Option<i64> = sqlx::query_scalar(
-        "UPDATE wallets SET balance = balance + $2, updated_at = $3 \
-         WHERE account_id = $1 AND balance + $2 >= 0 RETURNING balance",
-    )
-    .bind(account.as_i64())
-    .bind(c.delta)
-    .bind(now.millis())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(balance) = balance else {
-        let balance: i64 = sqlx::query_scalar("SELECT balance FROM wallets WHERE account_id = $1")
-            .bind(account.as_i64())
-            .fetch_one(&mut *conn)
-            .await?;
-        return Ok(Err(Refused::Insufficient { balance }));
-    };
-    sqlx::query("UPDATE credit_ledger SET balance_after = $2 WHERE id = $1")
-        .bind(id)
+    if balance < 0 {
+        return Ok(Err(Refused::Insufficient { balance: before }));
+    }
+    // The CHECK (balance >= 0) stands behind the test above.
+    sqlx::query("UPDATE wallets SET balance = $2, updated_at = $3 WHERE account_id = $1")
+        .bind(account.as_i64())
         .bind(balance)
+        .bind(now.millis())
         .execute(&mut *conn)
         .await?;
     Ok(Ok(LedgerRow {
@@ -569,6 +568,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<SubscriptionRow>> {
         let mut tx = self.writer.begin().await?;
+        // Under the account's lock, like a purchase or a renewal that rewrites the plan.
+        crate::cloud::lock_account(&mut tx, account, 0).await?;
         sqlx::query(
             "UPDATE subscriptions SET renewal_off_at = $2, reminded_for = NULL \
              WHERE account_id = $1",
@@ -621,6 +622,14 @@ impl Store {
                 reference: &reference,
                 memo: &r.memo,
             };
+            // The new period follows the old one — or, when the server was not running for
+            // longer than a period, starts now: one charge, not one per period missed.
+            let length = r.period_days.saturating_mul(DAY_MS);
+            let start = if sub.expires_at.millis().saturating_add(length) <= now.millis() {
+                now
+            } else {
+                sub.expires_at
+            };
             let mut sp = sqlx::Connection::begin(&mut *tx).await?;
             match apply(&mut sp, account, &c, now).await? {
                 Ok(row) => {
@@ -631,9 +640,11 @@ impl Store {
                         premium: r.premium,
                         price: r.price,
                         period_days: r.period_days,
-                        period_start: sub.expires_at,
+                        period_start: start,
                         expires_at: Timestamp(
-                            sub.expires_at.millis() + r.period_days.saturating_mul(DAY_MS),
+                            start
+                                .millis()
+                                .saturating_add(r.period_days.saturating_mul(DAY_MS)),
                         ),
                         reminded_for: None,
                         ..sub.clone()
@@ -677,7 +688,7 @@ impl Store {
     }
 
     /// Claims the plans that expire by `horizon` and whose owner was not told of that expiry
-    /// yet (renewal on); each is returned once.
+    /// yet (that it renews, or ends); each is returned once.
     pub async fn claim_renewal_reminders(
         &self,
         now: Timestamp,
@@ -687,7 +698,6 @@ impl Store {
         let rows = sqlx::query(&format!(
             "UPDATE subscriptions SET reminded_for = expires_at WHERE account_id IN \
              (SELECT account_id FROM subscriptions WHERE expires_at > $1 AND expires_at <= $2 \
-              AND renewal_off_at IS NULL \
               AND (reminded_for IS NULL OR reminded_for <> expires_at) LIMIT $3) \
              AND (reminded_for IS NULL OR reminded_for <> expires_at) \
              RETURNING account_id, {SUBSCRIPTION_COLUMNS}"

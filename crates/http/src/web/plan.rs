@@ -100,7 +100,12 @@ async fn plan_page(app: &AppState, p: &Principal, layout: Layout) -> Result<Plan
         used: human_bytes(usage.used_bytes),
         quota: human_bytes(usage.quota_bytes),
         over_quota: usage.used_bytes > usage.quota_bytes,
-        free: human_bytes(app.cloud.config().quota_bytes),
+        free: human_bytes(
+            app.cloud
+                .base_quota(p.account)
+                .await
+                .map_err(ApiError::from)?,
+        ),
         balance: wallet.balance,
         plans: app
             .commerce
@@ -235,7 +240,8 @@ pub(crate) async fn renewal(
         }
     };
     match app.commerce.set_auto_renew(p.account, on).await {
-        Ok(_) => Ok(Redirect::to(if on {
+        // What the plan says now, whatever another device did meanwhile.
+        Ok(sub) => Ok(Redirect::to(if sub.auto_renew {
             "/web/plan?done=renew-on"
         } else {
             "/web/plan?done=renew-off"

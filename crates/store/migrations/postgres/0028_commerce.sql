@@ -40,7 +40,7 @@ CREATE TABLE subscriptions (
     expires_at     BIGINT NOT NULL,
     -- Set when the owner turned renewal off.
     renewal_off_at BIGINT,
-    -- The expiry the owner was reminded of (credits short of the renewal), told once.
+    -- The expiry the owner was told of ahead (that the plan renews, or ends), told once.
     reminded_for   BIGINT
 );
 CREATE INDEX subscriptions_expires ON subscriptions (expires_at);

@@ -21,7 +21,7 @@ pub use smtp::{six_digits, SmtpSink};
 
 pub const PASSWORD: &str = "correct-Horse-battery-9";
 /// The secret the payment provider's webhook is signed with in the tests.
-pub const WEBHOOK_SECRET: &str = "whsec_mica-test-0f3c9a71d2";
+pub const WEBHOOK_SECRET: &str = "whsec_mica-test-0f3c9a71d2e84b5c6a17";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
