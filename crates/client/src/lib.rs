@@ -783,6 +783,18 @@ impl Client {
         .await
     }
 
+    /// Sends feedback or a bug report to the operator (`{"kind", "subject", "description",
+    /// "app", "attachments": [{"name", "media_type", "content": base64}]}`).
+    pub async fn send_feedback(&self, report: &Value) -> Result<Value> {
+        self.call(Method::POST, "/api/v1/feedback", Some(report.clone()))
+            .await
+    }
+
+    /// The account's reports, newest first, with the operator's answers.
+    pub async fn feedback(&self) -> Result<Value> {
+        self.call(Method::GET, "/api/v1/feedback", None).await
+    }
+
     /// What the account bought, newest first: `{"purchases": [...], "next"}`.
     pub async fn purchases(&self) -> Result<Value> {
         self.call(Method::GET, "/api/v1/purchases", None).await

@@ -24,6 +24,12 @@ pub enum CommerceError {
     UnknownAccount,
     #[error("this event id was already used for a different top-up")]
     EventReused,
+    #[error("not found")]
+    NotFound,
+    #[error("too large: {0}")]
+    TooLarge(String),
+    #[error("an account sends at most {0} reports a day; try again tomorrow")]
+    TooManyReports(i64),
     #[error("storage: {0}")]
     Store(#[from] mica_store::StoreError),
 }
@@ -41,6 +47,9 @@ impl CommerceError {
             CommerceError::BadSignature(_) => "bad_signature",
             CommerceError::UnknownAccount => "unknown_account",
             CommerceError::EventReused => "event_reused",
+            CommerceError::NotFound => "not_found",
+            CommerceError::TooLarge(_) => "payload_too_large",
+            CommerceError::TooManyReports(_) => "rate_limited",
             CommerceError::Store(mica_store::StoreError::Gone) => "not_found",
             CommerceError::Store(mica_store::StoreError::UnstorableText) => "invalid_input",
             CommerceError::Store(_) => "internal",
@@ -57,6 +66,9 @@ impl CommerceError {
             CommerceError::BadSignature(_) => 401,
             CommerceError::UnknownAccount => 422,
             CommerceError::EventReused => 409,
+            CommerceError::NotFound => 404,
+            CommerceError::TooLarge(_) => 413,
+            CommerceError::TooManyReports(_) => 429,
             CommerceError::Store(mica_store::StoreError::Gone) => 404,
             CommerceError::Store(mica_store::StoreError::UnstorableText) => 422,
             CommerceError::Store(_) => 500,

@@ -1,5 +1,5 @@
-//! Commerce: the credits wallet (CM-1), storage plans bought with credits (CM-2) and the
-//! purchase history (CM-4). The protocol and its rules are in docs/design/commerce.md.
+//! Commerce: the credits wallet (CM-1), storage plans bought with credits (CM-2), the
+//! purchase history (CM-4) and feedback reports to the operator (CM-5, `feedback.rs`). The protocol and its rules are in docs/design/commerce.md.
 //!
 //! - Credits come from the operator (`mica admin account credits`) or from a payment
 //!   provider's webhook, signed with a shared secret ([`Commerce::payment_webhook`]); each
@@ -16,12 +16,14 @@
 //! imports axum.
 
 mod error;
+pub mod feedback;
 pub mod webhook;
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use mica_core::crypto::Keys;
 use mica_core::notices::OwnerNotices;
 use mica_core::{AccountId, Clock, Timestamp};
 use mica_store::{
@@ -37,6 +39,9 @@ pub use error::CommerceError;
 type Result<T, E = CommerceError> = std::result::Result<T, E>;
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// How far ahead a plan may be paid for.
+const MAX_AHEAD: Duration = Duration::from_secs(10 * 366 * 86_400);
 
 /// The most credits one change may move (and so far from `i64`'s end that no sum of them
 /// overflows): a million million.
@@ -149,6 +154,17 @@ impl CommerceConfig {
                     "commerce.plans.{}: price must be from 0 to {MAX_CREDITS} credits",
                     p.id
                 ));
+            }
+        }
+        if let Some(secret) = &self.webhook_secret {
+            use secrecy::ExposeSecret;
+            let secret = secret.expose_secret();
+            if secret.len() < 32 || secret.contains(char::is_whitespace) {
+                return Err(
+                    "commerce.webhook_secret must be at least 32 characters, without \
+                     spaces (anyone who guesses it can add credits)"
+                        .into(),
+                );
             }
         }
         if self.webhook_tolerance_secs == 0 || self.webhook_tolerance_secs > 3600 {
@@ -277,6 +293,7 @@ pub struct Maintenance {
 
 struct Inner {
     store: Store,
+    keys: Arc<Keys>,
     clock: Arc<dyn Clock>,
     cfg: CommerceConfig,
     notices: OnceLock<Arc<dyn OwnerNotices>>,
@@ -336,9 +353,10 @@ fn check_key(key: &str) -> Result<()> {
 }
 
 impl Commerce {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, cfg: CommerceConfig) -> Self {
+    pub fn new(store: Store, keys: Arc<Keys>, clock: Arc<dyn Clock>, cfg: CommerceConfig) -> Self {
         Commerce(Arc::new(Inner {
             store,
+            keys,
             clock,
             cfg,
             notices: OnceLock::new(),
@@ -457,6 +475,19 @@ impl Commerce {
             .cloned()
             .ok_or_else(|| CommerceError::UnknownPlan(plan_id.chars().take(64).collect()))?;
         let now = self.now();
+        if let Some(c) = self.store().subscription(account).await? {
+            if c.plan_id == plan.id
+                && c.expires_at.plus(period(plan.period_days)) > now.plus(MAX_AHEAD)
+            {
+                return Err(CommerceError::Invalid {
+                    field: "plan",
+                    message: format!(
+                        "your plan is paid until {}: a plan is bought at most ten years ahead",
+                        day(c.expires_at)
+                    ),
+                });
+            }
+        }
         let id = format!("pur_{}", mica_core::crypto::random_token_string(12));
         let outcome = self
             .store()
@@ -666,15 +697,19 @@ impl Commerce {
             }
             let mut progress = false;
             for account in due {
-                match self.renew(account).await? {
-                    RenewOutcome::NotDue => {}
-                    RenewOutcome::Renewed { .. } => {
+                // One account's trouble does not hold back the others' renewals.
+                match self.renew(account).await {
+                    Ok(RenewOutcome::NotDue) => {}
+                    Ok(RenewOutcome::Renewed { .. }) => {
                         done.renewed += 1;
                         progress = true;
                     }
-                    RenewOutcome::Ended { .. } => {
+                    Ok(RenewOutcome::Ended { .. }) => {
                         done.ended += 1;
                         progress = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%account, error = %e, "renewing a plan failed");
                     }
                 }
             }
@@ -746,8 +781,9 @@ impl Commerce {
                     format!(
                         "Your plan {} ended. {why}\n\n\
                          Everything you stored is kept. If it is more than the free storage, \
-                         nothing new can be added until you free space or choose a plan again.",
-                        subscription.plan_name
+                         nothing new can be added until you free space or choose a plan again.{}",
+                        subscription.plan_name,
+                        bin_note(subscription)
                     ),
                 )
                 .await;
@@ -759,7 +795,16 @@ impl Commerce {
 
     async fn remind(&self, account: AccountId, s: &SubscriptionRow) {
         let balance = self.store().balance(account).await.unwrap_or(0);
+        let ends =
+            s.renewal_off_at.is_some() || self.plan(&s.plan_id).is_none_or(|p| balance < p.price);
         let text = match self.plan(&s.plan_id) {
+            _ if s.renewal_off_at.is_some() => format!(
+                "Your plan {} ends on {}, as you chose: its renewal is off. Turn renewal on \
+                 from your account's Plan page to keep it.{}",
+                s.plan_name,
+                day(s.expires_at),
+                bin_note(s)
+            ),
             Some(p) if balance >= p.price => format!(
                 "Your plan {} renews on {} for {} credits, from your balance of {balance}.\n\n\
                  To stop it, turn renewal off on your account's Plan page before then.",
@@ -781,14 +826,28 @@ impl Commerce {
                 day(s.expires_at)
             ),
         };
-        self.tell(account, "Your storage plan renews soon", text)
-            .await;
+        let subject = if ends {
+            "Your storage plan ends soon"
+        } else {
+            "Your storage plan renews soon"
+        };
+        self.tell(account, subject, text).await;
     }
 
     async fn tell(&self, account: AccountId, subject: &str, text: String) {
         if let Some(n) = self.0.notices.get() {
             n.tell(account, subject, text).await;
         }
+    }
+}
+
+/// What a premium plan's end does to the recycle bin, for the owner's messages.
+fn bin_note(s: &SubscriptionRow) -> &'static str {
+    if s.premium {
+        " The recycle bin then keeps deleted things for the free plan's shorter time: what \
+         was deleted longer ago than that goes for good."
+    } else {
+        ""
     }
 }
 
@@ -825,7 +884,7 @@ pub fn plan_change(plan: &Plan, current: Option<&SubscriptionRow>, now: Timestam
                 price: c.price.saturating_add(plan.price),
                 period_days: plan.period_days,
                 expires_at: c.expires_at.plus(length),
-                renewal_off_at: None,
+                // Buying a period by hand does not turn renewal back on.
                 reminded_for: None,
                 ..c.clone()
             },

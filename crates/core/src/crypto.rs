@@ -123,6 +123,11 @@ impl Keys {
     /// Encrypts a personal value. `field` is bound as associated data, so a ciphertext copied into
     /// another column does not decrypt.
     pub fn seal(&self, field: &str, plaintext: &str) -> Vec<u8> {
+        self.seal_bytes(field, plaintext.as_bytes())
+    }
+
+    /// [`Keys::seal`] for bytes that are not text (a report's attached log, say).
+    pub fn seal_bytes(&self, field: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + 24 + plaintext.len() + 16);
         out.push(SEAL_V1);
         // The 192-bit nonce comes from the thread's CSPRNG (ChaCha12, seeded and reseeded from
@@ -131,7 +136,7 @@ impl Keys {
         let mut nonce = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut nonce);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext.as_bytes());
+        out.extend_from_slice(plaintext);
         // Encrypted where it lies, tag appended: one buffer, no copy of the ciphertext.
         match self.pii.encrypt_in_place_detached(
             XNonce::from_slice(&nonce),
@@ -146,6 +151,11 @@ impl Keys {
     }
 
     pub fn open(&self, field: &str, sealed: &[u8]) -> Result<String, OpenError> {
+        String::from_utf8(self.open_bytes(field, sealed)?).map_err(|_| OpenError)
+    }
+
+    /// Opens what [`Keys::seal_bytes`] sealed.
+    pub fn open_bytes(&self, field: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.len() < 1 + 24 + 16 || sealed[0] != SEAL_V1 {
             return Err(OpenError);
         }
@@ -160,7 +170,7 @@ impl Keys {
                 },
             )
             .map_err(|_| OpenError)?;
-        String::from_utf8(pt).map_err(|_| OpenError)
+        Ok(pt)
     }
 
     /// Keyed hash of a normalised value, the only form in which look-ups see it.

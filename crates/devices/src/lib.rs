@@ -41,6 +41,16 @@ pub use link_codes::{CodeLinked, LinkCode, LinkRequestView};
 
 pub type Result<T, E = DevicesError> = std::result::Result<T, E>;
 
+/// A linked device as it describes itself.
+#[derive(Debug, Clone)]
+pub struct SessionDevice {
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub os_version: String,
+    pub app_version: String,
+}
+
 /// Operator settings (`[devices]` in the configuration file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -804,6 +814,22 @@ impl Devices {
             .device_of_session(p.account, &p.session.0)
             .await?
             .map(|d| (d.id, d.name, d.model)))
+    }
+
+    /// The linked device whose session `p` is, with what it says of itself — who a feedback
+    /// report came from.
+    pub async fn session_device(&self, p: &Principal) -> Result<Option<SessionDevice>> {
+        Ok(self
+            .store()
+            .device_of_session(p.account, &p.session.0)
+            .await?
+            .map(|d| SessionDevice {
+                id: d.id,
+                name: d.name,
+                model: d.model,
+                os_version: d.os_version,
+                app_version: d.app_version,
+            }))
     }
 
     pub async fn get(&self, p: &Principal, id: &str) -> Result<DeviceView> {

@@ -14,6 +14,7 @@ pub mod devices;
 pub mod drive;
 pub mod error;
 pub mod extract;
+mod feedback;
 pub mod files;
 pub mod metrics;
 mod oauth;
@@ -127,6 +128,7 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
         (name = "backups", description = "Device backups: incremental, kept per device, verified, restored wholly or in part onto a new device (see docs/design/backups.md)"),
         (name = "devices", description = "Linked devices and Find Device: locations, commands (locate, ring, lost mode, erase), the device's command channel, activation lock (see docs/design/devices.md)"),
         (name = "commerce", description = "Credits and storage plans: the wallet and its history, the plans on offer, buying and renewing one, purchases; the payment provider's webhook (see docs/design/commerce.md)"),
+        (name = "feedback", description = "Feedback and bug reports to the operator, with attached logs, and the operator's answers (see docs/design/commerce.md)"),
         (name = "openid", description = "Mica as an OpenID Connect provider for the operator's other products: discovery, keys, tokens, userinfo, revocation, device authorization; the authorization endpoint is the portal page /web/authorize (see docs/design/oidc.md)"),
         (name = "health", description = "Probes")
     )
@@ -162,6 +164,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(files::router())
         .merge(backups::router())
         .merge(commerce::router())
+        .merge(feedback::router())
         .merge(drive::router())
         .merge(devices::router())
         .merge(profile::router());

@@ -59,7 +59,7 @@ fn folder(cfg: &AgentConfig) -> PathBuf {
         .unwrap_or_else(|| cfg.data_dir.join("backup"))
 }
 
-fn api(e: ClientError) -> anyhow::Error {
+pub(crate) fn api(e: ClientError) -> anyhow::Error {
     anyhow::anyhow!("{}", describe(&e))
 }
 
@@ -68,7 +68,7 @@ fn api(e: ClientError) -> anyhow::Error {
 const TOKEN_USE: Duration = Duration::from_secs(5 * 60);
 
 /// This device's session, refreshed as a long backup or restore goes on.
-struct Session<'a> {
+pub(crate) struct Session<'a> {
     cfg: &'a AgentConfig,
     client: Client,
     user: Client,
@@ -77,7 +77,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    async fn open(cfg: &'a AgentConfig) -> anyhow::Result<Session<'a>> {
+    pub(crate) async fn open(cfg: &'a AgentConfig) -> anyhow::Result<Session<'a>> {
         let linked: Linked = read_json(&cfg.data_dir.join("device.json"))?
             .context("this device is not linked: run `mica agent link` first")?;
         let client = Client::new(cfg.base());
@@ -92,7 +92,7 @@ impl<'a> Session<'a> {
     }
 
     /// The signed-in client, with a token young enough for the next request.
-    async fn user(&mut self) -> anyhow::Result<&Client> {
+    pub(crate) async fn user(&mut self) -> anyhow::Result<&Client> {
         if self.since.elapsed() > TOKEN_USE {
             self.refresh().await?;
         }

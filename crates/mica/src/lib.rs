@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod backup;
 pub mod config;
+pub mod feedback;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +121,7 @@ impl Server {
         let keys = Arc::new(Keys::from_master(&cfg.master_key()?));
         let cloud_keys = keys.clone();
         let device_keys = keys.clone();
+        let commerce_keys = keys.clone();
 
         let store = open_store(cfg).await?;
         check_key(cfg, &store, &keys).await?;
@@ -179,8 +181,12 @@ impl Server {
         identity.add_area(Arc::new(DevicesExport(devices.clone())));
         identity.add_device_notices(Arc::new(devices.clone()));
         identity.add_device_notices(Arc::new(cloud.clone()));
-        let commerce =
-            mica_commerce::Commerce::new(store.clone(), clock.clone(), cfg.commerce.clone());
+        let commerce = mica_commerce::Commerce::new(
+            store.clone(),
+            commerce_keys,
+            clock.clone(),
+            cfg.commerce.clone(),
+        );
         commerce.set_owner_notices(Arc::new(identity.clone()));
         // A connection gets `client_timeout_secs` to deliver each request head (and no more
         // to sit idle between requests, or to leave its answer unread): the sweeper (below)

@@ -72,6 +72,26 @@ enum AgentCommand {
     Backup { agent_config: PathBuf },
     /// List the account's backups, from every device.
     Backups { agent_config: PathBuf },
+    /// Send the operator a bug report or an idea from this device, with files attached
+    /// (its logs, say). The report says which device it came from.
+    Feedback {
+        agent_config: PathBuf,
+        /// One line.
+        #[arg(long)]
+        subject: String,
+        /// What happened, or the idea.
+        #[arg(long)]
+        message: String,
+        /// bug, idea or other.
+        #[arg(long, default_value = "bug")]
+        kind: String,
+        /// The app it is about, with its version.
+        #[arg(long)]
+        app: Option<String>,
+        /// A file to attach (repeatable; up to 5, 2 MiB each).
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+    },
     /// Restore a backup into the backup folder: the newest of this device (else of the
     /// account) unless `--backup`; every part unless `--part` or `--kind` choose some.
     Restore {
@@ -113,6 +133,10 @@ enum Admin {
     /// The apps that sign people in with Mica (OpenID Connect): register, list, remove.
     #[command(subcommand)]
     Oidc(OidcCommand),
+    /// Feedback and bug reports people sent from their devices: read, save attachments,
+    /// answer, close.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
     /// What operators did (suspensions, deletions, quotas, recovery decisions), newest first.
     Log {
         /// Only this account (its number, even once deleted, or an address it has).
@@ -202,6 +226,41 @@ enum OidcCommand {
 }
 
 #[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Open reports, oldest first (`--all`: closed ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// A report in full, with its attachments numbered.
+    Show { id: String },
+    /// Save attachment N (as `show` numbers them) of a report into a new file.
+    Attachment {
+        id: String,
+        n: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Answer a report: the owner is told by mail and sees it with the report. `--close`
+    /// closes it too.
+    Reply {
+        id: String,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        message: String,
+        #[arg(long)]
+        close: bool,
+    },
+    /// Close a report without answering.
+    Close {
+        id: String,
+        #[arg(long)]
+        operator: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum RecoveryCommand {
     /// Requests waiting or ready for review (`--all`: every request).
     List {
@@ -267,6 +326,7 @@ fn main() -> std::process::ExitCode {
             Command::Admin(Admin::Recovery(r)) => recovery(&cfg, r).await,
             Command::Admin(Admin::Account(a)) => account(&cfg, a).await,
             Command::Admin(Admin::Oidc(c)) => oidc(&cfg, c).await,
+            Command::Admin(Admin::Feedback(c)) => feedback(&cfg, c).await,
             Command::Admin(Admin::Log { account, limit }) => {
                 operator_log(&cfg, account.as_deref(), limit).await
             }
@@ -321,6 +381,32 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::Backups { agent_config } => {
             mica::backup::list(&AgentConfig::load(&agent_config)?).await
+        }
+        AgentCommand::Feedback {
+            agent_config,
+            subject,
+            message,
+            kind,
+            app,
+            attach,
+        } => {
+            let report = mica::feedback::send(
+                &AgentConfig::load(&agent_config)?,
+                &mica::feedback::FeedbackOptions {
+                    kind,
+                    subject,
+                    message,
+                    app,
+                    attach,
+                },
+            )
+            .await?;
+            println!(
+                "sent report {} ({} attachment(s)); the operator's answer comes by mail",
+                report["id"].as_str().unwrap_or("?"),
+                report["attachments"].as_array().map_or(0, Vec::len)
+            );
+            Ok(())
         }
         AgentCommand::Restore {
             agent_config,
@@ -499,10 +585,7 @@ async fn recovery(cfg: &Config, command: RecoveryCommand) -> anyhow::Result<()> 
 }
 
 async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
-    let clock: std::sync::Arc<dyn mica_core::Clock> = std::sync::Arc::new(SystemClock);
-    let identity = mica::operator_identity(cfg, clock.clone()).await?;
-    let commerce =
-        mica_commerce::Commerce::new(identity.store().clone(), clock, cfg.commerce.clone());
+    let (identity, commerce) = operator_commerce(cfg).await?;
     let summary = match command {
         AccountCommand::Show { login } => identity.operator_account(&login).await?,
         AccountCommand::Suspend {
@@ -594,6 +677,116 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
     println!("last sign-in     {}", time(summary.last_sign_in));
     if summary.locked_until.is_some() {
         println!("sign-in held     until {}", time(summary.locked_until));
+    }
+    if let Err(e) = identity
+        .flush_messages(std::time::Duration::from_secs(60))
+        .await
+    {
+        anyhow::bail!("done, but the messages about it were not all delivered: {e}");
+    }
+    Ok(())
+}
+
+/// Identity and commerce for the operator's commands, on the configured database; the owner
+/// is told of what commerce does through identity.
+async fn operator_commerce(
+    cfg: &Config,
+) -> anyhow::Result<(mica_identity::Identity, mica_commerce::Commerce)> {
+    let clock: Arc<dyn mica_core::Clock> = Arc::new(SystemClock);
+    let identity = mica::operator_identity(cfg, clock.clone()).await?;
+    let keys = Arc::new(mica_core::crypto::Keys::from_master(&cfg.master_key()?));
+    let commerce =
+        mica_commerce::Commerce::new(identity.store().clone(), keys, clock, cfg.commerce.clone());
+    commerce.set_owner_notices(Arc::new(identity.clone()));
+    Ok((identity, commerce))
+}
+
+fn print_report(r: &mica_commerce::feedback::Report) {
+    println!("report           {}", r.id);
+    println!("kind             {}", r.kind);
+    println!("state            {}", r.state);
+    println!("sent             {}", r.created_at);
+    if let Some(a) = r.account {
+        println!("account          {a}");
+    }
+    if let Some(d) = &r.device {
+        println!(
+            "device           {} ({}, {}, app {})",
+            d.name, d.model, d.os_version, d.app_version
+        );
+    }
+    if let Some(app) = &r.app {
+        println!("app              {app}");
+    }
+    println!("subject          {}", r.subject);
+    for (i, a) in r.attachments.iter().enumerate() {
+        println!(
+            "attachment {:<5} {} ({}, {} bytes)",
+            i + 1,
+            a.name,
+            a.media_type,
+            a.size
+        );
+    }
+    println!();
+    println!("{}", r.description);
+    if let Some(reply) = &r.reply {
+        println!();
+        println!(
+            "answered by {} at {}:",
+            r.replied_by.as_deref().unwrap_or("-"),
+            r.replied_at.as_deref().unwrap_or("-")
+        );
+        println!("{reply}");
+    }
+}
+
+async fn feedback(cfg: &Config, command: FeedbackCommand) -> anyhow::Result<()> {
+    let (identity, commerce) = operator_commerce(cfg).await?;
+    match command {
+        FeedbackCommand::List { all } => {
+            let reports = commerce.reports(all, 1000).await?;
+            if reports.is_empty() {
+                println!("no {}reports", if all { "" } else { "open " });
+            }
+            for r in reports {
+                println!(
+                    "{}  {}  {:<6} {:<6} {} attachment(s)  {}",
+                    r.id,
+                    r.created_at,
+                    r.kind,
+                    r.state,
+                    r.attachments.len(),
+                    r.subject
+                );
+            }
+        }
+        FeedbackCommand::Show { id } => print_report(&commerce.report(&id).await?),
+        FeedbackCommand::Attachment { id, n, out } => {
+            let (name, bytes) = commerce.report_attachment(&id, n).await?;
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            println!("saved {name} ({} bytes) to {}", bytes.len(), out.display());
+        }
+        FeedbackCommand::Reply {
+            id,
+            operator,
+            message,
+            close,
+        } => print_report(
+            &commerce
+                .answer_report(&id, &operator, Some(&message), close)
+                .await?,
+        ),
+        FeedbackCommand::Close { id, operator } => {
+            print_report(&commerce.answer_report(&id, &operator, None, true).await?)
+        }
     }
     if let Err(e) = identity
         .flush_messages(std::time::Duration::from_secs(60))

@@ -69,6 +69,14 @@ pub const ACCOUNT_DATA: &[AccountTable] = &[
         condition: "account_id = $1",
     },
     AccountTable {
+        table: "feedback_attachments",
+        condition: "report_id IN (SELECT id FROM feedback_reports WHERE account_id = $1)",
+    },
+    AccountTable {
+        table: "feedback_reports",
+        condition: "account_id = $1",
+    },
+    AccountTable {
         table: "sessions",
         condition: "account_id = $1",
     },

@@ -26,6 +26,7 @@ mod codes;
 mod commerce;
 mod devices;
 mod exports;
+mod feedback;
 mod files;
 mod jobs;
 mod link_requests;
@@ -70,6 +71,7 @@ pub use devices::{
     NewCommand, NewDevice,
 };
 pub use exports::ExportRow;
+pub use feedback::{NewAttachment, NewReport, ReportRow};
 pub use files::{
     FileChunk, FileRow, GcReport, NewPart, NewUpload, ProgressOutcome, UploadPosition, UploadRow,
     CHUNK_BYTES, UPLOADS_CATEGORY,

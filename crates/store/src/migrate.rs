@@ -152,6 +152,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0028_commerce.sql"),
         postgres: include_str!("../migrations/postgres/0028_commerce.sql"),
     },
+    Migration {
+        version: 29,
+        sqlite: include_str!("../migrations/sqlite/0029_feedback.sql"),
+        postgres: include_str!("../migrations/postgres/0029_feedback.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

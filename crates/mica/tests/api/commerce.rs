@@ -2,7 +2,8 @@
 //! payment provider do: the wallet fills from the real `mica admin` command and from signed
 //! webhooks, never counting a credit twice; a plan bought with credits raises the quota at
 //! once, renews from the wallet or ends, and an account over its quota then keeps everything
-//! but stores nothing new until it frees space.
+//! but stores nothing new until it frees space. A device sends the operator a bug report with
+//! its log (CM-5), and the operator answers.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use mica_client::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::devices::{owner, Agent};
 use crate::on_both_backends;
 use crate::support::browser::Browser;
 use crate::support::{TestApp, PASSWORD, WEBHOOK_SECRET};
@@ -20,6 +22,7 @@ on_both_backends!(
     a_payment_webhook_credits_each_payment_once,
     a_plan_renews_from_the_wallet_or_ends,
     the_plan_page_buys_and_stops_a_plan_in_a_browser,
+    a_device_reports_a_bug_with_its_log_and_the_operator_answers,
 );
 
 const GB: i64 = 1_000_000_000;
@@ -548,4 +551,228 @@ async fn the_plan_page_buys_and_stops_a_plan_in_a_browser(app: &TestApp) {
     assert_eq!(c.plans().await.unwrap()["current"]["auto_renew"], false);
     assert_eq!(balance(&c).await, 20);
     browser.quit().await;
+}
+
+async fn a_device_reports_a_bug_with_its_log_and_the_operator_answers(app: &TestApp) {
+    let email = "felix@example.com";
+    let (c, account) = owner(app, email).await;
+    let mut laptop = Agent::new(app, "felix-laptop", 71, "true");
+    laptop.link_and_run(&c, email).await;
+    laptop.kill();
+    // The agent's own log, as it wrote it, goes with the report.
+    let log = laptop.root_path().join("agent.log");
+    let log_bytes = std::fs::read(&log).unwrap();
+    assert!(!log_bytes.is_empty());
+    let out = laptop
+        .command(&[
+            "feedback",
+            "--subject",
+            "Sync stops after sleep",
+            "--message",
+            "After the laptop wakes up, notes stop syncing.\nSteps: close the lid, open it.",
+            "--app",
+            "Mica agent 0.1",
+            "--attach",
+            log.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("sent report fbk_"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The sender sees it, with the device the server knows it came from.
+    let mine = c.feedback().await.unwrap();
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    let report = &mine[0];
+    let id = report["id"].as_str().unwrap().to_owned();
+    assert_eq!(report["kind"], "bug");
+    assert_eq!(report["state"], "open");
+    assert_eq!(report["app"], "Mica agent 0.1");
+    assert_eq!(report["device"]["name"], "felix-laptop");
+    assert_eq!(report["device"]["model"], "Test Laptop 14");
+    assert_eq!(report["device"]["os_version"], "Debian 13");
+    assert_eq!(report["attachments"][0]["name"], "agent.log");
+    assert_eq!(report["attachments"][0]["media_type"], "text/plain");
+    assert_eq!(report["attachments"][0]["size"], json!(log_bytes.len()));
+    if app.backend == crate::support::Backend::Sqlite {
+        let dump = app.dump().await;
+        assert!(
+            !dump.contains("notes stop syncing") && !dump.contains("Sync stops after sleep"),
+            "the report is sealed at rest"
+        );
+    }
+
+    // The operator reads it, saves the log, answers and closes it; the owner is told.
+    let (ok, out) = app.admin(&["feedback", "list"]);
+    assert!(
+        ok && out.contains(&id) && out.contains("Sync stops after sleep"),
+        "{out}"
+    );
+    let (ok, out) = app.admin(&["feedback", "show", &id]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("account          {account}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("felix-laptop (Test Laptop 14, Debian 13"),
+        "{out}"
+    );
+    assert!(
+        out.contains("attachment 1     agent.log (text/plain"),
+        "{out}"
+    );
+    assert!(out.contains("Steps: close the lid, open it."), "{out}");
+    let saved = laptop.root_path().join("saved.log");
+    let (ok, out) = app.admin(&[
+        "feedback",
+        "attachment",
+        &id,
+        "1",
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(&saved).unwrap(), log_bytes);
+    // Never over a file that exists.
+    let (ok, out) = app.admin(&[
+        "feedback",
+        "attachment",
+        &id,
+        "1",
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("cannot create"), "{out}");
+    let (ok, out) = app.admin(&["feedback", "attachment", &id, "2", "--out", "/tmp/x"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+    let (ok, out) = app.admin(&[
+        "feedback",
+        "reply",
+        &id,
+        "--operator",
+        "ops-ann",
+        "--message",
+        "Thank you: this is fixed in version 0.2.",
+        "--close",
+    ]);
+    assert!(ok && out.contains("state            closed"), "{out}");
+    let mail = app.smtp.nth_with(email, "fixed in version 0.2", 1).await;
+    assert!(
+        mail.body().contains("Sync stops after sleep"),
+        "{}",
+        mail.body()
+    );
+    let mine = c.feedback().await.unwrap();
+    assert_eq!(mine[0]["state"], "closed");
+    assert_eq!(mine[0]["reply"], "Thank you: this is fixed in version 0.2.");
+    let (ok, out) = app.admin(&["feedback", "list"]);
+    assert!(ok && out.contains("no open reports"), "{out}");
+    let (ok, out) = app.admin(&["log", "--account", email]);
+    assert!(ok && out.contains("feedback_answered_closed"), "{out}");
+    let (ok, out) = app.admin(&["feedback", "show", "fbk_nothing"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+
+    // Bad reports are refused, saying why, and nothing is stored.
+    let report = |attachments: Value| json!({"kind": "bug", "subject": "It broke", "description": "It broke.", "attachments": attachments});
+    let b64 = |n: usize| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(vec![b'x'; n])
+    };
+    let file =
+        |name: &str, n: usize| json!({"name": name, "media_type": "text/plain", "content": b64(n)});
+    for (body, status, code) in [
+        (
+            json!({"kind": "rant", "subject": "x", "description": "y"}),
+            422,
+            "invalid_input",
+        ),
+        (
+            json!({"kind": "bug", "subject": " ", "description": "y"}),
+            422,
+            "invalid_input",
+        ),
+        (
+            json!({"kind": "bug", "subject": "a\u{7}b", "description": "y"}),
+            422,
+            "invalid_input",
+        ),
+        (
+            report(Value::Array(vec![file("a.log", 10); 6])),
+            422,
+            "invalid_input",
+        ),
+        (report(json!([file("../a.log", 10)])), 422, "invalid_input"),
+        (
+            report(json!([{"name": "a.log", "media_type": "text/plain", "content": "%%%"}])),
+            422,
+            "invalid_input",
+        ),
+        (
+            report(json!([{"name": "a.log", "media_type": "text", "content": "eA=="}])),
+            422,
+            "invalid_input",
+        ),
+        (
+            report(json!([file("big.log", (2 << 20) + 1)])),
+            413,
+            "payload_too_large",
+        ),
+        (
+            report(json!([
+                file("a.log", 1_500_000),
+                file("b.log", 1_500_000),
+                file("c.log", 1_500_000)
+            ])),
+            413,
+            "payload_too_large",
+        ),
+    ] {
+        let e = c.send_feedback(&body).await.unwrap_err();
+        assert_eq!(
+            (e.status().map(|s| s.as_u16()), e.code()),
+            (Some(status), Some(code)),
+            "{e:?}"
+        );
+    }
+    assert_eq!(c.feedback().await.unwrap().as_array().unwrap().len(), 1);
+
+    // From a browser or an app that is not a linked device: no device, and a daily limit.
+    let other = app.signup_email("gina@example.com").await;
+    let g = app.client.with_token(&other.access_token);
+    assert_eq!(
+        g.feedback().await.unwrap(),
+        json!([]),
+        "one's own reports only"
+    );
+    let r = g
+        .send_feedback(&json!({"kind": "idea", "subject": "Dark mode", "description": "Please."}))
+        .await
+        .unwrap();
+    assert!(r.get("device").is_none(), "{r}");
+    for _ in 1..20 {
+        g.send_feedback(&json!({"kind": "idea", "subject": "More", "description": "Yes."}))
+            .await
+            .unwrap();
+    }
+    let e = g
+        .send_feedback(&json!({"kind": "idea", "subject": "More", "description": "Yes."}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("rate_limited"));
+    app.advance(DAY + Duration::from_secs(1));
+    let t = app
+        .client
+        .sign_in("gina@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    app.client
+        .with_token(&t.access_token)
+        .send_feedback(&json!({"kind": "idea", "subject": "Next day", "description": "Yes."}))
+        .await
+        .unwrap();
 }

@@ -227,6 +227,11 @@ interval_secs = 5
         self.root.join("data")
     }
 
+    /// The agent's own folder (its configuration, log and hook outputs).
+    pub(crate) fn root_path(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
         c.arg("agent").args(args).arg(&self.config);
