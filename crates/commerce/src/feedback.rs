@@ -35,13 +35,21 @@ pub struct ReportDevice {
     pub app_version: String,
 }
 
-/// What a report says (sealed at rest as one JSON document).
+/// What a report says (sealed at rest as one JSON document), with its attachments' names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Body {
     subject: String,
     description: String,
     app: Option<String>,
     device: Option<ReportDevice>,
+    #[serde(default)]
+    attachments: Vec<AttachmentName>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AttachmentName {
+    name: String,
+    media_type: String,
 }
 
 /// A report about to be sent.
@@ -153,12 +161,13 @@ impl Commerce {
             description: body.description,
             app: body.app,
             device: body.device,
-            attachments: r
+            attachments: body
                 .attachments
-                .iter()
-                .map(|(name, media_type, size)| AttachmentView {
-                    name: name.clone(),
-                    media_type: media_type.clone(),
+                .into_iter()
+                .zip(&r.attachments)
+                .map(|(a, size)| AttachmentView {
+                    name: a.name,
+                    media_type: a.media_type,
                     size: *size,
                 })
                 .collect(),
@@ -184,7 +193,7 @@ impl Commerce {
         if !matches!(f.kind.as_str(), "bug" | "idea" | "other") {
             return Err(invalid("kind", "bug, idea or other"));
         }
-        let body = Body {
+        let mut body = Body {
             subject: text("subject", &f.subject, 200, false)?,
             description: text("description", &f.description, 20_000, true)?,
             app: f
@@ -194,6 +203,7 @@ impl Commerce {
                 .map(|a| text("app", a, 100, false))
                 .transpose()?,
             device,
+            attachments: Vec::new(),
         };
         if f.attachments.len() > MAX_ATTACHMENTS {
             return Err(invalid(
@@ -202,7 +212,6 @@ impl Commerce {
             ));
         }
         let mut total = 0;
-        let mut names = Vec::new();
         for a in &f.attachments {
             let name = text("attachments.name", &a.name, 200, false)?;
             if name.contains(['/', '\\']) || name == "." || name == ".." {
@@ -229,7 +238,7 @@ impl Commerce {
                 )));
             }
             total += a.content.len();
-            names.push((name, media_type));
+            body.attachments.push(AttachmentName { name, media_type });
         }
         if total > MAX_ATTACHMENTS_TOTAL {
             return Err(CommerceError::TooLarge(format!(
@@ -238,13 +247,6 @@ impl Commerce {
             )));
         }
         let now = self.now();
-        let sent = self
-            .store()
-            .reports_since(account, now.minus(std::time::Duration::from_secs(86_400)))
-            .await?;
-        if sent >= REPORTS_PER_DAY {
-            return Err(CommerceError::TooManyReports(REPORTS_PER_DAY));
-        }
         let keys = &self.0.keys;
         let json = serde_json::to_string(&body)
             .map_err(|e| CommerceError::Store(mica_store::StoreError::Corrupt(e.to_string())))?;
@@ -254,28 +256,34 @@ impl Commerce {
             .iter()
             .map(|a| keys.seal_bytes(ATTACHMENT_FIELD, &a.content))
             .collect();
-        let attachments: Vec<NewAttachment<'_>> = names
+        let attachments: Vec<NewAttachment<'_>> = f
+            .attachments
             .iter()
-            .zip(&f.attachments)
             .zip(&sealed)
-            .map(|(((name, media_type), a), content)| NewAttachment {
-                name,
-                media_type,
+            .map(|(a, content)| NewAttachment {
                 size: i64::try_from(a.content.len()).unwrap_or(i64::MAX),
                 content,
             })
             .collect();
         let id = format!("fbk_{}", mica_core::crypto::random_token_string(12));
-        self.store()
-            .insert_report(&NewReport {
-                id: &id,
-                account,
-                kind: &f.kind,
-                body: &sealed_body,
-                attachments: &attachments,
-                created_at: now,
-            })
+        let stored = self
+            .store()
+            .insert_report(
+                &NewReport {
+                    id: &id,
+                    account,
+                    kind: &f.kind,
+                    body: &sealed_body,
+                    attachments: &attachments,
+                    created_at: now,
+                },
+                now.minus(std::time::Duration::from_secs(86_400)),
+                REPORTS_PER_DAY,
+            )
             .await?;
+        if !stored {
+            return Err(CommerceError::TooManyReports(REPORTS_PER_DAY));
+        }
         tracing::info!(%account, report = %id, kind = %f.kind, attachments = attachments.len(), "feedback received");
         let row = self
             .store()
@@ -367,7 +375,9 @@ impl Commerce {
             action,
             account: Some(account),
             subject: Some(id),
-            detail: &report.subject,
+            // What the person wrote is theirs, and goes with their account: the log, which
+            // outlives accounts, keeps only what kind of report it was.
+            detail: &report.kind,
         };
         if !self
             .store()
@@ -381,7 +391,8 @@ impl Commerce {
                 account,
                 "An answer to your feedback",
                 format!(
-                    "You wrote: {}\n\nOur answer:\n{reply}\n\nYou can read it again with your reports in the app.",
+                    "You wrote: {}\n\nOur answer:\n{reply}\n\nYou can read it again with your reports \
+                     (`mica agent reports` on a linked device).",
                     report.subject
                 ),
             )

@@ -1,5 +1,6 @@
 //! `mica agent feedback`: send the operator a bug report or an idea from this linked device,
-//! with files attached (its logs, say). The server adds which device it came from.
+//! with files attached (its logs, say); the server adds which device it came from. `mica agent
+//! reports`: the account's reports and the operator's answers.
 
 use std::path::{Path, PathBuf};
 
@@ -66,4 +67,31 @@ pub async fn send(cfg: &AgentConfig, opts: &FeedbackOptions) -> anyhow::Result<V
         .send_feedback(&body)
         .await
         .map_err(api)
+}
+
+/// `mica agent reports`: the account's reports, newest first, with the operator's answers.
+pub async fn list(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let mut session = Session::open(cfg).await?;
+    let reports = session.user().await?.feedback().await.map_err(api)?;
+    let reports = reports.as_array().cloned().unwrap_or_default();
+    if reports.is_empty() {
+        println!("no reports");
+    }
+    for r in reports {
+        let text = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+        println!(
+            "{}  {}  {:<6} {:<6} {}",
+            text("id"),
+            text("created_at"),
+            text("kind"),
+            text("state"),
+            text("subject")
+        );
+        if let Some(reply) = r["reply"].as_str() {
+            for line in reply.lines() {
+                println!("    answer: {line}");
+            }
+        }
+    }
+    Ok(())
 }

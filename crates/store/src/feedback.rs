@@ -18,10 +18,10 @@ pub struct NewReport<'a> {
     pub created_at: Timestamp,
 }
 
+/// An attachment's bytes, sealed, and their size (its name and media type are in the
+/// report's sealed body).
 #[derive(Debug, Clone)]
 pub struct NewAttachment<'a> {
-    pub name: &'a str,
-    pub media_type: &'a str,
     pub size: i64,
     pub content: &'a [u8],
 }
@@ -38,8 +38,8 @@ pub struct ReportRow {
     pub replied_by: Option<String>,
     pub replied_at: Option<Timestamp>,
     pub closed_at: Option<Timestamp>,
-    /// Name, media type and size of each attachment, in order.
-    pub attachments: Vec<(String, String, i64)>,
+    /// The size of each attachment, in order.
+    pub attachments: Vec<i64>,
 }
 
 const REPORT_COLUMNS: &str =
@@ -63,9 +63,28 @@ fn report_of(r: &sqlx::any::AnyRow) -> Result<ReportRow> {
 }
 
 impl Store {
-    /// Stores a report with its attachments, in one transaction.
-    pub async fn insert_report(&self, r: &NewReport<'_>) -> Result<()> {
+    /// Stores a report with its attachments, in one transaction — unless the account sent
+    /// `max` reports since `since` already (false), counted under the account's lock so that
+    /// reports sent at once cannot pass the limit together.
+    pub async fn insert_report(
+        &self,
+        r: &NewReport<'_>,
+        since: Timestamp,
+        max: i64,
+    ) -> Result<bool> {
         let mut tx = self.writer.begin().await?;
+        crate::cloud::lock_account(&mut tx, r.account, 0).await?;
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM feedback_reports \
+             WHERE account_id = $1 AND created_at >= $2",
+        )
+        .bind(r.account.as_i64())
+        .bind(since.millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        if sent >= max {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO feedback_reports (id, account_id, kind, body, created_at, state) \
              VALUES ($1, $2, $3, $4, $5, 'open')",
@@ -79,52 +98,28 @@ impl Store {
         .await?;
         for (n, a) in r.attachments.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO feedback_attachments (report_id, n, name, media_type, size, content) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO feedback_attachments (report_id, n, size, content) \
+                 VALUES ($1, $2, $3, $4)",
             )
             .bind(r.id)
             .bind(i64::try_from(n).unwrap_or(i64::MAX))
-            .bind(a.name)
-            .bind(a.media_type)
             .bind(a.size)
             .bind(a.content)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// How many reports the account sent since `since` (the abuse limit).
-    pub async fn reports_since(&self, account: AccountId, since: Timestamp) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT CAST(COUNT(*) AS BIGINT) FROM feedback_reports \
-             WHERE account_id = $1 AND created_at >= $2",
-        )
-        .bind(account.as_i64())
-        .bind(since.millis())
-        .fetch_one(&self.writer)
-        .await?)
+        Ok(true)
     }
 
     async fn with_attachments(&self, mut rows: Vec<ReportRow>) -> Result<Vec<ReportRow>> {
         for row in &mut rows {
-            row.attachments = sqlx::query(
-                "SELECT name, media_type, size FROM feedback_attachments WHERE report_id = $1 \
-                 ORDER BY n",
+            row.attachments = sqlx::query_scalar(
+                "SELECT size FROM feedback_attachments WHERE report_id = $1 ORDER BY n",
             )
             .bind(&row.id)
             .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|a| {
-                Ok((
-                    a.try_get("name")?,
-                    a.try_get("media_type")?,
-                    a.try_get("size")?,
-                ))
-            })
-            .collect::<Result<_>>()?;
+            .await?;
         }
         Ok(rows)
     }
@@ -145,19 +140,27 @@ impl Store {
         self.with_attachments(rows).await
     }
 
-    /// Reports for the operator, oldest first: the open ones, or all.
+    /// Reports for the operator: the open ones oldest first (the queue to work through), or
+    /// all of them newest first.
     pub async fn reports(&self, open_only: bool, limit: i64) -> Result<Vec<ReportRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {REPORT_COLUMNS} FROM feedback_reports WHERE ($1 = 0 OR state = 'open') \
-             ORDER BY created_at, id LIMIT $2"
-        ))
-        .bind(i64::from(open_only))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(report_of)
-        .collect::<Result<Vec<_>>>()?;
+        let sql = if open_only {
+            format!(
+                "SELECT {REPORT_COLUMNS} FROM feedback_reports WHERE state = 'open' \
+                 ORDER BY created_at, id LIMIT $1"
+            )
+        } else {
+            format!(
+                "SELECT {REPORT_COLUMNS} FROM feedback_reports \
+                 ORDER BY created_at DESC, id DESC LIMIT $1"
+            )
+        };
+        let rows = sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(report_of)
+            .collect::<Result<Vec<_>>>()?;
         self.with_attachments(rows).await
     }
 

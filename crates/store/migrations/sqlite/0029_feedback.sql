@@ -7,7 +7,8 @@ CREATE TABLE feedback_reports (
     account_id  BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     -- `bug`, `idea` or `other`.
     kind        TEXT   NOT NULL,
-    -- Sealed JSON: subject, description, app, and the device it came from.
+    -- Sealed JSON: subject, description, app, the device it came from, and the attachments'
+    -- names and media types.
     body        BLOB   NOT NULL,
     created_at  BIGINT NOT NULL,
     -- `open` until the operator closes it.
@@ -24,8 +25,6 @@ CREATE INDEX feedback_reports_state ON feedback_reports (state, created_at);
 CREATE TABLE feedback_attachments (
     report_id   TEXT   NOT NULL REFERENCES feedback_reports(id) ON DELETE CASCADE,
     n           BIGINT NOT NULL,
-    name        TEXT   NOT NULL,
-    media_type  TEXT   NOT NULL,
     size        BIGINT NOT NULL,
     content     BLOB   NOT NULL,
     PRIMARY KEY (report_id, n)
