@@ -795,6 +795,42 @@ impl Client {
         self.call(Method::GET, "/api/v1/feedback", None).await
     }
 
+    /// The theme store, searched with `q` when given: `{"themes": [...], "next"}`.
+    pub async fn themes(&self, q: Option<&str>) -> Result<Value> {
+        let mut req = self.http.get(format!("{}/api/v1/themes", self.base));
+        if let Some(q) = q {
+            req = req.query(&[("q", q)]);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        Self::decode(resp).await
+    }
+
+    /// Gets a theme (bought once with credits, or free), optionally with an idempotency key.
+    pub async fn buy_theme(&self, id: &str, key: Option<&str>) -> Result<Value> {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/themes/{id}/purchase", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await?;
+        Self::decode(resp).await
+    }
+
+    /// A theme's package, as downloaded.
+    pub async fn theme_package(&self, id: &str) -> Result<Vec<u8>> {
+        let resp = self
+            .raw(Method::GET, &format!("/api/v1/themes/{id}/package"), None)
+            .await?;
+        Ok(resp.bytes().await?.to_vec())
+    }
+
     /// What the account bought, newest first: `{"purchases": [...], "next"}`.
     pub async fn purchases(&self) -> Result<Value> {
         self.call(Method::GET, "/api/v1/purchases", None).await

@@ -26,6 +26,12 @@ pub enum CommerceError {
     EventReused,
     #[error("not found")]
     NotFound,
+    #[error("this account has it already: download it on any of its devices")]
+    AlreadyOwned,
+    #[error("get this theme first: it is priced in credits")]
+    NotOwned,
+    #[error("the price changed meanwhile: it is now {0} credits; look again before buying")]
+    PriceChanged(i64),
     #[error("too large: {0}")]
     TooLarge(String),
     #[error("an account sends at most {0} reports a day; try again tomorrow")]
@@ -48,6 +54,9 @@ impl CommerceError {
             CommerceError::UnknownAccount => "unknown_account",
             CommerceError::EventReused => "event_reused",
             CommerceError::NotFound => "not_found",
+            CommerceError::AlreadyOwned => "already_owned",
+            CommerceError::NotOwned => "theme_not_owned",
+            CommerceError::PriceChanged(_) => "price_changed",
             CommerceError::TooLarge(_) => "payload_too_large",
             CommerceError::TooManyReports(_) => "rate_limited",
             CommerceError::Store(mica_store::StoreError::Gone) => "not_found",
@@ -67,6 +76,9 @@ impl CommerceError {
             CommerceError::UnknownAccount => 422,
             CommerceError::EventReused => 409,
             CommerceError::NotFound => 404,
+            CommerceError::AlreadyOwned => 409,
+            CommerceError::NotOwned => 403,
+            CommerceError::PriceChanged(_) => 409,
             CommerceError::TooLarge(_) => 413,
             CommerceError::TooManyReports(_) => 429,
             CommerceError::Store(mica_store::StoreError::Gone) => 404,

@@ -1,5 +1,6 @@
 //! Commerce: the credits wallet (CM-1), storage plans bought with credits (CM-2), the
-//! purchase history (CM-4) and feedback reports to the operator (CM-5, `feedback.rs`). The protocol and its rules are in docs/design/commerce.md.
+//! purchase history (CM-4), the theme store (CM-3, `themes.rs`) and feedback reports to the
+//! operator (CM-5, `feedback.rs`). The protocol and its rules are in docs/design/commerce.md.
 //!
 //! - Credits come from the operator (`mica admin account credits`) or from a payment
 //!   provider's webhook, signed with a shared secret ([`Commerce::payment_webhook`]); each
@@ -17,6 +18,7 @@
 
 mod error;
 pub mod feedback;
+pub mod themes;
 pub mod webhook;
 
 use std::collections::HashSet;

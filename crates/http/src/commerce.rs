@@ -1,10 +1,12 @@
-//! Commerce (CM-1, CM-2, CM-4): the credits wallet, storage plans and purchases, and the
-//! payment provider's webhook. The rules are in docs/design/commerce.md.
+//! Commerce (CM-1, CM-2, CM-3, CM-4): the credits wallet, storage plans, the theme store and
+//! purchases, and the payment provider's webhook. The rules are in docs/design/commerce.md.
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use mica_commerce::themes::{Theme, ThemeFile, Themes};
 use mica_commerce::webhook::Receipt;
 use mica_commerce::{Bought, Plan, Purchases, Subscription, Wallet};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(subscription, buy_plan, change_subscription))
         .routes(routes!(purchases))
         .routes(routes!(payment_webhook))
+        .routes(routes!(themes))
+        .routes(routes!(theme))
+        .routes(routes!(buy_theme))
+        .routes(routes!(theme_package))
+        .routes(routes!(theme_preview))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -113,16 +120,7 @@ async fn buy_plan(
     headers: HeaderMap,
     ApiJson(req): ApiJson<BuyPlan>,
 ) -> Result<(StatusCode, Json<Bought>), ApiError> {
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                "Idempotency-Key must be visible ASCII",
-            )
-        })?),
-    };
+    let key = idempotency_key(&headers)?;
     let bought = app.commerce.buy_plan(p.account, &req.plan, key).await?;
     let status = if bought.replayed {
         StatusCode::OK
@@ -200,4 +198,166 @@ async fn payment_webhook(
         })?;
     let signature = headers.get("mica-signature").and_then(|v| v.to_str().ok());
     Ok(Json(app.commerce.payment_webhook(signature, &body).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ThemeQuery {
+    /// Words to look for in the name, author, tags and description (all of them must match).
+    q: Option<String>,
+    /// The `next` of the page before.
+    cursor: Option<String>,
+    /// Themes per page (1–200, 50 by default).
+    limit: Option<usize>,
+}
+
+/// The theme store: themes on offer, and those the account has, by name; `q` searches.
+#[utoipa::path(get, path = "/themes", tag = "commerce", security(("bearer" = [])),
+    params(ThemeQuery),
+    responses((status = 200, body = Themes), (status = 422, body = ErrorBody)))]
+async fn themes(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<ThemeQuery>,
+) -> Result<Json<Themes>, ApiError> {
+    Ok(Json(
+        app.commerce
+            .themes(
+                p.account,
+                q.q.as_deref(),
+                q.cursor.as_deref(),
+                q.limit.unwrap_or(50),
+            )
+            .await?,
+    ))
+}
+
+/// One theme.
+#[utoipa::path(get, path = "/themes/{id}", tag = "commerce", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Theme), (status = 404, body = ErrorBody)))]
+async fn theme(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Theme>, ApiError> {
+    Ok(Json(app.commerce.theme(p.account, &id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BuyThemeQuery {
+    /// The price the person was shown: when the theme's price is another now, nothing is
+    /// bought (`409 price_changed`).
+    price: Option<i64>,
+}
+
+/// Gets a theme for the account: bought once with credits (a free one for nothing), then
+/// downloaded on every device of the account. `402 insufficient_credits`, `409 already_owned`,
+/// `409 price_changed`. Send an `Idempotency-Key` header so that a retry buys once.
+#[utoipa::path(post, path = "/themes/{id}/purchase", tag = "commerce", security(("bearer" = [])),
+    params(("id" = String, Path), BuyThemeQuery,
+           ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    responses((status = 201, body = Bought), (status = 200, description = "A retry: the purchase made before", body = Bought),
+              (status = 402, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn buy_theme(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<BuyThemeQuery>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Bought>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    let bought = app.commerce.buy_theme(p.account, &id, key, q.price).await?;
+    let status = if bought.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(bought)))
+}
+
+/// The hashes an `If-None-Match` header names (without their quotes).
+pub(crate) fn known_hash(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+}
+
+/// Serves a theme's file with its hash as the entity tag (`304` when the asker has it).
+pub(crate) fn theme_file(f: ThemeFile, headers: &HeaderMap, attachment: bool) -> Response {
+    let etag = format!("\"{}\"", f.sha256);
+    let mut resp = if f.unchanged || known_hash(headers) == Some(f.sha256.as_str()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        f.bytes.into_response()
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&f.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    if attachment {
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", f.name)) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    resp
+}
+
+/// Downloads a theme's package (a zip), for an account that has it — or anyone, for a free
+/// theme. `403 theme_not_owned` otherwise. `ETag` is the package's SHA-256.
+#[utoipa::path(get, path = "/themes/{id}/package", tag = "commerce", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/zip", body = Vec<u8>), (status = 304),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn theme_package(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let f = app
+        .commerce
+        .theme_package(p.account, &id, known_hash(&headers))
+        .await?;
+    Ok(theme_file(f, &headers, true))
+}
+
+/// A theme's preview image.
+#[utoipa::path(get, path = "/themes/{id}/preview", tag = "commerce", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 304),
+              (status = 404, body = ErrorBody)))]
+async fn theme_preview(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let f = app.commerce.theme_preview(p.account, &id).await?;
+    Ok(theme_file(f, &headers, false))
+}
+
+/// The `Idempotency-Key` header, if sent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                "Idempotency-Key must be visible ASCII",
+            )
+        }),
+    }
 }

@@ -72,6 +72,8 @@ enum AgentCommand {
     Backup { agent_config: PathBuf },
     /// List the account's backups, from every device.
     Backups { agent_config: PathBuf },
+    /// The reports this account sent the operator, newest first, with their answers.
+    Reports { agent_config: PathBuf },
     /// Send the operator a bug report or an idea from this device, with files attached
     /// (its logs, say). The report says which device it came from.
     Feedback {
@@ -137,6 +139,9 @@ enum Admin {
     /// answer, close.
     #[command(subcommand)]
     Feedback(FeedbackCommand),
+    /// The theme store: publish a theme (or a new version), list, withdraw.
+    #[command(subcommand)]
+    Theme(ThemeCommand),
     /// What operators did (suspensions, deletions, quotas, recovery decisions), newest first.
     Log {
         /// Only this account (its number, even once deleted, or an address it has).
@@ -223,6 +228,41 @@ enum OidcCommand {
     Clients,
     /// Remove an app: every session it holds ends, and everyone's grant to it goes.
     RemoveClient { id: String },
+}
+
+#[derive(Subcommand)]
+enum ThemeCommand {
+    /// Publish a theme, or a new version of one with the same id (those who have it get the
+    /// new package).
+    Publish {
+        /// Stable id: lowercase letters, digits, '-' or '_'.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        author: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Comma-separated words people search by.
+        #[arg(long, default_value = "")]
+        tags: String,
+        /// In credits; 0 for a free theme.
+        #[arg(long, default_value_t = 0)]
+        price: i64,
+        /// The theme's package (a zip, up to 16 MiB).
+        #[arg(long)]
+        package: PathBuf,
+        /// A PNG, JPEG or WebP preview (up to 2 MiB).
+        #[arg(long)]
+        preview: Option<PathBuf>,
+    },
+    /// Every theme, withdrawn ones too.
+    List,
+    /// Stop offering a theme; those who have it keep it.
+    Withdraw { id: String },
+    /// Offer a withdrawn theme again.
+    Offer { id: String },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +367,7 @@ fn main() -> std::process::ExitCode {
             Command::Admin(Admin::Account(a)) => account(&cfg, a).await,
             Command::Admin(Admin::Oidc(c)) => oidc(&cfg, c).await,
             Command::Admin(Admin::Feedback(c)) => feedback(&cfg, c).await,
+            Command::Admin(Admin::Theme(c)) => theme(&cfg, c).await,
             Command::Admin(Admin::Log { account, limit }) => {
                 operator_log(&cfg, account.as_deref(), limit).await
             }
@@ -381,6 +422,9 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::Backups { agent_config } => {
             mica::backup::list(&AgentConfig::load(&agent_config)?).await
+        }
+        AgentCommand::Reports { agent_config } => {
+            mica::feedback::list(&AgentConfig::load(&agent_config)?).await
         }
         AgentCommand::Feedback {
             agent_config,
@@ -739,6 +783,75 @@ fn print_report(r: &mica_commerce::feedback::Report) {
         );
         println!("{reply}");
     }
+}
+
+fn print_theme(t: &mica_commerce::themes::Theme) {
+    println!(
+        "{:<20} v{:<3} {:>6} credits  {:>9} bytes  {}{}  by {}  [{}]",
+        t.id,
+        t.version,
+        t.price,
+        t.size,
+        t.name,
+        if t.withdrawn { " (withdrawn)" } else { "" },
+        t.author,
+        t.tags.join(", ")
+    );
+}
+
+async fn theme(cfg: &Config, command: ThemeCommand) -> anyhow::Result<()> {
+    let (_, commerce) = operator_commerce(cfg).await?;
+    match command {
+        ThemeCommand::Publish {
+            id,
+            name,
+            author,
+            description,
+            tags,
+            price,
+            package,
+            preview,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+            };
+            let theme = commerce
+                .publish_theme(mica_commerce::themes::ThemeUpload {
+                    id,
+                    name,
+                    author,
+                    description,
+                    tags: tags.split(',').map(str::to_owned).collect(),
+                    price,
+                    package: read(&package)?,
+                    preview: preview
+                        .as_ref()
+                        .map(|p| read(p).map(|b| (b, String::new())))
+                        .transpose()?,
+                })
+                .await?;
+            print!("published ");
+            print_theme(&theme);
+        }
+        ThemeCommand::List => {
+            let all = commerce.all_themes().await?;
+            if all.is_empty() {
+                println!("no themes");
+            }
+            for t in &all {
+                print_theme(t);
+            }
+        }
+        ThemeCommand::Withdraw { id } => {
+            commerce.withdraw_theme(&id).await?;
+            println!("withdrawn {id}: no longer offered; those who have it keep it");
+        }
+        ThemeCommand::Offer { id } => {
+            commerce.offer_theme(&id).await?;
+            println!("offered {id} again");
+        }
+    }
+    Ok(())
 }
 
 async fn feedback(cfg: &Config, command: FeedbackCommand) -> anyhow::Result<()> {

@@ -497,11 +497,13 @@ impl Store {
             .await?;
             if let Some(r) = earlier {
                 let earlier = purchase_of(&r)?;
-                return Ok(if earlier.product_id == p.product_id {
-                    BuyOutcome::Replayed(earlier)
-                } else {
-                    BuyOutcome::KeyReused
-                });
+                return Ok(
+                    if earlier.kind == "plan" && earlier.product_id == p.product_id {
+                        BuyOutcome::Replayed(earlier)
+                    } else {
+                        BuyOutcome::KeyReused
+                    },
+                );
             }
         }
         let current = subscription_in(&mut tx, account).await?;
@@ -717,5 +719,336 @@ impl Store {
                 ))
             })
             .collect()
+    }
+}
+
+/// A theme as published (without its bytes).
+#[derive(Debug, Clone)]
+pub struct ThemeRow {
+    pub id: String,
+    pub name: String,
+    pub author: String,
+    pub description: String,
+    pub tags: String,
+    pub price: i64,
+    pub version: i64,
+    pub package_size: i64,
+    pub package_sha256: String,
+    pub preview_type: Option<String>,
+    pub published_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub withdrawn_at: Option<Timestamp>,
+    /// Whether the account asking has it.
+    pub owned: bool,
+}
+
+/// A theme to publish, or a new version of one.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTheme<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub author: &'a str,
+    pub description: &'a str,
+    pub tags: &'a str,
+    pub price: i64,
+    pub package: &'a [u8],
+    pub package_sha256: &'a str,
+    pub preview: Option<(&'a [u8], &'a str)>,
+}
+
+/// What getting a theme did.
+#[derive(Debug)]
+pub enum ThemeOutcome {
+    Bought {
+        purchase: PurchaseRow,
+        balance: i64,
+    },
+    /// The idempotency key was used before for this theme: that purchase.
+    Replayed(PurchaseRow),
+    /// The account has the theme already (bought once, on every device).
+    AlreadyOwned(PurchaseRow),
+    KeyReused,
+    /// Not offered (unknown or withdrawn).
+    Unavailable,
+    /// The price is not the one the buyer saw (the operator changed it): this one.
+    PriceChanged(i64),
+    Insufficient {
+        balance: i64,
+        needed: i64,
+    },
+}
+
+const THEME_COLUMNS: &str = "t.id, t.name, t.author, t.description, t.tags, t.price, t.version, \
+     t.package_size, t.package_sha256, t.preview_type, t.published_at, t.updated_at, t.withdrawn_at";
+
+/// `owned`: whether the account `$1` has a `theme` purchase of it.
+const THEME_OWNED: &str = "EXISTS (SELECT 1 FROM purchases p WHERE p.account_id = $1 \
+     AND p.kind = 'theme' AND p.product_id = t.id) AS owned";
+
+fn theme_of(r: &sqlx::any::AnyRow) -> Result<ThemeRow> {
+    Ok(ThemeRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        author: r.try_get("author")?,
+        description: r.try_get("description")?,
+        tags: r.try_get("tags")?,
+        price: r.try_get("price")?,
+        version: r.try_get("version")?,
+        package_size: r.try_get("package_size")?,
+        package_sha256: r.try_get("package_sha256")?,
+        preview_type: r.try_get("preview_type")?,
+        published_at: Timestamp(r.try_get("published_at")?),
+        updated_at: Timestamp(r.try_get("updated_at")?),
+        withdrawn_at: r.try_get::<Option<i64>, _>("withdrawn_at")?.map(Timestamp),
+        // SQLite answers a boolean expression as an integer; PostgreSQL as a boolean.
+        owned: match r.try_get::<bool, _>("owned") {
+            Ok(b) => b,
+            Err(_) => r.try_get::<i64, _>("owned")? != 0,
+        },
+    })
+}
+
+impl Store {
+    /// Publishes a theme, or a new version of it (the version goes up when the package
+    /// changes; a preview or description not given stays; a withdrawn theme stays withdrawn).
+    pub async fn publish_theme(&self, t: &NewTheme<'_>, now: Timestamp) -> Result<i64> {
+        let search = format!("{} {} {} {}", t.name, t.author, t.tags, t.description).to_lowercase();
+        let (preview, preview_type) = t.preview.map_or((None, None), |(b, m)| (Some(b), Some(m)));
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO themes (id, name, author, description, tags, search, price, version, \
+             package, package_size, package_sha256, preview, preview_type, published_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $13) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, author = excluded.author, \
+             description = CASE WHEN excluded.description = '' THEN themes.description \
+                 ELSE excluded.description END, \
+             tags = excluded.tags, search = excluded.search, price = excluded.price, \
+             version = CASE WHEN themes.package_sha256 = excluded.package_sha256 \
+                 THEN themes.version ELSE themes.version + 1 END, \
+             package = excluded.package, package_size = excluded.package_size, \
+             package_sha256 = excluded.package_sha256, \
+             preview = COALESCE(excluded.preview, themes.preview), \
+             preview_type = COALESCE(excluded.preview_type, themes.preview_type), \
+             updated_at = excluded.updated_at \
+             RETURNING version",
+        )
+        .bind(t.id)
+        .bind(t.name)
+        .bind(t.author)
+        .bind(t.description)
+        .bind(t.tags)
+        .bind(search)
+        .bind(t.price)
+        .bind(t.package)
+        .bind(i64::try_from(t.package.len()).unwrap_or(i64::MAX))
+        .bind(t.package_sha256)
+        .bind(preview)
+        .bind(preview_type)
+        .bind(now.millis())
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(version)
+    }
+
+    /// Offers a withdrawn theme again; false when there is none.
+    pub async fn offer_theme(&self, id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE themes SET withdrawn_at = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&self.writer)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    /// Stops offering a theme; false when there is none.
+    pub async fn withdraw_theme(&self, id: &str, now: Timestamp) -> Result<bool> {
+        Ok(
+            sqlx::query(
+                "UPDATE themes SET withdrawn_at = COALESCE(withdrawn_at, $2) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now.millis())
+            .execute(&self.writer)
+            .await?
+            .rows_affected()
+                > 0,
+        )
+    }
+
+    /// Themes on offer — and those `account` has, even withdrawn — whose text holds every
+    /// word of `words` (lowercase), by name, after `(name, id)` when given. `account` 0 and
+    /// `all` list every theme, for the operator.
+    pub async fn themes(
+        &self,
+        account: Option<AccountId>,
+        words: &[String],
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<ThemeRow>> {
+        let mut sql = format!(
+            "SELECT {THEME_COLUMNS}, {THEME_OWNED} FROM themes t WHERE \
+             ($4 = 1 OR t.withdrawn_at IS NULL OR EXISTS (SELECT 1 FROM purchases p \
+              WHERE p.account_id = $1 AND p.kind = 'theme' AND p.product_id = t.id)) \
+             AND (LOWER(t.name) > $2 OR (LOWER(t.name) = $2 AND t.id > $3))"
+        );
+        for i in 0..words.len() {
+            sql.push_str(&format!(" AND t.search LIKE ${} ESCAPE '\\'", i + 6));
+        }
+        sql.push_str(" ORDER BY LOWER(t.name), t.id LIMIT $5");
+        let (name, id) = after.unwrap_or(("", ""));
+        let mut q = sqlx::query(&sql)
+            .bind(account.map_or(0, AccountId::as_i64))
+            .bind(name)
+            .bind(id)
+            .bind(i64::from(account.is_none()))
+            .bind(limit);
+        for w in words {
+            let escaped = w
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            q = q.bind(format!("%{escaped}%"));
+        }
+        q.fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(theme_of)
+            .collect()
+    }
+
+    /// A theme, with whether `account` has it (`None`: the operator asking).
+    pub async fn theme(&self, account: Option<AccountId>, id: &str) -> Result<Option<ThemeRow>> {
+        sqlx::query(&format!(
+            "SELECT {THEME_COLUMNS}, {THEME_OWNED} FROM themes t WHERE t.id = $2"
+        ))
+        .bind(account.map_or(0, AccountId::as_i64))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(theme_of)
+        .transpose()
+    }
+
+    /// A theme's package with its SHA-256 (read together: a version published meanwhile is
+    /// not paired with the other's hash), or its preview (`preview`, with no hash).
+    pub async fn theme_bytes(
+        &self,
+        id: &str,
+        preview: bool,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let sql = if preview {
+            "SELECT preview AS bytes, NULL AS sha FROM themes WHERE id = $1 AND preview IS NOT NULL"
+        } else {
+            "SELECT package AS bytes, package_sha256 AS sha FROM themes WHERE id = $1"
+        };
+        let Some(r) = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((r.try_get("bytes")?, r.try_get("sha")?)))
+    }
+
+    /// Gets a theme for the account: once, for its price (a free one for nothing), in one
+    /// transaction under the account's lock.
+    pub async fn buy_theme(
+        &self,
+        account: AccountId,
+        p: &NewPurchase<'_>,
+        expected_price: Option<i64>,
+        now: Timestamp,
+    ) -> Result<ThemeOutcome> {
+        let mut tx = self.writer.begin().await?;
+        crate::cloud::lock_account(&mut tx, account, 0).await?;
+        if let Some(key) = p.idempotency_key {
+            let earlier = sqlx::query(&format!(
+                "SELECT {PURCHASE_COLUMNS} FROM purchases \
+                 WHERE account_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(account.as_i64())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = earlier {
+                let earlier = purchase_of(&r)?;
+                return Ok(
+                    if earlier.kind == "theme" && earlier.product_id == p.product_id {
+                        ThemeOutcome::Replayed(earlier)
+                    } else {
+                        ThemeOutcome::KeyReused
+                    },
+                );
+            }
+        }
+        let owned = sqlx::query(&format!(
+            "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE account_id = $1 AND kind = 'theme' \
+             AND product_id = $2"
+        ))
+        .bind(account.as_i64())
+        .bind(p.product_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = owned {
+            return Ok(ThemeOutcome::AlreadyOwned(purchase_of(&r)?));
+        }
+        let theme =
+            sqlx::query("SELECT name, price FROM themes WHERE id = $1 AND withdrawn_at IS NULL")
+                .bind(p.product_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(theme) = theme else {
+            return Ok(ThemeOutcome::Unavailable);
+        };
+        let name: String = theme.try_get("name")?;
+        let price: i64 = theme.try_get("price")?;
+        if expected_price.is_some_and(|e| e != price) {
+            return Ok(ThemeOutcome::PriceChanged(price));
+        }
+        let balance = if price > 0 {
+            let reference = format!("purchase:{}", p.id);
+            let memo = format!("Theme: {name}");
+            let c = Credit {
+                delta: -price,
+                kind: "purchase",
+                reference: &reference,
+                memo: &memo,
+            };
+            match apply(&mut tx, account, &c, now).await? {
+                Ok(row) => row.balance_after,
+                Err(Refused::Insufficient { balance }) => {
+                    return Ok(ThemeOutcome::Insufficient {
+                        balance,
+                        needed: price,
+                    })
+                }
+                Err(Refused::Duplicate(_)) => return Err(StoreError::Conflict),
+            }
+        } else {
+            sqlx::query_scalar("SELECT balance FROM wallets WHERE account_id = $1")
+                .bind(account.as_i64())
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(0)
+        };
+        let purchase = insert_purchase(
+            &mut tx,
+            account,
+            p.id,
+            "theme",
+            p.product_id,
+            &name,
+            price,
+            0,
+            None,
+            p.idempotency_key,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ThemeOutcome::Bought { purchase, balance })
     }
 }

@@ -24,7 +24,7 @@ pub struct AccountTable {
 /// account's number and the operator's own words, never the account's data. Also the tables of
 /// the server's own (the applications registered with its OpenID provider, its signing keys),
 /// which no account owns.
-pub const OUTLIVES_ACCOUNTS: &[&str] = &["operator_log", "oidc_clients", "oidc_keys"];
+pub const OUTLIVES_ACCOUNTS: &[&str] = &["operator_log", "oidc_clients", "oidc_keys", "themes"];
 
 pub const ACCOUNT_DATA: &[AccountTable] = &[
     AccountTable {

@@ -63,8 +63,8 @@ pub use cloud::{
 };
 pub use codes::{CodeRow, NewCode};
 pub use commerce::{
-    BuyOutcome, Credit, CreditOutcome, LedgerRow, NewPurchase, PlanChange, PurchaseRow,
-    RenewOutcome, Renewal, SubscriptionRow,
+    BuyOutcome, Credit, CreditOutcome, LedgerRow, NewPurchase, NewTheme, PlanChange, PurchaseRow,
+    RenewOutcome, Renewal, SubscriptionRow, ThemeOutcome, ThemeRow,
 };
 pub use devices::{
     AckOutcome, CommandRow, DeviceRow, FindOutcome, FinishOutcome, LinkOutcome, LocationRow,

@@ -157,6 +157,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0029_feedback.sql"),
         postgres: include_str!("../migrations/postgres/0029_feedback.sql"),
     },
+    Migration {
+        version: 30,
+        sqlite: include_str!("../migrations/sqlite/0030_themes.sql"),
+        postgres: include_str!("../migrations/postgres/0030_themes.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying Mica's migration lock on PostgreSQL.

@@ -23,6 +23,7 @@ mod bin;
 mod devices;
 mod plan;
 mod security;
+mod themes;
 
 use askama::Template;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -113,6 +114,10 @@ pub(crate) fn routes(public_url: &str) -> Router<AppState> {
         .route("/web/plan", get(plan::show))
         .route("/web/plan/buy", post(plan::buy))
         .route("/web/plan/renewal", post(plan::renewal))
+        .route("/web/themes", get(themes::list))
+        .route("/web/themes/{id}/get", post(themes::get_theme))
+        .route("/web/themes/{id}/package", get(themes::package))
+        .route("/web/themes/{id}/preview", get(themes::preview))
         .route("/web/bin", get(bin::list))
         .route("/web/bin/{id}/restore", post(bin::restore))
         .route("/web/bin/{id}/purge", post(bin::purge))

@@ -23,6 +23,7 @@ on_both_backends!(
     a_plan_renews_from_the_wallet_or_ends,
     the_plan_page_buys_and_stops_a_plan_in_a_browser,
     a_device_reports_a_bug_with_its_log_and_the_operator_answers,
+    the_theme_store_sells_a_theme_once_for_every_device,
 );
 
 const GB: i64 = 1_000_000_000;
@@ -550,6 +551,36 @@ async fn the_plan_page_buys_and_stops_a_plan_in_a_browser(app: &TestApp) {
     let c = app.client.with_token(t.access_token);
     assert_eq!(c.plans().await.unwrap()["current"]["auto_renew"], false);
     assert_eq!(balance(&c).await, 20);
+
+    // The theme store: a free theme, got and downloaded from the page.
+    let (zip, _, preview) = theme_files("sand");
+    publish(
+        app,
+        &[
+            "--id",
+            "sand",
+            "--name",
+            "Sand",
+            "--author",
+            "Mica",
+            "--tags",
+            "warm",
+            "--package",
+            zip.to_str().unwrap(),
+            "--preview",
+            preview.to_str().unwrap(),
+        ],
+    );
+    browser.click("nav a[href='/web/themes']").await;
+    let page = browser.until_text("Get, free").await;
+    assert!(page.contains("Sand") && page.contains("by Mica"), "{page}");
+    browser.click("#get-sand").await;
+    let page = browser.until_text("It is yours").await;
+    assert!(page.contains("Download"), "{page}");
+    assert_eq!(
+        c.purchases().await.unwrap()["purchases"][0]["product"],
+        "sand"
+    );
     browser.quit().await;
 }
 
@@ -601,8 +632,10 @@ async fn a_device_reports_a_bug_with_its_log_and_the_operator_answers(app: &Test
     if app.backend == crate::support::Backend::Sqlite {
         let dump = app.dump().await;
         assert!(
-            !dump.contains("notes stop syncing") && !dump.contains("Sync stops after sleep"),
-            "the report is sealed at rest"
+            !dump.contains("notes stop syncing")
+                && !dump.contains("Sync stops after sleep")
+                && !dump.contains("agent.log"),
+            "the report and its attachments' names are sealed at rest"
         );
     }
 
@@ -674,6 +707,21 @@ async fn a_device_reports_a_bug_with_its_log_and_the_operator_answers(app: &Test
     assert!(ok && out.contains("no open reports"), "{out}");
     let (ok, out) = app.admin(&["log", "--account", email]);
     assert!(ok && out.contains("feedback_answered_closed"), "{out}");
+    assert!(
+        !out.contains("Sync stops after sleep"),
+        "the operator's log outlives the account: it keeps none of what the person wrote: {out}"
+    );
+    // The device reads the answer too.
+    let out = laptop.command(&["reports"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(&id) && said.contains("closed"),
+        "{said}"
+    );
+    assert!(
+        said.contains("answer: Thank you: this is fixed in version 0.2."),
+        "{said}"
+    );
     let (ok, out) = app.admin(&["feedback", "show", "fbk_nothing"]);
     assert!(!ok && out.contains("not found"), "{out}");
 
@@ -775,4 +823,318 @@ async fn a_device_reports_a_bug_with_its_log_and_the_operator_answers(app: &Test
         .send_feedback(&json!({"kind": "idea", "subject": "Next day", "description": "Yes."}))
         .await
         .unwrap();
+}
+
+/// A theme package (a zip's signature, then bytes) and a PNG preview, in a folder of their own.
+fn theme_files(tag: &str) -> (std::path::PathBuf, Vec<u8>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mica-themes-{tag}-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut package = b"PK\x03\x04".to_vec();
+    package.extend_from_slice(tag.as_bytes());
+    package.extend((0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let path = dir.join(format!("{tag}.zip"));
+    std::fs::write(&path, &package).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(8, 8, image::Rgb([20, 40, 90]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let preview = dir.join("preview.png");
+    std::fs::write(&preview, png.into_inner()).unwrap();
+    (path, package, preview)
+}
+
+fn publish(app: &TestApp, args: &[&str]) -> String {
+    let mut all = vec!["theme", "publish"];
+    all.extend_from_slice(args);
+    let (ok, out) = app.admin(&all);
+    assert!(ok, "{out}");
+    out
+}
+
+async fn the_theme_store_sells_a_theme_once_for_every_device(app: &TestApp) {
+    let (aurora_zip, aurora_bytes, preview) = theme_files("aurora");
+    let (paper_zip, paper_bytes, _) = theme_files("paper");
+    let out = publish(
+        app,
+        &[
+            "--id",
+            "aurora",
+            "--name",
+            "Aurora",
+            "--author",
+            "Nordlys Studio",
+            "--description",
+            "Dark blues and greens, like the northern lights.",
+            "--tags",
+            "dark,Northern",
+            "--price",
+            "30",
+            "--package",
+            aurora_zip.to_str().unwrap(),
+            "--preview",
+            preview.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains("published aurora") && out.contains("v1"),
+        "{out}"
+    );
+    publish(
+        app,
+        &[
+            "--id",
+            "paper",
+            "--name",
+            "Paper",
+            "--author",
+            "Mica",
+            "--tags",
+            "light",
+            "--package",
+            paper_zip.to_str().unwrap(),
+        ],
+    );
+    // The operator's mistakes are refused, saying why.
+    let (ok, out) = app.admin(&[
+        "theme",
+        "publish",
+        "--id",
+        "Bad Id",
+        "--name",
+        "x",
+        "--author",
+        "y",
+        "--package",
+        paper_zip.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("lowercase"), "{out}");
+    let (ok, out) = app.admin(&[
+        "theme",
+        "publish",
+        "--id",
+        "notzip",
+        "--name",
+        "x",
+        "--author",
+        "y",
+        "--package",
+        preview.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("zip"), "{out}");
+
+    let email = "theo@example.com";
+    let t = app.signup_email(email).await;
+    let phone = app.client.with_token(&t.access_token);
+    let list = phone.themes(None).await.unwrap();
+    let names: Vec<&str> = list["themes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Aurora", "Paper"]);
+    let aurora = &list["themes"][0];
+    assert_eq!(aurora["price"], 30);
+    assert_eq!(aurora["owned"], false);
+    assert_eq!(aurora["preview"], true);
+    assert_eq!(aurora["tags"], json!(["dark", "northern"]));
+    assert_eq!(aurora["size"], json!(aurora_bytes.len()));
+    let found = |v: Value| -> Vec<String> {
+        v["themes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        found(phone.themes(Some("NORTHERN")).await.unwrap()),
+        ["aurora"]
+    );
+    assert_eq!(
+        found(phone.themes(Some("light paper")).await.unwrap()),
+        ["paper"]
+    );
+    assert_eq!(
+        found(phone.themes(Some("mica lights")).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        found(phone.themes(Some("%")).await.unwrap()),
+        Vec::<String>::new()
+    );
+
+    // A priced theme downloads only once the account has it; a free one for anyone.
+    let e = phone.theme_package("aurora").await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(StatusCode::FORBIDDEN), Some("theme_not_owned"))
+    );
+    assert_eq!(phone.theme_package("paper").await.unwrap(), paper_bytes);
+    let e = phone.buy_theme("aurora", Some("t-1")).await.unwrap_err();
+    assert_eq!(e.code(), Some("insufficient_credits"));
+    grant(app, email, 50, "Welcome");
+    let bought = phone.buy_theme("aurora", Some("t-1")).await.unwrap();
+    assert_eq!(bought["balance"], 20);
+    assert_eq!(bought["purchase"]["name"], "Aurora");
+    let again = phone.buy_theme("aurora", Some("t-1")).await.unwrap();
+    assert_eq!(again["replayed"], true);
+    let e = phone.buy_theme("aurora", Some("t-2")).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(StatusCode::CONFLICT), Some("already_owned"))
+    );
+    assert_eq!(balance(&phone).await, 20, "bought once");
+    phone.buy_theme("paper", None).await.unwrap();
+    assert_eq!(balance(&phone).await, 20, "a free theme costs nothing");
+    let history = phone.purchases().await.unwrap();
+    let kinds: Vec<(String, i64)> = history["purchases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["product"].as_str().unwrap().to_owned(),
+                p["price"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("paper".to_owned(), 0), ("aurora".to_owned(), 30)]);
+
+    // Every device of the account has it: the laptop signs in and downloads the same bytes.
+    let t2 = app.client.sign_in(email, PASSWORD, None).await.unwrap();
+    let laptop = app.client.with_token(&t2.access_token);
+    let list = laptop.themes(None).await.unwrap();
+    assert!(list["themes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["owned"] == true));
+    assert_eq!(laptop.theme_package("aurora").await.unwrap(), aurora_bytes);
+    let sha = list["themes"][0]["sha256"].as_str().unwrap().to_owned();
+    let r = app
+        .http
+        .get(app.url("/api/v1/themes/aurora/package"))
+        .bearer_auth(&t2.access_token)
+        .header("if-none-match", format!("\"{sha}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_MODIFIED,
+        "the device has this version"
+    );
+    let r = app
+        .http
+        .get(app.url("/api/v1/themes/aurora/preview"))
+        .bearer_auth(&t2.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "image/png");
+
+    // Another account has bought nothing.
+    let other = app.signup_email("olga@example.com").await;
+    let o = app.client.with_token(&other.access_token);
+    let e = o.theme_package("aurora").await.unwrap_err();
+    assert_eq!(e.code(), Some("theme_not_owned"));
+
+    // Withdrawn: no longer offered, still downloaded by those who have it.
+    let (ok, out) = app.admin(&["theme", "withdraw", "aurora"]);
+    assert!(ok, "{out}");
+    assert_eq!(found(o.themes(None).await.unwrap()), ["paper"]);
+    assert_eq!(
+        o.buy_theme("aurora", None).await.unwrap_err().code(),
+        Some("not_found")
+    );
+    let mine = laptop.themes(None).await.unwrap();
+    assert_eq!(mine["themes"][0]["withdrawn"], true);
+    assert_eq!(laptop.theme_package("aurora").await.unwrap(), aurora_bytes);
+    let (ok, out) = app.admin(&["theme", "list"]);
+    assert!(ok && out.contains("(withdrawn)"), "{out}");
+
+    // A new version reaches those who have it.
+    let (v2_zip, v2_bytes, _) = theme_files("aurora2");
+    let out = publish(
+        app,
+        &[
+            "--id",
+            "aurora",
+            "--name",
+            "Aurora",
+            "--author",
+            "Nordlys Studio",
+            "--tags",
+            "dark,northern",
+            "--price",
+            "30",
+            "--package",
+            v2_zip.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("v2"), "{out}");
+    assert_eq!(phone.theme_package("aurora").await.unwrap(), v2_bytes);
+    let mine = phone.themes(Some("aurora")).await.unwrap();
+    assert_eq!(
+        mine["themes"][0]["preview"], true,
+        "a new version keeps its preview"
+    );
+    assert_eq!(
+        mine["themes"][0]["description"], "Dark blues and greens, like the northern lights.",
+        "and its description"
+    );
+    assert_eq!(
+        found(o.themes(None).await.unwrap()),
+        ["paper"],
+        "a new version of a withdrawn theme stays withdrawn"
+    );
+    let (ok, out) = app.admin(&["theme", "offer", "aurora"]);
+    assert!(ok, "{out}");
+
+    // Ids need not be names; the store lists by name, whatever the case.
+    let (zip, _, _) = theme_files("ocean");
+    publish(
+        app,
+        &[
+            "--id",
+            "ocean-dark",
+            "--name",
+            "ocean Dark",
+            "--author",
+            "Mica",
+            "--price",
+            "5",
+            "--package",
+            zip.to_str().unwrap(),
+        ],
+    );
+    let names: Vec<String> = o.themes(None).await.unwrap()["themes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["Aurora", "ocean Dark", "Paper"]);
+
+    // A price changed between the page and the purchase: nothing is bought.
+    grant(app, "olga@example.com", 10, "Welcome");
+    let r = app
+        .http
+        .post(app.url("/api/v1/themes/ocean-dark/purchase?price=0"))
+        .bearer_auth(&other.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (409, "price_changed".into()));
+    assert_eq!(balance(&o).await, 10);
+    let r = app
+        .http
+        .post(app.url("/api/v1/themes/ocean-dark/purchase?price=5"))
+        .bearer_auth(&other.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(balance(&o).await, 5);
 }
