@@ -17,6 +17,7 @@
 //! imports axum.
 
 mod error;
+mod export;
 pub mod feedback;
 pub mod themes;
 pub mod webhook;

@@ -188,6 +188,7 @@ impl Server {
             cfg.commerce.clone(),
         );
         commerce.set_owner_notices(Arc::new(identity.clone()));
+        identity.add_area(Arc::new(CommerceExport(commerce.clone())));
         // A connection gets `client_timeout_secs` to deliver each request head (and no more
         // to sit idle between requests, or to leave its answer unread): the sweeper (below)
         // closes what waited longer, once a second.
@@ -438,6 +439,31 @@ impl mica_identity::export::AccountArea for CloudExport {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+/// Commerce's part of a data export (its rows go with the database's in a deletion).
+struct CommerceExport(mica_commerce::Commerce);
+
+impl mica_identity::export::AccountArea for CommerceExport {
+    fn export_files<'a>(
+        &'a self,
+        account: mica_core::AccountId,
+        sink: &'a mica_identity::export::ExportSink,
+    ) -> mica_identity::export::AreaFuture<'a, ()> {
+        Box::pin(async move {
+            self.0
+                .export_into(account, sink)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn forget_account(
+        &self,
+        _account: mica_core::AccountId,
+    ) -> mica_identity::export::AreaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 }
 

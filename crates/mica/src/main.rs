@@ -692,19 +692,20 @@ async fn account(cfg: &Config, command: AccountCommand) -> anyhow::Result<()> {
         if summary.two_step { "on" } else { "off" }
     );
     println!("sessions         {}", summary.sessions);
+    let plan = commerce.subscription(summary.id).await?;
+    let own = summary.storage_quota.unwrap_or(cfg.cloud.quota_bytes);
+    let (quota, whose) = match &plan {
+        Some(p) if p.quota_bytes > own => (p.quota_bytes, " (the plan's quota)"),
+        _ if summary.storage_quota.is_none() => (own, " (the default quota)"),
+        _ => (own, ""),
+    };
     println!(
         "storage          {} of {} bytes{}",
-        summary.storage_used,
-        summary.storage_quota.unwrap_or(cfg.cloud.quota_bytes),
-        if summary.storage_quota.is_none() {
-            " (the default quota)"
-        } else {
-            ""
-        }
+        summary.storage_used, quota, whose
     );
     let wallet = commerce.wallet(summary.id, None, 1).await?;
     println!("credits          {}", wallet.balance);
-    match commerce.subscription(summary.id).await? {
+    match plan {
         Some(s) => println!(
             "plan             {} ({} bytes) until {}{}",
             s.name,

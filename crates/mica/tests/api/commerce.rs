@@ -138,6 +138,17 @@ async fn credits_buy_a_plan_once_however_often_it_is_asked(app: &TestApp) {
     let usage = c.usage().await.unwrap();
     assert_eq!(usage["quota_bytes"], json!(50 * GB));
     assert_eq!(usage["plan"], "premium");
+    let (ok, out) = app.admin(&["account", "show", email]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("of 50000000000 bytes (the plan's quota)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plan             Mica+ 50 GB (50000000000 bytes) until"),
+        "{out}"
+    );
+    assert!(out.contains("credits          50"), "{out}");
 
     // A retry (a lost answer) is the same purchase: nothing is spent twice.
     let again = c.buy_plan("plus-50", Some("buy-1")).await.unwrap();
@@ -812,6 +823,38 @@ async fn a_device_reports_a_bug_with_its_log_and_the_operator_answers(app: &Test
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("rate_limited"));
+
+    // The owner's data export holds the report, its answer and its log, and the wallet.
+    grant(app, email, 12, "Sorry for the trouble");
+    let ready = crate::export::export_when_ready(app, c.token().unwrap(), email).await;
+    let resp = app
+        .http
+        .get(app.url(ready["download"].as_str().unwrap()))
+        .bearer_auth(c.token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let zip = laptop.root_path().join("export.zip");
+    std::fs::write(&zip, resp.bytes().await.unwrap()).unwrap();
+    let reports: Value =
+        serde_json::from_str(&crate::export::member(&zip, "commerce/feedback.json")).unwrap();
+    assert_eq!(reports[0]["subject"], "Sync stops after sleep");
+    assert_eq!(
+        reports[0]["reply"],
+        "Thank you: this is fixed in version 0.2."
+    );
+    assert_eq!(
+        crate::export::member_bytes(&zip, &format!("commerce/feedback/{id}/1-agent.log")),
+        log_bytes
+    );
+    let wallet: Value =
+        serde_json::from_str(&crate::export::member(&zip, "commerce/wallet.json")).unwrap();
+    assert_eq!(wallet["balance"], 12);
+    assert_eq!(
+        wallet["entries"][0]["memo"],
+        "From the operator: Sorry for the trouble"
+    );
     app.advance(DAY + Duration::from_secs(1));
     let t = app
         .client

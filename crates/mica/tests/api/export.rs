@@ -30,7 +30,7 @@ fn python(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn member(zip: &std::path::Path, name: &str) -> String {
+pub(crate) fn member(zip: &std::path::Path, name: &str) -> String {
     python(&[
         "-c",
         "import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]).decode())",
@@ -39,7 +39,7 @@ fn member(zip: &std::path::Path, name: &str) -> String {
     ])
 }
 
-fn member_bytes(zip: &std::path::Path, name: &str) -> Vec<u8> {
+pub(crate) fn member_bytes(zip: &std::path::Path, name: &str) -> Vec<u8> {
     let out = std::process::Command::new("python3")
         .args([
             "-c",
@@ -59,7 +59,7 @@ fn member_bytes(zip: &std::path::Path, name: &str) -> Vec<u8> {
 
 /// Asks for an archive and waits (10 s at most) until it is the account's one archive, ready;
 /// its entry in the list.
-async fn export_when_ready(app: &TestApp, token: &str, email: &str) -> Value {
+pub(crate) async fn export_when_ready(app: &TestApp, token: &str, email: &str) -> Value {
     // The whole account leaves with it: a fresh step-up first (a minute after any code
     // asked for before).
     app.advance(std::time::Duration::from_secs(61));
