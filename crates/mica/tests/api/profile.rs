@@ -122,7 +122,13 @@ async fn avatars_are_checked_and_reencoded(app: &TestApp) {
         (vec![0u8; 6 * 1024 * 1024], "image/png", 413),
     ];
     for (body, ct, status) in refused {
-        let resp = put(body, ct).await.unwrap();
+        let resp = match put(body, ct).await {
+            Ok(resp) => resp,
+            // The server answers 413 from the declared length without reading the 6 MiB and
+            // closes the connection; a client still writing them may see the close first.
+            Err(e) if status == 413 && e.is_request() => continue,
+            Err(e) => panic!("{e:?}"),
+        };
         assert_eq!(resp.status().as_u16(), status);
         let v: serde_json::Value = resp.json().await.unwrap();
         assert!(v["error"]["message"]
