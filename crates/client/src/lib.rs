@@ -523,21 +523,12 @@ impl Client {
     /// Pushes a batch of writes (`[{"id", "op", "base_version", "body"}]`), optionally with an
     /// idempotency key.
     pub async fn push(&self, collection: &str, writes: Value, key: Option<&str>) -> Result<Value> {
-        let mut req = self
-            .http
-            .post(format!(
-                "{}/api/v1/collections/{collection}/batch",
-                self.base
-            ))
-            .json(&json!({ "writes": writes }));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        let resp = req.send().await?;
-        Self::decode(resp).await
+        self.post_once(
+            &format!("/api/v1/collections/{collection}/batch"),
+            Some(json!({ "writes": writes })),
+            key,
+        )
+        .await
     }
 
     pub async fn item(&self, collection: &str, id: &str) -> Result<Value> {
@@ -759,10 +750,17 @@ impl Client {
     /// Buys a period of a plan with credits, optionally with an idempotency key (a retry with
     /// the same key answers the first purchase, with `"replayed": true`).
     pub async fn buy_plan(&self, plan: &str, key: Option<&str>) -> Result<Value> {
-        let mut req = self
-            .http
-            .post(format!("{}/api/v1/subscription", self.base))
-            .json(&json!({ "plan": plan }));
+        self.post_once("/api/v1/subscription", Some(json!({ "plan": plan })), key)
+            .await
+    }
+
+    /// POSTs `body` to `path` with an `Idempotency-Key` when given (a retry is answered with
+    /// the first request's result).
+    async fn post_once(&self, path: &str, body: Option<Value>, key: Option<&str>) -> Result<Value> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -810,17 +808,8 @@ impl Client {
 
     /// Gets a theme (bought once with credits, or free), optionally with an idempotency key.
     pub async fn buy_theme(&self, id: &str, key: Option<&str>) -> Result<Value> {
-        let mut req = self
-            .http
-            .post(format!("{}/api/v1/themes/{id}/purchase", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        let resp = req.send().await?;
-        Self::decode(resp).await
+        self.post_once(&format!("/api/v1/themes/{id}/purchase"), None, key)
+            .await
     }
 
     /// A theme's package, as downloaded.

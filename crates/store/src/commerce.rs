@@ -338,6 +338,37 @@ async fn set_plan(
     Ok(())
 }
 
+/// The purchase made before under `p`'s idempotency key, if any: `Ok` when it bought the same
+/// product of the same `kind` (a retry), `Err` when the key was used for something else.
+async fn earlier_purchase(
+    conn: &mut AnyConnection,
+    account: AccountId,
+    p: &NewPurchase<'_>,
+    kind: &str,
+) -> Result<Option<std::result::Result<PurchaseRow, ()>>> {
+    let Some(key) = p.idempotency_key else {
+        return Ok(None);
+    };
+    let Some(r) = sqlx::query(&format!(
+        "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE account_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(account.as_i64())
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let earlier = purchase_of(&r)?;
+    Ok(Some(
+        if earlier.kind == kind && earlier.product_id == p.product_id {
+            Ok(earlier)
+        } else {
+            Err(())
+        },
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn insert_purchase(
     tx: &mut Transaction<'static, Any>,
@@ -486,25 +517,10 @@ impl Store {
     ) -> Result<BuyOutcome> {
         let mut tx = self.writer.begin().await?;
         crate::cloud::lock_account(&mut tx, account, 0).await?;
-        if let Some(key) = p.idempotency_key {
-            let earlier = sqlx::query(&format!(
-                "SELECT {PURCHASE_COLUMNS} FROM purchases \
-                 WHERE account_id = $1 AND idempotency_key = $2"
-            ))
-            .bind(account.as_i64())
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = earlier {
-                let earlier = purchase_of(&r)?;
-                return Ok(
-                    if earlier.kind == "plan" && earlier.product_id == p.product_id {
-                        BuyOutcome::Replayed(earlier)
-                    } else {
-                        BuyOutcome::KeyReused
-                    },
-                );
-            }
+        match earlier_purchase(&mut tx, account, p, "plan").await? {
+            Some(Ok(earlier)) => return Ok(BuyOutcome::Replayed(earlier)),
+            Some(Err(())) => return Ok(BuyOutcome::KeyReused),
+            None => {}
         }
         let current = subscription_in(&mut tx, account).await?;
         let change = decide(current.as_ref());
@@ -964,25 +980,10 @@ impl Store {
     ) -> Result<ThemeOutcome> {
         let mut tx = self.writer.begin().await?;
         crate::cloud::lock_account(&mut tx, account, 0).await?;
-        if let Some(key) = p.idempotency_key {
-            let earlier = sqlx::query(&format!(
-                "SELECT {PURCHASE_COLUMNS} FROM purchases \
-                 WHERE account_id = $1 AND idempotency_key = $2"
-            ))
-            .bind(account.as_i64())
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = earlier {
-                let earlier = purchase_of(&r)?;
-                return Ok(
-                    if earlier.kind == "theme" && earlier.product_id == p.product_id {
-                        ThemeOutcome::Replayed(earlier)
-                    } else {
-                        ThemeOutcome::KeyReused
-                    },
-                );
-            }
+        match earlier_purchase(&mut tx, account, p, "theme").await? {
+            Some(Ok(earlier)) => return Ok(ThemeOutcome::Replayed(earlier)),
+            Some(Err(())) => return Ok(ThemeOutcome::KeyReused),
+            None => {}
         }
         let owned = sqlx::query(&format!(
             "SELECT {PURCHASE_COLUMNS} FROM purchases WHERE account_id = $1 AND kind = 'theme' \
