@@ -21,6 +21,7 @@ mod apps;
 mod backups;
 mod bin;
 mod devices;
+mod feedback;
 mod plan;
 mod security;
 mod themes;
@@ -114,6 +115,7 @@ pub(crate) fn routes(public_url: &str) -> Router<AppState> {
         .route("/web/plan", get(plan::show))
         .route("/web/plan/buy", post(plan::buy))
         .route("/web/plan/renewal", post(plan::renewal))
+        .route("/web/feedback", get(feedback::show).post(feedback::send))
         .route("/web/themes", get(themes::list))
         .route("/web/themes/{id}/get", post(themes::get_theme))
         .route("/web/themes/{id}/package", get(themes::package))

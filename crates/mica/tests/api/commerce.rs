@@ -592,6 +592,37 @@ async fn the_plan_page_buys_and_stops_a_plan_in_a_browser(app: &TestApp) {
         c.purchases().await.unwrap()["purchases"][0]["product"],
         "sand"
     );
+
+    // Feedback from the browser; a refused one keeps what was typed; the answer shows there.
+    browser.click("nav a[href='/web/feedback']").await;
+    browser.until_text("Tell us").await;
+    browser.fill("#subject", "Dark mode for the portal").await;
+    browser
+        .fill("#description", "The pages are too bright at night.")
+        .await;
+    browser.click("#send").await;
+    browser.until_text("Sent. The answer comes by mail").await;
+    let page = browser.until_text("Dark mode for the portal").await;
+    assert!(page.contains("open"), "{page}");
+    let mine = c.feedback().await.unwrap();
+    assert_eq!(mine[0]["app"], "Mica web");
+    let id = mine[0]["id"].as_str().unwrap().to_owned();
+    let (ok, out) = app.admin(&[
+        "feedback",
+        "reply",
+        &id,
+        "--operator",
+        "ops-ann",
+        "--message",
+        "It is on our list for the spring.",
+        "--close",
+    ]);
+    assert!(ok, "{out}");
+    browser.goto(&app.url("/web/feedback")).await;
+    let page = browser
+        .until_text("It is on our list for the spring.")
+        .await;
+    assert!(page.contains("closed"), "{page}");
     browser.quit().await;
 }
 
