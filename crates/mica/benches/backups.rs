@@ -193,12 +193,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {

@@ -35,17 +35,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{env_n, imei, percentile, vm_rss_kib};
+use common::{env_n, imei, ms, percentile, vm_rss_kib};
 
 /// An IMEI with a valid check digit, different for each `n`.
 fn nodelay() -> rumqttc::NetworkOptions {
     let mut n = rumqttc::NetworkOptions::new();
     n.set_tcp_nodelay(true);
     n
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Opens a device's command channel (a WebSocket, as the agent does) and waits for its

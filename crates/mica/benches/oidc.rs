@@ -15,25 +15,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{env_n, percentile, PASSWORD};
+use common::{env_n, ms, percentile, PASSWORD};
 use serde_json::Value;
 
 fn main() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    common::block_on(run());
 }
 
 fn field(html: &str, name: &str) -> Option<String> {

@@ -18,20 +18,11 @@ use std::time::{Duration, Instant};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{env_n, imei, percentile, PASSWORD};
+use common::{env_n, imei, ms, percentile, PASSWORD};
 use serde_json::{json, Value};
 
 fn main() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    common::block_on(run());
 }
 
 async fn run() {

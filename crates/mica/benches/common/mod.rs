@@ -113,6 +113,22 @@ pub fn imei(n: usize) -> String {
         .unwrap()
 }
 
+/// A duration in milliseconds, for the figures printed.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs a benchmark's client on a runtime of one worker thread (the server is its own
+/// process, so the client leaves it the machine's other core).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// The `p` quantile (0…1) of sorted durations.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
