@@ -265,6 +265,49 @@ fn component_time(cal: &ICalendar, idx: usize, prop: &ICalendarProperty) -> Opti
     Some(date.midnight().assume_utc().unix_timestamp())
 }
 
+/// When a calendar item takes place, as CalDAV's time-range queries need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// `VEVENT` or `VTODO`.
+    pub component: &'static str,
+    /// Its start and end in UTC milliseconds, as indexed (an all-day date from its midnight,
+    /// UTC); a task's end is its due time.
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// It repeats (`RRULE` or `RDATE`): it may also take place after its first end.
+    pub recurs: bool,
+}
+
+/// The span of a stored calendar item; `None` when the text is not one.
+pub fn calendar_span(text: &str) -> Option<Span> {
+    let prepared = prepare_icalendar(text).ok()?;
+    let Entry::ICalendar(cal) = Parser::new(text).entry() else {
+        return None;
+    };
+    let mut main = cal.components.iter().filter(|c| {
+        matches!(
+            c.component_type,
+            ICalendarComponentType::VEvent | ICalendarComponentType::VTodo
+        )
+    });
+    let first = main.next()?;
+    let recurs = std::iter::once(first).chain(main).any(|c| {
+        c.property(&ICalendarProperty::Rrule).is_some()
+            || c.property(&ICalendarProperty::Rdate).is_some()
+            || c.property(&ICalendarProperty::RecurrenceId).is_some()
+    });
+    Some(Span {
+        component: if first.component_type == ICalendarComponentType::VTodo {
+            "VTODO"
+        } else {
+            "VEVENT"
+        },
+        start: prepared.starts_at,
+        end: prepared.ends_at,
+        recurs,
+    })
+}
+
 fn prepare_icalendar(text: &str) -> Result<Prepared, CloudError> {
     let c = Category::Calendar;
     if !ends_with_end(text, "VCALENDAR") && !text.trim().is_empty() {

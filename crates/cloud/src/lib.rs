@@ -665,10 +665,15 @@ impl Cloud {
         let mut rows = page.rows;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        // When the page ends the feed, the collection holds no change between its last row and
+        // `upto`: the token is the collection's own version (what `collection_state` reports,
+        // so a client that compares the two sees nothing new), not the account's.
         let next = if more {
             rows.last().map_or(upto, |r| r.seq)
         } else {
-            upto.max(since)
+            rows.last()
+                .map_or(since, |r| r.seq.max(since))
+                .max(page.purged_seq.min(upto))
         };
         // Opening the bodies (and making them JSON) is most of a page's CPU: over every core.
         let keys = self.inner.keys.clone();
@@ -703,6 +708,38 @@ impl Cloud {
             .filter(|r| r.deleted_at.is_none())
             .ok_or(CloudError::NotFound)?;
         self.view(account, &c, category, &row)
+    }
+
+    /// A collection and its version: the sync token of its last change, which stays the same
+    /// while nothing in the collection changes (CardDAV's and CalDAV's `sync-token` and
+    /// `getctag`).
+    pub async fn collection_state(
+        &self,
+        account: AccountId,
+        collection: &str,
+    ) -> Result<(CollectionInfo, String), CloudError> {
+        let c = self.resolve(account, collection).await?;
+        let seq = self.store().collection_seq(account, &c.id).await?;
+        Ok((Self::info(&c)?, Self::token(account, &c, seq)))
+    }
+
+    /// Every live item of a collection, in the order of their ids (read a page at a time, each
+    /// item once).
+    pub async fn live_items(
+        &self,
+        account: AccountId,
+        collection: &str,
+    ) -> Result<Vec<ItemView>, CloudError> {
+        let c = self.resolve(account, collection).await?;
+        let category = Self::category_of(&c)?;
+        let mut after = String::new();
+        let mut out = Vec::new();
+        while let Some(rows) = self.export_page(account, &c.id, &mut after).await? {
+            for r in &rows {
+                out.push(self.view(account, &c, category, r)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Applies a batch of writes to one collection: validated as a whole (one bad write refuses

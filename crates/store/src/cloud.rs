@@ -962,6 +962,22 @@ impl Store {
         )
     }
 
+    /// The collection's last change: the highest sequence among its items and tombstones, or
+    /// its purge mark when that is higher (the last change was a deletion since forgotten).
+    /// Everything in the collection is at or below it, so it is the collection's version.
+    pub async fn collection_seq(&self, account: AccountId, collection: &str) -> Result<i64> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(x) FROM (SELECT MAX(seq) AS x FROM items WHERE account_id = $1 \
+             AND collection_id = $2 UNION ALL SELECT purged_seq FROM collections \
+             WHERE account_id = $1 AND id = $2) AS s",
+        )
+        .bind(account.as_i64())
+        .bind(collection)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
     /// Changes of a collection with `since < seq <= upto`, oldest first, at most `limit`.
     pub async fn changes(
         &self,
