@@ -31,6 +31,8 @@ use mica_cloud::video::Scratch;
 use mica_cloud::{Cloud, CloudError, DriveItem};
 use mica_core::AccountId;
 
+pub mod filter;
+pub mod groupware;
 mod locks;
 use locks::Locks;
 
