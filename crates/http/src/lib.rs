@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 mod feedback;
 pub mod files;
+mod groupware;
 pub mod metrics;
 mod oauth;
 pub mod passkeys;
@@ -197,6 +198,7 @@ pub fn app(state: AppState) -> App {
         .route("/link", get(link_page))
         .merge(web::routes(&state.public_url))
         .merge(webdav::routes())
+        .merge(groupware::routes())
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -245,12 +247,15 @@ pub fn app(state: AppState) -> App {
 }
 
 /// What a request log line shows of a path: all of it, except below a WebDAV mount
-/// (`/dav/files/{account}/…`), whose names are personal data.
+/// (`/dav/files/{account}/…`, and the address books and calendars), whose names are personal
+/// data.
 fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if let Some(rest) = path.strip_prefix("/dav/files/") {
-        if let Some((account, below)) = rest.split_once('/') {
-            if !below.is_empty() {
-                return format!("/dav/files/{account}/…").into();
+    for mount in ["/dav/files/", "/dav/addressbooks/", "/dav/calendars/"] {
+        if let Some(rest) = path.strip_prefix(mount) {
+            if let Some((account, below)) = rest.split_once('/') {
+                if !below.is_empty() {
+                    return format!("{mount}{account}/…").into();
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .layer(axum::middleware::map_response(crate::user_content_headers))
 }
 
-fn challenge(e: ApiError) -> Response {
+pub(crate) fn challenge(e: ApiError) -> Response {
     let mut r = e.into_response();
     if r.status() == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -34,7 +34,7 @@ fn challenge(e: ApiError) -> Response {
 }
 
 /// The account the request speaks for: Basic with an app password, or a bearer token.
-async fn authenticate(
+pub(crate) async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     client: Client,

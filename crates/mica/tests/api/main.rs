@@ -22,6 +22,7 @@ mod devices;
 mod export;
 mod factors;
 mod files;
+mod groupware;
 mod limits;
 mod link_codes;
 mod metrics;
