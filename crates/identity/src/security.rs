@@ -1050,7 +1050,7 @@ fn notice(kind: &str, detail: Option<&str>) -> Option<(&'static str, String)> {
         "passkey_removed" => ("a passkey was removed", "A passkey was removed".to_owned()),
         "app_password_created" => (
             "an app password was created",
-            "An app password, which opens your files to a program such as a file manager, was created"
+            "An app password, which opens your files, contacts and calendars to a program such as a file manager or a calendar app, was created"
                 .to_owned(),
         ),
         "export_requested" => (

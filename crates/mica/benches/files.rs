@@ -237,54 +237,16 @@ async fn on_webdav(
     account: &str,
     file: &str,
 ) -> (String, String) {
-    use base64::Engine;
-    let post = |path: &str, body: serde_json::Value| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-    };
-    let r = post(
-        "/api/v1/drive",
-        serde_json::json!({"kind": "file", "name": "big.bin", "file_id": file}),
-    )
-    .await
-    .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    let client = mica_client::Client::new(base.to_owned()).with_token(token);
-    let outbox = data.join("outbox.jsonl");
-    let sent = std::fs::read_to_string(&outbox)
-        .unwrap_or_default()
-        .lines()
-        .count();
-    let challenge = client.step_up_send("email").await.unwrap();
-    let code = loop {
-        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
-        if text.lines().count() > sent {
-            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-            break v["subject"].as_str().unwrap()[..6].to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    client
-        .step_up_with_code(&challenge.challenge_id, &code)
+    let r = http
+        .post(format!("{base}/api/v1/drive"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"kind": "file", "name": "big.bin", "file_id": file}))
+        .send()
         .await
         .unwrap();
-    let made: serde_json::Value = post(
-        "/api/v1/me/app-passwords",
-        serde_json::json!({"name": "bench"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{email}:{}", made["password"].as_str().unwrap()));
-    (
-        format!("Basic {basic}"),
-        format!("/dav/files/{account}/big.bin"),
-    )
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let basic = common::app_password(base, token, data, email).await;
+    (basic, format!("/dav/files/{account}/big.bin"))
 }
 
 async fn create_upload(http: &reqwest::Client, base: &str, token: &str, len: u64) -> String {

@@ -4,11 +4,12 @@
 //!   second device (pages of 1,000), on SQLite — items/s each way, compared with a raw SQLite
 //!   insert of the same rows (rusqlite, same columns and index, transactions of 500, no HTTP, no
 //!   parsing, no encryption) and with Radicale (`pip install radicale`) receiving the same contacts over
-//!   CardDAV (one PUT per contact, 8 connections);
+//!   CardDAV (one PUT per contact, 8 connections) — and Mica receiving the same contacts the
+//!   same way over its own CardDAV, into a new address book, with an app password;
 //! - the delay from a push to each of 1,000 connected devices' `changed` event (p50, p99).
 //!
 //! Run: `cargo bench -p mica --bench sync`. MICA_BENCH_CONTACTS sets N (default 100,000),
-//! MICA_BENCH_RADICALE how many go to Radicale (default 2,000: its rate falls as the address
+//! MICA_BENCH_RADICALE how many go to Radicale and to Mica's CardDAV (default 2,000: its rate falls as the address
 //! book grows — tens of milliseconds a contact in the thousands — so it is reported with its count), MICA_BENCH_DEVICES the connected devices
 //! (default 1,000). Radicale is skipped, with a note, when it is not installed.
 
@@ -206,25 +207,41 @@ async fn radicale_rate(dir: &std::path::Path, cards: &[String]) -> Option<f64> {
         .await
         .unwrap();
     assert!(mkcol.status().is_success(), "{}", mkcol.status());
+    let rate = put_rate(&http, &format!("{base}/bench/contacts/"), None, cards).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(rate)
+}
+
+/// Contacts per second written to a CardDAV address book at `book`, one `PUT` each, over 8
+/// connections (what a client restoring an address book does).
+async fn put_rate(
+    http: &reqwest::Client,
+    book: &str,
+    authorization: Option<&str>,
+    cards: &[String],
+) -> f64 {
     let cards = Arc::new(cards.to_vec());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let (http, base, cards, next) =
-                (http.clone(), base.clone(), cards.clone(), next.clone());
+            let (http, book, cards, next) =
+                (http.clone(), book.to_owned(), cards.clone(), next.clone());
+            let authorization = authorization.map(str::to_owned);
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(card) = cards.get(i) else { break };
-                    let r = http
-                        .put(format!("{base}/bench/contacts/c{i:08}.vcf"))
+                    let mut r = http
+                        .put(format!("{book}c{i:08}.vcf"))
                         .header("content-type", "text/vcard")
-                        .body(card.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "radicale PUT: {}", r.status());
+                        .header("if-none-match", "*");
+                    if let Some(a) = &authorization {
+                        r = r.header("authorization", a);
+                    }
+                    let r = r.body(card.clone()).send().await.unwrap();
+                    assert!(r.status().is_success(), "{book} PUT: {}", r.status());
                 }
             })
         })
@@ -232,10 +249,29 @@ async fn radicale_rate(dir: &std::path::Path, cards: &[String]) -> Option<f64> {
     for w in workers {
         w.await.unwrap();
     }
-    let rate = cards.len() as f64 / start.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let _ = child.wait();
-    Some(rate)
+    cards.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Mica receiving the same contacts over CardDAV, into a new address book, with an app
+/// password (Basic), as Radicale receives them.
+async fn mica_carddav_rate(
+    base: &str,
+    tokens: &mica_client::Tokens,
+    data_dir: &std::path::Path,
+    cards: &[String],
+) -> f64 {
+    let authorization =
+        common::app_password(base, &tokens.access_token, data_dir, "bench@example.com").await;
+    let http = reqwest::Client::new();
+    let book = format!("{base}/dav/addressbooks/{}/davbench/", tokens.account_id);
+    let made = http
+        .request(reqwest::Method::from_bytes(b"MKCOL").unwrap(), &book)
+        .header("authorization", &authorization)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status().as_u16(), 201, "MKCOL {book}");
+    put_rate(&http, &book, Some(&authorization), cards).await
 }
 
 async fn sign_up(client: &mica_client::Client, dir: &std::path::Path) -> mica_client::Tokens {
@@ -388,6 +424,11 @@ fn main() {
         } else {
             radicale_rate(&dir, &cards[..n_radicale]).await
         };
+        let carddav = if n_radicale == 0 {
+            None
+        } else {
+            Some(mica_carddav_rate(&base, &a, &cfg.data_dir, &cards[..n_radicale]).await)
+        };
 
         println!("raw SQLite insert (rusqlite, same rows, tx of 500): {raw:.0} items/s");
         println!("SQLite insert through sqlx (the server's driver, row by row): {via_sqlx:.0} items/s");
@@ -407,6 +448,12 @@ fn main() {
                 push / r
             ),
             None => println!("Radicale: skipped (MICA_BENCH_RADICALE=0, or not installed: pip install radicale)"),
+        }
+        if let Some(m) = carddav {
+            println!(
+                "Mica CardDAV PUT ({n_radicale} contacts, 8 connections, app password): {m:.0} items/s{}",
+                radicale.map_or(String::new(), |r| format!("; {:.1}× Radicale", m / r))
+            );
         }
 
         let delays = notification_delays(&base, &b.access_token, &da, devices, 20).await;

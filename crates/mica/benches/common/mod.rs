@@ -66,6 +66,46 @@ pub async fn sign_up(
         .unwrap()
 }
 
+/// Makes an app password for the signed-in account (after a step-up whose code comes from
+/// `<data_dir>/outbox.jsonl`): the `Authorization` a WebDAV, CardDAV or CalDAV client sends.
+pub async fn app_password(base: &str, token: &str, data_dir: &Path, email: &str) -> String {
+    use base64::Engine;
+    let client = mica_client::Client::new(base.to_owned()).with_token(token);
+    let outbox = data_dir.join("outbox.jsonl");
+    let sent = std::fs::read_to_string(&outbox)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let challenge = client.step_up_send("email").await.unwrap();
+    let code = loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if let Some(line) = text.lines().nth(sent) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            break v["subject"].as_str().unwrap()[..6].to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client
+        .step_up_with_code(&challenge.challenge_id, &code)
+        .await
+        .unwrap();
+    let made: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/me/app-passwords"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pair = format!("{email}:{}", made["password"].as_str().unwrap());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
